@@ -1,0 +1,22 @@
+"""Shared test setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow (tf.data) shares the 2 cores with XLA; keep it from grabbing a GPU if one exists.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_threefry_partitionable", True)
+
+
+@pytest.fixture(scope="session")
+def devices():
+  devs = jax.devices()
+  assert len(devs) == 8, f"conftest must give 8 CPU devices, got {devs}"
+  return devs
