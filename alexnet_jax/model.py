@@ -1,0 +1,279 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012) as a Flax linen module.
+
+The network is written as the program ONE device runs (SPMD): every "tower" layer
+(conv1..conv5, fc6, fc7) holds its parameters with a leading tower axis, and a device
+loops over the towers it holds locally, running plain (ungrouped) convolutions. At the
+four cross-tower points of the paper (the inputs of conv3, fc6, fc7, fc8) the towers'
+outputs are concatenated along channels: with `tower_axis` set (inside `jax.shard_map`,
+see sharding.py) that is one `all_gather` over the mesh axis, otherwise a local
+concatenation. So one code path serves a laptop (both towers on one device) and the
+paper's two-device split, with the same parameter tree.
+
+Parameter layout (T = number of towers, 2 for the paper):
+  conv{i}/kernel [T, kh, kw, cin, cout/T]   conv{i}/bias [T, cout/T]
+  fc{6,7}/kernel [T, fan_in, out/T]          fc{6,7}/bias [T, out/T]
+  fc8/kernel     [4096, num_classes]         fc8/bias     [num_classes]   (no tower axis)
+fc6 reads the pooled conv5 output of both towers, concatenated along channels and
+flattened in (H, W, C) order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMAGE_SHAPE = (224, 224, 3)
+
+# Per-layer widths summed over both towers (PAPER.md, §3.5).
+PAPER_CONV_WIDTHS = (96, 256, 384, 384, 256)
+PAPER_FC_WIDTHS = (4096, 4096)
+# The paper's "one-GPU net" (§3.2 and its footnote): one tower with half the kernels in
+# conv1-conv4; conv5 and the fully-connected layers keep their full size.
+ONE_TOWER_CONV_WIDTHS = (48, 128, 192, 192, 256)
+
+# Layers whose parameters carry the leading tower axis; fc8 is shared by both towers.
+TOWER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+# §5: biases 1 here ("provides the ReLUs with positive inputs"), 0 elsewhere.
+PAPER_UNIT_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+def local_response_norm(x, *, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                        beta: float = 0.75, alpha_per_term: bool = True):
+  """§3.3: b_c = a_c / (k + alpha * sum_{|c'-c| <= size//2} a_{c'}^2) ** beta.
+
+  The window is clipped at the channel edges of `x`; call it on one tower's channels.
+  alpha_per_term=True is the paper's text (= tf.nn.local_response_normalization);
+  False divides alpha by `size` as cuda-convnet, Caffe and PyTorch do.
+  """
+  channels = x.shape[-1]
+  r = size // 2
+  sq = jnp.square(x.astype(jnp.float32))
+  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(r, r)])
+  # A sum of shifted slices fuses into one elementwise loop (reduce_window does not).
+  window = sum(padded[..., i:i + channels] for i in range(size))
+  scale = alpha if alpha_per_term else alpha / size
+  d = k + scale * window
+  if beta == 0.75:
+    inv = jax.lax.rsqrt(d) * jnp.sqrt(jax.lax.rsqrt(d))  # d**-0.75 without exp/log
+  else:
+    inv = d ** -beta
+  return (x.astype(jnp.float32) * inv).astype(x.dtype)
+
+
+def max_pool(x, window: int, stride: int):
+  """VALID max pooling over H and W of an NHWC tensor."""
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+
+
+def _tower_normal(std: float):
+  def init(key, shape, dtype=jnp.float32):
+    return std * jax.random.normal(key, shape, dtype)
+  return init
+
+
+def _he_normal(fan_in_axes: Sequence[int]):
+  def init(key, shape, dtype=jnp.float32):
+    fan_in = int(np.prod([shape[a] for a in fan_in_axes]))
+    return jnp.sqrt(2.0 / fan_in) * jax.random.normal(key, shape, dtype)
+  return init
+
+
+class AlexNet(nn.Module):
+  """The paper's network; every default is the paper's choice.
+
+  Attributes:
+    num_classes: width of fc8.
+    width: multiplier on every conv and fc width (1.0 = paper; 0.25 trains on a CPU).
+    one_tower: the paper's one-GPU ablation (one tower, half the kernels in conv1-4).
+    lrn: local response normalisation after conv1 and conv2 (ablation: False).
+    lrn_alpha_per_term: True = paper text (alpha per squared term); False = alpha/n
+      (cuda-convnet, Caffe, PyTorch). lrn_k: the paper's k=2 (Caffe's bvlc_alexnet: 1).
+    overlapping_pool: 3x3 stride 2 pooling (paper); False = 2x2 stride 2 (ablation).
+    initializer: 'paper' (N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7) or 'he'
+      (He-normal weights, zero biases: leaves the initial plateau at once, DESIGN.md #8).
+    dropout_rate: on the outputs of fc6 and fc7 (inverted dropout, §4.2).
+    dtype: compute dtype (bfloat16 on accelerators); parameters stay float32.
+    tower_axis / data_axis: mesh axis names, set by sharding.py when the module runs
+      inside `jax.shard_map`; None when one device holds everything.
+  """
+  num_classes: int = 1000
+  width: float = 1.0
+  one_tower: bool = False
+  lrn: bool = True
+  lrn_alpha_per_term: bool = True
+  lrn_k: float = 2.0
+  overlapping_pool: bool = True
+  initializer: str = "paper"
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+  tower_axis: str | None = None
+  data_axis: str | None = None
+
+  # ---- static structure -------------------------------------------------------------
+  @property
+  def num_towers(self) -> int:
+    return 1 if self.one_tower else 2
+
+  def layer_widths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(conv widths, fc6/fc7 widths), summed over towers, after the width multiplier."""
+    conv = ONE_TOWER_CONV_WIDTHS if self.one_tower else PAPER_CONV_WIDTHS
+    t = self.num_towers
+    scale = lambda w: max(t, t * round(w * self.width / t))  # divisible by the towers
+    return tuple(scale(w) for w in conv), tuple(scale(w) for w in PAPER_FC_WIDTHS)
+
+  def _local_towers(self) -> int:
+    if self.tower_axis is None:
+      return self.num_towers
+    n = jax.lax.axis_size(self.tower_axis)
+    if self.num_towers % n:
+      raise ValueError(f"{self.num_towers} tower(s) cannot be split over a mesh axis "
+                       f"'{self.tower_axis}' of size {n}; use mesh.tower=1 or "
+                       f"{self.num_towers}.")
+    return self.num_towers // n
+
+  def _gather_towers(self, xs: list[jax.Array]) -> jax.Array:
+    """Concatenate all towers' outputs along channels: a cross-tower point."""
+    x = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
+    if self.tower_axis is not None:
+      x = jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)
+    return x
+
+  def _first_global_tower(self, local: int) -> jax.Array | int:
+    if self.tower_axis is None:
+      return 0
+    return jax.lax.axis_index(self.tower_axis) * local
+
+  # ---- parameters --------------------------------------------------------------------
+  def _init_fns(self, name: str, fan_in_axes: Sequence[int]) -> tuple[Callable, Callable]:
+    if self.initializer == "paper":
+      bias = 1.0 if name in PAPER_UNIT_BIAS_LAYERS else 0.0
+      return _tower_normal(0.01), nn.initializers.constant(bias)
+    if self.initializer == "he":
+      return _he_normal(fan_in_axes), nn.initializers.zeros
+    raise ValueError(f"model.initializer must be 'paper' or 'he', got {self.initializer!r}")
+
+  def _tower_params(self, name: str, kernel_shape: tuple[int, ...], local: int):
+    """Kernel [local, *kernel_shape] and bias [local, out] of one tower layer."""
+    fan_in_axes = tuple(range(1, len(kernel_shape)))  # all but the output axis (+1 shift)
+    kinit, binit = self._init_fns(name, fan_in_axes)
+    return _KernelBias((local, *kernel_shape), (local, kernel_shape[-1]), kinit, binit,
+                       name=name)()
+
+  # ---- layers ------------------------------------------------------------------------
+  def _conv(self, x, kernel, bias, stride: int, padding):
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(self.dtype), (stride, stride), padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
+
+  def _dropout(self, x, rng, tower: jax.Array | int):
+    """Inverted dropout whose mask depends only on (layer rng, tower, example index),
+    so it is the same whatever the mesh: independent across towers and examples, and
+    across steps through the rng the caller folds the step into."""
+    rng = jax.random.fold_in(rng, tower)
+    batch = x.shape[0]
+    start = 0 if self.data_axis is None else jax.lax.axis_index(self.data_axis) * batch
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, start + jnp.arange(batch))
+    keep = 1.0 - self.dropout_rate
+    mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
+    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+      raise ValueError(
+          f"AlexNet expects NHWC images of shape (batch, {', '.join(map(str, IMAGE_SHAPE))})"
+          f" (224x224 RGB crops of the 256x256 images); got shape {tuple(images.shape)}.")
+    conv_w, fc_w = self.layer_widths()
+    t = self.num_towers
+    local = self._local_towers()
+    first = self._first_global_tower(local)
+    pool_w, pool_s = (3, 2) if self.overlapping_pool else (2, 2)
+
+    def lrn(y):
+      if not self.lrn:
+        return y
+      return local_response_norm(y, k=self.lrn_k, alpha_per_term=self.lrn_alpha_per_term)
+
+    x = images.astype(self.dtype)
+
+    def per_tower(fn, xs):
+      """Run fn(tower, input) for each local tower; xs is shared or a per-tower list."""
+      return [fn(i, xs[i] if isinstance(xs, list) else xs) for i in range(local)]
+
+    def stage(name, hs):
+      # Record each row of the paper's table (both local towers); free unless
+      # the caller asks for mutable=["intermediates"].
+      self.sow("intermediates", name, jnp.concatenate(hs, -1) if len(hs) > 1 else hs[0])
+      return hs
+
+    def conv_layer(name, xs, ksize, cin, cout, stride, pad):
+      k, b = self._tower_params(name, (ksize, ksize, cin, cout // t), local)
+      return stage(f"{name}_out",
+                   per_tower(lambda i, x: nn.relu(self._conv(x, k[i], b[i], stride, pad)), xs))
+
+    def pool(name, hs, with_lrn):
+      return stage(name, [max_pool(lrn(h) if with_lrn else h, pool_w, pool_s) for h in hs])
+
+    # conv1: both towers read the whole image. 11x11/4 on 224 gives 55 only with
+    # cuda-convnet's rule: pad (0, 3) so the last window reads 3 zero pixels.
+    h = conv_layer("conv1", x, 11, 3, conv_w[0], 4, ((0, 3), (0, 3)))
+    h = pool("pool1", h, with_lrn=True)
+    # conv2: each tower reads only its own conv1 maps.
+    h = conv_layer("conv2", h, 5, conv_w[0] // t, conv_w[1], 1, ((2, 2), (2, 2)))
+    h = pool("pool2", h, with_lrn=True)
+    # conv3 reads both towers (cross-tower point 1); conv4, conv5 their own tower.
+    h = conv_layer("conv3", self._gather_towers(h), 3, conv_w[1], conv_w[2], 1, ((1, 1),) * 2)
+    h = conv_layer("conv4", h, 3, conv_w[2] // t, conv_w[3], 1, ((1, 1),) * 2)
+    h = conv_layer("conv5", h, 3, conv_w[3] // t, conv_w[4], 1, ((1, 1),) * 2)
+    h = pool("pool5", h, with_lrn=False)
+    # fc6 reads both towers (point 2): 6x6x256 flattened in (H, W, C) order = 9216.
+    g = self._gather_towers(h)
+    g = g.reshape(g.shape[0], -1)
+    for name, width in (("fc6", fc_w[0]), ("fc7", fc_w[1])):
+      k, b = self._tower_params(name, (g.shape[-1], width // t), local)
+      h = per_tower(lambda i, g: nn.relu(g @ k[i].astype(self.dtype) + b[i].astype(self.dtype)), g)
+      if train and self.dropout_rate > 0:
+        rng = self.make_rng("dropout")  # once per layer: the same on every mesh
+        h = [self._dropout(h[i], rng, first + i) for i in range(local)]
+      g = self._gather_towers(stage(f"{name}_out", h))  # cross-tower points 3 (fc7) and 4 (fc8)
+    kinit, binit = self._init_fns("fc8", (0,))
+    k8, b8 = _KernelBias((g.shape[-1], self.num_classes), (self.num_classes,), kinit, binit,
+                         name="fc8")()
+    logits = g @ k8.astype(self.dtype) + b8.astype(self.dtype)
+    self.sow("intermediates", "logits", logits)
+    return logits.astype(jnp.float32)
+
+
+class _KernelBias(nn.Module):
+  """Declares one layer's kernel and bias, so parameters nest as {layer: {kernel, bias}}."""
+  kernel_shape: tuple[int, ...]
+  bias_shape: tuple[int, ...]
+  kernel_init: Callable
+  bias_init: Callable
+
+  @nn.compact
+  def __call__(self):
+    return (self.param("kernel", self.kernel_init, self.kernel_shape),
+            self.param("bias", self.bias_init, self.bias_shape))
+
+
+def num_params(params) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+
+
+def from_config(model_config, num_classes: int) -> AlexNet:
+  """Build the module from a `config.model` ConfigDict."""
+  fields = {f.name for f in dataclasses.fields(AlexNet)} - {"parent", "name"}
+  kwargs = {k: v for k, v in model_config.items() if k in fields}
+  unknown = set(model_config.keys()) - fields
+  if unknown:
+    raise ValueError(f"unknown config.model keys {sorted(unknown)}; "
+                     f"AlexNet accepts {sorted(fields - {'tower_axis', 'data_axis'})}")
+  if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  return AlexNet(num_classes=num_classes, **kwargs)

@@ -1,0 +1,138 @@
+"""The mesh ("data", "tower") and the one place that says how everything is sharded.
+
+- Tower parameters (leading axis of size 2) are split over "tower" and replicated over
+  "data"; fc8 is replicated everywhere. `param_specs` holds that rule; every sharding of
+  parameters, optimizer state and checkpoints is derived from it.
+- Batches are split over "data".
+- The model runs under `jax.shard_map`: a device runs plain convolutions on the towers it
+  holds, and the only collectives in the forward pass are the four all-gathers at the
+  paper's cross-tower points (DESIGN.md #1). GSPMD on a grouped convolution would instead
+  all-gather kernels and activations and run the whole layer on every device.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from alexnet_jax import model as model_lib
+
+DATA, TOWER = "data", "tower"
+
+
+def make_mesh(data: int = -1, tower: int = 1, devices=None) -> Mesh:
+  """Mesh of shape (data, tower) over `devices` (default: all devices of all processes).
+
+  One of the sizes may be -1: it takes the devices the other leaves.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if data == -1 and tower == -1:
+    raise ValueError("at most one of mesh.data and mesh.tower can be -1")
+  if tower == -1:
+    tower = n // data if data > 0 and n % data == 0 else 0
+  if data == -1:
+    data = n // tower if tower > 0 and n % tower == 0 else 0
+  if data <= 0 or tower <= 0 or data * tower != n:
+    raise ValueError(
+        f"mesh data={data} x tower={tower} does not match the {n} device(s) found: "
+        f"{devices}. Choose sizes whose product is {n} (e.g. --config.mesh.data=-1 "
+        f"--config.mesh.tower=1), or change the device count (on CPU: XLA_FLAGS="
+        f"--xla_force_host_platform_device_count=N).")
+  return Mesh(np.asarray(devices, dtype=object).reshape(data, tower), (DATA, TOWER))
+
+
+def param_specs(params) -> Any:
+  """PartitionSpec tree for a parameter-shaped tree: tower layers split on "tower"."""
+  def spec(path, leaf):
+    # Match the layer name anywhere in the path, so {"params": ...} trees and optimizer
+    # states (which nest the parameter tree) get the same rule.
+    names = {getattr(k, "key", None) for k in path}
+    if names & set(model_lib.TOWER_LAYERS) and getattr(leaf, "ndim", 0) >= 1:
+      return P(TOWER)
+    return P()
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def tree_shardings(mesh: Mesh, specs) -> Any:
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def param_shardings(mesh: Mesh, params) -> Any:
+  return tree_shardings(mesh, param_specs(params))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over "data", everything else replicated."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch(mesh: Mesh, batch_size: int, what: str = "batch_size") -> None:
+  n = mesh.shape[DATA]
+  if batch_size % n:
+    raise ValueError(f"{what}={batch_size} is not divisible by the mesh's data axis "
+                     f"(size {n}, devices {mesh.devices.ravel().tolist()}); pick a "
+                     f"multiple of {n}.")
+
+
+def check_towers(mesh: Mesh, model: model_lib.AlexNet) -> None:
+  if model.num_towers % mesh.shape[TOWER]:
+    raise ValueError(f"the model has {model.num_towers} tower(s) but the mesh's tower "
+                     f"axis has size {mesh.shape[TOWER]}; set mesh.tower to 1"
+                     f"{'' if model.num_towers == 1 else ' or 2'}.")
+
+
+def abstract_variables(model: model_lib.AlexNet) -> Any:
+  """Shapes/dtypes of `model.init` without computing anything."""
+  images = jax.ShapeDtypeStruct((1, *model_lib.IMAGE_SHAPE), jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
+
+
+def init_variables(model: model_lib.AlexNet, mesh: Mesh, rng: jax.Array) -> Any:
+  """Initialise directly into the mesh's shardings (no full copy on one device)."""
+  check_towers(mesh, model)
+  abstract = abstract_variables(model)
+  images = jnp.zeros((1, *model_lib.IMAGE_SHAPE), jnp.float32)
+  init = jax.jit(functools.partial(model.init, train=False),
+                 out_shardings=param_shardings(mesh, abstract))
+  return init(rng, images)
+
+
+def sharded_apply(model: model_lib.AlexNet, mesh: Mesh):
+  """`apply(variables, images, *, train, dropout_rng=None) -> logits` on global arrays.
+
+  images [B, 224, 224, 3] split over "data"; logits [B, num_classes] split over "data".
+  Call it inside `jax.jit` (and under `jax.grad`): autodiff through shard_map turns each
+  forward all-gather into a reduce-scatter of the cotangents.
+  """
+  check_towers(mesh, model)
+  spmd_model = model.clone(tower_axis=TOWER, data_axis=DATA)
+
+  def apply(variables, images, *, train: bool, dropout_rng=None):
+    check_batch(mesh, images.shape[0])
+
+    def body(variables, images, rng):
+      rngs = {"dropout": rng} if train else {}
+      logits = spmd_model.apply(variables, images, train=train, rngs=rngs)
+      # The towers compute identical logits. Returning them stacked over "tower" and
+      # keeping one copy outside is what makes autodiff correct: only one copy's
+      # cotangent is non-zero, and the all-gathers transpose to reduce-scatters.
+      return logits[None]
+
+    if dropout_rng is None:
+      dropout_rng = jax.random.key(0)
+    fn = jax.shard_map(body, mesh=mesh,
+                       in_specs=(param_specs(variables), P(DATA), P()),
+                       out_specs=P(TOWER, DATA))
+    return fn(variables, images, dropout_rng)[0]
+
+  return apply
