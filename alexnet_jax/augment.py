@@ -1,0 +1,139 @@
+"""Device-side augmentation (JAX, jit-able): AlexNet's random crops, flips, PCA lighting, mean.
+
+Runs inside the jitted step on uint8 [B, 256, 256, 3] batches from input_pipeline. Every random
+draw comes from a per-example key that depends only on (seed, step, global example index)
+(`example_keys`), and all ops are vmapped per example, so the result is the same whatever the
+mesh shape, the sharding of the batch axis or the number of processes.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Top-left offsets (row, col) of the 10 evaluation views at 224 in 256, in output order; views
+# 5..9 are the horizontal reflections of views 0..4.
+EVAL_VIEW_NAMES = ('top_left', 'top_right', 'bottom_left', 'bottom_right', 'center',
+                   'top_left_flip', 'top_right_flip', 'bottom_left_flip', 'bottom_right_flip',
+                   'center_flip')
+
+
+def _as_key(rng):
+  """Typed PRNG key from a typed key, a raw uint32[2] key or an integer seed."""
+  if isinstance(rng, (int, np.integer)):
+    return jax.random.key(rng)
+  rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return rng
+  return jax.random.wrap_key_data(rng)
+
+
+def example_keys(rng, step, global_indices) -> jax.Array:
+  """Per-example keys fold_in(fold_in(rng, step), index): a key depends only on those three.
+
+  rng: typed key, raw uint32[2] key or int seed; step: scalar int; global_indices: int [B]
+  (the examples' positions in the global batch, or in the whole stream; either is
+  mesh-independent). Returns typed keys [B].
+  """
+  base = jax.random.fold_in(_as_key(rng), jnp.asarray(step, jnp.uint32))
+  idx = jnp.asarray(global_indices).astype(jnp.uint32)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(idx)
+
+
+def _center_offset(size, crop_size):
+  return (size - crop_size) // 2
+
+
+def train_views(images, keys, *, mean_image, eigval, eigvec, crop_size: int = 224,
+                random_crop: bool = True, flip: bool = True, lighting_std: float = 0.1,
+                scale: float = 1.0) -> jax.Array:
+  """uint8 [B, H, W, 3] -> float32 [B, crop, crop, 3]: AlexNet's training augmentation.
+
+  Per example (its own key): a crop_size window with top-left offsets uniform over all
+  (H - crop + 1) x (W - crop + 1) positions (33 x 33 at 224 in 256), or the center with
+  random_crop=False; a horizontal flip with p = 0.5; PCA lighting: add
+  255 * eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, lighting_std) [3] (eigval/eigvec
+  describe RGB in [0, 1], hence the 255); subtract the mean image cut at the same window (and
+  flipped with it; mean_image None = no subtraction); multiply by `scale`.
+  """
+  images = jnp.asarray(images)
+  b, h, w, c = images.shape
+  ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+  oy, ox, flips, alpha = train_view_params(
+      keys, image_shape=(h, w), crop_size=(ch, cw), lighting_std=lighting_std)
+  if not random_crop:
+    oy = jnp.full((b,), _center_offset(h, ch), jnp.int32)
+    ox = jnp.full((b,), _center_offset(w, cw), jnp.int32)
+  if not flip:
+    flips = jnp.zeros((b,), bool)
+  mean = None if mean_image is None else jnp.asarray(mean_image, jnp.float32)
+
+  if lighting_std:
+    # [B, 3] per-image RGB shift in pixel units, written as three explicit terms: a matmul's
+    # rounding depends on how the batch is split over devices, and a jnp.sum over the size-3
+    # axis fused into the broadcast below is miscompiled by XLA:CPU (jax 0.10.2) for B >~ 1000.
+    coeff = alpha * jnp.asarray(eigval, jnp.float32)                      # [B, 3]
+    vec = jnp.asarray(eigvec, jnp.float32)
+    shift = 255.0 * (coeff[:, 0:1] * vec[:, 0] + coeff[:, 1:2] * vec[:, 1]
+                     + coeff[:, 2:3] * vec[:, 2])
+  else:
+    shift = jnp.zeros((b, 3), jnp.float32)
+
+  def one(image, y, x, do_flip, s):
+    out = jax.lax.dynamic_slice(image, (y, x, 0), (ch, cw, c)).astype(jnp.float32)
+    if mean is not None:
+      out = out - jax.lax.dynamic_slice(mean, (y, x, 0), (ch, cw, c))
+    out = (out + s) * scale
+    return jnp.where(do_flip, out[:, ::-1, :], out) if flip else out
+
+  return jax.vmap(one)(images, oy, ox, flips, shift)
+
+
+def train_view_params(keys, *, image_shape=(256, 256), crop_size=224, lighting_std=0.1):
+  """The random draws of train_views for these keys: (oy, ox [B] int32, flip [B] bool, alpha [B, 3]).
+
+  Each example's key splits into three streams: crop offsets, flip, lighting. train_views uses
+  exactly these draws; exposed so tests and debugging can see them.
+  """
+  ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+  ks = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+  oy = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0,
+                                             image_shape[0] - ch + 1))(ks[:, 0])
+  ox = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 1), (), 0,
+                                             image_shape[1] - cw + 1))(ks[:, 0])
+  flips = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(ks[:, 1])
+  alpha = lighting_std * jax.vmap(lambda k: jax.random.normal(k, (3,), jnp.float32))(ks[:, 2])
+  return oy, ox, flips, alpha
+
+
+def eval_view_offsets(image_size: int = 256, crop_size: int = 224):
+  """Top-left (row, col) of the 5 unflipped evaluation windows, in EVAL_VIEW_NAMES order."""
+  m = image_size - crop_size
+  return ((0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2))
+
+
+def eval_views(images, *, mean_image, crops: int = 1, crop_size: int = 224,
+               scale: float = 1.0) -> jax.Array:
+  """uint8 [B, H, W, 3] -> float32 [B, V, crop, crop, 3], mean subtracted, times `scale`.
+
+  crops=1: the center window. crops=10 (the paper's test views): top-left, top-right,
+  bottom-left, bottom-right, center, then the horizontal reflections of those five in the same
+  order (EVAL_VIEW_NAMES).
+  """
+  if crops not in (1, 10):
+    raise ValueError(f'crops must be 1 or 10, got {crops}')
+  images = jnp.asarray(images)
+  _, h, w, _ = images.shape
+  if h != w:
+    raise ValueError(f'eval_views expects square images, got {h}x{w}')
+  x = images.astype(jnp.float32)
+  if mean_image is not None:
+    x = x - jnp.asarray(mean_image, jnp.float32)
+  x = x * scale
+  offsets = eval_view_offsets(h, crop_size)
+  if crops == 1:
+    offsets = offsets[4:]
+  views = [x[:, y:y + crop_size, c:c + crop_size] for y, c in offsets]
+  if crops == 10:
+    views += [v[:, :, ::-1] for v in views]
+  return jnp.stack(views, axis=1)
