@@ -550,6 +550,14 @@ def _elements(split, keys: tf.data.Dataset) -> tf.data.Dataset:
 
 def _stats_pass(split, max_images):
   """One streaming pass over the first max_images training examples (canonical order)."""
+  saved, split.pil_keys = split.pil_keys, np.zeros([0], np.int64)  # find PIL-only files afresh
+  try:
+    return _stats_pass_tf_first(split, max_images)
+  finally:
+    split.pil_keys = saved
+
+
+def _stats_pass_tf_first(split, max_images):
   n = split.num_examples if not max_images else min(split.num_examples, int(max_images))
   if split.random_access:
     all_keys = split.all_keys()[:n]
@@ -622,6 +630,7 @@ def _load_or_compute_stats(src: _Source, max_images) -> dict:
       fd, tmp = tempfile.mkstemp(dir=directory, suffix='.npz')
       with os.fdopen(fd, 'wb') as f:
         np.savez(f, **stats)
+      os.chmod(tmp, 0o644)
       os.replace(tmp, target)  # atomic: concurrent processes never see half a file
       break
   return stats
