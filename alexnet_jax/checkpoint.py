@@ -1,0 +1,130 @@
+"""Orbax checkpoints of the TrainState, and `restore(workdir)` for notebooks.
+
+A checkpoint holds everything needed to continue exactly: parameters, the momentum
+buffers, the plateau-schedule state, the step (which is also the data position: the input
+pipeline resumes at `start_step`) and the RNG. Orbax writes each step into a temporary
+directory and renames it when complete, so a run killed mid-save keeps the previous one.
+Kept: the latest `keep_checkpoints` steps and the best one by validation top-1 error.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _abstract_with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+class CheckpointManager:
+  """The project's policy on top of `ocp.CheckpointManager`."""
+
+  def __init__(self, workdir: str, config=None, *, keep: int | None = None):
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    keep = keep if keep is not None else (config.keep_checkpoints if config else 3)
+    policy = pp.AnyPreservationPolicy([
+        pp.LatestN(n=keep),
+        pp.BestN(get_metric_fn=lambda m: m["top1_error"], reverse=True, n=1,
+                 keep_checkpoints_without_metrics=False),
+    ])
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "meta"),
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                             cleanup_tmp_directories=True))
+    self._warn_incomplete()
+
+  def _warn_incomplete(self):
+    """Say which entries are not finished checkpoints (a save that was killed)."""
+    if not os.path.isdir(self.directory):
+      return
+    steps = {str(s) for s in self._manager.all_steps()}
+    for name in sorted(os.listdir(self.directory)):
+      full = os.path.join(self.directory, name)
+      if os.path.isdir(full) and name not in steps:
+        logging.warning("ignoring %s: not a complete checkpoint (a save that was "
+                        "interrupted?); restoring from step %s instead.", full,
+                        self._manager.latest_step())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return self._manager.all_steps()
+
+  def save(self, step: int, state, eval_metrics: dict | None = None, meta: dict | None = None):
+    metrics = ({"top1_error": float(eval_metrics["top1_error"])}
+               if eval_metrics is not None else None)
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({"step": int(step), **(meta or {}),
+                                **({"eval": eval_metrics} if eval_metrics else {})})),
+        metrics=metrics)
+
+  def restore(self, abstract_state, shardings, step: int | None = None):
+    step = self._manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    target = _abstract_with_shardings(abstract_state, shardings)
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+    return out["state"]
+
+  def restore_or(self, init_fn, shardings):
+    """Restore the latest checkpoint onto `shardings`, or call init_fn() for a new run."""
+    if self._manager.latest_step() is None:
+      return init_fn()
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
+                            jax.eval_shape(init_fn))
+    state = self.restore(abstract, shardings)
+    logging.info("resumed from %s at step %d", self.directory, int(state.step))
+    return state
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a run?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore(workdir: str, step: int | None = None, mesh=None):
+  """(config, variables) of a run, on the caller's devices (default: one device).
+
+  A notebook on one CPU restores a run trained on any mesh or number of processes:
+  Orbax reshards onto the target built here from the run's config.
+
+      config, variables = restore("runs/demo")
+      logits = AlexNet(...).apply(variables, images)   # or model_from(config, variables)
+  """
+  from alexnet_jax import sharding, train  # late: train imports this module
+
+  config = load_config(workdir)
+  if mesh is None:
+    mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
+  manager = CheckpointManager(workdir, keep=config.get("keep_checkpoints", 3))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+  meta = manager._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  model = train.create_model(config, meta["meta"]["num_classes"])
+  abstract = train.abstract_state(config, model)
+  state = manager.restore(abstract, train.state_shardings(mesh, abstract), step)
+  manager.close()
+  return config, {"params": state.params}

@@ -1,0 +1,55 @@
+"""Top-1/top-5 error of a run's checkpoint on the whole validation split.
+
+  python -m alexnet_jax.evaluate --workdir=runs/demo --crops=10
+
+Prints the errors and writes them to WORKDIR/eval_<step>_<crops>crop.json.
+"""
+import json
+import os
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "The run's --workdir.")
+flags.DEFINE_integer("crops", 10, "1 = center crop; 10 = the paper's ten views.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) -> dict:
+  import jax
+  from alexnet_jax import checkpoint, input_pipeline, sharding, train
+
+  config, variables = checkpoint.restore(workdir, step=step)
+  if crops not in (1, 10):
+    raise ValueError(f"--crops must be 1 or 10, got {crops}")
+  mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
+  config.unlock()
+  config.eval_crops = crops
+  info = input_pipeline.dataset_info(config.dataset)
+  model = train.create_model(config, info.num_classes)
+  stats = input_pipeline.dataset_stats(config.dataset)
+  mean = jax.device_put(train.augment_constants(config, stats).mean_image)
+  metrics = train.evaluate(config, train.make_eval_step(config, model, mesh), variables["params"],
+                           mean, mesh)
+  metrics["crops"] = crops
+  return metrics
+
+
+def main(argv):
+  del argv
+  from alexnet_jax import runtime
+  runtime.setup()
+  from alexnet_jax import checkpoint
+  m = evaluate_checkpoint(FLAGS.workdir, FLAGS.crops, FLAGS.step)
+  step = FLAGS.step if FLAGS.step is not None else checkpoint.CheckpointManager(
+      FLAGS.workdir).latest_step()
+  path = os.path.join(FLAGS.workdir, f"eval_{step}_{FLAGS.crops}crop.json")
+  with open(path, "w") as f:
+    json.dump({"step": step, **m}, f, indent=2)
+  print(f"step {step}, {m['num_images']} images, {FLAGS.crops} view(s): "
+        f"top-1 error {m['top1_error']:.4f}, top-5 error {m['top5_error']:.4f}  ({path})")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,109 @@
+"""What a run leaves for people: metrics.jsonl, TensorBoard events, a learning-curve PNG
+and a closing summary."""
+from __future__ import annotations
+
+import json
+import os
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "learning_curve.png"
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class MetricsWriter:
+  """One JSON object per line ({"step", "split", metrics...}) plus TensorBoard scalars.
+
+  Appends, so a resumed run continues the same files. Only process 0 writes."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._file = open(os.path.join(workdir, METRICS_FILE), "a")
+      import tensorflow as tf  # the TensorBoard writer; TF is already the input pipeline's
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, split: str, metrics: dict):
+    if not self.enabled:
+      return
+    row = {"step": int(step), "split": split,
+           **{k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "dtype") else v)
+              for k, v in metrics.items()}}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    import tensorflow as tf
+    with self._tb.as_default(step=int(step)):
+      for k, v in row.items():
+        if k not in ("step", "split") and isinstance(v, float):
+          tf.summary.scalar(f"{split}/{k}", v)
+    self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._file.close()
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_learning_curve(workdir: str) -> str:
+  """Loss and top-1/top-5 error against step, learning-rate drops marked."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = read_metrics(workdir)
+  train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["step"])
+  evals = sorted((r for r in rows if r["split"] == "eval"), key=lambda r: r["step"])
+  fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
+  if train:
+    steps = [r["step"] for r in train]
+    ax_loss.plot(steps, [r["loss"] for r in train], label="train loss")
+    ax_err.plot(steps, [r["top1_error"] for r in train], label="train top-1 (batch)",
+                alpha=0.6)
+    drops = [b["step"] for a, b in zip(train, train[1:])
+             if b["learning_rate"] < a["learning_rate"] * 0.99]
+    for ax in (ax_loss, ax_err):
+      for i, s in enumerate(drops):
+        ax.axvline(s, color="grey", ls="--", lw=1, label="lr / 10" if i == 0 else None)
+  if evals:
+    steps = [r["step"] for r in evals]
+    ax_loss.plot(steps, [r["loss"] for r in evals], "o-", label="val loss")
+    ax_err.plot(steps, [r["top1_error"] for r in evals], "o-", label="val top-1")
+    ax_err.plot(steps, [r["top5_error"] for r in evals], "s-", label="val top-5")
+  ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss")
+  ax_err.set(xlabel="step", ylabel="error (fraction)", title="error", ylim=(0, 1))
+  for ax in (ax_loss, ax_err):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  path = os.path.join(workdir, CURVE_FILE)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def finish(workdir: str, config, eval_metrics: dict) -> str:
+  """Write the PNG and print the closing summary with the commands that use the run."""
+  path = plot_learning_curve(workdir)
+  crops = config.eval_crops
+  summary = (
+      f"\nfinal validation ({eval_metrics['num_images']} images, {crops} view(s)): "
+      f"top-1 error {eval_metrics['top1_error']:.4f}, top-5 error "
+      f"{eval_metrics['top5_error']:.4f}\n"
+      f"learning curve: {path}\n"
+      f"evaluate:   python -m alexnet_jax.evaluate --workdir={workdir} --crops=10\n"
+      f"in Python:  from alexnet_jax import checkpoint; "
+      f"config, variables = checkpoint.restore({workdir!r})\n")
+  print(summary, flush=True)
+  return summary

@@ -1,0 +1,294 @@
+"""TrainState, the jitted train/eval steps on the mesh, and the training loop."""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from alexnet_jax import augment
+from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import sharding
+from alexnet_jax import reporting
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue exactly; the data position is `step`."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  schedule: optim.PlateauState
+  rng: jax.Array  # raw uint32[2] base key; per-step keys fold in the step
+
+
+@flax.struct.dataclass
+class AugmentConstants:
+  mean_image: jax.Array  # [256, 256, 3] float32, pixel units
+  eigval: jax.Array      # [3]
+  eigvec: jax.Array      # [3, 3], columns
+
+
+def create_model(config, num_classes: int) -> model_lib.AlexNet:
+  return model_lib.from_config(config.model, num_classes)
+
+
+def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentConstants:
+  if config.augment.eigen == "imagenet":
+    eigval, eigvec = input_pipeline.IMAGENET_EIGVAL, input_pipeline.IMAGENET_EIGVEC
+  elif config.augment.eigen == "dataset":
+    eigval, eigvec = stats.eigval, stats.eigvec
+  else:
+    raise ValueError(f"augment.eigen must be 'dataset' or 'imagenet', got "
+                     f"{config.augment.eigen!r}")
+  return AugmentConstants(jnp.asarray(stats.mean_image, jnp.float32),
+                          jnp.asarray(eigval, jnp.float32), jnp.asarray(eigvec, jnp.float32))
+
+
+# ---- state and its shardings ------------------------------------------------------------
+def _init_state(config, model, rng) -> TrainState:
+  params = model.init(rng, jnp.zeros((1, *model_lib.IMAGE_SHAPE)), train=False)["params"]
+  tx = optim.make_optimizer(config.optimizer)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    schedule=optim.PlateauState.create(),
+                    rng=jax.random.key_data(jax.random.key(config.seed)))
+
+
+def abstract_state(config, model) -> TrainState:
+  return jax.eval_shape(functools.partial(_init_state, config, model), jax.random.key(0))
+
+
+def state_shardings(mesh, abstract: TrainState) -> TrainState:
+  """The one sharding rule (sharding.param_specs) applied to the whole state: parameters
+  and their velocities split by tower, scalars replicated."""
+  return sharding.tree_shardings(mesh, sharding.param_specs(abstract))
+
+
+def create_train_state(config, model, mesh, rng=None) -> TrainState:
+  sharding.check_towers(mesh, model)
+  rng = jax.random.key(config.seed) if rng is None else rng
+  init = jax.jit(functools.partial(_init_state, config, model),
+                 out_shardings=state_shardings(mesh, abstract_state(config, model)))
+  return init(rng)
+
+
+# ---- steps -------------------------------------------------------------------------------
+def _errors(logits, labels):
+  """Per-example top-1 and top-5 errors (0/1 floats)."""
+  top5 = jax.lax.top_k(logits, 5)[1]
+  hit5 = jnp.any(top5 == labels[:, None], axis=-1)
+  return (top5[:, 0] != labels).astype(jnp.float32), 1.0 - hit5.astype(jnp.float32)
+
+
+def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_device=True):
+  """Jitted `(state, batch, aug) -> (state, metrics)`; the state is donated.
+
+  batch: {'image': uint8 [B, 256, 256, 3], 'label': int32 [B]} split over "data"
+  (with augment_on_device=False, 'image' is already float32 [B, 224, 224, 3]).
+  """
+  tx = optim.make_optimizer(config.optimizer)
+  apply = sharding.sharded_apply(model, mesh)
+  acfg = config.augment
+
+  def train_step(state: TrainState, batch, aug: AugmentConstants):
+    base = jax.random.wrap_key_data(state.rng)
+    aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
+    images, labels = batch["image"], batch["label"]
+    if augment_on_device:
+      # Keys from (seed, step, position in the global batch): the same on every mesh.
+      keys = augment.example_keys(aug_rng, state.step, jnp.arange(images.shape[0]))
+      images = augment.train_views(
+          images, keys, mean_image=aug.mean_image, eigval=aug.eigval, eigvec=aug.eigvec,
+          random_crop=acfg.random_crop, flip=acfg.flip, lighting_std=acfg.lighting_std,
+          scale=acfg.scale)
+      images = jax.lax.with_sharding_constraint(images, sharding.batch_sharding(mesh))
+
+    def loss_fn(params):
+      logits = apply({"params": params}, images, train=True,
+                     dropout_rng=jax.random.fold_in(dropout_rng, state.step))
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    lr = optim.learning_rate(config.optimizer, state.step, state.schedule, steps_per_epoch)
+    opt_state = state.opt_state
+    opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    top1, top5 = _errors(logits, labels)
+    metrics = {"loss": loss, "top1_error": top1.mean(), "top5_error": top5.mean(),
+               "learning_rate": lr, "grad_norm": optax.global_norm(grads)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  shardings = state_shardings(mesh, abstract_state(config, model))
+  data = sharding.batch_sharding(mesh)
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(shardings, {"image": data, "label": data},
+                               sharding.replicated(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)))
+
+
+def make_eval_step(config, model, mesh, crops: int | None = None):
+  """Jitted `(params, batch, mean_image) -> sums` over the paper's views.
+
+  The softmax (not the logits) is averaged over the `crops` views (1: center; 10: corners,
+  center and their reflections, §4.1). Padding examples (mask False) count nowhere.
+  """
+  crops = config.eval_crops if crops is None else crops
+  apply = sharding.sharded_apply(model, mesh)
+
+  def eval_step(params, batch, mean_image):
+    images, labels = batch["image"], batch["label"]
+    mask = batch["mask"].astype(jnp.float32)
+    views = augment.eval_views(images, mean_image=mean_image, crops=crops,
+                               scale=config.augment.scale)
+    b, v = views.shape[:2]
+    views = jax.lax.with_sharding_constraint(views.reshape(b * v, *views.shape[2:]),
+                                             sharding.batch_sharding(mesh))
+    logits = apply({"params": params}, views, train=False)
+    probs = jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
+    top1, top5 = _errors(probs, labels)
+    nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12)
+    return {"top1_errors": (top1 * mask).sum(), "top5_errors": (top5 * mask).sum(),
+            "loss_sum": (nll * mask).sum(), "count": mask.sum()}
+
+  return jax.jit(eval_step, out_shardings=sharding.replicated(mesh))
+
+
+def global_batch(mesh, local_batch: dict) -> dict:
+  """This process's slice of the global batch -> global arrays split over "data"."""
+  data = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(data, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = -1) -> dict:
+  """Top-1/top-5 error over the whole validation split (every image once)."""
+  sums = None
+  it = input_pipeline.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size)
+  for i, batch in enumerate(it):
+    if 0 < max_batches <= i:
+      break
+    out = eval_step(params, global_batch(mesh, batch), mean_image)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.tree.map(float, jax.device_get(sums))
+  n = max(sums["count"], 1.0)
+  return {"top1_error": sums["top1_errors"] / n, "top5_error": sums["top5_errors"] / n,
+          "loss": sums["loss_sum"] / n, "num_images": int(sums["count"])}
+
+
+# ---- the loop ----------------------------------------------------------------------------
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train (resuming from `workdir` if it holds a checkpoint) and evaluate; returns the
+  final evaluation metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  lead = jax.process_index() == 0
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.tower)
+  sharding.check_batch(mesh, config.batch_size)
+  sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
+  info = input_pipeline.dataset_info(config.dataset)
+  model = create_model(config, info.num_classes)
+  steps_per_epoch = max(info.num_train // config.batch_size, 1)
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(math.ceil(config.num_epochs * steps_per_epoch)))
+  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+
+  stats = input_pipeline.dataset_stats(config.dataset)
+  if stats.bad_files:
+    logging.warning("%d training image(s) cannot be decoded and are skipped: %s",
+                    len(stats.bad_files), ", ".join(stats.bad_files[:20]))
+  aug = jax.device_put(augment_constants(config, stats), sharding.replicated(mesh))
+
+  manager = ckpt_lib.CheckpointManager(workdir, config)
+  state = manager.restore_or(lambda: create_train_state(config, model, mesh),
+                             state_shardings(mesh, abstract_state(config, model)))
+  start = int(state.step)
+  if lead:
+    logging.info("mesh %s on %d device(s), %d process(es); %s: %d train / %d eval images, "
+                 "%d classes; %d parameters; steps %d -> %d (%d per epoch)",
+                 dict(mesh.shape), mesh.size, jax.process_count(), info.name, info.num_train,
+                 info.num_eval, info.num_classes, model_lib.num_params(state.params),
+                 start, num_steps, steps_per_epoch)
+  writer = reporting.MetricsWriter(workdir, enabled=lead)
+  train_step = make_train_step(config, model, mesh, steps_per_epoch)
+  eval_step = make_eval_step(config, model, mesh)
+  batches = input_pipeline.train_iterator(config.dataset, global_batch_size=config.batch_size,
+                                          seed=config.seed, start_step=start)
+
+  def run_eval(state):
+    m = evaluate(config, eval_step, state.params, aug.mean_image, mesh,
+                 max_batches=config.max_eval_batches)
+    writer.write(int(state.step), "eval", m)
+    if config.optimizer.schedule == "plateau":
+      state = state.replace(schedule=jax.device_put(optim.plateau_update(
+          state.schedule, m["top1_error"], patience=config.optimizer.patience,
+          max_drops=config.optimizer.max_drops, min_delta=config.optimizer.min_delta),
+          sharding.replicated(mesh)))
+    return state, m
+
+  pending, t_window, eval_metrics = [], time.perf_counter(), None
+  step = start
+  while step < num_steps:
+    batch = global_batch(mesh, next(batches))
+    state, metrics = train_step(state, batch, aug)
+    step += 1
+    pending.append(metrics)
+    last = step == num_steps
+    if step % config.log_every_steps == 0 or last or step % eval_every == 0 or \
+        step % config.checkpoint_every_steps == 0:
+      # Fetching metrics syncs with the device: done only here, so steps stay async.
+      window = jax.device_get(pending)
+      m = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+      if not all(math.isfinite(w["loss"]) for w in window):
+        bad = start + 1 + next(i for i, w in enumerate(window) if not math.isfinite(w["loss"]))
+        raise NonFiniteLossError(
+            f"loss became {window[-1]['loss']} by step {step} (first non-finite near step "
+            f"{bad}); stopping without saving. The last good checkpoint in {workdir} is "
+            f"step {manager.latest_step()}. Lower --config.optimizer.learning_rate or check "
+            f"the data.")
+      now = time.perf_counter()
+      m["images_per_sec"] = len(window) * config.batch_size / (now - t_window)
+      m["epoch"] = step / steps_per_epoch
+      writer.write(step, "train", m)
+      eta = (num_steps - step) * config.batch_size / max(m["images_per_sec"], 1e-9)
+      if lead:
+        logging.info("step %d/%d  epoch %.2f  loss %.4f  top-1 err %.3f  lr %.2g  "
+                     "%.1f img/s  ETA %s", step, num_steps, m["epoch"], m["loss"],
+                     m["top1_error"], m["learning_rate"], m["images_per_sec"],
+                     reporting.format_duration(eta))
+      pending, t_window = [], now
+    if step % eval_every == 0 or last:
+      state, eval_metrics = run_eval(state)
+      if lead:
+        logging.info("eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d "
+                     "view(s))", step, eval_metrics["top1_error"], eval_metrics["top5_error"],
+                     eval_metrics["num_images"], config.eval_crops)
+    if step % config.checkpoint_every_steps == 0 or last:
+      manager.save(step, state, eval_metrics if step % eval_every == 0 or last else None,
+                   meta={"num_classes": info.num_classes, "dataset": info.name})
+      t_window = time.perf_counter()  # saving is not training time
+  manager.wait()
+  if eval_metrics is None:  # resumed at the end: evaluate what was restored
+    _, eval_metrics = run_eval(state)
+  writer.close()
+  if lead:
+    reporting.finish(workdir, config, eval_metrics)
+  return eval_metrics
