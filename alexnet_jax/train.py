@@ -196,6 +196,11 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train (resuming from `workdir` if it holds a checkpoint) and evaluate; returns the
   final evaluation metrics."""
@@ -282,6 +287,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      "view(s))", step, eval_metrics["top1_error"], eval_metrics["top5_error"],
                      eval_metrics["num_images"], config.eval_crops)
     if step % config.checkpoint_every_steps == 0 or last:
+      # The update can overflow one step before the loss shows it: never save that.
+      if not bool(_all_finite(state.params)):
+        raise NonFiniteLossError(
+            f"parameters became non-finite at step {step}; stopping without saving. The "
+            f"last good checkpoint in {workdir} is step {manager.latest_step()}. Lower "
+            f"--config.optimizer.learning_rate or check the data.")
       manager.save(step, state, eval_metrics if step % eval_every == 0 or last else None,
                    meta={"num_classes": info.num_classes, "dataset": info.name})
       t_window = time.perf_counter()  # saving is not training time

@@ -1,0 +1,257 @@
+"""The train/eval steps, checkpoints and the command line against independent references."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import augment, checkpoint, sharding, train
+from configs import demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  c = demo.get_config()
+  c.model.width = 0.125
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.num_train_steps = 4
+  c.log_every_steps = 1
+  c.eval_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.max_eval_batches = 2
+  c.mesh.data, c.mesh.tower = 1, 1
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def _mesh(data, tower):
+  return sharding.make_mesh(data, tower, devices=jax.devices()[:data * tower])
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+
+
+def _batch(n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 256, (n, 256, 256, 3), dtype=np.uint8),
+          "label": rng.integers(0, 10, (n,), dtype=np.int32)}
+
+
+def _aug():
+  rng = np.random.default_rng(1)
+  q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+  return train.AugmentConstants(jnp.asarray(rng.uniform(0, 255, (256, 256, 3)), jnp.float32),
+                                jnp.asarray([0.2, 0.02, 0.005], jnp.float32),
+                                jnp.asarray(q, jnp.float32))
+
+
+def _two_steps(config, mesh):
+  model = train.create_model(config, 10)
+  state = train.create_train_state(config, model, mesh)
+  step = train.make_train_step(config, model, mesh, steps_per_epoch=10)
+  aug = jax.device_put(_aug(), sharding.replicated(mesh))
+  for i in range(2):
+    state, metrics = step(state, train.global_batch(mesh, _batch(seed=i)), aug)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
+  config = tiny_config(**{"model.dropout_rate": 0.5})  # He init: well-scaled gradients
+  want_state, want_m = _two_steps(config, _mesh(1, 1))
+  got_state, got_m = _two_steps(config, _mesh(2, 2))
+  assert int(got_state.step) == 2
+  for k in ("loss", "top1_error", "learning_rate", "grad_norm"):
+    assert got_m[k] == pytest.approx(want_m[k], rel=1e-5), k
+  flat_want = dict(jax.tree_util.tree_leaves_with_path(want_state.params))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(got_state.params):
+    assert _rel(leaf, flat_want[path]) < 1e-5, jax.tree_util.keystr(path)
+  # The step really trains: parameters moved, and the velocity holds the last update.
+  init = jax.device_get(train.create_train_state(config, train.create_model(config, 10),
+                                                 _mesh(1, 1)))
+  assert _rel(got_state.params["fc8"]["kernel"], init.params["fc8"]["kernel"]) > 1e-4
+
+
+def test_ten_crop_eval_equals_averaging_softmax_by_hand():
+  config = tiny_config(eval_crops=10)
+  mesh = _mesh(2, 1)
+  model = train.create_model(config, 10)
+  params = train.create_train_state(config, model, mesh).params
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+  labels = np.array([1, 2, 3, 4], np.int32)
+  mask = np.array([True, True, True, False])  # the padded slot must count nowhere
+  mean = rng.uniform(0, 255, (256, 256, 3)).astype(np.float32)
+  batch = train.global_batch(mesh, {"image": images, "label": labels, "mask": mask})
+  got = jax.device_get(train.make_eval_step(config, model, mesh)(params, batch, mean))
+
+  # By hand: slice the ten windows with NumPy, run the plain model, average softmaxes.
+  p = jax.device_get(params)
+  probs = np.zeros((4, 10))
+  offsets = [(0, 0), (0, 32), (32, 0), (32, 32), (16, 16)]
+  for flip in (False, True):
+    for (y, x) in offsets:
+      view = (images[:, y:y + 224, x:x + 224].astype(np.float32) - mean[y:y + 224, x:x + 224])
+      view = view * config.augment.scale
+      if flip:
+        view = view[:, :, ::-1]
+      logits = np.asarray(model.apply({"params": p}, jnp.asarray(view)), np.float64)
+      e = np.exp(logits - logits.max(-1, keepdims=True))
+      probs += e / e.sum(-1, keepdims=True) / 10
+  top1 = (probs.argmax(-1) != labels)[:3].sum()
+  top5 = np.array([labels[i] not in np.argsort(-probs[i])[:5] for i in range(3)]).sum()
+  nll = -np.log(probs[np.arange(3), labels[:3]]).sum()
+  assert got["count"] == 3
+  assert got["top1_errors"] == top1 and got["top5_errors"] == top5
+  assert got["loss_sum"] == pytest.approx(nll, rel=1e-4)
+  # Different from the center crop alone (the test can tell 1 view from 10).
+  one = jax.device_get(train.make_eval_step(config, model, mesh, crops=1)(params, batch, mean))
+  assert abs(one["loss_sum"] - nll) > 1e-4 * abs(nll)
+
+
+def _save_run(workdir, config, state, step, num_classes=10):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort())
+  manager = checkpoint.CheckpointManager(workdir, config)
+  manager.save(step, state, {"top1_error": 0.5, "top5_error": 0.1},
+               meta={"num_classes": num_classes})
+  manager.wait()
+  manager.close()
+
+
+def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
+  config = tiny_config(**{"mesh.data": 4, "mesh.tower": 2})
+  mesh = _mesh(4, 2)
+  model = train.create_model(config, 10)
+  state = train.create_train_state(config, model, mesh, jax.random.key(7))
+  assert len(state.params["fc6"]["kernel"].sharding.device_set) == 8
+  _save_run(str(tmp_path), config, state, 3)
+  restored_config, variables = checkpoint.restore(str(tmp_path))
+  assert restored_config.model.width == 0.125
+  want = jax.device_get(state.params)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"]):
+    assert len(leaf.sharding.device_set) == 1
+    np.testing.assert_array_equal(np.asarray(leaf), dict(
+        jax.tree_util.tree_leaves_with_path(want))[path])
+  # The notebook can run the model on what it restored.
+  logits = train.create_model(restored_config, 10).apply(variables, jnp.zeros((1, 224, 224, 3)))
+  assert logits.shape == (1, 10) and np.all(np.isfinite(logits))
+
+
+def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
+  config = tiny_config()
+  mesh = _mesh(1, 1)
+  model = train.create_model(config, 10)
+  state = train.create_train_state(config, model, mesh)
+  _save_run(str(tmp_path), config, state, 2)
+  # A save killed half-way leaves Orbax's temporary directory with partial contents.
+  partial = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "d").write_bytes(b"\x00" * 10)
+  with caplog.at_level(logging.WARNING):
+    manager = checkpoint.CheckpointManager(str(tmp_path), config)
+  assert manager.latest_step() == 2
+  assert any("4.orbax-checkpoint-tmp-1234" in r.getMessage() and "not a complete checkpoint"
+             in r.getMessage() for r in caplog.records)
+  abstract = train.abstract_state(config, model)
+  restored = manager.restore(abstract, train.state_shardings(mesh, abstract))
+  np.testing.assert_array_equal(np.asarray(restored.params["conv1"]["kernel"]),
+                                np.asarray(state.params["conv1"]["kernel"]))
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(num_train_steps=8, checkpoint_every_steps=1, eval_every_steps=100,
+                       **{"mesh.data": -1, "optimizer.learning_rate": 1e12,
+                          "optimizer.schedule": "constant"})
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite.*last good checkpoint"):
+    train.train_and_evaluate(config, str(tmp_path))
+  manager = checkpoint.CheckpointManager(str(tmp_path), config)
+  steps = manager.all_steps()
+  assert steps and max(steps) < 8
+  mesh = _mesh(8, 1)
+  model = train.create_model(config, 10)
+  abstract = train.abstract_state(config, model)
+  for s in steps:  # every checkpoint that was written holds finite parameters
+    st = manager.restore(abstract, train.state_shardings(mesh, abstract), s)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st.params))
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert rows and all(r["split"] == "train" for r in rows)
+
+
+# ---- the command line --------------------------------------------------------------------
+def _main(workdir, *flags, env_devices=1, timeout=300, **popen):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  cmd = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/demo.py",
+         f"--workdir={workdir}", *flags]
+  if popen:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, **popen)
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_unknown_override_key_exits_non_zero_naming_it(tmp_path):
+  r = _main(tmp_path / "w", "--config.optimizer.learning_rat=0.1", timeout=120)
+  assert r.returncode != 0
+  assert "learning_rat" in r.stderr
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_wrong_typed_override_exits_non_zero_naming_it(tmp_path):
+  r = _main(tmp_path / "w", "--config.batch_size=sixty-four", timeout=120)
+  assert r.returncode != 0
+  assert "batch_size" in r.stderr
+
+
+TINY = ["--config.model.width=0.125", "--config.batch_size=8", "--config.eval_batch_size=8",
+        "--config.log_every_steps=1", "--config.eval_every_steps=2",
+        "--config.checkpoint_every_steps=2", "--config.max_eval_batches=1",
+        "--config.num_train_steps=6"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
+  full = _main(tmp_path / "full", *TINY)
+  assert full.returncode == 0, full.stderr[-3000:]
+  # Kill -9 the second run once its first checkpoint exists, then start it again.
+  proc = _main(tmp_path / "cut", *TINY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = tmp_path / "cut" / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (ckpts.exists() and any(
+      p.name.isdigit() for p in ckpts.iterdir())):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  assert killed_at and killed_at[-1] < 6, killed_at
+  resumed = _main(tmp_path / "cut", *TINY)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from" in resumed.stderr
+  _, want = checkpoint.restore(str(tmp_path / "full"))
+  _, got = checkpoint.restore(str(tmp_path / "cut"))
+  flat = dict(jax.tree_util.tree_leaves_with_path(want["params"]))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(got["params"]):
+    np.testing.assert_allclose(np.asarray(leaf), np.asarray(flat[path]), rtol=1e-6, atol=1e-7)
+  # And the run wrote what the README promises.
+  rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+  assert {r["split"] for r in rows} == {"train", "eval"}
+  assert {"loss", "learning_rate", "images_per_sec"} <= set(rows[0])
+  assert any("top1_error" in r and "top5_error" in r for r in rows if r["split"] == "eval")
+  assert (tmp_path / "full" / "learning_curve.png").stat().st_size > 10_000
+  assert json.load(open(tmp_path / "full" / "config.json"))["batch_size"] == 8
