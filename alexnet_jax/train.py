@@ -262,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # Fetching metrics syncs with the device: done only here, so steps stay async.
       window = jax.device_get(pending)
       m = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+      m["learning_rate"] = float(window[-1]["learning_rate"])  # the rate now, not a mean
       if not all(math.isfinite(w["loss"]) for w in window):
         bad = start + 1 + next(i for i, w in enumerate(window) if not math.isfinite(w["loss"]))
         raise NonFiniteLossError(
