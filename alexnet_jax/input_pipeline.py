@@ -660,18 +660,6 @@ def stats_cache_path(dataset_config) -> str:
   return _stats_path(_source(dataset_config), _get(dataset_config, 'stats_max_images'))
 
 
-def lighting_basis(dataset_config, stats: DatasetStats | None = None):
-  """(eigval, eigvec) for PCA lighting: `dataset.pca` = 'dataset' (default; the paper's PCA of
-  the training set) or 'imagenet' (the published ImageNet values, IMAGENET_EIGVAL/EIGVEC)."""
-  which = str(_get(dataset_config, 'pca', 'dataset'))
-  if which == 'imagenet':
-    return IMAGENET_EIGVAL, IMAGENET_EIGVEC
-  if which != 'dataset':
-    raise ValueError(f"dataset.pca must be 'dataset' or 'imagenet', got {which!r}")
-  stats = stats if stats is not None else dataset_stats(dataset_config)
-  return stats.eigval, stats.eigvec
-
-
 # ----------------------------------------------------------------------------------------------
 # Streams.
 

@@ -190,13 +190,11 @@ def test_stats_equal_numpy_and_are_cached(mixed_folder, monkeypatch):
   assert again.bad_files == stats.bad_files
 
 
-def test_imagenet_constants_and_lighting_switch():
+def test_imagenet_constants():
   np.testing.assert_allclose(ip.IMAGENET_EIGVEC[:, 0], [-0.5675, -0.5808, -0.5836])
   np.testing.assert_allclose(ip.IMAGENET_EIGVEC[:, 1], [0.7192, -0.0045, -0.6948])
   np.testing.assert_allclose(ip.IMAGENET_EIGVEC[:, 2], [0.4009, -0.8140, 0.4203])
   np.testing.assert_allclose(ip.IMAGENET_EIGVAL, [0.2175, 0.0188, 0.0045])
-  val, vec = ip.lighting_basis({'name': 'digits', 'pca': 'imagenet'})
-  assert val is ip.IMAGENET_EIGVAL and vec is ip.IMAGENET_EIGVEC
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +123,18 @@ def test_ten_crop_eval_equals_averaging_softmax_by_hand():
   # Different from the center crop alone (the test can tell 1 view from 10).
   one = jax.device_get(train.make_eval_step(config, model, mesh, crops=1)(params, batch, mean))
   assert abs(one["loss_sum"] - nll) > 1e-4 * abs(nll)
+
+
+def test_lighting_basis_switch():
+  stats = types.SimpleNamespace(mean_image=np.zeros((256, 256, 3)), eigval=np.ones(3),
+                                eigvec=np.eye(3))
+  own = train.augment_constants(tiny_config(**{"augment.eigen": "dataset"}), stats)
+  np.testing.assert_array_equal(own.eigvec, np.eye(3))
+  pub = train.augment_constants(tiny_config(**{"augment.eigen": "imagenet"}), stats)
+  np.testing.assert_allclose(pub.eigval, [0.2175, 0.0188, 0.0045])  # PAPER.md
+  np.testing.assert_allclose(pub.eigvec[:, 0], [-0.5675, -0.5808, -0.5836])
+  with pytest.raises(ValueError, match="augment.eigen"):
+    train.augment_constants(tiny_config(**{"augment.eigen": "pca"}), stats)
 
 
 def _save_run(workdir, config, state, step, num_classes=10):
