@@ -1,10 +1,21 @@
-"""Process setup shared by the entry points: keep TensorFlow off accelerators."""
+"""Process setup shared by the entry points: keep TensorFlow off accelerators, and start
+jax.distributed when the run has several processes (alexnet_jax/distributed.py)."""
 import os
 
 
-def setup():
+def setup(distributed=None):
+  """Call first, before anything touches JAX devices.
+
+  distributed: a `distributed.Options` (alexnet_jax.main passes its flags) to join a
+  multi-process run when the flags or the environment ask for one; None: single process.
+  Returns the multi-process plan, or None.
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import tensorflow as tf
   # tf.data runs on the host; TF must not reserve GPU/TPU memory that JAX needs.
   tf.config.set_visible_devices([], "GPU")
   tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+  if distributed is None:
+    return None
+  from alexnet_jax import distributed as distributed_lib
+  return distributed_lib.initialize(distributed)
