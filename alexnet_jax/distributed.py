@@ -203,7 +203,7 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
       raise CoordinatorUnreachableError(
           f"could not reach the JAX coordinator at {address} within {timeout:.0f} s "
           f"({last}). Process 0 must be running and listening there: check that it "
-          f"started, that every process got the same --coordinator_address, and that the "
+          f"started, that every process got the same coordinator address, and that the "
           f"port is open between the hosts.")
     time.sleep(0.25)
 

@@ -1,0 +1,288 @@
+"""Multi-process training on 127.0.0.1 (jax.distributed + gloo), against single-process runs.
+
+One module fixture runs the demo config for 3 steps, tiny (width 0.125, batch 8):
+  1. 2 processes x 2 CPU devices, mesh (data=2, tower=2), via launch/multiprocess_local.sh;
+     worker 1 is SIGKILLed as soon as the step-1 checkpoint exists: process 0 must end
+     non-zero on its own within a bounded time (heartbeat 10 s);
+  2. the same command again: it must resume from the last checkpoint and finish;
+  3. references, concurrently: 1 process x 4 devices (mesh 2x2) and 1 process x 1 device.
+The final parameters of all three must agree to 1e-5 (relative), and the 2-process checkpoint
+must restore in this single process on 1 device and on 8.
+
+Everything is bounded by timeouts and uses loopback only. A persistent compilation cache
+shared by the runs keeps the restarted run from compiling again.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEARTBEAT = 10      # --distributed_heartbeat_timeout of the runs here
+KILL_BOUND = 60     # seconds from SIGKILL of worker 1 to the end of process 0
+STEPS = 3
+RUN_FLAGS = [
+    "--config=configs/demo.py", f"--config.num_train_steps={STEPS}",
+    "--config.batch_size=8", "--config.eval_batch_size=8", "--config.model.width=0.125",
+    "--config.log_every_steps=1", f"--config.eval_every_steps={STEPS}",
+    "--config.checkpoint_every_steps=1", "--config.max_eval_batches=1",
+    "--config.dataset.cache=False", f"--distributed_heartbeat_timeout={HEARTBEAT}",
+    "--distributed_init_timeout=120",
+]
+
+pytestmark = [pytest.mark.multiprocess]
+
+
+def _env(cache_dir=None, **extra):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # conftest's 8 devices are for this process only
+  for k in list(env):
+    if k.startswith("ALEXNET_JAX_") and k != "ALEXNET_JAX_CACHE":
+      env.pop(k)
+  env.update(JAX_PLATFORMS="cpu", PYTHON=sys.executable, QUIET="1", GRACE_SECONDS="300",
+             PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.update(extra)
+  return env
+
+
+def _tail(path, n=3000):
+  try:
+    with open(path, errors="replace") as f:
+      return f.read()[-n:]
+  except OSError as e:
+    return f"<{e}>"
+
+
+def _launch(args, env, log):
+  return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+
+
+def _stop(proc):
+  if proc.poll() is None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _wait(proc, timeout):
+  try:
+    return proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    _stop(proc)
+    return None
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("mp")
+  cache = str(root / "jax_cache")
+  out = {"root": root}
+  mp_dir = str(root / "two_procs")
+  mp_cmd = [os.path.join(REPO, "launch", "multiprocess_local.sh"), "2", "2", *RUN_FLAGS,
+            f"--workdir={mp_dir}", "--config.mesh.data=2", "--config.mesh.tower=2"]
+  procs = []
+  try:
+    # 1. Two processes; SIGKILL worker 1 once the step-1 checkpoint is complete.
+    logs1 = str(root / "logs_killed")
+    with open(root / "launcher_killed.txt", "w") as log:
+      proc = _launch(mp_cmd, _env(cache, LOG_DIR=logs1), log)
+      procs.append(proc)
+      deadline = time.monotonic() + 400
+      ckpt1 = os.path.join(mp_dir, "checkpoints", "1")
+      while not os.path.isdir(ckpt1) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+      out["kill"] = {"logs": logs1, "before_kill_rc": proc.poll()}
+      if proc.poll() is None and os.path.isdir(ckpt1):
+        with open(os.path.join(logs1, "process_1.pid")) as f:
+          os.kill(int(f.read()), signal.SIGKILL)
+        t_kill = time.monotonic()
+        rc = _wait(proc, KILL_BOUND + 60)
+        out["kill"].update(rc=rc, seconds=time.monotonic() - t_kill)
+      else:
+        _stop(proc)
+    out["kill"]["launcher"] = _tail(root / "launcher_killed.txt")
+
+    # 2. The same command again: resumes from the last checkpoint.
+    logs2 = str(root / "logs_resumed")
+    with open(root / "launcher_resumed.txt", "w") as log:
+      proc = _launch(mp_cmd, _env(cache, LOG_DIR=logs2), log)
+      procs.append(proc)
+      out["resume"] = {"rc": _wait(proc, 400), "logs": logs2,
+                       "launcher": _tail(root / "launcher_resumed.txt")}
+    out["two_procs"] = mp_dir
+
+    # 3. References, concurrently: 1 process x 4 devices, 1 process x 1 device.
+    refs = {"one_proc_4dev": ("4", "2", "2"), "one_proc_1dev": ("1", "1", "1")}
+    started = {}
+    for name, (n, data, tower) in refs.items():
+      log = open(root / f"{name}.txt", "w")
+      cmd = [os.path.join(REPO, "launch", "local_devices.sh"), n, *RUN_FLAGS,
+             f"--workdir={root / name}", f"--config.mesh.data={data}",
+             f"--config.mesh.tower={tower}"]
+      started[name] = (_launch(cmd, _env(cache), log), log)
+      procs.append(started[name][0])
+    for name, (proc, log) in started.items():
+      out[name] = {"rc": _wait(proc, 400), "workdir": str(root / name),
+                   "log": _tail(root / f"{name}.txt")}
+      log.close()
+    yield out
+  finally:
+    for proc in procs:
+      _stop(proc)
+
+
+def _params(workdir, mesh=None):
+  from alexnet_jax import checkpoint
+  config, variables = checkpoint.restore(workdir, mesh=mesh)
+  return config, variables["params"]
+
+
+def _assert_same_params(a, b, what):
+  fa, fb = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
+  assert len(fa) == len(fb) > 0
+  for (path, x), y in zip(fa, fb):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.shape == y.shape, (what, path)
+    rel = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12)
+    assert rel <= 1e-5, (f"{what}: {jax.tree_util.keystr(path)} differs by {rel:.2e} "
+                         f"(relative), max |diff| {np.abs(x - y).max():.2e}")
+
+
+def _statuses(launcher_output):
+  m = re.findall(r"exit statuses:((?: process_\d+=\d+)+)", launcher_output)
+  assert m, f"no exit-status summary in the launcher's output:\n{launcher_output}"
+  return {int(k): int(v) for k, v in re.findall(r"process_(\d+)=(\d+)", m[-1])}
+
+
+@pytest.mark.slow
+def test_killed_worker_ends_the_other_process(runs):
+  k = runs["kill"]
+  assert k["before_kill_rc"] is None, (
+      f"the 2-process run ended before its step-1 checkpoint:\n{k['launcher']}\n"
+      f"{_tail(os.path.join(k['logs'], 'process_0.log'))}")
+  assert "rc" in k, f"no step-1 checkpoint appeared:\n{k['launcher']}"
+  assert k["rc"] is not None, (
+      f"process 0 still ran {KILL_BOUND + 60} s after worker 1 was killed (hang):\n"
+      f"{_tail(os.path.join(k['logs'], 'process_0.log'))}")
+  assert k["rc"] != 0
+  assert k["seconds"] < KILL_BOUND, f"took {k['seconds']:.0f} s"
+  status = _statuses(k["launcher"])
+  assert status[1] == 128 + signal.SIGKILL
+  # Ended by JAX (heartbeat), not by the launcher's backstop (which uses SIGKILL too).
+  assert status[0] not in (0, 128 + signal.SIGKILL), status
+  log0 = _tail(os.path.join(k["logs"], "process_0.log"), 20000)
+  assert "detected fatal errors" in log0 or "FATAL (alexnet_jax.distributed)" in log0, log0
+
+
+@pytest.mark.slow
+def test_restarted_run_resumes_and_writes_from_process_0_only(runs):
+  r = runs["resume"]
+  log0 = _tail(os.path.join(r["logs"], "process_0.log"), 10**6)
+  assert r["rc"] == 0, f"{r['launcher']}\n{log0[-3000:]}"
+  assert _statuses(r["launcher"]) == {0: 0, 1: 0}
+  m = re.search(r"resumed from \S+ at step (\d+)", log0)
+  assert m and 1 <= int(m.group(1)) < STEPS, log0[-3000:]
+  log1 = _tail(os.path.join(r["logs"], "process_1.log"), 10**6)
+  assert "jax.distributed ready: process 1 of 2, 2 local / 4 global device(s)" in log1
+  assert "final validation" not in log1 and "final validation" in log0
+
+  workdir = runs["two_procs"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  keys = [(r["step"], r["split"]) for r in rows]
+  # Process 0 alone writes: each step once per run that reached it, never twice in a run.
+  resumed_from = int(m.group(1))
+  for step in range(resumed_from + 1, STEPS + 1):
+    assert keys.count((step, "train")) == 1, keys
+  assert keys.count((STEPS, "eval")) == 1, keys
+  assert os.path.exists(os.path.join(workdir, "learning_curve.png"))
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["mesh"] == {"data": 2, "tower": 2}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_4_and_with_1_device(runs):
+  for name in ("one_proc_4dev", "one_proc_1dev"):
+    assert runs[name]["rc"] == 0, runs[name]["log"]
+  assert runs["resume"]["rc"] == 0, runs["resume"]["launcher"]
+  _, mp = _params(runs["two_procs"])
+  _, four = _params(runs["one_proc_4dev"]["workdir"])
+  _, one = _params(runs["one_proc_1dev"]["workdir"])
+  _assert_same_params(four, one, "1 process x 4 devices vs 1 x 1")
+  _assert_same_params(mp, four, "2 processes x 2 devices vs 1 x 4")
+  _assert_same_params(mp, one, "2 processes x 2 devices vs 1 x 1")
+  # The loss curves agree too (process 0's metrics of the 2-process run).
+  def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+  ref = losses(runs["one_proc_1dev"]["workdir"])
+  got = losses(runs["two_procs"])
+  assert sorted(ref) == sorted(got) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)],
+                             rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_restores_in_one_process(runs, devices):
+  assert runs["resume"]["rc"] == 0, runs["resume"]["launcher"]
+  from alexnet_jax import sharding
+  workdir = runs["two_procs"]
+  config, one = _params(workdir)  # default: one device of this process
+  assert config.mesh.data == 2 and config.mesh.tower == 2
+  for leaf in jax.tree.leaves(one):
+    assert len(leaf.sharding.device_set) == 1
+  # ... and onto a mesh of any other size: 8 devices as (data=4, tower=2).
+  _, eight = _params(workdir, mesh=sharding.make_mesh(4, 2, devices=devices))
+  assert len(jax.tree.leaves(eight)[0].sharding.device_set) == 8
+  _assert_same_params(eight, one, "restored on 8 devices vs on 1")
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_unreachable_coordinator_and_missing_process_end_with_clear_errors(tmp_path):
+  """A worker whose coordinator never comes up, and a coordinator whose worker never
+  comes, both exit 1 with a message within the init timeout (no hang)."""
+  # Process 0 serves at port0 and waits for a process 1 that never comes; process 1 looks
+  # for its coordinator at port1, where nothing listens.
+  ports = {0: _free_port(), 1: _free_port()}
+  cmd = [sys.executable, "-m", "alexnet_jax.main", *RUN_FLAGS, "--distributed_init_timeout=5",
+         "--config.mesh.data=-1", "--config.mesh.tower=1"]
+  procs = {}
+  for pid in (0, 1):
+    env = _env(None, ALEXNET_JAX_NUM_PROCESSES="2", ALEXNET_JAX_PROCESS_ID=str(pid),
+               ALEXNET_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{ports[pid]}")
+    log = open(tmp_path / f"p{pid}.txt", "w")
+    procs[pid] = (subprocess.Popen(cmd + [f"--workdir={tmp_path / f'w{pid}'}"], cwd=REPO,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True), log, time.monotonic())
+  try:
+    for pid, (proc, log, t0) in procs.items():
+      rc = _wait(proc, 120)
+      log.close()
+      text = _tail(tmp_path / f"p{pid}.txt", 10**6)
+      assert rc is not None, f"process {pid} hung:\n{text[-3000:]}"
+      assert rc == 1, text[-3000:]
+      expected = ("did not finish within 5 s" if pid == 0
+                  else "could not reach the JAX coordinator")
+      assert expected in text, text[-3000:]
+  finally:
+    for proc, _, _ in procs.values():
+      _stop(proc)
