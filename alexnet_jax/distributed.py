@@ -262,7 +262,9 @@ def initialize(options: Options | None = None, env: Mapping[str, str] | None = N
       _die(f"{plan.describe()}: jax.distributed.initialize did not finish within {timeout} "
            f"s: not every one of the processes joined the coordinator. Check that all of "
            f"them were started with the same coordinator address and process count, and "
-           f"the logs of the ones that are missing.")
+           f"the logs of the ones that are missing."
+           + (" Under SLURM, start every task with srun (SLURM_NTASKS is "
+              f"{plan.num_processes})." if plan.source == "slurm" else ""))
 
   threading.Thread(target=watchdog, name="distributed-init-watchdog", daemon=True).start()
   try:
