@@ -1,0 +1,452 @@
+"""Throughput benchmark: `python -m alexnet_jax.bench [--batch_size=128] [--steps=3] [--mesh=1,1]`.
+
+Measures, with warm-up (compilation) excluded, the median over --repeats of the mean step
+time over --steps steps, alternating the contenders inside each repeat so that drift (other
+jobs, thermal) hits all of them alike:
+
+  train_images_per_sec        the project's jitted train step (train.make_train_step: the
+                              full model, on-device augmentation, paper SGD, donated state)
+                              on synthetic device-resident uint8 256x256 batches
+  torch_train_images_per_sec  the same grouped network in PyTorch (torch_reference.py),
+                              same batch, SGD momentum 0.9 + weight decay 5e-4, as many
+                              threads as XLA uses; ratio_vs_torch = ours / theirs
+  peak_matmul_gflops          a large float32 matmul on the same device; mfu =
+                              train_images_per_sec x training FLOPs per image / peak
+  input_pipeline_images_per_sec  input_pipeline.train_iterator decoding real ~500x375 JPEGs
+                              (written once to a temporary folder) to 256x256 batches
+  augment_overhead_fraction   (step with on-device augmentation - step on ready 224 crops)
+                              / step on ready crops
+  eval_10crop_images_per_sec  train.make_eval_step with the paper's 10 views
+  on accelerators also *_bf16 figures (model.dtype=bfloat16, bfloat16 matmul peak).
+
+Prints a table, then the same figures as ONE JSON object on the last line.
+
+On CPU the benchmark compiles with XLA's own (Eigen) convolutions instead of the YNNPACK
+convolution fusions this jaxlib uses by default (--xla_cpu_convs=eigen, the default): the
+YNNPACK weight-gradient convolutions ran at 11-27 GFLOP/s here against 75-105 for Eigen
+(docs/performance.md). --xla_cpu_convs=ynn measures jaxlib's default.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 128, "Global training batch (the paper's 128).")
+flags.DEFINE_integer("steps", 3, "Timed steps per repeat and contender.")
+flags.DEFINE_integer("repeats", 3, "Repeats; each figure is the median over them.")
+flags.DEFINE_string("mesh", "1,1", "data,tower mesh sizes (-1 fills with the devices left).")
+flags.DEFINE_float("width", 1.0, "Model width multiplier (1.0 = the paper; small = quick test).")
+flags.DEFINE_integer("num_classes", 1000, "Width of fc8.")
+flags.DEFINE_integer("eval_batch_size", 16, "Images per 10-crop eval batch (10x as many views).")
+flags.DEFINE_integer("input_images", 384, "JPEGs written for the input-pipeline benchmark.")
+flags.DEFINE_integer("input_batches", 6, "Timed input-pipeline batches per repeat.")
+flags.DEFINE_integer("matmul_size", 4096, "Side of the square float32 matmul for the peak.")
+flags.DEFINE_enum("xla_cpu_convs", "eigen", ["eigen", "ynn"],
+                  "CPU only: eigen = XLA's own convolutions (YNNPACK kept for dots); "
+                  "ynn = jaxlib's default YNNPACK convolution fusions.")
+flags.DEFINE_bool("torch", True, "Run the PyTorch contender (needs requirements-bench.txt).")
+flags.DEFINE_bool("input_pipeline", True, "Run the tf.data input-pipeline benchmark.")
+flags.DEFINE_bool("bf16", True, "On accelerators, also measure bfloat16.")
+
+# ImageNet's PCA (input_pipeline.IMAGENET_*), repeated so this module can set XLA flags
+# before anything imports JAX.
+EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+
+
+def _setup_env(xla_cpu_convs: str) -> str:
+  """Set XLA_FLAGS before JAX starts its backend. Returns the flags in force."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  xla = os.environ.get("XLA_FLAGS", "")
+  if xla_cpu_convs == "eigen" and "ynn_fusion_type" not in xla:
+    xla = (xla + " " + EIGEN_CONV_FLAG).strip()
+    os.environ["XLA_FLAGS"] = xla
+  return xla
+
+
+# ---- FLOPs --------------------------------------------------------------------------------
+def forward_macs(model) -> int:
+  """Multiply-adds of one forward pass at 224x224 (PAPER.md: 724.4M for the paper's net)."""
+  (c1, c2, c3, c4, c5), (f6, f7) = model.layer_widths()
+  t = model.num_towers
+  convs = [(55, 11, 3, c1), (27, 5, c1 // t, c2), (13, 3, c2, c3), (13, 3, c3 // t, c4),
+           (13, 3, c4 // t, c5)]
+  macs = sum(side * side * k * k * cin * cout for side, k, cin, cout in convs)
+  return macs + 6 * 6 * c5 * f6 + f6 * f7 + f7 * model.num_classes
+
+
+def train_flops_per_image(model) -> float:
+  """Forward + backward ~ 3 x forward (PAPER.md: 4.35e9 for the paper's net)."""
+  return 3 * 2 * forward_macs(model)
+
+
+# ---- timing -------------------------------------------------------------------------------
+def _median_times(contenders: dict, *, steps: int, repeats: int) -> dict:
+  """contenders: name -> run(steps) (blocks until done). Alternates them in every repeat;
+  returns name -> median over repeats of seconds per step."""
+  times = {name: [] for name in contenders}
+  for _ in range(repeats):
+    for name, run in contenders.items():
+      t0 = time.perf_counter()
+      run(steps)
+      times[name].append((time.perf_counter() - t0) / steps)
+  return {name: statistics.median(ts) for name, ts in times.items()}, times
+
+
+# ---- JAX contenders -----------------------------------------------------------------------
+def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name):
+  """Runners for the project's train step with and without on-device augmentation."""
+  from alexnet_jax import input_pipeline, sharding, train
+
+  cfg = cfg.copy_and_resolve_references()
+  cfg.model.dtype = dtype_name
+  model = train.create_model(cfg, model.num_classes)
+  data = sharding.batch_sharding(mesh)
+  rng = jax.random.key(1)
+  images_u8 = jax.device_put(
+      jax.random.randint(rng, (batch_size, 256, 256, 3), 0, 256).astype(jnp.uint8), data)
+  crops = jax.device_put(
+      jax.random.normal(rng, (batch_size, 224, 224, 3), jnp.float32) * 50.0, data)
+  labels = jax.device_put(jnp.arange(batch_size, dtype=jnp.int32) % model.num_classes, data)
+  mean = 120.0 + 10.0 * jax.random.uniform(jax.random.key(2), (256, 256, 3))
+  aug = jax.device_put(
+      train.AugmentConstants(mean, jnp.asarray(input_pipeline.IMAGENET_EIGVAL),
+                             jnp.asarray(input_pipeline.IMAGENET_EIGVEC)),
+      sharding.replicated(mesh))
+
+  runners = {}
+  for name, on_device, images in (("aug", True, images_u8), ("noaug", False, crops)):
+    step = train.make_train_step(cfg, model, mesh, steps_per_epoch=10**6,
+                                 augment_on_device=on_device)
+    box = {"state": train.create_train_state(cfg, model, mesh)}
+    batch = {"image": images, "label": labels}
+
+    def run(n, step=step, box=box, batch=batch):
+      metrics = None
+      for _ in range(n):
+        box["state"], metrics = step(box["state"], batch, aug)
+      jax.block_until_ready((box["state"].step, metrics))
+
+    run(2)  # compile + one warm step
+    runners[name] = run
+  return runners, cfg
+
+
+def _eval_runner(jax, jnp, cfg, mesh, model, eval_batch):
+  from alexnet_jax import sharding, train
+  step = train.make_eval_step(cfg, model, mesh, crops=10)
+  params = train.create_train_state(cfg, model, mesh).params
+  data = sharding.batch_sharding(mesh)
+  batch = {"image": jax.device_put(jax.random.randint(jax.random.key(3), (eval_batch, 256, 256, 3),
+                                                      0, 256).astype(jnp.uint8), data),
+           "label": jax.device_put(jnp.zeros((eval_batch,), jnp.int32), data),
+           "mask": jax.device_put(jnp.ones((eval_batch,), bool), data)}
+  mean = jnp.full((256, 256, 3), 120.0, jnp.float32)
+
+  def run(n):
+    out = None
+    for _ in range(n):
+      out = step(params, batch, mean)
+    jax.block_until_ready(out)
+
+  run(1)
+  return run
+
+
+def _matmul_runner(jax, jnp, n, dtype):
+  a = jax.random.normal(jax.random.key(4), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(5), (n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+
+  def run(k):
+    out = None
+    for _ in range(k):
+      out = f(a, b)
+    jax.block_until_ready(out)
+
+  run(1)
+  return run
+
+
+# ---- PyTorch contender --------------------------------------------------------------------
+def _torch_runner(params, width, num_classes, batch_size, threads):
+  """The PyTorch train step on CPU, loaded with our initial parameters; None if no torch."""
+  try:
+    import torch
+  except ImportError:
+    return None, "PyTorch is not installed (pip install -r requirements-bench.txt)"
+  import numpy as np
+  from alexnet_jax import torch_reference
+  torch.set_num_threads(threads)
+  net = torch_reference.load_jax_params(
+      torch_reference.AlexNetTorch(num_classes, width), jax_to_numpy(params))
+  step = torch_reference.make_train_step(net, torch_reference.make_optimizer(net))
+  gen = torch.Generator().manual_seed(0)
+  images = torch.randn(batch_size, 3, 224, 224, generator=gen) * 50.0
+  labels = torch.from_numpy(np.arange(batch_size) % num_classes).long()
+
+  def run(n):
+    for _ in range(n):
+      step(images, labels)
+
+  run(2)
+  return run, f"torch {torch.__version__}, {threads} threads"
+
+
+def jax_to_numpy(tree):
+  import jax
+  import numpy as np
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+# ---- input pipeline -----------------------------------------------------------------------
+def _sample_photos():
+  """Real photographs that ship with scikit-learn / scikit-image (no download)."""
+  photos = []
+  try:
+    from sklearn.datasets import load_sample_images
+    photos += list(load_sample_images().images)
+  except Exception:  # noqa: BLE001 - any missing optional data is fine
+    pass
+  try:
+    from skimage import data as skdata
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field"):
+      try:
+        img = getattr(skdata, name)()
+        if img.ndim == 3 and img.shape[-1] == 3:
+          photos.append(img)
+      except Exception:  # noqa: BLE001
+        pass
+  except ImportError:
+    pass
+  if not photos:
+    raise RuntimeError("no sample photos found (scikit-learn or scikit-image needed)")
+  return photos
+
+
+def write_jpeg_folder(root: str, num_images: int, num_classes: int = 4, seed: int = 0) -> str:
+  """num_images ImageNet-like JPEGs (about 500x375, landscape or portrait) made from real
+  photos by random crops, resizes and colour jitter, in root/<class>/; returns root."""
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  photos = [Image.fromarray(np.asarray(p, np.uint8)) for p in _sample_photos()]
+  for c in range(num_classes):
+    os.makedirs(os.path.join(root, f"class_{c}"), exist_ok=True)
+  for i in range(num_images):
+    photo = photos[i % len(photos)]
+    w, h = photo.size
+    cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    size = (500, 375) if rng.random() < 0.75 else (375, 500)
+    size = (size[0] + int(rng.integers(-20, 21)), size[1] + int(rng.integers(-20, 21)))
+    img = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BILINEAR)
+    arr = np.asarray(img, np.float32) * rng.uniform(0.8, 1.2, 3) + rng.normal(0, 3, (1, 1, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    img.save(os.path.join(root, f"class_{i % num_classes}", f"img_{i:05d}.jpg"),
+             quality=int(rng.integers(85, 96)))
+  return root
+
+
+def _input_runner(root, batch_size):
+  import ml_collections
+  from alexnet_jax import input_pipeline
+  cfg = ml_collections.ConfigDict({"name": f"folder:{root}", "data_dir": None, "cache": False,
+                                   "shuffle_buffer": 1024, "stats_max_images": 64})
+  it = input_pipeline.train_iterator(cfg, global_batch_size=batch_size, seed=0)
+
+  def run(n):
+    for _ in range(n):
+      b = next(it)
+      assert b["image"].shape[1:] == (256, 256, 3), b["image"].shape
+
+  run(2)  # fills the prefetch buffers and autotunes
+  return run
+
+
+def _default_config():
+  """configs/default.py (every key the trainer reads, with the paper's values)."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "configs", "default.py")
+  spec = importlib.util.spec_from_file_location("_alexnet_default_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+# ---- main ---------------------------------------------------------------------------------
+def _cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _versions(torch_available: bool) -> dict:
+  import flax
+  import jax
+  import jaxlib
+  import optax
+  import tensorflow as tf
+  v = {"python": platform.python_version(), "jax": jax.__version__,
+       "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
+       "tensorflow": tf.__version__}
+  if torch_available:
+    import torch
+    v["torch"] = torch.__version__
+  return v
+
+
+def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
+                  num_classes=1000, eval_batch_size=16, input_images=384, input_batches=6,
+                  matmul_size=4096, use_torch=True, input_pipeline=True, bf16=True,
+                  log=print) -> dict:
+  """Runs every measurement; returns the JSON-able results (see the module docstring)."""
+  import jax
+  import jax.numpy as jnp
+  from alexnet_jax import runtime, sharding, train
+
+  runtime.setup()  # keeps TensorFlow off accelerators
+  dev = jax.devices()[0]
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  on_cpu = dev.platform == "cpu"
+  device = (f"{jax.device_count()} x {dev.device_kind}" if not on_cpu else
+            f"{jax.device_count()} x CPU ({_cpu_name()}, {cores} cores)")
+  data, tower = (int(s) for s in mesh.split(","))
+  cfg = _default_config()
+  cfg.batch_size = batch_size
+  cfg.mesh.data, cfg.mesh.tower = data, tower
+  cfg.model.width = width
+  msh = sharding.make_mesh(data, tower)
+  model = train.create_model(cfg, num_classes)
+  flops = train_flops_per_image(model)
+  log(f"device: {device}; mesh data={msh.shape['data']} tower={msh.shape['tower']}; "
+      f"batch {batch_size}; width {width}; {flops / 1e9:.3f} GFLOP per training image")
+
+  log("compiling the train steps (with and without on-device augmentation)...")
+  contenders, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "float32")
+  contenders = {"jax": contenders["aug"], "jax_noaug": contenders["noaug"]}
+  torch_note = "skipped (--notorch)"
+  torch_run = None
+  if use_torch:
+    if on_cpu:
+      params = train.create_train_state(cfg, model, msh).params
+      log("building the PyTorch contender...")
+      torch_run, torch_note = _torch_runner(params, width, num_classes, batch_size, cores)
+      del params
+    else:
+      torch_note = "skipped: the PyTorch contender runs on CPU only (this device is not)"
+    if torch_run is not None:
+      contenders["torch"] = torch_run
+    else:
+      log(f"PyTorch contender skipped: {torch_note}")
+  log(f"timing {', '.join(contenders)}: {repeats} repeats x {steps} steps, alternating...")
+  step_s, all_s = _median_times(contenders, steps=steps, repeats=repeats)
+  del contenders
+
+  log("timing the 10-crop eval step and the peak matmul...")
+  others = {"eval10": _eval_runner(jax, jnp, cfg, msh, model, eval_batch_size),
+            "matmul": _matmul_runner(jax, jnp, matmul_size, jnp.float32)}
+  other_s, _ = _median_times(others, steps=1 if matmul_size > 2048 else 5, repeats=repeats)
+  del others
+
+  r = {}
+  r["train_images_per_sec"] = batch_size / step_s["jax"]
+  r["train_noaug_images_per_sec"] = batch_size / step_s["jax_noaug"]
+  r["torch_train_images_per_sec"] = (batch_size / step_s["torch"]) if "torch" in step_s else None
+  r["ratio_vs_torch"] = (r["train_images_per_sec"] / r["torch_train_images_per_sec"]
+                         if r["torch_train_images_per_sec"] else None)
+  r["peak_matmul_gflops"] = 2 * matmul_size ** 3 / other_s["matmul"] / 1e9
+  r["mfu"] = r["train_images_per_sec"] * flops / (r["peak_matmul_gflops"] * 1e9)
+  r["augment_overhead_fraction"] = (step_s["jax"] - step_s["jax_noaug"]) / step_s["jax_noaug"]
+  r["eval_10crop_images_per_sec"] = eval_batch_size / other_s["eval10"]
+
+  if input_pipeline:
+    log(f"input pipeline: writing {input_images} JPEGs (~500x375) and timing tf.data...")
+    with tempfile.TemporaryDirectory(prefix="alexnet_bench_jpegs_") as root:
+      write_jpeg_folder(root, input_images)
+      ip_s, _ = _median_times({"input": _input_runner(root, batch_size)},
+                              steps=input_batches, repeats=repeats)
+    r["input_pipeline_images_per_sec"] = batch_size / ip_s["input"]
+    r["input_pipeline_vs_train"] = r["input_pipeline_images_per_sec"] / r["train_images_per_sec"]
+  else:
+    r["input_pipeline_images_per_sec"] = None
+
+  if not on_cpu and bf16:
+    log("bfloat16: train step and matmul peak...")
+    bf, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "bfloat16")
+    bf_s, _ = _median_times({"jax_bf16": bf["aug"], "jax_bf16_noaug": bf["noaug"],
+                             "matmul_bf16": _matmul_runner(jax, jnp, matmul_size, jnp.bfloat16)},
+                            steps=steps, repeats=repeats)
+    r["train_images_per_sec_bf16"] = batch_size / bf_s["jax_bf16"]
+    r["peak_matmul_gflops_bf16"] = 2 * matmul_size ** 3 / bf_s["matmul_bf16"] / 1e9
+    r["mfu_bf16"] = r["train_images_per_sec_bf16"] * flops / (r["peak_matmul_gflops_bf16"] * 1e9)
+    r["augment_overhead_fraction_bf16"] = ((bf_s["jax_bf16"] - bf_s["jax_bf16_noaug"])
+                                           / bf_s["jax_bf16_noaug"])
+
+  r.update({
+      "device": device, "batch_size": batch_size, "mesh": f"{msh.shape['data']},{msh.shape['tower']}",
+      "width": width, "steps": steps, "repeats": repeats, "cpu_cores": cores,
+      "train_flops_per_image": flops, "train_step_seconds": step_s["jax"],
+      "train_step_seconds_all": [round(x, 4) for x in all_s["jax"]],
+      "torch": torch_note, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "versions": _versions("torch" in step_s),
+  })
+  return r
+
+
+def format_table(r: dict) -> str:
+  def fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+  rows = [
+      ("train images/s (ours, fp32, with augmentation)", fmt(r["train_images_per_sec"], ".2f")),
+      ("train images/s (ours, fp32, ready 224 crops)", fmt(r["train_noaug_images_per_sec"], ".2f")),
+      ("train images/s (PyTorch, same network)", fmt(r["torch_train_images_per_sec"], ".2f")),
+      ("ratio vs PyTorch", fmt(r["ratio_vs_torch"], ".3f")),
+      ("peak fp32 matmul GFLOP/s", fmt(r["peak_matmul_gflops"], ".1f")),
+      ("MFU (train FLOPs / matmul peak)", fmt(r["mfu"], ".3f")),
+      ("augmentation overhead (fraction of step)", fmt(r["augment_overhead_fraction"], "+.3f")),
+      ("eval 10-crop images/s", fmt(r["eval_10crop_images_per_sec"], ".2f")),
+      ("input pipeline images/s (JPEG -> 256x256)", fmt(r["input_pipeline_images_per_sec"], ".1f")),
+  ]
+  for key, label in (("train_images_per_sec_bf16", "train images/s (bf16)"),
+                     ("peak_matmul_gflops_bf16", "peak bf16 matmul GFLOP/s"),
+                     ("mfu_bf16", "MFU (bf16)")):
+    if key in r:
+      rows.append((label, fmt(r[key], ".2f")))
+  width = max(len(k) for k, _ in rows)
+  lines = [f"AlexNet benchmark on {r['device']}, batch {r['batch_size']}, mesh {r['mesh']}, "
+           f"width {r['width']} ({r['repeats']} repeats x {r['steps']} steps, medians)"]
+  lines += [f"  {k:<{width}}  {v:>10}" for k, v in rows]
+  lines.append(f"  torch: {r['torch']}; XLA_FLAGS: {r['xla_flags'] or '(none)'}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  _setup_env(FLAGS.xla_cpu_convs)
+  r = run_benchmark(batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
+                    mesh=FLAGS.mesh, width=FLAGS.width, num_classes=FLAGS.num_classes,
+                    eval_batch_size=FLAGS.eval_batch_size, input_images=FLAGS.input_images,
+                    input_batches=FLAGS.input_batches, matmul_size=FLAGS.matmul_size,
+                    use_torch=FLAGS.torch, input_pipeline=FLAGS.input_pipeline, bf16=FLAGS.bf16,
+                    log=lambda s: print(s, file=sys.stderr, flush=True))
+  print(format_table(r), flush=True)
+  print(json.dumps(r, sort_keys=True), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,109 @@
+"""The benchmark end to end on a tiny model, and the PyTorch contender against our network."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import bench
+from alexnet_jax.model import AlexNet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FIGURES = ("train_images_per_sec", "torch_train_images_per_sec", "ratio_vs_torch",
+           "peak_matmul_gflops", "mfu", "input_pipeline_images_per_sec",
+           "augment_overhead_fraction", "eval_10crop_images_per_sec")
+
+
+def _torch_available():
+  try:
+    import torch  # noqa: F401
+    return True
+  except ImportError:
+    return False
+
+
+def test_training_flops_are_the_papers():
+  # PAPER.md: 724.4M multiply-adds forward, 4.35 GFLOP per training image.
+  m = AlexNet()
+  assert abs(bench.forward_macs(m) - 724.4e6) / 724.4e6 < 1e-3
+  assert abs(bench.train_flops_per_image(m) - 4.35e9) / 4.35e9 < 2e-3
+
+
+def test_benchmark_runs_end_to_end_on_a_tiny_model():
+  """`python -m alexnet_jax.bench` in quick mode: a table, then one JSON object whose
+  figures are all positive (the PyTorch ones only when PyTorch is installed)."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""  # one CPU device, as a user runs it (conftest simulates 8)
+  env["JAX_PLATFORMS"] = "cpu"
+  with_torch = _torch_available()
+  cmd = [sys.executable, "-m", "alexnet_jax.bench", "--width=0.125", "--batch_size=8",
+         "--steps=1", "--repeats=1", "--eval_batch_size=2", "--input_images=16",
+         "--input_batches=1", "--matmul_size=512", "--mesh=1,1"]
+  if not with_torch:
+    cmd.append("--notorch")
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-4000:]
+  lines = out.stdout.strip().splitlines()
+  assert "ratio vs PyTorch" in out.stdout  # the readable table comes first
+  result = json.loads(lines[-1])
+  for key in ("device", "batch_size", "versions"):
+    assert result[key], key
+  assert result["batch_size"] == 8
+  assert result["versions"]["jax"] == jax.__version__
+  for key in FIGURES:
+    assert key in result, key
+    if key.startswith("torch") or key == "ratio_vs_torch":
+      if not with_torch:
+        assert result[key] is None
+        continue
+    value = result[key]
+    assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
+    if key == "augment_overhead_fraction":
+      # A difference of two timings of one step each: positive on average, but on a model
+      # this small, noise can take it a little below zero.
+      assert value > -0.5, value
+    else:
+      assert value > 0, (key, value)
+  if not with_torch:
+    assert "not installed" in result["torch"] or "notorch" in result["torch"]
+
+
+def test_pytorch_reference_forward_equals_ours():
+  """The benchmark compares the same network: on our weights, PyTorch's forward (groups=2
+  convolutions, per-tower LRN, NCHW, (C, H, W) flatten) gives our logits to 1e-4."""
+  torch = pytest.importorskip("torch", reason="PyTorch is benchmark-only "
+                              "(requirements-bench.txt); not installed here")
+  from alexnet_jax import torch_reference
+
+  model = AlexNet(num_classes=1000)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  # He-normal-sized weights so that every layer (and the LRN) changes the logits.
+  params = jax.tree.map(lambda x: x * 10 if x.ndim > 1 else x + 0.1, variables["params"])
+  images = np.asarray(jax.random.normal(jax.random.key(1), (2, 224, 224, 3)) * 60, np.float32)
+  ours = np.asarray(model.apply({"params": params}, images))
+
+  net = torch_reference.load_jax_params(torch_reference.AlexNetTorch(1000), params).eval()
+  with torch.no_grad():
+    theirs = net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+  assert np.std(ours) > 1e-2  # a non-trivial comparison
+  rel = np.max(np.abs(ours - theirs)) / np.max(np.abs(ours))
+  assert rel < 1e-4, rel
+
+
+def test_pytorch_lrn_is_the_papers_within_each_tower():
+  torch = pytest.importorskip("torch", reason="PyTorch is benchmark-only "
+                              "(requirements-bench.txt); not installed here")
+  from alexnet_jax import torch_reference
+  from alexnet_jax.model import local_response_norm
+  x = np.random.default_rng(0).normal(0, 40, (2, 6, 5, 96)).astype(np.float32)
+  want = np.concatenate([np.asarray(local_response_norm(jnp.asarray(h)))
+                         for h in np.split(x, 2, axis=-1)], axis=-1)
+  got = torch_reference.local_response_norm(
+      torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), towers=2).numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
