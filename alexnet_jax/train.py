@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import augment
 from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import distributed
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -179,7 +180,9 @@ def global_batch(mesh, local_batch: dict) -> dict:
 def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = -1) -> dict:
   """Top-1/top-5 error over the whole validation split (every image once)."""
   sums = None
-  it = input_pipeline.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size)
+  shard, num_shards = distributed.data_shard(mesh)  # the rows this process's devices hold
+  it = input_pipeline.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
+                                    process_index=shard, process_count=num_shards)
   for i, batch in enumerate(it):
     if 0 < max_batches <= i:
       break
@@ -235,8 +238,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = reporting.MetricsWriter(workdir, enabled=lead)
   train_step = make_train_step(config, model, mesh, steps_per_epoch)
   eval_step = make_eval_step(config, model, mesh)
+  # Each process reads the rows of the global batch that its devices hold (processes that
+  # share data shards, e.g. towers split across processes, read the same rows).
+  shard, num_shards = distributed.data_shard(mesh)
   batches = input_pipeline.train_iterator(config.dataset, global_batch_size=config.batch_size,
-                                          seed=config.seed, start_step=start)
+                                          seed=config.seed, start_step=start,
+                                          process_index=shard, process_count=num_shards)
 
   def run_eval(state):
     m = evaluate(config, eval_step, state.params, aug.mean_image, mesh,

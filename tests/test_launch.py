@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from alexnet_jax import distributed
@@ -202,3 +203,34 @@ def test_main_defines_the_distributed_flags():
   for flag in ("--coordinator_address", "--num_processes", "--process_id", "--distributed",
                "--distributed_heartbeat_timeout", "--distributed_init_timeout"):
     assert flag in r.stdout, flag
+
+
+# ---- which rows of each global batch a process feeds (distributed.data_block) -------------
+class _Dev:
+  def __init__(self, process_index):
+    self.process_index = process_index
+
+
+def _grid(processes, data, tower):
+  """A (data, tower) grid of fake devices, in jax.devices() order (process-major)."""
+  per = data * tower // processes
+  return np.array([_Dev(i // per) for i in range(data * tower)], dtype=object).reshape(
+      data, tower)
+
+
+@pytest.mark.parametrize("processes,data,tower,expected", [
+    (1, 4, 2, [(0, 1)]),                      # one process holds everything
+    (2, 2, 2, [(0, 2), (1, 2)]),              # 2 x 2 devices: each its half
+    (2, 1, 2, [(0, 1), (0, 1)]),              # towers split across processes: whole batch
+    (4, 2, 2, [(0, 2), (0, 2), (1, 2), (1, 2)]),  # pairs of processes share a data shard
+    (2, 8, 1, [(0, 2), (1, 2)]),
+])
+def test_data_block(processes, data, tower, expected):
+  grid = _grid(processes, data, tower)
+  assert [distributed.data_block(grid, 0, p) for p in range(processes)] == expected
+
+
+def test_data_block_rejects_scattered_shards():
+  grid = np.array([[_Dev(0)], [_Dev(1)], [_Dev(0)], [_Dev(1)]], dtype=object)
+  with pytest.raises(ValueError, match="contiguous"):
+    distributed.data_block(grid, 0, 0)

@@ -5,8 +5,9 @@ One module fixture runs the demo config for 3 steps, tiny (width 0.125, batch 8)
      worker 1 is SIGKILLed as soon as the step-1 checkpoint exists: process 0 must end
      non-zero on its own within a bounded time (heartbeat 10 s);
   2. the same command again: it must resume from the last checkpoint and finish;
-  3. references, concurrently: 1 process x 4 devices (mesh 2x2) and 1 process x 1 device.
-The final parameters of all three must agree to 1e-5 (relative), and the 2-process checkpoint
+  3. references, concurrently: 1 process x 4 devices (mesh 2x2) and 1 process x 1 device;
+  4. the towers split across processes: 2 processes x 1 device, mesh (data=1, tower=2).
+The final parameters of all of them must agree to 1e-5 (relative), and the 2-process checkpoint
 must restore in this single process on 1 device and on 8.
 
 Everything is bounded by timeouts and uses loopback only. A persistent compilation cache
@@ -113,6 +114,15 @@ def runs(tmp_path_factory):
         _stop(proc)
     out["kill"]["launcher"] = _tail(root / "launcher_killed.txt")
 
+    # 4 (started now, waited for below). The towers split across 2 processes x 1 device
+    # (data=1, tower=2): both processes hold, and must feed, the whole batch.
+    towers_dir = str(root / "towers_split")
+    towers_log = open(root / "launcher_towers.txt", "w")
+    towers = _launch([os.path.join(REPO, "launch", "multiprocess_local.sh"), "2", "1",
+                      *RUN_FLAGS, f"--workdir={towers_dir}", "--config.mesh.data=1",
+                      "--config.mesh.tower=2"], _env(cache), towers_log)
+    procs.append(towers)
+
     # 2. The same command again: resumes from the last checkpoint.
     logs2 = str(root / "logs_resumed")
     with open(root / "launcher_resumed.txt", "w") as log:
@@ -136,6 +146,10 @@ def runs(tmp_path_factory):
       out[name] = {"rc": _wait(proc, 400), "workdir": str(root / name),
                    "log": _tail(root / f"{name}.txt")}
       log.close()
+    out["towers_split"] = {"rc": _wait(towers, 400), "workdir": towers_dir,
+                           "log": _tail(root / "launcher_towers.txt") + _tail(
+                               os.path.join(towers_dir, "logs", "process_0.log"))}
+    towers_log.close()
     yield out
   finally:
     for proc in procs:
@@ -201,10 +215,11 @@ def test_restarted_run_resumes_and_writes_from_process_0_only(runs):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   keys = [(r["step"], r["split"]) for r in rows]
-  # Process 0 alone writes: each step once per run that reached it, never twice in a run.
+  # Process 0 alone writes: the resumed run appended each of its steps once (the killed run
+  # may have logged a step whose checkpoint it did not finish; that one comes earlier).
   resumed_from = int(m.group(1))
-  for step in range(resumed_from + 1, STEPS + 1):
-    assert keys.count((step, "train")) == 1, keys
+  mine = [(s, "train") for s in range(resumed_from + 1, STEPS + 1)] + [(STEPS, "eval")]
+  assert keys[-len(mine):] == mine, keys
   assert keys.count((STEPS, "eval")) == 1, keys
   assert os.path.exists(os.path.join(workdir, "learning_curve.png"))
   # One TensorBoard event file per launch (the killed one and the resumed one), both from
@@ -236,6 +251,21 @@ def test_two_processes_match_one_process_with_4_and_with_1_device(runs):
   assert sorted(ref) == sorted(got) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)],
                              rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_towers_split_across_two_processes_match_one_device(runs):
+  """mesh (data=1, tower=2) over 2 processes x 1 device: each process must feed the whole
+  global batch (not half of it), and the result is the 1-device run's."""
+  r = runs["towers_split"]
+  assert r["rc"] == 0, r["log"]
+  assert runs["one_proc_1dev"]["rc"] == 0, runs["one_proc_1dev"]["log"]
+  _, split = _params(r["workdir"])
+  _, one = _params(runs["one_proc_1dev"]["workdir"])
+  _assert_same_params(split, one, "towers on 2 processes vs 1 device")
+  with open(os.path.join(r["workdir"], "metrics.jsonl")) as f:
+    evals = [json.loads(l) for l in f if '"eval"' in l]
+  assert evals[-1]["num_images"] == 8  # one whole eval batch (max_eval_batches=1)
 
 
 @pytest.mark.slow
