@@ -199,6 +199,12 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
+def _last_good(manager, workdir) -> str:
+  step = manager.latest_step()
+  return (f"The last good checkpoint in {workdir} is step {step}." if step is not None else
+          f"No checkpoint had been written to {workdir} yet (no last good checkpoint).")
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -274,9 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bad = start + 1 + next(i for i, w in enumerate(window) if not math.isfinite(w["loss"]))
         raise NonFiniteLossError(
             f"loss became {window[-1]['loss']} by step {step} (first non-finite near step "
-            f"{bad}); stopping without saving. The last good checkpoint in {workdir} is "
-            f"step {manager.latest_step()}. Lower --config.optimizer.learning_rate or check "
-            f"the data.")
+            f"{bad}); stopping without saving. {_last_good(manager, workdir)} Lower "
+            f"--config.optimizer.learning_rate or check the data.")
       now = time.perf_counter()
       m["images_per_sec"] = len(window) * config.batch_size / (now - t_window)
       m["epoch"] = step / steps_per_epoch
@@ -298,9 +303,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # The update can overflow one step before the loss shows it: never save that.
       if not bool(_all_finite(state.params)):
         raise NonFiniteLossError(
-            f"parameters became non-finite at step {step}; stopping without saving. The "
-            f"last good checkpoint in {workdir} is step {manager.latest_step()}. Lower "
-            f"--config.optimizer.learning_rate or check the data.")
+            f"parameters became non-finite at step {step}; stopping without saving. "
+            f"{_last_good(manager, workdir)} Lower --config.optimizer.learning_rate or check "
+            f"the data.")
       manager.save(step, state, eval_metrics if step % eval_every == 0 or last else None,
                    meta={"num_classes": info.num_classes, "dataset": info.name})
       t_window = time.perf_counter()  # saving is not training time

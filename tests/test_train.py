@@ -189,22 +189,30 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = tiny_config(num_train_steps=8, checkpoint_every_steps=1, eval_every_steps=100,
-                       **{"mesh.data": -1, "optimizer.learning_rate": 1e12,
-                          "optimizer.schedule": "constant"})
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite.*last good checkpoint"):
-    train.train_and_evaluate(config, str(tmp_path))
-  manager = checkpoint.CheckpointManager(str(tmp_path), config)
-  steps = manager.all_steps()
-  assert steps and max(steps) < 8
+  good = tiny_config(num_train_steps=2, checkpoint_every_steps=1, eval_every_steps=100,
+                     **{"mesh.data": -1, "optimizer.schedule": "constant"})
+  train.train_and_evaluate(good, str(tmp_path))
   mesh = _mesh(8, 1)
-  model = train.create_model(config, 10)
-  abstract = train.abstract_state(config, model)
+  model = train.create_model(good, 10)
+  abstract = train.abstract_state(good, model)
+  manager = checkpoint.CheckpointManager(str(tmp_path), good)
+  assert manager.latest_step() == 2
+  before = manager.restore(abstract, train.state_shardings(mesh, abstract), 2)
+  # Resume the same run with a learning rate that explodes it.
+  bad = tiny_config(num_train_steps=12, checkpoint_every_steps=1, eval_every_steps=100,
+                    **{"mesh.data": -1, "optimizer.schedule": "constant",
+                       "optimizer.learning_rate": 1e12})
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite.*last good checkpoint in .* is step"):
+    train.train_and_evaluate(bad, str(tmp_path))
+  manager = checkpoint.CheckpointManager(str(tmp_path), good)
+  steps = manager.all_steps()
+  assert 2 in steps and max(steps) < 12
   for s in steps:  # every checkpoint that was written holds finite parameters
     st = manager.restore(abstract, train.state_shardings(mesh, abstract), s)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st.params))
-  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  assert rows and all(r["split"] == "train" for r in rows)
+  again = manager.restore(abstract, train.state_shardings(mesh, abstract), 2)
+  for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # untouched
 
 
 # ---- the command line --------------------------------------------------------------------
