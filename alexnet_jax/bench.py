@@ -360,7 +360,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   log("timing the 10-crop eval step and the peak matmul...")
   others = {"eval10": _eval_runner(jax, jnp, cfg, msh, model, eval_batch_size),
             "matmul": _matmul_runner(jax, jnp, matmul_size, jnp.float32)}
-  other_s, _ = _median_times(others, steps=1 if matmul_size > 2048 else 5, repeats=repeats)
+  other_s, _ = _median_times(others, steps=2 if matmul_size > 2048 else 5, repeats=repeats)
   del others
 
   r = {}
@@ -438,12 +438,14 @@ def format_table(r: dict) -> str:
 def main(argv):
   del argv
   _setup_env(FLAGS.xla_cpu_convs)
+  t0 = time.perf_counter()
   r = run_benchmark(batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
                     mesh=FLAGS.mesh, width=FLAGS.width, num_classes=FLAGS.num_classes,
                     eval_batch_size=FLAGS.eval_batch_size, input_images=FLAGS.input_images,
                     input_batches=FLAGS.input_batches, matmul_size=FLAGS.matmul_size,
                     use_torch=FLAGS.torch, input_pipeline=FLAGS.input_pipeline, bf16=FLAGS.bf16,
-                    log=lambda s: print(s, file=sys.stderr, flush=True))
+                    log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}",
+                                      file=sys.stderr, flush=True))
   print(format_table(r), flush=True)
   print(json.dumps(r, sort_keys=True), flush=True)
 
