@@ -79,14 +79,16 @@ def train_views(images, keys, *, mean_image, eigval, eigvec, crop_size: int = 22
   else:
     shift = jnp.zeros((b, 3), jnp.float32)
 
-  def one(image, y, x, do_flip, s):
-    out = jax.lax.dynamic_slice(image, (y, x, 0), (ch, cw, c)).astype(jnp.float32)
-    if mean is not None:
-      out = out - jax.lax.dynamic_slice(mean, (y, x, 0), (ch, cw, c))
-    out = (out + s) * scale
-    return jnp.where(do_flip, out[:, ::-1, :], out) if flip else out
-
-  return jax.vmap(one)(images, oy, ox, flips, shift)
+  # One gather with the flip folded into the column index: a vmapped dynamic_slice plus
+  # where(flip, out[:, ::-1], out) ran 18x slower on CPU (docs/performance.md #6).
+  i, j = jnp.arange(ch), jnp.arange(cw)
+  rows = oy[:, None] + i                                                  # [B, ch]
+  cols = ox[:, None] + jnp.where(flips[:, None], cw - 1 - j, j)           # [B, cw]
+  out = images[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  out = out.astype(jnp.float32)
+  if mean is not None:
+    out = out - mean[rows[:, :, None], cols[:, None, :]]
+  return (out + shift[:, None, None, :]) * scale
 
 
 def train_view_params(keys, *, image_shape=(256, 256), crop_size=224, lighting_std=0.1):

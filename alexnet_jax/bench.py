@@ -69,6 +69,8 @@ def _setup_env(xla_cpu_convs: str) -> str:
   if xla_cpu_convs == "eigen" and "ynn_fusion_type" not in xla:
     xla = (xla + " " + EIGEN_CONV_FLAG).strip()
     os.environ["XLA_FLAGS"] = xla
+  if xla_cpu_convs == "ynn":  # also keep runtime.compiler_options() off the train step
+    os.environ["ALEXNET_JAX_YNN_CONVS"] = "1"
   return xla
 
 

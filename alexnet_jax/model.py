@@ -246,7 +246,9 @@ class AlexNet(nn.Module):
   def _gather_towers(self, xs: list[jax.Array]) -> jax.Array:
     """Concatenate all towers' outputs along channels: a cross-tower point."""
     x = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
-    if self.tower_axis is not None:
+    # On a size-1 tower axis the all-gather is a no-op that still made XLA:CPU give the
+    # tensors around it a channel-major layout (1.33x slower step, docs/performance.md #5).
+    if self.tower_axis is not None and jax.lax.axis_size(self.tower_axis) > 1:
       x = jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)
     return x
 

@@ -19,3 +19,19 @@ def setup(distributed=None):
     return None
   from alexnet_jax import distributed as distributed_lib
   return distributed_lib.initialize(distributed)
+
+
+# jaxlib 0.10.2's XLA:CPU hands convolutions to YNNPACK fusions; their weight-gradient
+# convolutions ran at 11-27 GFLOP/s on a 2-core x86 CPU against 75-105 for XLA's own (Eigen)
+# code: a 2.5x slower step (docs/performance.md #1). ALEXNET_JAX_YNN_CONVS=1 keeps jaxlib's
+# default (the benchmark uses it to measure the difference).
+_CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options() -> dict | None:
+  """`jax.jit(..., compiler_options=...)` for the train and eval steps on this backend."""
+  import jax
+  if (jax.default_backend() != "cpu" or os.environ.get("ALEXNET_JAX_YNN_CONVS") == "1"
+      or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")):
+    return None
+  return dict(_CPU_CONV_OPTIONS)

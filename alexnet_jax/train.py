@@ -25,6 +25,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import sharding
 from alexnet_jax import reporting
+from alexnet_jax import runtime
 
 
 @flax.struct.dataclass
@@ -140,7 +141,8 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
   return jax.jit(train_step, donate_argnums=0,
                  in_shardings=(shardings, {"image": data, "label": data},
                                sharding.replicated(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)))
+                 out_shardings=(shardings, sharding.replicated(mesh)),
+                 compiler_options=runtime.compiler_options())
 
 
 def make_eval_step(config, model, mesh, crops: int | None = None):
@@ -167,7 +169,8 @@ def make_eval_step(config, model, mesh, crops: int | None = None):
     return {"top1_errors": (top1 * mask).sum(), "top5_errors": (top5 * mask).sum(),
             "loss_sum": (nll * mask).sum(), "count": mask.sum()}
 
-  return jax.jit(eval_step, out_shardings=sharding.replicated(mesh))
+  return jax.jit(eval_step, out_shardings=sharding.replicated(mesh),
+                 compiler_options=runtime.compiler_options())
 
 
 def global_batch(mesh, local_batch: dict) -> dict:
