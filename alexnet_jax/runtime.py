@@ -3,6 +3,15 @@ jax.distributed when the run has several processes (alexnet_jax/distributed.py).
 import os
 
 
+def _quiet_library_logs():
+  """Orbax logs a dozen INFO lines per checkpoint through absl; keep its warnings only, so
+  the run's own lines (step, loss, ETA) stay readable."""
+  import logging
+  from absl import logging as absl_logging
+  absl_logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname)
+
+
 def setup(distributed=None):
   """Call first, before anything touches JAX devices.
 
@@ -11,6 +20,7 @@ def setup(distributed=None):
   Returns the multi-process plan, or None.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  _quiet_library_logs()
   import tensorflow as tf
   # tf.data runs on the host; TF must not reserve GPU/TPU memory that JAX needs.
   tf.config.set_visible_devices([], "GPU")
