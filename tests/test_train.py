@@ -276,3 +276,16 @@ def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
   assert any("top1_error" in r and "top5_error" in r for r in rows if r["split"] == "eval")
   assert (tmp_path / "full" / "learning_curve.png").stat().st_size > 10_000
   assert json.load(open(tmp_path / "full" / "config.json"))["batch_size"] == 8
+
+
+def test_checkpoints_keep_the_latest_k_and_the_best(tmp_path):
+  manager = checkpoint.CheckpointManager(str(tmp_path), keep=2)
+  errors = {1: 0.5, 2: 0.1, 3: 0.6, 4: 0.7, 5: 0.8}  # step 2 is the best by top-1 error
+  for step, err in errors.items():
+    manager.save(step, {"w": jnp.full((3,), float(step))}, {"top1_error": err})
+    manager.wait()
+  assert sorted(manager.all_steps()) == [2, 4, 5]
+  best = manager._manager.restore(2, args=checkpoint.ocp.args.Composite(
+      state=checkpoint.ocp.args.StandardRestore({"w": jnp.zeros((3,))})))
+  np.testing.assert_array_equal(np.asarray(best["state"]["w"]), [2.0, 2.0, 2.0])
+  manager.close()
