@@ -37,23 +37,24 @@ class CheckpointManager:
         pp.BestN(get_metric_fn=lambda m: m["top1_error"], reverse=True, n=1,
                  keep_checkpoints_without_metrics=False),
     ])
+    # Look before Orbax does: it deletes temporary directories when it starts.
+    incomplete = self._incomplete_entries()
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"),
         options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                              cleanup_tmp_directories=True))
-    self._warn_incomplete()
+    for path in incomplete:
+      logging.warning("ignoring %s: not a complete checkpoint (a save that was "
+                      "interrupted?); restoring from step %s instead.", path,
+                      self._manager.latest_step())
 
-  def _warn_incomplete(self):
-    """Say which entries are not finished checkpoints (a save that was killed)."""
+  def _incomplete_entries(self) -> list[str]:
+    """Entries that are not finished steps: Orbax writes `<step>.orbax-checkpoint-tmp-*`
+    and renames it to `<step>` only once every file is written."""
     if not os.path.isdir(self.directory):
-      return
-    steps = {str(s) for s in self._manager.all_steps()}
-    for name in sorted(os.listdir(self.directory)):
-      full = os.path.join(self.directory, name)
-      if os.path.isdir(full) and name not in steps:
-        logging.warning("ignoring %s: not a complete checkpoint (a save that was "
-                        "interrupted?); restoring from step %s instead.", full,
-                        self._manager.latest_step())
+      return []
+    return [os.path.join(self.directory, name) for name in sorted(os.listdir(self.directory))
+            if os.path.isdir(os.path.join(self.directory, name)) and not name.isdigit()]
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
