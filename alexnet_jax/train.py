@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
@@ -15,7 +14,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import augment
 from alexnet_jax import checkpoint as ckpt_lib

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import augment, checkpoint, sharding, train
+from alexnet_jax import checkpoint, sharding, train
 from configs import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
