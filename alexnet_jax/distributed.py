@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 from absl import flags, logging
