@@ -79,6 +79,11 @@ class CheckpointManager:
         state=ocp.args.StandardRestore(target)))
     return out["state"]
 
+  def restore_meta(self, step: int) -> dict:
+    """The JSON saved beside the state (num_classes, dataset, eval metrics)."""
+    return self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+
   def restore_or(self, init_fn, shardings):
     """Restore the latest checkpoint onto `shardings`, or call init_fn() for a new run."""
     if self._manager.latest_step() is None:
@@ -122,8 +127,7 @@ def restore(workdir: str, step: int | None = None, mesh=None):
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-  meta = manager._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-  model = train.create_model(config, meta["meta"]["num_classes"])
+  model = train.create_model(config, manager.restore_meta(step)["num_classes"])
   abstract = train.abstract_state(config, model)
   state = manager.restore(abstract, train.state_shardings(mesh, abstract), step)
   manager.close()

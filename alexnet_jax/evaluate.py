@@ -20,9 +20,9 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
   import jax
   from alexnet_jax import checkpoint, input_pipeline, sharding, train
 
-  config, variables = checkpoint.restore(workdir, step=step)
   if crops not in (1, 10):
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
+  config, variables = checkpoint.restore(workdir, step=step)
   mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
   config.unlock()
   config.eval_crops = crops
