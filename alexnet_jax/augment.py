@@ -79,16 +79,20 @@ def train_views(images, keys, *, mean_image, eigval, eigvec, crop_size: int = 22
   else:
     shift = jnp.zeros((b, 3), jnp.float32)
 
-  # One gather with the flip folded into the column index: a vmapped dynamic_slice plus
-  # where(flip, out[:, ::-1], out) ran 18x slower on CPU (docs/performance.md #6).
+  # The arithmetic runs on the whole uint8 images (1.3x the crop's pixels), then ONE gather
+  # (flip folded into the column index) cuts the views: the gather's output is materialised,
+  # so conv1's forward and its weight-gradient transpose both read it. Gathering first and
+  # doing the arithmetic after let XLA:CPU duplicate that arithmetic into both consumers and
+  # run it in the transpose's strided order (docs/performance.md, run E). A vmapped
+  # dynamic_slice plus where(flip, out[:, ::-1], out) ran 18x slower on CPU (#6).
+  x = images.astype(jnp.float32)
+  if mean is not None:
+    x = x - mean
+  x = (x + shift[:, None, None, :]) * scale
   i, j = jnp.arange(ch), jnp.arange(cw)
   rows = oy[:, None] + i                                                  # [B, ch]
   cols = ox[:, None] + jnp.where(flips[:, None], cw - 1 - j, j)           # [B, cw]
-  out = images[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-  out = out.astype(jnp.float32)
-  if mean is not None:
-    out = out - mean[rows[:, :, None], cols[:, None, :]]
-  return (out + shift[:, None, None, :]) * scale
+  return x[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def train_view_params(keys, *, image_shape=(256, 256), crop_size=224, lighting_std=0.1):

@@ -17,7 +17,8 @@ jobs, thermal) hits all of them alike:
   augment_overhead_fraction   (step with on-device augmentation - step on ready 224 crops)
                               / step on ready crops
   eval_10crop_images_per_sec  train.make_eval_step with the paper's 10 views
-  on accelerators also *_bf16 figures (model.dtype=bfloat16, bfloat16 matmul peak).
+  on accelerators (or with --bf16=on) also train_images_per_sec_bf16, peak_matmul_gflops_bf16,
+  mfu_bf16 and augment_overhead_fraction_bf16 (model.dtype=bfloat16, bfloat16 matmul peak).
 
 Prints a table, then the same figures as ONE JSON object on the last line.
 
@@ -55,7 +56,9 @@ flags.DEFINE_enum("xla_cpu_convs", "eigen", ["eigen", "ynn"],
                   "ynn = jaxlib's default YNNPACK convolution fusions.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch contender (needs requirements-bench.txt).")
 flags.DEFINE_bool("input_pipeline", True, "Run the tf.data input-pipeline benchmark.")
-flags.DEFINE_bool("bf16", True, "On accelerators, also measure bfloat16.")
+flags.DEFINE_enum("bf16", "auto", ["auto", "on", "off"],
+                  "Also measure bfloat16 (model.dtype=bfloat16): auto = on accelerators only; "
+                  "on = also on CPU (slow there: XLA:CPU emulates bf16 convolutions).")
 
 # ImageNet's PCA (input_pipeline.IMAGENET_*), repeated so this module can set XLA flags
 # before anything imports JAX.
@@ -314,7 +317,7 @@ def _versions(torch_available: bool) -> dict:
 
 def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
                   num_classes=1000, eval_batch_size=16, input_images=384, input_batches=6,
-                  matmul_size=4096, use_torch=True, input_pipeline=True, bf16=True,
+                  matmul_size=4096, use_torch=True, input_pipeline=True, bf16="auto",
                   log=print) -> dict:
   """Runs every measurement; returns the JSON-able results (see the module docstring)."""
   import jax
@@ -387,7 +390,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   else:
     r["input_pipeline_images_per_sec"] = None
 
-  if not on_cpu and bf16:
+  if bf16 == "on" or (bf16 == "auto" and not on_cpu):
     log("bfloat16: train step and matmul peak...")
     bf, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "bfloat16")
     bf_s, _ = _median_times({"jax_bf16": bf["aug"], "jax_bf16_noaug": bf["noaug"],
@@ -426,9 +429,10 @@ def format_table(r: dict) -> str:
   ]
   for key, label in (("train_images_per_sec_bf16", "train images/s (bf16)"),
                      ("peak_matmul_gflops_bf16", "peak bf16 matmul GFLOP/s"),
-                     ("mfu_bf16", "MFU (bf16)")):
+                     ("mfu_bf16", "MFU (bf16)"),
+                     ("augment_overhead_fraction_bf16", "augmentation overhead (bf16)")):
     if key in r:
-      rows.append((label, fmt(r[key], ".2f")))
+      rows.append((label, fmt(r[key], "+.3f" if key.startswith("augment") else ".2f")))
   width = max(len(k) for k, _ in rows)
   lines = [f"AlexNet benchmark on {r['device']}, batch {r['batch_size']}, mesh {r['mesh']}, "
            f"width {r['width']} ({r['repeats']} repeats x {r['steps']} steps, medians)"]

@@ -116,9 +116,6 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
           random_crop=acfg.random_crop, flip=acfg.flip, lighting_std=acfg.lighting_std,
           scale=acfg.scale)
       images = jax.lax.with_sharding_constraint(images, sharding.batch_sharding(mesh))
-      # Materialise the views once: fused into conv1's forward and weight-gradient
-      # consumers, the gather ran ~10x slower than alone (docs/performance.md, run D).
-      images = jax.lax.optimization_barrier(images)
 
     def loss_fn(params):
       logits = apply({"params": params}, images, train=True,

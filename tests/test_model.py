@@ -134,6 +134,21 @@ def test_forward_equals_independent_grouped_model(name):
     assert _rel(got, reference_forward(variables["params"], images)) > 1e-4
 
 
+def test_bfloat16_compute_keeps_float32_params_and_matches_the_reference():
+  """model.dtype=bfloat16 (the accelerator setting): float32 parameters, bfloat16
+  activations, float32 logits within bfloat16 rounding (8 bits of mantissa over 8 layers) of the
+  float32 grouped reference, and measurably not float32."""
+  m = AlexNet(num_classes=1000, dtype=jnp.bfloat16)
+  variables = _init(m, seed=3)
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  images = jax.random.normal(jax.random.key(4), (2, *IMG)) * 50
+  got, inter = m.apply(variables, images, mutable=["intermediates"])
+  assert inter["intermediates"]["conv1_out"][0].dtype == jnp.bfloat16
+  assert got.dtype == jnp.float32  # logits come back in float32 for the softmax
+  err = _rel(np.asarray(got, np.float32), reference_forward(variables["params"], images))
+  assert 1e-4 < err < 3e-2, err
+
+
 def test_one_tower_parameter_count_by_hand():
   # The paper's one-GPU net: half the kernels in conv1-4; conv5 and fc layers full size.
   convs = [(11, 3, 48), (5, 48, 128), (3, 128, 192), (3, 192, 192), (3, 192, 256)]
