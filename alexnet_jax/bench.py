@@ -10,6 +10,8 @@ jobs, thermal) hits all of them alike:
   torch_train_images_per_sec  the same grouped network in PyTorch (torch_reference.py),
                               same batch, SGD momentum 0.9 + weight decay 5e-4, as many
                               threads as XLA uses; ratio_vs_torch = ours / theirs
+  torch_compiled_train_images_per_sec  the same under torch.compile (inductor), and
+                              ratio_vs_torch_compiled (--notorch_compile skips it)
   peak_matmul_gflops          a large float32 matmul on the same device; mfu =
                               train_images_per_sec x training FLOPs per image / peak
   input_pipeline_images_per_sec  input_pipeline.train_iterator decoding real ~500x375 JPEGs
@@ -55,6 +57,7 @@ flags.DEFINE_enum("xla_cpu_convs", "eigen", ["eigen", "ynn"],
                   "CPU only: eigen = XLA's own convolutions (YNNPACK kept for dots); "
                   "ynn = jaxlib's default YNNPACK convolution fusions.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch contender (needs requirements-bench.txt).")
+flags.DEFINE_bool("torch_compile", True, "Also time the PyTorch contender under torch.compile.")
 flags.DEFINE_bool("input_pipeline", True, "Run the tf.data input-pipeline benchmark.")
 flags.DEFINE_enum("bf16", "auto", ["auto", "on", "off"],
                   "Also measure bfloat16 (model.dtype=bfloat16): auto = on accelerators only; "
@@ -182,8 +185,12 @@ def _matmul_runner(jax, jnp, n, dtype):
 
 
 # ---- PyTorch contender --------------------------------------------------------------------
-def _torch_runner(params, width, num_classes, batch_size, threads):
-  """The PyTorch train step on CPU, loaded with our initial parameters; None if no torch."""
+def _torch_runner(params, width, num_classes, batch_size, threads, compiled=False):
+  """The PyTorch train step on CPU, loaded with our initial parameters; None if no torch.
+
+  Channels-last tensors (oneDNN's preferred layout; 1.14x over NCHW with the slice LRN,
+  docs/performance.md run F); compiled=True wraps the network in torch.compile (inductor).
+  """
   try:
     import torch
   except ImportError:
@@ -193,17 +200,26 @@ def _torch_runner(params, width, num_classes, batch_size, threads):
   torch.set_num_threads(threads)
   net = torch_reference.load_jax_params(
       torch_reference.AlexNetTorch(num_classes, width), jax_to_numpy(params))
-  step = torch_reference.make_train_step(net, torch_reference.make_optimizer(net))
+  net = net.to(memory_format=torch.channels_last)
+  optimizer = torch_reference.make_optimizer(net)
+  if compiled:
+    net = torch.compile(net)
+  step = torch_reference.make_train_step(net, optimizer)
   gen = torch.Generator().manual_seed(0)
-  images = torch.randn(batch_size, 3, 224, 224, generator=gen) * 50.0
+  images = (torch.randn(batch_size, 3, 224, 224, generator=gen) * 50.0).contiguous(
+      memory_format=torch.channels_last)
   labels = torch.from_numpy(np.arange(batch_size) % num_classes).long()
 
   def run(n):
     for _ in range(n):
       step(images, labels)
 
-  run(2)
-  return run, f"torch {torch.__version__}, {threads} threads"
+  try:
+    run(2)  # compiles under torch.compile (about a minute at full width)
+  except Exception as e:  # noqa: BLE001 - inductor needs a C++ compiler; report, don't die
+    return None, f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+  mode = "torch.compile (inductor)" if compiled else "eager"
+  return run, f"torch {torch.__version__}, {mode}, channels-last, {threads} threads"
 
 
 def jax_to_numpy(tree):
@@ -317,7 +333,7 @@ def _versions(torch_available: bool) -> dict:
 
 def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
                   num_classes=1000, eval_batch_size=16, input_images=384, input_batches=6,
-                  matmul_size=4096, use_torch=True, input_pipeline=True, bf16="auto",
+                  matmul_size=4096, use_torch=True, input_pipeline=True, bf16="auto", torch_compile=True,
                   log=print) -> dict:
   """Runs every measurement; returns the JSON-able results (see the module docstring)."""
   import jax
@@ -345,6 +361,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   contenders, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "float32")
   contenders = {"jax": contenders["aug"], "jax_noaug": contenders["noaug"]}
   torch_note = "skipped (--notorch)"
+  compiled_note = "skipped (--notorch_compile)"
   torch_run = None
   if use_torch:
     if on_cpu:
@@ -356,8 +373,19 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
       torch_note = "skipped: the PyTorch contender runs on CPU only (this device is not)"
     if torch_run is not None:
       contenders["torch"] = torch_run
+      if torch_compile:
+        log("compiling the PyTorch contender with torch.compile...")
+        compiled_run, compiled_note = _torch_runner(
+            train.create_train_state(cfg, model, msh).params, width, num_classes, batch_size,
+            cores, compiled=True)
+        if compiled_run is not None:
+          contenders["torch_compiled"] = compiled_run
+        else:
+          log(f"torch.compile contender skipped: {compiled_note}")
     else:
       log(f"PyTorch contender skipped: {torch_note}")
+  if "torch" not in contenders:
+    compiled_note = torch_note
   log(f"timing {', '.join(contenders)}: {repeats} repeats x {steps} steps, alternating...")
   step_s, all_s = _median_times(contenders, steps=steps, repeats=repeats)
   del contenders
@@ -374,6 +402,10 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   r["torch_train_images_per_sec"] = (batch_size / step_s["torch"]) if "torch" in step_s else None
   r["ratio_vs_torch"] = (r["train_images_per_sec"] / r["torch_train_images_per_sec"]
                          if r["torch_train_images_per_sec"] else None)
+  r["torch_compiled_train_images_per_sec"] = (batch_size / step_s["torch_compiled"]
+                                              if "torch_compiled" in step_s else None)
+  r["ratio_vs_torch_compiled"] = (r["train_images_per_sec"] / r["torch_compiled_train_images_per_sec"]
+                                  if r["torch_compiled_train_images_per_sec"] else None)
   r["peak_matmul_gflops"] = 2 * matmul_size ** 3 / other_s["matmul"] / 1e9
   r["mfu"] = r["train_images_per_sec"] * flops / (r["peak_matmul_gflops"] * 1e9)
   r["augment_overhead_fraction"] = (step_s["jax"] - step_s["jax_noaug"]) / step_s["jax_noaug"]
@@ -407,7 +439,8 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
       "width": width, "steps": steps, "repeats": repeats, "cpu_cores": cores,
       "train_flops_per_image": flops, "train_step_seconds": step_s["jax"],
       "train_step_seconds_all": [round(x, 4) for x in all_s["jax"]],
-      "torch": torch_note, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "torch": torch_note, "torch_compiled": compiled_note,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "versions": _versions("torch" in step_s),
   })
   return r
@@ -421,6 +454,8 @@ def format_table(r: dict) -> str:
       ("train images/s (ours, fp32, ready 224 crops)", fmt(r["train_noaug_images_per_sec"], ".2f")),
       ("train images/s (PyTorch, same network)", fmt(r["torch_train_images_per_sec"], ".2f")),
       ("ratio vs PyTorch", fmt(r["ratio_vs_torch"], ".3f")),
+      ("train images/s (PyTorch, torch.compile)", fmt(r["torch_compiled_train_images_per_sec"], ".2f")),
+      ("ratio vs PyTorch compiled", fmt(r["ratio_vs_torch_compiled"], ".3f")),
       ("peak fp32 matmul GFLOP/s", fmt(r["peak_matmul_gflops"], ".1f")),
       ("MFU (train FLOPs / matmul peak)", fmt(r["mfu"], ".3f")),
       ("augmentation overhead (fraction of step)", fmt(r["augment_overhead_fraction"], "+.3f")),
@@ -449,7 +484,7 @@ def main(argv):
                     mesh=FLAGS.mesh, width=FLAGS.width, num_classes=FLAGS.num_classes,
                     eval_batch_size=FLAGS.eval_batch_size, input_images=FLAGS.input_images,
                     input_batches=FLAGS.input_batches, matmul_size=FLAGS.matmul_size,
-                    use_torch=FLAGS.torch, input_pipeline=FLAGS.input_pipeline, bf16=FLAGS.bf16,
+                    use_torch=FLAGS.torch, torch_compile=FLAGS.torch_compile, input_pipeline=FLAGS.input_pipeline, bf16=FLAGS.bf16,
                     log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}",
                                       file=sys.stderr, flush=True))
   print(format_table(r), flush=True)

@@ -22,14 +22,18 @@ def local_response_norm(x: torch.Tensor, towers: int, *, size: int = 5, k: float
                         alpha: float = 1e-4, beta: float = 0.75) -> torch.Tensor:
   """The paper's LRN (alpha per squared term) within each tower's channels of NCHW x.
 
-  PyTorch's F.local_response_norm divides alpha by `size`, so it gets alpha * size. Viewing
-  [N, C, H, W] as [N * towers, C / towers, H, W] (free for a contiguous tensor) keeps each
-  window inside its tower.
+  b = a / (k + alpha * sum of a^2 over the `size` channels around it, in its tower)^beta,
+  written as a sum of shifted slices of the zero-padded squares, per tower. This ran the
+  train step 1.17x faster than F.local_response_norm (an avg_pool3d over channels; which
+  also divides alpha by `size`), so the contender is not slowed by its LRN
+  (docs/performance.md run F).
   """
   n, c, h, w = x.shape
-  y = F.local_response_norm(x.reshape(n * towers, c // towers, h, w), size,
-                            alpha=alpha * size, beta=beta, k=k)
-  return y.reshape(n, c, h, w)
+  ct = c // towers
+  xt = x.reshape(n, towers, ct, h, w)
+  sq = F.pad(xt * xt, (0, 0, 0, 0, size // 2, size // 2))  # zero channels at tower edges
+  window = sum(sq[:, :, i:i + ct] for i in range(size))
+  return (xt * (k + alpha * window).pow(-beta)).reshape(n, c, h, w)
 
 
 class AlexNetTorch(nn.Module):

@@ -16,6 +16,7 @@ from alexnet_jax.model import AlexNet
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIGURES = ("train_images_per_sec", "torch_train_images_per_sec", "ratio_vs_torch",
+           "torch_compiled_train_images_per_sec", "ratio_vs_torch_compiled",
            "peak_matmul_gflops", "mfu", "input_pipeline_images_per_sec",
            "augment_overhead_fraction", "eval_10crop_images_per_sec")
 
@@ -62,7 +63,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
                   "augment_overhead_fraction_bf16")
   for key in FIGURES + bf16_figures:  # --bf16=on: the accelerator-only figures on CPU too
     assert key in result, key
-    if key.startswith("torch") or key == "ratio_vs_torch":
+    if key.startswith(("torch", "ratio_vs_torch")):
       if not with_torch:
         assert result[key] is None
         continue
@@ -98,15 +99,23 @@ def test_pytorch_reference_forward_equals_ours():
   assert np.std(ours) > 1e-2  # a non-trivial comparison
   rel = np.max(np.abs(ours - theirs)) / np.max(np.abs(ours))
   assert rel < 1e-4, rel
+  # The benchmark runs it channels-last: the same function.
+  net = net.to(memory_format=torch.channels_last)
+  with torch.no_grad():
+    cl = net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).contiguous(
+        memory_format=torch.channels_last)).numpy()
+  assert np.max(np.abs(ours - cl)) / np.max(np.abs(ours)) < 1e-4
 
 
 def test_pytorch_lrn_is_the_papers_within_each_tower():
   torch = pytest.importorskip("torch", reason="PyTorch is benchmark-only "
                               "(requirements-bench.txt); not installed here")
   from alexnet_jax import torch_reference
-  from alexnet_jax.model import local_response_norm
   x = np.random.default_rng(0).normal(0, 40, (2, 6, 5, 96)).astype(np.float32)
-  want = np.concatenate([np.asarray(local_response_norm(jnp.asarray(h)))
+  tf = pytest.importorskip("tensorflow")
+  # TensorFlow's LRN is the paper's formula (alpha per squared term), on each tower's half.
+  want = np.concatenate([tf.nn.local_response_normalization(
+      h, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75).numpy()
                          for h in np.split(x, 2, axis=-1)], axis=-1)
   got = torch_reference.local_response_norm(
       torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), towers=2).numpy().transpose(0, 2, 3, 1)
