@@ -346,7 +346,13 @@ class AlexNet(nn.Module):
     g = g.reshape(g.shape[0], -1)
     for name, width in (("fc6", fc_w[0]), ("fc7", fc_w[1])):
       k, b = self._tower_params(name, (g.shape[-1], width // t), local)
-      h = per_tower(lambda i, g: nn.relu(g @ k[i].astype(self.dtype) + b[i].astype(self.dtype)), g)
+      # One dot batched over the local towers: slicing k[i] out of the stacked kernel
+      # copied it (75 MB for fc6) and the gradient was re-stacked with a pad; 1.25x on
+      # fc6's forward + backward on CPU (docs/performance.md run F).
+      gl = jnp.broadcast_to(g, (local, *g.shape))
+      y = jax.lax.dot_general(gl, k.astype(self.dtype), (((2,), (1,)), ((0,), (0,))))
+      y = nn.relu(y + b.astype(self.dtype)[:, None, :])
+      h = [y[i] for i in range(local)]
       if train and self.dropout_rate > 0:
         rng = self.make_rng("dropout")  # once per layer: the same on every mesh
         h = [self._dropout(h[i], rng, first + i) for i in range(local)]
