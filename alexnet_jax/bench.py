@@ -17,7 +17,8 @@ jobs, thermal) hits all of them alike:
   input_pipeline_images_per_sec  input_pipeline.train_iterator decoding real ~500x375 JPEGs
                               (written once to a temporary folder) to 256x256 batches
   augment_overhead_fraction   (step with on-device augmentation - step on ready 224 crops)
-                              / step on ready crops
+                              / step on ready crops, paired within each repeat (the two run
+                              back to back), median over repeats
   eval_10crop_images_per_sec  train.make_eval_step with the paper's 10 views
   on accelerators (or with --bf16=on) also train_images_per_sec_bf16, peak_matmul_gflops_bf16,
   mfu_bf16 and augment_overhead_fraction_bf16 (model.dtype=bfloat16, bfloat16 matmul peak).
@@ -98,15 +99,26 @@ def train_flops_per_image(model) -> float:
 
 # ---- timing -------------------------------------------------------------------------------
 def _median_times(contenders: dict, *, steps: int, repeats: int) -> dict:
-  """contenders: name -> run(steps) (blocks until done). Alternates them in every repeat;
-  returns name -> median over repeats of seconds per step."""
+  """contenders: name -> run(steps) (blocks until done). Runs each once per repeat, the
+  order rotated every repeat (whoever runs right after PyTorch pays for its threads and
+  freed memory: docs/performance.md run G); returns (name -> median over repeats of
+  seconds per step, name -> every repeat's seconds per step)."""
   times = {name: [] for name in contenders}
-  for _ in range(repeats):
-    for name, run in contenders.items():
+  names = list(contenders)
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      run = contenders[name]
       t0 = time.perf_counter()
       run(steps)
       times[name].append((time.perf_counter() - t0) / steps)
   return {name: statistics.median(ts) for name, ts in times.items()}, times
+
+
+def _paired_overhead(with_aug: list, without: list) -> float:
+  """Median over repeats of (with - without) / without, each pair timed back to back: the
+  machine's drift between repeats (seconds here) cancels within a pair; a ratio of two
+  medians kept it (docs/performance.md run F)."""
+  return statistics.median((a - n) / n for a, n in zip(with_aug, without))
 
 
 # ---- JAX contenders -----------------------------------------------------------------------
@@ -408,7 +420,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
                                   if r["torch_compiled_train_images_per_sec"] else None)
   r["peak_matmul_gflops"] = 2 * matmul_size ** 3 / other_s["matmul"] / 1e9
   r["mfu"] = r["train_images_per_sec"] * flops / (r["peak_matmul_gflops"] * 1e9)
-  r["augment_overhead_fraction"] = (step_s["jax"] - step_s["jax_noaug"]) / step_s["jax_noaug"]
+  r["augment_overhead_fraction"] = _paired_overhead(all_s["jax"], all_s["jax_noaug"])
   r["eval_10crop_images_per_sec"] = eval_batch_size / other_s["eval10"]
 
   if input_pipeline:
@@ -425,20 +437,21 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   if bf16 == "on" or (bf16 == "auto" and not on_cpu):
     log("bfloat16: train step and matmul peak...")
     bf, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "bfloat16")
-    bf_s, _ = _median_times({"jax_bf16": bf["aug"], "jax_bf16_noaug": bf["noaug"],
+    bf_s, bf_all = _median_times({"jax_bf16": bf["aug"], "jax_bf16_noaug": bf["noaug"],
                              "matmul_bf16": _matmul_runner(jax, jnp, matmul_size, jnp.bfloat16)},
                             steps=steps, repeats=repeats)
     r["train_images_per_sec_bf16"] = batch_size / bf_s["jax_bf16"]
     r["peak_matmul_gflops_bf16"] = 2 * matmul_size ** 3 / bf_s["matmul_bf16"] / 1e9
     r["mfu_bf16"] = r["train_images_per_sec_bf16"] * flops / (r["peak_matmul_gflops_bf16"] * 1e9)
-    r["augment_overhead_fraction_bf16"] = ((bf_s["jax_bf16"] - bf_s["jax_bf16_noaug"])
-                                           / bf_s["jax_bf16_noaug"])
+    r["augment_overhead_fraction_bf16"] = _paired_overhead(bf_all["jax_bf16"],
+                                                           bf_all["jax_bf16_noaug"])
 
   r.update({
       "device": device, "batch_size": batch_size, "mesh": f"{msh.shape['data']},{msh.shape['tower']}",
       "width": width, "steps": steps, "repeats": repeats, "cpu_cores": cores,
       "train_flops_per_image": flops, "train_step_seconds": step_s["jax"],
       "train_step_seconds_all": [round(x, 4) for x in all_s["jax"]],
+      "train_noaug_step_seconds_all": [round(x, 4) for x in all_s["jax_noaug"]],
       "torch": torch_note, "torch_compiled": compiled_note,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "versions": _versions("torch" in step_s),
