@@ -117,7 +117,7 @@ def _median_times(contenders: dict, *, steps: int, repeats: int) -> dict:
 def _paired_overhead(with_aug: list, without: list) -> float:
   """Median over repeats of (with - without) / without, each pair timed back to back: the
   machine's drift between repeats (seconds here) cancels within a pair; a ratio of two
-  medians kept it (docs/performance.md run F)."""
+  medians kept it (docs/performance.md run G)."""
   return statistics.median((a - n) / n for a, n in zip(with_aug, without))
 
 
@@ -345,8 +345,8 @@ def _versions(torch_available: bool) -> dict:
 
 def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
                   num_classes=1000, eval_batch_size=16, input_images=384, input_batches=6,
-                  matmul_size=4096, use_torch=True, input_pipeline=True, bf16="auto", torch_compile=True,
-                  log=print) -> dict:
+                  matmul_size=4096, use_torch=True, torch_compile=True, input_pipeline=True,
+                  bf16="auto", log=print) -> dict:
   """Runs every measurement; returns the JSON-able results (see the module docstring)."""
   import jax
   import jax.numpy as jnp
@@ -374,28 +374,25 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   contenders = {"jax": contenders["aug"], "jax_noaug": contenders["noaug"]}
   torch_note = "skipped (--notorch)"
   compiled_note = "skipped (--notorch_compile)"
-  torch_run = None
-  if use_torch:
-    if on_cpu:
-      params = train.create_train_state(cfg, model, msh).params
-      log("building the PyTorch contender...")
-      torch_run, torch_note = _torch_runner(params, width, num_classes, batch_size, cores)
-      del params
+  if use_torch and not on_cpu:
+    torch_note = "skipped: the PyTorch contender runs on CPU only (this device is not)"
+  elif use_torch:
+    params = train.create_train_state(cfg, model, msh).params
+    log("building the PyTorch contender...")
+    torch_run, torch_note = _torch_runner(params, width, num_classes, batch_size, cores)
+    if torch_run is None:
+      log(f"PyTorch contender skipped: {torch_note}")
     else:
-      torch_note = "skipped: the PyTorch contender runs on CPU only (this device is not)"
-    if torch_run is not None:
       contenders["torch"] = torch_run
       if torch_compile:
         log("compiling the PyTorch contender with torch.compile...")
-        compiled_run, compiled_note = _torch_runner(
-            train.create_train_state(cfg, model, msh).params, width, num_classes, batch_size,
-            cores, compiled=True)
-        if compiled_run is not None:
-          contenders["torch_compiled"] = compiled_run
-        else:
+        compiled_run, compiled_note = _torch_runner(params, width, num_classes, batch_size,
+                                                    cores, compiled=True)
+        if compiled_run is None:
           log(f"torch.compile contender skipped: {compiled_note}")
-    else:
-      log(f"PyTorch contender skipped: {torch_note}")
+        else:
+          contenders["torch_compiled"] = compiled_run
+    del params
   if "torch" not in contenders:
     compiled_note = torch_note
   log(f"timing {', '.join(contenders)}: {repeats} repeats x {steps} steps, alternating...")
@@ -416,8 +413,8 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
                          if r["torch_train_images_per_sec"] else None)
   r["torch_compiled_train_images_per_sec"] = (batch_size / step_s["torch_compiled"]
                                               if "torch_compiled" in step_s else None)
-  r["ratio_vs_torch_compiled"] = (r["train_images_per_sec"] / r["torch_compiled_train_images_per_sec"]
-                                  if r["torch_compiled_train_images_per_sec"] else None)
+  compiled = r["torch_compiled_train_images_per_sec"]
+  r["ratio_vs_torch_compiled"] = r["train_images_per_sec"] / compiled if compiled else None
   r["peak_matmul_gflops"] = 2 * matmul_size ** 3 / other_s["matmul"] / 1e9
   r["mfu"] = r["train_images_per_sec"] * flops / (r["peak_matmul_gflops"] * 1e9)
   r["augment_overhead_fraction"] = _paired_overhead(all_s["jax"], all_s["jax_noaug"])
@@ -497,7 +494,8 @@ def main(argv):
                     mesh=FLAGS.mesh, width=FLAGS.width, num_classes=FLAGS.num_classes,
                     eval_batch_size=FLAGS.eval_batch_size, input_images=FLAGS.input_images,
                     input_batches=FLAGS.input_batches, matmul_size=FLAGS.matmul_size,
-                    use_torch=FLAGS.torch, torch_compile=FLAGS.torch_compile, input_pipeline=FLAGS.input_pipeline, bf16=FLAGS.bf16,
+                    use_torch=FLAGS.torch, torch_compile=FLAGS.torch_compile,
+                    input_pipeline=FLAGS.input_pipeline, bf16=FLAGS.bf16,
                     log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}",
                                       file=sys.stderr, flush=True))
   print(format_table(r), flush=True)
