@@ -202,7 +202,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
   bad = tiny_config(num_train_steps=12, checkpoint_every_steps=1, eval_every_steps=100,
                     **{"mesh.data": -1, "optimizer.schedule": "constant",
                        "optimizer.learning_rate": 1e12})
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite.*last good checkpoint in .* is step"):
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"non-finite.*last good checkpoint in .* is step"):
     train.train_and_evaluate(bad, str(tmp_path))
   manager = checkpoint.CheckpointManager(str(tmp_path), good)
   steps = manager.all_steps()
@@ -285,7 +286,7 @@ def test_checkpoints_keep_the_latest_k_and_the_best(tmp_path):
     manager.save(step, {"w": jnp.full((3,), float(step))}, {"top1_error": err})
     manager.wait()
   assert sorted(manager.all_steps()) == [2, 4, 5]
-  best = manager._manager.restore(2, args=checkpoint.ocp.args.Composite(
-      state=checkpoint.ocp.args.StandardRestore({"w": jnp.zeros((3,))})))
-  np.testing.assert_array_equal(np.asarray(best["state"]["w"]), [2.0, 2.0, 2.0])
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  best = manager.restore({"w": jax.ShapeDtypeStruct((3,), jnp.float32)}, {"w": one}, 2)
+  np.testing.assert_array_equal(np.asarray(best["w"]), [2.0, 2.0, 2.0])
   manager.close()
