@@ -19,6 +19,10 @@ jobs, thermal) hits all of them alike:
   augment_overhead_fraction   (step with on-device augmentation - step on ready 224 crops)
                               / step on ready crops, paired within each repeat (the two run
                               back to back), median over repeats
+  augment_overhead_fraction_cpu_time  on CPU, the same pairs in process CPU time (all
+                              threads): the step's cost without a shared VM's steal noise
+  host_steal_fraction         share of the machine's CPU time the hypervisor gave to others
+                              while the train steps were timed (/proc/stat; None elsewhere)
   eval_10crop_images_per_sec  train.make_eval_step with the paper's 10 views
   on accelerators (or with --bf16=on) also train_images_per_sec_bf16, peak_matmul_gflops_bf16,
   mfu_bf16 and augment_overhead_fraction_bf16 (model.dtype=bfloat16, bfloat16 matmul peak).
@@ -39,6 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -98,20 +103,32 @@ def train_flops_per_image(model) -> float:
 
 
 # ---- timing -------------------------------------------------------------------------------
-def _median_times(contenders: dict, *, steps: int, repeats: int) -> dict:
+class Timings(NamedTuple):
+  median: dict   # name -> median over repeats of wall seconds per step
+  wall: dict     # name -> every repeat's wall seconds per step
+  cpu: dict      # name -> every repeat's process CPU seconds (all threads) per step
+
+
+def _median_times(contenders: dict, *, steps: int, repeats: int) -> Timings:
   """contenders: name -> run(steps) (blocks until done). Runs each once per repeat, the
-  order rotated every repeat (whoever runs right after PyTorch pays for its threads and
-  freed memory: docs/performance.md run G); returns (name -> median over repeats of
-  seconds per step, name -> every repeat's seconds per step)."""
-  times = {name: [] for name in contenders}
+  order rotated every repeat, each timed run preceded by one untimed step: whoever ran
+  right after PyTorch paid up to 30% for its threads and freed memory (docs/performance.md
+  runs G and I), and rotation alone hands that cost to one contender more often. Records
+  wall time and the process's CPU time: on a CPU device the latter is the work done, immune
+  to the hypervisor's steal that makes single wall-clock steps vary by +-15% on a shared VM
+  (docs/performance.md run I)."""
+  wall = {name: [] for name in contenders}
+  cpu = {name: [] for name in contenders}
   names = list(contenders)
   for r in range(repeats):
     for name in names[r % len(names):] + names[:r % len(names)]:
       run = contenders[name]
-      t0 = time.perf_counter()
+      run(1)  # untimed: the previous contender's threads and freed memory settle here
+      t0, c0 = time.perf_counter(), time.process_time()
       run(steps)
-      times[name].append((time.perf_counter() - t0) / steps)
-  return {name: statistics.median(ts) for name, ts in times.items()}, times
+      wall[name].append((time.perf_counter() - t0) / steps)
+      cpu[name].append((time.process_time() - c0) / steps)
+  return Timings({name: statistics.median(ts) for name, ts in wall.items()}, wall, cpu)
 
 
 def _paired_overhead(with_aug: list, without: list) -> float:
@@ -119,6 +136,31 @@ def _paired_overhead(with_aug: list, without: list) -> float:
   machine's drift between repeats (seconds here) cancels within a pair; a ratio of two
   medians kept it (docs/performance.md run G)."""
   return statistics.median((a - n) / n for a, n in zip(with_aug, without))
+
+
+def read_cpu_jiffies(path: str = "/proc/stat") -> tuple[int, int] | None:
+  """(steal, total) jiffies of all CPUs since boot from Linux's /proc/stat; None elsewhere.
+
+  steal is the time the hypervisor ran someone else while this VM had work: the noise a
+  wall-clock benchmark on a shared VM cannot control, so the benchmark reports its share.
+  """
+  try:
+    with open(path) as f:
+      fields = f.readline().split()
+  except OSError:
+    return None
+  if not fields or fields[0] != "cpu" or len(fields) < 9:
+    return None
+  # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+  ticks = [int(x) for x in fields[1:9]]
+  return ticks[7], sum(ticks)
+
+
+def steal_fraction(before, after) -> float | None:
+  """Share of CPU time stolen by the hypervisor between two read_cpu_jiffies() readings."""
+  if before is None or after is None or after[1] <= before[1]:
+    return None
+  return (after[0] - before[0]) / (after[1] - before[1])
 
 
 # ---- JAX contenders -----------------------------------------------------------------------
@@ -155,7 +197,7 @@ def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name):
         box["state"], metrics = step(box["state"], batch, aug)
       jax.block_until_ready((box["state"].step, metrics))
 
-    run(2)  # compile + one warm step
+    run(2)  # compile + one warm step (_median_times adds one more before each timed run)
     runners[name] = run
   return runners, cfg
 
@@ -396,13 +438,16 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   if "torch" not in contenders:
     compiled_note = torch_note
   log(f"timing {', '.join(contenders)}: {repeats} repeats x {steps} steps, alternating...")
-  step_s, all_s = _median_times(contenders, steps=steps, repeats=repeats)
+  jiffies = read_cpu_jiffies()
+  timed = _median_times(contenders, steps=steps, repeats=repeats)
+  host_steal = steal_fraction(jiffies, read_cpu_jiffies())
+  step_s, all_s = timed.median, timed.wall
   del contenders
 
   log("timing the 10-crop eval step and the peak matmul...")
   others = {"eval10": _eval_runner(jax, jnp, cfg, msh, model, eval_batch_size),
             "matmul": _matmul_runner(jax, jnp, matmul_size, jnp.float32)}
-  other_s, _ = _median_times(others, steps=2 if matmul_size > 2048 else 5, repeats=repeats)
+  other_s = _median_times(others, steps=2 if matmul_size > 2048 else 5, repeats=repeats).median
   del others
 
   r = {}
@@ -418,14 +463,18 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   r["peak_matmul_gflops"] = 2 * matmul_size ** 3 / other_s["matmul"] / 1e9
   r["mfu"] = r["train_images_per_sec"] * flops / (r["peak_matmul_gflops"] * 1e9)
   r["augment_overhead_fraction"] = _paired_overhead(all_s["jax"], all_s["jax_noaug"])
+  # On CPU the same pairs in process CPU time: what the step costs, without the steal noise.
+  r["augment_overhead_fraction_cpu_time"] = (
+      _paired_overhead(timed.cpu["jax"], timed.cpu["jax_noaug"]) if on_cpu else None)
+  r["host_steal_fraction"] = host_steal
   r["eval_10crop_images_per_sec"] = eval_batch_size / other_s["eval10"]
 
   if input_pipeline:
     log(f"input pipeline: writing {input_images} JPEGs (~500x375) and timing tf.data...")
     with tempfile.TemporaryDirectory(prefix="alexnet_bench_jpegs_") as root:
       write_jpeg_folder(root, input_images)
-      ip_s, _ = _median_times({"input": _input_runner(root, batch_size)},
-                              steps=input_batches, repeats=repeats)
+      ip_s = _median_times({"input": _input_runner(root, batch_size)},
+                           steps=input_batches, repeats=repeats).median
     r["input_pipeline_images_per_sec"] = batch_size / ip_s["input"]
     r["input_pipeline_vs_train"] = r["input_pipeline_images_per_sec"] / r["train_images_per_sec"]
   else:
@@ -434,9 +483,10 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   if bf16 == "on" or (bf16 == "auto" and not on_cpu):
     log("bfloat16: train step and matmul peak...")
     bf, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "bfloat16")
-    bf_s, bf_all = _median_times({"jax_bf16": bf["aug"], "jax_bf16_noaug": bf["noaug"],
-                             "matmul_bf16": _matmul_runner(jax, jnp, matmul_size, jnp.bfloat16)},
-                            steps=steps, repeats=repeats)
+    bf_s, bf_all, _ = _median_times(
+        {"jax_bf16": bf["aug"], "jax_bf16_noaug": bf["noaug"],
+         "matmul_bf16": _matmul_runner(jax, jnp, matmul_size, jnp.bfloat16)},
+        steps=steps, repeats=repeats)
     r["train_images_per_sec_bf16"] = batch_size / bf_s["jax_bf16"]
     r["peak_matmul_gflops_bf16"] = 2 * matmul_size ** 3 / bf_s["matmul_bf16"] / 1e9
     r["mfu_bf16"] = r["train_images_per_sec_bf16"] * flops / (r["peak_matmul_gflops_bf16"] * 1e9)
@@ -449,6 +499,8 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
       "train_flops_per_image": flops, "train_step_seconds": step_s["jax"],
       "train_step_seconds_all": [round(x, 4) for x in all_s["jax"]],
       "train_noaug_step_seconds_all": [round(x, 4) for x in all_s["jax_noaug"]],
+      "train_step_cpu_seconds_all": [round(x, 4) for x in timed.cpu["jax"]],
+      "train_noaug_step_cpu_seconds_all": [round(x, 4) for x in timed.cpu["jax_noaug"]],
       "torch": torch_note, "torch_compiled": compiled_note,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "versions": _versions("torch" in step_s),
@@ -469,6 +521,9 @@ def format_table(r: dict) -> str:
       ("peak fp32 matmul GFLOP/s", fmt(r["peak_matmul_gflops"], ".1f")),
       ("MFU (train FLOPs / matmul peak)", fmt(r["mfu"], ".3f")),
       ("augmentation overhead (fraction of step)", fmt(r["augment_overhead_fraction"], "+.3f")),
+      ("augmentation overhead (in process CPU time)",
+       fmt(r["augment_overhead_fraction_cpu_time"], "+.3f")),
+      ("CPU time stolen by the hypervisor while timing", fmt(r["host_steal_fraction"], ".3f")),
       ("eval 10-crop images/s", fmt(r["eval_10crop_images_per_sec"], ".2f")),
       ("input pipeline images/s (JPEG -> 256x256)", fmt(r["input_pipeline_images_per_sec"], ".1f")),
   ]

@@ -77,6 +77,42 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
       assert value > 0, (key, value)
   if not with_torch:
     assert "not installed" in result["torch"] or "notorch" in result["torch"]
+  # On CPU the overhead is also given in process CPU time, from the same pairs.
+  cpu_pairs = zip(result["train_step_cpu_seconds_all"], result["train_noaug_step_cpu_seconds_all"])
+  assert all(a > 0 and n > 0 for a, n in cpu_pairs)
+  assert math.isfinite(result["augment_overhead_fraction_cpu_time"])
+  if os.path.exists("/proc/stat"):
+    assert 0.0 <= result["host_steal_fraction"] < 1.0
+
+
+def test_timing_rotates_the_order_and_settles_before_each_timed_run():
+  calls = []
+  contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "abc"}
+  timed = bench._median_times(contenders, steps=4, repeats=3)
+  # Each repeat: every contender once, starting one further along; an untimed step first.
+  order = ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+  assert calls == [c for name in order for c in ((name, 1), (name, 4))]
+  assert all(len(ts) == 3 for ts in timed.wall.values())
+  assert all(len(ts) == 3 for ts in timed.cpu.values())
+
+
+def test_paired_overhead_is_the_median_of_same_repeat_ratios():
+  # Pairs (1.1, 1.0), (2.0, 2.2), (3.3, 3.0): ratios +0.1, -0.0909, +0.1 -> median +0.1;
+  # a ratio of medians (2.0 / 2.2 - 1) would say -0.09.
+  assert bench._paired_overhead([1.1, 2.0, 3.3], [1.0, 2.2, 3.0]) == pytest.approx(0.1)
+
+
+def test_steal_fraction_from_a_proc_stat_written_by_hand(tmp_path):
+  stat = tmp_path / "stat"
+  # user nice system idle iowait irq softirq steal guest guest_nice
+  stat.write_text("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 50 0 25 400 5 0 2 18 3 0\n")
+  before = bench.read_cpu_jiffies(str(stat))
+  assert before == (35, 1000)  # guest time is already counted in user: not added again
+  stat.write_text("cpu  190 0 60 900 10 0 5 135 9 0\n")
+  after = bench.read_cpu_jiffies(str(stat))
+  assert bench.steal_fraction(before, after) == pytest.approx(100 / 300)
+  assert bench.read_cpu_jiffies(str(tmp_path / "missing")) is None
+  assert bench.steal_fraction(None, after) is None
 
 
 def test_pytorch_reference_forward_equals_ours():
