@@ -21,6 +21,9 @@ jobs, thermal) hits all of them alike:
                               back to back), median over repeats
   augment_overhead_fraction_cpu_time  on CPU, the same pairs in process CPU time (all
                               threads): the step's cost without a shared VM's steal noise
+  augment_alone_fraction      train.augment_batch (the step's augmentation) jitted alone on
+                              the same batch, its median time (augment_seconds) / the step
+                              on ready crops: its cost, resolved to milliseconds
   host_steal_fraction         share of the machine's CPU time the hypervisor gave to others
                               while the train steps were timed (/proc/stat; None elsewhere)
   eval_10crop_images_per_sec  train.make_eval_step with the paper's 10 views
@@ -36,6 +39,7 @@ YNNPACK weight-gradient convolutions ran at 11-27 GFLOP/s here against 75-105 fo
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -109,25 +113,28 @@ class Timings(NamedTuple):
   cpu: dict      # name -> every repeat's process CPU seconds (all threads) per step
 
 
-def _median_times(contenders: dict, *, steps: int, repeats: int) -> Timings:
-  """contenders: name -> run(steps) (blocks until done). Runs each once per repeat, the
-  order rotated every repeat, each timed run preceded by one untimed step: whoever ran
-  right after PyTorch paid up to 30% for its threads and freed memory (docs/performance.md
-  runs G and I), and rotation alone hands that cost to one contender more often. Records
-  wall time and the process's CPU time: on a CPU device the latter is the work done, immune
-  to the hypervisor's steal that makes single wall-clock steps vary by +-15% on a shared VM
-  (docs/performance.md run I)."""
+def _median_times(contenders: dict, *, steps: int, repeats: int, pairs=()) -> Timings:
+  """contenders: name -> run(steps) (blocks until done). Runs each once per repeat, each
+  timed run preceded by one untimed step: whoever ran right after PyTorch paid up to 30%
+  for its threads and freed memory (docs/performance.md runs G and I). The order rotates
+  every repeat; `pairs` (tuples of two names) run back to back as one unit whose inner
+  order alternates every repeat, so that neither member is always the one that follows
+  another framework. Records wall time and the process's CPU time: on a CPU device the
+  latter is the work done, immune to the hypervisor's steal that makes single wall-clock
+  steps vary by +-15% on a shared VM (docs/performance.md run I)."""
+  paired = {name for pair in pairs for name in pair}
+  units = [tuple(pair) for pair in pairs] + [(n,) for n in contenders if n not in paired]
   wall = {name: [] for name in contenders}
   cpu = {name: [] for name in contenders}
-  names = list(contenders)
   for r in range(repeats):
-    for name in names[r % len(names):] + names[:r % len(names)]:
-      run = contenders[name]
-      run(1)  # untimed: the previous contender's threads and freed memory settle here
-      t0, c0 = time.perf_counter(), time.process_time()
-      run(steps)
-      wall[name].append((time.perf_counter() - t0) / steps)
-      cpu[name].append((time.process_time() - c0) / steps)
+    for unit in units[r % len(units):] + units[:r % len(units)]:
+      for name in (unit if r % 2 == 0 else unit[::-1]):
+        run = contenders[name]
+        run(1)  # untimed: the previous contender's threads and freed memory settle here
+        t0, c0 = time.perf_counter(), time.process_time()
+        run(steps)
+        wall[name].append((time.perf_counter() - t0) / steps)
+        cpu[name].append((time.process_time() - c0) / steps)
   return Timings({name: statistics.median(ts) for name, ts in wall.items()}, wall, cpu)
 
 
@@ -166,7 +173,7 @@ def steal_fraction(before, after) -> float | None:
 # ---- JAX contenders -----------------------------------------------------------------------
 def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name):
   """Runners for the project's train step with and without on-device augmentation."""
-  from alexnet_jax import input_pipeline, sharding, train
+  from alexnet_jax import input_pipeline, runtime, sharding, train
 
   cfg = cfg.copy_and_resolve_references()
   cfg.model.dtype = dtype_name
@@ -199,6 +206,21 @@ def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name):
 
     run(2)  # compile + one warm step (_median_times adds one more before each timed run)
     runners[name] = run
+
+  # The step's augmentation alone, on the same batch: the fusion it adds to the step,
+  # timed to a few ms instead of inside a 5 s step that varies by +-15%.
+  augment_alone = jax.jit(functools.partial(train.augment_batch, cfg.augment, mesh),
+                          compiler_options=runtime.compiler_options())
+  step0 = jnp.zeros((), jnp.int32)
+
+  def run_augment(n):
+    out = None
+    for _ in range(n):
+      out = augment_alone(rng, step0, images_u8, aug)
+    jax.block_until_ready(out)
+
+  run_augment(1)
+  runners["augment_alone"] = run_augment
   return runners, cfg
 
 
@@ -413,6 +435,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
 
   log("compiling the train steps (with and without on-device augmentation)...")
   contenders, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "float32")
+  augment_alone = contenders["augment_alone"]
   contenders = {"jax": contenders["aug"], "jax_noaug": contenders["noaug"]}
   torch_note = "skipped (--notorch)"
   compiled_note = "skipped (--notorch_compile)"
@@ -439,12 +462,15 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
     compiled_note = torch_note
   log(f"timing {', '.join(contenders)}: {repeats} repeats x {steps} steps, alternating...")
   jiffies = read_cpu_jiffies()
-  timed = _median_times(contenders, steps=steps, repeats=repeats)
+  timed = _median_times(contenders, steps=steps, repeats=repeats,
+                        pairs=[("jax", "jax_noaug")])
   host_steal = steal_fraction(jiffies, read_cpu_jiffies())
   step_s, all_s = timed.median, timed.wall
   del contenders
 
-  log("timing the 10-crop eval step and the peak matmul...")
+  log("timing the augmentation alone, the 10-crop eval step and the peak matmul...")
+  augment_s = _median_times({"augment": augment_alone}, steps=10, repeats=repeats).median
+  del augment_alone
   others = {"eval10": _eval_runner(jax, jnp, cfg, msh, model, eval_batch_size),
             "matmul": _matmul_runner(jax, jnp, matmul_size, jnp.float32)}
   other_s = _median_times(others, steps=2 if matmul_size > 2048 else 5, repeats=repeats).median
@@ -467,6 +493,8 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   r["augment_overhead_fraction_cpu_time"] = (
       _paired_overhead(timed.cpu["jax"], timed.cpu["jax_noaug"]) if on_cpu else None)
   r["host_steal_fraction"] = host_steal
+  r["augment_seconds"] = augment_s["augment"]
+  r["augment_alone_fraction"] = augment_s["augment"] / step_s["jax_noaug"]
   r["eval_10crop_images_per_sec"] = eval_batch_size / other_s["eval10"]
 
   if input_pipeline:
@@ -486,7 +514,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
     bf_s, bf_all, _ = _median_times(
         {"jax_bf16": bf["aug"], "jax_bf16_noaug": bf["noaug"],
          "matmul_bf16": _matmul_runner(jax, jnp, matmul_size, jnp.bfloat16)},
-        steps=steps, repeats=repeats)
+        steps=steps, repeats=repeats, pairs=[("jax_bf16", "jax_bf16_noaug")])
     r["train_images_per_sec_bf16"] = batch_size / bf_s["jax_bf16"]
     r["peak_matmul_gflops_bf16"] = 2 * matmul_size ** 3 / bf_s["matmul_bf16"] / 1e9
     r["mfu_bf16"] = r["train_images_per_sec_bf16"] * flops / (r["peak_matmul_gflops_bf16"] * 1e9)
@@ -523,6 +551,8 @@ def format_table(r: dict) -> str:
       ("augmentation overhead (fraction of step)", fmt(r["augment_overhead_fraction"], "+.3f")),
       ("augmentation overhead (in process CPU time)",
        fmt(r["augment_overhead_fraction_cpu_time"], "+.3f")),
+      ("augmentation alone (its jitted time / step on crops)",
+       fmt(r["augment_alone_fraction"], ".3f")),
       ("CPU time stolen by the hypervisor while timing", fmt(r["host_steal_fraction"], ".3f")),
       ("eval 10-crop images/s", fmt(r["eval_10crop_images_per_sec"], ".2f")),
       ("input pipeline images/s (JPEG -> 256x256)", fmt(r["input_pipeline_images_per_sec"], ".1f")),

@@ -94,6 +94,18 @@ def _errors(logits, labels):
   return (top5[:, 0] != labels).astype(jnp.float32), 1.0 - hit5.astype(jnp.float32)
 
 
+def augment_batch(acfg, mesh, aug_rng, step, images, aug: AugmentConstants) -> jax.Array:
+  """The train step's augmentation: uint8 [B, 256, 256, 3] -> float32 [B, 224, 224, 3]
+  split over "data". Keys from (seed, step, position in the global batch): the same views
+  on every mesh."""
+  keys = augment.example_keys(aug_rng, step, jnp.arange(images.shape[0]))
+  views = augment.train_views(
+      images, keys, mean_image=aug.mean_image, eigval=aug.eigval, eigvec=aug.eigvec,
+      random_crop=acfg.random_crop, flip=acfg.flip, lighting_std=acfg.lighting_std,
+      scale=acfg.scale)
+  return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
+
+
 def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_device=True):
   """Jitted `(state, batch, aug) -> (state, metrics)`; the state is donated.
 
@@ -102,20 +114,13 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
   """
   tx = optim.make_optimizer(config.optimizer)
   apply = sharding.sharded_apply(model, mesh)
-  acfg = config.augment
 
   def train_step(state: TrainState, batch, aug: AugmentConstants):
     base = jax.random.wrap_key_data(state.rng)
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
     images, labels = batch["image"], batch["label"]
     if augment_on_device:
-      # Keys from (seed, step, position in the global batch): the same on every mesh.
-      keys = augment.example_keys(aug_rng, state.step, jnp.arange(images.shape[0]))
-      images = augment.train_views(
-          images, keys, mean_image=aug.mean_image, eigval=aug.eigval, eigvec=aug.eigvec,
-          random_crop=acfg.random_crop, flip=acfg.flip, lighting_std=acfg.lighting_std,
-          scale=acfg.scale)
-      images = jax.lax.with_sharding_constraint(images, sharding.batch_sharding(mesh))
+      images = augment_batch(config.augment, mesh, aug_rng, state.step, images, aug)
 
     def loss_fn(params):
       logits = apply({"params": params}, images, train=True,

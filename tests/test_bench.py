@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("train_images_per_sec", "torch_train_images_per_sec", "ratio_vs_torch",
            "torch_compiled_train_images_per_sec", "ratio_vs_torch_compiled",
            "peak_matmul_gflops", "mfu", "input_pipeline_images_per_sec",
-           "augment_overhead_fraction", "eval_10crop_images_per_sec")
+           "augment_overhead_fraction", "augment_alone_fraction", "eval_10crop_images_per_sec")
 
 
 def _torch_available():
@@ -85,15 +85,19 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
     assert 0.0 <= result["host_steal_fraction"] < 1.0
 
 
-def test_timing_rotates_the_order_and_settles_before_each_timed_run():
+def test_timing_rotates_the_order_alternates_pairs_and_settles_before_each_timed_run():
   calls = []
-  contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "abc"}
-  timed = bench._median_times(contenders, steps=4, repeats=3)
-  # Each repeat: every contender once, starting one further along; an untimed step first.
-  order = ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+  contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "abcd"}
+  timed = bench._median_times(contenders, steps=4, repeats=4, pairs=[("b", "c")])
+  # Units (b, c), (a,), (d,), one further along each repeat; the pair's order flips every
+  # repeat; every timed run (n=4) has an untimed step (n=1) just before it.
+  order = ["b", "c", "a", "d",
+           "a", "d", "c", "b",
+           "d", "b", "c", "a",
+           "c", "b", "a", "d"]
   assert calls == [c for name in order for c in ((name, 1), (name, 4))]
-  assert all(len(ts) == 3 for ts in timed.wall.values())
-  assert all(len(ts) == 3 for ts in timed.cpu.values())
+  assert all(len(ts) == 4 for ts in timed.wall.values())
+  assert all(len(ts) == 4 for ts in timed.cpu.values())
 
 
 def test_paired_overhead_is_the_median_of_same_repeat_ratios():
