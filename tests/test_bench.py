@@ -78,7 +78,8 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
   if not with_torch:
     assert "not installed" in result["torch"] or "notorch" in result["torch"]
   # On CPU the overhead is also given in process CPU time, from the same pairs.
-  cpu_pairs = zip(result["train_step_cpu_seconds_all"], result["train_noaug_step_cpu_seconds_all"])
+  cpu_pairs = zip(result["train_step_cpu_seconds_all"],
+                  result["train_noaug_step_cpu_seconds_all"])
   assert all(a > 0 and n > 0 for a, n in cpu_pairs)
   assert math.isfinite(result["augment_overhead_fraction_cpu_time"])
   if os.path.exists("/proc/stat"):
