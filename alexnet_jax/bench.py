@@ -17,8 +17,10 @@ jobs, thermal) hits all of them alike:
   input_pipeline_images_per_sec  input_pipeline.train_iterator decoding real ~500x375 JPEGs
                               (written once to a temporary folder) to 256x256 batches
   augment_overhead_fraction   (step with on-device augmentation - step on ready 224 crops)
-                              / step on ready crops, paired within each repeat (the two run
-                              back to back), median over repeats
+                              / step on ready crops: --overhead_pairs pairs of single steps
+                              alternated ABBA in their own phase, both steps threading one
+                              train state; the median over pairs, with a distribution-free
+                              90% interval (augment_overhead_fraction_ci90)
   augment_overhead_fraction_cpu_time  on CPU, the same pairs in process CPU time (all
                               threads): the step's cost without a shared VM's steal noise
   augment_alone_fraction      train.augment_batch (the step's augmentation) jitted alone on
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -56,6 +59,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 128, "Global training batch (the paper's 128).")
 flags.DEFINE_integer("steps", 3, "Timed steps per repeat and contender.")
 flags.DEFINE_integer("repeats", 3, "Repeats; each figure is the median over them.")
+flags.DEFINE_integer("overhead_pairs", 16,
+                     "Single-step pairs (with / without on-device augmentation) for "
+                     "augment_overhead_fraction.")
 flags.DEFINE_string("mesh", "1,1", "data,tower mesh sizes (-1 fills with the devices left).")
 flags.DEFINE_float("width", 1.0, "Model width multiplier (1.0 = the paper; small = quick test).")
 flags.DEFINE_integer("num_classes", 1000, "Width of fc8.")
@@ -113,36 +119,73 @@ class Timings(NamedTuple):
   cpu: dict      # name -> every repeat's process CPU seconds (all threads) per step
 
 
-def _median_times(contenders: dict, *, steps: int, repeats: int, pairs=()) -> Timings:
+def _median_times(contenders: dict, *, steps: int, repeats: int) -> Timings:
   """contenders: name -> run(steps) (blocks until done). Runs each once per repeat, each
   timed run preceded by one untimed step: whoever ran right after PyTorch paid up to 30%
   for its threads and freed memory (docs/performance.md runs G and I). The order rotates
-  every repeat; `pairs` (tuples of two names) run back to back as one unit whose inner
-  order alternates every repeat, so that neither member is always the one that follows
-  another framework. Records wall time and the process's CPU time: on a CPU device the
-  latter is the work done, immune to the hypervisor's steal that makes single wall-clock
-  steps vary by +-15% on a shared VM (docs/performance.md run I)."""
-  paired = {name for pair in pairs for name in pair}
-  units = [tuple(pair) for pair in pairs] + [(n,) for n in contenders if n not in paired]
-  wall = {name: [] for name in contenders}
-  cpu = {name: [] for name in contenders}
+  every repeat, so that no contender always follows the same one. Records wall time and
+  the process's CPU time: on a CPU device the latter is the work done, immune to the
+  hypervisor's steal that makes single wall-clock steps vary by +-15% on a shared VM
+  (docs/performance.md run I)."""
+  names = list(contenders)
+  wall = {name: [] for name in names}
+  cpu = {name: [] for name in names}
   for r in range(repeats):
-    for unit in units[r % len(units):] + units[:r % len(units)]:
-      for name in (unit if r % 2 == 0 else unit[::-1]):
-        run = contenders[name]
-        run(1)  # untimed: the previous contender's threads and freed memory settle here
-        t0, c0 = time.perf_counter(), time.process_time()
-        run(steps)
-        wall[name].append((time.perf_counter() - t0) / steps)
-        cpu[name].append((time.process_time() - c0) / steps)
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      run = contenders[name]
+      run(1)  # untimed: the previous contender's threads and freed memory settle here
+      t0, c0 = time.perf_counter(), time.process_time()
+      run(steps)
+      wall[name].append((time.perf_counter() - t0) / steps)
+      cpu[name].append((time.process_time() - c0) / steps)
+  return Timings({name: statistics.median(ts) for name, ts in wall.items()}, wall, cpu)
+
+
+def _paired_steps(a: str, b: str, contenders: dict, *, pairs: int) -> Timings:
+  """Single steps of contenders a and b alternated ABBA (a b, b a, a b, ...), after one
+  untimed step of each: entry i of each list is pair i, two steps run back to back. On
+  this VM single steps vary by +-10% from one to the next (docs/performance.md run K);
+  pairing cancels drift, the median over many pairs the heavy tail of slow steps, which
+  would land in a 3-step mean whole."""
+  wall, cpu = {a: [], b: []}, {a: [], b: []}
+  contenders[a](1)
+  contenders[b](1)
+  for i in range(pairs):
+    for name in ((a, b) if i % 2 == 0 else (b, a)):
+      t0, c0 = time.perf_counter(), time.process_time()
+      contenders[name](1)
+      wall[name].append(time.perf_counter() - t0)
+      cpu[name].append(time.process_time() - c0)
   return Timings({name: statistics.median(ts) for name, ts in wall.items()}, wall, cpu)
 
 
 def _paired_overhead(with_aug: list, without: list) -> float:
-  """Median over repeats of (with - without) / without, each pair timed back to back: the
-  machine's drift between repeats (seconds here) cancels within a pair; a ratio of two
-  medians kept it (docs/performance.md run G)."""
-  return statistics.median((a - n) / n for a, n in zip(with_aug, without))
+  """Median over pairs of (with - without) / without, each pair timed back to back: the
+  machine's drift (seconds here) cancels within a pair; a ratio of two medians kept it
+  (docs/performance.md run G)."""
+  return statistics.median(_pair_ratios(with_aug, without))
+
+
+def _pair_ratios(with_aug: list, without: list) -> list:
+  return [(a - n) / n for a, n in zip(with_aug, without)]
+
+
+def median_interval(values: list, level: float = 0.9) -> tuple[float, float] | None:
+  """Distribution-free confidence interval for the median: the order statistics
+  (x_(k), x_(n+1-k)) with the largest k whose binomial tail P(Bin(n, 1/2) < k) is at most
+  (1 - level) / 2. Assumes nothing about the shape of the step-time noise (heavy-tailed
+  here). None when n is too small for any such k (n < 5 at 90%)."""
+  n, tail, k = len(values), (1.0 - level) / 2, 0
+  cdf = 0.0  # P(Bin(n, 1/2) < k + 1), growing with k
+  while k < n // 2:
+    cdf += math.comb(n, k) / 2 ** n
+    if cdf > tail:
+      break
+    k += 1
+  if k == 0:
+    return None
+  xs = sorted(values)
+  return xs[k - 1], xs[n - k]
 
 
 def read_cpu_jiffies(path: str = "/proc/stat") -> tuple[int, int] | None:
@@ -195,10 +238,12 @@ def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name,
       sharding.replicated(mesh))
 
   runners = {}
+  # One state threads through both steps: the same parameters in the same memory, so the
+  # two differ only in the augmentation (each with its own had them train apart).
+  box = {"state": train.create_train_state(cfg, model, mesh)}
   for name, on_device, images in (("aug", True, images_u8), ("noaug", False, crops)):
     step = train.make_train_step(cfg, model, mesh, steps_per_epoch=10**6,
                                  augment_on_device=on_device)
-    box = {"state": train.create_train_state(cfg, model, mesh)}
     batch = {"image": images, "label": labels}
 
     def run(n, step=step, box=box, batch=batch):
@@ -412,10 +457,22 @@ def _versions(torch_available: bool) -> dict:
   return v
 
 
+def _overhead_figures(paired: Timings, aug: str, noaug: str, *, cpu_time: bool) -> dict:
+  """augment_overhead_fraction (paired median), its 90% interval, and on CPU the same
+  pairs in process CPU time."""
+  ratios = _pair_ratios(paired.wall[aug], paired.wall[noaug])
+  out = {"augment_overhead_fraction": statistics.median(ratios),
+         "augment_overhead_fraction_ci90": median_interval(ratios)}
+  if cpu_time:
+    out["augment_overhead_fraction_cpu_time"] = _paired_overhead(paired.cpu[aug],
+                                                                 paired.cpu[noaug])
+  return out
+
+
 def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
                   num_classes=1000, eval_batch_size=16, input_images=384, input_batches=6,
                   matmul_size=4096, use_torch=True, torch_compile=True, input_pipeline=True,
-                  bf16="auto", log=print) -> dict:
+                  bf16="auto", overhead_pairs=16, log=print) -> dict:
   """Runs every measurement; returns the JSON-able results (see the module docstring)."""
   import jax
   import jax.numpy as jnp
@@ -442,7 +499,8 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   contenders, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "float32",
                                      augment_alone=True)
   augment_alone = contenders["augment_alone"]
-  contenders = {"jax": contenders["aug"], "jax_noaug": contenders["noaug"]}
+  jax_steps = {"jax": contenders["aug"], "jax_noaug": contenders["noaug"]}
+  contenders = {"jax": contenders["aug"]}
   torch_note = "skipped (--notorch)"
   compiled_note = "skipped (--notorch_compile)"
   if use_torch and not on_cpu:
@@ -468,11 +526,13 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
     compiled_note = torch_note
   log(f"timing {', '.join(contenders)}: {repeats} repeats x {steps} steps, alternating...")
   jiffies = read_cpu_jiffies()
-  timed = _median_times(contenders, steps=steps, repeats=repeats,
-                        pairs=[("jax", "jax_noaug")])
-  host_steal = steal_fraction(jiffies, read_cpu_jiffies())
-  step_s, all_s = timed.median, timed.wall
+  timed = _median_times(contenders, steps=steps, repeats=repeats)
+  step_s = timed.median
   del contenders
+  log(f"augmentation overhead: {overhead_pairs} pairs of single steps with and without it...")
+  paired = _paired_steps("jax", "jax_noaug", jax_steps, pairs=overhead_pairs)
+  host_steal = steal_fraction(jiffies, read_cpu_jiffies())
+  del jax_steps
 
   log("timing the augmentation alone, the 10-crop eval step and the peak matmul...")
   augment_s = _median_times({"augment": augment_alone}, steps=10, repeats=repeats).median
@@ -484,7 +544,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
 
   r = {}
   r["train_images_per_sec"] = batch_size / step_s["jax"]
-  r["train_noaug_images_per_sec"] = batch_size / step_s["jax_noaug"]
+  r["train_noaug_images_per_sec"] = batch_size / paired.median["jax_noaug"]
   r["torch_train_images_per_sec"] = (batch_size / step_s["torch"]) if "torch" in step_s else None
   r["ratio_vs_torch"] = (r["train_images_per_sec"] / r["torch_train_images_per_sec"]
                          if r["torch_train_images_per_sec"] else None)
@@ -494,13 +554,10 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   r["ratio_vs_torch_compiled"] = r["train_images_per_sec"] / compiled if compiled else None
   r["peak_matmul_gflops"] = 2 * matmul_size ** 3 / other_s["matmul"] / 1e9
   r["mfu"] = r["train_images_per_sec"] * flops / (r["peak_matmul_gflops"] * 1e9)
-  r["augment_overhead_fraction"] = _paired_overhead(all_s["jax"], all_s["jax_noaug"])
-  # On CPU the same pairs in process CPU time: what the step costs, without the steal noise.
-  r["augment_overhead_fraction_cpu_time"] = (
-      _paired_overhead(timed.cpu["jax"], timed.cpu["jax_noaug"]) if on_cpu else None)
+  r.update(_overhead_figures(paired, "jax", "jax_noaug", cpu_time=on_cpu))
   r["host_steal_fraction"] = host_steal
   r["augment_seconds"] = augment_s["augment"]
-  r["augment_alone_fraction"] = augment_s["augment"] / step_s["jax_noaug"]
+  r["augment_alone_fraction"] = augment_s["augment"] / paired.median["jax_noaug"]
   r["eval_10crop_images_per_sec"] = eval_batch_size / other_s["eval10"]
 
   if input_pipeline:
@@ -517,29 +574,36 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   if bf16 == "on" or (bf16 == "auto" and not on_cpu):
     log("bfloat16: train step and matmul peak...")
     bf, _ = _jax_train_runners(jax, jnp, cfg, msh, model, batch_size, "bfloat16")
-    bf_s, bf_all, _ = _median_times(
-        {"jax_bf16": bf["aug"], "jax_bf16_noaug": bf["noaug"],
-         "matmul_bf16": _matmul_runner(jax, jnp, matmul_size, jnp.bfloat16)},
-        steps=steps, repeats=repeats, pairs=[("jax_bf16", "jax_bf16_noaug")])
+    bf_s = _median_times({"jax_bf16": bf["aug"],
+                          "matmul_bf16": _matmul_runner(jax, jnp, matmul_size, jnp.bfloat16)},
+                         steps=steps, repeats=repeats).median
+    bf_paired = _paired_steps("aug", "noaug", bf, pairs=overhead_pairs)
     r["train_images_per_sec_bf16"] = batch_size / bf_s["jax_bf16"]
     r["peak_matmul_gflops_bf16"] = 2 * matmul_size ** 3 / bf_s["matmul_bf16"] / 1e9
     r["mfu_bf16"] = r["train_images_per_sec_bf16"] * flops / (r["peak_matmul_gflops_bf16"] * 1e9)
-    r["augment_overhead_fraction_bf16"] = _paired_overhead(bf_all["jax_bf16"],
-                                                           bf_all["jax_bf16_noaug"])
+    r.update({f"{k}_bf16": v for k, v in
+              _overhead_figures(bf_paired, "aug", "noaug", cpu_time=False).items()})
 
   r.update({
       "device": device, "batch_size": batch_size, "mesh": f"{msh.shape['data']},{msh.shape['tower']}",
       "width": width, "steps": steps, "repeats": repeats, "cpu_cores": cores,
       "train_flops_per_image": flops, "train_step_seconds": step_s["jax"],
-      "train_step_seconds_all": [round(x, 4) for x in all_s["jax"]],
-      "train_noaug_step_seconds_all": [round(x, 4) for x in all_s["jax_noaug"]],
-      "train_step_cpu_seconds_all": [round(x, 4) for x in timed.cpu["jax"]],
-      "train_noaug_step_cpu_seconds_all": [round(x, 4) for x in timed.cpu["jax_noaug"]],
+      "train_step_seconds_all": [round(x, 4) for x in timed.wall["jax"]],
+      "overhead_pairs": overhead_pairs,
+      # The overhead phase's single steps, pair i at index i.
+      "paired_aug_step_seconds": [round(x, 4) for x in paired.wall["jax"]],
+      "paired_noaug_step_seconds": [round(x, 4) for x in paired.wall["jax_noaug"]],
+      "paired_aug_step_cpu_seconds": [round(x, 4) for x in paired.cpu["jax"]],
+      "paired_noaug_step_cpu_seconds": [round(x, 4) for x in paired.cpu["jax_noaug"]],
       "torch": torch_note, "torch_compiled": compiled_note,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "versions": _versions("torch" in step_s),
   })
   return r
+
+
+def _fmt_interval(ci) -> str:
+  return "n/a" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def format_table(r: dict) -> str:
@@ -555,6 +619,7 @@ def format_table(r: dict) -> str:
       ("peak fp32 matmul GFLOP/s", fmt(r["peak_matmul_gflops"], ".1f")),
       ("MFU (train FLOPs / matmul peak)", fmt(r["mfu"], ".3f")),
       ("augmentation overhead (fraction of step)", fmt(r["augment_overhead_fraction"], "+.3f")),
+      ("  its 90% interval over the pairs", _fmt_interval(r["augment_overhead_fraction_ci90"])),
       ("augmentation overhead (in process CPU time)",
        fmt(r["augment_overhead_fraction_cpu_time"], "+.3f")),
       ("augmentation alone (its jitted time / step on crops)",
@@ -571,7 +636,8 @@ def format_table(r: dict) -> str:
       rows.append((label, fmt(r[key], "+.3f" if key.startswith("augment") else ".2f")))
   width = max(len(k) for k, _ in rows)
   lines = [f"AlexNet benchmark on {r['device']}, batch {r['batch_size']}, mesh {r['mesh']}, "
-           f"width {r['width']} ({r['repeats']} repeats x {r['steps']} steps, medians)"]
+           f"width {r['width']} ({r['repeats']} repeats x {r['steps']} steps, medians; "
+           f"overhead: {r['overhead_pairs']} pairs of single steps)"]
   lines += [f"  {k:<{width}}  {v:>10}" for k, v in rows]
   lines.append(f"  torch: {r['torch']}; XLA_FLAGS: {r['xla_flags'] or '(none)'}")
   return "\n".join(lines)
@@ -587,6 +653,7 @@ def main(argv):
                     input_batches=FLAGS.input_batches, matmul_size=FLAGS.matmul_size,
                     use_torch=FLAGS.torch, torch_compile=FLAGS.torch_compile,
                     input_pipeline=FLAGS.input_pipeline, bf16=FLAGS.bf16,
+                    overhead_pairs=FLAGS.overhead_pairs,
                     log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}",
                                       file=sys.stderr, flush=True))
   print(format_table(r), flush=True)

@@ -47,7 +47,8 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
   with_torch = _torch_available()
   cmd = [sys.executable, "-m", "alexnet_jax.bench", "--width=0.125", "--batch_size=8",
          "--steps=1", "--repeats=1", "--eval_batch_size=2", "--input_images=16",
-         "--input_batches=1", "--matmul_size=512", "--mesh=1,1", "--bf16=on"]
+         "--input_batches=1", "--matmul_size=512", "--mesh=1,1", "--bf16=on",
+         "--overhead_pairs=5"]
   if not with_torch:
     cmd.append("--notorch")
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -77,34 +78,63 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
       assert value > 0, (key, value)
   if not with_torch:
     assert "not installed" in result["torch"] or "notorch" in result["torch"]
-  # On CPU the overhead is also given in process CPU time, from the same pairs.
-  cpu_pairs = zip(result["train_step_cpu_seconds_all"],
-                  result["train_noaug_step_cpu_seconds_all"])
-  assert all(a > 0 and n > 0 for a, n in cpu_pairs)
+  # On CPU the overhead is also given in process CPU time, from the same pairs; the 90%
+  # interval over 5 pairs is their smallest and largest ratio (test_median_interval_...).
+  assert result["overhead_pairs"] == 5
+  walls = list(zip(result["paired_aug_step_seconds"], result["paired_noaug_step_seconds"]))
+  cpus = list(zip(result["paired_aug_step_cpu_seconds"], result["paired_noaug_step_cpu_seconds"]))
+  assert len(walls) == len(cpus) == 5 and all(a > 0 and n > 0 for a, n in walls + cpus)
+  ratios = sorted(a / n - 1 for a, n in walls)
+  low, high = result["augment_overhead_fraction_ci90"]
+  assert low == pytest.approx(ratios[0], abs=2e-3) and high == pytest.approx(ratios[-1], abs=2e-3)
   assert math.isfinite(result["augment_overhead_fraction_cpu_time"])
   if os.path.exists("/proc/stat"):
     assert 0.0 <= result["host_steal_fraction"] < 1.0
 
 
-def test_timing_rotates_the_order_alternates_pairs_and_settles_before_each_timed_run():
+def test_timing_rotates_the_order_and_settles_before_each_timed_run():
   calls = []
-  contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "abcd"}
-  timed = bench._median_times(contenders, steps=4, repeats=4, pairs=[("b", "c")])
-  # Units (b, c), (a,), (d,), one further along each repeat; the pair's order flips every
-  # repeat; every timed run (n=4) has an untimed step (n=1) just before it.
-  order = ["b", "c", "a", "d",
-           "a", "d", "c", "b",
-           "d", "b", "c", "a",
-           "c", "b", "a", "d"]
+  contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "abc"}
+  timed = bench._median_times(contenders, steps=4, repeats=4)
+  # One contender further along each repeat; every timed run (n=4) has an untimed step
+  # (n=1) just before it.
+  order = ["a", "b", "c",
+           "b", "c", "a",
+           "c", "a", "b",
+           "a", "b", "c"]
   assert calls == [c for name in order for c in ((name, 1), (name, 4))]
   assert all(len(ts) == 4 for ts in timed.wall.values())
   assert all(len(ts) == 4 for ts in timed.cpu.values())
+
+
+def test_paired_steps_alternate_abba_after_one_untimed_step_each():
+  calls = []
+  contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "xyz"}
+  timed = bench._paired_steps("x", "y", contenders, pairs=5)
+  assert calls == [("x", 1), ("y", 1)] + [(name, 1) for name in "xyyxxyyxxy"]
+  assert set(timed.wall) == set(timed.cpu) == {"x", "y"}
+  assert all(len(ts) == 5 for ts in list(timed.wall.values()) + list(timed.cpu.values()))
 
 
 def test_paired_overhead_is_the_median_of_same_repeat_ratios():
   # Pairs (1.1, 1.0), (2.0, 2.2), (3.3, 3.0): ratios +0.1, -0.0909, +0.1 -> median +0.1;
   # a ratio of medians (2.0 / 2.2 - 1) would say -0.09.
   assert bench._paired_overhead([1.1, 2.0, 3.3], [1.0, 2.2, 3.0]) == pytest.approx(0.1)
+
+
+def test_median_interval_is_the_binomial_order_statistic_interval():
+  from scipy import stats
+  values = [0.3, -0.1, 0.05, 0.2, 0.0, 0.12, -0.04, 0.08, 0.5, 0.01]
+  # n=10 at 90%: P(Bin(10, 1/2) <= 1) = 11/1024 <= 0.05 < P(<= 2) = 56/1024, so the 2nd
+  # and 9th smallest.
+  assert bench.median_interval(values) == (-0.04, 0.3)
+  assert bench.median_interval(values[:4]) is None  # 1/16 > 0.05: no interval from 4
+  assert bench.median_interval(values[:5]) == (-0.1, 0.3)  # 1/32 <= 0.05: min and max
+  rng = np.random.default_rng(0)
+  for n in range(5, 41):
+    xs = list(rng.normal(size=n))
+    k = max(j for j in range(1, n // 2 + 1) if stats.binom.cdf(j - 1, n, 0.5) <= 0.05)
+    assert bench.median_interval(xs) == (sorted(xs)[k - 1], sorted(xs)[n - k]), n
 
 
 def test_steal_fraction_from_a_proc_stat_written_by_hand(tmp_path):
