@@ -597,6 +597,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
       "paired_noaug_step_cpu_seconds": [round(x, 4) for x in paired.cpu["jax_noaug"]],
       "torch": torch_note, "torch_compiled": compiled_note,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "versions": _versions("torch" in step_s),
   })
   return r
@@ -639,12 +640,15 @@ def format_table(r: dict) -> str:
            f"width {r['width']} ({r['repeats']} repeats x {r['steps']} steps, medians; "
            f"overhead: {r['overhead_pairs']} pairs of single steps)"]
   lines += [f"  {k:<{width}}  {v:>10}" for k, v in rows]
-  lines.append(f"  torch: {r['torch']}; XLA_FLAGS: {r['xla_flags'] or '(none)'}")
+  lines.append(f"  torch: {r['torch']}; XLA_FLAGS: {r['xla_flags'] or '(none)'}; "
+               f"GLIBC_TUNABLES: {r.get('glibc_tunables') or '(none)'}")
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
+  from alexnet_jax import runtime
+  runtime.restart_with_huge_pages()  # may restart this process (docs/performance.md run K)
   _setup_env(FLAGS.xla_cpu_convs)
   t0 = time.perf_counter()
   r = run_benchmark(batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,

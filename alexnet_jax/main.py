@@ -32,6 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from alexnet_jax import runtime
+  runtime.restart_with_huge_pages()  # may restart this process, before any work
   # Before JAX/TF touch devices: hides accelerators from TF, starts jax.distributed.
   runtime.setup(distributed.Options.from_flags(FLAGS))
   import jax

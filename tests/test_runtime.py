@@ -1,0 +1,81 @@
+"""runtime.restart_with_huge_pages: when it restarts, and that malloc then gets huge pages."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from alexnet_jax import runtime
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLIBC = ("glibc", "2.36")
+
+
+def test_huge_page_environ_adds_the_tunable_only_where_it_can_work():
+  env = runtime.huge_page_environ({"PATH": "/bin"}, "madvise", GLIBC)
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  # Other tunables are kept, appended to with glibc's ":" separator.
+  env = runtime.huge_page_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "madvise",
+                                  GLIBC)
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  # Nothing to do: already set (this also ends the restart), opted out, THP given without
+  # asking or refused, a glibc without the tunable (2.35+), or another libc.
+  assert runtime.huge_page_environ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise",
+                                   GLIBC) is None
+  assert runtime.huge_page_environ({"ALEXNET_JAX_HUGE_PAGES": "0"}, "madvise", GLIBC) is None
+  for mode in ("always", "never", None):
+    assert runtime.huge_page_environ({}, mode, GLIBC) is None
+  assert runtime.huge_page_environ({}, "madvise", ("glibc", "2.31")) is None
+  assert runtime.huge_page_environ({}, "madvise", ("glibc", "2.35")) is not None
+  assert runtime.huge_page_environ({}, "madvise", ("", "")) is None
+
+
+def test_thp_mode_reads_the_bracketed_word(tmp_path):
+  path = tmp_path / "enabled"
+  path.write_text("always [madvise] never\n")
+  assert runtime._thp_mode(str(path)) == "madvise"
+  assert runtime._thp_mode(str(tmp_path / "missing")) is None
+
+
+# Restarts itself, then mallocs and touches 256 MiB (glibc serves that with mmap, as it does
+# XLA:CPU's buffers; not NumPy, which asks for huge pages itself) and counts the page faults.
+CHILD = textwrap.dedent("""
+    import ctypes, json, os, resource, sys
+    from alexnet_jax import runtime
+    runtime.restart_with_huge_pages()
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ctypes.memset(libc.malloc(256 * 2**20), 1, 256 * 2**20)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(json.dumps({"argv": sys.argv[1:], "pid": os.getpid(), "faults": faults,
+                      "tunables": os.environ.get("GLIBC_TUNABLES", "")}))
+""")
+
+
+@pytest.mark.skipif(
+    runtime.huge_page_environ({}, runtime._thp_mode(), __import__("platform").libc_ver()) is None,
+    reason="needs glibc >= 2.35 and transparent huge pages in madvise mode")
+def test_restart_gives_mallocs_blocks_huge_pages(tmp_path):
+  script = tmp_path / "child.py"
+  script.write_text(CHILD)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", "ALEXNET_JAX_HUGE_PAGES")}
+  env["PYTHONPATH"] = REPO
+  pages = 256 * 2**20 // 4096  # one fault per 4 KiB page without huge pages
+
+  proc = subprocess.Popen([sys.executable, str(script), "--flag=1", "x"], env=env,
+                          stdout=subprocess.PIPE, text=True)
+  out = json.loads(proc.communicate(timeout=120)[0].strip().splitlines()[-1])
+  assert out["pid"] == proc.pid  # restarted in place: a launcher's pid stays valid
+  assert out["argv"] == ["--flag=1", "x"]
+  assert out["tunables"] == "glibc.malloc.hugetlb=1"
+  assert out["faults"] < pages / 20, out  # 2 MiB pages: 128 faults, not 65536
+
+  env["ALEXNET_JAX_HUGE_PAGES"] = "0"
+  out = json.loads(subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                                  text=True, timeout=120).stdout.strip().splitlines()[-1])
+  assert out["tunables"] == ""
+  assert out["faults"] > 0.9 * pages, out
