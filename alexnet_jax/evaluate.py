@@ -39,6 +39,7 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
 def main(argv):
   del argv
   from alexnet_jax import runtime
+  runtime.restart_with_huge_pages()  # may restart this process, before any work
   runtime.setup()
   from alexnet_jax import checkpoint
   m = evaluate_checkpoint(FLAGS.workdir, FLAGS.crops, FLAGS.step)
