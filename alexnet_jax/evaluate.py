@@ -39,7 +39,6 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
 def main(argv):
   del argv
   from alexnet_jax import runtime
-  runtime.restart_with_huge_pages()  # may restart this process, before any work
   runtime.setup()
   from alexnet_jax import checkpoint
   m = evaluate_checkpoint(FLAGS.workdir, FLAGS.crops, FLAGS.step)
@@ -53,4 +52,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from alexnet_jax import runtime
+  runtime.restart_with_huge_pages()  # may restart this process (run K, docs/performance.md)
   app.run(main)

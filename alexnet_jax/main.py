@@ -32,7 +32,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from alexnet_jax import runtime
-  runtime.restart_with_huge_pages()  # may restart this process, before any work
   # Before JAX/TF touch devices: hides accelerators from TF, starts jax.distributed.
   runtime.setup(distributed.Options.from_flags(FLAGS))
   import jax
@@ -61,4 +60,6 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
+  from alexnet_jax import runtime
+  runtime.restart_with_huge_pages()  # may restart this process (run K, docs/performance.md)
   app.run(main, flags_parser=parse_flags)

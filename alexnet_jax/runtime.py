@@ -76,7 +76,9 @@ def huge_page_environ(environ, thp_mode, libc) -> dict | None:
   environ: os.environ; thp_mode: _thp_mode(); libc: platform.libc_ver().
   ALEXNET_JAX_HUGE_PAGES=0 opts out.
   """
-  if environ.get("ALEXNET_JAX_HUGE_PAGES") == "0":
+  # "0": opted out; "restarted": this is the restarted process (where glibc ignores
+  # GLIBC_TUNABLES, e.g. a setuid interpreter, the tunable check alone would loop).
+  if environ.get("ALEXNET_JAX_HUGE_PAGES") in ("0", "restarted"):
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
   if "glibc.malloc.hugetlb" in tunables:
@@ -91,15 +93,22 @@ def huge_page_environ(environ, thp_mode, libc) -> dict | None:
     return None
   env = dict(environ)
   env["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGE_TUNABLE}" if tunables else HUGE_PAGE_TUNABLE
+  env["ALEXNET_JAX_HUGE_PAGES"] = "restarted"
   return env
 
 
 def restart_with_huge_pages():
-  """Entry points call this first: restarts the interpreter on the same command line
-  (same pid) with HUGE_PAGE_TUNABLE when huge_page_environ() says so; else returns."""
+  """The entry points' `__main__` blocks call this first: restarts the interpreter on the
+  same command line (same pid) with HUGE_PAGE_TUNABLE when huge_page_environ() says so;
+  else, or if the restart fails, returns and the run goes on with 4 KiB pages."""
   env = huge_page_environ(os.environ, _thp_mode(), platform.libc_ver())
   if env is None:
     return
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+  for stream in (sys.stdout, sys.stderr):
+    if stream is not None:
+      stream.flush()
+  try:
+    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+  except OSError as e:
+    print(f"alexnet_jax: could not restart with {HUGE_PAGE_TUNABLE} ({e}); going on "
+          f"without huge pages", file=sys.stderr)

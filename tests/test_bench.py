@@ -19,7 +19,7 @@ FIGURES = ("train_images_per_sec", "torch_train_images_per_sec", "ratio_vs_torch
            "torch_compiled_train_images_per_sec", "ratio_vs_torch_compiled",
            "peak_matmul_gflops", "mfu", "input_pipeline_images_per_sec",
            "augment_overhead_fraction", "augment_alone_fraction", "eval_10crop_images_per_sec",
-           "train_paired_images_per_sec", "train_noaug_images_per_sec")
+           "paired_train_images_per_sec", "paired_train_noaug_images_per_sec")
 
 
 def _torch_available():

@@ -15,7 +15,11 @@ GLIBC = ("glibc", "2.36")
 
 def test_huge_page_environ_adds_the_tunable_only_where_it_can_work():
   env = runtime.huge_page_environ({"PATH": "/bin"}, "madvise", GLIBC)
-  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+                 "ALEXNET_JAX_HUGE_PAGES": "restarted"}
+  # The restarted process never restarts again, even where glibc drops GLIBC_TUNABLES.
+  assert runtime.huge_page_environ({"ALEXNET_JAX_HUGE_PAGES": "restarted"}, "madvise",
+                                   GLIBC) is None
   # Other tunables are kept, appended to with glibc's ":" separator.
   env = runtime.huge_page_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "madvise",
                                   GLIBC)
@@ -72,10 +76,20 @@ def test_restart_gives_mallocs_blocks_huge_pages(tmp_path):
   assert out["pid"] == proc.pid  # restarted in place: a launcher's pid stays valid
   assert out["argv"] == ["--flag=1", "x"]
   assert out["tunables"] == "glibc.malloc.hugetlb=1"
-  assert out["faults"] < pages / 20, out  # 2 MiB pages: 128 faults, not 65536
+  # 2 MiB pages: ~128 faults (640 measured), not 65536; room for some 4 KiB fallback.
+  assert out["faults"] < pages / 4, out
 
   env["ALEXNET_JAX_HUGE_PAGES"] = "0"
   out = json.loads(subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                                   text=True, timeout=120).stdout.strip().splitlines()[-1])
   assert out["tunables"] == ""
-  assert out["faults"] > 0.9 * pages, out
+  if not _some_thp_size_always():
+    assert out["faults"] > 0.9 * pages, out
+
+
+def _some_thp_size_always() -> bool:
+  """Multi-size THP (Linux 6.8+) set to 'always' for some size would give the opt-out
+  run large pages without asking."""
+  import glob
+  return any(runtime._thp_mode(p) == "always"
+             for p in glob.glob("/sys/kernel/mm/transparent_hugepage/hugepages-*/enabled"))
