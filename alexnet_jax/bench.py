@@ -119,9 +119,9 @@ def train_flops_per_image(model) -> float:
 
 # ---- timing -------------------------------------------------------------------------------
 class Timings(NamedTuple):
-  median: dict   # name -> median over repeats of wall seconds per step
-  wall: dict     # name -> every repeat's wall seconds per step
-  cpu: dict      # name -> every repeat's process CPU seconds (all threads) per step
+  median: dict   # name -> median over repeats (or pairs) of wall seconds per step
+  wall: dict     # name -> every repeat's (or pair's) wall seconds per step
+  cpu: dict      # name -> every repeat's (or pair's) process CPU seconds (all threads)
 
 
 def _median_times(contenders: dict, *, steps: int, repeats: int) -> Timings:
@@ -264,14 +264,14 @@ def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name,
 
   # The step's augmentation alone, on the same batch: the fusion it adds to the step,
   # timed to a few ms instead of inside a 5 s step that varies by +-15%.
-  augment_alone = jax.jit(functools.partial(train.augment_batch, cfg.augment, mesh),
-                          compiler_options=runtime.compiler_options())
+  augment_jit = jax.jit(functools.partial(train.augment_batch, cfg.augment, mesh),
+                        compiler_options=runtime.compiler_options())
   step0 = jnp.zeros((), jnp.int32)
 
   def run_augment(n):
     out = None
     for _ in range(n):
-      out = augment_alone(rng, step0, images_u8, aug)
+      out = augment_jit(rng, step0, images_u8, aug)
     jax.block_until_ready(out)
 
   run_augment(1)

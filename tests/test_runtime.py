@@ -1,6 +1,8 @@
 """runtime.restart_with_huge_pages: when it restarts, and that malloc then gets huge pages."""
+import glob
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -60,7 +62,7 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.skipif(
-    runtime.huge_page_environ({}, runtime._thp_mode(), __import__("platform").libc_ver()) is None,
+    runtime.huge_page_environ({}, runtime._thp_mode(), platform.libc_ver()) is None,
     reason="needs glibc >= 2.35 and transparent huge pages in madvise mode")
 def test_restart_gives_mallocs_blocks_huge_pages(tmp_path):
   script = tmp_path / "child.py"
@@ -90,6 +92,5 @@ def test_restart_gives_mallocs_blocks_huge_pages(tmp_path):
 def _some_thp_size_always() -> bool:
   """Multi-size THP (Linux 6.8+) set to 'always' for some size would give the opt-out
   run large pages without asking."""
-  import glob
   return any(runtime._thp_mode(p) == "always"
              for p in glob.glob("/sys/kernel/mm/transparent_hugepage/hugepages-*/enabled"))
