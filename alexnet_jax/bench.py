@@ -228,7 +228,7 @@ def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name,
 
   cfg = cfg.copy_and_resolve_references()
   cfg.model.dtype = dtype_name
-  model = train.create_model(cfg, model.num_classes)
+  model = train_state.create_model(cfg, model.num_classes)
   data = sharding.batch_sharding(mesh)
   rng = jax.random.key(1)
   images_u8 = jax.device_put(
@@ -245,7 +245,7 @@ def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name,
   runners = {}
   # One state threads through both steps: the same parameters in the same memory, so the
   # two differ only in the augmentation (each with its own had them train apart).
-  box = {"state": train.create_train_state(cfg, model, mesh)}
+  box = {"state": train_state.create_train_state(cfg, model, mesh)}
   for name, on_device, images in (("aug", True, images_u8), ("noaug", False, crops)):
     step = train.make_train_step(cfg, model, mesh, steps_per_epoch=10**6,
                                  augment_on_device=on_device)
@@ -282,7 +282,7 @@ def _jax_train_runners(jax, jnp, cfg, mesh, model, batch_size, dtype_name,
 def _eval_runner(jax, jnp, cfg, mesh, model, eval_batch):
   from alexnet_jax import sharding, train
   step = train.make_eval_step(cfg, model, mesh, crops=10)
-  params = train.create_train_state(cfg, model, mesh).params
+  params = train_state.create_train_state(cfg, model, mesh).params
   data = sharding.batch_sharding(mesh)
   batch = {"image": jax.device_put(jax.random.randint(jax.random.key(3), (eval_batch, 256, 256, 3),
                                                       0, 256).astype(jnp.uint8), data),
@@ -493,7 +493,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   cfg.mesh.data, cfg.mesh.tower = data, tower
   cfg.model.width = width
   msh = sharding.make_mesh(data, tower)
-  model = train.create_model(cfg, num_classes)
+  model = train_state.create_model(cfg, num_classes)
   flops = train_flops_per_image(model)
   log(f"device: {device}; mesh data={msh.shape['data']} tower={msh.shape['tower']}; "
       f"batch {batch_size}; width {width}; {flops / 1e9:.3f} GFLOP per training image")
@@ -509,7 +509,7 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   if use_torch and not on_cpu:
     torch_note = "skipped: the PyTorch contender runs on CPU only (this device is not)"
   elif use_torch:
-    params = train.create_train_state(cfg, model, msh).params
+    params = train_state.create_train_state(cfg, model, msh).params
     log("building the PyTorch contender...")
     torch_run, torch_note = _torch_runner(params, width, num_classes, batch_size, cores)
     if torch_run is None:

@@ -17,6 +17,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from alexnet_jax import sharding
+from alexnet_jax import train_state
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -118,8 +121,6 @@ def restore(workdir: str, step: int | None = None, mesh=None):
       config, variables = restore("runs/demo")
       logits = AlexNet(...).apply(variables, images)   # or model_from(config, variables)
   """
-  from alexnet_jax import sharding, train  # late: train imports this module
-
   config = load_config(workdir)
   if mesh is None:
     mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
@@ -127,8 +128,8 @@ def restore(workdir: str, step: int | None = None, mesh=None):
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-  model = train.create_model(config, manager.restore_meta(step)["num_classes"])
-  abstract = train.abstract_state(config, model)
-  state = manager.restore(abstract, train.state_shardings(mesh, abstract), step)
+  model = train_state.create_model(config, manager.restore_meta(step)["num_classes"])
+  abstract = train_state.abstract_state(config, model)
+  state = manager.restore(abstract, train_state.state_shardings(mesh, abstract), step)
   manager.close()
   return config, {"params": state.params}

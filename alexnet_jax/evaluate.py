@@ -27,7 +27,7 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
   config.unlock()
   config.eval_crops = crops
   info = input_pipeline.dataset_info(config.dataset)
-  model = train.create_model(config, info.num_classes)
+  model = train_state.create_model(config, info.num_classes)
   stats = input_pipeline.dataset_stats(config.dataset)
   mean = jax.device_put(train.augment_constants(config, stats).mean_image)
   metrics = train.evaluate(config, train.make_eval_step(config, model, mesh), variables["params"],
@@ -52,6 +52,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from alexnet_jax import runtime
-  runtime.restart_with_huge_pages()  # may restart this process (run K, docs/performance.md)
+  from alexnet_jax import huge_pages
+  huge_pages.restart_if_requested()  # only with ALEXNET_JAX_HUGE_PAGES=1
   app.run(main)

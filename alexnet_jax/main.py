@@ -60,6 +60,6 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
-  from alexnet_jax import runtime
-  runtime.restart_with_huge_pages()  # may restart this process (run K, docs/performance.md)
+  from alexnet_jax import huge_pages
+  huge_pages.restart_if_requested()  # only with ALEXNET_JAX_HUGE_PAGES=1
   app.run(main, flags_parser=parse_flags)

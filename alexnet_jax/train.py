@@ -1,4 +1,4 @@
-"""TrainState, the jitted train/eval steps on the mesh, and the training loop."""
+"""The jitted train and eval steps on the mesh, and the training loop."""
 from __future__ import annotations
 
 import functools
@@ -21,19 +21,9 @@ from alexnet_jax import distributed
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
-from alexnet_jax import sharding
 from alexnet_jax import reporting
-from alexnet_jax import runtime
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a run needs to continue exactly; the data position is `step`."""
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  schedule: optim.PlateauState
-  rng: jax.Array  # raw uint32[2] base key; per-step keys fold in the step
+from alexnet_jax import sharding
+from alexnet_jax import train_state
 
 
 @flax.struct.dataclass
@@ -41,10 +31,6 @@ class AugmentConstants:
   mean_image: jax.Array  # [256, 256, 3] float32, pixel units
   eigval: jax.Array      # [3]
   eigvec: jax.Array      # [3, 3], columns
-
-
-def create_model(config, num_classes: int) -> model_lib.AlexNet:
-  return model_lib.from_config(config.model, num_classes)
 
 
 def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentConstants:
@@ -59,34 +45,22 @@ def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentCons
                           jnp.asarray(eigval, jnp.float32), jnp.asarray(eigvec, jnp.float32))
 
 
-# ---- state and its shardings ------------------------------------------------------------
-def _init_state(config, model, rng) -> TrainState:
-  params = model.init(rng, jnp.zeros((1, *model_lib.IMAGE_SHAPE)), train=False)["params"]
-  tx = optim.make_optimizer(config.optimizer)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    schedule=optim.PlateauState.create(),
-                    rng=jax.random.key_data(jax.random.key(config.seed)))
-
-
-def abstract_state(config, model) -> TrainState:
-  return jax.eval_shape(functools.partial(_init_state, config, model), jax.random.key(0))
-
-
-def state_shardings(mesh, abstract: TrainState) -> TrainState:
-  """The one sharding rule (sharding.param_specs) applied to the whole state: parameters
-  and their velocities split by tower, scalars replicated."""
-  return sharding.tree_shardings(mesh, sharding.param_specs(abstract))
-
-
-def create_train_state(config, model, mesh, rng=None) -> TrainState:
-  sharding.check_towers(mesh, model)
-  rng = jax.random.key(config.seed) if rng is None else rng
-  init = jax.jit(functools.partial(_init_state, config, model),
-                 out_shardings=state_shardings(mesh, abstract_state(config, model)))
-  return init(rng)
-
-
 # ---- steps -------------------------------------------------------------------------------
+# jaxlib 0.10.2's XLA:CPU hands convolutions to YNNPACK fusions by default; their
+# weight-gradient convolutions ran 3-7x slower than XLA's own (Eigen) ones on x86 CPUs, a
+# 2.5x slower training step (docs/performance.md). So the steps keep YNNPACK to dots only.
+# ALEXNET_JAX_YNN_CONVS=1 (or an ynn option already in XLA_FLAGS) keeps jaxlib's default.
+_CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options() -> dict | None:
+  """`jax.jit(..., compiler_options=...)` for the train and eval steps on this backend."""
+  if (jax.default_backend() != "cpu" or os.environ.get("ALEXNET_JAX_YNN_CONVS") == "1"
+      or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")):
+    return None
+  return dict(_CPU_CONV_OPTIONS)
+
+
 def _errors(logits, labels):
   """Per-example top-1 and top-5 errors (0/1 floats)."""
   top5 = jax.lax.top_k(logits, 5)[1]
@@ -115,7 +89,7 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
   tx = optim.make_optimizer(config.optimizer)
   apply = sharding.sharded_apply(model, mesh)
 
-  def train_step(state: TrainState, batch, aug: AugmentConstants):
+  def train_step(state: train_state.TrainState, batch, aug: AugmentConstants):
     base = jax.random.wrap_key_data(state.rng)
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
     images, labels = batch["image"], batch["label"]
@@ -139,13 +113,13 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
                "learning_rate": lr, "grad_norm": optax.global_norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  shardings = state_shardings(mesh, abstract_state(config, model))
+  shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
   data = sharding.batch_sharding(mesh)
   return jax.jit(train_step, donate_argnums=0,
                  in_shardings=(shardings, {"image": data, "label": data},
                                sharding.replicated(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)),
-                 compiler_options=runtime.compiler_options())
+                 compiler_options=compiler_options())
 
 
 def make_eval_step(config, model, mesh, crops: int | None = None):
@@ -173,7 +147,7 @@ def make_eval_step(config, model, mesh, crops: int | None = None):
             "loss_sum": (nll * mask).sum(), "count": mask.sum()}
 
   return jax.jit(eval_step, out_shardings=sharding.replicated(mesh),
-                 compiler_options=runtime.compiler_options())
+                 compiler_options=compiler_options())
 
 
 def global_batch(mesh, local_batch: dict) -> dict:
@@ -225,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.check_batch(mesh, config.batch_size)
   sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
   info = input_pipeline.dataset_info(config.dataset)
-  model = create_model(config, info.num_classes)
+  model = train_state.create_model(config, info.num_classes)
   steps_per_epoch = max(info.num_train // config.batch_size, 1)
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(math.ceil(config.num_epochs * steps_per_epoch)))
@@ -238,8 +212,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   aug = jax.device_put(augment_constants(config, stats), sharding.replicated(mesh))
 
   manager = ckpt_lib.CheckpointManager(workdir, config)
-  state = manager.restore_or(lambda: create_train_state(config, model, mesh),
-                             state_shardings(mesh, abstract_state(config, model)))
+  state = manager.restore_or(lambda: train_state.create_train_state(config, model, mesh),
+                             train_state.state_shardings(mesh, train_state.abstract_state(config, model)))
   start = int(state.step)
   if lead:
     logging.info("mesh %s on %d device(s), %d process(es); %s: %d train / %d eval images, "

@@ -13,6 +13,8 @@ usage() { sed -n '4,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 N=$1; shift
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# CPU hosts: restart with huge pages for XLA:CPU's per-step buffers (alexnet_jax/huge_pages.py).
+export ALEXNET_JAX_HUGE_PAGES=${ALEXNET_JAX_HUGE_PAGES:-1}
 export JAX_PLATFORMS=cpu
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$N"
 exec "${PYTHON:-python3}" -m alexnet_jax.main "$@"

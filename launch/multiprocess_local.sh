@@ -37,6 +37,8 @@ COORD=127.0.0.1:$PORT
 # (--config, --workdir) stay relative to the caller's.
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# CPU hosts: restart with huge pages for XLA:CPU's per-step buffers (alexnet_jax/huge_pages.py).
+export ALEXNET_JAX_HUGE_PAGES=${ALEXNET_JAX_HUGE_PAGES:-1}
 
 echo "multiprocess_local: $NPROC process(es) x $DEVICES CPU device(s), coordinator $COORD, logs in $LOG_DIR/process_*.log" >&2
 declare -a PIDS=()

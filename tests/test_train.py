@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, sharding, train
+from alexnet_jax import checkpoint, sharding, train, train_state
 from configs import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +63,8 @@ def _aug():
 
 
 def _two_steps(config, mesh):
-  model = train.create_model(config, 10)
-  state = train.create_train_state(config, model, mesh)
+  model = train_state.create_model(config, 10)
+  state = train_state.create_train_state(config, model, mesh)
   step = train.make_train_step(config, model, mesh, steps_per_epoch=10)
   aug = jax.device_put(_aug(), sharding.replicated(mesh))
   for i in range(2):
@@ -83,7 +83,7 @@ def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
   for path, leaf in jax.tree_util.tree_leaves_with_path(got_state.params):
     assert _rel(leaf, flat_want[path]) < 1e-5, jax.tree_util.keystr(path)
   # The step really trains: parameters moved, and the velocity holds the last update.
-  init = jax.device_get(train.create_train_state(config, train.create_model(config, 10),
+  init = jax.device_get(train_state.create_train_state(config, train_state.create_model(config, 10),
                                                  _mesh(1, 1)))
   assert _rel(got_state.params["fc8"]["kernel"], init.params["fc8"]["kernel"]) > 1e-4
 
@@ -91,8 +91,8 @@ def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
 def test_ten_crop_eval_equals_averaging_softmax_by_hand():
   config = tiny_config(eval_crops=10)
   mesh = _mesh(2, 1)
-  model = train.create_model(config, 10)
-  params = train.create_train_state(config, model, mesh).params
+  model = train_state.create_model(config, 10)
+  params = train_state.create_train_state(config, model, mesh).params
   rng = np.random.default_rng(3)
   images = rng.integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
   labels = np.array([1, 2, 3, 4], np.int32)
@@ -151,8 +151,8 @@ def _save_run(workdir, config, state, step, num_classes=10):
 def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
   config = tiny_config(**{"mesh.data": 4, "mesh.tower": 2})
   mesh = _mesh(4, 2)
-  model = train.create_model(config, 10)
-  state = train.create_train_state(config, model, mesh, jax.random.key(7))
+  model = train_state.create_model(config, 10)
+  state = train_state.create_train_state(config, model, mesh, jax.random.key(7))
   assert len(state.params["fc6"]["kernel"].sharding.device_set) == 8
   _save_run(str(tmp_path), config, state, 3)
   restored_config, variables = checkpoint.restore(str(tmp_path))
@@ -163,15 +163,15 @@ def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
     np.testing.assert_array_equal(np.asarray(leaf), dict(
         jax.tree_util.tree_leaves_with_path(want))[path])
   # The notebook can run the model on what it restored.
-  logits = train.create_model(restored_config, 10).apply(variables, jnp.zeros((1, 224, 224, 3)))
+  logits = train_state.create_model(restored_config, 10).apply(variables, jnp.zeros((1, 224, 224, 3)))
   assert logits.shape == (1, 10) and np.all(np.isfinite(logits))
 
 
 def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
   config = tiny_config()
   mesh = _mesh(1, 1)
-  model = train.create_model(config, 10)
-  state = train.create_train_state(config, model, mesh)
+  model = train_state.create_model(config, 10)
+  state = train_state.create_train_state(config, model, mesh)
   _save_run(str(tmp_path), config, state, 2)
   # A save killed half-way leaves Orbax's temporary directory with partial contents.
   partial = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
@@ -182,8 +182,8 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
   assert manager.latest_step() == 2
   assert any("4.orbax-checkpoint-tmp-1234" in r.getMessage() and "not a complete checkpoint"
              in r.getMessage() for r in caplog.records)
-  abstract = train.abstract_state(config, model)
-  restored = manager.restore(abstract, train.state_shardings(mesh, abstract))
+  abstract = train_state.abstract_state(config, model)
+  restored = manager.restore(abstract, train_state.state_shardings(mesh, abstract))
   np.testing.assert_array_equal(np.asarray(restored.params["conv1"]["kernel"]),
                                 np.asarray(state.params["conv1"]["kernel"]))
 
@@ -193,11 +193,11 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
                      **{"mesh.data": -1, "optimizer.schedule": "constant"})
   train.train_and_evaluate(good, str(tmp_path))
   mesh = _mesh(8, 1)
-  model = train.create_model(good, 10)
-  abstract = train.abstract_state(good, model)
+  model = train_state.create_model(good, 10)
+  abstract = train_state.abstract_state(good, model)
   manager = checkpoint.CheckpointManager(str(tmp_path), good)
   assert manager.latest_step() == 2
-  before = manager.restore(abstract, train.state_shardings(mesh, abstract), 2)
+  before = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 2)
   # Resume the same run with a learning rate that explodes it.
   bad = tiny_config(num_train_steps=12, checkpoint_every_steps=1, eval_every_steps=100,
                     **{"mesh.data": -1, "optimizer.schedule": "constant",
@@ -209,9 +209,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
   steps = manager.all_steps()
   assert 2 in steps and max(steps) < 12
   for s in steps:  # every checkpoint that was written holds finite parameters
-    st = manager.restore(abstract, train.state_shardings(mesh, abstract), s)
+    st = manager.restore(abstract, train_state.state_shardings(mesh, abstract), s)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st.params))
-  again = manager.restore(abstract, train.state_shardings(mesh, abstract), 2)
+  again = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 2)
   for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(before.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # untouched
 

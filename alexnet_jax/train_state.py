@@ -1,0 +1,57 @@
+"""The train state: what a run is, in one pytree, and where each part of it lives on a mesh.
+
+train.py steps and saves it; checkpoint.py restores it onto any mesh from the same abstract
+tree (`abstract_state`) and sharding rule (`state_shardings`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue exactly; the data position is `step`."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  schedule: optim.PlateauState
+  rng: jax.Array  # raw uint32[2] base key; per-step keys fold in the step
+
+
+def create_model(config, num_classes: int) -> model_lib.AlexNet:
+  return model_lib.from_config(config.model, num_classes)
+
+
+def _init_state(config, model, rng) -> TrainState:
+  params = model.init(rng, jnp.zeros((1, *model_lib.IMAGE_SHAPE)), train=False)["params"]
+  tx = optim.make_optimizer(config.optimizer)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    schedule=optim.PlateauState.create(),
+                    rng=jax.random.key_data(jax.random.key(config.seed)))
+
+
+def abstract_state(config, model) -> TrainState:
+  return jax.eval_shape(functools.partial(_init_state, config, model), jax.random.key(0))
+
+
+def state_shardings(mesh, abstract: TrainState) -> TrainState:
+  """The one sharding rule (sharding.param_specs) applied to the whole state: parameters
+  and their velocities split by tower, scalars replicated."""
+  return sharding.tree_shardings(mesh, sharding.param_specs(abstract))
+
+
+def create_train_state(config, model, mesh, rng=None) -> TrainState:
+  sharding.check_towers(mesh, model)
+  rng = jax.random.key(config.seed) if rng is None else rng
+  init = jax.jit(functools.partial(_init_state, config, model),
+                 out_shardings=state_shardings(mesh, abstract_state(config, model)))
+  return init(rng)
