@@ -1,4 +1,4 @@
-"""The same two-tower AlexNet in PyTorch: the contender of `python -m alexnet_jax.bench`.
+"""The same two-tower AlexNet in PyTorch: the contender of `python -m benchmarks.bench`.
 
 Benchmark-only (PyTorch is in requirements-bench.txt, not requirements.txt). The network is
 the paper's grouped model written the way a PyTorch user would write it: `groups=2`
@@ -24,9 +24,9 @@ def local_response_norm(x: torch.Tensor, towers: int, *, size: int = 5, k: float
 
   b = a / (k + alpha * sum of a^2 over the `size` channels around it, in its tower)^beta,
   written as a sum of shifted slices of the zero-padded squares, per tower. This ran the
-  train step 1.17x faster than F.local_response_norm (an avg_pool3d over channels; which
-  also divides alpha by `size`), so the contender is not slowed by its LRN
-  (docs/performance.md run F).
+  train step 1.17x faster than F.local_response_norm (an avg_pool3d over channels, which
+  also divides alpha by `size`) on a 2-core x86 VM, so the contender is not slowed by its
+  LRN. The constants are the paper's (docs/paper.md).
   """
   n, c, h, w = x.shape
   ct = c // towers
@@ -104,7 +104,8 @@ def load_jax_params(net: AlexNetTorch, params) -> AlexNetTorch:
 
 
 def make_optimizer(net: nn.Module, learning_rate: float = 0.01) -> torch.optim.Optimizer:
-  """§5: SGD, momentum 0.9, weight decay 5e-4 (PyTorch's form of the rule)."""
+  """The paper's §5 (docs/paper.md): SGD, momentum 0.9, weight decay 5e-4, in PyTorch's
+  form of the rule (a velocity in gradient units: the paper's while the rate is constant)."""
   return torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=0.9, weight_decay=5e-4)
 
 

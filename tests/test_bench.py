@@ -1,4 +1,5 @@
-"""The benchmark end to end on a tiny model, and the PyTorch contender against our network."""
+"""The benchmark end to end on a tiny model, its timing statistics, the PyTorch contender
+against our network, and the package's independence from both."""
 import json
 import math
 import os
@@ -10,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import bench
 from alexnet_jax.model import AlexNet
+from benchmarks import flops
+from benchmarks import timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,22 +33,23 @@ def _torch_available():
 
 
 def test_training_flops_are_the_papers():
-  # PAPER.md: 724.4M multiply-adds forward, 4.35 GFLOP per training image.
+  # docs/paper.md: 724.4M multiply-adds forward, 4.35 GFLOP per training image.
   m = AlexNet()
-  assert abs(bench.forward_macs(m) - 724.4e6) / 724.4e6 < 1e-3
-  assert abs(bench.train_flops_per_image(m) - 4.35e9) / 4.35e9 < 2e-3
+  assert abs(flops.forward_macs(m) - 724.4e6) / 724.4e6 < 1e-3
+  assert abs(flops.train_flops_per_image(m) - 4.35e9) / 4.35e9 < 2e-3
 
 
 def test_benchmark_runs_end_to_end_on_a_tiny_model():
-  """`python -m alexnet_jax.bench` in quick mode: a table, then one JSON object whose
+  """`python -m benchmarks.bench` in quick mode: a table, then one JSON object whose
   figures are all positive (the PyTorch ones only when PyTorch is installed)."""
   env = dict(os.environ)
   # One CPU device, as a user runs it (conftest simulates 8); LLVM optimisation off halves
   # the compile time of this quick mode (the figures mean nothing at this size anyway).
   env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
   env["JAX_PLATFORMS"] = "cpu"
+  env.pop("ALEXNET_JAX_YNN_CONVS", None)
   with_torch = _torch_available()
-  cmd = [sys.executable, "-m", "alexnet_jax.bench", "--width=0.125", "--batch_size=8",
+  cmd = [sys.executable, "-m", "benchmarks.bench", "--width=0.125", "--batch_size=8",
          "--steps=1", "--repeats=1", "--eval_batch_size=2", "--input_images=16",
          "--input_batches=1", "--matmul_size=512", "--mesh=1,1", "--bf16=on",
          "--overhead_pairs=5"]
@@ -91,12 +94,39 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
   assert math.isfinite(result["augment_overhead_fraction_cpu_time"])
   if os.path.exists("/proc/stat"):
     assert 0.0 <= result["host_steal_fraction"] < 1.0
+  # The CPU convolution choice reaches the steps as their compiler options, not XLA_FLAGS.
+  assert result["compiler_options"] and "ynn_fusion_type" not in result["xla_flags"]
+
+
+# Entry points define absl flags on import: each is imported in its own process.
+ENTRY_POINTS = ("main", "evaluate")
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_the_package_never_imports_torch_or_the_benchmark(entry_point):
+  """`import alexnet_jax` and every module in it, in a fresh interpreter (this process has
+  imported the benchmark), leave PyTorch and `benchmarks` out of sys.modules: PyTorch is a
+  benchmark-only dependency (requirements-bench.txt)."""
+  package = os.path.join(REPO, "alexnet_jax")
+  library = sorted(f[:-3] for f in os.listdir(package)
+                   if f.endswith(".py") and f != "__init__.py" and f[:-3] not in ENTRY_POINTS)
+  assert {"model", "train", "train_state", "input_pipeline"} <= set(library), library
+  modules = ["alexnet_jax"] + [f"alexnet_jax.{m}" for m in library + [entry_point]]
+  code = ("import importlib, json, sys\n"
+          f"for name in {modules!r}:\n"
+          "  importlib.import_module(name)\n"
+          "print(json.dumps(sorted(m for m in sys.modules\n"
+          "                        if m.split('.')[0] in ('torch', 'benchmarks'))))\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def test_timing_rotates_the_order_and_settles_before_each_timed_run():
   calls = []
   contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "abc"}
-  timed = bench._median_times(contenders, steps=4, repeats=4)
+  timed = timing.time_in_rotation(contenders, steps=4, repeats=4)
   # One contender further along each repeat; every timed run (n=4) has an untimed step
   # (n=1) just before it.
   order = ["a", "b", "c",
@@ -111,7 +141,7 @@ def test_timing_rotates_the_order_and_settles_before_each_timed_run():
 def test_paired_steps_alternate_abba_after_one_untimed_step_each():
   calls = []
   contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "xyz"}
-  timed = bench._paired_steps("x", "y", contenders, pairs=5)
+  timed = timing.time_abba_pairs("x", "y", contenders, pairs=5)
   assert calls == [("x", 1), ("y", 1)] + [(name, 1) for name in "xyyxxyyxxy"]
   assert set(timed.wall) == set(timed.cpu) == {"x", "y"}
   assert all(len(ts) == 5 for ts in list(timed.wall.values()) + list(timed.cpu.values()))
@@ -120,7 +150,7 @@ def test_paired_steps_alternate_abba_after_one_untimed_step_each():
 def test_paired_overhead_is_the_median_of_same_repeat_ratios():
   # Pairs (1.1, 1.0), (2.0, 2.2), (3.3, 3.0): ratios +0.1, -0.0909, +0.1 -> median +0.1;
   # a ratio of medians (2.0 / 2.2 - 1) would say -0.09.
-  assert bench._paired_overhead([1.1, 2.0, 3.3], [1.0, 2.2, 3.0]) == pytest.approx(0.1)
+  assert timing.median_pair_overhead([1.1, 2.0, 3.3], [1.0, 2.2, 3.0]) == pytest.approx(0.1)
 
 
 def test_median_interval_is_the_binomial_order_statistic_interval():
@@ -128,27 +158,27 @@ def test_median_interval_is_the_binomial_order_statistic_interval():
   values = [0.3, -0.1, 0.05, 0.2, 0.0, 0.12, -0.04, 0.08, 0.5, 0.01]
   # n=10 at 90%: P(Bin(10, 1/2) <= 1) = 11/1024 <= 0.05 < P(<= 2) = 56/1024, so the 2nd
   # and 9th smallest.
-  assert bench.median_interval(values) == (-0.04, 0.3)
-  assert bench.median_interval(values[:4]) is None  # 1/16 > 0.05: no interval from 4
-  assert bench.median_interval(values[:5]) == (-0.1, 0.3)  # 1/32 <= 0.05: min and max
+  assert timing.median_interval(values) == (-0.04, 0.3)
+  assert timing.median_interval(values[:4]) is None  # 1/16 > 0.05: no interval from 4
+  assert timing.median_interval(values[:5]) == (-0.1, 0.3)  # 1/32 <= 0.05: min and max
   rng = np.random.default_rng(0)
   for n in range(5, 41):
     xs = list(rng.normal(size=n))
     k = max(j for j in range(1, n // 2 + 1) if stats.binom.cdf(j - 1, n, 0.5) <= 0.05)
-    assert bench.median_interval(xs) == (sorted(xs)[k - 1], sorted(xs)[n - k]), n
+    assert timing.median_interval(xs) == (sorted(xs)[k - 1], sorted(xs)[n - k]), n
 
 
 def test_steal_fraction_from_a_proc_stat_written_by_hand(tmp_path):
   stat = tmp_path / "stat"
   # user nice system idle iowait irq softirq steal guest guest_nice
   stat.write_text("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 50 0 25 400 5 0 2 18 3 0\n")
-  before = bench.read_cpu_jiffies(str(stat))
+  before = timing.read_cpu_jiffies(str(stat))
   assert before == (35, 1000)  # guest time is already counted in user: not added again
   stat.write_text("cpu  190 0 60 900 10 0 5 135 9 0\n")
-  after = bench.read_cpu_jiffies(str(stat))
-  assert bench.steal_fraction(before, after) == pytest.approx(100 / 300)
-  assert bench.read_cpu_jiffies(str(tmp_path / "missing")) is None
-  assert bench.steal_fraction(None, after) is None
+  after = timing.read_cpu_jiffies(str(stat))
+  assert timing.steal_fraction(before, after) == pytest.approx(100 / 300)
+  assert timing.read_cpu_jiffies(str(tmp_path / "missing")) is None
+  assert timing.steal_fraction(None, after) is None
 
 
 def test_pytorch_reference_forward_equals_ours():
@@ -156,7 +186,7 @@ def test_pytorch_reference_forward_equals_ours():
   convolutions, per-tower LRN, NCHW, (C, H, W) flatten) gives our logits to 1e-4."""
   torch = pytest.importorskip("torch", reason="PyTorch is benchmark-only "
                               "(requirements-bench.txt); not installed here")
-  from alexnet_jax import torch_reference
+  from benchmarks import torch_reference
 
   model = AlexNet(num_classes=1000)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
@@ -182,7 +212,7 @@ def test_pytorch_reference_forward_equals_ours():
 def test_pytorch_lrn_is_the_papers_within_each_tower():
   torch = pytest.importorskip("torch", reason="PyTorch is benchmark-only "
                               "(requirements-bench.txt); not installed here")
-  from alexnet_jax import torch_reference
+  from benchmarks import torch_reference
   x = np.random.default_rng(0).normal(0, 40, (2, 6, 5, 96)).astype(np.float32)
   tf = pytest.importorskip("tensorflow")
   # TensorFlow's LRN is the paper's formula (alpha per squared term), on each tower's half.
