@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -31,7 +32,10 @@ def _abstract_with_shardings(abstract, shardings):
 class CheckpointManager:
   """The project's policy on top of `ocp.CheckpointManager`."""
 
-  def __init__(self, workdir: str, config=None, *, keep: int | None = None):
+  def __init__(self, workdir: str, config=None, *, keep: int | None = None,
+               read_only: bool = False):
+    """read_only: for readers beside a run (notebooks, evaluation): never creates, deletes
+    or cleans up anything, so a save that the run has in flight is left alone."""
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     keep = keep if keep is not None else (config.keep_checkpoints if config else 3)
     policy = pp.AnyPreservationPolicy([
@@ -40,11 +44,12 @@ class CheckpointManager:
                  keep_checkpoints_without_metrics=False),
     ])
     # Look before Orbax does: it deletes temporary directories when it starts.
-    incomplete = self._incomplete_entries()
+    incomplete = [] if read_only else self._incomplete_entries()
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"),
-        options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                             cleanup_tmp_directories=True))
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=policy, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only))
     for path in incomplete:
       logging.warning("ignoring %s: not a complete checkpoint (a save that was "
                       "interrupted?); restoring from step %s instead.", path,
@@ -112,24 +117,44 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore(workdir: str, step: int | None = None, mesh=None):
-  """(config, variables) of a run, on the caller's devices (default: one device).
+class RestoredRun(NamedTuple):
+  config: ml_collections.ConfigDict
+  variables: dict  # {"params": ...}
+  step: int
+  meta: dict  # what training saved beside the state: num_classes, dataset, eval metrics
 
-  A notebook on one CPU restores a run trained on any mesh or number of processes:
-  Orbax reshards onto the target built here from the run's config.
 
-      config, variables = restore("runs/demo")
-      logits = AlexNet(...).apply(variables, images)   # or model_from(config, variables)
+def restore_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun:
+  """A run's config, variables, step and metadata, on the caller's devices (default: the
+  first local device), read-only.
+
+  Orbax reshards onto a target built here from the run's config, so a notebook on one CPU
+  restores a run trained on any mesh or number of processes.
   """
   config = load_config(workdir)
   if mesh is None:
     mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
-  manager = CheckpointManager(workdir, keep=config.get("keep_checkpoints", 3))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-  model = train_state.create_model(config, manager.restore_meta(step)["num_classes"])
-  abstract = train_state.abstract_state(config, model)
-  state = manager.restore(abstract, train_state.state_shardings(mesh, abstract), step)
-  manager.close()
-  return config, {"params": state.params}
+  manager = CheckpointManager(workdir, keep=config.get("keep_checkpoints", 3), read_only=True)
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {manager.directory}: has the run in "
+                              f"{workdir} saved one yet?")
+    meta = manager.restore_meta(step)
+    model = train_state.create_model(config, meta["num_classes"])
+    abstract = train_state.abstract_state(config, model)
+    state = manager.restore(abstract, train_state.state_shardings(mesh, abstract), step)
+  finally:
+    manager.close()
+  return RestoredRun(config, {"params": state.params}, int(step), meta)
+
+
+def restore(workdir: str, step: int | None = None, mesh=None):
+  """(config, variables) of a run (see restore_run):
+
+      config, variables = restore("runs/demo")
+      model = train_state.create_model(config, variables["params"]["fc8"]["bias"].shape[0])
+      logits = model.apply(variables, images)
+  """
+  run = restore_run(workdir, step, mesh)
+  return run.config, run.variables

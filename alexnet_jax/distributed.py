@@ -41,7 +41,6 @@ import time
 import traceback
 from typing import Mapping
 
-import numpy as np
 from absl import flags, logging
 
 ENV_COORDINATOR = "ALEXNET_JAX_COORDINATOR_ADDRESS"
@@ -303,35 +302,3 @@ def exit_on_error(fn, *args, **kwargs):
     _die(f"process {jax.process_index()} of {jax.process_count()} failed:\n"
          f"{''.join(traceback.format_exception(e))}\nThe other processes stop within "
          f"about --distributed_heartbeat_timeout seconds.")
-
-
-# ---- which part of each global batch this process feeds ----------------------------------
-def data_block(device_grid, data_axis: int, process_index: int) -> tuple[int, int]:
-  """(index, count): this process's devices hold block `index` of `count` equal, contiguous
-  blocks of the mesh's data axis. `device_grid`: the mesh's array of devices.
-
-  A process can hold several data shards (2 devices on data=2 -> its half of the batch), or
-  share one with other processes (towers split across processes: data=1, tower=2 on two
-  processes -> both hold, and must both feed, the whole batch: (0, 1)).
-  """
-  grid = np.moveaxis(np.asarray(device_grid, dtype=object), data_axis, 0)
-  n = grid.shape[0]
-  held = sorted({i for i in range(n)
-                 for d in grid[i].ravel() if d.process_index == process_index})
-  if not held:
-    raise ValueError(f"process {process_index} holds no device of the mesh")
-  k, a = len(held), held[0]
-  if held != list(range(a, a + k)) or n % k or a % k:
-    raise ValueError(
-        f"process {process_index} holds data shards {held} of {n}: each process must hold "
-        f"one contiguous, equal block of the mesh's data axis (use a mesh built from "
-        f"jax.devices(), whose order groups the devices of each process)")
-  return a // k, n // k
-
-
-def data_shard(mesh) -> tuple[int, int]:
-  """(process_index, process_count) to give the input pipeline so that this process reads
-  exactly the rows of each global batch that its devices hold (data_block)."""
-  import jax
-  from alexnet_jax import sharding
-  return data_block(mesh.devices, mesh.axis_names.index(sharding.DATA), jax.process_index())

@@ -17,37 +17,33 @@ FLAGS = flags.FLAGS
 
 
 def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) -> dict:
+  """{'step', 'crops', 'top1_error', 'top5_error', 'loss', 'num_images'} of a checkpoint."""
+  # After runtime.setup() in main(): importing JAX and TF here keeps them off accelerators.
   import jax
-  from alexnet_jax import checkpoint, input_pipeline, sharding, train
+  from alexnet_jax import checkpoint, input_pipeline, sharding, train, train_state
 
   if crops not in (1, 10):
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
-  config, variables = checkpoint.restore(workdir, step=step)
+  run = checkpoint.restore_run(workdir, step=step)
+  config = run.config
   mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
-  config.unlock()
-  config.eval_crops = crops
-  info = input_pipeline.dataset_info(config.dataset)
-  model = train_state.create_model(config, info.num_classes)
+  model = train_state.create_model(config, run.meta["num_classes"])
   stats = input_pipeline.dataset_stats(config.dataset)
   mean = jax.device_put(train.augment_constants(config, stats).mean_image)
-  metrics = train.evaluate(config, train.make_eval_step(config, model, mesh), variables["params"],
-                           mean, mesh)
-  metrics["crops"] = crops
-  return metrics
+  eval_step = train.make_eval_step(config, model, mesh, crops=crops)
+  metrics = train.evaluate(config, eval_step, run.variables["params"], mean, mesh)
+  return {"step": run.step, "crops": crops, **metrics}
 
 
 def main(argv):
   del argv
   from alexnet_jax import runtime
   runtime.setup()
-  from alexnet_jax import checkpoint
   m = evaluate_checkpoint(FLAGS.workdir, FLAGS.crops, FLAGS.step)
-  step = FLAGS.step if FLAGS.step is not None else checkpoint.CheckpointManager(
-      FLAGS.workdir).latest_step()
-  path = os.path.join(FLAGS.workdir, f"eval_{step}_{FLAGS.crops}crop.json")
+  path = os.path.join(FLAGS.workdir, f"eval_{m['step']}_{FLAGS.crops}crop.json")
   with open(path, "w") as f:
-    json.dump({"step": step, **m}, f, indent=2)
-  print(f"step {step}, {m['num_images']} images, {FLAGS.crops} view(s): "
+    json.dump(m, f, indent=2)
+  print(f"step {m['step']}, {m['num_images']} images, {FLAGS.crops} view(s): "
         f"top-1 error {m['top1_error']:.4f}, top-5 error {m['top5_error']:.4f}  ({path})")
 
 

@@ -17,10 +17,10 @@ Sources (`dataset_config.name`):
 Stream semantics (what makes runs exactly resumable):
   * Sources with random access (digits, folder): epoch e is a stateless permutation of the good
     examples, seeded by (seed, e). Global batch b holds global stream positions [b*G, (b+1)*G);
-    process p reads positions [b*G + p*L, b*G + (p+1)*L) with L = G / process_count. The global
+    shard p reads positions [b*G + p*L, b*G + (p+1)*L) with L = G / num_shards. The global
     stream is therefore the same for any number of processes, and resuming at step N computes
     positions directly (nothing is read or decoded for skipped steps).
-  * TFDS sources: process p reads its contiguous 1/process_count of the split (TFDS records are
+  * TFDS sources: shard p reads its contiguous 1/num_shards of the split (TFDS records are
     sequential). Each epoch permutes the order of the record files (stateless, seeded by
     (seed, epoch)) and shuffles records through a buffer seeded the same way. Resuming at step N
     jumps to the right epoch and skips records BEFORE decoding.
@@ -664,21 +664,21 @@ def stats_cache_path(dataset_config) -> str:
 # Streams.
 
 
-def _process(process_index, process_count):
-  if process_index is None or process_count is None:
+def _shard(shard_index, num_shards):
+  if shard_index is None or num_shards is None:
     import jax
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
-  return int(process_index), int(process_count)
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    num_shards = jax.process_count() if num_shards is None else num_shards
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f'shard_index {shard_index} not in [0, {num_shards})')
+  return int(shard_index), int(num_shards)
 
 
-def _local_batch(global_batch_size, process_count):
-  if global_batch_size % process_count:
+def _local_batch(global_batch_size, num_shards):
+  if global_batch_size % num_shards:
     raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
-                     f'{process_count} processes')
-  return global_batch_size // process_count
+                     f'{num_shards} shards (processes)')
+  return global_batch_size // num_shards
 
 
 def _epoch_seed(seed, epoch):
@@ -746,16 +746,16 @@ def _random_access_positions(good: np.ndarray, seed, p, count, lb):
 
 
 def train_iterator(dataset_config, *, global_batch_size: int, seed: int, start_step: int = 0,
-                   process_index: int | None = None, process_count: int | None = None
+                   shard_index: int | None = None, num_shards: int | None = None
                    ) -> Iterator[dict]:
   """Endless training batches of this process: {'image': uint8 [L,256,256,3], 'label': int32 [L]}.
 
-  L = global_batch_size // process_count; process p holds positions [p*L, (p+1)*L) of each global
-  batch. `start_step=N` yields exactly what an uninterrupted run yields from its batch N+1 on.
+  L = global_batch_size // num_shards; shard p holds positions [p*L, (p+1)*L) of each global
+  batch (sharding.process_data_shard(mesh) gives a process its shard). `start_step=N` yields exactly what an uninterrupted run yields from its batch N+1 on.
   Returns an iterator whose `.skipped` lists images dropped at run time (known bad files are
   excluded up front and listed in dataset_stats(...).bad_files).
   """
-  p, count = _process(process_index, process_count)
+  p, count = _shard(shard_index, num_shards)
   lb = _local_batch(global_batch_size, count)
   src = _source(dataset_config)
   split = src.train
@@ -838,15 +838,15 @@ def _cached_batches(key_stream: tf.data.Dataset, split, lb: int, q0: int):
   return gen()
 
 
-def eval_iterator(dataset_config, *, global_batch_size: int, process_index: int | None = None,
-                  process_count: int | None = None) -> Iterator[dict]:
+def eval_iterator(dataset_config, *, global_batch_size: int, shard_index: int | None = None,
+                  num_shards: int | None = None) -> Iterator[dict]:
   """One pass over the whole validation split: {'image', 'label', 'mask'} per local batch.
 
   Process p reads its contiguous share of the split; every process yields the same number of
   batches (padding with mask=False), and the masked-in examples of all processes are exactly the
   split, each once. An image that fails to decode is reported and replaced by padding.
   """
-  p, count = _process(process_index, process_count)
+  p, count = _shard(shard_index, num_shards)
   lb = _local_batch(global_batch_size, count)
   src = _source(dataset_config)
   split = src.eval

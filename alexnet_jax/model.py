@@ -177,12 +177,6 @@ def _max_pool_backward(window, stride, res, g):
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
-def _tower_normal(std: float):
-  def init(key, shape, dtype=jnp.float32):
-    return std * jax.random.normal(key, shape, dtype)
-  return init
-
-
 def _he_normal(fan_in_axes: Sequence[int]):
   def init(key, shape, dtype=jnp.float32):
     fan_in = int(np.prod([shape[a] for a in fan_in_axes]))
@@ -261,7 +255,7 @@ class AlexNet(nn.Module):
   def _init_fns(self, name: str, fan_in_axes: Sequence[int]) -> tuple[Callable, Callable]:
     if self.initializer == "paper":
       bias = 1.0 if name in PAPER_UNIT_BIAS_LAYERS else 0.0
-      return _tower_normal(0.01), nn.initializers.constant(bias)
+      return nn.initializers.normal(0.01), nn.initializers.constant(bias)
     if self.initializer == "he":
       return _he_normal(fan_in_axes), nn.initializers.zeros
     raise ValueError(f"model.initializer must be 'paper' or 'he', got {self.initializer!r}")
@@ -304,7 +298,7 @@ class AlexNet(nn.Module):
     first = self._first_global_tower(local)
     pool_w, pool_s = (3, 2) if self.overlapping_pool else (2, 2)
 
-    def lrn(y):
+    def normalize(y):
       if not self.lrn:
         return y
       return local_response_norm(y, k=self.lrn_k, alpha_per_term=self.lrn_alpha_per_term)
@@ -327,7 +321,7 @@ class AlexNet(nn.Module):
                    per_tower(lambda i, x: nn.relu(self._conv(x, k[i], b[i], stride, pad)), xs))
 
     def pool(name, hs, with_lrn):
-      return stage(name, [max_pool(lrn(h) if with_lrn else h, pool_w, pool_s) for h in hs])
+      return stage(name, [max_pool(normalize(h) if with_lrn else h, pool_w, pool_s) for h in hs])
 
     # conv1: both towers read the whole image. 11x11/4 on 224 gives 55 only with
     # cuda-convnet's rule: pad (0, 3) so the last window reads 3 zero pixels.

@@ -46,6 +46,38 @@ def make_mesh(data: int = -1, tower: int = 1, devices=None) -> Mesh:
   return Mesh(np.asarray(devices, dtype=object).reshape(data, tower), (DATA, TOWER))
 
 
+# ---- which part of each global batch a process feeds ---------------------------------------
+def data_block(device_grid, data_axis: int, process_index: int) -> tuple[int, int]:
+  """(index, count): this process's devices hold block `index` of `count` equal, contiguous
+  blocks of the mesh's data axis. `device_grid`: the mesh's array of devices.
+
+  A process can hold several data shards (2 devices on data=2 -> its half of the batch), or
+  share one with other processes (towers split across processes: data=1, tower=2 on two
+  processes -> both hold, and must both feed, the whole batch: (0, 1)).
+  """
+  grid = np.moveaxis(np.asarray(device_grid, dtype=object), data_axis, 0)
+  n = grid.shape[0]
+  held = sorted({i for i in range(n)
+                 for d in grid[i].ravel() if d.process_index == process_index})
+  if not held:
+    raise ValueError(f"process {process_index} holds no device of the mesh")
+  k, a = len(held), held[0]
+  if held != list(range(a, a + k)) or n % k or a % k:
+    raise ValueError(
+        f"process {process_index} holds data shards {held} of {n}: each process must hold "
+        f"one contiguous, equal block of the mesh's data axis (use a mesh built from "
+        f"jax.devices(), whose order groups the devices of each process)")
+  return a // k, n // k
+
+
+def process_data_shard(mesh: Mesh) -> tuple[int, int]:
+  """(shard_index, num_shards) for the input pipeline: this process reads exactly the rows
+  of each global batch that its devices hold (data_block). Processes that share a data
+  shard (towers split across processes) read the same rows."""
+  return data_block(mesh.devices, mesh.axis_names.index(DATA), jax.process_index())
+
+
+# ---- the sharding rule ------------------------------------------------------------------
 def param_specs(params) -> Any:
   """PartitionSpec tree for a parameter-shaped tree: tower layers split on "tower"."""
   def spec(path, leaf):

@@ -1,11 +1,10 @@
 """The jitted train and eval steps on the mesh, and the training loop."""
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 import os
 import time
-from typing import Any
 
 import flax.struct
 import jax
@@ -17,7 +16,6 @@ from absl import logging
 
 from alexnet_jax import augment
 from alexnet_jax import checkpoint as ckpt_lib
-from alexnet_jax import distributed
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -160,9 +158,9 @@ def global_batch(mesh, local_batch: dict) -> dict:
 def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = -1) -> dict:
   """Top-1/top-5 error over the whole validation split (every image once)."""
   sums = None
-  shard, num_shards = distributed.data_shard(mesh)  # the rows this process's devices hold
+  shard_index, num_shards = sharding.process_data_shard(mesh)
   it = input_pipeline.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
-                                    process_index=shard, process_count=num_shards)
+                                    shard_index=shard_index, num_shards=num_shards)
   for i, batch in enumerate(it):
     if 0 < max_batches <= i:
       break
@@ -190,109 +188,163 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Train (resuming from `workdir` if it holds a checkpoint) and evaluate; returns the
-  final evaluation metrics."""
+@dataclasses.dataclass
+class Run:
+  """What one call of train_and_evaluate works with, built once by `setup_run`."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  info: input_pipeline.DatasetInfo
+  model: model_lib.AlexNet
+  steps_per_epoch: int
+  num_steps: int
+  eval_every: int
+  aug: AugmentConstants
+  manager: ckpt_lib.CheckpointManager
+  lead: bool  # process 0: the one that writes metrics and logs
+
+  def log(self, msg, *args):
+    if self.lead:
+      logging.info(msg, *args)
+
+
+def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Mesh, dataset, model, schedule lengths, augmentation constants and the checkpoint
+  manager; checks what can be checked before any device work."""
   os.makedirs(workdir, exist_ok=True)
-  lead = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.tower)
   sharding.check_batch(mesh, config.batch_size)
   sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
   info = input_pipeline.dataset_info(config.dataset)
-  model = train_state.create_model(config, info.num_classes)
   steps_per_epoch = max(info.num_train // config.batch_size, 1)
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(math.ceil(config.num_epochs * steps_per_epoch)))
-  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-
   stats = input_pipeline.dataset_stats(config.dataset)
   if stats.bad_files:
     logging.warning("%d training image(s) cannot be decoded and are skipped: %s",
                     len(stats.bad_files), ", ".join(stats.bad_files[:20]))
-  aug = jax.device_put(augment_constants(config, stats), sharding.replicated(mesh))
+  return Run(config=config, workdir=workdir, mesh=mesh, info=info,
+             model=train_state.create_model(config, info.num_classes),
+             steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+             eval_every=config.eval_every_steps if config.eval_every_steps > 0
+             else steps_per_epoch,
+             aug=jax.device_put(augment_constants(config, stats), sharding.replicated(mesh)),
+             manager=ckpt_lib.CheckpointManager(workdir, config),
+             lead=jax.process_index() == 0)
 
-  manager = ckpt_lib.CheckpointManager(workdir, config)
-  state = manager.restore_or(lambda: train_state.create_train_state(config, model, mesh),
-                             train_state.state_shardings(mesh, train_state.abstract_state(config, model)))
-  start = int(state.step)
-  if lead:
-    logging.info("mesh %s on %d device(s), %d process(es); %s: %d train / %d eval images, "
-                 "%d classes; %d parameters; steps %d -> %d (%d per epoch)",
-                 dict(mesh.shape), mesh.size, jax.process_count(), info.name, info.num_train,
-                 info.num_eval, info.num_classes, model_lib.num_params(state.params),
-                 start, num_steps, steps_per_epoch)
-  writer = reporting.MetricsWriter(workdir, enabled=lead)
-  train_step = make_train_step(config, model, mesh, steps_per_epoch)
-  eval_step = make_eval_step(config, model, mesh)
-  # Each process reads the rows of the global batch that its devices hold (processes that
-  # share data shards, e.g. towers split across processes, read the same rows).
-  shard, num_shards = distributed.data_shard(mesh)
-  batches = input_pipeline.train_iterator(config.dataset, global_batch_size=config.batch_size,
-                                          seed=config.seed, start_step=start,
-                                          process_index=shard, process_count=num_shards)
 
-  def run_eval(state):
-    m = evaluate(config, eval_step, state.params, aug.mean_image, mesh,
-                 max_batches=config.max_eval_batches)
-    writer.write(int(state.step), "eval", m)
-    if config.optimizer.schedule == "plateau":
-      state = state.replace(schedule=jax.device_put(optim.plateau_update(
-          state.schedule, m["top1_error"], patience=config.optimizer.patience,
-          max_drops=config.optimizer.max_drops, min_delta=config.optimizer.min_delta),
-          sharding.replicated(mesh)))
-    return state, m
+def restore_or_create_state(run: Run) -> train_state.TrainState:
+  config, model, mesh = run.config, run.model, run.mesh
+  shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
+  return run.manager.restore_or(lambda: train_state.create_train_state(config, model, mesh),
+                                shardings)
+
+
+def summarize_window(run: Run, step: int, window: list[dict], seconds: float) -> dict:
+  """One logging window's metrics (the mean of its steps; the learning rate now), raising
+  NonFiniteLossError at the first non-finite loss."""
+  for i, w in enumerate(window):
+    if not math.isfinite(w["loss"]):
+      raise NonFiniteLossError(
+          f"loss became non-finite ({w['loss']}) at step {step - len(window) + 1 + i}; stopping "
+          f"without saving. {_last_good(run.manager, run.workdir)} Lower "
+          f"--config.optimizer.learning_rate or check the data.")
+  m = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+  m["learning_rate"] = float(window[-1]["learning_rate"])
+  m["images_per_sec"] = len(window) * run.config.batch_size / seconds
+  m["epoch"] = step / run.steps_per_epoch
+  eta = (run.num_steps - step) * run.config.batch_size / max(m["images_per_sec"], 1e-9)
+  run.log("step %d/%d  epoch %.2f  loss %.4f  top-1 err %.3f  lr %.2g  %.1f img/s  ETA %s",
+          step, run.num_steps, m["epoch"], m["loss"], m["top1_error"], m["learning_rate"],
+          m["images_per_sec"], reporting.format_duration(eta))
+  return m
+
+
+def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
+  """Validation errors of `state`, fed to the plateau schedule; returns (state, metrics)."""
+  config = run.config
+  m = evaluate(config, eval_step, state.params, run.aug.mean_image, run.mesh,
+               max_batches=config.max_eval_batches)
+  run.log("eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",
+          int(state.step), m["top1_error"], m["top5_error"], m["num_images"],
+          config.eval_crops)
+  if config.optimizer.schedule == "plateau":
+    state = state.replace(schedule=jax.device_put(optim.plateau_update(
+        state.schedule, m["top1_error"], patience=config.optimizer.patience,
+        max_drops=config.optimizer.max_drops, min_delta=config.optimizer.min_delta),
+        sharding.replicated(run.mesh)))
+  return state, m
+
+
+def save(run: Run, step: int, state: train_state.TrainState, eval_metrics: dict | None):
+  # The update can overflow one step before the loss shows it: never save that.
+  if not bool(_all_finite(state.params)):
+    raise NonFiniteLossError(
+        f"parameters became non-finite at step {step}; stopping without saving. "
+        f"{_last_good(run.manager, run.workdir)} Lower --config.optimizer.learning_rate or "
+        f"check the data.")
+  run.manager.save(step, state, eval_metrics,
+                   meta={"num_classes": run.info.num_classes, "dataset": run.info.name})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train (resuming from `workdir` if it holds a checkpoint) and evaluate; returns the
+  final evaluation metrics."""
+  run = setup_run(config, workdir)
+  state = restore_or_create_state(run)
+  start, num_steps = int(state.step), run.num_steps
+  run.log("mesh %s on %d device(s), %d process(es); %s: %d train / %d eval images, %d "
+          "classes; %d parameters; steps %d -> %d (%d per epoch)", dict(run.mesh.shape),
+          run.mesh.size, jax.process_count(), run.info.name, run.info.num_train,
+          run.info.num_eval, run.info.num_classes, model_lib.num_params(state.params), start,
+          num_steps, run.steps_per_epoch)
+  if start >= num_steps:
+    return _finished_run(run, state)
+
+  writer = reporting.MetricsWriter(workdir, enabled=run.lead)
+  train_step = make_train_step(config, run.model, run.mesh, run.steps_per_epoch)
+  eval_step = make_eval_step(config, run.model, run.mesh)
+  shard_index, num_shards = sharding.process_data_shard(run.mesh)
+  batches = input_pipeline.train_iterator(
+      config.dataset, global_batch_size=config.batch_size, seed=config.seed, start_step=start,
+      shard_index=shard_index, num_shards=num_shards)
 
   pending, t_window, eval_metrics = [], time.perf_counter(), None
-  step = start
-  while step < num_steps:
-    batch = global_batch(mesh, next(batches))
-    state, metrics = train_step(state, batch, aug)
-    step += 1
+  for step in range(start + 1, num_steps + 1):
+    state, metrics = train_step(state, global_batch(run.mesh, next(batches)), run.aug)
     pending.append(metrics)
     last = step == num_steps
-    if step % config.log_every_steps == 0 or last or step % eval_every == 0 or \
-        step % config.checkpoint_every_steps == 0:
+    evaluate_now = step % run.eval_every == 0 or last
+    save_now = step % config.checkpoint_every_steps == 0 or last
+    if step % config.log_every_steps == 0 or evaluate_now or save_now:
       # Fetching metrics syncs with the device: done only here, so steps stay async.
-      window = jax.device_get(pending)
-      m = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-      m["learning_rate"] = float(window[-1]["learning_rate"])  # the rate now, not a mean
-      if not all(math.isfinite(w["loss"]) for w in window):
-        bad = start + 1 + next(i for i, w in enumerate(window) if not math.isfinite(w["loss"]))
-        raise NonFiniteLossError(
-            f"loss became {window[-1]['loss']} by step {step} (first non-finite near step "
-            f"{bad}); stopping without saving. {_last_good(manager, workdir)} Lower "
-            f"--config.optimizer.learning_rate or check the data.")
       now = time.perf_counter()
-      m["images_per_sec"] = len(window) * config.batch_size / (now - t_window)
-      m["epoch"] = step / steps_per_epoch
-      writer.write(step, "train", m)
-      eta = (num_steps - step) * config.batch_size / max(m["images_per_sec"], 1e-9)
-      if lead:
-        logging.info("step %d/%d  epoch %.2f  loss %.4f  top-1 err %.3f  lr %.2g  "
-                     "%.1f img/s  ETA %s", step, num_steps, m["epoch"], m["loss"],
-                     m["top1_error"], m["learning_rate"], m["images_per_sec"],
-                     reporting.format_duration(eta))
+      writer.write(step, "train", summarize_window(run, step, jax.device_get(pending),
+                                                   now - t_window))
       pending, t_window = [], now
-    if step % eval_every == 0 or last:
-      state, eval_metrics = run_eval(state)
-      if lead:
-        logging.info("eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d "
-                     "view(s))", step, eval_metrics["top1_error"], eval_metrics["top5_error"],
-                     eval_metrics["num_images"], config.eval_crops)
-    if step % config.checkpoint_every_steps == 0 or last:
-      # The update can overflow one step before the loss shows it: never save that.
-      if not bool(_all_finite(state.params)):
-        raise NonFiniteLossError(
-            f"parameters became non-finite at step {step}; stopping without saving. "
-            f"{_last_good(manager, workdir)} Lower --config.optimizer.learning_rate or check "
-            f"the data.")
-      manager.save(step, state, eval_metrics if step % eval_every == 0 or last else None,
-                   meta={"num_classes": info.num_classes, "dataset": info.name})
+    if evaluate_now:
+      state, eval_metrics = evaluate_and_schedule(run, eval_step, state)
+      writer.write(step, "eval", eval_metrics)
+    if save_now:
+      save(run, step, state, eval_metrics if evaluate_now else None)
       t_window = time.perf_counter()  # saving is not training time
-  manager.wait()
-  if eval_metrics is None:  # resumed at the end: evaluate what was restored
-    _, eval_metrics = run_eval(state)
+  run.manager.wait()
   writer.close()
-  if lead:
+  if run.lead:
     reporting.finish(workdir, config, eval_metrics)
+  return eval_metrics
+
+
+def _finished_run(run: Run, state: train_state.TrainState) -> dict:
+  """Rerunning a finished run: report its final evaluation without appending to its
+  metrics or TensorBoard files (evaluate only if its last checkpoint has none)."""
+  step = int(state.step)
+  eval_metrics = run.manager.restore_meta(step).get("eval")
+  if eval_metrics is None:
+    eval_metrics = evaluate_and_schedule(run, make_eval_step(run.config, run.model, run.mesh),
+                                         state)[1]
+  run.log("%s already finished at step %d (num_train_steps %d); nothing to train.",
+          run.workdir, step, run.num_steps)
+  if run.lead:
+    reporting.finish(run.workdir, run.config, eval_metrics)
   return eval_metrics

@@ -135,7 +135,7 @@ def test_folder_mixed_formats_skips_exactly_the_corrupt_file(mixed_folder):
   stats = ip.dataset_stats(cfg)
   assert stats.bad_files == (_BROKEN,)
   assert stats.num_images == 9
-  it = ip.train_iterator(cfg, global_batch_size=3, seed=0, process_index=0, process_count=1)
+  it = ip.train_iterator(cfg, global_batch_size=3, seed=0, shard_index=0, num_shards=1)
   batches = [next(it) for _ in range(3)]  # one epoch of the 9 good images
   images = np.concatenate([b['image'] for b in batches])
   labels = np.concatenate([b['label'] for b in batches])
@@ -149,7 +149,7 @@ def test_folder_runtime_decode_failure_is_counted_and_named(mixed_folder):
   root, refs = mixed_folder
   cfg = {'name': f'folder:{root}', 'stats_max_images': 9}  # the scan misses the broken file
   assert ip.dataset_stats(cfg).bad_files == ()
-  it = ip.train_iterator(cfg, global_batch_size=3, seed=1, process_index=0, process_count=1)
+  it = ip.train_iterator(cfg, global_batch_size=3, seed=1, shard_index=0, num_shards=1)
   batches = [next(it) for _ in range(4)]
   first9 = np.concatenate([b['image'] for b in batches])[:9]
   labels = np.concatenate([b['label'] for b in batches])[:9]
@@ -160,7 +160,7 @@ def test_folder_runtime_decode_failure_is_counted_and_named(mixed_folder):
 def test_folder_eval_covers_every_image_once(mixed_folder):
   root, _ = mixed_folder
   batches = list(ip.eval_iterator({'name': f'folder:{root}'}, global_batch_size=2,
-                                  process_index=0, process_count=1))
+                                  shard_index=0, num_shards=1))
   assert len(batches) == 2
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.tolist() == [True, True, True, False]
@@ -171,7 +171,7 @@ def test_stats_equal_numpy_and_are_cached(mixed_folder, monkeypatch):
   root, _ = mixed_folder
   cfg = {'name': f'folder:{root}'}
   stats = ip.dataset_stats(cfg)
-  it = ip.train_iterator(cfg, global_batch_size=9, seed=3, process_index=0, process_count=1)
+  it = ip.train_iterator(cfg, global_batch_size=9, seed=3, shard_index=0, num_shards=1)
   images = next(it)['image'].astype(np.float64)  # the 9 good images, as the pipeline makes them
   np.testing.assert_allclose(stats.mean_image, images.mean(0), atol=1e-3)
   px = images.reshape(-1, 3) / 255.0
@@ -227,9 +227,9 @@ def test_process_streams_disjoint_cover_split_and_match_single_process(color_fol
   info = ip.dataset_info(cfg)
   n = info.num_train
   assert (n, info.num_eval, info.num_classes) == (30, 2, 3)
-  streams = [ip.train_iterator(cfg, global_batch_size=6, seed=5, process_index=p, process_count=2)
+  streams = [ip.train_iterator(cfg, global_batch_size=6, seed=5, shard_index=p, num_shards=2)
              for p in range(2)]
-  single = ip.train_iterator(cfg, global_batch_size=6, seed=5, process_index=0, process_count=1)
+  single = ip.train_iterator(cfg, global_batch_size=6, seed=5, shard_index=0, num_shards=1)
   steps = 3 * n // 6 + 2
   local = [[next(s) for _ in range(steps)] for s in streams]
   glob = [next(single) for _ in range(steps)]
@@ -254,24 +254,24 @@ def test_process_streams_disjoint_cover_split_and_match_single_process(color_fol
   # Exact resume, including across an epoch boundary.
   for start in (1, n // 6 + 1, steps - 2):
     resumed = ip.train_iterator(cfg, global_batch_size=6, seed=5, start_step=start,
-                                process_index=1, process_count=2)
+                                shard_index=1, num_shards=2)
     np.testing.assert_array_equal(next(resumed)['image'], local[1][start]['image'])
-  other_seed = ip.train_iterator(cfg, global_batch_size=6, seed=6, process_index=0, process_count=1)
+  other_seed = ip.train_iterator(cfg, global_batch_size=6, seed=6, shard_index=0, num_shards=1)
   assert _ids(next(other_seed)) != _ids(glob[0])
   with pytest.raises(ValueError, match='divisible'):
-    ip.train_iterator(cfg, global_batch_size=5, seed=0, process_index=0, process_count=2)
+    ip.train_iterator(cfg, global_batch_size=5, seed=0, shard_index=0, num_shards=2)
 
 
 def test_padded_eval_mask_counts_every_image_once(color_folder, mixed_folder):
   cfg = {'name': f'folder:{color_folder}'}
-  per_process = [list(ip.eval_iterator(cfg, global_batch_size=4, process_index=p, process_count=2))
+  per_process = [list(ip.eval_iterator(cfg, global_batch_size=4, shard_index=p, num_shards=2))
                  for p in range(2)]
   assert [len(b) for b in per_process] == [1, 1]
   seen = [i for batches in per_process for b in batches for i, m in zip(_ids(b), b['mask']) if m]
   assert sorted(seen) == [10, 22]
   # Uneven shares (3 images, 2 processes: 1 and 2): same number of batches, padding masked out.
   cfg = {'name': f'folder:{mixed_folder[0]}'}
-  per_process = [list(ip.eval_iterator(cfg, global_batch_size=2, process_index=p, process_count=2))
+  per_process = [list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=p, num_shards=2))
                  for p in range(2)]
   assert [len(b) for b in per_process] == [2, 2]
   masks = [np.concatenate([b['mask'] for b in batches]).tolist() for batches in per_process]
@@ -338,14 +338,14 @@ def test_imagenet2012_builder_prepares_and_pipeline_reads_labels(tiny_imagenet):
   cfg, info, expected = tiny_imagenet
   assert (info.name, info.num_classes, info.num_train, info.num_eval) == ('imagenet2012', 1000, 6, 3)
   assert info.class_names[:2] == ('n01440764', 'n01443537')
-  it = ip.train_iterator(cfg, global_batch_size=2, seed=0, process_index=0, process_count=1)
+  it = ip.train_iterator(cfg, global_batch_size=2, seed=0, shard_index=0, num_shards=1)
   got = []
   for _ in range(3):
     b = next(it)
     got += [(_digest(im), int(l)) for im, l in zip(b['image'], b['label'])]
   want = sorted((d, l) for d, (s, l) in expected.items() if s == 'train')
   assert sorted(got) == want
-  evals = list(ip.eval_iterator(cfg, global_batch_size=2, process_index=0, process_count=1))
+  evals = list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=0, num_shards=1))
   assert len(evals) == 2 and evals[-1]['mask'].tolist() == [True, False]
   got_eval = sorted((_digest(im), int(l)) for b in evals
                     for im, l, m in zip(b['image'], b['label'], b['mask']) if m)
@@ -357,7 +357,7 @@ def test_imagenet2012_builder_prepares_and_pipeline_reads_labels(tiny_imagenet):
 
 def test_imagenet2012_process_shards_and_resume(tiny_imagenet):
   cfg, _, expected = tiny_imagenet
-  streams = [ip.train_iterator(cfg, global_batch_size=2, seed=3, process_index=p, process_count=2)
+  streams = [ip.train_iterator(cfg, global_batch_size=2, seed=3, shard_index=p, num_shards=2)
              for p in range(2)]
   local = [[_digest(next(s)['image'][0]) for _ in range(7)] for s in streams]
   train = {d for d, (s, _) in expected.items() if s == 'train'}
@@ -367,9 +367,9 @@ def test_imagenet2012_process_shards_and_resume(tiny_imagenet):
   assert set(local[0][3:6]) == set(local[0][:3])  # the next epoch: same share, again once
   for start in (2, 4):  # resume within an epoch and after crossing into the next one
     resumed = ip.train_iterator(cfg, global_batch_size=2, seed=3, start_step=start,
-                                process_index=1, process_count=2)
+                                shard_index=1, num_shards=2)
     assert [_digest(next(resumed)['image'][0]) for _ in range(2)] == local[1][start:start + 2]
-  evals = [list(ip.eval_iterator(cfg, global_batch_size=2, process_index=p, process_count=2))
+  evals = [list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=p, num_shards=2))
            for p in range(2)]
   assert len(evals[0]) == len(evals[1]) == 2  # same count on every process (collectives)
   assert sum(int(b['mask'].sum()) for e in evals for b in e) == 3
@@ -404,7 +404,7 @@ def test_digits_is_embedded_and_split_fixed(tmp_path):
   cfg = {'name': 'digits', 'data_dir': str(tmp_path)}
   info = ip.dataset_info(cfg)
   assert (info.num_classes, info.num_train, info.num_eval) == (10, 1500, 297)
-  evals = list(ip.eval_iterator(cfg, global_batch_size=128, process_index=0, process_count=1))
+  evals = list(ip.eval_iterator(cfg, global_batch_size=128, shard_index=0, num_shards=1))
   assert len(evals) == 3 and sum(int(b['mask'].sum()) for b in evals) == 297
   digits = load_digits()
   first = evals[0]['image'][0]

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax import distributed
+from alexnet_jax import distributed, sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
@@ -205,7 +205,7 @@ def test_main_defines_the_distributed_flags():
     assert flag in r.stdout, flag
 
 
-# ---- which rows of each global batch a process feeds (distributed.data_block) -------------
+# ---- which rows of each global batch a process feeds (sharding.data_block) -------------
 class _Dev:
   def __init__(self, process_index):
     self.process_index = process_index
@@ -227,10 +227,10 @@ def _grid(processes, data, tower):
 ])
 def test_data_block(processes, data, tower, expected):
   grid = _grid(processes, data, tower)
-  assert [distributed.data_block(grid, 0, p) for p in range(processes)] == expected
+  assert [sharding.data_block(grid, 0, p) for p in range(processes)] == expected
 
 
 def test_data_block_rejects_scattered_shards():
   grid = np.array([[_Dev(0)], [_Dev(1)], [_Dev(0)], [_Dev(1)]], dtype=object)
   with pytest.raises(ValueError, match="contiguous"):
-    distributed.data_block(grid, 0, 0)
+    sharding.data_block(grid, 0, 0)

@@ -216,6 +216,35 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # untouched
 
 
+def test_rerunning_a_finished_run_appends_nothing(tmp_path):
+  config = tiny_config(num_train_steps=2, eval_every_steps=2, **{"mesh.data": -1})
+  first = train.train_and_evaluate(config, str(tmp_path))
+  metrics = (tmp_path / "metrics.jsonl").read_text()
+  events = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / "metrics.jsonl").read_text() == metrics
+  assert [json.loads(line)["split"] for line in metrics.splitlines()].count("eval") == 1
+  assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == events
+  # The final evaluation is the one the last checkpoint recorded, not a re-run.
+  assert again == first
+
+
+def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
+  """A window of steps 7..10 (resumed runs included) whose second loss is NaN: step 8."""
+  run = types.SimpleNamespace(
+      manager=types.SimpleNamespace(latest_step=lambda: 4), workdir=str(tmp_path),
+      config=types.SimpleNamespace(batch_size=8), steps_per_epoch=10, num_steps=20,
+      log=lambda *a: None)
+  window = [{"loss": v, "learning_rate": 0.01} for v in (2.0, float("nan"), 3.0, 1e30)]
+  with pytest.raises(train.NonFiniteLossError, match=r"at step 8;.*checkpoint in .* is step 4"):
+    train.summarize_window(run, 10, window, seconds=1.0)
+  m = train.summarize_window(run, 10, [{"loss": 2.0, "top1_error": 0.5, "learning_rate": 0.1},
+                                       {"loss": 4.0, "top1_error": 0.0, "learning_rate": 0.01}],
+                             seconds=2.0)
+  assert m == {"loss": 3.0, "top1_error": 0.25, "learning_rate": 0.01, "images_per_sec": 8.0,
+               "epoch": 1.0}
+
+
 # ---- the command line --------------------------------------------------------------------
 def _main(workdir, *flags, env_devices=1, timeout=300, **popen):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
