@@ -5,6 +5,7 @@ draw comes from a per-example key that depends only on (seed, step, global examp
 (`example_keys`), and all ops are vmapped per example, so the result is the same whatever the
 mesh shape, the sharding of the batch axis or the number of processes.
 """
+
 from __future__ import annotations
 
 import jax
@@ -13,9 +14,18 @@ import numpy as np
 
 # Top-left offsets (row, col) of the 10 evaluation views at 224 in 256, in output order; views
 # 5..9 are the horizontal reflections of views 0..4.
-EVAL_VIEW_NAMES = ('top_left', 'top_right', 'bottom_left', 'bottom_right', 'center',
-                   'top_left_flip', 'top_right_flip', 'bottom_left_flip', 'bottom_right_flip',
-                   'center_flip')
+EVAL_VIEW_NAMES = (
+    'top_left',
+    'top_right',
+    'bottom_left',
+    'bottom_right',
+    'center',
+    'top_left_flip',
+    'top_right_flip',
+    'bottom_left_flip',
+    'bottom_right_flip',
+    'center_flip',
+)
 
 
 def _as_key(rng):
@@ -44,9 +54,19 @@ def _center_offset(size, crop_size):
   return (size - crop_size) // 2
 
 
-def train_views(images, keys, *, mean_image, eigval, eigvec, crop_size: int = 224,
-                random_crop: bool = True, flip: bool = True, lighting_std: float = 0.1,
-                scale: float = 1.0) -> jax.Array:
+def train_views(
+    images,
+    keys,
+    *,
+    mean_image,
+    eigval,
+    eigvec,
+    crop_size: int = 224,
+    random_crop: bool = True,
+    flip: bool = True,
+    lighting_std: float = 0.1,
+    scale: float = 1.0,
+) -> jax.Array:
   """uint8 [B, H, W, 3] -> float32 [B, crop, crop, 3]: AlexNet's training augmentation.
 
   Per example (its own key): a crop_size window with top-left offsets uniform over all
@@ -60,7 +80,8 @@ def train_views(images, keys, *, mean_image, eigval, eigvec, crop_size: int = 22
   b, h, w, c = images.shape
   ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
   oy, ox, flips, alpha = train_view_params(
-      keys, image_shape=(h, w), crop_size=(ch, cw), lighting_std=lighting_std)
+      keys, image_shape=(h, w), crop_size=(ch, cw), lighting_std=lighting_std
+  )
   if not random_crop:
     oy = jnp.full((b,), _center_offset(h, ch), jnp.int32)
     ox = jnp.full((b,), _center_offset(w, cw), jnp.int32)
@@ -72,10 +93,11 @@ def train_views(images, keys, *, mean_image, eigval, eigvec, crop_size: int = 22
     # [B, 3] per-image RGB shift in pixel units, written as three explicit terms: a matmul's
     # rounding depends on how the batch is split over devices, and a jnp.sum over the size-3
     # axis fused into the broadcast below is miscompiled by XLA:CPU (jax 0.10.2) for B >~ 1000.
-    coeff = alpha * jnp.asarray(eigval, jnp.float32)                      # [B, 3]
+    coeff = alpha * jnp.asarray(eigval, jnp.float32)  # [B, 3]
     vec = jnp.asarray(eigvec, jnp.float32)
-    shift = 255.0 * (coeff[:, 0:1] * vec[:, 0] + coeff[:, 1:2] * vec[:, 1]
-                     + coeff[:, 2:3] * vec[:, 2])
+    shift = 255.0 * (
+        coeff[:, 0:1] * vec[:, 0] + coeff[:, 1:2] * vec[:, 1] + coeff[:, 2:3] * vec[:, 2]
+    )
   else:
     shift = jnp.zeros((b, 3), jnp.float32)
 
@@ -90,8 +112,8 @@ def train_views(images, keys, *, mean_image, eigval, eigvec, crop_size: int = 22
     x = x - mean
   x = (x + shift[:, None, None, :]) * scale
   i, j = jnp.arange(ch), jnp.arange(cw)
-  rows = oy[:, None] + i                                                  # [B, ch]
-  cols = ox[:, None] + jnp.where(flips[:, None], cw - 1 - j, j)           # [B, cw]
+  rows = oy[:, None] + i  # [B, ch]
+  cols = ox[:, None] + jnp.where(flips[:, None], cw - 1 - j, j)  # [B, cw]
   return x[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
@@ -103,10 +125,12 @@ def train_view_params(keys, *, image_shape=(256, 256), crop_size=224, lighting_s
   """
   ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
   ks = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
-  oy = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0,
-                                             image_shape[0] - ch + 1))(ks[:, 0])
-  ox = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 1), (), 0,
-                                             image_shape[1] - cw + 1))(ks[:, 0])
+  oy = jax.vmap(
+      lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0, image_shape[0] - ch + 1)
+  )(ks[:, 0])
+  ox = jax.vmap(
+      lambda k: jax.random.randint(jax.random.fold_in(k, 1), (), 0, image_shape[1] - cw + 1)
+  )(ks[:, 0])
   flips = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(ks[:, 1])
   alpha = lighting_std * jax.vmap(lambda k: jax.random.normal(k, (3,), jnp.float32))(ks[:, 2])
   return oy, ox, flips, alpha
@@ -118,8 +142,9 @@ def eval_view_offsets(image_size: int = 256, crop_size: int = 224):
   return ((0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2))
 
 
-def eval_views(images, *, mean_image, crops: int = 1, crop_size: int = 224,
-               scale: float = 1.0) -> jax.Array:
+def eval_views(
+    images, *, mean_image, crops: int = 1, crop_size: int = 224, scale: float = 1.0
+) -> jax.Array:
   """uint8 [B, H, W, 3] -> float32 [B, V, crop, crop, 3], mean subtracted, times `scale`.
 
   crops=1: the center window. crops=10 (the paper's test views): top-left, top-right,
@@ -139,7 +164,7 @@ def eval_views(images, *, mean_image, crops: int = 1, crop_size: int = 224,
   offsets = eval_view_offsets(h, crop_size)
   if crops == 1:
     offsets = offsets[4:]
-  views = [x[:, y:y + crop_size, c:c + crop_size] for y, c in offsets]
+  views = [x[:, y : y + crop_size, c : c + crop_size] for y, c in offsets]
   if crops == 10:
     views += [v[:, :, ::-1] for v in views]
   return jnp.stack(views, axis=1)

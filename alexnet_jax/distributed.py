@@ -30,6 +30,7 @@ Failure behaviour (no silent hangs):
   once without the shutdown barrier, so the others stop by the heartbeat rule as well.
 A restarted job resumes from the workdir's latest checkpoint (train.train_and_evaluate).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,25 +60,41 @@ def define_flags() -> None:
   """The multi-process flags of alexnet_jax.main (idempotent)."""
   if "coordinator_address" in flags.FLAGS:
     return
-  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                    "Start jax.distributed: 'auto' when the flags below or the environment "
-                    "(launch/multiprocess_local.sh, SLURM with several tasks, a TPU pod) say "
-                    "the run has several processes; 'on' always (JAX detects the cluster); "
-                    "'off' never.")
-  flags.DEFINE_string("coordinator_address", None,
-                      "HOST:PORT of process 0's coordinator (multi-process runs).")
+  flags.DEFINE_enum(
+      "distributed",
+      "auto",
+      ["auto", "on", "off"],
+      "Start jax.distributed: 'auto' when the flags below or the environment "
+      "(launch/multiprocess_local.sh, SLURM with several tasks, a TPU pod) say "
+      "the run has several processes; 'on' always (JAX detects the cluster); "
+      "'off' never.",
+  )
+  flags.DEFINE_string(
+      "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process runs)."
+  )
   flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
-  flags.DEFINE_list("local_device_ids", None,
-                    "Accelerator ids this process uses (default: JAX's choice; under SLURM "
-                    "one GPU per task).")
-  flags.DEFINE_integer("distributed_init_timeout", INIT_TIMEOUT,
-                       "Seconds to wait for the coordinator and all processes to join.")
-  flags.DEFINE_integer("distributed_heartbeat_timeout", HEARTBEAT_TIMEOUT,
-                       "Seconds without heartbeats after which a process counts as dead and "
-                       "every other process is terminated.")
-  flags.DEFINE_integer("distributed_shutdown_timeout", SHUTDOWN_TIMEOUT,
-                       "Seconds a finishing process waits for the others at exit.")
+  flags.DEFINE_list(
+      "local_device_ids",
+      None,
+      "Accelerator ids this process uses (default: JAX's choice; under SLURM " "one GPU per task).",
+  )
+  flags.DEFINE_integer(
+      "distributed_init_timeout",
+      INIT_TIMEOUT,
+      "Seconds to wait for the coordinator and all processes to join.",
+  )
+  flags.DEFINE_integer(
+      "distributed_heartbeat_timeout",
+      HEARTBEAT_TIMEOUT,
+      "Seconds without heartbeats after which a process counts as dead and "
+      "every other process is terminated.",
+  )
+  flags.DEFINE_integer(
+      "distributed_shutdown_timeout",
+      SHUTDOWN_TIMEOUT,
+      "Seconds a finishing process waits for the others at exit.",
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,17 +112,22 @@ class Options:
   def from_flags(cls, fl=None) -> "Options":
     fl = flags.FLAGS if fl is None else fl
     ids = fl.local_device_ids
-    return cls(mode=fl.distributed, coordinator_address=fl.coordinator_address,
-               num_processes=fl.num_processes, process_id=fl.process_id,
-               local_device_ids=tuple(int(i) for i in ids) if ids else None,
-               init_timeout=fl.distributed_init_timeout,
-               heartbeat_timeout=fl.distributed_heartbeat_timeout,
-               shutdown_timeout=fl.distributed_shutdown_timeout)
+    return cls(
+        mode=fl.distributed,
+        coordinator_address=fl.coordinator_address,
+        num_processes=fl.num_processes,
+        process_id=fl.process_id,
+        local_device_ids=tuple(int(i) for i in ids) if ids else None,
+        init_timeout=fl.distributed_init_timeout,
+        heartbeat_timeout=fl.distributed_heartbeat_timeout,
+        shutdown_timeout=fl.distributed_shutdown_timeout,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """What `initialize` will pass to jax.distributed.initialize, and why."""
+
   source: str  # 'flags', 'env', 'slurm', 'tpu', 'forced'
   coordinator_address: str | None
   num_processes: int | None
@@ -113,10 +135,15 @@ class Plan:
   local_device_ids: tuple[int, ...] | None
 
   def describe(self) -> str:
-    who = (f"process {self.process_id} of {self.num_processes}"
-           if self.process_id is not None else "process ? of ?")
-    return (f"{who}, coordinator {self.coordinator_address or '(auto-detected)'} "
-            f"[from {self.source}]")
+    who = (
+        f"process {self.process_id} of {self.num_processes}"
+        if self.process_id is not None
+        else "process ? of ?"
+    )
+    return (
+        f"{who}, coordinator {self.coordinator_address or '(auto-detected)'} "
+        f"[from {self.source}]"
+    )
 
 
 def _int(value, what: str) -> int | None:
@@ -129,9 +156,12 @@ def _int(value, what: str) -> int | None:
 
 
 def _slurm_multi_task(env: Mapping[str, str]) -> bool:
-  return ("SLURM_STEP_NODELIST" in env and "SLURM_PROCID" in env
-          and (_int(env.get("SLURM_NTASKS") or env.get("SLURM_STEP_NUM_TASKS"),
-                    "SLURM_NTASKS") or 1) > 1)
+  return (
+      "SLURM_STEP_NODELIST" in env
+      and "SLURM_PROCID" in env
+      and (_int(env.get("SLURM_NTASKS") or env.get("SLURM_STEP_NUM_TASKS"), "SLURM_NTASKS") or 1)
+      > 1
+  )
 
 
 def _tpu_pod(env: Mapping[str, str]) -> bool:
@@ -158,29 +188,41 @@ def resolve(options: Options, env: Mapping[str, str] | None = None) -> Plan | No
 
   ids = options.local_device_ids
   explicit = (options.coordinator_address, options.num_processes, options.process_id)
-  from_env = (env.get(ENV_COORDINATOR) or None,
-              _int(env.get(ENV_NUM_PROCESSES), ENV_NUM_PROCESSES),
-              _int(env.get(ENV_PROCESS_ID), ENV_PROCESS_ID))
+  from_env = (
+      env.get(ENV_COORDINATOR) or None,
+      _int(env.get(ENV_NUM_PROCESSES), ENV_NUM_PROCESSES),
+      _int(env.get(ENV_PROCESS_ID), ENV_PROCESS_ID),
+  )
   for source, (addr, n, pid) in (("flags", explicit), ("env", from_env)):
     if addr is None and n is None and pid is None:
       continue
     if n == 1 and mode == "auto":
       return None  # explicitly one process
     if mode == "auto" and None in (addr, n, pid):
-      names = ("--coordinator_address", "--num_processes", "--process_id") \
-          if source == "flags" else (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+      names = (
+          ("--coordinator_address", "--num_processes", "--process_id")
+          if source == "flags"
+          else (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+      )
       missing = [nm for nm, v in zip(names, (addr, n, pid)) if v is None]
-      raise ValueError(f"a multi-process run needs all of {', '.join(names)}; missing "
-                       f"{', '.join(missing)} (or pass --distributed=on to let JAX detect "
-                       f"the cluster)")
+      raise ValueError(
+          f"a multi-process run needs all of {', '.join(names)}; missing "
+          f"{', '.join(missing)} (or pass --distributed=on to let JAX detect "
+          f"the cluster)"
+      )
     if n is not None and pid is not None and not 0 <= pid < n:
       raise ValueError(f"process id {pid} is not in [0, {n}) (from {source})")
     return Plan(source, addr, n, pid, ids)
   if mode == "on":
     return Plan("forced", None, None, None, ids)
   if _slurm_multi_task(env):
-    return Plan("slurm", None, _int(env.get("SLURM_NTASKS"), "SLURM_NTASKS"),
-                _int(env.get("SLURM_PROCID"), "SLURM_PROCID"), ids)
+    return Plan(
+        "slurm",
+        None,
+        _int(env.get("SLURM_NTASKS"), "SLURM_NTASKS"),
+        _int(env.get("SLURM_PROCID"), "SLURM_PROCID"),
+        ids,
+    )
   if _tpu_pod(env):
     return Plan("tpu", None, None, None, ids)
   return None
@@ -204,7 +246,8 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
           f"could not reach the JAX coordinator at {address} within {timeout:.0f} s "
           f"({last}). Process 0 must be running and listening there: check that it "
           f"started, that every process got the same coordinator address, and that the "
-          f"port is open between the hosts.")
+          f"port is open between the hosts."
+      )
     time.sleep(0.25)
 
 
@@ -227,8 +270,7 @@ def _die(message: str) -> None:
 _PLAN: Plan | None = None
 
 
-def initialize(options: Options | None = None, env: Mapping[str, str] | None = None
-               ) -> Plan | None:
+def initialize(options: Options | None = None, env: Mapping[str, str] | None = None) -> Plan | None:
   """Start jax.distributed if this is a multi-process run (see the module docstring).
 
   Must run before anything queries JAX devices or computes. Returns the plan it used (None
@@ -247,8 +289,11 @@ def initialize(options: Options | None = None, env: Mapping[str, str] | None = N
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
   timeout = max(int(options.init_timeout), 1)
-  logging.info("multi-process run: %s; waiting up to %d s for all processes to join",
-               plan.describe(), timeout)
+  logging.info(
+      "multi-process run: %s; waiting up to %d s for all processes to join",
+      plan.describe(),
+      timeout,
+  )
   if plan.coordinator_address and plan.process_id not in (None, 0):
     try:
       wait_for_coordinator(plan.coordinator_address, timeout)
@@ -259,29 +304,41 @@ def initialize(options: Options | None = None, env: Mapping[str, str] | None = N
 
   def watchdog():
     if not done.wait(timeout):
-      _die(f"{plan.describe()}: jax.distributed.initialize did not finish within {timeout} "
-           f"s: not every one of the processes joined the coordinator. Check that all of "
-           f"them were started with the same coordinator address and process count, and "
-           f"the logs of the ones that are missing."
-           + (" Under SLURM, start every task with srun (SLURM_NTASKS is "
-              f"{plan.num_processes})." if plan.source == "slurm" else ""))
+      _die(
+          f"{plan.describe()}: jax.distributed.initialize did not finish within {timeout} "
+          f"s: not every one of the processes joined the coordinator. Check that all of "
+          f"them were started with the same coordinator address and process count, and "
+          f"the logs of the ones that are missing."
+          + (
+              " Under SLURM, start every task with srun (SLURM_NTASKS is " f"{plan.num_processes})."
+              if plan.source == "slurm"
+              else ""
+          )
+      )
 
   threading.Thread(target=watchdog, name="distributed-init-watchdog", daemon=True).start()
   try:
     jax.distributed.initialize(
-        coordinator_address=plan.coordinator_address, num_processes=plan.num_processes,
+        coordinator_address=plan.coordinator_address,
+        num_processes=plan.num_processes,
         process_id=plan.process_id,
         local_device_ids=list(plan.local_device_ids) if plan.local_device_ids else None,
         # JAX's own deadline lies beyond the watchdog's, so the clear message comes first.
         initialization_timeout=timeout + 30,
         heartbeat_timeout_seconds=int(options.heartbeat_timeout),
-        shutdown_timeout_seconds=int(options.shutdown_timeout))
+        shutdown_timeout_seconds=int(options.shutdown_timeout),
+    )
   finally:
     done.set()
   _PLAN = plan
-  logging.info("jax.distributed ready: process %d of %d, %d local / %d global device(s) "
-               "(%s)", jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), jax.default_backend())
+  logging.info(
+      "jax.distributed ready: process %d of %d, %d local / %d global device(s) " "(%s)",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+      jax.default_backend(),
+  )
   return plan
 
 
@@ -299,6 +356,9 @@ def exit_on_error(fn, *args, **kwargs):
     if not is_multiprocess() or isinstance(e, SystemExit) and not e.code:
       raise
     import jax
-    _die(f"process {jax.process_index()} of {jax.process_count()} failed:\n"
-         f"{''.join(traceback.format_exception(e))}\nThe other processes stop within "
-         f"about --distributed_heartbeat_timeout seconds.")
+
+    _die(
+        f"process {jax.process_index()} of {jax.process_count()} failed:\n"
+        f"{''.join(traceback.format_exception(e))}\nThe other processes stop within "
+        f"about --distributed_heartbeat_timeout seconds."
+    )

@@ -4,6 +4,7 @@
 
 Prints the errors and writes them to WORKDIR/eval_<step>_<crops>crop.json.
 """
+
 import json
 import os
 
@@ -20,6 +21,7 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
   """{'step', 'crops', 'top1_error', 'top5_error', 'loss', 'num_images'} of a checkpoint."""
   # After runtime.setup() in main(): importing JAX and TF here keeps them off accelerators.
   import jax
+
   from alexnet_jax import checkpoint, input_pipeline, sharding, train, train_state
 
   if crops not in (1, 10):
@@ -38,16 +40,20 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
 def main(argv):
   del argv
   from alexnet_jax import runtime
+
   runtime.setup()
   m = evaluate_checkpoint(FLAGS.workdir, FLAGS.crops, FLAGS.step)
   path = os.path.join(FLAGS.workdir, f"eval_{m['step']}_{FLAGS.crops}crop.json")
   with open(path, "w") as f:
     json.dump(m, f, indent=2)
-  print(f"step {m['step']}, {m['num_images']} images, {FLAGS.crops} view(s): "
-        f"top-1 error {m['top1_error']:.4f}, top-5 error {m['top5_error']:.4f}  ({path})")
+  print(
+      f"step {m['step']}, {m['num_images']} images, {FLAGS.crops} view(s): "
+      f"top-1 error {m['top1_error']:.4f}, top-5 error {m['top5_error']:.4f}  ({path})"
+  )
 
 
 if __name__ == "__main__":
   from alexnet_jax import huge_pages
+
   huge_pages.restart_if_requested()  # only with ALEXNET_JAX_HUGE_PAGES=1
   app.run(main)

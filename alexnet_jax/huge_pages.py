@@ -12,6 +12,7 @@ profilers see an execve) and it was never measured on accelerator hosts:
 
 launch/local_devices.sh and launch/multiprocess_local.sh (CPU hosts) set it by default.
 """
+
 import os
 import platform
 import sys
@@ -28,7 +29,7 @@ def _thp_mode(path: str = _THP_ENABLED) -> str | None:
       text = f.read()
   except OSError:
     return None
-  return text[text.index("[") + 1:text.index("]")] if "[" in text else None
+  return text[text.index("[") + 1 : text.index("]")] if "[" in text else None
 
 
 def huge_page_environ(environ, thp_mode, libc) -> dict | None:
@@ -73,5 +74,8 @@ def restart_if_requested():
   try:
     os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
   except OSError as e:
-    print(f"alexnet_jax: could not restart with {HUGE_PAGE_TUNABLE} ({e}); going on "
-          f"without huge pages", file=sys.stderr)
+    print(
+        f"alexnet_jax: could not restart with {HUGE_PAGE_TUNABLE} ({e}); going on "
+        f"without huge pages",
+        file=sys.stderr,
+    )

@@ -28,6 +28,7 @@ Stream semantics (what makes runs exactly resumable):
     the stream is built, so they never shift it. Anything else that fails to decode at run time is
     dropped by `ignore_errors`, counted and named by the iterator (`.skipped`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,9 +50,9 @@ IMAGE_SIZE = 256
 # PCA of ImageNet RGB pixels scaled to [0, 1] (PAPER.md). Columns of IMAGENET_EIGVEC are the
 # eigenvectors, in the order of IMAGENET_EIGVAL (descending).
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
-IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                            [-0.5808, -0.0045, -0.8140],
-                            [-0.5836, -0.6948, 0.4203]], np.float32)
+IMAGENET_EIGVEC = np.array(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], np.float32
+)
 
 AUTOTUNE = tf.data.AUTOTUNE
 _STATS_VERSION = 1
@@ -72,12 +73,13 @@ class DatasetInfo:
 @dataclasses.dataclass(frozen=True)
 class DatasetStats:
   """Training-split statistics of the 256x256 uint8 images the pipeline produces."""
-  mean_image: np.ndarray   # float32 [256, 256, 3], pixel units 0..255
-  covariance: np.ndarray   # float64 [3, 3], covariance of RGB pixels scaled to [0, 1]
-  eigval: np.ndarray       # float32 [3], descending
-  eigvec: np.ndarray       # float32 [3, 3], columns are eigenvectors
-  num_images: int          # images that went into the statistics
-  bad_files: tuple         # names of training files that failed to decode (excluded from training)
+
+  mean_image: np.ndarray  # float32 [256, 256, 3], pixel units 0..255
+  covariance: np.ndarray  # float64 [3, 3], covariance of RGB pixels scaled to [0, 1]
+  eigval: np.ndarray  # float32 [3], descending
+  eigvec: np.ndarray  # float32 [3, 3], columns are eigenvectors
+  num_images: int  # images that went into the statistics
+  bad_files: tuple  # names of training files that failed to decode (excluded from training)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +96,8 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
   image = tf.cond(
       tf.io.is_jpeg(data),
       lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
-      lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+      lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+  )
   image.set_shape([None, None, 3])
   return image
 
@@ -113,8 +116,9 @@ def resize_and_center_crop(image: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tenso
   if channels == 1:
     image = tf.tile(image, [1, 1, 3])
   elif channels is None:
-    image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image[..., :1], [1, 1, 3]),
-                    lambda: image[..., :3])
+    image = tf.cond(
+        tf.shape(image)[-1] == 1, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3]
+    )
   else:
     image = image[..., :3]
   shape = tf.shape(image)
@@ -125,8 +129,13 @@ def resize_and_center_crop(image: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tenso
   scale = tf.cast(tf.stack([nh, nw]), tf.float32) / tf.cast(tf.stack([h, w]), tf.float32)
   translation = -tf.cast(tf.stack([(nh - size) // 2, (nw - size) // 2]), tf.float32)
   out = tf.raw_ops.ScaleAndTranslate(
-      images=tf.cast(image, tf.float32)[None], size=tf.constant([size, size]), scale=scale,
-      translation=translation, kernel_type='triangle', antialias=True)[0]
+      images=tf.cast(image, tf.float32)[None],
+      size=tf.constant([size, size]),
+      scale=scale,
+      translation=translation,
+      kernel_type='triangle',
+      antialias=True,
+  )[0]
   out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
   out.set_shape([size, size, 3])
   return out
@@ -140,6 +149,7 @@ def preprocess_encoded(data: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
 def _pil_load(path) -> np.ndarray:
   """Fallback for formats TF cannot decode (TIFF, ...); used only for files the stats pass flagged."""
   from PIL import Image
+
   if isinstance(path, tf.Tensor):
     path = path.numpy()
   if isinstance(path, bytes):
@@ -223,8 +233,10 @@ class _ArraySplit(_RandomAccessSplit):
 
   def element(self, key):
     image = tf.gather(tf.constant(self.images), key)
-    return {'image': resize_and_center_crop(image),
-            'label': tf.gather(tf.constant(self.labels), key)}
+    return {
+        'image': resize_and_center_crop(image),
+        'label': tf.gather(tf.constant(self.labels), key),
+    }
 
 
 class _FileSplit(_RandomAccessSplit):
@@ -245,8 +257,10 @@ class _FileSplit(_RandomAccessSplit):
       return image
 
     image = tf.cond(is_pil, with_pil, lambda: decode_image(tf.io.read_file(path)))
-    return {'image': resize_and_center_crop(image),
-            'label': tf.gather(tf.constant(self.labels), key)}
+    return {
+        'image': resize_and_center_crop(image),
+        'label': tf.gather(tf.constant(self.labels), key),
+    }
 
   def python_fallback(self, key):
     try:
@@ -258,6 +272,7 @@ class _FileSplit(_RandomAccessSplit):
 
 class _TfdsSplit:
   """One split of a prepared TFDS dataset, read as raw records and decoded by the pipeline."""
+
   random_access = False
 
   def __init__(self, builder, split: str, image_key: str, label_key: str):
@@ -266,8 +281,9 @@ class _TfdsSplit:
     self.image_key = image_key
     self.label_key = label_key
     self.num_examples = int(builder.info.splits[split].num_examples)
-    self._file_index = {os.path.basename(f): i
-                        for i, f in enumerate(builder.info.splits[split].filenames)}
+    self._file_index = {
+        os.path.basename(f): i for i, f in enumerate(builder.info.splits[split].filenames)
+    }
     self._files = {i: f for f, i in self._file_index.items()}
     self.pil_keys = np.zeros([0], np.int64)
 
@@ -302,22 +318,30 @@ class _TfdsSplit:
 
     def one_file(name, fidx, s, t):
       keys = tf.data.Dataset.range(s, s + t).map(
-          lambda o: tf.bitwise.left_shift(fidx, _KEY_SHIFT) + o)
+          lambda o: tf.bitwise.left_shift(fidx, _KEY_SHIFT) + o
+      )
       if not with_data:
         return keys.map(lambda k: {'key': k})
       data = tf.data.TFRecordDataset(name, buffer_size=1 << 20).skip(s).take(t)
       return tf.data.Dataset.zip(keys, data).map(lambda k, d: {'key': k, 'data': d})
 
-    return files.interleave(one_file, cycle_length=max(1, min(cycle_length, n)), block_length=1,
-                            num_parallel_calls=AUTOTUNE if with_data else None,
-                            deterministic=True)
+    return files.interleave(
+        one_file,
+        cycle_length=max(1, min(cycle_length, n)),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE if with_data else None,
+        deterministic=True,
+    )
 
   def parse(self, serialized) -> dict:
     """Serialized tf.Example -> {'image' uint8 [256,256,3], 'label' int32} (decodes the image)."""
     ex = self.builder.info.features.deserialize_example(
-        serialized, decoders={self.image_key: _skip_decoding()})
-    return {'image': preprocess_encoded(ex[self.image_key]),
-            'label': tf.cast(ex[self.label_key], tf.int32)}
+        serialized, decoders={self.image_key: _skip_decoding()}
+    )
+    return {
+        'image': preprocess_encoded(ex[self.image_key]),
+        'label': tf.cast(ex[self.label_key], tf.int32),
+    }
 
   def name_of(self, key: int) -> str:
     fidx, offset = int(key) >> _KEY_SHIFT, int(key) & ((1 << _KEY_SHIFT) - 1)
@@ -327,7 +351,8 @@ class _TfdsSplit:
       path = os.path.join(os.fspath(self.builder.data_dir), fname)
       for rec in tf.data.TFRecordDataset(path).skip(offset).take(1):
         ex = self.builder.info.features.deserialize_example(
-            rec, decoders={self.image_key: _skip_decoding()})
+            rec, decoders={self.image_key: _skip_decoding()}
+        )
         name = f"{ex['file_name'].numpy().decode()} ({name})"
     return name
 
@@ -337,18 +362,25 @@ class _TfdsSplit:
 
 def _skip_decoding():
   import tensorflow_datasets as tfds
+
   return tfds.decode.SkipDecoding()
 
 
 def _as_arrays(instr):
   names, idx, skip, take = instr
-  return (np.asarray(names, dtype=object).astype(bytes), np.asarray(idx, np.int64),
-          np.asarray(skip, np.int64), np.asarray(take, np.int64))
+  return (
+      np.asarray(names, dtype=object).astype(bytes),
+      np.asarray(idx, np.int64),
+      np.asarray(skip, np.int64),
+      np.asarray(take, np.int64),
+  )
 
 
 def _instruction_keys(idx, skip, take) -> np.ndarray:
-  parts = [(np.int64(i) << _KEY_SHIFT) + np.arange(s, s + t, dtype=np.int64)
-           for i, s, t in zip(idx, skip, take)]
+  parts = [
+      (np.int64(i) << _KEY_SHIFT) + np.arange(s, s + t, dtype=np.int64)
+      for i, s, t in zip(idx, skip, take)
+  ]
   return np.sort(np.concatenate(parts)) if parts else np.zeros([0], np.int64)
 
 
@@ -358,14 +390,18 @@ class _Source:
   class_names: tuple
   train: Any
   eval: Any
-  stats_path: str                   # where the training-split statistics are cached
-  fingerprint: str = ''             # invalidates the stats cache when the data change
+  stats_path: str  # where the training-split statistics are cached
+  fingerprint: str = ''  # invalidates the stats cache when the data change
 
   @property
   def info(self) -> DatasetInfo:
-    return DatasetInfo(self.name, len(self.class_names), self.train.num_examples,
-                       self.eval.num_examples if self.eval is not None else 0,
-                       tuple(self.class_names))
+    return DatasetInfo(
+        self.name,
+        len(self.class_names),
+        self.train.num_examples,
+        self.eval.num_examples if self.eval is not None else 0,
+        tuple(self.class_names),
+    )
 
 
 _SOURCES: dict = {}
@@ -380,7 +416,7 @@ def _source(dataset_config) -> _Source:
     if name == 'digits':
       src = _digits_source(data_dir)
     elif name.startswith('folder:'):
-      src = _folder_source(name[len('folder:'):])
+      src = _folder_source(name[len('folder:') :])
     else:
       src = _tfds_source(name, data_dir, manual_dir)
     _SOURCES[cache_key] = src
@@ -389,6 +425,7 @@ def _source(dataset_config) -> _Source:
 
 def _digits_source(data_dir) -> _Source:
   from sklearn.datasets import load_digits
+
   digits = load_digits()  # ships inside scikit-learn: no download
   images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
@@ -397,15 +434,18 @@ def _digits_source(data_dir) -> _Source:
   names = [f'digits[{i}]' for i in range(len(labels))]
   root = os.path.join(data_dir, 'alexnet_jax_stats') if data_dir else _user_cache_dir()
   return _Source(
-      'digits', tuple(str(i) for i in range(10)),
+      'digits',
+      tuple(str(i) for i in range(10)),
       _ArraySplit(images[tr], labels[tr], [names[i] for i in tr]),
       _ArraySplit(images[ev], labels[ev], [names[i] for i in ev]),
-      os.path.join(root, 'digits_train.npz'))
+      os.path.join(root, 'digits_train.npz'),
+  )
 
 
 def _list_classes(root: str) -> list:
-  return sorted(d for d in os.listdir(root)
-                if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
+  return sorted(
+      d for d in os.listdir(root) if not d.startswith('.') and os.path.isdir(os.path.join(root, d))
+  )
 
 
 def _list_files(class_dir: str) -> list:
@@ -419,11 +459,19 @@ def _list_files(class_dir: str) -> list:
 def _folder_source(path: str) -> _Source:
   root = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'dataset folder {root!r} (from "folder:{path}") does not exist; it '
-                            'must hold one subfolder per class, or train/ and val/ each holding '
-                            'one subfolder per class.')
-  eval_dir = next((os.path.join(root, d) for d in ('val', 'validation', 'test')
-                   if os.path.isdir(os.path.join(root, d))), None)
+    raise FileNotFoundError(
+        f'dataset folder {root!r} (from "folder:{path}") does not exist; it '
+        'must hold one subfolder per class, or train/ and val/ each holding '
+        'one subfolder per class.'
+    )
+  eval_dir = next(
+      (
+          os.path.join(root, d)
+          for d in ('val', 'validation', 'test')
+          if os.path.isdir(os.path.join(root, d))
+      ),
+      None,
+  )
   split_layout = os.path.isdir(os.path.join(root, 'train'))
   train_root = os.path.join(root, 'train') if split_layout else root
   classes = _list_classes(train_root)
@@ -432,8 +480,7 @@ def _folder_source(path: str) -> _Source:
   splits = {'train': ([], []), 'eval': ([], [])}
   for label, cls in enumerate(classes):
     for f in _list_files(os.path.join(train_root, cls)):
-      held_out = (not split_layout and
-                  zlib.crc32(os.path.relpath(f, root).encode()) % 10 == 0)
+      held_out = not split_layout and zlib.crc32(os.path.relpath(f, root).encode()) % 10 == 0
       part = splits['eval' if held_out else 'train']
       part[0].append(f)
       part[1].append(label)
@@ -454,9 +501,13 @@ def _folder_source(path: str) -> _Source:
   else:
     stats_name = 'train.npz'
   return _Source(
-      f'folder:{root}', tuple(classes),
-      _FileSplit(*splits['train'], root), _FileSplit(*splits['eval'], root),
-      os.path.join(stats_dir, stats_name), digest.hexdigest())
+      f'folder:{root}',
+      tuple(classes),
+      _FileSplit(*splits['train'], root),
+      _FileSplit(*splits['eval'], root),
+      os.path.join(stats_dir, stats_name),
+      digest.hexdigest(),
+  )
 
 
 def _imagenet_missing_message(manual_dir: str, data_dir: str) -> str:
@@ -469,36 +520,46 @@ def _imagenet_missing_message(manual_dir: str, data_dir: str) -> str:
       'dataset once with\n'
       f'  tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual_dir}\n'
       '(or let the first run prepare it). Set dataset.data_dir / dataset.manual_dir to use other '
-      'directories.')
+      'directories.'
+  )
 
 
 def _tfds_source(name: str, data_dir, manual_dir) -> _Source:
   import tensorflow_datasets as tfds
+
   data_dir = os.path.expanduser(data_dir) if data_dir else _default_tfds_dir()
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f'unknown dataset {name!r}: use "imagenet2012", "digits", "folder:/path" or the name of a '
-        f'TFDS image-classification dataset ({type(e).__name__}: {e})') from None
+        f'TFDS image-classification dataset ({type(e).__name__}: {e})'
+    ) from None
   if not builder.is_prepared():
     base = name.split(':')[0].split('/')[0]
     if base == 'imagenet2012':
       manual_dir = os.path.expanduser(manual_dir or os.path.join(data_dir, 'downloads', 'manual'))
-      tars = [os.path.join(manual_dir, f)
-              for f in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')]
+      tars = [
+          os.path.join(manual_dir, f)
+          for f in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+      ]
       if not all(os.path.exists(t) for t in tars):
         raise FileNotFoundError(_imagenet_missing_message(manual_dir, data_dir))
-      log.warning('preparing imagenet2012 from %s into %s (one time; hours for the full set)',
-                  manual_dir, data_dir)
+      log.warning(
+          'preparing imagenet2012 from %s into %s (one time; hours for the full set)',
+          manual_dir,
+          data_dir,
+      )
       builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+      )
     else:
       raise FileNotFoundError(
           f'TFDS dataset {name!r} is not prepared under {data_dir} and runs never download. '
           f'Prepare it once on a machine with internet access:\n'
           f'  tfds build {name} --data_dir={data_dir}\n'
-          'or point dataset.data_dir at the directory that holds it.')
+          'or point dataset.data_dir at the directory that holds it.'
+      )
   info = builder.info
   image_key, label_key = info.supervised_keys or ('image', 'label')
   features = info.features
@@ -528,7 +589,7 @@ def dataset_info(dataset_config) -> DatasetInfo:
 def _stats_path(src: _Source, max_images) -> str:
   path = src.stats_path
   if max_images:
-    path = path[:-len('.npz')] + f'_max{int(max_images)}.npz'
+    path = path[: -len('.npz')] + f'_max{int(max_images)}.npz'
   return path
 
 
@@ -564,15 +625,20 @@ def _stats_pass_tf_first(split, max_images):
   else:
     instr = split.instructions(0, n)
     all_keys = _instruction_keys(*instr[1:])
-    ds = split.records(instr).map(lambda r: {'key': r['key'], **split.parse(r['data'])},
-                                  num_parallel_calls=AUTOTUNE)
+    ds = split.records(instr).map(
+        lambda r: {'key': r['key'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE
+    )
   ds = ds.ignore_errors().batch(_STATS_BATCH)
 
   def reduce(b):
     x = tf.cast(b['image'], tf.float32)
     px = tf.reshape(tf.cast(b['image'], tf.float64) / 255.0, [-1, 3])
-    return {'key': b['key'], 'sum': tf.reduce_sum(x, 0), 's1': tf.reduce_sum(px, 0),
-            's2': tf.matmul(px, px, transpose_a=True)}
+    return {
+        'key': b['key'],
+        'sum': tf.reduce_sum(x, 0),
+        's1': tf.reduce_sum(px, 0),
+        's2': tf.matmul(px, px, transpose_a=True),
+    }
 
   ds = ds.map(reduce, num_parallel_calls=AUTOTUNE).prefetch(2)
   total = np.zeros([IMAGE_SIZE, IMAGE_SIZE, 3], np.float64)
@@ -603,11 +669,16 @@ def _stats_pass_tf_first(split, max_images):
   mu = s1 / npx
   cov = s2 / npx - np.outer(mu, mu)  # population covariance over all pixels
   eigval, eigvec = _eigh_descending(cov)
-  return dict(mean_image=(total / count).astype(np.float32), covariance=cov,
-              eigval=eigval.astype(np.float32), eigvec=eigvec.astype(np.float32),
-              num_images=np.int64(count), bad_keys=np.asarray(bad, np.int64),
-              bad_files=np.asarray([split.name_of(k) for k in bad], dtype=str),
-              pil_keys=np.asarray(pil, np.int64))
+  return dict(
+      mean_image=(total / count).astype(np.float32),
+      covariance=cov,
+      eigval=eigval.astype(np.float32),
+      eigvec=eigvec.astype(np.float32),
+      num_images=np.int64(count),
+      bad_keys=np.asarray(bad, np.int64),
+      bad_files=np.asarray([split.name_of(k) for k in bad], dtype=str),
+      pil_keys=np.asarray(pil, np.int64),
+  )
 
 
 def _load_or_compute_stats(src: _Source, max_images) -> dict:
@@ -646,13 +717,19 @@ def dataset_stats(dataset_config) -> DatasetStats:
   """Mean image and RGB PCA of the training split; computed once, then read from the cache."""
   s = _train_stats(dataset_config)
   if len(s['bad_files']):
-    log.warning('%d training files cannot be decoded and are skipped: %s',
-                len(s['bad_files']), ', '.join(map(str, s['bad_files'])))
+    log.warning(
+        '%d training files cannot be decoded and are skipped: %s',
+        len(s['bad_files']),
+        ', '.join(map(str, s['bad_files'])),
+    )
   return DatasetStats(
       mean_image=np.asarray(s['mean_image'], np.float32),
       covariance=np.asarray(s['covariance'], np.float64),
-      eigval=np.asarray(s['eigval'], np.float32), eigvec=np.asarray(s['eigvec'], np.float32),
-      num_images=int(s['num_images']), bad_files=tuple(str(x) for x in s['bad_files']))
+      eigval=np.asarray(s['eigval'], np.float32),
+      eigvec=np.asarray(s['eigvec'], np.float32),
+      num_images=int(s['num_images']),
+      bad_files=tuple(str(x) for x in s['bad_files']),
+  )
 
 
 def stats_cache_path(dataset_config) -> str:
@@ -667,6 +744,7 @@ def stats_cache_path(dataset_config) -> str:
 def _shard(shard_index, num_shards):
   if shard_index is None or num_shards is None:
     import jax
+
     shard_index = jax.process_index() if shard_index is None else shard_index
     num_shards = jax.process_count() if num_shards is None else num_shards
   if not 0 <= shard_index < num_shards:
@@ -676,8 +754,10 @@ def _shard(shard_index, num_shards):
 
 def _local_batch(global_batch_size, num_shards):
   if global_batch_size % num_shards:
-    raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
-                     f'{num_shards} shards (processes)')
+    raise ValueError(
+        f'global batch size {global_batch_size} is not divisible by the '
+        f'{num_shards} shards (processes)'
+    )
   return global_batch_size // num_shards
 
 
@@ -691,7 +771,9 @@ def _is_in(key, sorted_keys: np.ndarray):
     return tf.constant(False)
   table = tf.constant(sorted_keys)
   i = tf.searchsorted(table, tf.reshape(key, [1]))[0]
-  return tf.logical_and(i < len(sorted_keys), tf.gather(table, tf.minimum(i, len(sorted_keys) - 1)) == key)
+  return tf.logical_and(
+      i < len(sorted_keys), tf.gather(table, tf.minimum(i, len(sorted_keys) - 1)) == key
+  )
 
 
 class _Batches:
@@ -717,8 +799,9 @@ class _Batches:
     for missing in np.setdiff1d(np.arange(self._next_q, q[-1] + 1), q):
       name = self._name_of_q(int(missing))
       self.skipped.append(name)
-      log.warning('skipped an image that failed to decode: %s (%d skipped so far)', name,
-                  len(self.skipped))
+      log.warning(
+          'skipped an image that failed to decode: %s (%d skipped so far)', name, len(self.skipped)
+      )
     self._next_q = int(q[-1]) + 1
     return {k: b[k] for k in self._keep}
 
@@ -739,15 +822,22 @@ def _random_access_positions(good: np.ndarray, seed, p, count, lb):
     pos = (q // lb) * g + p * lb + q % lb  # global stream position
     epoch = pos // m
     i = tf.random.experimental.index_shuffle(
-        pos % m, tf.stack([tf.constant(seed, tf.int64), epoch]), tf.constant(m - 1, tf.int64))
+        pos % m, tf.stack([tf.constant(seed, tf.int64), epoch]), tf.constant(m - 1, tf.int64)
+    )
     return tf.gather(good_t, i)
 
   return key_of
 
 
-def train_iterator(dataset_config, *, global_batch_size: int, seed: int, start_step: int = 0,
-                   shard_index: int | None = None, num_shards: int | None = None
-                   ) -> Iterator[dict]:
+def train_iterator(
+    dataset_config,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+) -> Iterator[dict]:
   """Endless training batches of this process: {'image': uint8 [L,256,256,3], 'label': int32 [L]}.
 
   L = global_batch_size // num_shards; shard p holds positions [p*L, (p+1)*L) of each global
@@ -762,8 +852,11 @@ def train_iterator(dataset_config, *, global_batch_size: int, seed: int, start_s
   stats = _train_stats(dataset_config)
   bad = np.sort(np.asarray(stats['bad_keys'], np.int64))
   if len(bad):
-    log.warning('excluding %d undecodable training files: %s', len(bad),
-                ', '.join(map(str, stats['bad_files'])))
+    log.warning(
+        'excluding %d undecodable training files: %s',
+        len(bad),
+        ', '.join(map(str, stats['bad_files'])),
+    )
   q0 = int(start_step) * lb
   cache = bool(_get(dataset_config, 'cache', False))
   if split.random_access:
@@ -796,15 +889,19 @@ def _tfds_train_stream(dataset_config, split, bad, seed, p, count, q0, cache):
 
   def epoch(e):
     order = tf.random.experimental.stateless_shuffle(
-        tf.range(n_files, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), e]))
+        tf.range(n_files, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), e])
+    )
     ds = split.records(instr, order=order, with_data=not cache)
     if len(bad):
       ds = ds.filter(lambda r: tf.logical_not(_is_in(r['key'], bad)))
     return ds.shuffle(buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False)
 
   e0, offset = divmod(q0, length)
-  ds = epoch(tf.constant(e0, tf.int64)).skip(offset).concatenate(
-      tf.data.Dataset.counter(e0 + 1).flat_map(epoch))  # skip before decoding
+  ds = (
+      epoch(tf.constant(e0, tf.int64))
+      .skip(offset)
+      .concatenate(tf.data.Dataset.counter(e0 + 1).flat_map(epoch))
+  )  # skip before decoding
   ds = ds.enumerate(q0).map(lambda q, r: {'q': q, **r})
   if not cache:
     ds = ds.map(lambda r: {'q': r['q'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE)
@@ -819,7 +916,8 @@ def _cached_batches(key_stream: tf.data.Dataset, split, lb: int, q0: int):
     ds = _elements(split, tf.data.Dataset.from_tensor_slices(keys))
   else:
     ds = split.records(split.instructions()).map(
-        lambda r: {'key': r['key'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE)
+        lambda r: {'key': r['key'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE
+    )
   images = np.zeros([len(keys), IMAGE_SIZE, IMAGE_SIZE, 3], np.uint8)
   labels = np.zeros([len(keys)], np.int32)
   filled = np.zeros([len(keys)], bool)
@@ -838,8 +936,13 @@ def _cached_batches(key_stream: tf.data.Dataset, split, lb: int, q0: int):
   return gen()
 
 
-def eval_iterator(dataset_config, *, global_batch_size: int, shard_index: int | None = None,
-                  num_shards: int | None = None) -> Iterator[dict]:
+def eval_iterator(
+    dataset_config,
+    *,
+    global_batch_size: int,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+) -> Iterator[dict]:
   """One pass over the whole validation split: {'image', 'label', 'mask'} per local batch.
 
   Process p reads its contiguous share of the split; every process yields the same number of
@@ -859,15 +962,25 @@ def eval_iterator(dataset_config, *, global_batch_size: int, shard_index: int | 
     ds = _elements(split, tf.data.Dataset.range(start, stop))
   else:
     ds = split.records(split.instructions(start, stop), cycle_length=4).map(
-        lambda r: {'key': r['key'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE)
-  ds = ds.map(lambda r: {'q': r['key'], 'image': r['image'], 'label': r['label'],
-                         'mask': tf.constant(True)})
-  pad = tf.data.Dataset.from_tensors({
-      'q': tf.constant(-1, tf.int64), 'image': tf.zeros([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8),
-      'label': tf.constant(0, tf.int32), 'mask': tf.constant(False)}).repeat()
+        lambda r: {'key': r['key'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE
+    )
+  ds = ds.map(
+      lambda r: {'q': r['key'], 'image': r['image'], 'label': r['label'], 'mask': tf.constant(True)}
+  )
+  pad = tf.data.Dataset.from_tensors(
+      {
+          'q': tf.constant(-1, tf.int64),
+          'image': tf.zeros([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8),
+          'label': tf.constant(0, tf.int32),
+          'mask': tf.constant(False),
+      }
+  ).repeat()
   ds = ds.ignore_errors().concatenate(pad).take(num_batches * lb).batch(lb).prefetch(AUTOTUNE)
-  expected = (np.arange(start, stop) if split.random_access
-              else _instruction_keys(*split.instructions(start, stop)[1:]))
+  expected = (
+      np.arange(start, stop)
+      if split.random_access
+      else _instruction_keys(*split.instructions(start, stop)[1:])
+  )
   return _EvalBatches(ds, expected, split)
 
 

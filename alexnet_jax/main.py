@@ -12,6 +12,7 @@ environment (launch/multiprocess_local.sh, SLURM, TPU pods) or from flags:
   python -m alexnet_jax.main ... --coordinator_address=10.0.0.1:8476 --num_processes=2 \
       --process_id=0    # and --process_id=1 on the other host; see launch/README.md
 """
+
 import os
 import sys
 
@@ -20,8 +21,9 @@ from ml_collections import config_flags
 
 from alexnet_jax import distributed
 
-config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "ml_collections config file (configs/*.py).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config.")
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
@@ -35,6 +37,7 @@ def main(argv):
   # Before JAX/TF touch devices: hides accelerators from TF, starts jax.distributed.
   runtime.setup(distributed.Options.from_flags(FLAGS))
   import jax
+
   from alexnet_jax import train
 
   config = FLAGS.config
@@ -55,11 +58,14 @@ def parse_flags(argv):
     sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.")
   except (AttributeError, KeyError) as e:  # ml_collections: the key is not in the config
     msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-    sys.exit(f"FATAL: unknown config key in an override: {msg}. The keys are those of "
-             f"the --config file (print it with --config and --helpfull, or read configs/).")
+    sys.exit(
+        f"FATAL: unknown config key in an override: {msg}. The keys are those of "
+        f"the --config file (print it with --config and --helpfull, or read configs/)."
+    )
 
 
 if __name__ == "__main__":
   from alexnet_jax import huge_pages
+
   huge_pages.restart_if_requested()  # only with ALEXNET_JAX_HUGE_PAGES=1
   app.run(main, flags_parser=parse_flags)

@@ -16,6 +16,7 @@ Parameter layout (T = number of towers, 2 for the paper):
 fc6 reads the pooled conv5 output of both towers, concatenated along channels and
 flattened in (H, W, C) order.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,15 @@ TOWER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 PAPER_UNIT_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 
-def local_response_norm(x, *, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
-                        beta: float = 0.75, alpha_per_term: bool = True):
+def local_response_norm(
+    x,
+    *,
+    size: int = 5,
+    k: float = 2.0,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    alpha_per_term: bool = True,
+):
   """§3.3: b_c = a_c / (k + alpha * sum_{|c'-c| <= size//2} a_{c'}^2) ** beta.
 
   The window is clipped at the channel edges of `x`; call it on one tower's channels.
@@ -63,7 +71,7 @@ def _window_sum(v, size: int):
   zero-padded copy, which fuse into one elementwise loop (reduce_window does not)."""
   channels, r = v.shape[-1], size // 2
   padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(r, r)])
-  return sum(padded[..., i:i + channels] for i in range(size))
+  return sum(padded[..., i : i + channels] for i in range(size))
 
 
 def _lrn_denominator(x32, size, k, scale):
@@ -75,7 +83,7 @@ def _pow_neg(d, beta: float):
   if beta == 0.75:
     r = jax.lax.rsqrt(d)
     return r * jnp.sqrt(r)
-  return d ** -beta
+  return d**-beta
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
@@ -119,10 +127,16 @@ def _pool_slices(x, window: int, stride: int):
   """The window*window strided views x[:, di::stride, dj::stride] (row-major (di, dj))."""
   n, h, w, c = x.shape
   oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
-  return [jax.lax.slice(x, (0, di, dj, 0),
-                        (n, di + stride * (oh - 1) + 1, dj + stride * (ow - 1) + 1, c),
-                        (1, stride, stride, 1))
-          for di in range(window) for dj in range(window)]
+  return [
+      jax.lax.slice(
+          x,
+          (0, di, dj, 0),
+          (n, di + stride * (oh - 1) + 1, dj + stride * (ow - 1) + 1, c),
+          (1, stride, stride, 1),
+      )
+      for di in range(window)
+      for dj in range(window)
+  ]
 
 
 def _first_argmax(views, y):
@@ -164,12 +178,15 @@ def _max_pool_backward(window, stride, res, g):
     qx, rx = divmod(dj, stride)
     part = jnp.where(idx == i, g, jnp.zeros((), g.dtype))
     # window o's element (di, dj) sits at plane position (o + qy, o' + qx).
-    part = jax.lax.pad(part, jnp.zeros((), g.dtype),
-                       ((0, 0, 0), (qy, mh - oh - qy, 0), (qx, mw - ow - qx, 0), (0, 0, 0)))
+    part = jax.lax.pad(
+        part,
+        jnp.zeros((), g.dtype),
+        ((0, 0, 0), (qy, mh - oh - qy, 0), (qx, mw - ow - qx, 0), (0, 0, 0)),
+    )
     planes[ry][rx] = part if planes[ry][rx] is None else planes[ry][rx] + part
   zeros = jnp.zeros((n, mh, mw, c), g.dtype)
   rows = [jnp.stack([p if p is not None else zeros for p in row], axis=3) for row in planes]
-  dx = jnp.stack(rows, axis=2)                       # [n, mh, stride, mw, stride, c]
+  dx = jnp.stack(rows, axis=2)  # [n, mh, stride, mw, stride, c]
   dx = dx.reshape(n, mh * stride, mw * stride, c)[:, :h, :w]
   return (dx,)
 
@@ -181,6 +198,7 @@ def _he_normal(fan_in_axes: Sequence[int]):
   def init(key, shape, dtype=jnp.float32):
     fan_in = int(np.prod([shape[a] for a in fan_in_axes]))
     return jnp.sqrt(2.0 / fan_in) * jax.random.normal(key, shape, dtype)
+
   return init
 
 
@@ -202,6 +220,7 @@ class AlexNet(nn.Module):
     tower_axis / data_axis: mesh axis names, set by sharding.py when the module runs
       inside `jax.shard_map`; None when one device holds everything.
   """
+
   num_classes: int = 1000
   width: float = 1.0
   one_tower: bool = False
@@ -232,9 +251,11 @@ class AlexNet(nn.Module):
       return self.num_towers
     n = jax.lax.axis_size(self.tower_axis)
     if self.num_towers % n:
-      raise ValueError(f"{self.num_towers} tower(s) cannot be split over a mesh axis "
-                       f"'{self.tower_axis}' of size {n}; use mesh.tower=1 or "
-                       f"{self.num_towers}.")
+      raise ValueError(
+          f"{self.num_towers} tower(s) cannot be split over a mesh axis "
+          f"'{self.tower_axis}' of size {n}; use mesh.tower=1 or "
+          f"{self.num_towers}."
+      )
     return self.num_towers // n
 
   def _gather_towers(self, xs: list[jax.Array]) -> jax.Array:
@@ -264,14 +285,17 @@ class AlexNet(nn.Module):
     """Kernel [local, *kernel_shape] and bias [local, out] of one tower layer."""
     fan_in_axes = tuple(range(1, len(kernel_shape)))  # all but the output axis (+1 shift)
     kinit, binit = self._init_fns(name, fan_in_axes)
-    return _KernelBias((local, *kernel_shape), (local, kernel_shape[-1]), kinit, binit,
-                       name=name)()
+    return _KernelBias((local, *kernel_shape), (local, kernel_shape[-1]), kinit, binit, name=name)()
 
   # ---- layers ------------------------------------------------------------------------
   def _conv(self, x, kernel, bias, stride: int, padding):
     y = jax.lax.conv_general_dilated(
-        x, kernel.astype(self.dtype), (stride, stride), padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x,
+        kernel.astype(self.dtype),
+        (stride, stride),
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     return y + bias.astype(self.dtype)
 
   def _dropout(self, x, rng, tower: jax.Array | int):
@@ -291,7 +315,8 @@ class AlexNet(nn.Module):
     if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
       raise ValueError(
           f"AlexNet expects NHWC images of shape (batch, {', '.join(map(str, IMAGE_SHAPE))})"
-          f" (224x224 RGB crops of the 256x256 images); got shape {tuple(images.shape)}.")
+          f" (224x224 RGB crops of the 256x256 images); got shape {tuple(images.shape)}."
+      )
     conv_w, fc_w = self.layer_widths()
     t = self.num_towers
     local = self._local_towers()
@@ -317,8 +342,9 @@ class AlexNet(nn.Module):
 
     def conv_layer(name, xs, ksize, cin, cout, stride, pad):
       k, b = self._tower_params(name, (ksize, ksize, cin, cout // t), local)
-      return stage(f"{name}_out",
-                   per_tower(lambda i, x: nn.relu(self._conv(x, k[i], b[i], stride, pad)), xs))
+      return stage(
+          f"{name}_out", per_tower(lambda i, x: nn.relu(self._conv(x, k[i], b[i], stride, pad)), xs)
+      )
 
     def pool(name, hs, with_lrn):
       return stage(name, [max_pool(normalize(h) if with_lrn else h, pool_w, pool_s) for h in hs])
@@ -352,8 +378,9 @@ class AlexNet(nn.Module):
         h = [self._dropout(h[i], rng, first + i) for i in range(local)]
       g = self._gather_towers(stage(f"{name}_out", h))  # cross-tower points 3 (fc7) and 4 (fc8)
     kinit, binit = self._init_fns("fc8", (0,))
-    k8, b8 = _KernelBias((g.shape[-1], self.num_classes), (self.num_classes,), kinit, binit,
-                         name="fc8")()
+    k8, b8 = _KernelBias(
+        (g.shape[-1], self.num_classes), (self.num_classes,), kinit, binit, name="fc8"
+    )()
     logits = g @ k8.astype(self.dtype) + b8.astype(self.dtype)
     self.sow("intermediates", "logits", logits)
     return logits.astype(jnp.float32)
@@ -361,6 +388,7 @@ class AlexNet(nn.Module):
 
 class _KernelBias(nn.Module):
   """Declares one layer's kernel and bias, so parameters nest as {layer: {kernel, bias}}."""
+
   kernel_shape: tuple[int, ...]
   bias_shape: tuple[int, ...]
   kernel_init: Callable
@@ -368,8 +396,10 @@ class _KernelBias(nn.Module):
 
   @nn.compact
   def __call__(self):
-    return (self.param("kernel", self.kernel_init, self.kernel_shape),
-            self.param("bias", self.bias_init, self.bias_shape))
+    return (
+        self.param("kernel", self.kernel_init, self.kernel_shape),
+        self.param("bias", self.bias_init, self.bias_shape),
+    )
 
 
 def num_params(params) -> int:
@@ -382,8 +412,10 @@ def from_config(model_config, num_classes: int) -> AlexNet:
   kwargs = {k: v for k, v in model_config.items() if k in fields}
   unknown = set(model_config.keys()) - fields
   if unknown:
-    raise ValueError(f"unknown config.model keys {sorted(unknown)}; "
-                     f"AlexNet accepts {sorted(fields - {'tower_axis', 'data_axis'})}")
+    raise ValueError(
+        f"unknown config.model keys {sorted(unknown)}; "
+        f"AlexNet accepts {sorted(fields - {'tower_axis', 'data_axis'})}"
+    )
   if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
   return AlexNet(num_classes=num_classes, **kwargs)

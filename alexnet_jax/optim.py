@@ -12,6 +12,7 @@ function of the step for `step` (drops at fixed epochs), and lives in the train 
 `plateau` (the paper's rule: divide by 10 when validation error stops improving), so a
 resumed run continues both exactly.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -26,13 +27,18 @@ class PaperSGDState(NamedTuple):
   velocity: Any
 
 
-def paper_sgd(learning_rate: float, momentum: float = 0.9, weight_decay: float = 5e-4,
-              decay_biases: bool = False) -> optax.GradientTransformation:
+def paper_sgd(
+    learning_rate: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    decay_biases: bool = False,
+) -> optax.GradientTransformation:
   """§5's update as an optax transformation; its output update is the new velocity.
 
   Weight decay applies to kernels only unless `decay_biases` (cuda-convnet2 did not decay
   biases). Wrap with `optax.inject_hyperparams` to change the learning rate per step.
   """
+
   def init(params):
     return PaperSGDState(velocity=jax.tree.map(jnp.zeros_like, params))
 
@@ -54,25 +60,33 @@ def paper_sgd(learning_rate: float, momentum: float = 0.9, weight_decay: float =
 def make_optimizer(opt_config) -> optax.GradientTransformation:
   """`config.optimizer` -> paper_sgd whose learning rate the train step sets each step."""
   return optax.inject_hyperparams(paper_sgd, static_args=("decay_biases",))(
-      learning_rate=opt_config.learning_rate, momentum=opt_config.momentum,
-      weight_decay=opt_config.weight_decay, decay_biases=opt_config.decay_biases)
+      learning_rate=opt_config.learning_rate,
+      momentum=opt_config.momentum,
+      weight_decay=opt_config.weight_decay,
+      decay_biases=opt_config.decay_biases,
+  )
 
 
 @flax.struct.dataclass
 class PlateauState:
   """Evaluation-driven schedule state; kept in the TrainState and in checkpoints."""
-  drops: jax.Array        # learning-rate divisions so far
-  best: jax.Array         # best validation top-1 error seen
-  bad_evals: jax.Array    # evaluations since `best` improved (reset on a drop)
+
+  drops: jax.Array  # learning-rate divisions so far
+  best: jax.Array  # best validation top-1 error seen
+  bad_evals: jax.Array  # evaluations since `best` improved (reset on a drop)
 
   @classmethod
   def create(cls):
-    return cls(drops=jnp.zeros((), jnp.int32), best=jnp.full((), jnp.inf, jnp.float32),
-               bad_evals=jnp.zeros((), jnp.int32))
+    return cls(
+        drops=jnp.zeros((), jnp.int32),
+        best=jnp.full((), jnp.inf, jnp.float32),
+        bad_evals=jnp.zeros((), jnp.int32),
+    )
 
 
-def plateau_update(state: PlateauState, val_error, *, patience: int, max_drops: int,
-                   min_delta: float = 0.0) -> PlateauState:
+def plateau_update(
+    state: PlateauState, val_error, *, patience: int, max_drops: int, min_delta: float = 0.0
+) -> PlateauState:
   """The paper's rule: after `patience` evaluations without an improvement of the
   validation error by more than `min_delta`, divide the learning rate (at most
   `max_drops` times; the paper: 3)."""
@@ -81,8 +95,9 @@ def plateau_update(state: PlateauState, val_error, *, patience: int, max_drops: 
   best = jnp.where(improved, val_error, state.best)
   bad = jnp.where(improved, 0, state.bad_evals + 1)
   drop = (bad >= patience) & (state.drops < max_drops)
-  return PlateauState(drops=state.drops + drop.astype(jnp.int32), best=best,
-                      bad_evals=jnp.where(drop, 0, bad))
+  return PlateauState(
+      drops=state.drops + drop.astype(jnp.int32), best=best, bad_evals=jnp.where(drop, 0, bad)
+  )
 
 
 def learning_rate(opt_config, step, plateau: PlateauState, steps_per_epoch: int):
@@ -91,12 +106,15 @@ def learning_rate(opt_config, step, plateau: PlateauState, steps_per_epoch: int)
   if opt_config.schedule == "plateau":
     drops = plateau.drops
   elif opt_config.schedule == "step":
-    boundaries = jnp.asarray([int(round(e * steps_per_epoch)) for e in opt_config.drop_epochs]
-                             or [2**31 - 1], jnp.int32)
+    boundaries = jnp.asarray(
+        [int(round(e * steps_per_epoch)) for e in opt_config.drop_epochs] or [2**31 - 1], jnp.int32
+    )
     drops = jnp.sum(jnp.asarray(step) >= boundaries)
   elif opt_config.schedule == "constant":
     drops = 0
   else:
-    raise ValueError(f"optimizer.schedule must be 'plateau', 'step' or 'constant', got "
-                     f"{opt_config.schedule!r}")
+    raise ValueError(
+        f"optimizer.schedule must be 'plateau', 'step' or 'constant', got "
+        f"{opt_config.schedule!r}"
+    )
   return base * jnp.asarray(factor, jnp.float32) ** drops

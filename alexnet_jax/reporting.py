@@ -1,5 +1,6 @@
 """What a run leaves for people: metrics.jsonl, TensorBoard events, a learning-curve PNG
 and a closing summary."""
+
 from __future__ import annotations
 
 import json
@@ -28,17 +29,24 @@ class MetricsWriter:
       os.makedirs(workdir, exist_ok=True)
       self._file = open(os.path.join(workdir, METRICS_FILE), "a")
       import tensorflow as tf  # the TensorBoard writer; TF is already the input pipeline's
+
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict):
     if not self.enabled:
       return
-    row = {"step": int(step), "split": split,
-           **{k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "dtype") else v)
-              for k, v in metrics.items()}}
+    row = {
+        "step": int(step),
+        "split": split,
+        **{
+            k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "dtype") else v)
+            for k, v in metrics.items()
+        },
+    }
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     import tensorflow as tf
+
     with self._tb.as_default(step=int(step)):
       for k, v in row.items():
         if k not in ("step", "split") and isinstance(v, float):
@@ -59,6 +67,7 @@ def read_metrics(workdir: str) -> list[dict]:
 def plot_learning_curve(workdir: str) -> str:
   """Loss and top-1/top-5 error against step, learning-rate drops marked."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -69,10 +78,12 @@ def plot_learning_curve(workdir: str) -> str:
   if train:
     steps = [r["step"] for r in train]
     ax_loss.plot(steps, [r["loss"] for r in train], label="train loss")
-    ax_err.plot(steps, [r["top1_error"] for r in train], label="train top-1 (batch)",
-                alpha=0.6)
-    drops = [b["step"] for a, b in zip(train, train[1:])
-             if b["learning_rate"] < a["learning_rate"] * 0.99]
+    ax_err.plot(steps, [r["top1_error"] for r in train], label="train top-1 (batch)", alpha=0.6)
+    drops = [
+        b["step"]
+        for a, b in zip(train, train[1:])
+        if b["learning_rate"] < a["learning_rate"] * 0.99
+    ]
     for ax in (ax_loss, ax_err):
       for i, s in enumerate(drops):
         ax.axvline(s, color="grey", ls="--", lw=1, label="lr / 10" if i == 0 else None)
@@ -104,6 +115,7 @@ def finish(workdir: str, config, eval_metrics: dict) -> str:
       f"learning curve: {path}\n"
       f"evaluate:   python -m alexnet_jax.evaluate --workdir={workdir} --crops=10\n"
       f"in Python:  from alexnet_jax import checkpoint; "
-      f"config, variables = checkpoint.restore({workdir!r})\n")
+      f"config, variables = checkpoint.restore({workdir!r})\n"
+  )
   print(summary, flush=True)
   return summary

@@ -1,6 +1,7 @@
 """Process setup shared by the entry points: quiet library logs, keep TensorFlow off
 accelerators, and start jax.distributed when the run has several processes
 (alexnet_jax/distributed.py)."""
+
 import os
 
 
@@ -8,9 +9,12 @@ def _quiet_library_logs():
   """Orbax logs a dozen INFO lines per checkpoint through absl; keep its warnings only, so
   the run's own lines (step, loss, ETA) stay readable."""
   import logging
+
   from absl import logging as absl_logging
+
   absl_logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname)
+      lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname
+  )
 
 
 def setup(distributed=None):
@@ -29,4 +33,5 @@ def setup(distributed=None):
   if distributed is None:
     return None
   from alexnet_jax import distributed as distributed_lib
+
   return distributed_lib.initialize(distributed)

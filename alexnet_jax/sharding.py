@@ -9,6 +9,7 @@
   paper's cross-tower points (DESIGN.md #1). GSPMD on a grouped convolution would instead
   all-gather kernels and activations and run the whole layer on every device.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,7 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import model as model_lib
 
@@ -42,7 +44,8 @@ def make_mesh(data: int = -1, tower: int = 1, devices=None) -> Mesh:
         f"mesh data={data} x tower={tower} does not match the {n} device(s) found: "
         f"{devices}. Choose sizes whose product is {n} (e.g. --config.mesh.data=-1 "
         f"--config.mesh.tower=1), or change the device count (on CPU: XLA_FLAGS="
-        f"--xla_force_host_platform_device_count=N).")
+        f"--xla_force_host_platform_device_count=N)."
+    )
   return Mesh(np.asarray(devices, dtype=object).reshape(data, tower), (DATA, TOWER))
 
 
@@ -57,8 +60,7 @@ def data_block(device_grid, data_axis: int, process_index: int) -> tuple[int, in
   """
   grid = np.moveaxis(np.asarray(device_grid, dtype=object), data_axis, 0)
   n = grid.shape[0]
-  held = sorted({i for i in range(n)
-                 for d in grid[i].ravel() if d.process_index == process_index})
+  held = sorted({i for i in range(n) for d in grid[i].ravel() if d.process_index == process_index})
   if not held:
     raise ValueError(f"process {process_index} holds no device of the mesh")
   k, a = len(held), held[0]
@@ -66,7 +68,8 @@ def data_block(device_grid, data_axis: int, process_index: int) -> tuple[int, in
     raise ValueError(
         f"process {process_index} holds data shards {held} of {n}: each process must hold "
         f"one contiguous, equal block of the mesh's data axis (use a mesh built from "
-        f"jax.devices(), whose order groups the devices of each process)")
+        f"jax.devices(), whose order groups the devices of each process)"
+    )
   return a // k, n // k
 
 
@@ -80,6 +83,7 @@ def process_data_shard(mesh: Mesh) -> tuple[int, int]:
 # ---- the sharding rule ------------------------------------------------------------------
 def param_specs(params) -> Any:
   """PartitionSpec tree for a parameter-shaped tree: tower layers split on "tower"."""
+
   def spec(path, leaf):
     # Match the layer name anywhere in the path, so {"params": ...} trees and optimizer
     # states (which nest the parameter tree) get the same rule.
@@ -87,12 +91,12 @@ def param_specs(params) -> Any:
     if names & set(model_lib.TOWER_LAYERS) and getattr(leaf, "ndim", 0) >= 1:
       return P(TOWER)
     return P()
+
   return jax.tree_util.tree_map_with_path(spec, params)
 
 
 def tree_shardings(mesh: Mesh, specs) -> Any:
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def param_shardings(mesh: Mesh, params) -> Any:
@@ -111,16 +115,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch(mesh: Mesh, batch_size: int, what: str = "batch_size") -> None:
   n = mesh.shape[DATA]
   if batch_size % n:
-    raise ValueError(f"{what}={batch_size} is not divisible by the mesh's data axis "
-                     f"(size {n}, devices {mesh.devices.ravel().tolist()}); pick a "
-                     f"multiple of {n}.")
+    raise ValueError(
+        f"{what}={batch_size} is not divisible by the mesh's data axis "
+        f"(size {n}, devices {mesh.devices.ravel().tolist()}); pick a "
+        f"multiple of {n}."
+    )
 
 
 def check_towers(mesh: Mesh, model: model_lib.AlexNet) -> None:
   if model.num_towers % mesh.shape[TOWER]:
-    raise ValueError(f"the model has {model.num_towers} tower(s) but the mesh's tower "
-                     f"axis has size {mesh.shape[TOWER]}; set mesh.tower to 1"
-                     f"{'' if model.num_towers == 1 else ' or 2'}.")
+    raise ValueError(
+        f"the model has {model.num_towers} tower(s) but the mesh's tower "
+        f"axis has size {mesh.shape[TOWER]}; set mesh.tower to 1"
+        f"{'' if model.num_towers == 1 else ' or 2'}."
+    )
 
 
 def abstract_variables(model: model_lib.AlexNet) -> Any:
@@ -134,8 +142,9 @@ def init_variables(model: model_lib.AlexNet, mesh: Mesh, rng: jax.Array) -> Any:
   check_towers(mesh, model)
   abstract = abstract_variables(model)
   images = jnp.zeros((1, *model_lib.IMAGE_SHAPE), jnp.float32)
-  init = jax.jit(functools.partial(model.init, train=False),
-                 out_shardings=param_shardings(mesh, abstract))
+  init = jax.jit(
+      functools.partial(model.init, train=False), out_shardings=param_shardings(mesh, abstract)
+  )
   return init(rng, images)
 
 
@@ -162,9 +171,9 @@ def sharded_apply(model: model_lib.AlexNet, mesh: Mesh):
 
     if dropout_rng is None:
       dropout_rng = jax.random.key(0)
-    fn = jax.shard_map(body, mesh=mesh,
-                       in_specs=(param_specs(variables), P(DATA), P()),
-                       out_specs=P(TOWER, DATA))
+    fn = jax.shard_map(
+        body, mesh=mesh, in_specs=(param_specs(variables), P(DATA), P()), out_specs=P(TOWER, DATA)
+    )
     return fn(variables, images, dropout_rng)[0]
 
   return apply

@@ -1,4 +1,5 @@
 """The jitted train and eval steps on the mesh, and the training loop."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,21 +15,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from alexnet_jax import augment
+from alexnet_jax import augment, input_pipeline, optim, reporting, sharding, train_state
 from alexnet_jax import checkpoint as ckpt_lib
-from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import reporting
-from alexnet_jax import sharding
-from alexnet_jax import train_state
 
 
 @flax.struct.dataclass
 class AugmentConstants:
   mean_image: jax.Array  # [256, 256, 3] float32, pixel units
-  eigval: jax.Array      # [3]
-  eigvec: jax.Array      # [3, 3], columns
+  eigval: jax.Array  # [3]
+  eigvec: jax.Array  # [3, 3], columns
 
 
 def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentConstants:
@@ -37,10 +33,14 @@ def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentCons
   elif config.augment.eigen == "dataset":
     eigval, eigvec = stats.eigval, stats.eigvec
   else:
-    raise ValueError(f"augment.eigen must be 'dataset' or 'imagenet', got "
-                     f"{config.augment.eigen!r}")
-  return AugmentConstants(jnp.asarray(stats.mean_image, jnp.float32),
-                          jnp.asarray(eigval, jnp.float32), jnp.asarray(eigvec, jnp.float32))
+    raise ValueError(
+        f"augment.eigen must be 'dataset' or 'imagenet', got " f"{config.augment.eigen!r}"
+    )
+  return AugmentConstants(
+      jnp.asarray(stats.mean_image, jnp.float32),
+      jnp.asarray(eigval, jnp.float32),
+      jnp.asarray(eigvec, jnp.float32),
+  )
 
 
 # ---- steps -------------------------------------------------------------------------------
@@ -53,8 +53,11 @@ _CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYP
 
 def compiler_options() -> dict | None:
   """`jax.jit(..., compiler_options=...)` for the train and eval steps on this backend."""
-  if (jax.default_backend() != "cpu" or os.environ.get("ALEXNET_JAX_YNN_CONVS") == "1"
-      or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")):
+  if (
+      jax.default_backend() != "cpu"
+      or os.environ.get("ALEXNET_JAX_YNN_CONVS") == "1"
+      or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")
+  ):
     return None
   return dict(_CPU_CONV_OPTIONS)
 
@@ -72,9 +75,16 @@ def augment_batch(acfg, mesh, aug_rng, step, images, aug: AugmentConstants) -> j
   on every mesh."""
   keys = augment.example_keys(aug_rng, step, jnp.arange(images.shape[0]))
   views = augment.train_views(
-      images, keys, mean_image=aug.mean_image, eigval=aug.eigval, eigvec=aug.eigvec,
-      random_crop=acfg.random_crop, flip=acfg.flip, lighting_std=acfg.lighting_std,
-      scale=acfg.scale)
+      images,
+      keys,
+      mean_image=aug.mean_image,
+      eigval=aug.eigval,
+      eigvec=aug.eigvec,
+      random_crop=acfg.random_crop,
+      flip=acfg.flip,
+      lighting_std=acfg.lighting_std,
+      scale=acfg.scale,
+  )
   return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
 
 
@@ -95,8 +105,12 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
       images = augment_batch(config.augment, mesh, aug_rng, state.step, images, aug)
 
     def loss_fn(params):
-      logits = apply({"params": params}, images, train=True,
-                     dropout_rng=jax.random.fold_in(dropout_rng, state.step))
+      logits = apply(
+          {"params": params},
+          images,
+          train=True,
+          dropout_rng=jax.random.fold_in(dropout_rng, state.step),
+      )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, logits
 
@@ -107,17 +121,24 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     top1, top5 = _errors(logits, labels)
-    metrics = {"loss": loss, "top1_error": top1.mean(), "top5_error": top5.mean(),
-               "learning_rate": lr, "grad_norm": optax.global_norm(grads)}
+    metrics = {
+        "loss": loss,
+        "top1_error": top1.mean(),
+        "top5_error": top5.mean(),
+        "learning_rate": lr,
+        "grad_norm": optax.global_norm(grads),
+    }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
   data = sharding.batch_sharding(mesh)
-  return jax.jit(train_step, donate_argnums=0,
-                 in_shardings=(shardings, {"image": data, "label": data},
-                               sharding.replicated(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)),
-                 compiler_options=compiler_options())
+  return jax.jit(
+      train_step,
+      donate_argnums=0,
+      in_shardings=(shardings, {"image": data, "label": data}, sharding.replicated(mesh)),
+      out_shardings=(shardings, sharding.replicated(mesh)),
+      compiler_options=compiler_options(),
+  )
 
 
 def make_eval_step(config, model, mesh, crops: int | None = None):
@@ -132,35 +153,47 @@ def make_eval_step(config, model, mesh, crops: int | None = None):
   def eval_step(params, batch, mean_image):
     images, labels = batch["image"], batch["label"]
     mask = batch["mask"].astype(jnp.float32)
-    views = augment.eval_views(images, mean_image=mean_image, crops=crops,
-                               scale=config.augment.scale)
+    views = augment.eval_views(
+        images, mean_image=mean_image, crops=crops, scale=config.augment.scale
+    )
     b, v = views.shape[:2]
-    views = jax.lax.with_sharding_constraint(views.reshape(b * v, *views.shape[2:]),
-                                             sharding.batch_sharding(mesh))
+    views = jax.lax.with_sharding_constraint(
+        views.reshape(b * v, *views.shape[2:]), sharding.batch_sharding(mesh)
+    )
     logits = apply({"params": params}, views, train=False)
     probs = jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
     top1, top5 = _errors(probs, labels)
     nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12)
-    return {"top1_errors": (top1 * mask).sum(), "top5_errors": (top5 * mask).sum(),
-            "loss_sum": (nll * mask).sum(), "count": mask.sum()}
+    return {
+        "top1_errors": (top1 * mask).sum(),
+        "top5_errors": (top5 * mask).sum(),
+        "loss_sum": (nll * mask).sum(),
+        "count": mask.sum(),
+    }
 
-  return jax.jit(eval_step, out_shardings=sharding.replicated(mesh),
-                 compiler_options=compiler_options())
+  return jax.jit(
+      eval_step, out_shardings=sharding.replicated(mesh), compiler_options=compiler_options()
+  )
 
 
 def global_batch(mesh, local_batch: dict) -> dict:
   """This process's slice of the global batch -> global arrays split over "data"."""
   data = sharding.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(data, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(data, np.asarray(v)) for k, v in local_batch.items()
+  }
 
 
 def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = -1) -> dict:
   """Top-1/top-5 error over the whole validation split (every image once)."""
   sums = None
   shard_index, num_shards = sharding.process_data_shard(mesh)
-  it = input_pipeline.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
-                                    shard_index=shard_index, num_shards=num_shards)
+  it = input_pipeline.eval_iterator(
+      config.dataset,
+      global_batch_size=config.eval_batch_size,
+      shard_index=shard_index,
+      num_shards=num_shards,
+  )
   for i, batch in enumerate(it):
     if 0 < max_batches <= i:
       break
@@ -168,8 +201,12 @@ def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = 
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.tree.map(float, jax.device_get(sums))
   n = max(sums["count"], 1.0)
-  return {"top1_error": sums["top1_errors"] / n, "top5_error": sums["top5_errors"] / n,
-          "loss": sums["loss_sum"] / n, "num_images": int(sums["count"])}
+  return {
+      "top1_error": sums["top1_errors"] / n,
+      "top5_error": sums["top5_errors"] / n,
+      "loss": sums["loss_sum"] / n,
+      "num_images": int(sums["count"]),
+  }
 
 
 # ---- the loop ----------------------------------------------------------------------------
@@ -179,8 +216,11 @@ class NonFiniteLossError(RuntimeError):
 
 def _last_good(manager, workdir) -> str:
   step = manager.latest_step()
-  return (f"The last good checkpoint in {workdir} is step {step}." if step is not None else
-          f"No checkpoint had been written to {workdir} yet (no last good checkpoint).")
+  return (
+      f"The last good checkpoint in {workdir} is step {step}."
+      if step is not None
+      else f"No checkpoint had been written to {workdir} yet (no last good checkpoint)."
+  )
 
 
 @jax.jit
@@ -191,6 +231,7 @@ def _all_finite(tree) -> jax.Array:
 @dataclasses.dataclass
 class Run:
   """What one call of train_and_evaluate works with, built once by `setup_run`."""
+
   config: ml_collections.ConfigDict
   workdir: str
   mesh: jax.sharding.Mesh
@@ -217,27 +258,39 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
   info = input_pipeline.dataset_info(config.dataset)
   steps_per_epoch = max(info.num_train // config.batch_size, 1)
-  num_steps = (config.num_train_steps if config.num_train_steps > 0
-               else int(math.ceil(config.num_epochs * steps_per_epoch)))
+  num_steps = (
+      config.num_train_steps
+      if config.num_train_steps > 0
+      else int(math.ceil(config.num_epochs * steps_per_epoch))
+  )
   stats = input_pipeline.dataset_stats(config.dataset)
   if stats.bad_files:
-    logging.warning("%d training image(s) cannot be decoded and are skipped: %s",
-                    len(stats.bad_files), ", ".join(stats.bad_files[:20]))
-  return Run(config=config, workdir=workdir, mesh=mesh, info=info,
-             model=train_state.create_model(config, info.num_classes),
-             steps_per_epoch=steps_per_epoch, num_steps=num_steps,
-             eval_every=config.eval_every_steps if config.eval_every_steps > 0
-             else steps_per_epoch,
-             aug=jax.device_put(augment_constants(config, stats), sharding.replicated(mesh)),
-             manager=ckpt_lib.CheckpointManager(workdir, config),
-             lead=jax.process_index() == 0)
+    logging.warning(
+        "%d training image(s) cannot be decoded and are skipped: %s",
+        len(stats.bad_files),
+        ", ".join(stats.bad_files[:20]),
+    )
+  return Run(
+      config=config,
+      workdir=workdir,
+      mesh=mesh,
+      info=info,
+      model=train_state.create_model(config, info.num_classes),
+      steps_per_epoch=steps_per_epoch,
+      num_steps=num_steps,
+      eval_every=config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch,
+      aug=jax.device_put(augment_constants(config, stats), sharding.replicated(mesh)),
+      manager=ckpt_lib.CheckpointManager(workdir, config),
+      lead=jax.process_index() == 0,
+  )
 
 
 def restore_or_create_state(run: Run) -> train_state.TrainState:
   config, model, mesh = run.config, run.model, run.mesh
   shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
-  return run.manager.restore_or(lambda: train_state.create_train_state(config, model, mesh),
-                                shardings)
+  return run.manager.restore_or(
+      lambda: train_state.create_train_state(config, model, mesh), shardings
+  )
 
 
 def summarize_window(run: Run, step: int, window: list[dict], seconds: float) -> dict:
@@ -248,31 +301,59 @@ def summarize_window(run: Run, step: int, window: list[dict], seconds: float) ->
       raise NonFiniteLossError(
           f"loss became non-finite ({w['loss']}) at step {step - len(window) + 1 + i}; stopping "
           f"without saving. {_last_good(run.manager, run.workdir)} Lower "
-          f"--config.optimizer.learning_rate or check the data.")
+          f"--config.optimizer.learning_rate or check the data."
+      )
   m = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
   m["learning_rate"] = float(window[-1]["learning_rate"])
   m["images_per_sec"] = len(window) * run.config.batch_size / seconds
   m["epoch"] = step / run.steps_per_epoch
   eta = (run.num_steps - step) * run.config.batch_size / max(m["images_per_sec"], 1e-9)
-  run.log("step %d/%d  epoch %.2f  loss %.4f  top-1 err %.3f  lr %.2g  %.1f img/s  ETA %s",
-          step, run.num_steps, m["epoch"], m["loss"], m["top1_error"], m["learning_rate"],
-          m["images_per_sec"], reporting.format_duration(eta))
+  run.log(
+      "step %d/%d  epoch %.2f  loss %.4f  top-1 err %.3f  lr %.2g  %.1f img/s  ETA %s",
+      step,
+      run.num_steps,
+      m["epoch"],
+      m["loss"],
+      m["top1_error"],
+      m["learning_rate"],
+      m["images_per_sec"],
+      reporting.format_duration(eta),
+  )
   return m
 
 
 def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
   """Validation errors of `state`, fed to the plateau schedule; returns (state, metrics)."""
   config = run.config
-  m = evaluate(config, eval_step, state.params, run.aug.mean_image, run.mesh,
-               max_batches=config.max_eval_batches)
-  run.log("eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",
-          int(state.step), m["top1_error"], m["top5_error"], m["num_images"],
-          config.eval_crops)
+  m = evaluate(
+      config,
+      eval_step,
+      state.params,
+      run.aug.mean_image,
+      run.mesh,
+      max_batches=config.max_eval_batches,
+  )
+  run.log(
+      "eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",
+      int(state.step),
+      m["top1_error"],
+      m["top5_error"],
+      m["num_images"],
+      config.eval_crops,
+  )
   if config.optimizer.schedule == "plateau":
-    state = state.replace(schedule=jax.device_put(optim.plateau_update(
-        state.schedule, m["top1_error"], patience=config.optimizer.patience,
-        max_drops=config.optimizer.max_drops, min_delta=config.optimizer.min_delta),
-        sharding.replicated(run.mesh)))
+    state = state.replace(
+        schedule=jax.device_put(
+            optim.plateau_update(
+                state.schedule,
+                m["top1_error"],
+                patience=config.optimizer.patience,
+                max_drops=config.optimizer.max_drops,
+                min_delta=config.optimizer.min_delta,
+            ),
+            sharding.replicated(run.mesh),
+        )
+    )
   return state, m
 
 
@@ -282,9 +363,14 @@ def save(run: Run, step: int, state: train_state.TrainState, eval_metrics: dict 
     raise NonFiniteLossError(
         f"parameters became non-finite at step {step}; stopping without saving. "
         f"{_last_good(run.manager, run.workdir)} Lower --config.optimizer.learning_rate or "
-        f"check the data.")
-  run.manager.save(step, state, eval_metrics,
-                   meta={"num_classes": run.info.num_classes, "dataset": run.info.name})
+        f"check the data."
+    )
+  run.manager.save(
+      step,
+      state,
+      eval_metrics,
+      meta={"num_classes": run.info.num_classes, "dataset": run.info.name},
+  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -293,11 +379,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = setup_run(config, workdir)
   state = restore_or_create_state(run)
   start, num_steps = int(state.step), run.num_steps
-  run.log("mesh %s on %d device(s), %d process(es); %s: %d train / %d eval images, %d "
-          "classes; %d parameters; steps %d -> %d (%d per epoch)", dict(run.mesh.shape),
-          run.mesh.size, jax.process_count(), run.info.name, run.info.num_train,
-          run.info.num_eval, run.info.num_classes, model_lib.num_params(state.params), start,
-          num_steps, run.steps_per_epoch)
+  run.log(
+      "mesh %s on %d device(s), %d process(es); %s: %d train / %d eval images, %d "
+      "classes; %d parameters; steps %d -> %d (%d per epoch)",
+      dict(run.mesh.shape),
+      run.mesh.size,
+      jax.process_count(),
+      run.info.name,
+      run.info.num_train,
+      run.info.num_eval,
+      run.info.num_classes,
+      model_lib.num_params(state.params),
+      start,
+      num_steps,
+      run.steps_per_epoch,
+  )
   if start >= num_steps:
     return _finished_run(run, state)
 
@@ -306,8 +402,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_step = make_eval_step(config, run.model, run.mesh)
   shard_index, num_shards = sharding.process_data_shard(run.mesh)
   batches = input_pipeline.train_iterator(
-      config.dataset, global_batch_size=config.batch_size, seed=config.seed, start_step=start,
-      shard_index=shard_index, num_shards=num_shards)
+      config.dataset,
+      global_batch_size=config.batch_size,
+      seed=config.seed,
+      start_step=start,
+      shard_index=shard_index,
+      num_shards=num_shards,
+  )
 
   pending, t_window, eval_metrics = [], time.perf_counter(), None
   for step in range(start + 1, num_steps + 1):
@@ -319,8 +420,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step % config.log_every_steps == 0 or evaluate_now or save_now:
       # Fetching metrics syncs with the device: done only here, so steps stay async.
       now = time.perf_counter()
-      writer.write(step, "train", summarize_window(run, step, jax.device_get(pending),
-                                                   now - t_window))
+      writer.write(
+          step, "train", summarize_window(run, step, jax.device_get(pending), now - t_window)
+      )
       pending, t_window = [], now
     if evaluate_now:
       state, eval_metrics = evaluate_and_schedule(run, eval_step, state)
@@ -341,10 +443,15 @@ def _finished_run(run: Run, state: train_state.TrainState) -> dict:
   step = int(state.step)
   eval_metrics = run.manager.restore_meta(step).get("eval")
   if eval_metrics is None:
-    eval_metrics = evaluate_and_schedule(run, make_eval_step(run.config, run.model, run.mesh),
-                                         state)[1]
-  run.log("%s already finished at step %d (num_train_steps %d); nothing to train.",
-          run.workdir, step, run.num_steps)
+    eval_metrics = evaluate_and_schedule(
+        run, make_eval_step(run.config, run.model, run.mesh), state
+    )[1]
+  run.log(
+      "%s already finished at step %d (num_train_steps %d); nothing to train.",
+      run.workdir,
+      step,
+      run.num_steps,
+  )
   if run.lead:
     reporting.finish(run.workdir, run.config, eval_metrics)
   return eval_metrics

@@ -3,6 +3,7 @@
 train.py steps and saves it; checkpoint.py restores it onto any mesh from the same abstract
 tree (`abstract_state`) and sharding rule (`state_shardings`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,13 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import sharding
+from alexnet_jax import optim, sharding
 
 
 @flax.struct.dataclass
 class TrainState:
   """Everything a run needs to continue exactly; the data position is `step`."""
+
   step: jax.Array
   params: Any
   opt_state: Any
@@ -34,9 +35,13 @@ def create_model(config, num_classes: int) -> model_lib.AlexNet:
 def _init_state(config, model, rng) -> TrainState:
   params = model.init(rng, jnp.zeros((1, *model_lib.IMAGE_SHAPE)), train=False)["params"]
   tx = optim.make_optimizer(config.optimizer)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    schedule=optim.PlateauState.create(),
-                    rng=jax.random.key_data(jax.random.key(config.seed)))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      schedule=optim.PlateauState.create(),
+      rng=jax.random.key_data(jax.random.key(config.seed)),
+  )
 
 
 def abstract_state(config, model) -> TrainState:
@@ -52,6 +57,8 @@ def state_shardings(mesh, abstract: TrainState) -> TrainState:
 def create_train_state(config, model, mesh, rng=None) -> TrainState:
   sharding.check_towers(mesh, model)
   rng = jax.random.key(config.seed) if rng is None else rng
-  init = jax.jit(functools.partial(_init_state, config, model),
-                 out_shardings=state_shardings(mesh, abstract_state(config, model)))
+  init = jax.jit(
+      functools.partial(_init_state, config, model),
+      out_shardings=state_shardings(mesh, abstract_state(config, model)),
+  )
   return init(rng)

@@ -48,6 +48,7 @@ VM; docs/performance.md). --xla_cpu_convs=ynn (or ALEXNET_JAX_YNN_CONVS=1) measu
 default. ALEXNET_JAX_HUGE_PAGES=1 restarts the benchmark with transparent huge pages for
 malloc's large blocks, as the CPU launch scripts do (alexnet_jax/huge_pages.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,7 @@ import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from benchmarks import flops as flops_lib
 from benchmarks import timing
@@ -68,9 +68,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 128, "Global training batch (the paper's 128).")
 flags.DEFINE_integer("steps", 3, "Timed steps per repeat and contender.")
 flags.DEFINE_integer("repeats", 3, "Repeats; each figure is the median over them.")
-flags.DEFINE_integer("overhead_pairs", 16,
-                     "Single-step pairs (with / without on-device augmentation) for "
-                     "augment_overhead_fraction.", lower_bound=1)
+flags.DEFINE_integer(
+    "overhead_pairs",
+    16,
+    "Single-step pairs (with / without on-device augmentation) for " "augment_overhead_fraction.",
+    lower_bound=1,
+)
 flags.DEFINE_string("mesh", "1,1", "data,tower mesh sizes (-1 fills with the devices left).")
 flags.DEFINE_float("width", 1.0, "Model width multiplier (1.0 = the paper; small = quick test).")
 flags.DEFINE_integer("num_classes", 1000, "Width of fc8.")
@@ -78,17 +81,25 @@ flags.DEFINE_integer("eval_batch_size", 16, "Images per 10-crop eval batch (10x 
 flags.DEFINE_integer("input_images", 384, "JPEGs written for the input-pipeline benchmark.")
 flags.DEFINE_integer("input_batches", 6, "Timed input-pipeline batches per repeat.")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square float32 matmul for the peak.")
-flags.DEFINE_enum("xla_cpu_convs", None, ["eigen", "ynn"],
-                  "CPU only. eigen: XLA's own convolutions, YNNPACK kept for dots (the steps' "
-                  "default, train.compiler_options()); ynn: jaxlib's default YNNPACK "
-                  "convolution fusions (sets ALEXNET_JAX_YNN_CONVS=1). Unset: as "
-                  "ALEXNET_JAX_YNN_CONVS says. A ynn option in XLA_FLAGS overrides both.")
+flags.DEFINE_enum(
+    "xla_cpu_convs",
+    None,
+    ["eigen", "ynn"],
+    "CPU only. eigen: XLA's own convolutions, YNNPACK kept for dots (the steps' "
+    "default, train.compiler_options()); ynn: jaxlib's default YNNPACK "
+    "convolution fusions (sets ALEXNET_JAX_YNN_CONVS=1). Unset: as "
+    "ALEXNET_JAX_YNN_CONVS says. A ynn option in XLA_FLAGS overrides both.",
+)
 flags.DEFINE_bool("torch", True, "Run the PyTorch contender (needs requirements-bench.txt).")
 flags.DEFINE_bool("torch_compile", True, "Also time the PyTorch contender under torch.compile.")
 flags.DEFINE_bool("input_pipeline", True, "Run the tf.data input-pipeline benchmark.")
-flags.DEFINE_enum("bf16", "auto", ["auto", "on", "off"],
-                  "Also measure bfloat16 (model.dtype=bfloat16): auto = on accelerators only; "
-                  "on = also on CPU (slow there: XLA:CPU emulates bf16 convolutions).")
+flags.DEFINE_enum(
+    "bf16",
+    "auto",
+    ["auto", "on", "off"],
+    "Also measure bfloat16 (model.dtype=bfloat16): auto = on accelerators only; "
+    "on = also on CPU (slow there: XLA:CPU emulates bf16 convolutions).",
+)
 
 YNN_CONVS_ENV = "ALEXNET_JAX_YNN_CONVS"  # read by train.compiler_options()
 
@@ -120,11 +131,18 @@ def _versions(torch_available: bool) -> dict:
   import jaxlib
   import optax
   import tensorflow as tf
-  v = {"python": platform.python_version(), "jax": jax.__version__,
-       "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
-       "tensorflow": tf.__version__}
+
+  v = {
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "flax": flax.__version__,
+      "optax": optax.__version__,
+      "tensorflow": tf.__version__,
+  }
   if torch_available:
     import torch
+
     v["torch"] = torch.__version__
   return v
 
@@ -133,16 +151,36 @@ def _overhead_figures(paired: timing.Timings, aug: str, noaug: str, *, cpu_time:
   """augment_overhead_fraction (paired median), its 90% interval, and on CPU the same
   pairs in process CPU time (None elsewhere: there the host's CPU time is not the step's)."""
   ratios = timing.pair_ratios(paired.wall[aug], paired.wall[noaug])
-  return {"augment_overhead_fraction": statistics.median(ratios),
-          "augment_overhead_fraction_ci90": timing.median_interval(ratios),
-          "augment_overhead_fraction_cpu_time":
-              timing.median_pair_overhead(paired.cpu[aug], paired.cpu[noaug]) if cpu_time else None}
+  return {
+      "augment_overhead_fraction": statistics.median(ratios),
+      "augment_overhead_fraction_ci90": timing.median_interval(ratios),
+      "augment_overhead_fraction_cpu_time": timing.median_pair_overhead(
+          paired.cpu[aug], paired.cpu[noaug]
+      )
+      if cpu_time
+      else None,
+  }
 
 
-def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
-                  num_classes=1000, eval_batch_size=16, input_images=384, input_batches=6,
-                  matmul_size=4096, use_torch=True, torch_compile=True, input_pipeline=True,
-                  bf16="auto", overhead_pairs=16, log=print) -> dict:
+def run_benchmark(
+    *,
+    batch_size=128,
+    steps=3,
+    repeats=3,
+    mesh="1,1",
+    width=1.0,
+    num_classes=1000,
+    eval_batch_size=16,
+    input_images=384,
+    input_batches=6,
+    matmul_size=4096,
+    use_torch=True,
+    torch_compile=True,
+    input_pipeline=True,
+    bf16="auto",
+    overhead_pairs=16,
+    log=print,
+) -> dict:
   """Runs every measurement; returns the JSON-able results (see the module docstring)."""
   from alexnet_jax import runtime
   # First, before JAX or TensorFlow loads: sets TF_CPP_MIN_LOG_LEVEL (their C++ logs) and
@@ -150,17 +188,20 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   runtime.setup()
   import jax
   import jax.numpy as jnp
-  from configs import default as default_config
 
   from alexnet_jax import sharding, train, train_state
   from benchmarks import contenders as contenders_lib
   from benchmarks import jpegs
+  from configs import default as default_config
 
   dev = jax.devices()[0]
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   on_cpu = dev.platform == "cpu"
-  device = (f"{jax.device_count()} x {dev.device_kind}" if not on_cpu else
-            f"{jax.device_count()} x CPU ({_cpu_name()}, {cores} cores)")
+  device = (
+      f"{jax.device_count()} x {dev.device_kind}"
+      if not on_cpu
+      else f"{jax.device_count()} x CPU ({_cpu_name()}, {cores} cores)"
+  )
   data, tower = (int(s) for s in mesh.split(","))
   cfg = default_config.get_config()  # every key the trainer reads, the paper's values
   cfg.batch_size = batch_size
@@ -169,12 +210,15 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   msh = sharding.make_mesh(data, tower)
   model = train_state.create_model(cfg, num_classes)
   flops = flops_lib.train_flops_per_image(model)
-  log(f"device: {device}; mesh data={msh.shape['data']} tower={msh.shape['tower']}; "
-      f"batch {batch_size}; width {width}; {flops / 1e9:.3f} GFLOP per training image")
+  log(
+      f"device: {device}; mesh data={msh.shape['data']} tower={msh.shape['tower']}; "
+      f"batch {batch_size}; width {width}; {flops / 1e9:.3f} GFLOP per training image"
+  )
 
   log("compiling the train steps (with and without on-device augmentation)...")
-  contenders, _ = contenders_lib.jax_train_runners(cfg, msh, model, batch_size, "float32",
-                                                    augment_alone=True)
+  contenders, _ = contenders_lib.jax_train_runners(
+      cfg, msh, model, batch_size, "float32", augment_alone=True
+  )
   augment_alone = contenders["augment_alone"]
   jax_steps = {"jax": contenders["aug"], "jax_noaug": contenders["noaug"]}
   contenders = {"jax": contenders["aug"]}
@@ -185,8 +229,9 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   elif use_torch:
     params = train_state.create_train_state(cfg, model, msh).params
     log("building the PyTorch contender...")
-    torch_run, torch_note = contenders_lib.torch_runner(params, width, num_classes, batch_size,
-                                                         cores)
+    torch_run, torch_note = contenders_lib.torch_runner(
+        params, width, num_classes, batch_size, cores
+    )
     if torch_run is None:
       log(f"PyTorch contender skipped: {torch_note}")
     else:
@@ -194,7 +239,8 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
       if torch_compile:
         log("compiling the PyTorch contender with torch.compile...")
         compiled_run, compiled_note = contenders_lib.torch_runner(
-            params, width, num_classes, batch_size, cores, compiled=True)
+            params, width, num_classes, batch_size, cores, compiled=True
+        )
         if compiled_run is None:
           log(f"torch.compile contender skipped: {compiled_note}")
         else:
@@ -213,13 +259,15 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   del jax_steps
 
   log("timing the augmentation alone, the 10-crop eval step and the peak matmul...")
-  augment_s = timing.time_in_rotation({"augment": augment_alone}, steps=10,
-                                      repeats=repeats).median
+  augment_s = timing.time_in_rotation({"augment": augment_alone}, steps=10, repeats=repeats).median
   del augment_alone
-  others = {"eval10": contenders_lib.eval_runner(cfg, msh, model, eval_batch_size),
-            "matmul": contenders_lib.matmul_runner(matmul_size, jnp.float32)}
-  other_s = timing.time_in_rotation(others, steps=2 if matmul_size > 2048 else 5,
-                                    repeats=repeats).median
+  others = {
+      "eval10": contenders_lib.eval_runner(cfg, msh, model, eval_batch_size),
+      "matmul": contenders_lib.matmul_runner(matmul_size, jnp.float32),
+  }
+  other_s = timing.time_in_rotation(
+      others, steps=2 if matmul_size > 2048 else 5, repeats=repeats
+  ).median
   del others
 
   r = {}
@@ -228,13 +276,17 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
   r["paired_train_images_per_sec"] = batch_size / paired.median["jax"]
   r["paired_train_noaug_images_per_sec"] = batch_size / paired.median["jax_noaug"]
   r["torch_train_images_per_sec"] = (batch_size / step_s["torch"]) if "torch" in step_s else None
-  r["ratio_vs_torch"] = (r["train_images_per_sec"] / r["torch_train_images_per_sec"]
-                         if r["torch_train_images_per_sec"] else None)
-  r["torch_compiled_train_images_per_sec"] = (batch_size / step_s["torch_compiled"]
-                                              if "torch_compiled" in step_s else None)
+  r["ratio_vs_torch"] = (
+      r["train_images_per_sec"] / r["torch_train_images_per_sec"]
+      if r["torch_train_images_per_sec"]
+      else None
+  )
+  r["torch_compiled_train_images_per_sec"] = (
+      batch_size / step_s["torch_compiled"] if "torch_compiled" in step_s else None
+  )
   compiled = r["torch_compiled_train_images_per_sec"]
   r["ratio_vs_torch_compiled"] = r["train_images_per_sec"] / compiled if compiled else None
-  r["peak_matmul_gflops"] = 2 * matmul_size ** 3 / other_s["matmul"] / 1e9
+  r["peak_matmul_gflops"] = 2 * matmul_size**3 / other_s["matmul"] / 1e9
   r["mfu"] = r["train_images_per_sec"] * flops / (r["peak_matmul_gflops"] * 1e9)
   r.update(_overhead_figures(paired, "jax", "jax_noaug", cpu_time=on_cpu))
   r["host_steal_fraction"] = host_steal
@@ -246,8 +298,11 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
     log(f"input pipeline: writing {input_images} JPEGs (~500x375) and timing tf.data...")
     with tempfile.TemporaryDirectory(prefix="alexnet_bench_jpegs_") as root:
       jpegs.write_jpeg_folder(root, input_images)
-      ip_s = timing.time_in_rotation({"input": contenders_lib.input_runner(root, batch_size)},
-                                     steps=input_batches, repeats=repeats).median
+      ip_s = timing.time_in_rotation(
+          {"input": contenders_lib.input_runner(root, batch_size)},
+          steps=input_batches,
+          repeats=repeats,
+      ).median
     r["input_pipeline_images_per_sec"] = batch_size / ip_s["input"]
     r["input_pipeline_vs_train"] = r["input_pipeline_images_per_sec"] / r["train_images_per_sec"]
   else:
@@ -257,35 +312,51 @@ def run_benchmark(*, batch_size=128, steps=3, repeats=3, mesh="1,1", width=1.0,
     log("bfloat16: train step and matmul peak...")
     bf, _ = contenders_lib.jax_train_runners(cfg, msh, model, batch_size, "bfloat16")
     bf_s = timing.time_in_rotation(
-        {"jax_bf16": bf["aug"],
-         "matmul_bf16": contenders_lib.matmul_runner(matmul_size, jnp.bfloat16)},
-        steps=steps, repeats=repeats).median
+        {
+            "jax_bf16": bf["aug"],
+            "matmul_bf16": contenders_lib.matmul_runner(matmul_size, jnp.bfloat16),
+        },
+        steps=steps,
+        repeats=repeats,
+    ).median
     bf_paired = timing.time_abba_pairs("aug", "noaug", bf, pairs=overhead_pairs)
     r["train_images_per_sec_bf16"] = batch_size / bf_s["jax_bf16"]
-    r["peak_matmul_gflops_bf16"] = 2 * matmul_size ** 3 / bf_s["matmul_bf16"] / 1e9
+    r["peak_matmul_gflops_bf16"] = 2 * matmul_size**3 / bf_s["matmul_bf16"] / 1e9
     r["mfu_bf16"] = r["train_images_per_sec_bf16"] * flops / (r["peak_matmul_gflops_bf16"] * 1e9)
-    r.update({f"{k}_bf16": v for k, v in
-              _overhead_figures(bf_paired, "aug", "noaug", cpu_time=False).items()})
+    r.update(
+        {
+            f"{k}_bf16": v
+            for k, v in _overhead_figures(bf_paired, "aug", "noaug", cpu_time=False).items()
+        }
+    )
 
-  r.update({
-      "device": device, "batch_size": batch_size,
-      "mesh": f"{msh.shape['data']},{msh.shape['tower']}",
-      "width": width, "steps": steps, "repeats": repeats, "cpu_cores": cores,
-      "train_flops_per_image": flops, "train_step_seconds": step_s["jax"],
-      "train_step_seconds_all": [round(x, 4) for x in timed.wall["jax"]],
-      "overhead_pairs": overhead_pairs,
-      # The overhead phase's single steps, pair i at index i.
-      "paired_aug_step_seconds": [round(x, 6) for x in paired.wall["jax"]],
-      "paired_noaug_step_seconds": [round(x, 6) for x in paired.wall["jax_noaug"]],
-      "paired_aug_step_cpu_seconds": [round(x, 6) for x in paired.cpu["jax"]],
-      "paired_noaug_step_cpu_seconds": [round(x, 6) for x in paired.cpu["jax_noaug"]],
-      "torch": torch_note, "torch_compiled": compiled_note,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      # What the steps (and the matmul) compiled with; None: jaxlib's defaults.
-      "compiler_options": train.compiler_options(),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-      "versions": _versions("torch" in step_s),
-  })
+  r.update(
+      {
+          "device": device,
+          "batch_size": batch_size,
+          "mesh": f"{msh.shape['data']},{msh.shape['tower']}",
+          "width": width,
+          "steps": steps,
+          "repeats": repeats,
+          "cpu_cores": cores,
+          "train_flops_per_image": flops,
+          "train_step_seconds": step_s["jax"],
+          "train_step_seconds_all": [round(x, 4) for x in timed.wall["jax"]],
+          "overhead_pairs": overhead_pairs,
+          # The overhead phase's single steps, pair i at index i.
+          "paired_aug_step_seconds": [round(x, 6) for x in paired.wall["jax"]],
+          "paired_noaug_step_seconds": [round(x, 6) for x in paired.wall["jax_noaug"]],
+          "paired_aug_step_cpu_seconds": [round(x, 6) for x in paired.cpu["jax"]],
+          "paired_noaug_step_cpu_seconds": [round(x, 6) for x in paired.cpu["jax_noaug"]],
+          "torch": torch_note,
+          "torch_compiled": compiled_note,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          # What the steps (and the matmul) compiled with; None: jaxlib's defaults.
+          "compiler_options": train.compiler_options(),
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+          "versions": _versions("torch" in step_s),
+      }
+  )
   return r
 
 
@@ -296,42 +367,57 @@ def _fmt_interval(ci) -> str:
 def format_table(r: dict) -> str:
   def fmt(v, spec):
     return "n/a" if v is None else format(v, spec)
+
   rows = [
       ("train images/s (ours, fp32, with augmentation)", fmt(r["train_images_per_sec"], ".2f")),
-      ("  overhead phase: with augmentation / ready 224 crops",
-       f'{fmt(r["paired_train_images_per_sec"], ".2f")} / '
-       f'{fmt(r["paired_train_noaug_images_per_sec"], ".2f")}'),
+      (
+          "  overhead phase: with augmentation / ready 224 crops",
+          f'{fmt(r["paired_train_images_per_sec"], ".2f")} / '
+          f'{fmt(r["paired_train_noaug_images_per_sec"], ".2f")}',
+      ),
       ("train images/s (PyTorch, same network)", fmt(r["torch_train_images_per_sec"], ".2f")),
       ("ratio vs PyTorch", fmt(r["ratio_vs_torch"], ".3f")),
-      ("train images/s (PyTorch, torch.compile)",
-       fmt(r["torch_compiled_train_images_per_sec"], ".2f")),
+      (
+          "train images/s (PyTorch, torch.compile)",
+          fmt(r["torch_compiled_train_images_per_sec"], ".2f"),
+      ),
       ("ratio vs PyTorch compiled", fmt(r["ratio_vs_torch_compiled"], ".3f")),
       ("peak fp32 matmul GFLOP/s", fmt(r["peak_matmul_gflops"], ".1f")),
       ("MFU (train FLOPs / matmul peak)", fmt(r["mfu"], ".3f")),
       ("augmentation overhead (fraction of step)", fmt(r["augment_overhead_fraction"], "+.3f")),
       ("  its 90% interval over the pairs", _fmt_interval(r["augment_overhead_fraction_ci90"])),
-      ("augmentation overhead (in process CPU time)",
-       fmt(r["augment_overhead_fraction_cpu_time"], "+.3f")),
-      ("augmentation alone (its jitted time / step on crops)",
-       fmt(r["augment_alone_fraction"], ".3f")),
+      (
+          "augmentation overhead (in process CPU time)",
+          fmt(r["augment_overhead_fraction_cpu_time"], "+.3f"),
+      ),
+      (
+          "augmentation alone (its jitted time / step on crops)",
+          fmt(r["augment_alone_fraction"], ".3f"),
+      ),
       ("CPU time stolen by the hypervisor while timing", fmt(r["host_steal_fraction"], ".3f")),
       ("eval 10-crop images/s", fmt(r["eval_10crop_images_per_sec"], ".2f")),
       ("input pipeline images/s (JPEG -> 256x256)", fmt(r["input_pipeline_images_per_sec"], ".1f")),
   ]
-  for key, label in (("train_images_per_sec_bf16", "train images/s (bf16)"),
-                     ("peak_matmul_gflops_bf16", "peak bf16 matmul GFLOP/s"),
-                     ("mfu_bf16", "MFU (bf16)"),
-                     ("augment_overhead_fraction_bf16", "augmentation overhead (bf16)")):
+  for key, label in (
+      ("train_images_per_sec_bf16", "train images/s (bf16)"),
+      ("peak_matmul_gflops_bf16", "peak bf16 matmul GFLOP/s"),
+      ("mfu_bf16", "MFU (bf16)"),
+      ("augment_overhead_fraction_bf16", "augmentation overhead (bf16)"),
+  ):
     if key in r:
       rows.append((label, fmt(r[key], "+.3f" if key.startswith("augment") else ".2f")))
   width = max(len(k) for k, _ in rows)
-  lines = [f"AlexNet benchmark on {r['device']}, batch {r['batch_size']}, mesh {r['mesh']}, "
-           f"width {r['width']} ({r['repeats']} repeats x {r['steps']} steps, medians; "
-           f"overhead: {r['overhead_pairs']} pairs of single steps)"]
+  lines = [
+      f"AlexNet benchmark on {r['device']}, batch {r['batch_size']}, mesh {r['mesh']}, "
+      f"width {r['width']} ({r['repeats']} repeats x {r['steps']} steps, medians; "
+      f"overhead: {r['overhead_pairs']} pairs of single steps)"
+  ]
   lines += [f"  {k:<{width}}  {v:>10}" for k, v in rows]
-  lines.append(f"  torch: {r['torch']}; XLA_FLAGS: {r['xla_flags'] or '(none)'}; "
-               f"compiler options: {r.get('compiler_options') or '(jaxlib defaults)'}; "
-               f"GLIBC_TUNABLES: {r.get('glibc_tunables') or '(none)'}")
+  lines.append(
+      f"  torch: {r['torch']}; XLA_FLAGS: {r['xla_flags'] or '(none)'}; "
+      f"compiler options: {r.get('compiler_options') or '(jaxlib defaults)'}; "
+      f"GLIBC_TUNABLES: {r.get('glibc_tunables') or '(none)'}"
+  )
   return "\n".join(lines)
 
 
@@ -339,15 +425,24 @@ def main(argv):
   del argv
   _choose_cpu_convs(FLAGS.xla_cpu_convs)
   t0 = time.perf_counter()
-  r = run_benchmark(batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
-                    mesh=FLAGS.mesh, width=FLAGS.width, num_classes=FLAGS.num_classes,
-                    eval_batch_size=FLAGS.eval_batch_size, input_images=FLAGS.input_images,
-                    input_batches=FLAGS.input_batches, matmul_size=FLAGS.matmul_size,
-                    use_torch=FLAGS.torch, torch_compile=FLAGS.torch_compile,
-                    input_pipeline=FLAGS.input_pipeline, bf16=FLAGS.bf16,
-                    overhead_pairs=FLAGS.overhead_pairs,
-                    log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}",
-                                      file=sys.stderr, flush=True))
+  r = run_benchmark(
+      batch_size=FLAGS.batch_size,
+      steps=FLAGS.steps,
+      repeats=FLAGS.repeats,
+      mesh=FLAGS.mesh,
+      width=FLAGS.width,
+      num_classes=FLAGS.num_classes,
+      eval_batch_size=FLAGS.eval_batch_size,
+      input_images=FLAGS.input_images,
+      input_batches=FLAGS.input_batches,
+      matmul_size=FLAGS.matmul_size,
+      use_torch=FLAGS.torch,
+      torch_compile=FLAGS.torch_compile,
+      input_pipeline=FLAGS.input_pipeline,
+      bf16=FLAGS.bf16,
+      overhead_pairs=FLAGS.overhead_pairs,
+      log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", file=sys.stderr, flush=True),
+  )
   print(format_table(r), flush=True)
   print(json.dumps(r, sort_keys=True), flush=True)
 

@@ -4,6 +4,7 @@ they are done (benchmarks.timing's contenders), after compiling and warming up.
 Imports JAX and, through alexnet_jax.input_pipeline, TensorFlow: import it after
 alexnet_jax.runtime.setup(). PyTorch is imported only by torch_runner.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,10 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import input_pipeline
-from alexnet_jax import sharding
-from alexnet_jax import train
-from alexnet_jax import train_state
+from alexnet_jax import input_pipeline, sharding, train, train_state
 
 
 # ---- JAX ----------------------------------------------------------------------------------
@@ -32,23 +30,30 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   data = sharding.batch_sharding(mesh)
   rng = jax.random.key(1)
   images_u8 = jax.device_put(
-      jax.random.randint(rng, (batch_size, 256, 256, 3), 0, 256).astype(jnp.uint8), data)
+      jax.random.randint(rng, (batch_size, 256, 256, 3), 0, 256).astype(jnp.uint8), data
+  )
   crops = jax.device_put(
-      jax.random.normal(rng, (batch_size, 224, 224, 3), jnp.float32) * 50.0, data)
+      jax.random.normal(rng, (batch_size, 224, 224, 3), jnp.float32) * 50.0, data
+  )
   labels = jax.device_put(jnp.arange(batch_size, dtype=jnp.int32) % model.num_classes, data)
   mean = 120.0 + 10.0 * jax.random.uniform(jax.random.key(2), (256, 256, 3))
   aug = jax.device_put(
-      train.AugmentConstants(mean, jnp.asarray(input_pipeline.IMAGENET_EIGVAL),
-                             jnp.asarray(input_pipeline.IMAGENET_EIGVEC)),
-      sharding.replicated(mesh))
+      train.AugmentConstants(
+          mean,
+          jnp.asarray(input_pipeline.IMAGENET_EIGVAL),
+          jnp.asarray(input_pipeline.IMAGENET_EIGVEC),
+      ),
+      sharding.replicated(mesh),
+  )
 
   runners = {}
   # One state threads through both steps: the same parameters in the same memory, so the
   # two differ only in the augmentation (each with its own had them train apart).
   box = {"state": train_state.create_train_state(cfg, model, mesh)}
   for name, on_device, images in (("aug", True, images_u8), ("noaug", False, crops)):
-    step = train.make_train_step(cfg, model, mesh, steps_per_epoch=10**6,
-                                 augment_on_device=on_device)
+    step = train.make_train_step(
+        cfg, model, mesh, steps_per_epoch=10**6, augment_on_device=on_device
+    )
     batch = {"image": images, "label": labels}
 
     def run(n, step=step, box=box, batch=batch):
@@ -65,8 +70,10 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   # The step's augmentation alone, on the same batch: the fusion it adds to the step,
   # timed to a few ms instead of inside a 5 s step that varies by +-15%. The same compiler
   # options as the step, so that it compiles to the same code.
-  augment_jit = jax.jit(functools.partial(train.augment_batch, cfg.augment, mesh),
-                        compiler_options=train.compiler_options())
+  augment_jit = jax.jit(
+      functools.partial(train.augment_batch, cfg.augment, mesh),
+      compiler_options=train.compiler_options(),
+  )
   step0 = jnp.zeros((), jnp.int32)
 
   def run_augment(n):
@@ -85,10 +92,16 @@ def eval_runner(cfg, mesh, model, eval_batch):
   step = train.make_eval_step(cfg, model, mesh, crops=10)
   params = train_state.create_train_state(cfg, model, mesh).params
   data = sharding.batch_sharding(mesh)
-  batch = {"image": jax.device_put(jax.random.randint(jax.random.key(3), (eval_batch, 256, 256, 3),
-                                                      0, 256).astype(jnp.uint8), data),
-           "label": jax.device_put(jnp.zeros((eval_batch,), jnp.int32), data),
-           "mask": jax.device_put(jnp.ones((eval_batch,), bool), data)}
+  batch = {
+      "image": jax.device_put(
+          jax.random.randint(jax.random.key(3), (eval_batch, 256, 256, 3), 0, 256).astype(
+              jnp.uint8
+          ),
+          data,
+      ),
+      "label": jax.device_put(jnp.zeros((eval_batch,), jnp.int32), data),
+      "mask": jax.device_put(jnp.ones((eval_batch,), bool), data),
+  }
   mean = jnp.full((256, 256, 3), 120.0, jnp.float32)
 
   def run(n):
@@ -132,9 +145,11 @@ def torch_runner(params, width, num_classes, batch_size, threads, compiled=False
   except ImportError:
     return None, "PyTorch is not installed (pip install -r requirements-bench.txt)"
   from benchmarks import torch_reference
+
   torch.set_num_threads(threads)
   net = torch_reference.load_jax_params(
-      torch_reference.AlexNetTorch(num_classes, width), jax_to_numpy(params))
+      torch_reference.AlexNetTorch(num_classes, width), jax_to_numpy(params)
+  )
   net = net.to(memory_format=torch.channels_last)
   optimizer = torch_reference.make_optimizer(net)
   if compiled:
@@ -142,7 +157,8 @@ def torch_runner(params, width, num_classes, batch_size, threads, compiled=False
   step = torch_reference.make_train_step(net, optimizer)
   gen = torch.Generator().manual_seed(0)
   images = (torch.randn(batch_size, 3, 224, 224, generator=gen) * 50.0).contiguous(
-      memory_format=torch.channels_last)
+      memory_format=torch.channels_last
+  )
   labels = torch.from_numpy(np.arange(batch_size) % num_classes).long()
 
   def run(n):
@@ -165,8 +181,15 @@ def jax_to_numpy(tree):
 def input_runner(root, batch_size):
   """input_pipeline.train_iterator over the JPEG folder root: each step one batch decoded to
   256x256."""
-  cfg = ml_collections.ConfigDict({"name": f"folder:{root}", "data_dir": None, "cache": False,
-                                   "shuffle_buffer": 1024, "stats_max_images": 64})
+  cfg = ml_collections.ConfigDict(
+      {
+          "name": f"folder:{root}",
+          "data_dir": None,
+          "cache": False,
+          "shuffle_buffer": 1024,
+          "stats_max_images": 64,
+      }
+  )
   it = input_pipeline.train_iterator(cfg, global_batch_size=batch_size, seed=0)
 
   def run(n):

@@ -10,8 +10,13 @@ def forward_macs(model) -> int:
   """
   (c1, c2, c3, c4, c5), (f6, f7) = model.layer_widths()
   t = model.num_towers
-  convs = [(55, 11, 3, c1), (27, 5, c1 // t, c2), (13, 3, c2, c3), (13, 3, c3 // t, c4),
-           (13, 3, c4 // t, c5)]
+  convs = [
+      (55, 11, 3, c1),
+      (27, 5, c1 // t, c2),
+      (13, 3, c2, c3),
+      (13, 3, c3 // t, c4),
+      (13, 3, c4 // t, c5),
+  ]
   macs = sum(side * side * k * k * cin * cout for side, k, cin, cout in convs)
   return macs + 6 * 6 * c5 * f6 + f6 * f7 + f7 * model.num_classes
 

@@ -1,5 +1,6 @@
 """ImageNet-like JPEGs for the input-pipeline benchmark, made from photos that ship with
 scikit-learn / scikit-image (no download)."""
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,13 @@ def _sample_photos():
   photos = []
   try:
     from sklearn.datasets import load_sample_images
+
     photos += list(load_sample_images().images)
   except Exception:  # noqa: BLE001 - any missing optional data is fine
     pass
   try:
     from skimage import data as skdata
+
     for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field"):
       try:
         img = getattr(skdata, name)()
@@ -49,6 +52,8 @@ def write_jpeg_folder(root: str, num_images: int, num_classes: int = 4, seed: in
     img = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BILINEAR)
     arr = np.asarray(img, np.float32) * rng.uniform(0.8, 1.2, 3) + rng.normal(0, 3, (1, 1, 3))
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    img.save(os.path.join(root, f"class_{i % num_classes}", f"img_{i:05d}.jpg"),
-             quality=int(rng.integers(85, 96)))
+    img.save(
+        os.path.join(root, f"class_{i % num_classes}", f"img_{i:05d}.jpg"),
+        quality=int(rng.integers(85, 96)),
+    )
   return root

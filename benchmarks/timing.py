@@ -11,6 +11,7 @@ schedules time them:
 read_cpu_jiffies / steal_fraction measure how much of the machine the hypervisor gave to
 others while they ran. Standard library only: importing this starts no JAX.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,13 +21,14 @@ from typing import Callable, NamedTuple
 
 
 class Timings(NamedTuple):
-  median: dict   # name -> median over repeats (or pairs) of wall seconds per step
-  wall: dict     # name -> every repeat's (or pair's) wall seconds per step
-  cpu: dict      # name -> every repeat's (or pair's) process CPU seconds (all threads)
+  median: dict  # name -> median over repeats (or pairs) of wall seconds per step
+  wall: dict  # name -> every repeat's (or pair's) wall seconds per step
+  cpu: dict  # name -> every repeat's (or pair's) process CPU seconds (all threads)
 
 
-def time_in_rotation(contenders: dict[str, Callable[[int], None]], *, steps: int,
-                     repeats: int) -> Timings:
+def time_in_rotation(
+    contenders: dict[str, Callable[[int], None]], *, steps: int, repeats: int
+) -> Timings:
   """Runs each contender once per repeat for `steps` steps, each timed run preceded by one
   untimed step: whoever runs right after another contender pays for its threads and the
   memory it freed (up to 30% of a step right after PyTorch), and that settles in the untimed
@@ -40,7 +42,7 @@ def time_in_rotation(contenders: dict[str, Callable[[int], None]], *, steps: int
   wall = {name: [] for name in names}
   cpu = {name: [] for name in names}
   for r in range(repeats):
-    for name in names[r % len(names):] + names[:r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       run = contenders[name]
       run(1)  # untimed: the previous contender's threads and freed memory settle here
       t0, c0 = time.perf_counter(), time.process_time()
@@ -50,8 +52,9 @@ def time_in_rotation(contenders: dict[str, Callable[[int], None]], *, steps: int
   return Timings({name: statistics.median(ts) for name, ts in wall.items()}, wall, cpu)
 
 
-def time_abba_pairs(a: str, b: str, contenders: dict[str, Callable[[int], None]], *,
-                    pairs: int) -> Timings:
+def time_abba_pairs(
+    a: str, b: str, contenders: dict[str, Callable[[int], None]], *, pairs: int
+) -> Timings:
   """Single steps of contenders a and b alternated ABBA (a b, b a, a b, ...), after one
   untimed step of each: entry i of each list is pair i, two steps run back to back.
 
@@ -93,7 +96,7 @@ def median_interval(values: list, level: float = 0.9) -> tuple[float, float] | N
   n, tail, k = len(values), (1.0 - level) / 2, 0
   cdf = 0.0  # P(Bin(n, 1/2) < k + 1), growing with k
   while k < n // 2:
-    cdf += math.comb(n, k) / 2 ** n
+    cdf += math.comb(n, k) / 2**n
     if cdf > tail:
       break
     k += 1

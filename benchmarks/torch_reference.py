@@ -8,6 +8,7 @@ each tower's channels separately, 3x3/2 max pooling, dropout 0.5 on fc6 and fc7,
 momentum 0.9 and weight decay 5e-4. `load_jax_params` copies the JAX model's parameters so the
 two compute the same function (tests/test_bench.py checks the forward to 1e-4).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,15 @@ from torch import nn
 from alexnet_jax import model as model_lib
 
 
-def local_response_norm(x: torch.Tensor, towers: int, *, size: int = 5, k: float = 2.0,
-                        alpha: float = 1e-4, beta: float = 0.75) -> torch.Tensor:
+def local_response_norm(
+    x: torch.Tensor,
+    towers: int,
+    *,
+    size: int = 5,
+    k: float = 2.0,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+) -> torch.Tensor:
   """The paper's LRN (alpha per squared term) within each tower's channels of NCHW x.
 
   b = a / (k + alpha * sum of a^2 over the `size` channels around it, in its tower)^beta,
@@ -32,7 +40,7 @@ def local_response_norm(x: torch.Tensor, towers: int, *, size: int = 5, k: float
   ct = c // towers
   xt = x.reshape(n, towers, ct, h, w)
   sq = F.pad(xt * xt, (0, 0, 0, 0, size // 2, size // 2))  # zero channels at tower edges
-  window = sum(sq[:, :, i:i + ct] for i in range(size))
+  window = sum(sq[:, :, i : i + ct] for i in range(size))
   return (xt * (k + alpha * window).pow(-beta)).reshape(n, c, h, w)
 
 
@@ -44,9 +52,9 @@ class AlexNetTorch(nn.Module):
     ref = model_lib.AlexNet(num_classes=num_classes, width=width)
     (c1, c2, c3, c4, c5), (f6, f7) = ref.layer_widths()
     self.towers = t = ref.num_towers
-    self.conv1 = nn.Conv2d(3, c1, 11, stride=4)                  # pads (0, 3) by hand
+    self.conv1 = nn.Conv2d(3, c1, 11, stride=4)  # pads (0, 3) by hand
     self.conv2 = nn.Conv2d(c1, c2, 5, padding=2, groups=t)
-    self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)                  # cross-tower
+    self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)  # cross-tower
     self.conv4 = nn.Conv2d(c3, c4, 3, padding=1, groups=t)
     self.conv5 = nn.Conv2d(c4, c5, 3, padding=1, groups=t)
     self.fc6 = nn.Linear(c5 * 6 * 6, f6)
@@ -82,14 +90,16 @@ def load_jax_params(net: AlexNetTorch, params) -> AlexNetTorch:
   tower's cin). fc6: JAX flattens pool5 as (H, W, C), PyTorch as (C, H, W), so its input
   rows are permuted.
   """
-  p = {name: {k: np.asarray(v, np.float32) for k, v in layer.items()}
-       for name, layer in params.items()}
+  p = {
+      name: {k: np.asarray(v, np.float32) for k, v in layer.items()}
+      for name, layer in params.items()
+  }
   sd = {}
   for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
-    w = _towers_to_out(p[name]["kernel"])                       # [kh, kw, cin, cout]
+    w = _towers_to_out(p[name]["kernel"])  # [kh, kw, cin, cout]
     sd[f"{name}.weight"] = w.transpose(3, 2, 0, 1)
     sd[f"{name}.bias"] = p[name]["bias"].reshape(-1)
-  w6 = _towers_to_out(p["fc6"]["kernel"])                        # [(h, w, c), out]
+  w6 = _towers_to_out(p["fc6"]["kernel"])  # [(h, w, c), out]
   c5 = net.conv5.out_channels
   side = int(round((w6.shape[0] // c5) ** 0.5))
   w6 = w6.reshape(side, side, c5, -1).transpose(2, 0, 1, 3).reshape(w6.shape[0], -1)
@@ -111,11 +121,13 @@ def make_optimizer(net: nn.Module, learning_rate: float = 0.01) -> torch.optim.O
 
 def make_train_step(net: nn.Module, optimizer: torch.optim.Optimizer):
   """(images NCHW float32, labels int64) -> loss: one SGD step (forward, backward, update)."""
+
   def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(net(images), labels)
     loss.backward()
     optimizer.step()
     return loss.detach()
+
   net.train()
   return step

@@ -8,6 +8,7 @@ full paper run with one switch flipped.
 Paper (ILSVRC-2012 val): LRN -1.4% top-1; overlapping pooling -0.4%; two towers vs the
 one-GPU net -1.7%; PCA lighting > 1% top-1.
 """
+
 from configs import paper
 
 
@@ -17,9 +18,9 @@ def get_config():
 
 def sweep():
   return [
-      {},                                    # the paper's network
-      {"model.lrn": False},                  # no local response normalisation
-      {"model.overlapping_pool": False},     # 2x2 stride-2 pooling
+      {},  # the paper's network
+      {"model.lrn": False},  # no local response normalisation
+      {"model.overlapping_pool": False},  # 2x2 stride-2 pooling
       {"model.one_tower": True, "mesh.tower": 1},  # the one-GPU net
-      {"augment.lighting_std": 0.0},         # no PCA lighting
+      {"augment.lighting_std": 0.0},  # no PCA lighting
   ]

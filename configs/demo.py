@@ -5,6 +5,7 @@ hundreds of steps: DESIGN.md #8), center-crop eval.
 
   python -m alexnet_jax.main --config=configs/demo.py --workdir=runs/demo
 """
+
 from configs import default
 
 

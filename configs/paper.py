@@ -8,6 +8,7 @@ the two towers on two devices of the mesh.
 ImageNet is never downloaded: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
 $DATA_DIR/downloads/manual (or --config.dataset.manual_dir); the first run prepares it.
 """
+
 from configs import default
 
 

@@ -1,4 +1,5 @@
 """Shared test setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
+
 import os
 
 os.environ["XLA_FLAGS"] = (

@@ -1,9 +1,11 @@
 """Device-side augmentation against independent NumPy references and statistics."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from scipy import stats as sps
 
 from alexnet_jax import augment
@@ -37,18 +39,26 @@ def test_crop_offsets_uniform_and_flips_half():
   """33 x 33 offsets equally likely (chi-square), flip rate 0.5, read off train_views' output."""
   crop, size, per_cell = 8, 40, 20  # 40 - 8 + 1 = 33 positions per axis, like 224 in 256
   n = 33 * 33 * per_cell
-  fn = jax.jit(lambda k: augment.train_views(
-      _coord_images(k.shape[0], size), k, mean_image=None, eigval=np.zeros(3),
-      eigvec=np.eye(3), crop_size=crop, lighting_std=0.0))
+  fn = jax.jit(
+      lambda k: augment.train_views(
+          _coord_images(k.shape[0], size),
+          k,
+          mean_image=None,
+          eigval=np.zeros(3),
+          eigvec=np.eye(3),
+          crop_size=crop,
+          lighting_std=0.0,
+      )
+  )
   keys = augment.example_keys(123, 0, jnp.arange(n))
-  out = np.concatenate([np.asarray(fn(keys[i:i + 4096])) for i in range(0, n, 4096)])
+  out = np.concatenate([np.asarray(fn(keys[i : i + 4096])) for i in range(0, n, 4096)])
   oy = out[:, 0, 0, 0].astype(int)
   flipped = out[:, 0, 0, 1] > out[:, 0, -1, 1]
   ox = np.where(flipped, out[:, 0, -1, 1], out[:, 0, 0, 1]).astype(int)
   assert oy.min() == 0 and oy.max() == 32 and ox.min() == 0 and ox.max() == 32
   # Each window is the exact slice at its offset.
   for i in range(0, n, 997):
-    ref = _coord_images(1, size)[0, oy[i]:oy[i] + crop, ox[i]:ox[i] + crop].astype(np.float32)
+    ref = _coord_images(1, size)[0, oy[i] : oy[i] + crop, ox[i] : ox[i] + crop].astype(np.float32)
     np.testing.assert_array_equal(out[i], ref[:, ::-1] if flipped[i] else ref)
   counts = np.bincount(oy * 33 + ox, minlength=33 * 33)
   assert sps.chisquare(counts).pvalue > 1e-3
@@ -71,14 +81,17 @@ def test_lighting_shift_in_eigen_span_with_right_std():
   eigvec = _random_basis(1)
   eigval = np.array([0.3, 0.05, 0.0], np.float32)  # rank 2: shift must lie in span(v1, v2)
   images = np.full((n, 16, 16, 3), 100, np.uint8)
-  out = jax.jit(lambda k: augment.train_views(
-      images, k, mean_image=None, eigval=eigval, eigvec=eigvec, crop_size=16,
-      lighting_std=0.1))(augment.example_keys(5, 0, jnp.arange(n)))
+  out = jax.jit(
+      lambda k: augment.train_views(
+          images, k, mean_image=None, eigval=eigval, eigvec=eigvec, crop_size=16, lighting_std=0.1
+      )
+  )(augment.example_keys(5, 0, jnp.arange(n)))
   out = np.asarray(out, np.float64)
   shift = out[:, 0, 0, :] - 100.0
   # One constant shift per image, over all its pixels.
-  np.testing.assert_allclose(out - 100.0, np.broadcast_to(shift[:, None, None], out.shape),
-                             atol=1e-3)
+  np.testing.assert_allclose(
+      out - 100.0, np.broadcast_to(shift[:, None, None], out.shape), atol=1e-3
+  )
   coeff = shift @ eigvec.astype(np.float64) / 255.0  # = alpha_i * lambda_i
   assert np.abs(coeff[:, 2]).max() < 1e-4  # no component along the null eigenvector
   for i in range(2):
@@ -88,8 +101,14 @@ def test_lighting_shift_in_eigen_span_with_right_std():
   # Components independent.
   assert abs(np.corrcoef(coeff[:, 0], coeff[:, 1])[0, 1]) < 0.06
   # Different each presentation: other step, other draws.
-  out2 = augment.train_views(images[:8], augment.example_keys(5, 1, jnp.arange(8)),
-                             mean_image=None, eigval=eigval, eigvec=eigvec, crop_size=16)
+  out2 = augment.train_views(
+      images[:8],
+      augment.example_keys(5, 1, jnp.arange(8)),
+      mean_image=None,
+      eigval=eigval,
+      eigvec=eigvec,
+      crop_size=16,
+  )
   assert not np.allclose(np.asarray(out2)[:, 0, 0], out[:8, 0, 0])
 
 
@@ -101,19 +120,33 @@ def test_train_views_equal_numpy_reference():
   eigval = np.array([0.2175, 0.0188, 0.0045], np.float32)
   eigvec = _random_basis(2)
   keys = augment.example_keys(11, 42, jnp.arange(b))
-  out = np.asarray(jax.jit(lambda im, k: augment.train_views(
-      im, k, mean_image=mean, eigval=eigval, eigvec=eigvec, scale=1 / 128))(images, keys))
+  out = np.asarray(
+      jax.jit(
+          lambda im, k: augment.train_views(
+              im, k, mean_image=mean, eigval=eigval, eigvec=eigvec, scale=1 / 128
+          )
+      )(images, keys)
+  )
   oy, ox, fl, alpha = map(np.asarray, augment.train_view_params(keys))
   for i in range(b):
     y, x = oy[i], ox[i]
-    ref = images[i, y:y + 224, x:x + 224].astype(np.float64) - mean[y:y + 224, x:x + 224]
+    ref = images[i, y : y + 224, x : x + 224].astype(np.float64) - mean[y : y + 224, x : x + 224]
     ref = ref + 255.0 * eigvec.astype(np.float64) @ (alpha[i] * eigval)
     ref = ref[:, ::-1] if fl[i] else ref
     np.testing.assert_allclose(out[i], ref / 128, atol=1e-4)
   # Center crop, no flip, no lighting: the plain center window minus the mean.
-  center = np.asarray(augment.train_views(images, keys, mean_image=mean, eigval=eigval,
-                                          eigvec=eigvec, random_crop=False, flip=False,
-                                          lighting_std=0.0))
+  center = np.asarray(
+      augment.train_views(
+          images,
+          keys,
+          mean_image=mean,
+          eigval=eigval,
+          eigvec=eigvec,
+          random_crop=False,
+          flip=False,
+          lighting_std=0.0,
+      )
+  )
   np.testing.assert_allclose(center, images[:, 16:240, 16:240] - mean[16:240, 16:240], atol=1e-4)
 
 
@@ -122,8 +155,13 @@ def test_eval_views_are_exact_windows():
   images = rs.randint(0, 256, (3, 256, 256, 3)).astype(np.uint8)
   mean = (rs.rand(256, 256, 3) * 255).astype(np.float32)
   x = images.astype(np.float32) - mean
-  by_hand = [x[:, 0:224, 0:224], x[:, 0:224, 32:256], x[:, 32:256, 0:224],
-             x[:, 32:256, 32:256], x[:, 16:240, 16:240]]
+  by_hand = [
+      x[:, 0:224, 0:224],
+      x[:, 0:224, 32:256],
+      x[:, 32:256, 0:224],
+      x[:, 32:256, 32:256],
+      x[:, 16:240, 16:240],
+  ]
   by_hand += [v[:, :, ::-1] for v in by_hand]
   ten = np.asarray(jax.jit(lambda im: augment.eval_views(im, mean_image=mean, crops=10))(images))
   assert ten.shape == (3, 10, 224, 224, 3)
@@ -144,12 +182,13 @@ def test_same_keys_same_batch_on_1x1_and_4x2_mesh(devices):
 
   def step(imgs, step_num, idx):
     keys = augment.example_keys(jax.random.key(9), step_num, idx)
-    return augment.train_views(imgs, keys, mean_image=mean, eigval=np.array([0.2, 0.02, 0.004]),
-                               eigvec=eigvec)
+    return augment.train_views(
+        imgs, keys, mean_image=mean, eigval=np.array([0.2, 0.02, 0.004]), eigvec=eigvec
+    )
 
   outs = []
   for shape in ((1, 1), (4, 2)):
-    mesh = Mesh(np.array(devices[:shape[0] * shape[1]]).reshape(shape), ('data', 'tower'))
+    mesh = Mesh(np.array(devices[: shape[0] * shape[1]]).reshape(shape), ('data', 'tower'))
     batch = NamedSharding(mesh, P('data'))
     fn = jax.jit(step, in_shardings=(batch, None, batch), out_shardings=batch)
     out = fn(jax.device_put(images, batch), 17, jax.device_put(np.arange(b), batch))

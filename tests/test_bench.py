@@ -1,5 +1,6 @@
 """The benchmark end to end on a tiny model, its timing statistics, the PyTorch contender
 against our network, and the package's independence from both."""
+
 import json
 import math
 import os
@@ -12,21 +13,31 @@ import numpy as np
 import pytest
 
 from alexnet_jax.model import AlexNet
-from benchmarks import flops
-from benchmarks import timing
+from benchmarks import flops, timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-FIGURES = ("train_images_per_sec", "torch_train_images_per_sec", "ratio_vs_torch",
-           "torch_compiled_train_images_per_sec", "ratio_vs_torch_compiled",
-           "peak_matmul_gflops", "mfu", "input_pipeline_images_per_sec",
-           "augment_overhead_fraction", "augment_alone_fraction", "eval_10crop_images_per_sec",
-           "paired_train_images_per_sec", "paired_train_noaug_images_per_sec")
+FIGURES = (
+    "train_images_per_sec",
+    "torch_train_images_per_sec",
+    "ratio_vs_torch",
+    "torch_compiled_train_images_per_sec",
+    "ratio_vs_torch_compiled",
+    "peak_matmul_gflops",
+    "mfu",
+    "input_pipeline_images_per_sec",
+    "augment_overhead_fraction",
+    "augment_alone_fraction",
+    "eval_10crop_images_per_sec",
+    "paired_train_images_per_sec",
+    "paired_train_noaug_images_per_sec",
+)
 
 
 def _torch_available():
   try:
     import torch  # noqa: F401
+
     return True
   except ImportError:
     return False
@@ -49,10 +60,22 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("ALEXNET_JAX_YNN_CONVS", None)
   with_torch = _torch_available()
-  cmd = [sys.executable, "-m", "benchmarks.bench", "--width=0.125", "--batch_size=8",
-         "--steps=1", "--repeats=1", "--eval_batch_size=2", "--input_images=16",
-         "--input_batches=1", "--matmul_size=512", "--mesh=1,1", "--bf16=on",
-         "--overhead_pairs=5"]
+  cmd = [
+      sys.executable,
+      "-m",
+      "benchmarks.bench",
+      "--width=0.125",
+      "--batch_size=8",
+      "--steps=1",
+      "--repeats=1",
+      "--eval_batch_size=2",
+      "--input_images=16",
+      "--input_batches=1",
+      "--matmul_size=512",
+      "--mesh=1,1",
+      "--bf16=on",
+      "--overhead_pairs=5",
+  ]
   if not with_torch:
     cmd.append("--notorch")
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -64,8 +87,12 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
     assert result[key], key
   assert result["batch_size"] == 8
   assert result["versions"]["jax"] == jax.__version__
-  bf16_figures = ("train_images_per_sec_bf16", "peak_matmul_gflops_bf16", "mfu_bf16",
-                  "augment_overhead_fraction_bf16")
+  bf16_figures = (
+      "train_images_per_sec_bf16",
+      "peak_matmul_gflops_bf16",
+      "mfu_bf16",
+      "augment_overhead_fraction_bf16",
+  )
   for key in FIGURES + bf16_figures:  # --bf16=on: the accelerator-only figures on CPU too
     assert key in result, key
     if key.startswith(("torch", "ratio_vs_torch")):
@@ -108,17 +135,23 @@ def test_the_package_never_imports_torch_or_the_benchmark(entry_point):
   imported the benchmark), leave PyTorch and `benchmarks` out of sys.modules: PyTorch is a
   benchmark-only dependency (requirements-bench.txt)."""
   package = os.path.join(REPO, "alexnet_jax")
-  library = sorted(f[:-3] for f in os.listdir(package)
-                   if f.endswith(".py") and f != "__init__.py" and f[:-3] not in ENTRY_POINTS)
+  library = sorted(
+      f[:-3]
+      for f in os.listdir(package)
+      if f.endswith(".py") and f != "__init__.py" and f[:-3] not in ENTRY_POINTS
+  )
   assert {"model", "train", "train_state", "input_pipeline"} <= set(library), library
   modules = ["alexnet_jax"] + [f"alexnet_jax.{m}" for m in library + [entry_point]]
-  code = ("import importlib, json, sys\n"
-          f"for name in {modules!r}:\n"
-          "  importlib.import_module(name)\n"
-          "print(json.dumps(sorted(m for m in sys.modules\n"
-          "                        if m.split('.')[0] in ('torch', 'benchmarks'))))\n")
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+  code = (
+      "import importlib, json, sys\n"
+      f"for name in {modules!r}:\n"
+      "  importlib.import_module(name)\n"
+      "print(json.dumps(sorted(m for m in sys.modules\n"
+      "                        if m.split('.')[0] in ('torch', 'benchmarks'))))\n"
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
@@ -129,10 +162,7 @@ def test_timing_rotates_the_order_and_settles_before_each_timed_run():
   timed = timing.time_in_rotation(contenders, steps=4, repeats=4)
   # One contender further along each repeat; every timed run (n=4) has an untimed step
   # (n=1) just before it.
-  order = ["a", "b", "c",
-           "b", "c", "a",
-           "c", "a", "b",
-           "a", "b", "c"]
+  order = ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
   assert calls == [c for name in order for c in ((name, 1), (name, 4))]
   assert all(len(ts) == 4 for ts in timed.wall.values())
   assert all(len(ts) == 4 for ts in timed.cpu.values())
@@ -155,6 +185,7 @@ def test_paired_overhead_is_the_median_of_same_repeat_ratios():
 
 def test_median_interval_is_the_binomial_order_statistic_interval():
   from scipy import stats
+
   values = [0.3, -0.1, 0.05, 0.2, 0.0, 0.12, -0.04, 0.08, 0.5, 0.01]
   # n=10 at 90%: P(Bin(10, 1/2) <= 1) = 11/1024 <= 0.05 < P(<= 2) = 56/1024, so the 2nd
   # and 9th smallest.
@@ -184,8 +215,9 @@ def test_steal_fraction_from_a_proc_stat_written_by_hand(tmp_path):
 def test_pytorch_reference_forward_equals_ours():
   """The benchmark compares the same network: on our weights, PyTorch's forward (groups=2
   convolutions, per-tower LRN, NCHW, (C, H, W) flatten) gives our logits to 1e-4."""
-  torch = pytest.importorskip("torch", reason="PyTorch is benchmark-only "
-                              "(requirements-bench.txt); not installed here")
+  torch = pytest.importorskip(
+      "torch", reason="PyTorch is benchmark-only " "(requirements-bench.txt); not installed here"
+  )
   from benchmarks import torch_reference
 
   model = AlexNet(num_classes=1000)
@@ -204,21 +236,37 @@ def test_pytorch_reference_forward_equals_ours():
   # The benchmark runs it channels-last: the same function.
   net = net.to(memory_format=torch.channels_last)
   with torch.no_grad():
-    cl = net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).contiguous(
-        memory_format=torch.channels_last)).numpy()
+    cl = net(
+        torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).contiguous(
+            memory_format=torch.channels_last
+        )
+    ).numpy()
   assert np.max(np.abs(ours - cl)) / np.max(np.abs(ours)) < 1e-4
 
 
 def test_pytorch_lrn_is_the_papers_within_each_tower():
-  torch = pytest.importorskip("torch", reason="PyTorch is benchmark-only "
-                              "(requirements-bench.txt); not installed here")
+  torch = pytest.importorskip(
+      "torch", reason="PyTorch is benchmark-only " "(requirements-bench.txt); not installed here"
+  )
   from benchmarks import torch_reference
+
   x = np.random.default_rng(0).normal(0, 40, (2, 6, 5, 96)).astype(np.float32)
   tf = pytest.importorskip("tensorflow")
   # TensorFlow's LRN is the paper's formula (alpha per squared term), on each tower's half.
-  want = np.concatenate([tf.nn.local_response_normalization(
-      h, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75).numpy()
-                         for h in np.split(x, 2, axis=-1)], axis=-1)
-  got = torch_reference.local_response_norm(
-      torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), towers=2).numpy().transpose(0, 2, 3, 1)
+  want = np.concatenate(
+      [
+          tf.nn.local_response_normalization(
+              h, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
+          ).numpy()
+          for h in np.split(x, 2, axis=-1)
+      ],
+      axis=-1,
+  )
+  got = (
+      torch_reference.local_response_norm(
+          torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), towers=2
+      )
+      .numpy()
+      .transpose(0, 2, 3, 1)
+  )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
 """Host pipeline against independent references: PIL, NumPy, the real TFDS imagenet2012 builder."""
+
 import hashlib
 import io
 import os
@@ -17,12 +18,21 @@ from alexnet_jax import input_pipeline as ip
 def _photos():
   """Real photos that ship with scikit-learn and scikit-image."""
   china, flower = load_sample_images().images
-  return [china, flower, skimage.data.astronaut(), skimage.data.chelsea(),
-          skimage.data.coffee(), skimage.data.camera(), skimage.data.rocket()]
+  return [
+      china,
+      flower,
+      skimage.data.astronaut(),
+      skimage.data.chelsea(),
+      skimage.data.coffee(),
+      skimage.data.camera(),
+      skimage.data.rocket(),
+  ]
 
 
 def _encode(array_or_image, fmt='JPEG', mode=None, **kw):
-  im = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+  im = (
+      array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+  )
   if mode:
     im = im.convert(mode)
   b = io.BytesIO()
@@ -38,7 +48,7 @@ def _pil_reference(im: Image.Image) -> np.ndarray:
   nw, nh = (w * 256 + s // 2) // s, (h * 256 + s // 2) // s
   r = np.asarray(im.resize((nw, nh), Image.BILINEAR))
   t, l = (nh - 256) // 2, (nw - 256) // 2
-  return r[t:t + 256, l:l + 256]
+  return r[t : t + 256, l : l + 256]
 
 
 def _digest(image) -> str:
@@ -66,8 +76,9 @@ def test_resize_center_crop_matches_pil_on_real_photos():
     data = _encode(photo, quality=90)
     decoded = Image.open(io.BytesIO(data))
     np.testing.assert_array_equal(ip.decode_image(data).numpy(), np.asarray(decoded.convert('RGB')))
-    np.testing.assert_array_equal(_in_tf_data(ip.decode_image, data).numpy(),
-                                  np.asarray(decoded.convert('RGB')))
+    np.testing.assert_array_equal(
+        _in_tf_data(ip.decode_image, data).numpy(), np.asarray(decoded.convert('RGB'))
+    )
     full = ip.preprocess_encoded(data).numpy()
     np.testing.assert_array_equal(full, _in_tf_data(ip.preprocess_encoded, data).numpy())
     assert np.abs(full.astype(int) - _pil_reference(decoded).astype(int)).max() <= 1
@@ -75,8 +86,15 @@ def test_resize_center_crop_matches_pil_on_real_photos():
 
 def test_decode_modes_become_rgb():
   photo = skimage.data.coffee()[:60, :90]
-  for mode, fmt in [('L', 'PNG'), ('P', 'PNG'), ('RGBA', 'PNG'), ('CMYK', 'JPEG'), ('RGB', 'BMP'),
-                    ('P', 'GIF'), ('RGB', 'WEBP')]:
+  for mode, fmt in [
+      ('L', 'PNG'),
+      ('P', 'PNG'),
+      ('RGBA', 'PNG'),
+      ('CMYK', 'JPEG'),
+      ('RGB', 'BMP'),
+      ('P', 'GIF'),
+      ('RGB', 'WEBP'),
+  ]:
     data = _encode(photo, fmt, mode=mode)
     ref = np.asarray(Image.open(io.BytesIO(data)).convert('RGB')).astype(int)
     for got in (ip.decode_image(data), _in_tf_data(ip.decode_image, data)):
@@ -88,10 +106,15 @@ def test_decode_modes_become_rgb():
 # folder: mixed formats, a corrupt file, the statistics.
 
 _MIXED = {  # relative path -> (photo index, format, mode)
-    'a/gray.png': (0, 'PNG', 'L'), 'a/palette.png': (1, 'PNG', 'P'), 'a/rgb.jpg': (2, 'JPEG', 'RGB'),
-    'b/cmyk.jpg': (3, 'JPEG', 'CMYK'), 'b/pic.bmp': (4, 'BMP', 'RGB'),
-    'b/rgba.png': (5, 'PNG', 'RGBA'), 'c/anim.gif': (6, 'GIF', 'P'),
-    'c/photo.webp': (0, 'WEBP', 'RGB'), 'c/scan.tiff': (1, 'TIFF', 'RGB'),
+    'a/gray.png': (0, 'PNG', 'L'),
+    'a/palette.png': (1, 'PNG', 'P'),
+    'a/rgb.jpg': (2, 'JPEG', 'RGB'),
+    'b/cmyk.jpg': (3, 'JPEG', 'CMYK'),
+    'b/pic.bmp': (4, 'BMP', 'RGB'),
+    'b/rgba.png': (5, 'PNG', 'RGBA'),
+    'c/anim.gif': (6, 'GIF', 'P'),
+    'c/photo.webp': (0, 'WEBP', 'RGB'),
+    'c/scan.tiff': (1, 'TIFF', 'RGB'),
 }
 _BROKEN = 'train/c/zz_broken.jpg'  # last in canonical order: a scan of the first 9 misses it
 
@@ -102,7 +125,7 @@ def mixed_folder(tmp_path_factory):
   photos = _photos()
   refs = {}
   for k, (rel, (i, fmt, mode)) in enumerate(sorted(_MIXED.items())):
-    crop = photos[i][20 * k:20 * k + 72, 30:140]  # small, distinct real-photo patches
+    crop = photos[i][20 * k : 20 * k + 72, 30:140]  # small, distinct real-photo patches
     path = root / 'train' / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_encode(crop, fmt, mode=mode))
@@ -111,7 +134,9 @@ def mixed_folder(tmp_path_factory):
   (root / _BROKEN).write_bytes(good[:200] + b'\x00garbage' * 40)  # valid header, broken body
   for c in 'abc':
     (root / 'val' / c).mkdir(parents=True)
-    (root / 'val' / c / 'v.png').write_bytes(_encode(photos[3][:40, :40 + 10 * 'abc'.index(c)], 'PNG'))
+    (root / 'val' / c / 'v.png').write_bytes(
+        _encode(photos[3][:40, : 40 + 10 * 'abc'.index(c)], 'PNG')
+    )
   return str(root), refs
 
 
@@ -119,8 +144,11 @@ def _match(images, labels, refs, tol):
   """Each pipeline image to the one reference it equals within tol; returns matched names."""
   names = []
   for image, label in zip(images, labels):
-    hits = [n for n, (r, l) in refs.items()
-            if np.abs(r.astype(int) - image.astype(int)).max() <= tol and l == label]
+    hits = [
+        n
+        for n, (r, l) in refs.items()
+        if np.abs(r.astype(int) - image.astype(int)).max() <= tol and l == label
+    ]
     assert len(hits) == 1, hits
     names.append(hits[0])
   return names
@@ -159,8 +187,9 @@ def test_folder_runtime_decode_failure_is_counted_and_named(mixed_folder):
 
 def test_folder_eval_covers_every_image_once(mixed_folder):
   root, _ = mixed_folder
-  batches = list(ip.eval_iterator({'name': f'folder:{root}'}, global_batch_size=2,
-                                  shard_index=0, num_shards=1))
+  batches = list(
+      ip.eval_iterator({'name': f'folder:{root}'}, global_batch_size=2, shard_index=0, num_shards=1)
+  )
   assert len(batches) == 2
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.tolist() == [True, True, True, False]
@@ -227,8 +256,10 @@ def test_process_streams_disjoint_cover_split_and_match_single_process(color_fol
   info = ip.dataset_info(cfg)
   n = info.num_train
   assert (n, info.num_eval, info.num_classes) == (30, 2, 3)
-  streams = [ip.train_iterator(cfg, global_batch_size=6, seed=5, shard_index=p, num_shards=2)
-             for p in range(2)]
+  streams = [
+      ip.train_iterator(cfg, global_batch_size=6, seed=5, shard_index=p, num_shards=2)
+      for p in range(2)
+  ]
   single = ip.train_iterator(cfg, global_batch_size=6, seed=5, shard_index=0, num_shards=1)
   steps = 3 * n // 6 + 2
   local = [[next(s) for _ in range(steps)] for s in streams]
@@ -244,17 +275,18 @@ def test_process_streams_disjoint_cover_split_and_match_single_process(color_fol
     order += _ids(local[0][t]) + _ids(local[1][t])
   train_ids = sorted(order[:n])
   assert len(set(train_ids)) == n  # each training image exactly once in epoch 0 ...
-  assert sorted(order[n:2 * n]) == train_ids and sorted(order[2 * n:3 * n]) == train_ids
-  assert order[:n] != order[n:2 * n]  # ... reshuffled every epoch
+  assert sorted(order[n : 2 * n]) == train_ids and sorted(order[2 * n : 3 * n]) == train_ids
+  assert order[:n] != order[n : 2 * n]  # ... reshuffled every epoch
   assert set(train_ids) == set(range(32)) - {10, 22}
-  per_process = [sum((_ids(b) for b in local[p][:n // 6]), []) for p in range(2)]
+  per_process = [sum((_ids(b) for b in local[p][: n // 6]), []) for p in range(2)]
   assert len(set(per_process[0])) == len(set(per_process[1])) == n // 2
   assert not set(per_process[0]) & set(per_process[1])
   assert set(per_process[0]) | set(per_process[1]) == set(train_ids)
   # Exact resume, including across an epoch boundary.
   for start in (1, n // 6 + 1, steps - 2):
-    resumed = ip.train_iterator(cfg, global_batch_size=6, seed=5, start_step=start,
-                                shard_index=1, num_shards=2)
+    resumed = ip.train_iterator(
+        cfg, global_batch_size=6, seed=5, start_step=start, shard_index=1, num_shards=2
+    )
     np.testing.assert_array_equal(next(resumed)['image'], local[1][start]['image'])
   other_seed = ip.train_iterator(cfg, global_batch_size=6, seed=6, shard_index=0, num_shards=1)
   assert _ids(next(other_seed)) != _ids(glob[0])
@@ -264,15 +296,19 @@ def test_process_streams_disjoint_cover_split_and_match_single_process(color_fol
 
 def test_padded_eval_mask_counts_every_image_once(color_folder, mixed_folder):
   cfg = {'name': f'folder:{color_folder}'}
-  per_process = [list(ip.eval_iterator(cfg, global_batch_size=4, shard_index=p, num_shards=2))
-                 for p in range(2)]
+  per_process = [
+      list(ip.eval_iterator(cfg, global_batch_size=4, shard_index=p, num_shards=2))
+      for p in range(2)
+  ]
   assert [len(b) for b in per_process] == [1, 1]
   seen = [i for batches in per_process for b in batches for i, m in zip(_ids(b), b['mask']) if m]
   assert sorted(seen) == [10, 22]
   # Uneven shares (3 images, 2 processes: 1 and 2): same number of batches, padding masked out.
   cfg = {'name': f'folder:{mixed_folder[0]}'}
-  per_process = [list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=p, num_shards=2))
-                 for p in range(2)]
+  per_process = [
+      list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=p, num_shards=2))
+      for p in range(2)
+  ]
   assert [len(b) for b in per_process] == [2, 2]
   masks = [np.concatenate([b['mask'] for b in batches]).tolist() for batches in per_process]
   assert masks == [[True, False], [True, True]]
@@ -304,12 +340,14 @@ def tiny_imagenet(tmp_path_factory):
   photos = _photos()
   expected = {}  # digest of the 256x256 image -> (split, label)
   import tensorflow_datasets as tfds
+
   names = tfds.features.ClassLabel(
-      names_file=os.path.join(os.path.dirname(tfds.__file__), 'datasets/imagenet2012/labels.txt'))
+      names_file=os.path.join(os.path.dirname(tfds.__file__), 'datasets/imagenet2012/labels.txt')
+  )
 
   def jpeg(k):
     photo = photos[k % len(photos)]
-    data = _encode(photo[10 * k:10 * k + 300, 15 * k:15 * k + 400], 'JPEG', mode='RGB')
+    data = _encode(photo[10 * k : 10 * k + 300, 15 * k : 15 * k + 400], 'JPEG', mode='RGB')
     return data, ip.preprocess_encoded(data).numpy()
 
   with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as outer:
@@ -328,15 +366,24 @@ def tiny_imagenet(tmp_path_factory):
       data, image = jpeg(10 + v)
       _tar_add(tar, f'ILSVRC2012_val_{v + 1:08d}.JPEG', data)
       expected[_digest(image)] = ('validation', names.str2int(synset))
-  cfg = {'name': 'imagenet2012', 'data_dir': str(root / 'data'), 'manual_dir': str(manual),
-         'shuffle_buffer': 4}
+  cfg = {
+      'name': 'imagenet2012',
+      'data_dir': str(root / 'data'),
+      'manual_dir': str(manual),
+      'shuffle_buffer': 4,
+  }
   info = ip.dataset_info(cfg)  # runs the real builder's download_and_prepare on the tars
   return cfg, info, expected
 
 
 def test_imagenet2012_builder_prepares_and_pipeline_reads_labels(tiny_imagenet):
   cfg, info, expected = tiny_imagenet
-  assert (info.name, info.num_classes, info.num_train, info.num_eval) == ('imagenet2012', 1000, 6, 3)
+  assert (info.name, info.num_classes, info.num_train, info.num_eval) == (
+      'imagenet2012',
+      1000,
+      6,
+      3,
+  )
   assert info.class_names[:2] == ('n01440764', 'n01443537')
   it = ip.train_iterator(cfg, global_batch_size=2, seed=0, shard_index=0, num_shards=1)
   got = []
@@ -347,18 +394,26 @@ def test_imagenet2012_builder_prepares_and_pipeline_reads_labels(tiny_imagenet):
   assert sorted(got) == want
   evals = list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=0, num_shards=1))
   assert len(evals) == 2 and evals[-1]['mask'].tolist() == [True, False]
-  got_eval = sorted((_digest(im), int(l)) for b in evals
-                    for im, l, m in zip(b['image'], b['label'], b['mask']) if m)
+  got_eval = sorted(
+      (_digest(im), int(l))
+      for b in evals
+      for im, l, m in zip(b['image'], b['label'], b['mask'])
+      if m
+  )
   assert got_eval == sorted((d, l) for d, (s, l) in expected.items() if s == 'validation')
   stats = ip.dataset_stats(cfg)
   assert stats.num_images == 6 and stats.bad_files == ()
-  assert os.path.exists(os.path.join(cfg['data_dir'], 'alexnet_jax_stats', 'imagenet2012_train.npz'))
+  assert os.path.exists(
+      os.path.join(cfg['data_dir'], 'alexnet_jax_stats', 'imagenet2012_train.npz')
+  )
 
 
 def test_imagenet2012_process_shards_and_resume(tiny_imagenet):
   cfg, _, expected = tiny_imagenet
-  streams = [ip.train_iterator(cfg, global_batch_size=2, seed=3, shard_index=p, num_shards=2)
-             for p in range(2)]
+  streams = [
+      ip.train_iterator(cfg, global_batch_size=2, seed=3, shard_index=p, num_shards=2)
+      for p in range(2)
+  ]
   local = [[_digest(next(s)['image'][0]) for _ in range(7)] for s in streams]
   train = {d for d, (s, _) in expected.items() if s == 'train'}
   # 3 steps = one epoch: each process reads its own 3 images; together the split once.
@@ -366,11 +421,14 @@ def test_imagenet2012_process_shards_and_resume(tiny_imagenet):
   assert set(local[0][:3]) | set(local[1][:3]) == train
   assert set(local[0][3:6]) == set(local[0][:3])  # the next epoch: same share, again once
   for start in (2, 4):  # resume within an epoch and after crossing into the next one
-    resumed = ip.train_iterator(cfg, global_batch_size=2, seed=3, start_step=start,
-                                shard_index=1, num_shards=2)
-    assert [_digest(next(resumed)['image'][0]) for _ in range(2)] == local[1][start:start + 2]
-  evals = [list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=p, num_shards=2))
-           for p in range(2)]
+    resumed = ip.train_iterator(
+        cfg, global_batch_size=2, seed=3, start_step=start, shard_index=1, num_shards=2
+    )
+    assert [_digest(next(resumed)['image'][0]) for _ in range(2)] == local[1][start : start + 2]
+  evals = [
+      list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=p, num_shards=2))
+      for p in range(2)
+  ]
   assert len(evals[0]) == len(evals[1]) == 2  # same count on every process (collectives)
   assert sum(int(b['mask'].sum()) for e in evals for b in e) == 3
 
@@ -381,8 +439,12 @@ def test_imagenet2012_missing_tars_fail_with_instructions(tmp_path):
     ip.dataset_info(cfg)
   msg = str(e.value)
   manual = os.path.join(str(tmp_path / 'tfds'), 'downloads', 'manual')
-  for part in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar', manual,
-               f'tfds build imagenet2012 --data_dir={tmp_path / "tfds"} --manual_dir={manual}'):
+  for part in (
+      'ILSVRC2012_img_train.tar',
+      'ILSVRC2012_img_val.tar',
+      manual,
+      f'tfds build imagenet2012 --data_dir={tmp_path / "tfds"} --manual_dir={manual}',
+  ):
     assert part in msg, part
 
 
@@ -401,6 +463,7 @@ def test_unprepared_tfds_dataset_and_unknown_name_fail_clearly(tmp_path):
 
 def test_digits_is_embedded_and_split_fixed(tmp_path):
   from sklearn.datasets import load_digits
+
   cfg = {'name': 'digits', 'data_dir': str(tmp_path)}
   info = ip.dataset_info(cfg)
   assert (info.num_classes, info.num_train, info.num_eval) == (10, 1500, 297)

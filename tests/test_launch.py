@@ -1,6 +1,7 @@
 """launch/: the sweep expansion and its SLURM array job, the scripts' syntax and usage
 lines, and when alexnet_jax.distributed decides that a run is multi-process. Fast: nothing
 here starts JAX in a subprocess."""
+
 import os
 import shlex
 import subprocess
@@ -29,13 +30,28 @@ def _sweep(*args):
 
 
 HAND_WRITTEN = [
-    ["python", "-m", "alexnet_jax.main", "--config=configs/demo.py",
-     f"--workdir=runs/sw/optimizer.learning_rate={lr},model.width={w}",
-     f"--config.optimizer.learning_rate={lr}", f"--config.model.width={w}",
-     "--config.num_train_steps=10"]
-    for lr in ("0.01", "0.02") for w in ("0.25", "0.5")]
-GRID = ["--config=configs/demo.py", "--workdir=runs/sw", "--python=python",
-        "--grid", "config.optimizer.learning_rate=0.01,0.02", "--grid", "model.width=0.25,0.5"]
+    [
+        "python",
+        "-m",
+        "alexnet_jax.main",
+        "--config=configs/demo.py",
+        f"--workdir=runs/sw/optimizer.learning_rate={lr},model.width={w}",
+        f"--config.optimizer.learning_rate={lr}",
+        f"--config.model.width={w}",
+        "--config.num_train_steps=10",
+    ]
+    for lr in ("0.01", "0.02")
+    for w in ("0.25", "0.5")
+]
+GRID = [
+    "--config=configs/demo.py",
+    "--workdir=runs/sw",
+    "--python=python",
+    "--grid",
+    "config.optimizer.learning_rate=0.01,0.02",
+    "--grid",
+    "model.width=0.25,0.5",
+]
 
 
 def test_sweep_2x2_grid_gives_the_four_commands():
@@ -45,20 +61,29 @@ def test_sweep_2x2_grid_gives_the_four_commands():
 
 def test_sweep_slurm_array_indexes_the_same_four_points(tmp_path):
   script = tmp_path / "sweep.sbatch"
-  out = _sweep(*GRID, "--mode=slurm", f"--slurm_script={script}",
-               "--sbatch=--gpus-per-node=8", "--", "--config.num_train_steps=10")
+  out = _sweep(
+      *GRID,
+      "--mode=slurm",
+      f"--slurm_script={script}",
+      "--sbatch=--gpus-per-node=8",
+      "--",
+      "--config.num_train_steps=10",
+  )
   assert str(script) in out
   assert _run(["bash", "-n", str(script)]).returncode == 0
   text = script.read_text()
   assert "#SBATCH --array=0-3\n" in text and "#SBATCH --gpus-per-node=8\n" in text
   assert 'exec srun "${CMD[@]}"' in text
   for i, expected in enumerate(HAND_WRITTEN):
-    r = _run(["bash", str(script)],
-             env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i), "SWEEP_DRY_RUN": "1"})
+    r = _run(
+        ["bash", str(script)],
+        env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i), "SWEEP_DRY_RUN": "1"},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == expected, i
-  r = _run(["bash", str(script)],
-           env={**os.environ, "SLURM_ARRAY_TASK_ID": "4", "SWEEP_DRY_RUN": "1"})
+  r = _run(
+      ["bash", str(script)], env={**os.environ, "SLURM_ARRAY_TASK_ID": "4", "SWEEP_DRY_RUN": "1"}
+  )
   assert r.returncode == 2 and "no grid point 4" in r.stderr
 
 
@@ -68,32 +93,61 @@ def test_sweep_from_a_config_sweep_function_and_launcher(tmp_path):
       "from configs import demo\n"
       "def get_config():\n  return demo.get_config()\n"
       "def sweep():\n"
-      "  return {'optimizer.learning_rate': [0.01, 0.05], 'model.lrn': [True]}\n")
-  out = _sweep(f"--config={cfg}", "--workdir=runs/x", "--grid", "seed=0,1",
-               "--launcher=launch/local_devices.sh 4")
+      "  return {'optimizer.learning_rate': [0.01, 0.05], 'model.lrn': [True]}\n"
+  )
+  out = _sweep(
+      f"--config={cfg}",
+      "--workdir=runs/x",
+      "--grid",
+      "seed=0,1",
+      "--launcher=launch/local_devices.sh 4",
+  )
   cmds = [shlex.split(line) for line in out.splitlines()]
   assert len(cmds) == 4
-  assert cmds[1] == ["launch/local_devices.sh", "4", f"--config={cfg}",
-                     "--workdir=runs/x/optimizer.learning_rate=0.01,model.lrn=true,seed=1",
-                     "--config.optimizer.learning_rate=0.01", "--config.model.lrn=true",
-                     "--config.seed=1"]
+  assert cmds[1] == [
+      "launch/local_devices.sh",
+      "4",
+      f"--config={cfg}",
+      "--workdir=runs/x/optimizer.learning_rate=0.01,model.lrn=true,seed=1",
+      "--config.optimizer.learning_rate=0.01",
+      "--config.model.lrn=true",
+      "--config.seed=1",
+  ]
   assert len({c[3] for c in cmds}) == 4  # one workdir per point
   # --no_config_sweep: the command-line grid alone.
-  out = _sweep(f"--config={cfg}", "--workdir=runs/x", "--grid", "seed=0,1",
-               "--no_config_sweep", "--python=py")
-  assert [shlex.split(l)[4] for l in out.splitlines()] == ["--workdir=runs/x/seed=0",
-                                                           "--workdir=runs/x/seed=1"]
+  out = _sweep(
+      f"--config={cfg}",
+      "--workdir=runs/x",
+      "--grid",
+      "seed=0,1",
+      "--no_config_sweep",
+      "--python=py",
+  )
+  assert [shlex.split(l)[4] for l in out.splitlines()] == [
+      "--workdir=runs/x/seed=0",
+      "--workdir=runs/x/seed=1",
+  ]
 
 
 def test_sweep_local_mode_runs_each_point_and_reports_failures(tmp_path):
   # A stand-in launcher: exits 1 for one point. Runs one after another.
   fake = tmp_path / "fake.sh"
-  fake.write_text('#!/usr/bin/env bash\necho "ran $*" >> "$(dirname "$0")/ran.txt"\n'
-                  '[[ "$*" != *seed=1* ]]\n')
+  fake.write_text(
+      '#!/usr/bin/env bash\necho "ran $*" >> "$(dirname "$0")/ran.txt"\n' '[[ "$*" != *seed=1* ]]\n'
+  )
   fake.chmod(0o755)
-  r = _run([sys.executable, os.path.join(LAUNCH, "sweep.py"), "--config=configs/demo.py",
-            f"--workdir={tmp_path}/runs", "--grid", "seed=0,1,2", "--mode=local",
-            f"--launcher={fake}"])
+  r = _run(
+      [
+          sys.executable,
+          os.path.join(LAUNCH, "sweep.py"),
+          "--config=configs/demo.py",
+          f"--workdir={tmp_path}/runs",
+          "--grid",
+          "seed=0,1,2",
+          "--mode=local",
+          f"--launcher={fake}",
+      ]
+  )
   assert r.returncode == 1, r.stdout + r.stderr
   assert "2 of 3 runs succeeded" in r.stdout
   ran = (tmp_path / "ran.txt").read_text().splitlines()
@@ -101,10 +155,8 @@ def test_sweep_local_mode_runs_each_point_and_reports_failures(tmp_path):
 
 
 def test_sweep_value_splitting_and_names():
-  assert sweep.split_values("0.1,(4.0,8.0),[1, 2],'a,b'") == ["0.1", "(4.0,8.0)", "[1, 2]",
-                                                             "'a,b'"]
-  assert sweep.run_name({"dataset.name": "folder:/data/x y"}) == \
-      "dataset.name=folder__data_x_y"
+  assert sweep.split_values("0.1,(4.0,8.0),[1, 2],'a,b'") == ["0.1", "(4.0,8.0)", "[1, 2]", "'a,b'"]
+  assert sweep.run_name({"dataset.name": "folder:/data/x y"}) == "dataset.name=folder__data_x_y"
   assert sweep.format_value((4.0, 8.0)) == "(4.0,8.0)"
   with pytest.raises(ValueError, match="share a workdir"):
     sweep.commands("c.py", "r", [{"a": "x/y"}, {"a": "x_y"}])
@@ -127,14 +179,22 @@ def test_launch_readme_has_an_example_per_script():
 
 
 def test_tpu_vm_runs_the_same_command_on_every_worker():
-  r = _run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), "my-tpu", "us-central2-b",
-            "--config=configs/paper.py", "--workdir=/mnt/runs/a b"],
-           env={**os.environ, "DRY_RUN": "1", "PROJECT": "proj"})
+  r = _run(
+      [
+          "bash",
+          os.path.join(LAUNCH, "tpu_vm.sh"),
+          "my-tpu",
+          "us-central2-b",
+          "--config=configs/paper.py",
+          "--workdir=/mnt/runs/a b",
+      ],
+      env={**os.environ, "DRY_RUN": "1", "PROJECT": "proj"},
+  )
   assert r.returncode == 0, r.stderr
   argv = shlex.split(r.stdout)
   assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
   assert "--worker=all" in argv and "--project=proj" in argv
-  remote = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+  remote = next(a for a in argv if a.startswith("--command="))[len("--command=") :]
   assert "ALEXNET_JAX_DISTRIBUTED=1" in remote
   assert "-m alexnet_jax.main --config=configs/paper.py --workdir=/mnt/runs/a\\ b" in remote
 
@@ -150,26 +210,51 @@ O = distributed.Options
 
 def test_single_process_by_default():
   assert distributed.resolve(O(), {}) is None
-  assert distributed.resolve(O(), {"SLURM_NTASKS": "1", "SLURM_PROCID": "0",
-                                   "SLURM_STEP_NODELIST": "n1", "SLURM_JOB_ID": "5"}) is None
+  assert (
+      distributed.resolve(
+          O(),
+          {
+              "SLURM_NTASKS": "1",
+              "SLURM_PROCID": "0",
+              "SLURM_STEP_NODELIST": "n1",
+              "SLURM_JOB_ID": "5",
+          },
+      )
+      is None
+  )
   assert distributed.resolve(O(), {"TPU_WORKER_HOSTNAMES": "w0"}) is None
 
 
 def test_explicit_flags_and_launcher_env():
-  plan = distributed.resolve(O(coordinator_address="10.0.0.1:1234", num_processes=4,
-                               process_id=3), {})
-  assert (plan.source, plan.coordinator_address, plan.num_processes, plan.process_id) == \
-      ("flags", "10.0.0.1:1234", 4, 3)
-  env = {distributed.ENV_COORDINATOR: "127.0.0.1:999", distributed.ENV_NUM_PROCESSES: "2",
-         distributed.ENV_PROCESS_ID: "1"}
+  plan = distributed.resolve(
+      O(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3), {}
+  )
+  assert (plan.source, plan.coordinator_address, plan.num_processes, plan.process_id) == (
+      "flags",
+      "10.0.0.1:1234",
+      4,
+      3,
+  )
+  env = {
+      distributed.ENV_COORDINATOR: "127.0.0.1:999",
+      distributed.ENV_NUM_PROCESSES: "2",
+      distributed.ENV_PROCESS_ID: "1",
+  }
   plan = distributed.resolve(O(), env)
-  assert (plan.source, plan.coordinator_address, plan.num_processes, plan.process_id) == \
-      ("env", "127.0.0.1:999", 2, 1)
+  assert (plan.source, plan.coordinator_address, plan.num_processes, plan.process_id) == (
+      "env",
+      "127.0.0.1:999",
+      2,
+      1,
+  )
   # Flags win over the environment; one process is a single-process run.
-  assert distributed.resolve(O(coordinator_address="h:1", num_processes=2, process_id=0),
-                             env).source == "flags"
-  assert distributed.resolve(O(num_processes=1, process_id=0, coordinator_address="h:1"),
-                             env) is None
+  assert (
+      distributed.resolve(O(coordinator_address="h:1", num_processes=2, process_id=0), env).source
+      == "flags"
+  )
+  assert (
+      distributed.resolve(O(num_processes=1, process_id=0, coordinator_address="h:1"), env) is None
+  )
   assert distributed.resolve(O(mode="off"), env) is None
   assert distributed.resolve(O(), {**env, distributed.ENV_DISTRIBUTED: "0"}) is None
 
@@ -180,16 +265,26 @@ def test_incomplete_or_inconsistent_settings_are_errors():
   with pytest.raises(ValueError, match="not in"):
     distributed.resolve(O(coordinator_address="h:1", num_processes=2, process_id=2), {})
   with pytest.raises(ValueError, match="must be an integer"):
-    distributed.resolve(O(), {distributed.ENV_COORDINATOR: "h:1",
-                              distributed.ENV_NUM_PROCESSES: "two",
-                              distributed.ENV_PROCESS_ID: "0"})
+    distributed.resolve(
+        O(),
+        {
+            distributed.ENV_COORDINATOR: "h:1",
+            distributed.ENV_NUM_PROCESSES: "two",
+            distributed.ENV_PROCESS_ID: "0",
+        },
+    )
   # --distributed=on lets JAX fill in the rest.
   assert distributed.resolve(O(mode="on", coordinator_address="h:1"), {}).source == "flags"
 
 
 def test_cluster_detection():
-  slurm = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "16",
-           "SLURM_PROCID": "9", "SLURM_LOCALID": "1"}
+  slurm = {
+      "SLURM_JOB_ID": "77",
+      "SLURM_STEP_NODELIST": "gpu[01-02]",
+      "SLURM_NTASKS": "16",
+      "SLURM_PROCID": "9",
+      "SLURM_LOCALID": "1",
+  }
   plan = distributed.resolve(O(), slurm)
   assert (plan.source, plan.num_processes, plan.process_id) == ("slurm", 16, 9)
   assert plan.coordinator_address is None  # JAX derives it from the node list
@@ -200,13 +295,20 @@ def test_cluster_detection():
 
 def test_main_defines_the_distributed_flags():
   r = _run([sys.executable, "-m", "alexnet_jax.main", "--helpfull"])
-  for flag in ("--coordinator_address", "--num_processes", "--process_id", "--distributed",
-               "--distributed_heartbeat_timeout", "--distributed_init_timeout"):
+  for flag in (
+      "--coordinator_address",
+      "--num_processes",
+      "--process_id",
+      "--distributed",
+      "--distributed_heartbeat_timeout",
+      "--distributed_init_timeout",
+  ):
     assert flag in r.stdout, flag
 
 
 # ---- which rows of each global batch a process feeds (sharding.data_block) -------------
 class _Dev:
+
   def __init__(self, process_index):
     self.process_index = process_index
 
@@ -214,17 +316,19 @@ class _Dev:
 def _grid(processes, data, tower):
   """A (data, tower) grid of fake devices, in jax.devices() order (process-major)."""
   per = data * tower // processes
-  return np.array([_Dev(i // per) for i in range(data * tower)], dtype=object).reshape(
-      data, tower)
+  return np.array([_Dev(i // per) for i in range(data * tower)], dtype=object).reshape(data, tower)
 
 
-@pytest.mark.parametrize("processes,data,tower,expected", [
-    (1, 4, 2, [(0, 1)]),                      # one process holds everything
-    (2, 2, 2, [(0, 2), (1, 2)]),              # 2 x 2 devices: each its half
-    (2, 1, 2, [(0, 1), (0, 1)]),              # towers split across processes: whole batch
-    (4, 2, 2, [(0, 2), (0, 2), (1, 2), (1, 2)]),  # pairs of processes share a data shard
-    (2, 8, 1, [(0, 2), (1, 2)]),
-])
+@pytest.mark.parametrize(
+    "processes,data,tower,expected",
+    [
+        (1, 4, 2, [(0, 1)]),  # one process holds everything
+        (2, 2, 2, [(0, 2), (1, 2)]),  # 2 x 2 devices: each its half
+        (2, 1, 2, [(0, 1), (0, 1)]),  # towers split across processes: whole batch
+        (4, 2, 2, [(0, 2), (0, 2), (1, 2), (1, 2)]),  # pairs of processes share a data shard
+        (2, 8, 1, [(0, 2), (1, 2)]),
+    ],
+)
 def test_data_block(processes, data, tower, expected):
   grid = _grid(processes, data, tower)
   assert [sharding.data_block(grid, 0, p) for p in range(processes)] == expected

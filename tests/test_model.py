@@ -1,4 +1,5 @@
 """The network against PAPER.md's numbers and an independently written grouped model."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,23 +24,34 @@ def _cat_towers(kernel):
   return np.concatenate(list(np.asarray(kernel)), axis=-1)
 
 
-def reference_forward(params, images, *, lrn=True, alpha=1e-4, k=2.0, pool=(3, 2),
-                      towers=2, dropout_masks=None):
+def reference_forward(
+    params, images, *, lrn=True, alpha=1e-4, k=2.0, pool=(3, 2), towers=2, dropout_masks=None
+):
   p = jax.tree.map(np.asarray, params)
   x = np.asarray(images, np.float32)
 
   def conv(x, name, stride, pad, groups):
     w, b = _cat_towers(p[name]["kernel"]), _cat_towers(p[name]["bias"][..., None, :])[0]
-    y = jax.lax.conv_general_dilated(x, w, (stride, stride), pad, feature_group_count=groups,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision="highest")
+    y = jax.lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        pad,
+        feature_group_count=groups,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision="highest",
+    )
     return np.maximum(np.asarray(y) + b, 0)
 
   def lrn_pool(y, with_lrn=True):
     halves = np.split(y, towers, axis=-1)
     if lrn and with_lrn:  # tf's formula is the paper's: alpha per squared term
-      halves = [tf.nn.local_response_normalization(h, depth_radius=2, bias=k, alpha=alpha,
-                                                   beta=0.75).numpy() for h in halves]
+      halves = [
+          tf.nn.local_response_normalization(
+              h, depth_radius=2, bias=k, alpha=alpha, beta=0.75
+          ).numpy()
+          for h in halves
+      ]
     y = np.concatenate(halves, -1)
     return tf.nn.max_pool2d(y, pool[0], pool[1], "VALID").numpy()
 
@@ -73,10 +85,18 @@ def test_every_layer_has_the_papers_output_shape():
   _, state = m.apply(variables, jnp.zeros((2, *IMG)), mutable=["intermediates"])
   got = {k: v[0].shape[1:] for k, v in state["intermediates"].items()}
   assert got == {  # PAPER.md, architecture table, "output (both towers)"
-      "conv1_out": (55, 55, 96), "pool1": (27, 27, 96),
-      "conv2_out": (27, 27, 256), "pool2": (13, 13, 256),
-      "conv3_out": (13, 13, 384), "conv4_out": (13, 13, 384), "conv5_out": (13, 13, 256),
-      "pool5": (6, 6, 256), "fc6_out": (4096,), "fc7_out": (4096,), "logits": (1000,)}
+      "conv1_out": (55, 55, 96),
+      "pool1": (27, 27, 96),
+      "conv2_out": (27, 27, 256),
+      "pool2": (13, 13, 256),
+      "conv3_out": (13, 13, 384),
+      "conv4_out": (13, 13, 384),
+      "conv5_out": (13, 13, 256),
+      "pool5": (6, 6, 256),
+      "fc6_out": (4096,),
+      "fc7_out": (4096,),
+      "logits": (1000,),
+  }
 
 
 @pytest.mark.parametrize("alpha_per_term", [True, False])
@@ -84,13 +104,20 @@ def test_lrn_equals_tensorflow(alpha_per_term):
   x = np.random.default_rng(0).normal(0, 30, (2, 7, 7, 48)).astype(np.float32)
   got = model_lib.local_response_norm(jnp.asarray(x), alpha_per_term=alpha_per_term)
   alpha = 1e-4 if alpha_per_term else 1e-4 / 5  # cuda-convnet/Caffe divide alpha by n
-  want = tf.nn.local_response_normalization(x, depth_radius=2, bias=2.0, alpha=alpha,
-                                            beta=0.75).numpy()
+  want = tf.nn.local_response_normalization(
+      x, depth_radius=2, bias=2.0, alpha=alpha, beta=0.75
+  ).numpy()
   np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
   # The two conventions really differ on these inputs (else this test could not fail).
-  assert _rel(got, tf.nn.local_response_normalization(
-      x, depth_radius=2, bias=2.0, alpha=1e-4 / 5 if alpha_per_term else 1e-4,
-      beta=0.75).numpy()) > 1e-3
+  assert (
+      _rel(
+          got,
+          tf.nn.local_response_normalization(
+              x, depth_radius=2, bias=2.0, alpha=1e-4 / 5 if alpha_per_term else 1e-4, beta=0.75
+          ).numpy(),
+      )
+      > 1e-3
+  )
 
 
 def test_lrn_does_not_cross_the_tower_boundary():
@@ -100,11 +127,18 @@ def test_lrn_does_not_cross_the_tower_boundary():
   _, state = m.apply(variables, images, mutable=["intermediates"])
   conv1 = np.asarray(state["intermediates"]["conv1_out"][0])  # post-ReLU, pre-LRN, 24 ch
   pool1 = np.asarray(state["intermediates"]["pool1"][0])
-  per_tower = np.concatenate([tf.nn.local_response_normalization(
-      h, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75).numpy()
-      for h in np.split(conv1, 2, -1)], -1)
-  across = tf.nn.local_response_normalization(conv1, depth_radius=2, bias=2.0, alpha=1e-4,
-                                              beta=0.75).numpy()
+  per_tower = np.concatenate(
+      [
+          tf.nn.local_response_normalization(
+              h, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
+          ).numpy()
+          for h in np.split(conv1, 2, -1)
+      ],
+      -1,
+  )
+  across = tf.nn.local_response_normalization(
+      conv1, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
+  ).numpy()
   want = tf.nn.max_pool2d(per_tower, 3, 2, "VALID").numpy()
   np.testing.assert_allclose(pool1, want, rtol=1e-5, atol=1e-5)
   assert _rel(pool1, tf.nn.max_pool2d(across, 3, 2, "VALID").numpy()) > 1e-4
@@ -197,8 +231,7 @@ def test_dropout_masks_are_independent_and_scaled():
   logits, clean = m.apply(variables, images, mutable=["intermediates"])
 
   def fc6(rng):
-    _, st = m.apply(variables, images, train=True, rngs={"dropout": rng},
-                    mutable=["intermediates"])
+    _, st = m.apply(variables, images, train=True, rngs={"dropout": rng}, mutable=["intermediates"])
     return np.asarray(st["intermediates"]["fc6_out"][0])
 
   pre = np.asarray(clean["intermediates"]["fc6_out"][0])
@@ -219,8 +252,9 @@ def test_dropout_masks_are_independent_and_scaled():
   assert np.all(pre >= 0) and alive.mean() > 0.2
 
 
-@pytest.mark.parametrize("shape", [(2, 224, 224), (2, 227, 227, 3), (2, 224, 224, 1),
-                                   (224, 224, 3)])
+@pytest.mark.parametrize(
+    "shape", [(2, 224, 224), (2, 227, 227, 3), (2, 224, 224, 1), (224, 224, 3)]
+)
 def test_bad_image_shape_says_what_is_expected(shape):
   m = AlexNet(num_classes=10, width=0.25)
   variables = jax.eval_shape(lambda: _init(m))
@@ -230,6 +264,7 @@ def test_bad_image_shape_says_what_is_expected(shape):
 
 def test_from_config_rejects_unknown_keys():
   import ml_collections
+
   cfg = ml_collections.ConfigDict({"width": 0.5, "lrn": False, "nonsense": 1})
   with pytest.raises(ValueError, match="nonsense"):
     model_lib.from_config(cfg, num_classes=10)

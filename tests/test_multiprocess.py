@@ -13,6 +13,7 @@ must restore in this single process on 1 device and on 8.
 Everything is bounded by timeouts and uses loopback only. A persistent compilation cache
 shared by the runs keeps the restarted run from compiling again.
 """
+
 import json
 import os
 import re
@@ -27,15 +28,21 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEARTBEAT = 10      # --distributed_heartbeat_timeout of the runs here
-KILL_BOUND = 60     # seconds from SIGKILL of worker 1 to the end of process 0
+HEARTBEAT = 10  # --distributed_heartbeat_timeout of the runs here
+KILL_BOUND = 60  # seconds from SIGKILL of worker 1 to the end of process 0
 STEPS = 3
 RUN_FLAGS = [
-    "--config=configs/demo.py", f"--config.num_train_steps={STEPS}",
-    "--config.batch_size=8", "--config.eval_batch_size=8", "--config.model.width=0.125",
-    "--config.log_every_steps=1", f"--config.eval_every_steps={STEPS}",
-    "--config.checkpoint_every_steps=1", "--config.max_eval_batches=1",
-    "--config.dataset.cache=False", f"--distributed_heartbeat_timeout={HEARTBEAT}",
+    "--config=configs/demo.py",
+    f"--config.num_train_steps={STEPS}",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.model.width=0.125",
+    "--config.log_every_steps=1",
+    f"--config.eval_every_steps={STEPS}",
+    "--config.checkpoint_every_steps=1",
+    "--config.max_eval_batches=1",
+    "--config.dataset.cache=False",
+    f"--distributed_heartbeat_timeout={HEARTBEAT}",
     "--distributed_init_timeout=120",
 ]
 
@@ -48,11 +55,15 @@ def _env(cache_dir=None, **extra):
   for k in list(env):
     if k.startswith("ALEXNET_JAX_") and k != "ALEXNET_JAX_CACHE":
       env.pop(k)
-  env.update(JAX_PLATFORMS="cpu", PYTHON=sys.executable, QUIET="1", GRACE_SECONDS="300",
-             PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+  env.update(
+      JAX_PLATFORMS="cpu",
+      PYTHON=sys.executable,
+      QUIET="1",
+      GRACE_SECONDS="300",
+      PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
+  )
   if cache_dir:
-    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   env.update(extra)
   return env
 
@@ -66,8 +77,9 @@ def _tail(path, n=3000):
 
 
 def _launch(args, env, log):
-  return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True)
+  return subprocess.Popen(
+      args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+  )
 
 
 def _stop(proc):
@@ -90,8 +102,15 @@ def runs(tmp_path_factory):
   cache = str(root / "jax_cache")
   out = {"root": root}
   mp_dir = str(root / "two_procs")
-  mp_cmd = [os.path.join(REPO, "launch", "multiprocess_local.sh"), "2", "2", *RUN_FLAGS,
-            f"--workdir={mp_dir}", "--config.mesh.data=2", "--config.mesh.tower=2"]
+  mp_cmd = [
+      os.path.join(REPO, "launch", "multiprocess_local.sh"),
+      "2",
+      "2",
+      *RUN_FLAGS,
+      f"--workdir={mp_dir}",
+      "--config.mesh.data=2",
+      "--config.mesh.tower=2",
+  ]
   procs = []
   try:
     # 1. Two processes; SIGKILL worker 1 once the step-1 checkpoint is complete.
@@ -118,9 +137,19 @@ def runs(tmp_path_factory):
     # (data=1, tower=2): both processes hold, and must feed, the whole batch.
     towers_dir = str(root / "towers_split")
     towers_log = open(root / "launcher_towers.txt", "w")
-    towers = _launch([os.path.join(REPO, "launch", "multiprocess_local.sh"), "2", "1",
-                      *RUN_FLAGS, f"--workdir={towers_dir}", "--config.mesh.data=1",
-                      "--config.mesh.tower=2"], _env(cache), towers_log)
+    towers = _launch(
+        [
+            os.path.join(REPO, "launch", "multiprocess_local.sh"),
+            "2",
+            "1",
+            *RUN_FLAGS,
+            f"--workdir={towers_dir}",
+            "--config.mesh.data=1",
+            "--config.mesh.tower=2",
+        ],
+        _env(cache),
+        towers_log,
+    )
     procs.append(towers)
 
     # 2. The same command again: resumes from the last checkpoint.
@@ -128,8 +157,11 @@ def runs(tmp_path_factory):
     with open(root / "launcher_resumed.txt", "w") as log:
       proc = _launch(mp_cmd, _env(cache, LOG_DIR=logs2), log)
       procs.append(proc)
-      out["resume"] = {"rc": _wait(proc, 400), "logs": logs2,
-                       "launcher": _tail(root / "launcher_resumed.txt")}
+      out["resume"] = {
+          "rc": _wait(proc, 400),
+          "logs": logs2,
+          "launcher": _tail(root / "launcher_resumed.txt"),
+      }
     out["two_procs"] = mp_dir
 
     # 3. References, concurrently: 1 process x 4 devices, 1 process x 1 device.
@@ -137,18 +169,29 @@ def runs(tmp_path_factory):
     started = {}
     for name, (n, data, tower) in refs.items():
       log = open(root / f"{name}.txt", "w")
-      cmd = [os.path.join(REPO, "launch", "local_devices.sh"), n, *RUN_FLAGS,
-             f"--workdir={root / name}", f"--config.mesh.data={data}",
-             f"--config.mesh.tower={tower}"]
+      cmd = [
+          os.path.join(REPO, "launch", "local_devices.sh"),
+          n,
+          *RUN_FLAGS,
+          f"--workdir={root / name}",
+          f"--config.mesh.data={data}",
+          f"--config.mesh.tower={tower}",
+      ]
       started[name] = (_launch(cmd, _env(cache), log), log)
       procs.append(started[name][0])
     for name, (proc, log) in started.items():
-      out[name] = {"rc": _wait(proc, 400), "workdir": str(root / name),
-                   "log": _tail(root / f"{name}.txt")}
+      out[name] = {
+          "rc": _wait(proc, 400),
+          "workdir": str(root / name),
+          "log": _tail(root / f"{name}.txt"),
+      }
       log.close()
-    out["towers_split"] = {"rc": _wait(towers, 400), "workdir": towers_dir,
-                           "log": _tail(root / "launcher_towers.txt") + _tail(
-                               os.path.join(towers_dir, "logs", "process_0.log"))}
+    out["towers_split"] = {
+        "rc": _wait(towers, 400),
+        "workdir": towers_dir,
+        "log": _tail(root / "launcher_towers.txt")
+        + _tail(os.path.join(towers_dir, "logs", "process_0.log")),
+    }
     towers_log.close()
     yield out
   finally:
@@ -158,6 +201,7 @@ def runs(tmp_path_factory):
 
 def _params(workdir, mesh=None):
   from alexnet_jax import checkpoint
+
   config, variables = checkpoint.restore(workdir, mesh=mesh)
   return config, variables["params"]
 
@@ -169,8 +213,10 @@ def _assert_same_params(a, b, what):
     x, y = np.asarray(x), np.asarray(y)
     assert x.shape == y.shape, (what, path)
     rel = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12)
-    assert rel <= 1e-5, (f"{what}: {jax.tree_util.keystr(path)} differs by {rel:.2e} "
-                         f"(relative), max |diff| {np.abs(x - y).max():.2e}")
+    assert rel <= 1e-5, (
+        f"{what}: {jax.tree_util.keystr(path)} differs by {rel:.2e} "
+        f"(relative), max |diff| {np.abs(x - y).max():.2e}"
+    )
 
 
 def _statuses(launcher_output):
@@ -184,11 +230,13 @@ def test_killed_worker_ends_the_other_process(runs):
   k = runs["kill"]
   assert k["before_kill_rc"] is None, (
       f"the 2-process run ended before its step-1 checkpoint:\n{k['launcher']}\n"
-      f"{_tail(os.path.join(k['logs'], 'process_0.log'))}")
+      f"{_tail(os.path.join(k['logs'], 'process_0.log'))}"
+  )
   assert "rc" in k, f"no step-1 checkpoint appeared:\n{k['launcher']}"
   assert k["rc"] is not None, (
       f"process 0 still ran {KILL_BOUND + 60} s after worker 1 was killed (hang):\n"
-      f"{_tail(os.path.join(k['logs'], 'process_0.log'))}")
+      f"{_tail(os.path.join(k['logs'], 'process_0.log'))}"
+  )
   assert k["rc"] != 0
   assert k["seconds"] < KILL_BOUND, f"took {k['seconds']:.0f} s"
   status = _statuses(k["launcher"])
@@ -219,7 +267,7 @@ def test_restarted_run_resumes_and_writes_from_process_0_only(runs):
   # may have logged a step whose checkpoint it did not finish; that one comes earlier).
   resumed_from = int(m.group(1))
   mine = [(s, "train") for s in range(resumed_from + 1, STEPS + 1)] + [(STEPS, "eval")]
-  assert keys[-len(mine):] == mine, keys
+  assert keys[-len(mine) :] == mine, keys
   assert keys.count((STEPS, "eval")) == 1, keys
   assert os.path.exists(os.path.join(workdir, "learning_curve.png"))
   # One TensorBoard event file per launch (the killed one and the resumed one), both from
@@ -241,16 +289,19 @@ def test_two_processes_match_one_process_with_4_and_with_1_device(runs):
   _assert_same_params(four, one, "1 process x 4 devices vs 1 x 1")
   _assert_same_params(mp, four, "2 processes x 2 devices vs 1 x 4")
   _assert_same_params(mp, one, "2 processes x 2 devices vs 1 x 1")
+
   # The loss curves agree too (process 0's metrics of the 2-process run).
   def losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       rows = [json.loads(line) for line in f]
     return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
   ref = losses(runs["one_proc_1dev"]["workdir"])
   got = losses(runs["two_procs"])
   assert sorted(ref) == sorted(got) == list(range(1, STEPS + 1))
-  np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      [got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)], rtol=1e-5
+  )
 
 
 @pytest.mark.slow
@@ -272,6 +323,7 @@ def test_towers_split_across_two_processes_match_one_device(runs):
 def test_two_process_checkpoint_restores_in_one_process(runs, devices):
   assert runs["resume"]["rc"] == 0, runs["resume"]["launcher"]
   from alexnet_jax import sharding
+
   workdir = runs["two_procs"]
   config, one = _params(workdir)  # default: one device of this process
   assert config.mesh.data == 2 and config.mesh.tower == 2
@@ -296,16 +348,36 @@ def test_unreachable_coordinator_and_missing_process_end_with_clear_errors(tmp_p
   # Process 0 serves at port0 and waits for a process 1 that never comes; process 1 looks
   # for its coordinator at port1, where nothing listens.
   ports = {0: _free_port(), 1: _free_port()}
-  cmd = [sys.executable, "-m", "alexnet_jax.main", *RUN_FLAGS, "--distributed_init_timeout=5",
-         "--config.mesh.data=-1", "--config.mesh.tower=1"]
+  cmd = [
+      sys.executable,
+      "-m",
+      "alexnet_jax.main",
+      *RUN_FLAGS,
+      "--distributed_init_timeout=5",
+      "--config.mesh.data=-1",
+      "--config.mesh.tower=1",
+  ]
   procs = {}
   for pid in (0, 1):
-    env = _env(None, ALEXNET_JAX_NUM_PROCESSES="2", ALEXNET_JAX_PROCESS_ID=str(pid),
-               ALEXNET_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{ports[pid]}")
+    env = _env(
+        None,
+        ALEXNET_JAX_NUM_PROCESSES="2",
+        ALEXNET_JAX_PROCESS_ID=str(pid),
+        ALEXNET_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{ports[pid]}",
+    )
     log = open(tmp_path / f"p{pid}.txt", "w")
-    procs[pid] = (subprocess.Popen(cmd + [f"--workdir={tmp_path / f'w{pid}'}"], cwd=REPO,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True), log, time.monotonic())
+    procs[pid] = (
+        subprocess.Popen(
+            cmd + [f"--workdir={tmp_path / f'w{pid}'}"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ),
+        log,
+        time.monotonic(),
+    )
   try:
     for pid, (proc, log, t0) in procs.items():
       rc = _wait(proc, 120)
@@ -313,8 +385,7 @@ def test_unreachable_coordinator_and_missing_process_end_with_clear_errors(tmp_p
       text = _tail(tmp_path / f"p{pid}.txt", 10**6)
       assert rc is not None, f"process {pid} hung:\n{text[-3000:]}"
       assert rc == 1, text[-3000:]
-      expected = ("did not finish within 5 s" if pid == 0
-                  else "could not reach the JAX coordinator")
+      expected = "did not finish within 5 s" if pid == 0 else "could not reach the JAX coordinator"
       assert expected in text, text[-3000:]
   finally:
     for proc, _, _ in procs.values():

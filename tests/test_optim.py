@@ -1,4 +1,5 @@
 """The paper's update rule and schedules against NumPy and hand-worked sequences."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,10 +11,20 @@ from alexnet_jax import optim
 
 
 def _opt_config(**kw):
-  c = ml_collections.ConfigDict(dict(learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
-                                     decay_biases=False, schedule="step", drop_factor=0.1,
-                                     drop_epochs=(0.5,), patience=2, max_drops=3,
-                                     min_delta=0.0))
+  c = ml_collections.ConfigDict(
+      dict(
+          learning_rate=0.01,
+          momentum=0.9,
+          weight_decay=5e-4,
+          decay_biases=False,
+          schedule="step",
+          drop_factor=0.1,
+          drop_epochs=(0.5,),
+          patience=2,
+          max_drops=3,
+          min_delta=0.0,
+      )
+  )
   c.update(kw)
   return c
 
@@ -29,14 +40,21 @@ def _run(tx_update, params, grads_seq, lrs):
 @pytest.mark.parametrize("decay_biases", [False, True])
 def test_update_equals_the_papers_two_lines_across_a_learning_rate_drop(decay_biases):
   rng = np.random.default_rng(0)
-  params = {"conv": {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
-                     "bias": rng.normal(size=(4,)).astype(np.float32)}}
-  grads_seq = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
-               for _ in range(10)]
+  params = {
+      "conv": {
+          "kernel": rng.normal(size=(3, 4)).astype(np.float32),
+          "bias": rng.normal(size=(4,)).astype(np.float32),
+      }
+  }
+  grads_seq = [
+      jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(10)
+  ]
   steps_per_epoch = 10  # drop at epoch 0.5 = step 5
   cfg = _opt_config(decay_biases=decay_biases)
-  lrs = [float(optim.learning_rate(cfg, s, optim.PlateauState.create(), steps_per_epoch))
-         for s in range(10)]
+  lrs = [
+      float(optim.learning_rate(cfg, s, optim.PlateauState.create(), steps_per_epoch))
+      for s in range(10)
+  ]
   assert lrs[:5] == pytest.approx([0.01] * 5) and lrs[5:] == pytest.approx([0.001] * 5)
 
   # NumPy, §5 verbatim: v <- 0.9 v - 0.0005 eps w - eps g;  w <- w + v.
@@ -62,8 +80,10 @@ def test_update_equals_the_papers_two_lines_across_a_learning_rate_drop(decay_bi
   # optax's chain(add_decayed_weights, sgd(momentum)) keeps eps outside the velocity: it
   # agrees before the drop and differs right after it, so this test can tell them apart.
   ref = optax.inject_hyperparams(
-      lambda learning_rate: optax.chain(optax.add_decayed_weights(5e-4),
-                                        optax.sgd(learning_rate, momentum=0.9)))(0.01)
+      lambda learning_rate: optax.chain(
+          optax.add_decayed_weights(5e-4), optax.sgd(learning_rate, momentum=0.9)
+      )
+  )(0.01)
   q, rs = jax.tree.map(jnp.asarray, params), ref.init(params)
   for i, (g, eps) in enumerate(zip(grads_seq, lrs)):
     rs.hyperparams["learning_rate"] = jnp.asarray(eps)
@@ -74,10 +94,22 @@ def test_update_equals_the_papers_two_lines_across_a_learning_rate_drop(decay_bi
 
 
 def test_plateau_schedule_on_scripted_validation_errors():
-  errors = [0.60, 0.50, 0.45, 0.45, 0.46,   # 2 evals without improvement -> drop 1
-            0.40, 0.41, 0.40,               # improves, then 2 bad evals -> drop 2
-            0.30, 0.30, 0.30, 0.30,         # improves; 2 bad -> drop 3; 2 bad -> capped
-            0.30, 0.30]
+  errors = [
+      0.60,
+      0.50,
+      0.45,
+      0.45,
+      0.46,  # 2 evals without improvement -> drop 1
+      0.40,
+      0.41,
+      0.40,  # improves, then 2 bad evals -> drop 2
+      0.30,
+      0.30,
+      0.30,
+      0.30,  # improves; 2 bad -> drop 3; 2 bad -> capped
+      0.30,
+      0.30,
+  ]
   want_drops = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
   s = optim.PlateauState.create()
   got = []

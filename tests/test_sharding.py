@@ -1,5 +1,6 @@
 """The towers on a (data, tower) mesh: same numbers as one device, collectives only at the
 paper's four cross-tower points, each device holding only its own tower."""
+
 import re
 
 import jax
@@ -32,7 +33,7 @@ def _rel(a, b):
 
 
 def _mesh(data, tower):
-  return sharding.make_mesh(data, tower, devices=jax.devices()[:data * tower])
+  return sharding.make_mesh(data, tower, devices=jax.devices()[: data * tower])
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def single_device_result(setup):
   def f(v):
     logits = MODEL.apply(v, images, train=True, rngs={"dropout": jax.random.key(5)})
     return _loss(logits, labels), logits
+
   return jax.jit(jax.value_and_grad(f, has_aux=True))(variables)
 
 
@@ -55,6 +57,7 @@ def test_forward_and_gradients_do_not_depend_on_the_mesh(shape, setup, single_de
   def f(v, x):
     logits = apply(v, x, train=True, dropout_rng=jax.random.key(5))
     return _loss(logits, labels), logits
+
   v = jax.device_put(variables, sharding.param_shardings(mesh, variables))
   x = jax.device_put(images, sharding.batch_sharding(mesh))
   (loss, logits), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(v, x)
@@ -68,14 +71,18 @@ def test_forward_and_gradients_do_not_depend_on_the_mesh(shape, setup, single_de
   # Gradients come back with the parameters' shardings: towers stay split.
   g = grads["params"]["conv1"]["kernel"]
   assert g.sharding.is_equivalent_to(
-      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("tower")), g.ndim)
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("tower")), g.ndim
+  )
 
 
 def _collectives(hlo: str):
   out = []
   for line in hlo.splitlines():
-    m = re.search(r"= (\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|"
-                  r"collective-permute|collective-broadcast)(-start)?\(", line)
+    m = re.search(
+        r"= (\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|"
+        r"collective-permute|collective-broadcast)(-start)?\(",
+        line,
+    )
     if m:
       out.append((m.group(2), re.sub(r"\{[^}]*\}", "", m.group(1))))
   return out
@@ -88,6 +95,7 @@ def test_compiled_training_step_has_collectives_only_at_cross_tower_points(setup
 
   def loss(v, x):
     return _loss(apply(v, x, train=True, dropout_rng=jax.random.key(5)), labels)
+
   v = jax.device_put(variables, sharding.param_shardings(mesh, variables))
   x = jax.device_put(images, sharding.batch_sharding(mesh))
   hlo = jax.jit(jax.grad(loss)).lower(v, x).compile().as_text()
@@ -101,8 +109,9 @@ def test_compiled_training_step_has_collectives_only_at_cross_tower_points(setup
   assert sorted(s for op, s in ops if op == "reduce-scatter") == halves
   # Nothing moves inside conv1, conv2, conv4, conv5: no permutes or all-to-alls, and the
   # only all-reduces are fc8's gradient (replicated over towers) and the [1, B, 10] logits.
-  assert not [o for o in ops if o[0] in ("all-to-all", "collective-permute",
-                                          "collective-broadcast")]
+  assert not [
+      o for o in ops if o[0] in ("all-to-all", "collective-permute", "collective-broadcast")
+  ]
   allowed = {"f32[1024,10]", "f32[10]", "f32[1,8,10]", "f32[]"}
   assert {s for op, s in ops if op == "all-reduce"} <= allowed, ops
 
@@ -118,7 +127,7 @@ def test_each_device_holds_only_its_own_tower(setup):
       for shard in arr.addressable_shards:
         _, tower = np.argwhere(mesh.devices == shard.device)[0]
         assert shard.data.shape == (1, *full.shape[1:])
-        np.testing.assert_array_equal(np.asarray(shard.data), full[tower:tower + 1])
+        np.testing.assert_array_equal(np.asarray(shard.data), full[tower : tower + 1])
   for shard in v["params"]["fc8"]["kernel"].addressable_shards:  # shared by the towers
     assert shard.data.shape == variables["params"]["fc8"]["kernel"].shape
 

@@ -1,4 +1,5 @@
 """The train/eval steps, checkpoints and the command line against independent references."""
+
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ def tiny_config(**overrides):
 
 
 def _mesh(data, tower):
-  return sharding.make_mesh(data, tower, devices=jax.devices()[:data * tower])
+  return sharding.make_mesh(data, tower, devices=jax.devices()[: data * tower])
 
 
 def _rel(a, b):
@@ -50,16 +51,20 @@ def _rel(a, b):
 
 def _batch(n=8, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": rng.integers(0, 256, (n, 256, 256, 3), dtype=np.uint8),
-          "label": rng.integers(0, 10, (n,), dtype=np.int32)}
+  return {
+      "image": rng.integers(0, 256, (n, 256, 256, 3), dtype=np.uint8),
+      "label": rng.integers(0, 10, (n,), dtype=np.int32),
+  }
 
 
 def _aug():
   rng = np.random.default_rng(1)
   q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-  return train.AugmentConstants(jnp.asarray(rng.uniform(0, 255, (256, 256, 3)), jnp.float32),
-                                jnp.asarray([0.2, 0.02, 0.005], jnp.float32),
-                                jnp.asarray(q, jnp.float32))
+  return train.AugmentConstants(
+      jnp.asarray(rng.uniform(0, 255, (256, 256, 3)), jnp.float32),
+      jnp.asarray([0.2, 0.02, 0.005], jnp.float32),
+      jnp.asarray(q, jnp.float32),
+  )
 
 
 def _two_steps(config, mesh):
@@ -83,8 +88,9 @@ def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
   for path, leaf in jax.tree_util.tree_leaves_with_path(got_state.params):
     assert _rel(leaf, flat_want[path]) < 1e-5, jax.tree_util.keystr(path)
   # The step really trains: parameters moved, and the velocity holds the last update.
-  init = jax.device_get(train_state.create_train_state(config, train_state.create_model(config, 10),
-                                                 _mesh(1, 1)))
+  init = jax.device_get(
+      train_state.create_train_state(config, train_state.create_model(config, 10), _mesh(1, 1))
+  )
   assert _rel(got_state.params["fc8"]["kernel"], init.params["fc8"]["kernel"]) > 1e-4
 
 
@@ -106,8 +112,8 @@ def test_ten_crop_eval_equals_averaging_softmax_by_hand():
   probs = np.zeros((4, 10))
   offsets = [(0, 0), (0, 32), (32, 0), (32, 32), (16, 16)]
   for flip in (False, True):
-    for (y, x) in offsets:
-      view = (images[:, y:y + 224, x:x + 224].astype(np.float32) - mean[y:y + 224, x:x + 224])
+    for y, x in offsets:
+      view = images[:, y : y + 224, x : x + 224].astype(np.float32) - mean[y : y + 224, x : x + 224]
       view = view * config.augment.scale
       if flip:
         view = view[:, :, ::-1]
@@ -126,8 +132,9 @@ def test_ten_crop_eval_equals_averaging_softmax_by_hand():
 
 
 def test_lighting_basis_switch():
-  stats = types.SimpleNamespace(mean_image=np.zeros((256, 256, 3)), eigval=np.ones(3),
-                                eigvec=np.eye(3))
+  stats = types.SimpleNamespace(
+      mean_image=np.zeros((256, 256, 3)), eigval=np.ones(3), eigvec=np.eye(3)
+  )
   own = train.augment_constants(tiny_config(**{"augment.eigen": "dataset"}), stats)
   np.testing.assert_array_equal(own.eigvec, np.eye(3))
   pub = train.augment_constants(tiny_config(**{"augment.eigen": "imagenet"}), stats)
@@ -142,8 +149,9 @@ def _save_run(workdir, config, state, step, num_classes=10):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort())
   manager = checkpoint.CheckpointManager(workdir, config)
-  manager.save(step, state, {"top1_error": 0.5, "top5_error": 0.1},
-               meta={"num_classes": num_classes})
+  manager.save(
+      step, state, {"top1_error": 0.5, "top5_error": 0.1}, meta={"num_classes": num_classes}
+  )
   manager.wait()
   manager.close()
 
@@ -160,10 +168,13 @@ def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
   want = jax.device_get(state.params)
   for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"]):
     assert len(leaf.sharding.device_set) == 1
-    np.testing.assert_array_equal(np.asarray(leaf), dict(
-        jax.tree_util.tree_leaves_with_path(want))[path])
+    np.testing.assert_array_equal(
+        np.asarray(leaf), dict(jax.tree_util.tree_leaves_with_path(want))[path]
+    )
   # The notebook can run the model on what it restored.
-  logits = train_state.create_model(restored_config, 10).apply(variables, jnp.zeros((1, 224, 224, 3)))
+  logits = train_state.create_model(restored_config, 10).apply(
+      variables, jnp.zeros((1, 224, 224, 3))
+  )
   assert logits.shape == (1, 10) and np.all(np.isfinite(logits))
 
 
@@ -180,17 +191,25 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
     manager = checkpoint.CheckpointManager(str(tmp_path), config)
   assert manager.latest_step() == 2
-  assert any("4.orbax-checkpoint-tmp-1234" in r.getMessage() and "not a complete checkpoint"
-             in r.getMessage() for r in caplog.records)
+  assert any(
+      "4.orbax-checkpoint-tmp-1234" in r.getMessage()
+      and "not a complete checkpoint" in r.getMessage()
+      for r in caplog.records
+  )
   abstract = train_state.abstract_state(config, model)
   restored = manager.restore(abstract, train_state.state_shardings(mesh, abstract))
-  np.testing.assert_array_equal(np.asarray(restored.params["conv1"]["kernel"]),
-                                np.asarray(state.params["conv1"]["kernel"]))
+  np.testing.assert_array_equal(
+      np.asarray(restored.params["conv1"]["kernel"]), np.asarray(state.params["conv1"]["kernel"])
+  )
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-  good = tiny_config(num_train_steps=2, checkpoint_every_steps=1, eval_every_steps=100,
-                     **{"mesh.data": -1, "optimizer.schedule": "constant"})
+  good = tiny_config(
+      num_train_steps=2,
+      checkpoint_every_steps=1,
+      eval_every_steps=100,
+      **{"mesh.data": -1, "optimizer.schedule": "constant"},
+  )
   train.train_and_evaluate(good, str(tmp_path))
   mesh = _mesh(8, 1)
   model = train_state.create_model(good, 10)
@@ -199,11 +218,15 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
   assert manager.latest_step() == 2
   before = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 2)
   # Resume the same run with a learning rate that explodes it.
-  bad = tiny_config(num_train_steps=12, checkpoint_every_steps=1, eval_every_steps=100,
-                    **{"mesh.data": -1, "optimizer.schedule": "constant",
-                       "optimizer.learning_rate": 1e12})
-  with pytest.raises(train.NonFiniteLossError,
-                     match=r"non-finite.*last good checkpoint in .* is step"):
+  bad = tiny_config(
+      num_train_steps=12,
+      checkpoint_every_steps=1,
+      eval_every_steps=100,
+      **{"mesh.data": -1, "optimizer.schedule": "constant", "optimizer.learning_rate": 1e12},
+  )
+  with pytest.raises(
+      train.NonFiniteLossError, match=r"non-finite.*last good checkpoint in .* is step"
+  ):
     train.train_and_evaluate(bad, str(tmp_path))
   manager = checkpoint.CheckpointManager(str(tmp_path), good)
   steps = manager.all_steps()
@@ -232,29 +255,53 @@ def test_rerunning_a_finished_run_appends_nothing(tmp_path):
 def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
   """A window of steps 7..10 (resumed runs included) whose second loss is NaN: step 8."""
   run = types.SimpleNamespace(
-      manager=types.SimpleNamespace(latest_step=lambda: 4), workdir=str(tmp_path),
-      config=types.SimpleNamespace(batch_size=8), steps_per_epoch=10, num_steps=20,
-      log=lambda *a: None)
+      manager=types.SimpleNamespace(latest_step=lambda: 4),
+      workdir=str(tmp_path),
+      config=types.SimpleNamespace(batch_size=8),
+      steps_per_epoch=10,
+      num_steps=20,
+      log=lambda *a: None,
+  )
   window = [{"loss": v, "learning_rate": 0.01} for v in (2.0, float("nan"), 3.0, 1e30)]
   with pytest.raises(train.NonFiniteLossError, match=r"at step 8;.*checkpoint in .* is step 4"):
     train.summarize_window(run, 10, window, seconds=1.0)
-  m = train.summarize_window(run, 10, [{"loss": 2.0, "top1_error": 0.5, "learning_rate": 0.1},
-                                       {"loss": 4.0, "top1_error": 0.0, "learning_rate": 0.01}],
-                             seconds=2.0)
-  assert m == {"loss": 3.0, "top1_error": 0.25, "learning_rate": 0.01, "images_per_sec": 8.0,
-               "epoch": 1.0}
+  m = train.summarize_window(
+      run,
+      10,
+      [
+          {"loss": 2.0, "top1_error": 0.5, "learning_rate": 0.1},
+          {"loss": 4.0, "top1_error": 0.0, "learning_rate": 0.01},
+      ],
+      seconds=2.0,
+  )
+  assert m == {
+      "loss": 3.0,
+      "top1_error": 0.25,
+      "learning_rate": 0.01,
+      "images_per_sec": 8.0,
+      "epoch": 1.0,
+  }
 
 
 # ---- the command line --------------------------------------------------------------------
 def _main(workdir, *flags, env_devices=1, timeout=300, **popen):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  cmd = [sys.executable, "-m", "alexnet_jax.main", "--config=configs/demo.py",
-         f"--workdir={workdir}", *flags]
+  env = dict(
+      os.environ,
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="2",
+  )
+  cmd = [
+      sys.executable,
+      "-m",
+      "alexnet_jax.main",
+      "--config=configs/demo.py",
+      f"--workdir={workdir}",
+      *flags,
+  ]
   if popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, **popen)
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_unknown_override_key_exits_non_zero_naming_it(tmp_path):
@@ -270,10 +317,16 @@ def test_wrong_typed_override_exits_non_zero_naming_it(tmp_path):
   assert "batch_size" in r.stderr
 
 
-TINY = ["--config.model.width=0.125", "--config.batch_size=8", "--config.eval_batch_size=8",
-        "--config.log_every_steps=1", "--config.eval_every_steps=2",
-        "--config.checkpoint_every_steps=2", "--config.max_eval_batches=1",
-        "--config.num_train_steps=6"]
+TINY = [
+    "--config.model.width=0.125",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+    "--config.max_eval_batches=1",
+    "--config.num_train_steps=6",
+]
 
 
 @pytest.mark.slow
@@ -284,8 +337,9 @@ def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
   proc = _main(tmp_path / "cut", *TINY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpts = tmp_path / "cut" / "checkpoints"
   deadline = time.time() + 240
-  while time.time() < deadline and not (ckpts.exists() and any(
-      p.name.isdigit() for p in ckpts.iterdir())):
+  while time.time() < deadline and not (
+      ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())
+  ):
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
