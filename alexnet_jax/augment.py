@@ -105,8 +105,9 @@ def train_views(
   # (flip folded into the column index) cuts the views: the gather's output is materialised,
   # so conv1's forward and its weight-gradient transpose both read it. Gathering first and
   # doing the arithmetic after let XLA:CPU duplicate that arithmetic into both consumers and
-  # run it in the transpose's strided order (docs/performance.md, run E). A vmapped
-  # dynamic_slice plus where(flip, out[:, ::-1], out) ran 18x slower on CPU (#6).
+  # run it in the transpose's strided order. A vmapped dynamic_slice plus
+  # where(flip, out[:, ::-1], out) ran 18x slower on CPU
+  # (docs/performance.md#augmentation-arithmetic-then-one-gather).
   x = images.astype(jnp.float32)
   if mean is not None:
     x = x - mean

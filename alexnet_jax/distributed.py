@@ -42,6 +42,7 @@ import time
 import traceback
 from typing import Mapping
 
+import jax
 from absl import flags, logging
 
 ENV_COORDINATOR = "ALEXNET_JAX_COORDINATOR_ADDRESS"
@@ -281,8 +282,6 @@ def initialize(options: Options | None = None, env: Mapping[str, str] | None = N
   plan = resolve(options, env)
   if plan is None:
     return None
-  import jax
-
   if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
     # Cross-process collectives of the CPU backend (tests, CPU clusters). Accelerator
     # backends use their own (NCCL, ICI/DCN) and ignore this.
@@ -355,8 +354,6 @@ def exit_on_error(fn, *args, **kwargs):
   except BaseException as e:  # pylint: disable=broad-except
     if not is_multiprocess() or isinstance(e, SystemExit) and not e.code:
       raise
-    import jax
-
     _die(
         f"process {jax.process_index()} of {jax.process_count()} failed:\n"
         f"{''.join(traceback.format_exception(e))}\nThe other processes stop within "

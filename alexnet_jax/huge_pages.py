@@ -3,7 +3,7 @@
 XLA:CPU maps each step's temporary buffers (1.6 GB for the paper's net at batch 128) fresh
 with mmap and unmaps them after. With 4 KiB pages that is about 400k page faults a step; with
 huge pages about 2k, and the CPU step is about 9% faster on a 2-core x86 VM
-(docs/performance.md). glibc (>= 2.35) asks for transparent huge pages on its mmaps when
+(docs/performance.md#huge-pages-opt-in). glibc (>= 2.35) asks for transparent huge pages on its mmaps when
 started with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, read once at process start, hence the
 restart. It is off unless asked for, because it replaces the process (debuggers and
 profilers see an execve) and it was never measured on accelerator hosts:

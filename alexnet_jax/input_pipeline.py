@@ -1,7 +1,7 @@
 """Host-side input pipeline (tf.data): sources, 256x256 preprocessing, per-process streams, stats.
 
 Every image leaves the host as uint8 [256, 256, 3]: decoded, the shorter side rescaled to 256
-(antialiased bilinear, like PIL's BILINEAR), the central 256x256 kept (PAPER.md, "Data"). Random
+(antialiased bilinear, like PIL's BILINEAR), the central 256x256 kept (docs/paper.md#preprocessing). Random
 crops, flips, lighting and mean subtraction happen on the device (augment.py).
 
 Sources (`dataset_config.name`):
@@ -40,14 +40,18 @@ import tempfile
 import zlib
 from typing import Any, Callable, Iterator
 
+import jax
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+from sklearn.datasets import load_digits
 
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 256
 
-# PCA of ImageNet RGB pixels scaled to [0, 1] (PAPER.md). Columns of IMAGENET_EIGVEC are the
+# PCA of ImageNet RGB pixels scaled to [0, 1] (docs/paper.md#pca-lighting). Columns of IMAGENET_EIGVEC are the
 # eigenvectors, in the order of IMAGENET_EIGVAL (descending).
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
 IMAGENET_EIGVEC = np.array(
@@ -148,8 +152,6 @@ def preprocess_encoded(data: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
 
 def _pil_load(path) -> np.ndarray:
   """Fallback for formats TF cannot decode (TIFF, ...); used only for files the stats pass flagged."""
-  from PIL import Image
-
   if isinstance(path, tf.Tensor):
     path = path.numpy()
   if isinstance(path, bytes):
@@ -361,8 +363,6 @@ class _TfdsSplit:
 
 
 def _skip_decoding():
-  import tensorflow_datasets as tfds
-
   return tfds.decode.SkipDecoding()
 
 
@@ -424,8 +424,6 @@ def _source(dataset_config) -> _Source:
 
 
 def _digits_source(data_dir) -> _Source:
-  from sklearn.datasets import load_digits
-
   digits = load_digits()  # ships inside scikit-learn: no download
   images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
@@ -525,8 +523,6 @@ def _imagenet_missing_message(manual_dir: str, data_dir: str) -> str:
 
 
 def _tfds_source(name: str, data_dir, manual_dir) -> _Source:
-  import tensorflow_datasets as tfds
-
   data_dir = os.path.expanduser(data_dir) if data_dir else _default_tfds_dir()
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -743,8 +739,6 @@ def stats_cache_path(dataset_config) -> str:
 
 def _shard(shard_index, num_shards):
   if shard_index is None or num_shards is None:
-    import jax
-
     shard_index = jax.process_index() if shard_index is None else shard_index
     num_shards = jax.process_count() if num_shards is None else num_shards
   if not 0 <= shard_index < num_shards:

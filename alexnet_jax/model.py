@@ -30,7 +30,7 @@ import numpy as np
 
 IMAGE_SHAPE = (224, 224, 3)
 
-# Per-layer widths summed over both towers (PAPER.md, §3.5).
+# Per-layer widths summed over both towers (docs/paper.md#architecture, §3.5).
 PAPER_CONV_WIDTHS = (96, 256, 384, 384, 256)
 PAPER_FC_WIDTHS = (4096, 4096)
 # The paper's "one-GPU net" (§3.2 and its footnote): one tower with half the kernels in
@@ -59,7 +59,7 @@ def local_response_norm(
   False divides alpha by `size` as cuda-convnet, Caffe and PyTorch do.
 
   Computed in float32 whatever x's dtype. The gradient is written by hand
-  (_lrn_backward, docs/performance.md): autodiff of the forward kept d ** -beta's
+  (_lrn_backward, docs/performance.md#max-pool-and-lrn-gradients): autodiff of the forward kept d ** -beta's
   pieces as three extra activation-sized arrays and split the backward over several loops.
   """
   scale = alpha if alpha_per_term else alpha / size
@@ -118,7 +118,7 @@ def max_pool(x, window: int, stride: int):
   window*window strided slices, with a hand-written backward (_max_pool_backward): on CPU
   XLA's reduce_window forward and its select-and-scatter gradient (a variadic
   reduce_window over index iotas plus a scatter) were the slowest non-convolution ops of
-  the step (docs/performance.md).
+  the step (docs/performance.md#max-pool-and-lrn-gradients).
   """
   return _max_pool(x, int(window), int(stride))
 
@@ -214,7 +214,7 @@ class AlexNet(nn.Module):
       (cuda-convnet, Caffe, PyTorch). lrn_k: the paper's k=2 (Caffe's bvlc_alexnet: 1).
     overlapping_pool: 3x3 stride 2 pooling (paper); False = 2x2 stride 2 (ablation).
     initializer: 'paper' (N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7) or 'he'
-      (He-normal weights, zero biases: leaves the initial plateau at once, DESIGN.md #8).
+      (He-normal weights, zero biases: leaves the initial plateau at once, docs/paper.md#initialization).
     dropout_rate: on the outputs of fc6 and fc7 (inverted dropout, §4.2).
     dtype: compute dtype (bfloat16 on accelerators); parameters stay float32.
     tower_axis / data_axis: mesh axis names, set by sharding.py when the module runs
@@ -262,7 +262,7 @@ class AlexNet(nn.Module):
     """Concatenate all towers' outputs along channels: a cross-tower point."""
     x = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
     # On a size-1 tower axis the all-gather is a no-op that still made XLA:CPU give the
-    # tensors around it a channel-major layout (1.33x slower step, docs/performance.md #5).
+    # tensors around it a channel-major layout (1.33x slower step on CPU).
     if self.tower_axis is not None and jax.lax.axis_size(self.tower_axis) > 1:
       x = jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)
     return x
@@ -368,7 +368,7 @@ class AlexNet(nn.Module):
       k, b = self._tower_params(name, (g.shape[-1], width // t), local)
       # One dot batched over the local towers: slicing k[i] out of the stacked kernel
       # copied it (75 MB for fc6) and the gradient was re-stacked with a pad; 1.25x on
-      # fc6's forward + backward on CPU (docs/performance.md run F).
+      # fc6's forward + backward on CPU.
       gl = jnp.broadcast_to(g, (local, *g.shape))
       y = jax.lax.dot_general(gl, k.astype(self.dtype), (((2,), (1,)), ((0,), (0,))))
       y = nn.relu(y + b.astype(self.dtype)[:, None, :])

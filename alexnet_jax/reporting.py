@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 
+import tensorflow as tf  # the TensorBoard writer (TF is already the input pipeline's)
+from matplotlib.figure import Figure
+
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
 
@@ -28,8 +31,6 @@ class MetricsWriter:
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._file = open(os.path.join(workdir, METRICS_FILE), "a")
-      import tensorflow as tf  # the TensorBoard writer; TF is already the input pipeline's
-
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict):
@@ -45,8 +46,6 @@ class MetricsWriter:
     }
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
-    import tensorflow as tf
-
     with self._tb.as_default(step=int(step)):
       for k, v in row.items():
         if k not in ("step", "split") and isinstance(v, float):
@@ -66,15 +65,12 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def plot_learning_curve(workdir: str) -> str:
   """Loss and top-1/top-5 error against step, learning-rate drops marked."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   rows = read_metrics(workdir)
   train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["step"])
   evals = sorted((r for r in rows if r["split"] == "eval"), key=lambda r: r["step"])
-  fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
+  # A bare Figure (no pyplot): no GUI backend, and a notebook's backend is left alone.
+  fig = Figure(figsize=(11, 4))
+  ax_loss, ax_err = fig.subplots(1, 2)
   if train:
     steps = [r["step"] for r in train]
     ax_loss.plot(steps, [r["loss"] for r in train], label="train loss")
@@ -100,7 +96,6 @@ def plot_learning_curve(workdir: str) -> str:
   fig.tight_layout()
   path = os.path.join(workdir, CURVE_FILE)
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 

@@ -2,16 +2,17 @@
 accelerators, and start jax.distributed when the run has several processes
 (alexnet_jax/distributed.py)."""
 
+import logging
 import os
+
+from absl import logging as absl_logging
+
+from alexnet_jax import distributed as distributed_lib
 
 
 def _quiet_library_logs():
   """Orbax logs a dozen INFO lines per checkpoint through absl; keep its warnings only, so
   the run's own lines (step, loss, ETA) stay readable."""
-  import logging
-
-  from absl import logging as absl_logging
-
   absl_logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname
   )
@@ -26,12 +27,11 @@ def setup(distributed=None):
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   _quiet_library_logs()
-  import tensorflow as tf
+  import tensorflow as tf  # late: TF reads TF_CPP_MIN_LOG_LEVEL once, when first imported
+
   # tf.data runs on the host; TF must not reserve GPU/TPU memory that JAX needs.
   tf.config.set_visible_devices([], "GPU")
   tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
   if distributed is None:
     return None
-  from alexnet_jax import distributed as distributed_lib
-
   return distributed_lib.initialize(distributed)

@@ -6,7 +6,7 @@
 - Batches are split over "data".
 - The model runs under `jax.shard_map`: a device runs plain convolutions on the towers it
   holds, and the only collectives in the forward pass are the four all-gathers at the
-  paper's cross-tower points (DESIGN.md #1). GSPMD on a grouped convolution would instead
+  paper's cross-tower points (docs/paper.md#how-the-two-towers-map-onto-devices). GSPMD on a grouped convolution would instead
   all-gather kernels and activations and run the whole layer on every device.
 """
 

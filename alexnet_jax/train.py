@@ -46,7 +46,7 @@ def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentCons
 # ---- steps -------------------------------------------------------------------------------
 # jaxlib 0.10.2's XLA:CPU hands convolutions to YNNPACK fusions by default; their
 # weight-gradient convolutions ran 3-7x slower than XLA's own (Eigen) ones on x86 CPUs, a
-# 2.5x slower training step (docs/performance.md). So the steps keep YNNPACK to dots only.
+# 2.5x slower training step (docs/performance.md#xlas-own-convolutions). So the steps keep YNNPACK to dots only.
 # ALEXNET_JAX_YNN_CONVS=1 (or an ynn option already in XLA_FLAGS) keeps jaxlib's default.
 _CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 

@@ -1,7 +1,7 @@
 """A demo that learns in minutes on a 2-core CPU: the embedded scikit-learn `digits`
 (1,797 real 8x8 handwritten digits, upscaled to 256x256; nothing to download), a quarter-
 width AlexNet, He init and inputs scaled to [-1, 1] (the paper's init sits on a plateau for
-hundreds of steps: DESIGN.md #8), center-crop eval.
+hundreds of steps: docs/paper.md#initialization), center-crop eval.
 
   python -m alexnet_jax.main --config=configs/demo.py --workdir=runs/demo
 """

@@ -125,37 +125,6 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
   assert result["compiler_options"] and "ynn_fusion_type" not in result["xla_flags"]
 
 
-# Entry points define absl flags on import: each is imported in its own process.
-ENTRY_POINTS = ("main", "evaluate")
-
-
-@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
-def test_the_package_never_imports_torch_or_the_benchmark(entry_point):
-  """`import alexnet_jax` and every module in it, in a fresh interpreter (this process has
-  imported the benchmark), leave PyTorch and `benchmarks` out of sys.modules: PyTorch is a
-  benchmark-only dependency (requirements-bench.txt)."""
-  package = os.path.join(REPO, "alexnet_jax")
-  library = sorted(
-      f[:-3]
-      for f in os.listdir(package)
-      if f.endswith(".py") and f != "__init__.py" and f[:-3] not in ENTRY_POINTS
-  )
-  assert {"model", "train", "train_state", "input_pipeline"} <= set(library), library
-  modules = ["alexnet_jax"] + [f"alexnet_jax.{m}" for m in library + [entry_point]]
-  code = (
-      "import importlib, json, sys\n"
-      f"for name in {modules!r}:\n"
-      "  importlib.import_module(name)\n"
-      "print(json.dumps(sorted(m for m in sys.modules\n"
-      "                        if m.split('.')[0] in ('torch', 'benchmarks'))))\n"
-  )
-  out = subprocess.run(
-      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
-  )
-  assert out.returncode == 0, out.stderr[-4000:]
-  assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-
-
 def test_timing_rotates_the_order_and_settles_before_each_timed_run():
   calls = []
   contenders = {name: (lambda n, name=name: calls.append((name, n))) for name in "abc"}

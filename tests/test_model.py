@@ -1,4 +1,4 @@
-"""The network against PAPER.md's numbers and an independently written grouped model."""
+"""The network against the paper's numbers (docs/paper.md) and an independently written grouped model."""
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +84,7 @@ def test_every_layer_has_the_papers_output_shape():
   variables = _init(m)
   _, state = m.apply(variables, jnp.zeros((2, *IMG)), mutable=["intermediates"])
   got = {k: v[0].shape[1:] for k, v in state["intermediates"].items()}
-  assert got == {  # PAPER.md, architecture table, "output (both towers)"
+  assert got == {  # docs/paper.md#architecture, "output (both towers)"
       "conv1_out": (55, 55, 96),
       "pool1": (27, 27, 96),
       "conv2_out": (27, 27, 256),

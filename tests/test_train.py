@@ -138,7 +138,7 @@ def test_lighting_basis_switch():
   own = train.augment_constants(tiny_config(**{"augment.eigen": "dataset"}), stats)
   np.testing.assert_array_equal(own.eigvec, np.eye(3))
   pub = train.augment_constants(tiny_config(**{"augment.eigen": "imagenet"}), stats)
-  np.testing.assert_allclose(pub.eigval, [0.2175, 0.0188, 0.0045])  # PAPER.md
+  np.testing.assert_allclose(pub.eigval, [0.2175, 0.0188, 0.0045])  # docs/paper.md#pca-lighting
   np.testing.assert_allclose(pub.eigvec[:, 0], [-0.5675, -0.5808, -0.5836])
   with pytest.raises(ValueError, match="augment.eigen"):
     train.augment_constants(tiny_config(**{"augment.eigen": "pca"}), stats)
