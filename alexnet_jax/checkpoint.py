@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the TrainState, and `restore(workdir)` for notebooks.
+"""Orbax checkpoints of the TrainState, and `restore(workdir)` (analysis.load_run builds on it).
 
 A checkpoint holds everything needed to continue exactly: parameters, the momentum
 buffers, the plateau-schedule state, the step (which is also the data position: the input
@@ -181,11 +181,11 @@ def restore_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun
 
 
 def restore(workdir: str, step: int | None = None, mesh=None):
-  """(config, variables) of a run (see restore_run):
+  """(config, variables) of a run (see restore_run). To run the network on images, use
+  analysis.load_run(workdir), which also preprocesses them as evaluation does:
 
-  config, variables = restore("runs/demo")
-  model = train_state.create_model(config, variables["params"]["fc8"]["bias"].shape[0])
-  logits = model.apply(variables, images)
+  run = analysis.load_run("runs/demo")
+  probs = run.predict(images)  # uint8 images of any size
   """
   run = restore_run(workdir, step, mesh)
   return run.config, run.variables

@@ -1,18 +1,24 @@
-"""Top-1/top-5 error of a run's checkpoint on the whole validation split.
+"""Top-1/top-5 error of a run's checkpoint, or of an ensemble of runs, on the whole
+validation split.
 
   python -m alexnet_jax.evaluate --workdir=runs/demo --crops=10
+  python -m alexnet_jax.evaluate --workdir=runs/a --workdir=runs/b --crops=10 [--out=F.json]
 
-Prints the errors and writes them to WORKDIR/eval_<step>_<crops>crop.json.
+One --workdir: prints the errors and writes them to WORKDIR/eval_<step>_<crops>crop.json.
+Several: the softmax averaged over the runs (§6's 5-CNN ensemble; the runs must share one
+class list), printed with each run's own errors, and written to --out if given.
 """
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "The run's --workdir.")
+flags.DEFINE_multi_string("workdir", None, "A run's --workdir; repeat it for an ensemble.")
 flags.DEFINE_integer("crops", 10, "1 = center crop; 10 = the paper's ten views.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest; one --workdir only).")
+flags.DEFINE_string("out", None, "Ensembles: also write the results to this JSON file.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -20,36 +26,57 @@ FLAGS = flags.FLAGS
 def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) -> dict:
   """{'step', 'crops', 'top1_error', 'top5_error', 'loss', 'num_images'} of a checkpoint."""
   # After runtime.setup() in main(): importing JAX and TF here keeps them off accelerators.
-  import jax
-
-  from alexnet_jax import checkpoint, input_pipeline, sharding, train, train_state
+  from alexnet_jax import analysis, train
 
   if crops not in (1, 10):
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
-  run = checkpoint.restore_run(workdir, step=step)
-  config = run.config
-  mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
-  model = train_state.create_model(config, run.meta["num_classes"])
-  stats = input_pipeline.dataset_stats(config.dataset)
-  mean = jax.device_put(train.augment_constants(config, stats).mean_image)
-  eval_step = train.make_eval_step(config, model, mesh, crops=crops)
-  metrics = train.evaluate(config, eval_step, run.variables["params"], mean, mesh)
+  run = analysis.load_run(workdir, step, from_dataset=True)
+  eval_step = train.make_eval_step(run.config, run.model, run.mesh, crops=crops)
+  metrics = train.evaluate(
+      run.config, eval_step, run.variables["params"], run.mean_image(), run.mesh, progress=True
+  )
   return {"step": run.step, "crops": crops, **metrics}
 
 
+def _errors(m: dict) -> str:
+  return f"top-1 error {m['top1_error']:.4f}, top-5 error {m['top5_error']:.4f}"
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from alexnet_jax import runtime
 
   runtime.setup()
-  m = evaluate_checkpoint(FLAGS.workdir, FLAGS.crops, FLAGS.step)
-  path = os.path.join(FLAGS.workdir, f"eval_{m['step']}_{FLAGS.crops}crop.json")
-  with open(path, "w") as f:
-    json.dump(m, f, indent=2)
+  from alexnet_jax import analysis
+
+  workdirs = FLAGS.workdir
+  if len(workdirs) > 1 and FLAGS.step is not None:
+    raise app.UsageError("--step applies to a single --workdir")
+  try:
+    if len(workdirs) == 1:
+      m = evaluate_checkpoint(workdirs[0], FLAGS.crops, FLAGS.step)
+      path = os.path.join(workdirs[0], f"eval_{m['step']}_{FLAGS.crops}crop.json")
+      with open(path, "w") as f:
+        json.dump(m, f, indent=2)
+      print(
+          f"step {m['step']}, {m['num_images']} images, {FLAGS.crops} view(s): "
+          f"{_errors(m)}  ({path})"
+      )
+      return
+    m = analysis.ensemble_evaluate(workdirs, FLAGS.crops)
+  except (FileNotFoundError, analysis.RunError) as e:
+    sys.exit(f"FATAL: {e}")
+  for member in m["members"]:
+    print(f"{member['workdir']} (step {member['step']}): {_errors(member)}")
   print(
-      f"step {m['step']}, {m['num_images']} images, {FLAGS.crops} view(s): "
-      f"top-1 error {m['top1_error']:.4f}, top-5 error {m['top5_error']:.4f}  ({path})"
+      f"ensemble of {len(workdirs)}, {m['num_images']} images, {FLAGS.crops} view(s): "
+      f"{_errors(m)}"
   )
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump({"workdirs": workdirs, **m}, f, indent=2)
+    print(f"written to {FLAGS.out}")
 
 
 if __name__ == "__main__":

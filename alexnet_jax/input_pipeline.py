@@ -943,19 +943,63 @@ def eval_iterator(
   batches (padding with mask=False), and the masked-in examples of all processes are exactly the
   split, each once. An image that fails to decode is reported and replaced by padding.
   """
+  return split_iterator(
+      dataset_config,
+      'eval',
+      global_batch_size=global_batch_size,
+      shard_index=shard_index,
+      num_shards=num_shards,
+  )
+
+
+def split_size(dataset_config, split: str, max_examples: int | None = None) -> int:
+  """How many examples split_iterator(dataset_config, split, max_examples=...) covers."""
+  return _covered(_split(_source(dataset_config), split), max_examples)
+
+
+def _covered(split, max_examples) -> int:
+  n = 0 if split is None else split.num_examples
+  return min(n, int(max_examples)) if max_examples else n
+
+
+def _split(src: _Source, split: str):
+  if split not in ('train', 'eval'):
+    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+  return src.train if split == 'train' else src.eval
+
+
+def split_iterator(
+    dataset_config,
+    split: str,
+    *,
+    global_batch_size: int,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+    max_examples: int | None = None,
+) -> Iterator[dict]:
+  """One pass over a split ('train' or 'eval') in a fixed order, as eval_iterator does it.
+
+  max_examples: cover only that many, spread over the split: evenly spaced keys of
+  random-access sources (whose canonical order is class by class), a prefix of TFDS
+  records (which TFDS shuffled when it prepared them).
+  """
   p, count = _shard(shard_index, num_shards)
   lb = _local_batch(global_batch_size, count)
-  src = _source(dataset_config)
-  split = src.eval
-  if split is None or split.num_examples == 0:
+  split = _split(_source(dataset_config), split)
+  n = _covered(split, max_examples)
+  if n == 0:
     return iter(())
-  n = split.num_examples
   start, stop = p * n // count, (p + 1) * n // count
   num_batches = -(-(-(-n // count)) // lb)  # ceil(ceil(n / count) / lb): same on every process
   if split.random_access:
-    ds = _elements(split, tf.data.Dataset.range(start, stop))
+    # Evenly spaced over the whole split (all of it when n == num_examples).
+    chosen = np.unique(np.linspace(0, split.num_examples - 1, n).round().astype(np.int64))
+    expected = chosen[start:stop]
+    ds = _elements(split, tf.data.Dataset.from_tensor_slices(expected))
   else:
-    ds = split.records(split.instructions(start, stop), cycle_length=4).map(
+    instr = split.instructions(start, stop)
+    expected = _instruction_keys(*instr[1:])
+    ds = split.records(instr, cycle_length=4).map(
         lambda r: {'key': r['key'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE
     )
   ds = ds.map(
@@ -970,11 +1014,6 @@ def eval_iterator(
       }
   ).repeat()
   ds = ds.ignore_errors().concatenate(pad).take(num_batches * lb).batch(lb).prefetch(AUTOTUNE)
-  expected = (
-      np.arange(start, stop)
-      if split.random_access
-      else _instruction_keys(*split.instructions(start, stop)[1:])
-  )
   return _EvalBatches(ds, expected, split)
 
 

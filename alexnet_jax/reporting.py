@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import tensorflow as tf  # the TensorBoard writer (TF is already the input pipeline's)
+import tqdm
 from matplotlib.figure import Figure
 
 METRICS_FILE = "metrics.jsonl"
@@ -18,6 +20,14 @@ def format_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def progress(iterable, *, total: int | None, desc: str, unit: str = "batch"):
+  """`iterable` with a progress bar (done/total, rate and ETA) on stderr, for anything that
+  scans a split; a text bar, so it reads the same in a terminal, a log and a notebook."""
+  return tqdm.tqdm(
+      iterable, total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, ascii=True
+  )
 
 
 class MetricsWriter:
@@ -109,8 +119,10 @@ def finish(workdir: str, config, eval_metrics: dict) -> str:
       f"{eval_metrics['top5_error']:.4f}\n"
       f"learning curve: {path}\n"
       f"evaluate:   python -m alexnet_jax.evaluate --workdir={workdir} --crops=10\n"
-      f"in Python:  from alexnet_jax import checkpoint; "
-      f"config, variables = checkpoint.restore({workdir!r})\n"
+      f"predict:    python -m alexnet_jax.predict --workdir={workdir} IMAGE...\n"
+      f"figures:    python -m alexnet_jax.figures --workdir={workdir} "
+      f"--out={os.path.join(workdir, 'figures')}\n"
+      f"in Python:  from alexnet_jax import analysis; run = analysis.load_run({workdir!r})\n"
   )
   print(summary, flush=True)
   return summary

@@ -15,7 +15,15 @@ import numpy as np
 import optax
 from absl import logging
 
-from alexnet_jax import augment, input_pipeline, optim, reporting, sharding, train_state
+from alexnet_jax import (
+    augment,
+    input_pipeline,
+    optim,
+    reporting,
+    run_files,
+    sharding,
+    train_state,
+)
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import model as model_lib
 
@@ -141,38 +149,61 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
   )
 
 
-def make_eval_step(config, model, mesh, crops: int | None = None):
-  """Jitted `(params, batch, mean_image) -> sums` over the paper's views.
+def view_probs(apply, mesh, params, images, mean_image, *, crops: int, scale: float):
+  """uint8 [B, 256, 256, 3] -> float32 [B, C]: the softmax (not the logits) averaged over
+  the `crops` views (1: center; 10: corners, center and their reflections, §4.1), each view
+  mean-subtracted and times `scale` (augment.eval_views). Evaluation, prediction and
+  ensembles all go through here."""
+  views = augment.eval_views(images, mean_image=mean_image, crops=crops, scale=scale)
+  b, v = views.shape[:2]
+  views = jax.lax.with_sharding_constraint(
+      views.reshape(b * v, *views.shape[2:]), sharding.batch_sharding(mesh)
+  )
+  logits = apply({"params": params}, views, train=False)
+  return jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
 
-  The softmax (not the logits) is averaged over the `crops` views (1: center; 10: corners,
-  center and their reflections, §4.1). Padding examples (mask False) count nowhere.
-  """
+
+def eval_sums(probs, labels, mask) -> dict:
+  """Summed top-1/top-5 errors and negative log-likelihood of [B, C] probabilities over the
+  examples with mask True (padding counts nowhere), and their count."""
+  mask = mask.astype(jnp.float32)
+  top1, top5 = _errors(probs, labels)
+  nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12)
+  return {
+      "top1_errors": (top1 * mask).sum(),
+      "top5_errors": (top5 * mask).sum(),
+      "loss_sum": (nll * mask).sum(),
+      "count": mask.sum(),
+  }
+
+
+def make_eval_step(config, model, mesh, crops: int | None = None):
+  """Jitted `(params, batch, mean_image) -> sums` over the paper's views (view_probs,
+  eval_sums). Padding examples (mask False) count nowhere."""
   crops = config.eval_crops if crops is None else crops
   apply = sharding.sharded_apply(model, mesh)
 
   def eval_step(params, batch, mean_image):
-    images, labels = batch["image"], batch["label"]
-    mask = batch["mask"].astype(jnp.float32)
-    views = augment.eval_views(
-        images, mean_image=mean_image, crops=crops, scale=config.augment.scale
+    probs = view_probs(
+        apply, mesh, params, batch["image"], mean_image, crops=crops, scale=config.augment.scale
     )
-    b, v = views.shape[:2]
-    views = jax.lax.with_sharding_constraint(
-        views.reshape(b * v, *views.shape[2:]), sharding.batch_sharding(mesh)
-    )
-    logits = apply({"params": params}, views, train=False)
-    probs = jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
-    top1, top5 = _errors(probs, labels)
-    nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12)
-    return {
-        "top1_errors": (top1 * mask).sum(),
-        "top5_errors": (top5 * mask).sum(),
-        "loss_sum": (nll * mask).sum(),
-        "count": mask.sum(),
-    }
+    return eval_sums(probs, batch["label"], batch["mask"])
 
   return jax.jit(
       eval_step, out_shardings=sharding.replicated(mesh), compiler_options=compiler_options()
+  )
+
+
+def make_predict_step(model, mesh, *, crops: int, scale: float):
+  """Jitted `(params, images, mean_image) -> probs [B, C]`: the eval step's probabilities
+  (view_probs) of uint8 [B, 256, 256, 3] images, B a multiple of the mesh's data axis."""
+  apply = sharding.sharded_apply(model, mesh)
+
+  def predict_step(params, images, mean_image):
+    return view_probs(apply, mesh, params, images, mean_image, crops=crops, scale=scale)
+
+  return jax.jit(
+      predict_step, out_shardings=sharding.replicated(mesh), compiler_options=compiler_options()
   )
 
 
@@ -184,8 +215,11 @@ def global_batch(mesh, local_batch: dict) -> dict:
   }
 
 
-def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = -1) -> dict:
-  """Top-1/top-5 error over the whole validation split (every image once)."""
+def evaluate(
+    config, eval_step, params, mean_image, mesh, *, max_batches: int = -1, progress: bool = False
+) -> dict:
+  """Top-1/top-5 error over the whole validation split (every image once); progress: a
+  progress bar with an ETA on stderr."""
   sums = None
   shard_index, num_shards = sharding.process_data_shard(mesh)
   it = input_pipeline.eval_iterator(
@@ -194,11 +228,19 @@ def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = 
       shard_index=shard_index,
       num_shards=num_shards,
   )
+  if progress:
+    total = -(-input_pipeline.dataset_info(config.dataset).num_eval // config.eval_batch_size)
+    total = min(total, max_batches) if max_batches > 0 else total
+    it = reporting.progress(it, total=total, desc="evaluating")
   for i, batch in enumerate(it):
     if 0 < max_batches <= i:
       break
     out = eval_step(params, global_batch(mesh, batch), mean_image)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  return metrics_from_sums(sums)
+
+
+def metrics_from_sums(sums) -> dict:
   sums = jax.tree.map(float, jax.device_get(sums))
   n = max(sums["count"], 1.0)
   return {
@@ -270,6 +312,9 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         len(stats.bad_files),
         ", ".join(stats.bad_files[:20]),
     )
+  if jax.process_index() == 0:
+    # What inference needs without the dataset: mean image, class names, preprocessing.
+    run_files.write(workdir, config, info, stats)
   return Run(
       config=config,
       workdir=workdir,

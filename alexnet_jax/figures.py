@@ -1,0 +1,55 @@
+"""The paper's figures for a trained run, and its per-class errors.
+
+  python -m alexnet_jax.figures --workdir=runs/demo --out=runs/demo/figures \
+      [--num_queries=5] [--k=5] [--max_train_images=2000] [--crops=N]
+
+Writes into --out:
+  fig3_conv1_kernels.png  Fig. 3: every conv1 kernel, one block per tower (no dataset needed)
+  fig4_neighbours.png     Fig. 4: validation images beside their k nearest training images by
+                          Euclidean distance of fc7 features (scans up to --max_train_images)
+  confusion.png           the validation split's confusion matrix
+  per_class_errors.json   each class's top-1 error and image count on the validation split
+"""
+
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "The run's --workdir.")
+flags.DEFINE_string("out", None, "Directory for the PNGs and per_class_errors.json.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_integer("crops", None, "Views for the confusion matrix (default: the run's).")
+flags.DEFINE_integer("num_queries", 5, "Fig. 4: validation images to query with.")
+flags.DEFINE_integer("k", 5, "Fig. 4: neighbours per query.")
+flags.DEFINE_integer("max_train_images", 2000, "Fig. 4: training images to scan (0 = all).")
+flags.mark_flags_as_required(["workdir", "out"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from alexnet_jax import runtime
+
+  runtime.setup()
+  from alexnet_jax import analysis
+
+  try:
+    r = analysis.write_figures(
+        FLAGS.workdir,
+        FLAGS.out,
+        step=FLAGS.step,
+        crops=FLAGS.crops,
+        num_queries=FLAGS.num_queries,
+        k=FLAGS.k,
+        max_train_images=FLAGS.max_train_images,
+    )
+  except (FileNotFoundError, analysis.RunError) as e:
+    sys.exit(f"FATAL: {e}")
+  for path in r["paths"].values():
+    print(path)
+  print(f"validation: {r['num_images']} images, top-1 error {r['top1_error']:.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

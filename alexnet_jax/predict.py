@@ -1,0 +1,53 @@
+"""The top classes of image files under a trained run, preprocessed exactly as its evaluation
+preprocesses (decode to RGB, shorter side to 256, center 256, mean image, scale, views).
+
+  python -m alexnet_jax.predict --workdir=runs/demo [--crops=10] [--top=5] IMAGE...
+
+Prints one line per image: `PATH: NAME PROBABILITY, ...`, the most probable class first.
+Any size and mode (grayscale, palette, RGBA, CMYK) is read. An image that cannot be read or
+decoded gets one line on stderr naming it; the others are still predicted, and the exit
+status is then 1. Needs only the run directory, not the dataset (run_files.py).
+"""
+
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "The run's --workdir.")
+flags.DEFINE_integer(
+    "crops", None, "1 = center crop; 10 = the paper's ten views (default: " "the run's eval_crops)."
+)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_integer("top", 5, "How many classes to print per image.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError("give one or more image files after the flags")
+  from alexnet_jax import runtime
+
+  runtime.setup()
+  from alexnet_jax import analysis
+
+  try:
+    run = analysis.load_run(FLAGS.workdir, FLAGS.step, from_dataset=True)
+    results = analysis.predict_files(run, paths, FLAGS.crops)
+    failed = 0
+    for path, probs, error in results:
+      if error is not None:
+        failed += 1
+        print(error, file=sys.stderr, flush=True)
+        continue
+      top = run.top_k(probs[None], FLAGS.top)[0]
+      print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in top), flush=True)
+  except (FileNotFoundError, analysis.RunError, ValueError) as e:
+    sys.exit(f"FATAL: {e}")
+  if failed:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,442 @@
+"""Using a trained run (analysis.py, run_files.py, the predict/figures/evaluate commands)
+against independent references: the evaluation path, NumPy by hand, files written by hand."""
+
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from alexnet_jax import analysis, evaluate, input_pipeline, run_files, train
+from tests.test_train import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Six classes of real photos (top-5 needs at least five); each validation image is saved in
+# another mode: the predict path must read them all as evaluation does.
+CLASSES = ("astronaut", "cat", "china", "coffee", "flower", "rocket")
+VAL_FORMATS = {
+    "astronaut": ("JPEG", None, ".jpg"),
+    "cat": ("JPEG", "L", ".jpg"),  # grayscale
+    "china": ("PNG", "P", ".png"),  # palette
+    "coffee": ("PNG", "RGBA", ".png"),
+    "flower": ("JPEG", "CMYK", ".jpg"),
+    "rocket": ("PNG", None, ".png"),
+}
+
+
+def _photo(name):
+  china, flower = load_sample_images().images
+  return {
+      "astronaut": skimage.data.astronaut(),
+      "cat": skimage.data.chelsea(),
+      "china": china,
+      "coffee": skimage.data.coffee(),
+      "flower": flower,
+      "rocket": skimage.data.rocket(),
+  }[name]
+
+
+def _encode(array, fmt, mode=None):
+  im = Image.fromarray(array)
+  if mode:
+    im = im.convert(mode)
+  b = io.BytesIO()
+  im.save(b, fmt)
+  return b.getvalue()
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+  """A tiny run trained for 2 steps (checkpoints at 1 and 2) on a folder of real photos."""
+  tmp = tmp_path_factory.mktemp("analysis")
+  root = tmp / "photos"
+  val = {}
+  for c in CLASSES:
+    photo = _photo(c)
+    for i in range(4):
+      path = root / "train" / c / f"{i}.jpg"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_bytes(_encode(photo[20 * i : 20 * i + 150, 10 * i : 10 * i + 200], "JPEG"))
+    fmt, mode, ext = VAL_FORMATS[c]
+    crop = photo[40:80, 60:120] if c == "flower" else photo[100:400, 50:450]  # also an upscale
+    path = root / "val" / c / f"v{ext}"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(_encode(crop, fmt, mode))
+    val[c] = str(path)
+  config = tiny_config(
+      num_train_steps=2,
+      checkpoint_every_steps=1,
+      eval_every_steps=2,
+      max_eval_batches=-1,
+      **{"dataset.name": f"folder:{root}", "dataset.cache": False, "mesh.data": -1},
+  )
+  workdir = tmp / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config.to_json_best_effort())  # as main.py writes it
+  train.train_and_evaluate(config, str(workdir))
+  return {"workdir": str(workdir), "root": str(root), "val": val, "config": config}
+
+
+def _center_probs(run, images256):
+  """By hand: NumPy center window, mean and scale, the plain model, a NumPy softmax."""
+  mean = np.asarray(run.stats.mean_image, np.float32)
+  views = (images256[:, 16:240, 16:240].astype(np.float32) - mean[16:240, 16:240]) * (1 / 128)
+  logits = np.asarray(run.model.apply(run.variables, jnp.asarray(views)), np.float64)
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _split_images(config, split, max_examples=None):
+  images, labels = [], []
+  for b in input_pipeline.split_iterator(
+      config.dataset,
+      split,
+      global_batch_size=5,
+      shard_index=0,
+      num_shards=1,
+      max_examples=max_examples,
+  ):
+    images.append(b["image"][b["mask"]])
+    labels.append(b["label"][b["mask"]])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def test_training_writes_what_inference_needs_into_the_run(folder_run):
+  w, config = folder_run["workdir"], folder_run["config"]
+  assert json.load(open(os.path.join(w, "class_names.json"))) == sorted(CLASSES)
+  with open(os.path.join(w, "preprocessing.json")) as f:
+    assert json.load(f) == {
+        "dataset": f"folder:{folder_run['root']}",
+        "image_size": 256,
+        "crop_size": 224,
+        "scale": 1 / 128,
+        "eval_crops": 1,
+    }
+  images, _ = _split_images(config, "train")
+  assert len(images) == 24
+  with np.load(os.path.join(w, "dataset_stats.npz")) as z:
+    np.testing.assert_allclose(z["mean_image"], images.astype(np.float64).mean(0), atol=1e-3)
+    px = images.reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(z["covariance"], np.cov(px.T, bias=True), rtol=1e-6, atol=1e-9)
+    assert int(z["num_images"]) == 24
+
+
+def _evaluate_one_file(run, eval_step, path, label, root):
+  """The evaluation path on a one-image folder: (p[label], top-1 error) from its loss."""
+  for c in CLASSES:  # the class folders (train/ is never read by evaluation)
+    os.makedirs(os.path.join(root, "train", c))
+    open(os.path.join(root, "train", c, "x.jpg"), "wb").close()
+  os.makedirs(os.path.join(root, "val", CLASSES[label]))
+  shutil.copy(path, os.path.join(root, "val", CLASSES[label]))
+  config = run.config.copy_and_resolve_references()
+  config.dataset.name = f"folder:{root}"
+  m = train.evaluate(config, eval_step, run.variables["params"], run.mean_image(), run.mesh)
+  assert m["num_images"] == 1
+  return np.exp(-m["loss"]), m["top1_error"]
+
+
+@pytest.mark.parametrize("crops", [1, 10])
+def test_predict_equals_the_evaluation_of_the_same_file(folder_run, crops, tmp_path):
+  run = analysis.load_run(folder_run["workdir"])
+  eval_step = train.make_eval_step(run.config, run.model, run.mesh, crops=crops)
+  paths = [folder_run["val"][c] for c in CLASSES]
+  probs = run.predict(paths, crops=crops)
+  assert probs.shape == (6, 6)
+  np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+  for label, path in enumerate(paths):
+    p, top1 = _evaluate_one_file(run, eval_step, path, label, str(tmp_path / f"one{label}"))
+    assert probs[label, label] == pytest.approx(p, rel=1e-5), path
+    assert top1 == float(np.argmax(probs[label]) != label)
+  # A PIL image and a decoded array of the same file give the same probabilities.
+  again = run.predict([Image.open(paths[2]), np.asarray(Image.open(paths[0]))], crops=crops)
+  np.testing.assert_allclose(again, probs[[2, 0]], rtol=1e-5, atol=1e-7)
+  # The names that go with them.
+  assert run.top_k(probs[:1], 2)[0][0] == (CLASSES[int(np.argmax(probs[0]))], float(probs[0].max()))
+
+
+def test_restore_and_predict_from_a_copied_run_with_the_dataset_renamed_away(
+    folder_run, tmp_path, monkeypatch
+):
+  files = [
+      tmp_path / f"q{i}{os.path.splitext(p)[1]}" for i, p in enumerate(folder_run["val"].values())
+  ]
+  for f, p in zip(files, folder_run["val"].values()):
+    shutil.copy(p, f)
+  want = analysis.load_run(folder_run["workdir"]).predict(files)
+  copy = tmp_path / "copied_run"
+  shutil.copytree(folder_run["workdir"], copy)
+  away = folder_run["root"] + "_away"
+  os.rename(folder_run["root"], away)
+  try:
+    monkeypatch.setattr(input_pipeline, "_SOURCES", {})
+    monkeypatch.setattr(input_pipeline, "_source", lambda *a: pytest.fail("the dataset was read"))
+    run = analysis.load_run(str(copy))
+    assert run.missing == () and run.class_names == CLASSES
+    np.testing.assert_array_equal(run.predict(files), want)
+  finally:
+    os.rename(away, folder_run["root"])
+
+
+def test_an_older_run_restores_says_what_is_missing_and_recomputes_it(folder_run, tmp_path, caplog):
+  old = tmp_path / "old_run"
+  shutil.copytree(folder_run["workdir"], old)
+  for name in run_files.FILES:
+    os.remove(old / name)
+  with caplog.at_level(logging.WARNING):
+    run = analysis.load_run(str(old))
+  assert run.missing == run_files.FILES
+  assert run.class_names == ("0", "1", "2", "3", "4", "5")
+  assert any(
+      "dataset_stats.npz" in r.getMessage() and "from_dataset=True" in r.getMessage()
+      for r in caplog.records
+  )
+  with pytest.raises(analysis.RunError, match=r"no dataset_stats.npz.*from_dataset=True"):
+    run.predict(folder_run["val"]["cat"])
+  run = analysis.load_run(str(old), from_dataset=True)
+  assert run.missing == () and run_files.missing(str(old)) == []
+  assert run.class_names == CLASSES
+  want = run_files.read_stats(folder_run["workdir"])
+  np.testing.assert_array_equal(run.stats.mean_image, want.mean_image)
+
+
+def test_a_workdir_without_checkpoints_is_a_clear_error(folder_run, tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  shutil.copy(os.path.join(folder_run["workdir"], "config.json"), empty)
+  with pytest.raises(FileNotFoundError, match="no checkpoint in .*saved one yet"):
+    analysis.load_run(str(empty))
+  with pytest.raises(FileNotFoundError, match="not a directory"):
+    analysis.load_run(str(tmp_path / "nowhere"))
+
+
+def _mosaic_tile(mosaic, j, cols):
+  r, c = divmod(j, cols)
+  return mosaic[r * 12 : r * 12 + 11, c * 12 : c * 12 + 11]
+
+
+def test_fig3_tiles_are_the_kernels_min_max_normalised(folder_run):
+  rng = np.random.default_rng(0)
+  kernel = rng.normal(size=(2, 11, 11, 3, 48)).astype(np.float32)  # the paper's 2 x 48
+  kernel[1, ..., 5] = 0.25  # a constant kernel: grey, not a division by zero
+  fig = analysis.conv1_kernels_figure({"params": {"conv1": {"kernel": kernel}}})
+  assert len(fig.axes) == 2
+  assert "96 kernels" in fig.get_suptitle()
+  for t, ax in enumerate(fig.axes):
+    assert ax.get_title().startswith(f"tower {t + 1}")
+    mosaic = np.asarray(ax.images[0].get_array())
+    assert mosaic.shape == (3 * 12 - 1, 16 * 12 - 1, 3)
+    for j in range(48):
+      k = kernel[t, :, :, :, j].astype(np.float64)
+      want = (k - k.min()) / (k.max() - k.min()) if k.max() > k.min() else np.full_like(k, 0.5)
+      np.testing.assert_allclose(_mosaic_tile(mosaic, j, 16), want, atol=1e-12)
+  # The trained run: width 0.125 keeps 6 kernels per tower, drawn in one row each.
+  run = analysis.load_run(folder_run["workdir"])
+  k = np.asarray(run.variables["params"]["conv1"]["kernel"], np.float64)
+  fig = analysis.conv1_kernels_figure(run.variables)
+  mosaic = np.asarray(fig.axes[1].images[0].get_array())
+  assert mosaic.shape == (11, 6 * 12 - 1, 3)
+  k = k[1, ..., 4]
+  np.testing.assert_allclose(_mosaic_tile(mosaic, 4, 6), (k - k.min()) / (k.max() - k.min()))
+
+
+def test_neighbour_indices_equal_a_brute_force_numpy_search(folder_run):
+  run = analysis.load_run(folder_run["workdir"])
+  queries = [folder_run["val"][c] for c in ("cat", "rocket")]
+  nb = analysis.nearest_neighbours(run, queries, k=3, max_train_images=12)
+  # By hand: the same 12 training images (spread: every class appears), fc7 of their
+  # NumPy-cut center views through the plain model, all distances, a stable sort.
+  train_images, train_labels = _split_images(folder_run["config"], "train", max_examples=12)
+  assert len(train_images) == 12 and set(train_labels) == set(range(6))
+
+  def fc7(images256):
+    mean = np.asarray(run.stats.mean_image, np.float32)
+    views = (images256[:, 16:240, 16:240].astype(np.float32) - mean[16:240, 16:240]) / 128
+    _, state = run.model.apply(run.variables, jnp.asarray(views), mutable=["intermediates"])
+    return np.asarray(state["intermediates"]["fc7_out"][0], np.float64)
+
+  q = fc7(
+      np.stack([input_pipeline.preprocess_encoded(open(p, "rb").read()).numpy() for p in queries])
+  )
+  f = fc7(train_images)
+  d = np.linalg.norm(q[:, None] - f[None], axis=-1)
+  want = np.argsort(d, axis=1, kind="stable")[:, :3]
+  assert nb.num_scanned == 12
+  np.testing.assert_array_equal(nb.indices, want)
+  np.testing.assert_allclose(nb.distances, np.take_along_axis(d, want, 1), rtol=1e-4)
+  np.testing.assert_array_equal(nb.images, train_images[want])
+  np.testing.assert_array_equal(nb.labels, train_labels[want])
+  fig = analysis.nearest_neighbours_figure(run, queries, neighbours=nb, query_labels=[1, 5])
+  assert len(fig.axes) == 2 * 4
+  np.testing.assert_array_equal(fig.axes[5].images[0].get_array(), train_images[want[1, 0]])
+  assert fig.axes[4].get_title() == "query\n(rocket)"
+
+
+def test_ensemble_of_one_equals_that_runs_evaluation(folder_run):
+  w = folder_run["workdir"]
+  want = evaluate.evaluate_checkpoint(w, crops=10)
+  got = analysis.ensemble_evaluate([w], crops=10)
+  assert got["num_images"] == want["num_images"] == 6
+  assert got["top1_error"] == want["top1_error"] and got["top5_error"] == want["top5_error"]
+  assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+  assert got["members"][0]["top1_error"] == want["top1_error"]
+
+
+def test_ensemble_of_two_equals_the_mean_of_their_softmaxes_by_hand(folder_run):
+  w = folder_run["workdir"]
+  runs = [analysis.load_run(w, step=1), analysis.load_run(w, step=2)]
+  got = analysis.ensemble_evaluate(runs, crops=1, batch_size=4)  # 6 images: 2 padded slots
+  images, labels = _split_images(folder_run["config"], "eval")
+  probs = [_center_probs(r, images) for r in runs]
+  assert np.abs(probs[0] - probs[1]).max() > 1e-4  # two different networks
+  mean = (probs[0] + probs[1]) / 2
+
+  def errors(p):
+    order = np.argsort(-p, axis=1)
+    return (
+        float(np.mean(order[:, 0] != labels)),
+        float(np.mean([labels[i] not in order[i, :5] for i in range(len(labels))])),
+        float(np.mean(-np.log(p[np.arange(len(labels)), labels]))),
+    )
+
+  assert got["num_images"] == 6
+  top1, top5, loss = errors(mean)
+  assert (got["top1_error"], got["top5_error"]) == (top1, top5)
+  assert got["loss"] == pytest.approx(loss, rel=1e-4)
+  for member, p in zip(got["members"], probs):
+    t1, t5, lo = errors(p)
+    assert (member["top1_error"], member["top5_error"]) == (t1, t5)
+    assert member["loss"] == pytest.approx(lo, rel=1e-4)
+
+
+def test_ensemble_of_runs_with_different_class_sets_is_a_clear_error(folder_run, tmp_path):
+  other = tmp_path / "other"
+  shutil.copytree(folder_run["workdir"], other)
+  (other / "class_names.json").write_text(json.dumps(["a", "b", "c", "d", "e", "f"]))
+  with pytest.raises(analysis.RunError, match="different class sets"):
+    analysis.ensemble_evaluate([folder_run["workdir"], str(other)])
+
+
+def test_per_class_errors_and_confusion_matrix_by_hand():
+  rng = np.random.default_rng(5)
+  labels = rng.integers(0, 4, 50)
+  labels[labels == 3] = 2  # class 3 has no image: NaN
+  probs = rng.random((50, 4))
+  pred = probs.argmax(1)
+  cm = analysis.confusion_matrix(probs, labels, 4)
+  want = np.zeros((4, 4), int)
+  for t, p in zip(labels, pred):
+    want[t, p] += 1
+  np.testing.assert_array_equal(cm, want)
+  errors = analysis.per_class_errors(probs, labels, 4)
+  for c in range(3):
+    assert errors[c] == pytest.approx(np.mean(pred[labels == c] != c))
+  assert np.isnan(errors[3])
+  fig = analysis.confusion_figure(cm, ["w", "x", "y", "z"])
+  shown = np.asarray(fig.axes[0].images[0].get_array())
+  np.testing.assert_allclose(shown[0], want[0] / want[0].sum())
+  assert not shown[3].any()
+
+
+def test_an_undecodable_file_is_named_and_the_others_still_predicted(folder_run, tmp_path):
+  run = analysis.load_run(folder_run["workdir"])
+  broken = tmp_path / "broken.jpg"
+  broken.write_bytes(open(folder_run["val"]["cat"], "rb").read()[:300] + b"\x00garbage" * 30)
+  paths = [
+      folder_run["val"]["cat"],
+      str(broken),
+      str(tmp_path / "missing.png"),
+      folder_run["val"]["china"],
+  ]
+  out = list(analysis.predict_files(run, paths))
+  assert [p for p, _, _ in out] == paths
+  assert out[1][1] is None and out[1][2].startswith(f"cannot decode {broken}")
+  assert out[2][1] is None and out[2][2].startswith(f"cannot read {tmp_path / 'missing.png'}")
+  assert "\n" not in out[1][2] + out[2][2]
+  want = run.predict([paths[0], paths[3]])
+  np.testing.assert_array_equal(np.stack([out[0][1], out[3][1]]), want)
+
+
+def test_figures_writes_the_three_pngs_and_the_per_class_errors(folder_run, tmp_path):
+  r = analysis.write_figures(folder_run["workdir"], str(tmp_path / "fig"), num_queries=3, k=2)
+  for name in ("fig3_conv1_kernels.png", "fig4_neighbours.png", "confusion.png"):
+    with Image.open(tmp_path / "fig" / name) as im:
+      assert im.size[0] > 300 and im.size[1] > 200, name
+  run = analysis.load_run(folder_run["workdir"])
+  probs = run.predict([folder_run["val"][c] for c in CLASSES])
+  rows = json.load(open(tmp_path / "fig" / "per_class_errors.json"))["classes"]
+  assert [row["class"] for row in rows] == list(CLASSES)
+  assert [row["images"] for row in rows] == [1] * 6
+  assert [row["top1_error"] for row in rows] == [
+      float(np.argmax(p) != i) for i, p in enumerate(probs)
+  ]
+  assert r["top1_error"] == pytest.approx(np.mean([row["top1_error"] for row in rows]))
+
+
+def _command(module, *args):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-m", module, *args],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+
+
+@pytest.mark.slow
+def test_predict_command_prints_top5_and_names_the_file_it_cannot_decode(folder_run, tmp_path):
+  broken = tmp_path / "broken.png"
+  broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+  good = [folder_run["val"]["coffee"], folder_run["val"]["flower"]]
+  r = _command(
+      "alexnet_jax.predict",
+      f"--workdir={folder_run['workdir']}",
+      "--crops=10",
+      good[0],
+      str(broken),
+      good[1],
+  )
+  assert r.returncode == 1, r.stderr[-3000:]
+  lines = r.stdout.splitlines()
+  assert [line.split(": ")[0] for line in lines] == good
+  probs = analysis.load_run(folder_run["workdir"]).predict(good, crops=10)
+  for line, p in zip(lines, probs):
+    pairs = [item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", ")]
+    order = np.argsort(-p)[:5]
+    assert [name for name, _ in pairs] == [CLASSES[j] for j in order]
+    np.testing.assert_allclose([float(v) for _, v in pairs], p[order], atol=6e-5)
+  named = [line for line in r.stderr.splitlines() if str(broken) in line]
+  assert len(named) == 1 and named[0].startswith("cannot decode"), r.stderr[-3000:]
+  bad = _command("alexnet_jax.predict", f"--workdir={tmp_path}", good[0])
+  assert bad.returncode != 0 and "config.json not found" in bad.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_evaluate_command_ensembles_several_workdirs(folder_run, tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(folder_run["workdir"], copy)
+  out = tmp_path / "ensemble.json"
+  r = _command(
+      "alexnet_jax.evaluate",
+      f"--workdir={folder_run['workdir']}",
+      f"--workdir={copy}",
+      "--crops=1",
+      f"--out={out}",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  m = json.load(open(out))
+  single = analysis.ensemble_evaluate([folder_run["workdir"]], crops=1)
+  # Two copies of one run: the ensemble is that run.
+  assert m["top1_error"] == single["top1_error"] and m["num_images"] == 6
+  assert m["loss"] == pytest.approx(single["loss"], rel=1e-5)
+  assert f"ensemble of 2, 6 images, 1 view(s): top-1 error {single['top1_error']:.4f}" in r.stdout

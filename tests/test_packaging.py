@@ -1,0 +1,58 @@
+"""pyproject.toml: the package installs and imports from any directory."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
+  # Build from a copy, so that the checkout gets no build/ or egg-info.
+  src = tmp_path / "src"
+  shutil.copytree(
+      os.path.join(REPO, "alexnet_jax"),
+      src / "alexnet_jax",
+      ignore=shutil.ignore_patterns("__pycache__"),
+  )
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(REPO, name), src)
+  site = tmp_path / "site"
+  r = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "pip",
+          "install",
+          "--quiet",
+          "--no-deps",
+          "--no-index",  # nothing is downloaded: the build uses the installed setuptools
+          "--no-build-isolation",
+          "--disable-pip-version-check",
+          f"--target={site}",
+          str(src),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  installed = sorted(os.listdir(site / "alexnet_jax"))
+  want = sorted(f for f in os.listdir(os.path.join(REPO, "alexnet_jax")) if f.endswith(".py"))
+  assert [f for f in installed if f.endswith(".py")] == want
+  # From a directory without the checkout, with only the installed copy on the path.
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  code = "import alexnet_jax.run_files as m; print(m.__file__); print(m.STATS_FILE)"
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  r = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=elsewhere,
+      env={**env, "PYTHONPATH": str(site)},
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.split() == [str(site / "alexnet_jax" / "run_files.py"), "dataset_stats.npz"]
