@@ -58,6 +58,7 @@ class CheckpointManager:
         item_names=("state", "meta"),
         options=ocp.CheckpointManagerOptions(
             preservation_policy=policy,
+            save_interval_steps=0 if read_only else 1,  # Orbax warns if it has to set it
             create=not read_only,
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
