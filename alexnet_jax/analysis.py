@@ -63,6 +63,9 @@ LAYERS = (
 )
 _SOWN = {n: (f"{n}_out" if n.startswith(("conv", "fc")) else n) for n in LAYERS}
 _MAX_BATCH = 32
+# How JPEG, PNG, GIF and BMP files start (WebP: "WEBP" at byte 8): what TF's decode_image
+# reads. Anything else goes straight to PIL, without a TF error in the log.
+_TF_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
 
 
 class RunError(ValueError):
@@ -113,10 +116,11 @@ def load_image(source) -> np.ndarray:
         data = f.read()
     except OSError as e:
       raise ImageError(f"cannot read {name}: {e.strerror or e}") from None
-  try:
-    return input_pipeline.decode_image(data).numpy()
-  except (tf.errors.OpError, ValueError):
-    pass
+  if data.startswith(_TF_IMAGE_SIGNATURES) or data[8:12] == b"WEBP":
+    try:
+      return input_pipeline.decode_image(data).numpy()
+    except (tf.errors.OpError, ValueError):
+      pass
   try:
     with Image.open(io.BytesIO(data)) as im:
       return np.asarray(im.convert("RGB"))
