@@ -64,6 +64,7 @@ def test_top_k_is_top_min_5_classes():
   np.testing.assert_array_equal(top5, [0.0, 0.0])  # top-3 of 3 classes holds every label
 
 
+@pytest.mark.slow
 def test_three_classes_fewer_images_than_a_batch_train_and_evaluate(tmp_path):
   """6 training images, batch 8: batches wrap around (every image in the first batch)."""
   root = _folder(tmp_path / "data")
