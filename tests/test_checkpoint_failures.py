@@ -257,3 +257,17 @@ def test_full_disk_stops_the_run_naming_the_space_and_rerun_resumes(tmp_path):
   assert (out / "rc2").read_text().strip() == "0", run2[-3000:]
   assert f"at step {kept}" in run2
   assert (out / "restore2.txt").read_text().strip().splitlines()[-1] == "6"
+
+
+def test_notebook_restore_leaves_a_running_saves_temporary_directory_alone(tmp_path, base):
+  """A run saving step 8 has Orbax's temporary directory in place; restoring beside it
+  (read-only) must neither delete nor touch it."""
+  workdir = str(tmp_path / "run")
+  _, _, states = _saved_run(workdir, base)
+  in_flight = tmp_path / "run" / "checkpoints" / "8.orbax-checkpoint-tmp-1700000000"
+  (in_flight / "state").mkdir(parents=True)
+  (in_flight / "state" / "d").write_bytes(b"half-written")
+  run = checkpoint.restore_run(workdir)
+  assert run.step == 6
+  _assert_params(run.variables["params"], states[6].params)
+  assert (in_flight / "state" / "d").read_bytes() == b"half-written"
