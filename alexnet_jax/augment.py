@@ -66,8 +66,10 @@ def train_views(
     flip: bool = True,
     lighting_std: float = 0.1,
     scale: float = 1.0,
+    dtype=jnp.float32,
 ) -> jax.Array:
-  """uint8 [B, H, W, 3] -> float32 [B, crop, crop, 3]: AlexNet's training augmentation.
+  """uint8 [B, H, W, 3] -> float32 [B, crop, crop, 3]: AlexNet's training augmentation
+  (`dtype` float64 for x64 runs: tests/test_mesh_float64.py).
 
   Per example (its own key): a crop_size window with top-left offsets uniform over all
   (H - crop + 1) x (W - crop + 1) positions (33 x 33 at 224 in 256), or the center with
@@ -80,26 +82,26 @@ def train_views(
   b, h, w, c = images.shape
   ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
   oy, ox, flips, alpha = train_view_params(
-      keys, image_shape=(h, w), crop_size=(ch, cw), lighting_std=lighting_std
+      keys, image_shape=(h, w), crop_size=(ch, cw), lighting_std=lighting_std, dtype=dtype
   )
   if not random_crop:
     oy = jnp.full((b,), _center_offset(h, ch), jnp.int32)
     ox = jnp.full((b,), _center_offset(w, cw), jnp.int32)
   if not flip:
     flips = jnp.zeros((b,), bool)
-  mean = None if mean_image is None else jnp.asarray(mean_image, jnp.float32)
+  mean = None if mean_image is None else jnp.asarray(mean_image, dtype)
 
   if lighting_std:
     # [B, 3] per-image RGB shift in pixel units, written as three explicit terms: a matmul's
     # rounding depends on how the batch is split over devices, and a jnp.sum over the size-3
     # axis fused into the broadcast below is miscompiled by XLA:CPU (jax 0.10.2) for B >~ 1000.
-    coeff = alpha * jnp.asarray(eigval, jnp.float32)  # [B, 3]
-    vec = jnp.asarray(eigvec, jnp.float32)
+    coeff = alpha * jnp.asarray(eigval, dtype)  # [B, 3]
+    vec = jnp.asarray(eigvec, dtype)
     shift = 255.0 * (
         coeff[:, 0:1] * vec[:, 0] + coeff[:, 1:2] * vec[:, 1] + coeff[:, 2:3] * vec[:, 2]
     )
   else:
-    shift = jnp.zeros((b, 3), jnp.float32)
+    shift = jnp.zeros((b, 3), dtype)
 
   # The arithmetic runs on the whole uint8 images (1.3x the crop's pixels), then ONE gather
   # (flip folded into the column index) cuts the views: the gather's output is materialised,
@@ -108,7 +110,7 @@ def train_views(
   # run it in the transpose's strided order. A vmapped dynamic_slice plus
   # where(flip, out[:, ::-1], out) ran 18x slower on CPU
   # (docs/performance.md#augmentation-arithmetic-then-one-gather).
-  x = images.astype(jnp.float32)
+  x = images.astype(dtype)
   if mean is not None:
     x = x - mean
   x = (x + shift[:, None, None, :]) * scale
@@ -118,7 +120,9 @@ def train_views(
   return x[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def train_view_params(keys, *, image_shape=(256, 256), crop_size=224, lighting_std=0.1):
+def train_view_params(
+    keys, *, image_shape=(256, 256), crop_size=224, lighting_std=0.1, dtype=jnp.float32
+):
   """The random draws of train_views for these keys: (oy, ox [B] int32, flip [B] bool, alpha [B, 3]).
 
   Each example's key splits into three streams: crop offsets, flip, lighting. train_views uses
@@ -133,7 +137,7 @@ def train_view_params(keys, *, image_shape=(256, 256), crop_size=224, lighting_s
       lambda k: jax.random.randint(jax.random.fold_in(k, 1), (), 0, image_shape[1] - cw + 1)
   )(ks[:, 0])
   flips = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(ks[:, 1])
-  alpha = lighting_std * jax.vmap(lambda k: jax.random.normal(k, (3,), jnp.float32))(ks[:, 2])
+  alpha = lighting_std * jax.vmap(lambda k: jax.random.normal(k, (3,), dtype))(ks[:, 2])
   return oy, ox, flips, alpha
 
 
@@ -144,7 +148,13 @@ def eval_view_offsets(image_size: int = 256, crop_size: int = 224):
 
 
 def eval_views(
-    images, *, mean_image, crops: int = 1, crop_size: int = 224, scale: float = 1.0
+    images,
+    *,
+    mean_image,
+    crops: int = 1,
+    crop_size: int = 224,
+    scale: float = 1.0,
+    dtype=jnp.float32,
 ) -> jax.Array:
   """uint8 [B, H, W, 3] -> float32 [B, V, crop, crop, 3], mean subtracted, times `scale`.
 
@@ -158,9 +168,9 @@ def eval_views(
   _, h, w, _ = images.shape
   if h != w:
     raise ValueError(f'eval_views expects square images, got {h}x{w}')
-  x = images.astype(jnp.float32)
+  x = images.astype(dtype)
   if mean_image is not None:
-    x = x - jnp.asarray(mean_image, jnp.float32)
+    x = x - jnp.asarray(mean_image, dtype)
   x = x * scale
   offsets = eval_view_offsets(h, crop_size)
   if crops == 1:

@@ -5,23 +5,148 @@ buffers, the plateau-schedule state, the step (which is also the data position: 
 pipeline resumes at `start_step`) and the RNG. Orbax writes each step into a temporary
 directory and renames it when complete, so a run killed mid-save keeps the previous one.
 Kept: the latest `keep_checkpoints` steps and the best one by validation top-1 error.
+
+Integrity: each save records, in its JSON `meta` item, two 32-bit checksums of every array
+of the state (`checksums`: the sum of the array's bits, and a position-weighted sum, both
+mod 2^32; exact integer sums, so any mesh computes the same values). A restore recomputes
+them on what it read, and a step whose files are missing, truncated, unreadable or hold
+other bytes than were saved is skipped for the newest one that verifies (`restore_latest`),
+with a warning naming the step and the reason. A run that resumes below such a step moves it
+to `<workdir>/checkpoints_unreadable/` (never deletes it: Orbax would otherwise count it as
+the latest and could delete the good ones). If none verifies, the run stops with
+`UnreadableCheckpointsError` listing them.
+
+A save that fails (a full disk: ENOSPC) stops the run with `CheckpointSaveError`, naming the
+directory and the space a checkpoint needs, at the next step boundary that logs (`check`);
+the checkpoints already committed stay as they are.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from alexnet_jax import sharding, train_state
 
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"  # steps set aside by a resume (never deleted)
+
+
+class UnreadableCheckpointsError(RuntimeError):
+  """The workdir holds checkpoints, and none of them can be restored."""
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint's arrays differ from the checksums recorded when it was saved."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A save failed (e.g. a full disk); the earlier checkpoints are intact."""
+
+
+# ---- checksums -----------------------------------------------------------------------------
+_WEIGHT = np.uint32(0x9E3779B1)  # odd: every position weight below is odd, so invertible
+
+
+def _bits_u32(x: jax.Array) -> jax.Array:
+  """The array's bits as uint32 (8-byte types: a trailing axis of 2 words)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = x.dtype.itemsize
+  if size in (4, 8):
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, {2: jnp.uint16, 1: jnp.uint8}[size]).astype(jnp.uint32)
+
+
+def _leaf_sums(x: jax.Array) -> jax.Array:
+  bits = _bits_u32(x)
+  # Linear position of every element from broadcast iotas (no reshape: keeps the sharding).
+  pos = jnp.zeros(bits.shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(bits.ndim)):
+    pos = pos + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, d) * np.uint32(stride % 2**32)
+    stride *= bits.shape[d]
+  weight = pos * _WEIGHT | np.uint32(1)
+  return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weight, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _all_sums(leaves):
+  return jnp.stack([_leaf_sums(x) for x in leaves])
+
+
+def checksums(tree) -> dict:
+  """{array path: [sum, weighted sum]} of every array of `tree` (same on any mesh)."""
+  pairs = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+  pairs = [(k, x) for k, x in pairs if np.size(x)]
+  if not pairs:
+    return {}
+  sums = _all_sums(tuple(jnp.asarray(x) if not isinstance(x, jax.Array) else x for _, x in pairs))
+  if not sums.is_fully_addressable:  # multi-process: a reduction's result is replicated
+    sums = multihost_utils.process_allgather(sums, tiled=True)[: len(pairs)]
+  sums = np.asarray(sums)
+  return {k: [int(a), int(b)] for (k, _), (a, b) in zip(pairs, sums)}
+
+
+def verify(state, meta: dict, step: int) -> None:
+  """Raise CorruptCheckpointError if the restored `state` is not what step `step` saved."""
+  want = meta.get("checksums")
+  if want is None:  # saved before checksums existed: at least refuse non-finite values
+    bad = [
+        jax.tree_util.keystr(p)
+        for p, x in jax.tree_util.tree_leaves_with_path(state)
+        if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(x)))
+    ]
+    if bad:
+      raise CorruptCheckpointError(f"non-finite values in {', '.join(bad[:3])}")
+    logging.warning("checkpoint step %d has no checksums (an older save): not verified", step)
+    return
+  got = checksums(state)
+  bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+  if bad:
+    raise CorruptCheckpointError(
+        f"{len(bad)} array(s) differ from the checksums recorded at save time "
+        f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+    )
+
+
+def _reason(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
+      return True
+    if "No space left on device" in str(e) or "ENOSPC" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _megabytes(n: float) -> str:
+  return f"{n / 2**20:.1f} MiB"
+
+
+class Restored(NamedTuple):
+  state: object
+  step: int
+  meta: dict
+  skipped: list  # [(step, reason)] of newer checkpoints that did not restore
 
 
 def _abstract_with_shardings(abstract, shardings):
@@ -64,6 +189,10 @@ class CheckpointManager:
             cleanup_tmp_directories=not read_only,
         ),
     )
+    self._workdir = os.path.abspath(workdir)
+    self._read_only = read_only
+    self._pending = None  # step of a save that may still be in flight
+    self._bytes = 0  # the size of the last saved state's arrays
     for path in incomplete:
       logging.warning(
           "ignoring %s: not a complete checkpoint (a save that was "
@@ -90,22 +219,76 @@ class CheckpointManager:
     return self._manager.all_steps()
 
   def save(self, step: int, state, eval_metrics: dict | None = None, meta: dict | None = None):
+    """Start an asynchronous save of `state` as `step` (errors: at `check` or `wait`)."""
+    self.wait()  # Orbax waits for the previous save anyway; its failure is reported first
     metrics = (
         {"top1_error": float(eval_metrics["top1_error"])} if eval_metrics is not None else None
     )
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave(
-                {
-                    "step": int(step),
-                    **(meta or {}),
-                    **({"eval": eval_metrics} if eval_metrics else {}),
-                }
-            ),
-        ),
-        metrics=metrics,
+    self._bytes = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    meta = {
+        "step": int(step),
+        **(meta or {}),
+        **({"eval": eval_metrics} if eval_metrics else {}),
+        "checksums": checksums(state),
+    }
+    self._pending = step
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          metrics=metrics,
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      self._pending = None
+      raise self._save_error(step, e) from e
+
+  def check(self):
+    """Raise CheckpointSaveError if a background save has finished and failed."""
+    if self._pending is not None and not self._manager.is_saving_in_progress():
+      self._finish_pending()
+
+  def wait(self):
+    """Block until the save in flight is committed; CheckpointSaveError if it failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      step, self._pending = self._pending, None
+      raise self._save_error(step, e) from e
+    if self._pending is not None:
+      self._finish_pending()
+
+  def _finish_pending(self):
+    step, self._pending = self._pending, None
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    if step not in self._manager.all_steps():  # Orbax logged the failure and skipped it
+      raise self._save_error(step, None)
+
+  def _save_error(self, step, error: BaseException | None) -> CheckpointSaveError:
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      free = None
+    need = self._bytes
+    latest = self.latest_step()
+    kept = (
+        f"The checkpoints already written are intact (latest: step {latest}); rerun the same "
+        f"command to resume from it."
+        if latest is not None
+        else "No earlier checkpoint exists."
+    )
+    if _is_disk_full(error) or (free is not None and free < need):
+      return CheckpointSaveError(
+          f"checkpoint step {step} could not be written: no space left on the device of "
+          f"{self.directory} ({_megabytes(free or 0)} free; a checkpoint of this run needs "
+          f"about {_megabytes(need)}, and keep_checkpoints of them are kept). Free space "
+          f"there (or move the workdir) first. {kept}"
+      )
+    return CheckpointSaveError(
+        f"checkpoint step {step} could not be written to {self.directory}: "
+        f"{_reason(error) if error else 'see the error Orbax logged above'}. {kept}"
     )
 
   def restore(self, abstract_state, shardings, step: int | None = None):
@@ -122,19 +305,71 @@ class CheckpointManager:
     """The JSON saved beside the state (num_classes, dataset, eval metrics)."""
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+  def restore_latest(self, abstract_state, shardings) -> Restored | None:
+    """The newest checkpoint that restores and verifies (None: the directory has none).
+
+    Newer ones that fail are logged and skipped; a writer (not read_only) moves them to
+    UNREADABLE_DIR so that its next saves neither collide with them nor let Orbax delete
+    the good ones to keep them. UnreadableCheckpointsError if none restores.
+    """
+    skipped = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        meta = self.restore_meta(step)
+        state = self.restore(abstract_state, shardings, step)
+        verify(state, meta, step)
+        error = None
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+      if jax.process_count() > 1:  # every process restores the same step
+        ok = multihost_utils.process_allgather(np.asarray(error is None))
+        if error is None and not np.all(ok):
+          error = RuntimeError("another process could not restore it")
+      if error is None:
+        if skipped and not self._read_only:
+          self._set_aside([s for s, _ in skipped])
+        return Restored(state, int(step), meta, skipped)
+      skipped.append((int(step), _reason(error)))
+      logging.warning(
+          "skipping checkpoint step %d in %s: %s. Trying an older one; the files are kept.",
+          step,
+          self.directory,
+          skipped[-1][1],
+      )
+    if skipped:
+      raise UnreadableCheckpointsError(
+          f"none of the {len(skipped)} checkpoint(s) in {self.directory} can be restored:\n"
+          + "\n".join(f"  step {s}: {r}" for s, r in skipped)
+          + f"\nNothing was changed. Move {self.directory} away to start this run from "
+          f"scratch, or restore a copy of the checkpoints."
+      )
+    return None
+
+  def _set_aside(self, steps):
+    target = os.path.join(self._workdir, UNREADABLE_DIR)
+    if jax.process_index() == 0:
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        dest = os.path.join(target, str(step))
+        n = 1
+        while os.path.exists(dest):
+          dest, n = os.path.join(target, f"{step}.{n}"), n + 1
+        os.rename(os.path.join(self.directory, str(step)), dest)
+        logging.warning("moved unreadable checkpoint step %d to %s (kept, not deleted)", step, dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("alexnet_jax: unreadable checkpoints set aside")
+    self._manager.reload()
+
   def restore_or(self, init_fn, shardings):
-    """Restore the latest checkpoint onto `shardings`, or call init_fn() for a new run."""
-    if self._manager.latest_step() is None:
-      return init_fn()
+    """Restore the newest good checkpoint onto `shardings`, or call init_fn() for a new run."""
     abstract = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), jax.eval_shape(init_fn)
     )
-    state = self.restore(abstract, shardings)
-    logging.info("resumed from %s at step %d", self.directory, int(state.step))
-    return state
-
-  def wait(self):
-    self._manager.wait_until_finished()
+    restored = self.restore_latest(abstract, shardings)
+    if restored is None:
+      return init_fn()
+    logging.info("resumed from %s at step %d", self.directory, restored.step)
+    return restored.state
 
   def close(self):
     self._manager.close()
@@ -146,6 +381,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a run?")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def _num_classes(manager: CheckpointManager) -> int:
+  """fc8's width, from the newest checkpoint whose meta item reads."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return int(manager.restore_meta(step)["num_classes"])
+    except Exception:  # pylint: disable=broad-except  (restore_latest says which and why)
+      continue
+  raise UnreadableCheckpointsError(f"no checkpoint in {manager.directory} has a readable meta")
 
 
 class RestoredRun(NamedTuple):
@@ -167,15 +412,24 @@ def restore_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun
     mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
   manager = CheckpointManager(workdir, keep=config.get("keep_checkpoints", 3), read_only=True)
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(
-          f"no checkpoint in {manager.directory}: has the run in " f"{workdir} saved one yet?"
+    if step is None:  # the newest one that verifies
+      if manager.latest_step() is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {manager.directory}: has the run in {workdir} saved one yet?"
+        )
+      abstract = train_state.abstract_state(
+          config, train_state.create_model(config, _num_classes(manager))
       )
-    meta = manager.restore_meta(step)
-    model = train_state.create_model(config, meta["num_classes"])
-    abstract = train_state.abstract_state(config, model)
-    state = manager.restore(abstract, train_state.state_shardings(mesh, abstract), step)
+      state, step, meta, _ = manager.restore_latest(
+          abstract, train_state.state_shardings(mesh, abstract)
+      )
+    else:
+      meta = manager.restore_meta(step)
+      abstract = train_state.abstract_state(
+          config, train_state.create_model(config, meta["num_classes"])
+      )
+      state = manager.restore(abstract, train_state.state_shardings(mesh, abstract), step)
+      verify(state, meta, step)
   finally:
     manager.close()
   return RestoredRun(config, {"params": state.params}, int(step), meta)

@@ -10,7 +10,11 @@ Sources (`dataset_config.name`):
   <tfds name>    any TFDS image-classification dataset already prepared under `data_dir`.
   folder:/path   one subfolder per class; either /path/{train,val}/<class>/... or /path/<class>/...
                  (then a fixed ~10% of each class, chosen by a hash of the file's path, is held out
-                 for evaluation).
+                 for evaluation). Files are read by extension (IMAGE_EXTENSIONS); others are ignored
+                 with one warning. At least two classes, no empty class folder and a non-empty
+                 validation split are required. `dataset.exif_transpose=True` turns JPEGs upright
+                 by their EXIF orientation, as PIL's ImageOps.exif_transpose (default False: the
+                 paper's and TFDS's pipelines ignore EXIF).
   digits         the 1,797 8x8 handwritten digits that ship inside scikit-learn (no download);
                  fixed split: 1,500 train / 297 validation.
 
@@ -24,6 +28,8 @@ Stream semantics (what makes runs exactly resumable):
     sequential). Each epoch permutes the order of the record files (stateless, seeded by
     (seed, epoch)) and shuffles records through a buffer seeded the same way. Resuming at step N
     jumps to the right epoch and skips records BEFORE decoding.
+  * A split smaller than one batch wraps around: a batch then holds some images twice (with
+    different augmentations); an epoch counts as one step.
   * Files found undecodable by the statistics pass (`dataset_stats`, cached) are excluded before
     the stream is built, so they never shift it. Anything else that fails to decode at run time is
     dropped by `ignore_errors`, counted and named by the iterator (`.skipped`).
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import logging
 import os
 import re
@@ -58,11 +65,21 @@ IMAGENET_EIGVEC = np.array(
     [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], np.float32
 )
 
+# What the folder source reads (lower-case extensions); anything else is ignored.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif', '.tiff')
+# The only formats the PIL fallback opens (for files TF cannot decode): never EPS, PDF and the
+# like, which PIL hands to external programs (Ghostscript).
+PIL_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'WEBP', 'TIFF')
+
 AUTOTUNE = tf.data.AUTOTUNE
-_STATS_VERSION = 1
+_STATS_VERSION = 2  # 2: the cache carries an HMAC of its content (_stats_digest)
 _DIGITS_NUM_TRAIN = 1500
 _KEY_SHIFT = 32  # TFDS record key = file_index << 32 | record offset in that file.
 _STATS_BATCH = 32
+
+
+class DatasetError(ValueError):
+  """A dataset the trainer cannot use as it is; the message says what to change."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,13 +168,47 @@ def preprocess_encoded(data: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
 
 
 def _pil_load(path) -> np.ndarray:
-  """Fallback for formats TF cannot decode (TIFF, ...); used only for files the stats pass flagged."""
+  """Fallback for formats TF cannot decode (TIFF, ...); used only for files the stats pass
+  flagged, and only for PIL_FORMATS."""
   if isinstance(path, tf.Tensor):
     path = path.numpy()
   if isinstance(path, bytes):
-    path = path.decode()
-  with Image.open(path) as im:
+    path = os.fsdecode(path)
+  with Image.open(path, formats=PIL_FORMATS) as im:
     return np.asarray(im.convert('RGB'), np.uint8)
+
+
+# EXIF orientation (tag 0x0112) -> what makes the stored pixels upright, as PIL's
+# ImageOps.exif_transpose: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
+# 7 transverse, 8 rotate 90 counter-clockwise.
+_ORIENT = (
+    lambda x: x,
+    lambda x: x[:, ::-1],
+    lambda x: x[::-1, ::-1],
+    lambda x: x[::-1],
+    lambda x: tf.transpose(x, [1, 0, 2]),
+    lambda x: tf.image.rot90(x, 3),
+    lambda x: tf.image.rot90(tf.transpose(x, [1, 0, 2]), 2),
+    lambda x: tf.image.rot90(x, 1),
+)
+
+
+def exif_orientation(path: str) -> int:
+  """The EXIF orientation of an image file (1 = upright, also when absent or unreadable)."""
+  try:
+    with Image.open(path, formats=PIL_FORMATS) as im:
+      value = int(im.getexif().get(0x0112, 1))
+  except Exception:  # pylint: disable=broad-except  (the decode reports bad files)
+    return 1
+  return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(image: tf.Tensor, orientation) -> tf.Tensor:
+  """uint8 [H, W, 3] as stored -> upright for EXIF `orientation` (1..8)."""
+  branches = [lambda f=f: f(image) for f in _ORIENT]
+  out = tf.switch_case(tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7), branches)
+  out.set_shape([None, None, 3])
+  return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,12 +295,16 @@ class _ArraySplit(_RandomAccessSplit):
 class _FileSplit(_RandomAccessSplit):
   """Image files on disk (folder:); decoded by TF, or by PIL for keys flagged by the stats pass."""
 
-  def __init__(self, paths: list, labels: np.ndarray, root: str):
+  def __init__(self, paths: list, labels: np.ndarray, root: str, exif: bool = False):
     super().__init__(labels, [os.path.relpath(p, root) for p in paths])
     self.paths = np.asarray(paths, dtype=object)
+    # Bytes of the file system's encoding (os.fsencode): non-ASCII names included.
+    self._path_bytes = np.asarray([os.fsencode(p) for p in paths], dtype=object)
+    # 1..8 per file when turning JPEGs upright (dataset.exif_transpose), else None.
+    self.orientations = np.asarray([exif_orientation(p) for p in paths], np.int32) if exif else None
 
   def element(self, key):
-    path = tf.gather(tf.constant(self.paths.astype(bytes)), key)
+    path = tf.gather(tf.constant(self._path_bytes, tf.string), key)
     pil = tf.constant(self.pil_keys)
     is_pil = tf.reduce_any(tf.equal(pil, key)) if len(self.pil_keys) else tf.constant(False)
 
@@ -259,6 +314,8 @@ class _FileSplit(_RandomAccessSplit):
       return image
 
     image = tf.cond(is_pil, with_pil, lambda: decode_image(tf.io.read_file(path)))
+    if self.orientations is not None and np.any(self.orientations != 1):
+      image = apply_orientation(image, tf.gather(tf.constant(self.orientations), key))
     return {
         'image': resize_and_center_crop(image),
         'label': tf.gather(tf.constant(self.labels), key),
@@ -269,6 +326,8 @@ class _FileSplit(_RandomAccessSplit):
       image = _pil_load(self.paths[int(key)])
     except Exception:  # pylint: disable=broad-except
       return None
+    if self.orientations is not None and image.size:
+      image = apply_orientation(image, self.orientations[int(key)]).numpy()
     return image if image.size else None
 
 
@@ -411,12 +470,13 @@ def _source(dataset_config) -> _Source:
   name = str(_get(dataset_config, 'name', 'imagenet2012'))
   data_dir = _get(dataset_config, 'data_dir')
   manual_dir = _get(dataset_config, 'manual_dir')
-  cache_key = (name, data_dir, manual_dir)
+  exif = bool(_get(dataset_config, 'exif_transpose', False))
+  cache_key = (name, data_dir, manual_dir, exif)
   if cache_key not in _SOURCES:
     if name == 'digits':
       src = _digits_source(data_dir)
     elif name.startswith('folder:'):
-      src = _folder_source(name[len('folder:') :])
+      src = _folder_source(name[len('folder:') :], exif)
     else:
       src = _tfds_source(name, data_dir, manual_dir)
     _SOURCES[cache_key] = src
@@ -446,15 +506,19 @@ def _list_classes(root: str) -> list:
   )
 
 
-def _list_files(class_dir: str) -> list:
-  out = []
+def _list_files(class_dir: str) -> tuple[list, list]:
+  """(image files, other files) under class_dir, sorted; hidden ones skipped."""
+  images, other = [], []
   for dirpath, dirnames, filenames in os.walk(class_dir):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-    out += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith('.')]
-  return out
+    for f in sorted(filenames):
+      if not f.startswith('.'):
+        is_image = os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+        (images if is_image else other).append(os.path.join(dirpath, f))
+  return images, other
 
 
-def _folder_source(path: str) -> _Source:
+def _folder_source(path: str, exif: bool = False) -> _Source:
   root = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(root):
     raise FileNotFoundError(
@@ -475,36 +539,75 @@ def _folder_source(path: str) -> _Source:
   classes = _list_classes(train_root)
   if not classes:
     raise FileNotFoundError(f'no class subfolders in {train_root!r}')
+  if len(classes) < 2:
+    raise DatasetError(
+        f'dataset folder {train_root!r} has one class folder ({classes[0]!r}): a classifier '
+        f'needs at least two classes, one subfolder each.'
+    )
   splits = {'train': ([], []), 'eval': ([], [])}
+  empty, ignored = [], []
   for label, cls in enumerate(classes):
-    for f in _list_files(os.path.join(train_root, cls)):
+    files, other = _list_files(os.path.join(train_root, cls))
+    ignored += other
+    if not files:
+      empty.append(os.path.join(train_root, cls))
+    for f in files:
       held_out = not split_layout and zlib.crc32(os.path.relpath(f, root).encode()) % 10 == 0
       part = splits['eval' if held_out else 'train']
       part[0].append(f)
       part[1].append(label)
     if split_layout and eval_dir and os.path.isdir(os.path.join(eval_dir, cls)):
-      for f in _list_files(os.path.join(eval_dir, cls)):
+      files, other = _list_files(os.path.join(eval_dir, cls))
+      ignored += other
+      for f in files:
         splits['eval'][0].append(f)
         splits['eval'][1].append(label)
+  if empty:
+    raise DatasetError(
+        f'class folder(s) without images: {", ".join(empty)} (images: '
+        f'{", ".join(IMAGE_EXTENSIONS)}); add images or remove the folder(s).'
+    )
+  if ignored:
+    log.warning(
+        'ignoring %d file(s) that are not images (by extension) under %s: %s%s',
+        len(ignored),
+        root,
+        ', '.join(os.path.relpath(f, root) for f in ignored[:5]),
+        ', ...' if len(ignored) > 5 else '',
+    )
   if not splits['train'][0]:
     raise FileNotFoundError(f'no image files under the class folders of {train_root!r}')
+  if not splits['eval'][0]:
+    raise DatasetError(
+        f'the validation split of {root!r} is empty: '
+        + (
+            f'put images in {root}/val/<class>/ beside train/.'
+            if split_layout
+            else f'the fixed ~10% hold-out picked none of its {len(splits["train"][0])} '
+            f'images; add images, or use {root}/train/<class>/ and {root}/val/<class>/.'
+        )
+    )
   digest = hashlib.sha1()
   for f in splits['train'][0]:
     st = os.stat(f)
     digest.update(f'{os.path.relpath(f, root)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+  suffix = '_exif' if exif else ''  # upright images have other statistics
   stats_dir = os.path.join(root, '.alexnet_jax_stats')
   if not _writable_dir(stats_dir):  # read-only data: keep the cache in the user's cache dir
     stats_dir = _user_cache_dir()
-    stats_name = f'folder_{_sanitise(root)}_{hashlib.sha1(root.encode()).hexdigest()[:8]}_train.npz'
+    stats_name = (
+        f'folder_{_sanitise(root)}_{hashlib.sha1(os.fsencode(root)).hexdigest()[:8]}_'
+        f'train{suffix}.npz'
+    )
   else:
-    stats_name = 'train.npz'
+    stats_name = f'train{suffix}.npz'
   return _Source(
       f'folder:{root}',
       tuple(classes),
-      _FileSplit(*splits['train'], root),
-      _FileSplit(*splits['eval'], root),
+      _FileSplit(*splits['train'], root, exif),
+      _FileSplit(*splits['eval'], root, exif),
       os.path.join(stats_dir, stats_name),
-      digest.hexdigest(),
+      digest.hexdigest() + suffix,
   )
 
 
@@ -677,22 +780,80 @@ def _stats_pass_tf_first(split, max_images):
   )
 
 
-def _load_or_compute_stats(src: _Source, max_images) -> dict:
+def _stats_key() -> bytes:
+  """This user's secret for the statistics caches' HMAC (created once, mode 0600)."""
+  path = os.path.join(_user_cache_dir(), 'stats_key')
+  try:
+    with open(path, 'rb') as f:
+      key = f.read()
+    if len(key) >= 32:
+      return key
+  except OSError:
+    pass
+  key = os.urandom(32)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, 'wb') as f:
+      f.write(key)
+  except FileExistsError:  # another process made it first
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    log.warning('cannot keep a key in %s (%s): statistics caches will not be reused', path, e)
+  return key
+
+
+def _stats_digest(stats: dict, key: bytes) -> str:
+  """HMAC-SHA256 of every array of the cache (names, dtypes, shapes, bytes), its meta included:
+  a cache is trusted only if this user wrote it for this data, unaltered."""
+  h = hmac.new(key, digestmod=hashlib.sha256)
+  for name in sorted(k for k in stats if k != 'digest'):
+    a = np.ascontiguousarray(np.asarray(stats[name]))
+    h.update(f'{name}\0{a.dtype.str}\0{a.shape}\0'.encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _stats_locations(src: _Source, max_images) -> list:
+  """Where the cache is read from, in order: beside the data, then the user's cache dir
+  (where it is written when the data's directory is read-only)."""
   path = _stats_path(src, max_images)
+  tag = hashlib.sha1(os.fsencode(path)).hexdigest()[:10]
+  return [path, os.path.join(_user_cache_dir(), f'{tag}_{os.path.basename(path)}')]
+
+
+def _load_or_compute_stats(src: _Source, max_images) -> dict:
+  locations = _stats_locations(src, max_images)
   meta = f'v{_STATS_VERSION}:{src.name}:{src.fingerprint}:{max_images}'
-  if os.path.exists(path):
+  key = _stats_key()
+  for path in locations:
+    if not os.path.exists(path):
+      continue
     try:
       with np.load(path, allow_pickle=False) as z:
-        if str(z['meta']) == meta:
-          return {k: z[k] for k in z.files}
+        stats = {k: z[k] for k in z.files}
     except Exception as e:  # pylint: disable=broad-except
       log.warning('ignoring unreadable stats cache %s (%s)', path, e)
+      continue
+    if str(stats.get('meta')) != meta:
+      continue  # other data, or an older version: recomputed
+    if str(stats.get('digest')) != _stats_digest(stats, key):
+      log.warning(
+          'ignoring stats cache %s: its HMAC does not verify (altered, or written by another '
+          "user or with another key; the key is this user's %s)",
+          path,
+          os.path.join(_user_cache_dir(), 'stats_key'),
+      )
+      continue
+    return stats
   log.info('computing dataset statistics of %s (one pass over the training split)', src.name)
   stats = _stats_pass(src.train, max_images)
   stats['meta'] = np.asarray(meta)
-  for directory in (os.path.dirname(path), _user_cache_dir()):
+  stats['digest'] = np.asarray(_stats_digest(stats, key))
+  for target in locations:
+    directory = os.path.dirname(target)
     if _writable_dir(directory):
-      target = os.path.join(directory, os.path.basename(path))
       fd, tmp = tempfile.mkstemp(dir=directory, suffix='.npz')
       with os.fdopen(fd, 'wb') as f:
         np.savez(f, **stats)

@@ -4,7 +4,9 @@
   python -m alexnet_jax.main --config=configs/paper.py --workdir=runs/paper \
       --config.optimizer.learning_rate=0.02 --config.mesh.tower=2
 
-Re-running with the same --workdir resumes from its latest checkpoint.
+Re-running with the same --workdir resumes from its latest checkpoint; overrides that would
+change the parameter shapes or the data are refused (alexnet_jax/config_checks.py).
+SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
 
 Several processes (one global mesh over all their devices) start jax.distributed from the
 environment (launch/multiprocess_local.sh, SLURM, TPU pods) or from flags:
@@ -13,18 +15,23 @@ environment (launch/multiprocess_local.sh, SLURM, TPU pods) or from flags:
       --process_id=0    # and --process_id=1 on the other host; see launch/README.md
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import distributed
+from alexnet_jax import config_checks, distributed
 
 config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file (configs/*.py).", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config.")
+flags.DEFINE_list(
+    "allow_config_change",
+    [],
+    "Keys (or 'prefix.*') a resumed run may change although they change the training, e.g. "
+    "optimizer.learning_rate. Shape- and data-changing keys are refused regardless.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
 FLAGS = flags.FLAGS
@@ -33,21 +40,58 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _loaded_config()
+  try:  # before any device work, and before anything is written
+    config_checks.validate(config)
+    config_checks.check_workdir(FLAGS.workdir)
+    changes = config_checks.resume_changes(config, FLAGS.workdir, FLAGS.allow_config_change)
+  except config_checks.ConfigError as e:
+    sys.exit(f"FATAL: {e}")
   from alexnet_jax import runtime
+
   # Before JAX/TF touch devices: hides accelerators from TF, starts jax.distributed.
   runtime.setup(distributed.Options.from_flags(FLAGS))
   import jax
 
-  from alexnet_jax import train
-
-  config = FLAGS.config
-  os.makedirs(FLAGS.workdir, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    config_checks.record(config, FLAGS.workdir, changes)
+  for key, (old, new) in changes.items():
+    logging.warning("config changed on resume: %s %r -> %r", key, old, new)
   logging.info("config:\n%s", config)
   # Multi-process: an exception ends this process at once, so the others stop too.
-  distributed.exit_on_error(train.train_and_evaluate, config, FLAGS.workdir)
+  sys.exit(distributed.exit_on_error(_train, config, FLAGS.workdir))
+
+
+def _loaded_config():
+  """FLAGS.config, or one FATAL line if its file could not be loaded (ml_collections defers
+  that error to the first access)."""
+  try:
+    config = FLAGS.config
+    config.keys()
+  except OSError as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if "Errno" in line), " ".join(lines))
+    sys.exit(f"FATAL: cannot load the --config file: {reason}")
+  return config
+
+
+def _train(config, workdir) -> int:
+  """train_and_evaluate -> the exit status; known failures as one FATAL line."""
+  from alexnet_jax import checkpoint, input_pipeline, preemption, train
+
+  try:
+    train.train_and_evaluate(config, workdir)
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    return preemption.EXIT_PREEMPTED
+  except (
+      checkpoint.CheckpointSaveError,
+      checkpoint.UnreadableCheckpointsError,
+      input_pipeline.DatasetError,
+      train.NonFiniteLossError,
+  ) as e:
+    sys.exit(f"FATAL: {e}")
+  return 0
 
 
 def parse_flags(argv):

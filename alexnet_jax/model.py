@@ -58,7 +58,7 @@ def local_response_norm(
   alpha_per_term=True is the paper's text (= tf.nn.local_response_normalization);
   False divides alpha by `size` as cuda-convnet, Caffe and PyTorch do.
 
-  Computed in float32 whatever x's dtype. The gradient is written by hand
+  Computed in float32 (float64 for float64 x) whatever x's dtype. The gradient is written by hand
   (_lrn_backward, docs/performance.md#max-pool-and-lrn-gradients): autodiff of the forward kept d ** -beta's
   pieces as three extra activation-sized arrays and split the backward over several loops.
   """
@@ -86,9 +86,14 @@ def _pow_neg(d, beta: float):
   return d**-beta
 
 
+def _at_least_f32(dtype):
+  """float32 for bfloat16/float16/float32; float64 stays (x64 runs: tests/test_mesh_float64.py)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _lrn(x, size, k, scale, beta):
-  x32 = x.astype(jnp.float32)
+  x32 = x.astype(_at_least_f32(x.dtype))
   return (x32 * _pow_neg(_lrn_denominator(x32, size, k, scale), beta)).astype(x.dtype)
 
 
@@ -99,7 +104,7 @@ def _lrn_forward(x, size, k, scale, beta):
 def _lrn_backward(size, k, scale, beta, x, g):
   """b_c = a_c d_c^-beta, d_c = k + scale sum_{c' in W(c)} a_c'^2 (W symmetric), so
   da_j = g_j d_j^-beta - 2 scale beta a_j sum_{c in W(j)} g_c a_c d_c^(-beta-1)."""
-  x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
+  x32, g32 = x.astype(_at_least_f32(x.dtype)), g.astype(_at_least_f32(x.dtype))
   d = _lrn_denominator(x32, size, k, scale)
   inv = _pow_neg(d, beta)
   t = g32 * x32 * inv / d
@@ -216,7 +221,8 @@ class AlexNet(nn.Module):
     initializer: 'paper' (N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7) or 'he'
       (He-normal weights, zero biases: leaves the initial plateau at once, docs/paper.md#initialization).
     dropout_rate: on the outputs of fc6 and fc7 (inverted dropout, §4.2).
-    dtype: compute dtype (bfloat16 on accelerators); parameters stay float32.
+    dtype: compute dtype (bfloat16 on accelerators); parameters stay float32, except with
+      float64 (under jax_enable_x64), where everything is float64.
     tower_axis / data_axis: mesh axis names, set by sharding.py when the module runs
       inside `jax.shard_map`; None when one device holds everything.
   """
@@ -285,7 +291,14 @@ class AlexNet(nn.Module):
     """Kernel [local, *kernel_shape] and bias [local, out] of one tower layer."""
     fan_in_axes = tuple(range(1, len(kernel_shape)))  # all but the output axis (+1 shift)
     kinit, binit = self._init_fns(name, fan_in_axes)
-    return _KernelBias((local, *kernel_shape), (local, kernel_shape[-1]), kinit, binit, name=name)()
+    return _KernelBias(
+        (local, *kernel_shape),
+        (local, kernel_shape[-1]),
+        kinit,
+        binit,
+        _at_least_f32(self.dtype),
+        name=name,
+    )()
 
   # ---- layers ------------------------------------------------------------------------
   def _conv(self, x, kernel, bias, stride: int, padding):
@@ -379,11 +392,16 @@ class AlexNet(nn.Module):
       g = self._gather_towers(stage(f"{name}_out", h))  # cross-tower points 3 (fc7) and 4 (fc8)
     kinit, binit = self._init_fns("fc8", (0,))
     k8, b8 = _KernelBias(
-        (g.shape[-1], self.num_classes), (self.num_classes,), kinit, binit, name="fc8"
+        (g.shape[-1], self.num_classes),
+        (self.num_classes,),
+        kinit,
+        binit,
+        _at_least_f32(self.dtype),
+        name="fc8",
     )()
     logits = g @ k8.astype(self.dtype) + b8.astype(self.dtype)
     self.sow("intermediates", "logits", logits)
-    return logits.astype(jnp.float32)
+    return logits.astype(_at_least_f32(self.dtype))
 
 
 class _KernelBias(nn.Module):
@@ -393,12 +411,13 @@ class _KernelBias(nn.Module):
   bias_shape: tuple[int, ...]
   kernel_init: Callable
   bias_init: Callable
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self):
     return (
-        self.param("kernel", self.kernel_init, self.kernel_shape),
-        self.param("bias", self.bias_init, self.bias_shape),
+        self.param("kernel", self.kernel_init, self.kernel_shape, self.param_dtype),
+        self.param("bias", self.bias_init, self.bias_shape, self.param_dtype),
     )
 
 

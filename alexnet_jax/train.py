@@ -19,6 +19,7 @@ from alexnet_jax import (
     augment,
     input_pipeline,
     optim,
+    preemption,
     reporting,
     run_files,
     sharding,
@@ -71,13 +72,21 @@ def compiler_options() -> dict | None:
 
 
 def _errors(logits, labels):
-  """Per-example top-1 and top-5 errors (0/1 floats)."""
-  top5 = jax.lax.top_k(logits, 5)[1]
+  """Per-example top-1 and top-5 errors (0/1 floats). With fewer than 5 classes the second
+  is top-min(5, classes) (then always 0); its metric keeps the name top5_error."""
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   hit5 = jnp.any(top5 == labels[:, None], axis=-1)
   return (top5[:, 0] != labels).astype(jnp.float32), 1.0 - hit5.astype(jnp.float32)
 
 
-def augment_batch(acfg, mesh, aug_rng, step, images, aug: AugmentConstants) -> jax.Array:
+def input_dtype(config):
+  """The augmented images' dtype: float32, or float64 for model.dtype float64 (x64 runs)."""
+  return jnp.float64 if config.model.dtype == "float64" else jnp.float32
+
+
+def augment_batch(
+    acfg, mesh, aug_rng, step, images, aug: AugmentConstants, dtype=jnp.float32
+) -> jax.Array:
   """The train step's augmentation: uint8 [B, 256, 256, 3] -> float32 [B, 224, 224, 3]
   split over "data". Keys from (seed, step, position in the global batch): the same views
   on every mesh."""
@@ -92,6 +101,7 @@ def augment_batch(acfg, mesh, aug_rng, step, images, aug: AugmentConstants) -> j
       flip=acfg.flip,
       lighting_std=acfg.lighting_std,
       scale=acfg.scale,
+      dtype=dtype,
   )
   return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
 
@@ -110,7 +120,9 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
     images, labels = batch["image"], batch["label"]
     if augment_on_device:
-      images = augment_batch(config.augment, mesh, aug_rng, state.step, images, aug)
+      images = augment_batch(
+          config.augment, mesh, aug_rng, state.step, images, aug, input_dtype(config)
+      )
 
     def loss_fn(params):
       logits = apply(
@@ -149,12 +161,14 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
   )
 
 
-def view_probs(apply, mesh, params, images, mean_image, *, crops: int, scale: float):
+def view_probs(
+    apply, mesh, params, images, mean_image, *, crops: int, scale: float, dtype=jnp.float32
+):
   """uint8 [B, 256, 256, 3] -> float32 [B, C]: the softmax (not the logits) averaged over
   the `crops` views (1: center; 10: corners, center and their reflections, §4.1), each view
   mean-subtracted and times `scale` (augment.eval_views). Evaluation, prediction and
   ensembles all go through here."""
-  views = augment.eval_views(images, mean_image=mean_image, crops=crops, scale=scale)
+  views = augment.eval_views(images, mean_image=mean_image, crops=crops, scale=scale, dtype=dtype)
   b, v = views.shape[:2]
   views = jax.lax.with_sharding_constraint(
       views.reshape(b * v, *views.shape[2:]), sharding.batch_sharding(mesh)
@@ -185,7 +199,14 @@ def make_eval_step(config, model, mesh, crops: int | None = None):
 
   def eval_step(params, batch, mean_image):
     probs = view_probs(
-        apply, mesh, params, batch["image"], mean_image, crops=crops, scale=config.augment.scale
+        apply,
+        mesh,
+        params,
+        batch["image"],
+        mean_image,
+        crops=crops,
+        scale=config.augment.scale,
+        dtype=input_dtype(config),
     )
     return eval_sums(probs, batch["label"], batch["mask"])
 
@@ -299,6 +320,18 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   sharding.check_batch(mesh, config.batch_size)
   sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
   info = input_pipeline.dataset_info(config.dataset)
+  if info.num_eval == 0:  # evaluation (and the plateau schedule) would fail after training
+    raise input_pipeline.DatasetError(
+        f"dataset {info.name} has no validation images (no 'validation' or 'test' split): "
+        f"evaluation needs them."
+    )
+  if info.num_train < config.batch_size:
+    logging.warning(
+        "the training split has %d images, fewer than one batch (%d): batches wrap around "
+        "and repeat images (one epoch = one step).",
+        info.num_train,
+        config.batch_size,
+    )
   steps_per_epoch = max(info.num_train // config.batch_size, 1)
   num_steps = (
       config.num_train_steps
@@ -456,27 +489,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
 
   pending, t_window, eval_metrics = [], time.perf_counter(), None
-  for step in range(start + 1, num_steps + 1):
-    state, metrics = train_step(state, global_batch(run.mesh, next(batches)), run.aug)
-    pending.append(metrics)
-    last = step == num_steps
-    evaluate_now = step % run.eval_every == 0 or last
-    save_now = step % config.checkpoint_every_steps == 0 or last
-    if step % config.log_every_steps == 0 or evaluate_now or save_now:
-      # Fetching metrics syncs with the device: done only here, so steps stay async.
-      now = time.perf_counter()
-      writer.write(
-          step, "train", summarize_window(run, step, jax.device_get(pending), now - t_window)
-      )
-      pending, t_window = [], now
-    if evaluate_now:
-      state, eval_metrics = evaluate_and_schedule(run, eval_step, state)
-      writer.write(step, "eval", eval_metrics)
-    if save_now:
-      save(run, step, state, eval_metrics if evaluate_now else None)
-      t_window = time.perf_counter()  # saving is not training time
-  run.manager.wait()
+  with preemption.Watcher() as watcher:  # SIGTERM/SIGINT: save this step, then stop
+    for step in range(start + 1, num_steps + 1):
+      state, metrics = train_step(state, global_batch(run.mesh, next(batches)), run.aug)
+      pending.append(metrics)
+      last = step == num_steps
+      stop = watcher.should_stop(step) and not last
+      evaluate_now = step % run.eval_every == 0 or last
+      save_now = step % config.checkpoint_every_steps == 0 or last or stop
+      if step % config.log_every_steps == 0 or evaluate_now or save_now:
+        # Fetching metrics syncs with the device: done only here, so steps stay async.
+        now = time.perf_counter()
+        writer.write(
+            step, "train", summarize_window(run, step, jax.device_get(pending), now - t_window)
+        )
+        pending, t_window = [], now
+        run.manager.check()  # a background save that failed stops the run now
+      if evaluate_now:
+        state, eval_metrics = evaluate_and_schedule(run, eval_step, state)
+        writer.write(step, "eval", eval_metrics)
+      if save_now:
+        save(run, step, state, eval_metrics if evaluate_now else None)
+        t_window = time.perf_counter()  # saving is not training time
+      if stop:
+        break
+    run.manager.wait()  # committed (or raises) before the process may end
   writer.close()
+  if stop:
+    raise preemption.Preempted(step, watcher.reason, workdir)
   if run.lead:
     reporting.finish(workdir, config, eval_metrics)
   return eval_metrics

@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.shuffle_buffer = 16_384
   c.dataset.stats_max_images = ml_collections.FieldReference(None, field_type=int)
   c.dataset.cache = False  # decoded 256x256 uint8 in RAM: only for small datasets
+  c.dataset.exif_transpose = False  # folder: JPEGs upright by EXIF (the paper/TFDS ignore it)
 
   c.augment = ml_collections.ConfigDict()
   c.augment.random_crop = True  # 224x224 of 256x256, all 33x33 offsets (§4.1)

@@ -8,7 +8,8 @@
 #
 # Each process writes its log to LOG_DIR/process_<i>.log and its pid to process_<i>.pid
 # (default LOG_DIR: <workdir>/logs, or ./logs without --workdir); process 0's log is also
-# shown here. The exit status is the worst (highest) of the processes' statuses. When one
+# shown here. The exit status is the worst (highest) of the processes' statuses (75: all
+# saved a checkpoint after SIGTERM/Ctrl-C, rerun to resume). When one
 # process fails, JAX ends the others (--distributed_heartbeat_timeout); any still running
 # GRACE_SECONDS later (default 180) are killed here. Environment: PYTHON (default python3), PORT (default: a free port),
 # LOG_DIR, GRACE_SECONDS, QUIET=1 (do not show process 0's log).
@@ -42,10 +43,21 @@ export ALEXNET_JAX_HUGE_PAGES=${ALEXNET_JAX_HUGE_PAGES:-1}
 
 echo "multiprocess_local: $NPROC process(es) x $DEVICES CPU device(s), coordinator $COORD, logs in $LOG_DIR/process_*.log" >&2
 declare -a PIDS=()
-cleanup() {
+# SIGINT/SIGTERM: pass SIGTERM to every process (they save one agreed step and exit 75;
+# alexnet_jax/preemption.py) and keep collecting statuses; a second signal kills them.
+STOPPING=0
+on_signal() {
+  if ((STOPPING)); then
+    echo "multiprocess_local: $1 again: killing all processes" >&2
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    exit 130
+  fi
+  STOPPING=1
+  echo "multiprocess_local: $1: asking every process to save and stop (again to kill them)" >&2
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
 }
-trap 'echo "multiprocess_local: interrupted, stopping all processes" >&2; cleanup; exit 130' INT TERM
+trap 'on_signal SIGINT' INT
+trap 'on_signal SIGTERM' TERM
 
 for ((i = 0; i < NPROC; i++)); do
   (

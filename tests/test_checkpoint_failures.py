@@ -1,0 +1,273 @@
+"""Checkpoints damaged on disk (truncated, deleted files, a step without its state, garbage
+bytes) and a disk that fills up during a save: what restores, what is said, what is kept."""
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint, config_checks, sharding, train_state
+from configs import demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = (2, 4, 6)
+
+
+def _config():
+  c = demo.get_config()
+  c.model.width = 0.125
+  c.mesh.data, c.mesh.tower = 1, 1
+  return c
+
+
+def _mesh():
+  return sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def base():
+  """(config, model, a train state on one device): created once (its init compiles ~15 s)."""
+  config = _config()
+  model = train_state.create_model(config, 10)
+  return config, model, train_state.create_train_state(config, model, _mesh())
+
+
+def _variant(state, step):
+  """`state` as if at `step`: every float array shifted by `step` (distinct per step)."""
+  shift = lambda x: x + step if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+  return jax.tree.map(shift, state).replace(step=jnp.asarray(step, jnp.int32))
+
+
+def _saved_run(workdir, base):
+  """Checkpoints at steps 2, 4, 6 whose parameters differ; returns {step: state}."""
+  config, model, state0 = base
+  os.makedirs(workdir)
+  config_checks.record(config, workdir, {})
+  manager = checkpoint.CheckpointManager(workdir, config)
+  states = {}
+  for step in STEPS:
+    state = _variant(state0, step)
+    manager.save(step, state, None, meta={"num_classes": 10})
+    manager.wait()
+    states[step] = jax.device_get(state)
+  manager.close()
+  return config, model, states
+
+
+def _state_files(workdir, step):
+  root = os.path.join(workdir, "checkpoints", str(step), "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+  return sorted(files, key=os.path.getsize)
+
+
+def _truncate(workdir, step):
+  big = _state_files(workdir, step)[-1]
+  with open(big, "r+b") as f:
+    f.truncate(os.path.getsize(big) // 2)
+
+
+def _delete_file(workdir, step):
+  os.remove(_state_files(workdir, step)[-1])
+
+
+def _delete_state(workdir, step):
+  shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def _garbage(workdir, step):
+  """4 KiB of random bytes in the middle of the largest data file (its size unchanged)."""
+  big = _state_files(workdir, step)[-1]
+  with open(big, "r+b") as f:
+    f.seek(os.path.getsize(big) // 2)
+    f.write(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+
+DAMAGE = {
+    "truncated": _truncate,
+    "deleted_file": _delete_file,
+    "no_state": _delete_state,
+    "garbage": _garbage,
+}
+
+
+def _assert_params(got, want):
+  flat = dict(jax.tree_util.tree_leaves_with_path(want))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(got):
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(flat[path]))
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_latest_checkpoint_falls_back_and_is_kept(tmp_path, caplog, damage, base):
+  workdir = str(tmp_path / "run")
+  config, model, states = _saved_run(workdir, base)
+  DAMAGE[damage](workdir, 6)
+
+  # A notebook's restore: step 4, a warning naming step 6, nothing moved or deleted.
+  with caplog.at_level(logging.WARNING):
+    run = checkpoint.restore_run(workdir)
+  assert run.step == 4
+  _assert_params(run.variables["params"], states[4].params)
+  warned = [
+      r.getMessage() for r in caplog.records if "skipping checkpoint step 6" in r.getMessage()
+  ]
+  assert warned, [r.getMessage() for r in caplog.records]
+  if damage == "garbage":  # the files read fine: only the checksums tell
+    assert "differ from the checksums recorded at save time" in warned[0], warned
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
+
+  # Training resumes from step 4 (momentum included) and moves step 6 aside, kept.
+  manager = checkpoint.CheckpointManager(workdir, config)
+  abstract = train_state.abstract_state(config, model)
+  state = manager.restore_or(lambda: base[2], train_state.state_shardings(_mesh(), abstract))
+  assert int(state.step) == 4  # not 0: not started from scratch
+  _assert_params(state.opt_state, states[4].opt_state)
+  assert sorted(manager.all_steps()) == [2, 4]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "6"))
+  # Its next save of step 6 works (no collision with the damaged one).
+  manager.save(6, state, None, meta={"num_classes": 10})
+  manager.wait()
+  assert sorted(manager.all_steps()) == [2, 4, 6]
+  manager.close()
+
+
+def test_no_readable_checkpoint_stops_with_the_list_and_changes_nothing(tmp_path, base):
+  workdir = str(tmp_path / "run")
+  config, model, _ = _saved_run(workdir, base)
+  _garbage(workdir, 6)
+  _truncate(workdir, 4)
+  _delete_state(workdir, 2)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  manager = checkpoint.CheckpointManager(workdir, config)
+  abstract = train_state.abstract_state(config, model)
+  with pytest.raises(checkpoint.UnreadableCheckpointsError) as e:
+    manager.restore_or(lambda: base[2], train_state.state_shardings(_mesh(), abstract))
+  message = str(e.value)
+  for step in STEPS:
+    assert f"step {step}:" in message
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
+  with pytest.raises(checkpoint.UnreadableCheckpointsError):
+    checkpoint.restore_run(workdir)
+
+
+def test_checksums_are_the_same_on_any_mesh_and_see_one_flipped_bit(devices, base):
+  config, model, one = base
+  mesh = sharding.make_mesh(4, 2, devices=devices)
+  abstract = train_state.abstract_state(config, model)
+  eight = jax.device_put(one, train_state.state_shardings(mesh, abstract))
+  assert len(eight.params["conv2"]["kernel"].sharding.device_set) == 8
+  assert checkpoint.checksums(one) == checkpoint.checksums(eight)
+  # An independent reference for one array: the same sums with NumPy's uint32 arithmetic.
+  w = np.asarray(one.params["conv1"]["kernel"])
+  bits = w.view(np.uint32).ravel().astype(np.uint64)
+  pos = np.arange(bits.size, dtype=np.uint64)
+  weight = (pos * 0x9E3779B1 % 2**32) | 1
+  want = [int(bits.sum() % 2**32), int((bits * weight % 2**32).sum() % 2**32)]
+  assert checkpoint.checksums(one)[".params['conv1']['kernel']"] == want
+  flipped = w.copy().view(np.uint32)
+  flipped.flat[123] ^= 1 << 7
+  assert checkpoint.checksums({"k": flipped.view(np.float32)})["['k']"] != want
+
+
+# ---- a full disk -------------------------------------------------------------------------
+TINY = [
+    "--config=configs/demo.py",
+    "--config.model.width=0.125",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.dataset.cache=False",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=6",
+    "--config.checkpoint_every_steps=2",
+    "--config.max_eval_batches=1",
+    "--config.num_train_steps=6",
+]
+
+# Inside a private mount namespace (root, or an unprivileged user namespace): a tmpfs of
+# SIZE holds the workdir; it fits one or two checkpoints of the tiny model (~7 MiB), not three.
+FULL_DISK = textwrap.dedent("""\
+    set -u
+    mount -t tmpfs -o size=$SIZE tmpfs "$MNT" || exit 90
+    cd "$REPO"
+    "$PY" -m alexnet_jax.main --workdir="$MNT/w" $FLAGS >"$OUT/run1.txt" 2>&1
+    echo $? >"$OUT/rc1"
+    ls "$MNT/w/checkpoints" >"$OUT/ls1"
+    "$PY" -c "from alexnet_jax import checkpoint; print(checkpoint.restore_run('$MNT/w').step)" \
+        >"$OUT/restore1.txt" 2>&1
+    mount -o remount,size=400M "$MNT"  # space freed
+    "$PY" -m alexnet_jax.main --workdir="$MNT/w" $FLAGS >"$OUT/run2.txt" 2>&1
+    echo $? >"$OUT/rc2"
+    "$PY" -c "from alexnet_jax import checkpoint; print(checkpoint.restore_run('$MNT/w').step)" \
+        >"$OUT/restore2.txt" 2>&1
+    """)
+
+
+def _namespace_cmd():
+  for cmd in (["unshare", "-m"], ["unshare", "-rm"]):
+    if shutil.which("unshare"):
+      probe = subprocess.run([*cmd, "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True)
+      if probe.returncode == 0:
+        return cmd
+  return None
+
+
+@pytest.mark.slow
+def test_full_disk_stops_the_run_naming_the_space_and_rerun_resumes(tmp_path):
+  ns = _namespace_cmd()
+  if ns is None:
+    pytest.skip("no mount namespace for a size-limited tmpfs (unshare -m / -rm refused)")
+  mnt, out = tmp_path / "mnt", tmp_path / "out"
+  mnt.mkdir()
+  out.mkdir()
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="2",
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      SIZE="14m",
+      MNT=str(mnt),
+      OUT=str(out),
+      REPO=REPO,
+      PY=sys.executable,
+      FLAGS=" ".join(TINY),
+  )
+  r = subprocess.run([*ns, "bash", "-c", FULL_DISK], env=env, capture_output=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-2000:]
+  run1 = (out / "run1.txt").read_text()
+  assert (out / "rc1").read_text().strip() == "1", run1[-3000:]
+  fatal = [line for line in run1.splitlines() if line.startswith("FATAL")]
+  assert len(fatal) == 1, run1[-3000:]
+  assert "no space left on the device of" in fatal[0] and f"{mnt}/w/checkpoints" in fatal[0]
+  assert "needs about" in fatal[0], fatal
+  kept = int(re.search(r"intact \(latest: step (\d+)\)", fatal[0]).group(1))
+  failed = int(re.search(r"checkpoint step (\d+) could not be written", fatal[0]).group(1))
+  assert kept in (2, 4) and failed == kept + 2, fatal  # every 2 steps: the next one failed
+  steps = sorted(int(n) for n in (out / "ls1").read_text().split() if n.isdigit())
+  assert steps == list(range(2, kept + 1, 2))  # all earlier checkpoints still there
+  assert (out / "restore1.txt").read_text().strip().splitlines()[-1] == str(kept)
+  run2 = (out / "run2.txt").read_text()
+  assert (out / "rc2").read_text().strip() == "0", run2[-3000:]
+  assert f"at step {kept}" in run2
+  assert (out / "restore2.txt").read_text().strip().splitlines()[-1] == "6"
+
+
+def test_notebook_restore_leaves_a_running_saves_temporary_directory_alone(tmp_path, base):
+  """A run saving step 8 has Orbax's temporary directory in place; restoring beside it
+  (read-only) must neither delete nor touch it."""
+  workdir = str(tmp_path / "run")
+  _, _, states = _saved_run(workdir, base)
+  in_flight = tmp_path / "run" / "checkpoints" / "8.orbax-checkpoint-tmp-1700000000"
+  (in_flight / "state").mkdir(parents=True)
+  (in_flight / "state" / "d").write_bytes(b"half-written")
+  run = checkpoint.restore_run(workdir)
+  assert run.step == 6
+  _assert_params(run.variables["params"], states[6].params)
+  assert (in_flight / "state" / "d").read_bytes() == b"half-written"

@@ -1,0 +1,101 @@
+"""Mesh independence: a (2, 2) mesh and one device train the same network; in float32 they
+drift apart by rounding (summation order differs between meshes, and training amplifies it),
+in float64 (jax_enable_x64, augmentation included) they agree to float64 rounding.
+
+The runs happen in a subprocess (x64 is process-wide): `python tests/test_mesh_float64.py
+STEPS` prints, per dtype, the largest difference of a parameter array relative to its largest
+magnitude (and the largest relative L2 difference) as JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 10  # the README quotes `python tests/test_mesh_float64.py 20`
+
+
+@pytest.mark.slow
+def test_float64_runs_agree_across_meshes_so_the_float32_drift_is_rounding():
+  env = dict(
+      os.environ,
+      JAX_ENABLE_X64="1",
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=4",
+      TF_CPP_MIN_LOG_LEVEL="2",
+      PYTHONPATH=REPO,
+  )
+  r = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), str(STEPS)],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  diff = json.loads(r.stdout.strip().splitlines()[-1])
+  assert diff["float64"]["dtype"] == "float64"  # the x64 run really ran in float64
+  assert diff["float64"]["max_rel"] < 1e-10, diff
+  # float32: the same code, differences many orders of magnitude above float64's.
+  assert diff["float32"]["max_rel"] > 1e3 * max(diff["float64"]["max_rel"], 1e-16), diff
+
+
+def _run(dtype: str, data: int, tower: int, steps: int):
+  import jax
+  import numpy as np
+
+  from alexnet_jax import input_pipeline, sharding, train, train_state
+  from configs import demo
+
+  c = demo.get_config()
+  c.model.width = 0.125
+  c.model.dtype = dtype
+  c.batch_size = 8
+  c.dataset.cache = False
+  c.mesh.data, c.mesh.tower = data, tower
+  mesh = sharding.make_mesh(data, tower, devices=jax.devices()[: data * tower])
+  model = train_state.create_model(c, 10)
+  state = train_state.create_train_state(c, model, mesh)
+  step = train.make_train_step(c, model, mesh, steps_per_epoch=100)
+  aug = jax.device_put(
+      train.augment_constants(c, input_pipeline.dataset_stats(c.dataset)), sharding.replicated(mesh)
+  )
+  batches = input_pipeline.train_iterator(
+      c.dataset, global_batch_size=8, seed=0, shard_index=0, num_shards=1
+  )
+  for _ in range(steps):
+    state, _ = step(state, train.global_batch(mesh, next(batches)), aug)
+  return {
+      jax.tree_util.keystr(p): np.asarray(x)
+      for p, x in jax.tree_util.tree_leaves_with_path(state.params)
+  }
+
+
+def main(steps: int):
+  import jax
+  import numpy as np
+
+  jax.config.update("jax_threefry_partitionable", True)
+  out = {}
+  for dtype in ("float32", "float64"):
+    one, four = _run(dtype, 1, 1, steps), _run(dtype, 2, 2, steps)
+    rel = {
+        k: float(np.max(np.abs(four[k] - one[k])) / (np.max(np.abs(one[k])) + 1e-30)) for k in one
+    }
+    worst = max(rel, key=rel.get)
+    l2 = max(float(np.linalg.norm(four[k] - one[k]) / np.linalg.norm(one[k])) for k in one)
+    out[dtype] = {
+        "max_rel": rel[worst],
+        "leaf": worst,
+        "max_rel_l2": l2,
+        "dtype": str(one[worst].dtype),
+    }
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main(int(sys.argv[1]))

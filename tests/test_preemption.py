@@ -1,0 +1,208 @@
+"""SIGTERM and Ctrl-C (SIGINT) sent to real training processes: they save the step they are
+in, exit 75, and rerunning the command ends with exactly the parameters of an uninterrupted
+run. Multi-process: the processes agree on the step. SLURM: the batch script requeues."""
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint, preemption
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 24
+RUN = [
+    "--config=configs/demo.py",
+    "--config.model.width=0.125",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.dataset.cache=False",
+    "--config.log_every_steps=1",
+    f"--config.eval_every_steps={STEPS}",
+    f"--config.checkpoint_every_steps={STEPS}",  # only the signal's save comes before the end
+    "--config.max_eval_batches=1",
+    f"--config.num_train_steps={STEPS}",
+]
+
+
+def _env(devices=1):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  for k in [k for k in env if k.startswith("ALEXNET_JAX_") and k != "ALEXNET_JAX_CACHE"]:
+    env.pop(k)
+  return env
+
+
+def _start(workdir, log):
+  cmd = [sys.executable, "-m", "alexnet_jax.main", f"--workdir={workdir}", *RUN]
+  return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _last_logged_step(workdir) -> int:
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return max((json.loads(line)["step"] for line in f if line.strip()), default=0)
+  except (OSError, ValueError):
+    return 0
+
+
+def _signal_after(proc, workdir, step, sig, timeout=240):
+  """Send `sig` once the run has logged `step`; return its exit status (bounded wait)."""
+  deadline = time.monotonic() + timeout
+  while _last_logged_step(workdir) < step and proc.poll() is None:
+    assert time.monotonic() < deadline, "the run logged no step in time"
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before the signal"
+  proc.send_signal(sig)
+  try:
+    return proc.wait(timeout=120)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise AssertionError(f"{sig.name}: the run did not stop within 120 s")
+
+
+def _saved_step(text, sig) -> int:
+  m = re.findall(rf"stopped by {sig} after saving step (\d+)", text)
+  assert m, text[-3000:]
+  return int(m[-1])
+
+
+@pytest.mark.slow
+def test_sigterm_then_ctrl_c_then_rerun_equals_the_uninterrupted_run(tmp_path):
+  full = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.main", f"--workdir={tmp_path / 'full'}", *RUN],
+      cwd=REPO,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert full.returncode == 0, full.stderr[-3000:]
+  cut = str(tmp_path / "cut")
+  logs = [tmp_path / f"log{i}.txt" for i in range(3)]
+
+  with open(logs[0], "w") as log:
+    rc = _signal_after(_start(cut, log), cut, 2, signal.SIGTERM)
+  text = logs[0].read_text()
+  assert rc == preemption.EXIT_PREEMPTED, text[-3000:]
+  first = _saved_step(text, "SIGTERM")
+  assert 2 <= first < STEPS
+  assert list(checkpoint.CheckpointManager(cut, read_only=True).all_steps()) == [first]
+
+  with open(logs[1], "w") as log:
+    rc = _signal_after(_start(cut, log), cut, first + 2, signal.SIGINT)
+  text = logs[1].read_text()
+  assert rc == preemption.EXIT_PREEMPTED, text[-3000:]
+  assert f"resumed from {os.path.join(cut, 'checkpoints')} at step {first}" in text
+  second = _saved_step(text, "SIGINT")
+  assert first + 2 <= second < STEPS
+
+  with open(logs[2], "w") as log:
+    assert _start(cut, log).wait(timeout=600) == 0, logs[2].read_text()[-3000:]
+  assert f"at step {second}" in logs[2].read_text()
+  want = checkpoint.restore_run(str(tmp_path / "full"))
+  got = checkpoint.restore_run(cut)
+  assert got.step == want.step == STEPS
+  flat = dict(jax.tree_util.tree_leaves_with_path(want.variables))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(got.variables):
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(flat[path]))  # bit-identical
+  # The metrics of every step were written once (steps of a stopped run end at its save).
+  with open(os.path.join(cut, "metrics.jsonl")) as f:
+    steps = [json.loads(x)["step"] for x in f if '"train"' in x]
+  assert steps == list(range(1, STEPS + 1))
+
+
+def _launcher_statuses(text):
+  m = re.findall(r"exit statuses:((?: process_\d+=\d+)+)", text)
+  assert m, text[-3000:]
+  return {int(k): int(v) for k, v in re.findall(r"process_(\d+)=(\d+)", m[-1])}
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigterm_to_one_of_two_processes_saves_one_agreed_step(tmp_path):
+  workdir = str(tmp_path / "mp")
+  cmd = [
+      os.path.join(REPO, "launch", "multiprocess_local.sh"),
+      "2",
+      "1",
+      *RUN,
+      f"--workdir={workdir}",
+      "--config.mesh.data=2",
+      "--config.mesh.tower=1",
+      "--distributed_heartbeat_timeout=20",
+      "--distributed_init_timeout=120",
+  ]
+  env = dict(_env(), PYTHON=sys.executable, QUIET="1", GRACE_SECONDS="120")
+  env.pop("XLA_FLAGS")
+  logs = os.path.join(workdir, "logs")
+  with open(tmp_path / "launcher.txt", "w") as out:
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+      deadline = time.monotonic() + 300
+      while _last_logged_step(workdir) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+      with open(os.path.join(logs, "process_1.pid")) as f:
+        os.kill(int(f.read()), signal.SIGTERM)  # process 1 only: the notice must spread
+      rc = proc.wait(timeout=180)
+    finally:
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+  launcher = (tmp_path / "launcher.txt").read_text()
+  assert rc == preemption.EXIT_PREEMPTED, launcher
+  assert _launcher_statuses(launcher) == {0: 75, 1: 75}
+  saved = {
+      i: re.findall(r"after saving step (\d+)", open(os.path.join(logs, f"process_{i}.log")).read())
+      for i in (0, 1)
+  }
+  assert saved[0] and saved[0] == saved[1], saved
+  step = int(saved[0][-1])
+  assert list(checkpoint.CheckpointManager(workdir, read_only=True).all_steps()) == [step]
+  with open(tmp_path / "launcher2.txt", "w") as out:
+    rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=400)
+  assert rc.returncode == 0, (tmp_path / "launcher2.txt").read_text()
+  assert f"at step {step}" in open(os.path.join(logs, "process_0.log")).read()
+
+
+def _fake(path, body):
+  path.write_text("#!/usr/bin/env bash\n" + body)
+  path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.mark.parametrize("status, requeued", [(75, True), (0, False), (1, False)])
+def test_slurm_script_requeues_exactly_when_the_run_saved_after_a_signal(
+    tmp_path, status, requeued
+):
+  script = open(os.path.join(REPO, "launch", "slurm.sbatch")).read()
+  assert re.search(r"^#SBATCH --signal=TERM@\d+$", script, re.M)
+  assert re.search(r"^#SBATCH --requeue$", script, re.M)
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  _fake(bin_dir / "srun", f'echo "$@" > {tmp_path}/srun.txt; exit {status}\n')
+  _fake(bin_dir / "scontrol", f'echo "$@" >> {tmp_path}/scontrol.txt\n')
+  env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="4242")
+  r = subprocess.run(
+      ["bash", os.path.join(REPO, "launch", "slurm.sbatch"), "--config=c.py", "--workdir=w"],
+      cwd=tmp_path,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=60,
+  )
+  assert r.returncode == status, r.stderr
+  assert "alexnet_task --config=c.py --workdir=w" in (tmp_path / "srun.txt").read_text()
+  if requeued:
+    assert (tmp_path / "scontrol.txt").read_text() == "requeue 4242\n"
+  else:
+    assert not (tmp_path / "scontrol.txt").exists()
