@@ -30,10 +30,15 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
   config = run.config
   mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
   model = train_state.create_model(config, run.meta["num_classes"])
-  stats = input_pipeline.dataset_stats(config.dataset)
-  mean = jax.device_put(train.augment_constants(config, stats).mean_image)
+  # The training split's mean image only when the run subtracts it (a converted net brings
+  # its own mean in config.json or in the run directory).
+  uses_dataset_mean = config.augment.get("mean", "dataset") == "dataset"
+  stats = input_pipeline.dataset_stats(config.dataset) if uses_dataset_mean else None
+  mean, std = train.input_mean_and_std(config, stats, workdir)
   eval_step = train.make_eval_step(config, model, mesh, crops=crops)
-  metrics = train.evaluate(config, eval_step, run.variables["params"], mean, mesh)
+  metrics = train.evaluate(
+      config, eval_step, run.variables["params"], jax.device_put(mean), mesh, std=std
+  )
   return {"step": run.step, "crops": crops, **metrics}
 
 

@@ -15,19 +15,52 @@ import numpy as np
 import optax
 from absl import logging
 
-from alexnet_jax import augment, input_pipeline, optim, reporting, sharding, train_state
+from alexnet_jax import (
+    augment,
+    fine_tune,
+    input_pipeline,
+    optim,
+    reporting,
+    run_files,
+    sharding,
+    train_state,
+)
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import model as model_lib
 
 
 @flax.struct.dataclass
 class AugmentConstants:
-  mean_image: jax.Array  # [256, 256, 3] float32, pixel units
+  mean_image: jax.Array  # [256, 256, 3] float32, pixel units; or a [3] mean pixel
   eigval: jax.Array  # [3]
   eigvec: jax.Array  # [3, 3], columns
+  std: jax.Array | None = None  # [3] pixel units: divide by it (torchvision's inputs)
 
 
-def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentConstants:
+def input_mean_and_std(config, stats, workdir: str | None = None):
+  """(mean, std) the network's inputs are normalised with (config.augment.mean/mean_rgb/
+  std_rgb): mean [256, 256, 3] or [3] float32 in pixel units, std [3] or None."""
+  acfg = config.augment
+  kind = acfg.get("mean", "dataset")
+  if kind == "dataset":
+    mean = np.asarray(stats.mean_image, np.float32)
+  elif kind == "pixel":
+    mean = np.asarray(acfg.mean_rgb, np.float32).reshape(3)
+  elif kind == "run":
+    if workdir is None:
+      raise ValueError("augment.mean='run' needs the run directory that holds the mean image")
+    mean = run_files.read_mean_image(workdir)
+  else:
+    raise ValueError(f"augment.mean must be 'dataset', 'pixel' or 'run', got {kind!r}")
+  std = tuple(acfg.get("std_rgb", ()) or ())
+  if std and (len(std) != 3 or min(std) <= 0):
+    raise ValueError(f"augment.std_rgb must be () or 3 positive numbers, got {std}")
+  return mean, (np.asarray(std, np.float32) if std else None)
+
+
+def augment_constants(
+    config, stats: input_pipeline.DatasetStats, workdir: str | None = None
+) -> AugmentConstants:
   if config.augment.eigen == "imagenet":
     eigval, eigvec = input_pipeline.IMAGENET_EIGVAL, input_pipeline.IMAGENET_EIGVEC
   elif config.augment.eigen == "dataset":
@@ -36,10 +69,12 @@ def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentCons
     raise ValueError(
         f"augment.eigen must be 'dataset' or 'imagenet', got " f"{config.augment.eigen!r}"
     )
+  mean, std = input_mean_and_std(config, stats, workdir)
   return AugmentConstants(
-      jnp.asarray(stats.mean_image, jnp.float32),
+      jnp.asarray(mean, jnp.float32),
       jnp.asarray(eigval, jnp.float32),
       jnp.asarray(eigvec, jnp.float32),
+      None if std is None else jnp.asarray(std, jnp.float32),
   )
 
 
@@ -69,8 +104,10 @@ def _errors(logits, labels):
   return (top5[:, 0] != labels).astype(jnp.float32), 1.0 - hit5.astype(jnp.float32)
 
 
-def augment_batch(acfg, mesh, aug_rng, step, images, aug: AugmentConstants) -> jax.Array:
-  """The train step's augmentation: uint8 [B, 256, 256, 3] -> float32 [B, 224, 224, 3]
+def augment_batch(
+    acfg, mesh, aug_rng, step, images, aug: AugmentConstants, crop_size: int = 224
+) -> jax.Array:
+  """The train step's augmentation: uint8 [B, 256, 256, 3] -> float32 [B, crop, crop, 3]
   split over "data". Keys from (seed, step, position in the global batch): the same views
   on every mesh."""
   keys = augment.example_keys(aug_rng, step, jnp.arange(images.shape[0]))
@@ -84,6 +121,9 @@ def augment_batch(acfg, mesh, aug_rng, step, images, aug: AugmentConstants) -> j
       flip=acfg.flip,
       lighting_std=acfg.lighting_std,
       scale=acfg.scale,
+      crop_size=crop_size,
+      std=aug.std,
+      bgr=acfg.get("channel_order", "rgb") == "bgr",
   )
   return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
 
@@ -102,7 +142,9 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
     images, labels = batch["image"], batch["label"]
     if augment_on_device:
-      images = augment_batch(config.augment, mesh, aug_rng, state.step, images, aug)
+      images = augment_batch(
+          config.augment, mesh, aug_rng, state.step, images, aug, model.image_size
+      )
 
     def loss_fn(params):
       logits = apply(
@@ -142,7 +184,7 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
 
 
 def make_eval_step(config, model, mesh, crops: int | None = None):
-  """Jitted `(params, batch, mean_image) -> sums` over the paper's views.
+  """Jitted `(params, batch, mean_image, std=None) -> sums` over the paper's views.
 
   The softmax (not the logits) is averaged over the `crops` views (1: center; 10: corners,
   center and their reflections, §4.1). Padding examples (mask False) count nowhere.
@@ -150,11 +192,17 @@ def make_eval_step(config, model, mesh, crops: int | None = None):
   crops = config.eval_crops if crops is None else crops
   apply = sharding.sharded_apply(model, mesh)
 
-  def eval_step(params, batch, mean_image):
+  def eval_step(params, batch, mean_image, std=None):
     images, labels = batch["image"], batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     views = augment.eval_views(
-        images, mean_image=mean_image, crops=crops, scale=config.augment.scale
+        images,
+        mean_image=mean_image,
+        crops=crops,
+        scale=config.augment.scale,
+        crop_size=model.image_size,
+        std=std,
+        bgr=config.augment.get("channel_order", "rgb") == "bgr",
     )
     b, v = views.shape[:2]
     views = jax.lax.with_sharding_constraint(
@@ -184,7 +232,9 @@ def global_batch(mesh, local_batch: dict) -> dict:
   }
 
 
-def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = -1) -> dict:
+def evaluate(
+    config, eval_step, params, mean_image, mesh, *, max_batches: int = -1, std=None
+) -> dict:
   """Top-1/top-5 error over the whole validation split (every image once)."""
   sums = None
   shard_index, num_shards = sharding.process_data_shard(mesh)
@@ -197,7 +247,7 @@ def evaluate(config, eval_step, params, mean_image, mesh, *, max_batches: int = 
   for i, batch in enumerate(it):
     if 0 < max_batches <= i:
       break
-    out = eval_step(params, global_batch(mesh, batch), mean_image)
+    out = eval_step(params, global_batch(mesh, batch), mean_image, std)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.tree.map(float, jax.device_get(sums))
   n = max(sums["count"], 1.0)
@@ -263,6 +313,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       if config.num_train_steps > 0
       else int(math.ceil(config.num_epochs * steps_per_epoch))
   )
+  fine_tune.prepare_run_dir(config, workdir)
   stats = input_pipeline.dataset_stats(config.dataset)
   if stats.bad_files:
     logging.warning(
@@ -279,18 +330,25 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       steps_per_epoch=steps_per_epoch,
       num_steps=num_steps,
       eval_every=config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch,
-      aug=jax.device_put(augment_constants(config, stats), sharding.replicated(mesh)),
+      aug=jax.device_put(augment_constants(config, stats, workdir), sharding.replicated(mesh)),
       manager=ckpt_lib.CheckpointManager(workdir, config),
       lead=jax.process_index() == 0,
   )
 
 
 def restore_or_create_state(run: Run) -> train_state.TrainState:
+  """The run's latest checkpoint; or a new state, with config.init_from's parameters when
+  set (a resumed run ignores init_from: its own checkpoint wins)."""
   config, model, mesh = run.config, run.model, run.mesh
   shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
-  return run.manager.restore_or(
-      lambda: train_state.create_train_state(config, model, mesh), shardings
-  )
+
+  def create():
+    return train_state.create_train_state(config, model, mesh)
+
+  if config.get("init_from") and run.manager.latest_step() is None:
+    state = create()
+    return state.replace(params=fine_tune.params_from_run(config, state.params, shardings.params))
+  return run.manager.restore_or(create, shardings)
 
 
 def summarize_window(run: Run, step: int, window: list[dict], seconds: float) -> dict:
@@ -332,6 +390,7 @@ def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
       run.aug.mean_image,
       run.mesh,
       max_batches=config.max_eval_batches,
+      std=run.aug.std,
   )
   run.log(
       "eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",

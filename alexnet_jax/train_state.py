@@ -33,7 +33,7 @@ def create_model(config, num_classes: int) -> model_lib.AlexNet:
 
 
 def _init_state(config, model, rng) -> TrainState:
-  params = model.init(rng, jnp.zeros((1, *model_lib.IMAGE_SHAPE)), train=False)["params"]
+  params = model.init(rng, jnp.zeros((1, *model.input_shape)), train=False)["params"]
   tx = optim.make_optimizer(config.optimizer)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
