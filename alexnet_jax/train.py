@@ -98,8 +98,9 @@ def compiler_options() -> dict | None:
 
 
 def _errors(logits, labels):
-  """Per-example top-1 and top-5 errors (0/1 floats)."""
-  top5 = jax.lax.top_k(logits, 5)[1]
+  """Per-example top-1 and top-5 errors (0/1 floats); with fewer than 5 classes the top-5
+  error is 0."""
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   hit5 = jnp.any(top5 == labels[:, None], axis=-1)
   return (top5[:, 0] != labels).astype(jnp.float32), 1.0 - hit5.astype(jnp.float32)
 

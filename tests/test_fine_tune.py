@@ -100,3 +100,11 @@ def test_mean_image_of_the_source_goes_with_it(tmp_path):
   run, _ = _initial_state(config, tmp_path / "new")
   np.testing.assert_array_equal(run_files.read_mean_image(str(tmp_path / "new")), mean)
   np.testing.assert_array_equal(np.asarray(run.aug.mean_image), mean)
+
+
+def test_errors_with_fewer_than_five_classes():
+  """A folder of 2 classes (the README's fine-tuning example): top-5 error is 0, top-1 real."""
+  logits = jnp.asarray([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+  top1, top5 = train._errors(logits, jnp.asarray([1, 1, 1]))
+  np.testing.assert_array_equal(top1, [0, 1, 0])
+  np.testing.assert_array_equal(top5, [0, 0, 0])
