@@ -74,11 +74,34 @@ def input_differences(config, source_config) -> list[str]:
   return out
 
 
+def check_source(config) -> None:
+  """Before any device work: config.init_from is a run directory whose network is this
+  run's (its config.json is read; the parameters are checked by shape when loaded)."""
+  source_dir = config.init_from
+  if not os.path.isdir(source_dir):
+    raise FileNotFoundError(
+        f"init_from={source_dir!r} is not a directory: give the --workdir of a run, or one "
+        "written by python -m alexnet_jax.convert."
+    )
+  diffs = architecture_differences(config, checkpoint.load_config(source_dir))
+  if diffs:
+    raise ValueError(
+        f"init_from={source_dir}: this run's network differs from the source's in "
+        + "; ".join(diffs)
+        + ". Use the source's config (its config.json, or the preset it was converted "
+        "with) or override these keys."
+    )
+
+
 def prepare_run_dir(config, workdir: str) -> None:
-  """Before the new run reads its inputs: with augment.mean='run', take the source's mean
-  image (the one its weights were trained with) unless the run already has one."""
+  """For a new run with config.init_from (before it reads its inputs): check the source
+  (check_source) and, with augment.mean='run', take the source's mean image (the one its
+  weights were trained with) unless the run already has one."""
   source = config.get("init_from")
-  if not source or config.augment.get("mean", "dataset") != "run":
+  if not source:
+    return
+  check_source(config)
+  if config.augment.get("mean", "dataset") != "run":
     return
   if not run_files.has_mean_image(workdir):
     if not run_files.has_mean_image(source):
@@ -133,20 +156,8 @@ def params_from_run(config, fresh_params, shardings):
   """The new run's initial parameters on `shardings`: config.init_from's, merged into the
   freshly initialised `fresh_params` (see merge_params)."""
   source_dir = config.init_from
-  if not os.path.isdir(source_dir):
-    raise FileNotFoundError(
-        f"init_from={source_dir!r} is not a directory: give the --workdir of a run, or one "
-        "written by python -m alexnet_jax.convert."
-    )
+  check_source(config)
   source = checkpoint.restore_run(source_dir)
-  diffs = architecture_differences(config, source.config)
-  if diffs:
-    raise ValueError(
-        f"init_from={source_dir}: this run's network differs from the source's in "
-        + "; ".join(diffs)
-        + ". Use the source's config (its config.json, or the preset it was converted "
-        "with) or override these keys."
-    )
   for d in input_differences(config, source.config):
     logging.warning("init_from=%s: input convention differs from the source's: %s", source_dir, d)
   # Only shapes are read from the fresh parameters (a re-initialised fc8 stays where it is):

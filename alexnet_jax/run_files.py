@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def read_class_names(workdir: str) -> list[str] | None:
 def read_names_file(path: str) -> list[str]:
   """One name per line (a trailing empty line is not a name)."""
   with open(path, encoding="utf-8") as f:
-    return [line.rstrip("\r\n") for line in f.read().splitlines()]
+    return f.read().splitlines()
 
 
 def write_mean_image(workdir: str, mean: np.ndarray) -> None:
@@ -70,6 +71,13 @@ def read_mean_image(workdir: str) -> np.ndarray:
 
 
 def copy_mean_image(src_workdir: str, dst_workdir: str) -> None:
-  shutil.copyfile(
-      os.path.join(src_workdir, MEAN_IMAGE_FILE), os.path.join(dst_workdir, MEAN_IMAGE_FILE)
-  )
+  """Atomic (copy, then rename): every process of a run may do it at once."""
+  fd, tmp = tempfile.mkstemp(dir=dst_workdir, suffix=".npy.tmp")
+  os.close(fd)
+  try:
+    shutil.copyfile(os.path.join(src_workdir, MEAN_IMAGE_FILE), tmp)
+    os.replace(tmp, os.path.join(dst_workdir, MEAN_IMAGE_FILE))
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

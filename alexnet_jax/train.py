@@ -314,7 +314,9 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       if config.num_train_steps > 0
       else int(math.ceil(config.num_epochs * steps_per_epoch))
   )
-  fine_tune.prepare_run_dir(config, workdir)
+  manager = ckpt_lib.CheckpointManager(workdir, config)
+  if manager.latest_step() is None:  # a new run: check init_from, take its mean image
+    fine_tune.prepare_run_dir(config, workdir)
   stats = input_pipeline.dataset_stats(config.dataset)
   if stats.bad_files:
     logging.warning(
@@ -332,7 +334,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       num_steps=num_steps,
       eval_every=config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch,
       aug=jax.device_put(augment_constants(config, stats, workdir), sharding.replicated(mesh)),
-      manager=ckpt_lib.CheckpointManager(workdir, config),
+      manager=manager,
       lead=jax.process_index() == 0,
   )
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import fine_tune, pretrained, run_files, train, train_state
+from alexnet_jax import fine_tune, pretrained, run_files, sharding, train, train_state
 from tests.test_train import tiny_config
 
 
@@ -18,11 +18,10 @@ def _source_run(workdir, num_classes, **overrides):
   """A run directory whose parameters are random draws unlike any fresh initialisation."""
   config = _config(**overrides)
   model = train_state.create_model(config, num_classes)
-  params = model.init(jax.random.key(42), jnp.zeros((1, *model.input_shape)))["params"]
+  rng = np.random.default_rng(num_classes)
   params = jax.tree.map(
-      lambda p: np.asarray(p)
-      + np.random.default_rng(p.size).normal(0, 0.1, p.shape).astype(np.float32),
-      params,
+      lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
+      sharding.abstract_variables(model)["params"],
   )
   pretrained.write_run(str(workdir), config, params)
   return params
@@ -41,14 +40,15 @@ def test_init_from_copies_every_parameter_but_a_resized_fc8(tmp_path, source_cla
   source = _source_run(tmp_path / "src", source_classes)
   config = _config(init_from=str(tmp_path / "src"))  # digits: 10 classes
   run, state = _initial_state(config, tmp_path / "new")
-  fresh = train_state.create_train_state(config, run.model, run.mesh)
+  # create_train_state's initialisation (key(seed)); the same values on any mesh.
+  fresh = jax.jit(run.model.init)(jax.random.key(config.seed), jnp.zeros((1, 224, 224, 3)))
   assert int(state.step) == 0
   for layer in source:
     for name in ("kernel", "bias"):
       got = np.asarray(state.params[layer][name])
       if layer == "fc8" and source_classes != 10:
         assert got.shape[-1] == 10
-        np.testing.assert_array_equal(got, np.asarray(fresh.params[layer][name]))
+        np.testing.assert_array_equal(got, np.asarray(fresh["params"][layer][name]))
       else:
         np.testing.assert_array_equal(got, source[layer][name], err_msg=f"{layer}/{name}")
   # Momentum starts at zero, whatever the source.
