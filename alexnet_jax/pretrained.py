@@ -43,6 +43,13 @@ class Format:
   towers: int
   where: str  # where its framework publishes or keeps such a file
 
+  def state_key(self, layer: str, i: int) -> str:
+    """The state_dict key of a layer's weight (i=0) or bias (i=1)."""
+    return f"{self.keys[layer]}.{('weight', 'bias')[i]}"
+
+  def state_keys(self) -> set:
+    return {self.state_key(layer, i) for layer in self.keys for i in (0, 1)}
+
 
 FORMATS = {
     "torchvision": Format(
@@ -248,35 +255,28 @@ def load_state_dict(path: str) -> dict:
   return out
 
 
-def layers_from_state_dict(state: dict, fmt: str) -> dict:
-  """{layer: (weight, bias)} from a state_dict in `fmt`'s keys; any missing or extra key is
-  an error that names them (and the format they look like, if another)."""
-  want = {f"{p}.{s}" for p in FORMATS[fmt].keys.values() for s in ("weight", "bias")}
-  missing, extra = sorted(want - set(state)), sorted(set(state) - want)
+def layers_from_state_dict(state: dict, fmt: str, model) -> dict:
+  """{layer: (weight, bias)} from a state_dict in `fmt`'s keys; missing or extra keys are an
+  error that names them with their shapes (`model`'s for the missing ones), and the format
+  the keys belong to if it is another."""
+  f = FORMATS[fmt]
+  missing, extra = sorted(f.state_keys() - set(state)), sorted(set(state) - f.state_keys())
   if missing or extra:
-    shapes = lambda keys: ", ".join(f"{k} {tuple(state[k].shape)}" for k in keys)
-    hint = next(
-        (
-            f" It has the keys of the {other} layout: use --from={other}."
-            for other in PYTORCH_FORMATS
-            if other != fmt
-            and set(state)
-            == {f"{p}.{s}" for p in FORMATS[other].keys.values() for s in ("weight", "bias")}
-        ),
-        "",
-    )
+    want = expected_shapes(model)
+    want = {f.state_key(layer, i): want[layer][i] for layer in LAYERS for i in (0, 1)}
+    others = [o for o in PYTORCH_FORMATS if o != fmt and FORMATS[o].state_keys() == set(state)]
+    problems = []
+    if missing:
+      problems.append("missing keys " + ", ".join(f"{k} {want[k]}" for k in missing))
+    if extra:
+      problems.append("unexpected keys " + ", ".join(f"{k} {tuple(state[k].shape)}" for k in extra))
     raise ConversionError(
         f"not a {fmt} AlexNet state_dict: "
-        + (f"missing keys {missing}" if missing else "")
-        + ("; " if missing and extra else "")
-        + (f"unexpected keys {shapes(extra)}" if extra else "")
+        + "; ".join(problems)
         + "."
-        + hint
+        + "".join(f" It has the keys of the {o} layout: use --from={o}." for o in others)
     )
-  return {
-      name: (state[f"{prefix}.weight"], state[f"{prefix}.bias"])
-      for name, prefix in FORMATS[fmt].keys.items()
-  }
+  return {name: (state[f.state_key(name, 0)], state[f.state_key(name, 1)]) for name in f.keys}
 
 
 def layers_from_caffemodel(path: str, model) -> dict:
@@ -433,9 +433,12 @@ def import_run(
     num_classes = int(np.shape(layers["fc8"][1])[0])
     describe = lambda name, i: f"layer {name} blob {i}"
   else:
-    layers = layers_from_state_dict(load_state_dict(src), fmt)
+    state = load_state_dict(src)
+    fc8_bias = state.get(FORMATS[fmt].state_key("fc8", 1))
+    probe = model_for(config, int(fc8_bias.shape[0]) if fc8_bias is not None else 1000)
+    layers = layers_from_state_dict(state, fmt, probe)
     num_classes = int(np.shape(layers["fc8"][1])[0])
-    describe = lambda name, i: f"{FORMATS[fmt].keys[name]}.{('weight', 'bias')[i]}"
+    describe = FORMATS[fmt].state_key
   model = model_for(config, num_classes)
   check_shapes(layers, model, describe)
   params = from_framework(layers, model)

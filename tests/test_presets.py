@@ -204,25 +204,35 @@ def test_torchvision_preprocessing_equals_torchvisions_within_one_grey_level():
       config_round = torchvision.get_config()
       config_round.dataset.resize = "round"
       assert np.abs((_project_views(data, config_round) - want) * std).max() > 2.0
-    # And the real torchvision, where it imports beside this torch.
-    try:
-      import torch
-      import torchvision as tv
 
-      tv.transforms.Resize(256)
-    except Exception:  # pylint: disable=broad-except
-      continue
-    t = tv.transforms.Compose(
-        [
-            tv.transforms.Resize(256),
-            tv.transforms.CenterCrop(224),
-            tv.transforms.ToTensor(),
-            tv.transforms.Normalize(torchvision.IMAGENET_MEAN_RGB, torchvision.IMAGENET_STD_RGB),
-        ]
-    )
-    real = t(Image.open(io.BytesIO(data)).convert("RGB")).permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(real, want, atol=1e-5)
-    del torch
+
+def real_torchvision():
+  """The torchvision package, or a skip where it does not import beside the pinned CPU torch
+  (its PyPI wheels pair with another torch build: 'operator torchvision::nms does not
+  exist')."""
+  try:
+    import torchvision as tv
+
+    return tv
+  except Exception as e:  # pylint: disable=broad-except  (a RuntimeError as often as not)
+    pytest.skip(f"torchvision does not import here ({type(e).__name__}: {e})")
+
+
+def test_written_out_reference_equals_real_torchvision_transforms():
+  tv = real_torchvision()
+  t = tv.transforms.Compose(
+      [
+          tv.transforms.Resize(256),
+          tv.transforms.CenterCrop(224),
+          tv.transforms.ToTensor(),
+          tv.transforms.Normalize(torchvision.IMAGENET_MEAN_RGB, torchvision.IMAGENET_STD_RGB),
+      ]
+  )
+  for photo in _photos():
+    data = io.BytesIO()
+    Image.fromarray(photo).save(data, "JPEG", quality=90)
+    real = t(Image.open(data).convert("RGB")).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(real, _torchvision_reference(data.getvalue()), atol=1e-5)
 
 
 def test_warp_resizes_both_sides():
