@@ -139,12 +139,15 @@ def _image_list(images) -> list:
   return list(images)
 
 
-def preprocess(images) -> np.ndarray:
+def preprocess(images, rule: str = "round") -> np.ndarray:
   """Images (one, a list, or a uint8 [N, H, W, C] batch; see load_image) -> uint8
   [N, 256, 256, 3]: the shorter side resized to 256, the center kept, as the input pipeline
-  does (input_pipeline.resize_and_center_crop)."""
+  does (input_pipeline.resize_and_center_crop; `rule`: the run's dataset.resize)."""
   return _stack(
-      [input_pipeline.resize_and_center_crop(load_image(x)).numpy() for x in _image_list(images)]
+      [
+          input_pipeline.resize_and_center_crop(load_image(x), rule=rule).numpy()
+          for x in _image_list(images)
+      ]
   )
 
 
@@ -192,10 +195,27 @@ class TrainedRun:
     return len(self.class_names)
 
   @property
+  def resize_rule(self) -> str:
+    return self.config.dataset.get("resize", "round")
+
+  @property
   def mesh(self):
     if "mesh" not in self._compiled:
       self._compiled["mesh"] = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
     return self._compiled["mesh"]
+
+  def normalization(self) -> tuple[jax.Array, jax.Array | None]:
+    """(mean, std) on the device, as training normalised its inputs (train.input_mean_and_std:
+    the training mean image, a mean pixel, or the run's own mean image; std or None)."""
+    if "norm" not in self._compiled:
+      if self.config.augment.get("mean", "dataset") == "dataset":
+        self.mean_image()  # the clear error when the run lacks its statistics
+      mean, std = train.input_mean_and_std(self.config, self.stats, self.workdir)
+      self._compiled["norm"] = (
+          jax.device_put(mean),
+          None if std is None else jax.device_put(std),
+      )
+    return self._compiled["norm"]
 
   def mean_image(self) -> jax.Array:
     if self.stats is None:
@@ -235,9 +255,7 @@ class TrainedRun:
   def _predict_step(self, crops: int):
     key = ("predict", crops)
     if key not in self._compiled:
-      self._compiled[key] = train.make_predict_step(
-          self.model, self.mesh, crops=crops, scale=self.preprocessing.scale
-      )
+      self._compiled[key] = train.make_predict_step(self.config, self.model, self.mesh, crops=crops)
     return self._compiled[key]
 
   def crops_or_default(self, crops: int | None) -> int:
@@ -250,7 +268,7 @@ class TrainedRun:
     """uint8 [B, 256, 256, 3] (already preprocessed) -> probs [B, C] on the device: the
     evaluation's own step (train.view_probs)."""
     step = self._predict_step(self.crops_or_default(crops))
-    return step(self.variables["params"], images256, self.mean_image())
+    return step(self.variables["params"], images256, *self.normalization())
 
   def predict_preprocessed(self, images256: np.ndarray, crops: int | None = None) -> np.ndarray:
     """uint8 [N, 256, 256, 3] -> float32 [N, C]."""
@@ -266,7 +284,7 @@ class TrainedRun:
     uint8 arrays; see load_image), preprocessed exactly as evaluation does: shorter side to
     256, center 256, mean image subtracted, times the run's scale, softmax averaged over
     `crops` views (default: the run's eval_crops)."""
-    return self.predict_preprocessed(preprocess(images), crops)
+    return self.predict_preprocessed(preprocess(images, self.resize_rule), crops)
 
   def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
     """[(class name, probability)] of the k most probable classes of each row of probs."""
@@ -278,10 +296,12 @@ class TrainedRun:
   def _features_fn(self, layer: str):
     key = ("features", layer)
     if key not in self._compiled:
-      model, scale, sown = self.model, self.preprocessing.scale, _SOWN[layer]
+      model, sown = self.model, _SOWN[layer]
+      options = train.view_options(self.config, model)
+      del options["dtype"]
 
-      def fn(params, images, mean):
-        views = augment.eval_views(images, mean_image=mean, crops=1, scale=scale)[:, 0]
+      def fn(params, images, mean, std):
+        views = augment.eval_views(images, mean_image=mean, crops=1, std=std, **options)[:, 0]
         _, state = model.apply({"params": params}, views, train=False, mutable=["intermediates"])
         return state["intermediates"][sown][0]
 
@@ -295,7 +315,7 @@ class TrainedRun:
     images256 = np.asarray(images256, np.uint8)
     out = []
     for start, stop, size in _padded_batches(len(images256), _MAX_BATCH):
-      f = fn(self.variables["params"], _pad(images256[start:stop], size), self.mean_image())
+      f = fn(self.variables["params"], _pad(images256[start:stop], size), *self.normalization())
       out.append(np.asarray(f)[: stop - start])
     return np.concatenate(out)
 
@@ -303,7 +323,7 @@ class TrainedRun:
     """Activations [N, ...] of one layer (LAYERS; "fc7" = the 4096-d code of Fig. 4; conv
     and fc layers after their ReLU, both towers' channels concatenated) for the center
     224 view of each image, preprocessed as `predict` does."""
-    return self.features_preprocessed(preprocess(images), layer)
+    return self.features_preprocessed(preprocess(images, self.resize_rule), layer)
 
 
 def predict_files(
@@ -372,12 +392,16 @@ def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = Fals
   num_classes = int(meta["num_classes"])
   model = train_state.create_model(config, num_classes)
   stats, names = run_files.read_stats(workdir), run_files.read_class_names(workdir)
-  missing = run_files.missing(workdir)
-  if (stats is None or names is None) and from_dataset:
+  missing = run_files.missing(workdir, config)
+  if missing and from_dataset:
     names, stats = _from_dataset(workdir, config, num_classes)
-    missing = run_files.missing(workdir)
+    missing = run_files.missing(workdir, config)
   if missing:
-    effects = ["predict and features need the mean image"] if stats is None else []
+    effects = (
+        [f"predict and features need {run_files.STATS_FILE}"]
+        if (run_files.STATS_FILE in missing)
+        else []
+    )
     effects += ["class names are shown as label numbers"] if names is None else []
     logging.warning(
         "%s lacks %s (it was trained before runs kept them)%s. load_run(%r, "

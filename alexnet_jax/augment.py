@@ -67,6 +67,8 @@ def train_views(
     lighting_std: float = 0.1,
     scale: float = 1.0,
     dtype=jnp.float32,
+    std=None,
+    bgr: bool = False,
 ) -> jax.Array:
   """uint8 [B, H, W, 3] -> float32 [B, crop, crop, 3]: AlexNet's training augmentation
   (`dtype` float64 for x64 runs: tests/test_mesh_float64.py).
@@ -76,7 +78,9 @@ def train_views(
   random_crop=False; a horizontal flip with p = 0.5; PCA lighting: add
   255 * eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, lighting_std) [3] (eigval/eigvec
   describe RGB in [0, 1], hence the 255); subtract the mean image cut at the same window (and
-  flipped with it; mean_image None = no subtraction); multiply by `scale`.
+  flipped with it; mean_image None = no subtraction; a [3] mean pixel is subtracted
+  everywhere); divide by `std` ([3], pixel units; None = no division); multiply by `scale`;
+  bgr=True reverses the channels (networks trained in Caffe read BGR).
   """
   images = jnp.asarray(images)
   b, h, w, c = images.shape
@@ -113,11 +117,15 @@ def train_views(
   x = images.astype(dtype)
   if mean is not None:
     x = x - mean
-  x = (x + shift[:, None, None, :]) * scale
+  x = x + shift[:, None, None, :]
+  if std is not None:
+    x = x / jnp.asarray(std, dtype)
+  x = x * scale
   i, j = jnp.arange(ch), jnp.arange(cw)
   rows = oy[:, None] + i  # [B, ch]
   cols = ox[:, None] + jnp.where(flips[:, None], cw - 1 - j, j)  # [B, cw]
-  return x[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  views = x[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  return views[..., ::-1] if bgr else views
 
 
 def train_view_params(
@@ -155,8 +163,11 @@ def eval_views(
     crop_size: int = 224,
     scale: float = 1.0,
     dtype=jnp.float32,
+    std=None,
+    bgr: bool = False,
 ) -> jax.Array:
-  """uint8 [B, H, W, 3] -> float32 [B, V, crop, crop, 3], mean subtracted, times `scale`.
+  """uint8 [B, H, W, 3] -> float32 [B, V, crop, crop, 3], mean subtracted (an image or a [3]
+  pixel), divided by `std` when given, times `scale`; channels reversed with bgr=True.
 
   crops=1: the center window. crops=10 (the paper's test views): top-left, top-right,
   bottom-left, bottom-right, center, then the horizontal reflections of those five in the same
@@ -171,7 +182,11 @@ def eval_views(
   x = images.astype(dtype)
   if mean_image is not None:
     x = x - jnp.asarray(mean_image, dtype)
+  if std is not None:
+    x = x / jnp.asarray(std, dtype)
   x = x * scale
+  if bgr:
+    x = x[..., ::-1]
   offsets = eval_view_offsets(h, crop_size)
   if crops == 1:
     offsets = offsets[4:]

@@ -49,6 +49,8 @@ NEVER_ON_RESUME = (
     "dataset.stats_max_images",
     "dataset.shuffle_buffer",
     "dataset.exif_transpose",
+    "dataset.resize",
+    "init_from",
     "batch_size",
     "seed",
 )
@@ -59,6 +61,9 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16", "float64"),
     "optimizer.schedule": ("plateau", "step", "constant"),
     "augment.eigen": ("dataset", "imagenet"),
+    "augment.mean": ("dataset", "pixel", "run"),
+    "augment.channel_order": ("rgb", "bgr"),
+    "dataset.resize": ("round", "torchvision", "warp"),
 }
 
 

@@ -32,8 +32,15 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
   run = analysis.load_run(workdir, step, from_dataset=True)
   eval_step = train.make_eval_step(run.config, run.model, run.mesh, crops=crops)
+  mean, std = run.normalization()
   metrics = train.evaluate(
-      run.config, eval_step, run.variables["params"], run.mean_image(), run.mesh, progress=True
+      run.config,
+      eval_step,
+      run.variables["params"],
+      mean,
+      run.mesh,
+      std=std,
+      progress=True,
   )
   return {"step": run.step, "crops": crops, **metrics}
 

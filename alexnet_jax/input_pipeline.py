@@ -123,13 +123,24 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def resize_and_center_crop(image: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
+RESIZE_RULES = ('round', 'torchvision', 'warp')
+
+
+def resize_and_center_crop(
+    image: tf.Tensor, size: int = IMAGE_SIZE, rule: str = 'round'
+) -> tf.Tensor:
   """uint8 [H, W, C] -> uint8 [size, size, 3]: shorter side to `size`, central size x size.
 
   Equal to tf.image.resize(bilinear, antialias=True) to (size, round(long * size / short))
-  followed by the central crop, but only the kept window is computed (ScaleAndTranslate with
-  the crop's offset as translation). Grayscale inputs are replicated to RGB.
+  followed by the central crop (offset floored), but only the kept window is computed
+  (ScaleAndTranslate with the crop's offset as translation). Grayscale inputs are replicated
+  to RGB. rule='torchvision': its Resize(size) + CenterCrop, i.e. the long side truncated,
+  int(long * size / short), and the offset rounded half to even (so that the central 224 of
+  this crop is CenterCrop(224)'s window); rule='warp': both sides to `size` (Caffe's
+  convert_imageset), nothing cropped.
   """
+  if rule not in RESIZE_RULES:
+    raise ValueError(f'dataset.resize must be one of {RESIZE_RULES}, got {rule!r}')
   image = tf.convert_to_tensor(image)
   if image.shape.rank == 2:
     image = image[..., None]
@@ -145,10 +156,19 @@ def resize_and_center_crop(image: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tenso
   shape = tf.shape(image)
   h, w = shape[0], shape[1]
   short = tf.minimum(h, w)
-  nh = (h * size + short // 2) // short  # exactly `size` on the shorter side
-  nw = (w * size + short // 2) // short
+  if rule == 'warp':
+    nh = nw = tf.constant(size)
+  elif rule == 'torchvision':
+    nh, nw = h * size // short, w * size // short
+  else:
+    nh = (h * size + short // 2) // short  # exactly `size` on the shorter side
+    nw = (w * size + short // 2) // short
   scale = tf.cast(tf.stack([nh, nw]), tf.float32) / tf.cast(tf.stack([h, w]), tf.float32)
-  translation = -tf.cast(tf.stack([(nh - size) // 2, (nw - size) // 2]), tf.float32)
+  offsets = tf.stack([(nh - size) // 2, (nw - size) // 2])
+  if rule == 'torchvision':  # round((n - size) / 2) half to even: up when the floor is odd
+    d = tf.stack([nh, nw]) - size
+    offsets += tf.cast((d % 2 == 1) & (offsets % 2 == 1), offsets.dtype)
+  translation = -tf.cast(offsets, tf.float32)
   out = tf.raw_ops.ScaleAndTranslate(
       images=tf.cast(image, tf.float32)[None],
       size=tf.constant([size, size]),
@@ -162,9 +182,9 @@ def resize_and_center_crop(image: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tenso
   return out
 
 
-def preprocess_encoded(data: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
+def preprocess_encoded(data: tf.Tensor, size: int = IMAGE_SIZE, rule: str = 'round') -> tf.Tensor:
   """Encoded bytes -> uint8 [size, size, 3] (decode, shorter side to size, center crop)."""
-  return resize_and_center_crop(decode_image(data), size)
+  return resize_and_center_crop(decode_image(data), size, rule)
 
 
 def _pil_load(path) -> np.ndarray:
@@ -256,6 +276,7 @@ def _writable_dir(path: str) -> bool:
 
 class _RandomAccessSplit:
   random_access = True
+  resize = 'round'  # dataset.resize, set by _source
 
   def __init__(self, labels: np.ndarray, names: list):
     self.labels = np.asarray(labels, np.int32)
@@ -287,7 +308,7 @@ class _ArraySplit(_RandomAccessSplit):
   def element(self, key):
     image = tf.gather(tf.constant(self.images), key)
     return {
-        'image': resize_and_center_crop(image),
+        'image': resize_and_center_crop(image, rule=self.resize),
         'label': tf.gather(tf.constant(self.labels), key),
     }
 
@@ -317,7 +338,7 @@ class _FileSplit(_RandomAccessSplit):
     if self.orientations is not None and np.any(self.orientations != 1):
       image = apply_orientation(image, tf.gather(tf.constant(self.orientations), key))
     return {
-        'image': resize_and_center_crop(image),
+        'image': resize_and_center_crop(image, rule=self.resize),
         'label': tf.gather(tf.constant(self.labels), key),
     }
 
@@ -335,6 +356,7 @@ class _TfdsSplit:
   """One split of a prepared TFDS dataset, read as raw records and decoded by the pipeline."""
 
   random_access = False
+  resize = 'round'  # dataset.resize, set by _source
 
   def __init__(self, builder, split: str, image_key: str, label_key: str):
     self.builder = builder
@@ -400,7 +422,7 @@ class _TfdsSplit:
         serialized, decoders={self.image_key: _skip_decoding()}
     )
     return {
-        'image': preprocess_encoded(ex[self.image_key]),
+        'image': preprocess_encoded(ex[self.image_key], rule=self.resize),
         'label': tf.cast(ex[self.label_key], tf.int32),
     }
 
@@ -471,7 +493,10 @@ def _source(dataset_config) -> _Source:
   data_dir = _get(dataset_config, 'data_dir')
   manual_dir = _get(dataset_config, 'manual_dir')
   exif = bool(_get(dataset_config, 'exif_transpose', False))
-  cache_key = (name, data_dir, manual_dir, exif)
+  resize = str(_get(dataset_config, 'resize', 'round'))
+  if resize not in RESIZE_RULES:
+    raise ValueError(f'dataset.resize must be one of {RESIZE_RULES}, got {resize!r}')
+  cache_key = (name, data_dir, manual_dir, exif, resize)
   if cache_key not in _SOURCES:
     if name == 'digits':
       src = _digits_source(data_dir)
@@ -479,6 +504,11 @@ def _source(dataset_config) -> _Source:
       src = _folder_source(name[len('folder:') :], exif)
     else:
       src = _tfds_source(name, data_dir, manual_dir)
+    if resize != 'round':  # other pixels, other statistics
+      src.stats_path = src.stats_path[: -len('.npz')] + f'_{resize}.npz'
+      for split in (src.train, src.eval):
+        if split is not None:
+          split.resize = resize
     _SOURCES[cache_key] = src
   return _SOURCES[cache_key]
 
@@ -755,7 +785,7 @@ def _stats_pass_tf_first(split, max_images):
     if image is None:
       bad.append(int(key))
       continue
-    image = resize_and_center_crop(image).numpy().astype(np.float64)
+    image = resize_and_center_crop(image, rule=split.resize).numpy().astype(np.float64)
     total += image
     px = image.reshape(-1, 3) / 255.0
     s1 += px.sum(0)

@@ -14,7 +14,12 @@ Parameter layout (T = number of towers, 2 for the paper):
   fc{6,7}/kernel [T, fan_in, out/T]          fc{6,7}/bias [T, out/T]
   fc8/kernel     [4096, num_classes]         fc8/bias     [num_classes]   (no tower axis)
 fc6 reads the pooled conv5 output of both towers, concatenated along channels and
-flattened in (H, W, C) order.
+flattened in (H, W, C) order (`fc6_input_order="chw"`: PyTorch's and Caffe's (C, H, W)).
+
+Every default is the paper's network; the other switches describe the published AlexNets
+that alexnet_jax.convert loads (torchvision's one-tower net, Caffe's bvlc_alexnet, the grouped
+PyTorch layout): their widths, input size, conv1 padding, LRN constants and placement, and
+flatten order (configs/default.py says which system uses which).
 """
 
 from __future__ import annotations
@@ -213,11 +218,25 @@ class AlexNet(nn.Module):
   Attributes:
     num_classes: width of fc8.
     width: multiplier on every conv and fc width (1.0 = paper; 0.25 trains on a CPU).
-    one_tower: the paper's one-GPU ablation (one tower, half the kernels in conv1-4).
+    one_tower: one tower (num_towers=1): the paper's one-GPU ablation (half the kernels in
+      conv1-4) unless conv_widths says otherwise (torchvision's net).
+    conv_widths: conv1..conv5 widths summed over the towers; () = the paper's (or, with
+      one_tower, the one-GPU net's). torchvision: (64, 192, 384, 256, 256).
+    image_size: side of the square input crop: 224 (paper, torchvision); 227 (Caffe).
+    conv1_padding: (before, after) zero rows/columns around conv1's input: (0, 3) is
+      cuda-convnet's rule that gives 55x55 from 224; (2, 2) torchvision and the grouped
+      layout; (0, 0) Caffe at 227.
     lrn: local response normalisation after conv1 and conv2 (ablation: False).
     lrn_alpha_per_term: True = paper text (alpha per squared term); False = alpha/n
       (cuda-convnet, Caffe, PyTorch). lrn_k: the paper's k=2 (Caffe's bvlc_alexnet: 1).
+    lrn_after_pool: LRN on the pooled maps (the grouped PyTorch layout) instead of before
+      the pooling (paper, Caffe).
+    lrn_across_towers: one LRN window over all towers' channels (Caffe and PyTorch run LRN
+      on the whole layer, so channels at a tower's edge see the other tower's); False = the
+      paper's per-tower LRN (each GPU normalised its own maps).
     overlapping_pool: 3x3 stride 2 pooling (paper); False = 2x2 stride 2 (ablation).
+    fc6_input_order: how the pooled conv5 maps are flattened for fc6: "hwc" (this project's
+      choice) or "chw" (PyTorch's and Caffe's NCHW flatten).
     initializer: 'paper' (N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7) or 'he'
       (He-normal weights, zero biases: leaves the initial plateau at once, docs/paper.md#initialization).
     dropout_rate: on the outputs of fc6 and fc7 (inverted dropout, §4.2).
@@ -230,10 +249,16 @@ class AlexNet(nn.Module):
   num_classes: int = 1000
   width: float = 1.0
   one_tower: bool = False
+  conv_widths: tuple[int, ...] = ()
+  image_size: int = 224
+  conv1_padding: tuple[int, int] = (0, 3)
   lrn: bool = True
   lrn_alpha_per_term: bool = True
   lrn_k: float = 2.0
+  lrn_after_pool: bool = False
+  lrn_across_towers: bool = False
   overlapping_pool: bool = True
+  fc6_input_order: str = "hwc"
   initializer: str = "paper"
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
@@ -245,9 +270,18 @@ class AlexNet(nn.Module):
   def num_towers(self) -> int:
     return 1 if self.one_tower else 2
 
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of one input crop."""
+    return (self.image_size, self.image_size, 3)
+
   def layer_widths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(conv widths, fc6/fc7 widths), summed over towers, after the width multiplier."""
     conv = ONE_TOWER_CONV_WIDTHS if self.one_tower else PAPER_CONV_WIDTHS
+    if self.conv_widths:
+      if len(self.conv_widths) != 5:
+        raise ValueError(f"model.conv_widths needs 5 widths (conv1..conv5), got {self.conv_widths}")
+      conv = tuple(self.conv_widths)
     t = self.num_towers
     scale = lambda w: max(t, t * round(w * self.width / t))  # divisible by the towers
     return tuple(scale(w) for w in conv), tuple(scale(w) for w in PAPER_FC_WIDTHS)
@@ -325,10 +359,16 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+    shape = self.input_shape
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
       raise ValueError(
-          f"AlexNet expects NHWC images of shape (batch, {', '.join(map(str, IMAGE_SHAPE))})"
-          f" (224x224 RGB crops of the 256x256 images); got shape {tuple(images.shape)}."
+          f"AlexNet expects NHWC images of shape (batch, {', '.join(map(str, shape))})"
+          f" ({shape[0]}x{shape[1]} RGB crops of the 256x256 images); got shape "
+          f"{tuple(images.shape)}."
+      )
+    if self.fc6_input_order not in ("hwc", "chw"):
+      raise ValueError(
+          f"model.fc6_input_order must be 'hwc' or 'chw', got {self.fc6_input_order!r}"
       )
     conv_w, fc_w = self.layer_widths()
     t = self.num_towers
@@ -359,12 +399,28 @@ class AlexNet(nn.Module):
           f"{name}_out", per_tower(lambda i, x: nn.relu(self._conv(x, k[i], b[i], stride, pad)), xs)
       )
 
+    def lrn_across_towers(hs):
+      """LRN with one window over every tower's channels: each device normalises the
+      gathered layer and keeps its own towers' channels (the gradient's all-gather
+      transposes to a reduce-scatter, so it reaches the tower that owns each channel)."""
+      full = normalize(self._gather_towers(hs))
+      ct = full.shape[-1] // t
+      mine = jax.lax.dynamic_slice_in_dim(full, first * ct, local * ct, axis=-1)
+      return [mine[..., i * ct : (i + 1) * ct] for i in range(local)]
+
     def pool(name, hs, with_lrn):
-      return stage(name, [max_pool(normalize(h) if with_lrn else h, pool_w, pool_s) for h in hs])
+      if not (with_lrn and self.lrn and (self.lrn_after_pool or self.lrn_across_towers)):
+        return stage(name, [max_pool(normalize(h) if with_lrn else h, pool_w, pool_s) for h in hs])
+      lrn = lrn_across_towers if self.lrn_across_towers else lambda hs: [normalize(h) for h in hs]
+      if not self.lrn_after_pool:
+        hs = lrn(hs)
+      hs = [max_pool(h, pool_w, pool_s) for h in hs]
+      return stage(name, lrn(hs) if self.lrn_after_pool else hs)
 
     # conv1: both towers read the whole image. 11x11/4 on 224 gives 55 only with
-    # cuda-convnet's rule: pad (0, 3) so the last window reads 3 zero pixels.
-    h = conv_layer("conv1", x, 11, 3, conv_w[0], 4, ((0, 3), (0, 3)))
+    # cuda-convnet's rule: pad (0, 3) so the last window reads 3 zero pixels (the default).
+    p0, p1 = self.conv1_padding
+    h = conv_layer("conv1", x, 11, 3, conv_w[0], 4, ((p0, p1), (p0, p1)))
     h = pool("pool1", h, with_lrn=True)
     # conv2: each tower reads only its own conv1 maps.
     h = conv_layer("conv2", h, 5, conv_w[0] // t, conv_w[1], 1, ((2, 2), (2, 2)))
@@ -374,8 +430,11 @@ class AlexNet(nn.Module):
     h = conv_layer("conv4", h, 3, conv_w[2] // t, conv_w[3], 1, ((1, 1),) * 2)
     h = conv_layer("conv5", h, 3, conv_w[3] // t, conv_w[4], 1, ((1, 1),) * 2)
     h = pool("pool5", h, with_lrn=False)
-    # fc6 reads both towers (point 2): 6x6x256 flattened in (H, W, C) order = 9216.
+    # fc6 reads both towers (point 2): 6x6x256 flattened in (H, W, C) order = 9216
+    # (or (C, H, W), the order of the PyTorch and Caffe fc6 weights).
     g = self._gather_towers(h)
+    if self.fc6_input_order == "chw":
+      g = jnp.transpose(g, (0, 3, 1, 2))
     g = g.reshape(g.shape[0], -1)
     for name, width in (("fc6", fc_w[0]), ("fc7", fc_w[1])):
       k, b = self._tower_params(name, (g.shape[-1], width // t), local)
@@ -437,4 +496,7 @@ def from_config(model_config, num_classes: int) -> AlexNet:
     )
   if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  for key in ("conv_widths", "conv1_padding"):  # config.json gives lists back
+    if key in kwargs:
+      kwargs[key] = tuple(int(v) for v in kwargs[key])
   return AlexNet(num_classes=num_classes, **kwargs)

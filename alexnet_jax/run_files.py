@@ -8,6 +8,11 @@ Training (process 0) writes, next to config.json and checkpoints/:
   class_names.json    the label names in label order: TFDS ClassLabel names, folder names,
                       "0".."9" for digits
   preprocessing.json  how an image becomes the network's input views (`Preprocessing`)
+  mean_image.npy      only for config.augment.mean == 'run' (a converted net's own mean,
+                      e.g. Caffe's ilsvrc_2012_mean): float32 [256, 256, 3], RGB, 0..255
+
+The other input settings (mean pixel, std, channel order, crop size, resize rule) are keys of
+config.json (config.augment, config.model.image_size, config.dataset.resize).
 
 A run copied to a machine without the dataset restores, predicts and draws its kernels from
 these. Runs written before they existed still restore: `missing(workdir)` names what they
@@ -19,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -28,6 +34,8 @@ from alexnet_jax import model as model_lib
 
 STATS_FILE = "dataset_stats.npz"
 CLASS_NAMES_FILE = "class_names.json"
+MEAN_IMAGE_FILE = "mean_image.npy"
+MEAN_IMAGE_SHAPE = (256, 256, 3)
 PREPROCESSING_FILE = "preprocessing.json"
 FILES = (STATS_FILE, CLASS_NAMES_FILE, PREPROCESSING_FILE)
 
@@ -46,16 +54,19 @@ class Preprocessing:
 
   @classmethod
   def from_config(cls, config) -> Preprocessing:
-    return cls(scale=float(config.augment.scale), eval_crops=int(config.eval_crops))
+    return cls(
+        crop_size=int(config.model.get("image_size", model_lib.IMAGE_SHAPE[0])),
+        scale=float(config.augment.scale),
+        eval_crops=int(config.eval_crops),
+    )
 
   def check(self, source: str) -> Preprocessing:
-    """This code resizes to input_pipeline.IMAGE_SIZE and the model reads IMAGE_SHAPE crops:
-    a run that says otherwise cannot be reproduced here."""
-    want = (input_pipeline.IMAGE_SIZE, model_lib.IMAGE_SHAPE[0])
-    if (self.image_size, self.crop_size) != want:
+    """This code resizes to input_pipeline.IMAGE_SIZE: a run that says otherwise cannot be
+    reproduced here."""
+    if self.image_size != input_pipeline.IMAGE_SIZE:
       raise ValueError(
-          f"{source}: image_size {self.image_size} / crop_size {self.crop_size}, but this "
-          f"version of alexnet_jax preprocesses to {want[0]} / {want[1]}"
+          f"{source}: image_size {self.image_size}, but this version of alexnet_jax "
+          f"preprocesses to {input_pipeline.IMAGE_SIZE}"
       )
     return self
 
@@ -98,16 +109,30 @@ def write(
       "bad_files": np.asarray(list(stats.bad_files), dtype=str),
   }
   _write_atomically(paths[0], lambda f: np.savez(f, **fields))
-  _write_json(paths[1], [str(n) for n in info.class_names])
-  _write_json(
-      paths[2], {"dataset": info.name, **dataclasses.asdict(Preprocessing.from_config(config))}
-  )
+  write_class_names(workdir, info.class_names)
+  write_preprocessing(workdir, config, info.name)
   return paths
 
 
-def missing(workdir: str) -> list[str]:
-  """The run files `workdir` lacks (a run trained before training wrote them)."""
-  return [name for name in FILES if not os.path.exists(os.path.join(workdir, name))]
+def write_class_names(workdir: str, names) -> None:
+  _write_json(os.path.join(workdir, CLASS_NAMES_FILE), [str(n) for n in names])
+
+
+def write_preprocessing(workdir: str, config, dataset: str) -> None:
+  _write_json(
+      os.path.join(workdir, PREPROCESSING_FILE),
+      {"dataset": dataset, **dataclasses.asdict(Preprocessing.from_config(config))},
+  )
+
+
+def missing(workdir: str, config=None) -> list[str]:
+  """The run files `workdir` lacks (a run trained before training wrote them). With the
+  run's config: the statistics only count when its inputs are centred with the dataset's
+  mean image (config.augment.mean == 'dataset')."""
+  needed = FILES
+  if config is not None and config.augment.get("mean", "dataset") != "dataset":
+    needed = tuple(name for name in FILES if name != STATS_FILE)
+  return [name for name in needed if not os.path.exists(os.path.join(workdir, name))]
 
 
 def read_stats(workdir: str) -> input_pipeline.DatasetStats | None:
@@ -125,7 +150,7 @@ def read_stats(workdir: str) -> input_pipeline.DatasetStats | None:
     )
 
 
-def read_class_names(workdir: str) -> tuple[str, ...] | None:
+def read_class_names(workdir: str) -> list[str] | None:
   path = os.path.join(workdir, CLASS_NAMES_FILE)
   if not os.path.exists(path):
     return None
@@ -133,7 +158,7 @@ def read_class_names(workdir: str) -> tuple[str, ...] | None:
     names = json.load(f)
   if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
     raise ValueError(f"{path} must hold a JSON list of class names (strings)")
-  return tuple(names)
+  return names
 
 
 def read_preprocessing(workdir: str) -> Preprocessing | None:
@@ -144,3 +169,47 @@ def read_preprocessing(workdir: str) -> Preprocessing | None:
     d = json.load(f)
   fields = {f.name for f in dataclasses.fields(Preprocessing)}
   return Preprocessing(**{k: v for k, v in d.items() if k in fields}).check(path)
+
+
+def read_names_file(path: str) -> list[str]:
+  """One name per line (a trailing empty line is not a name)."""
+  with open(path, encoding="utf-8") as f:
+    return f.read().splitlines()
+
+
+def write_mean_image(workdir: str, mean: np.ndarray) -> None:
+  mean = np.asarray(mean, np.float32)
+  if mean.shape != MEAN_IMAGE_SHAPE:
+    raise ValueError(f"a mean image must be {MEAN_IMAGE_SHAPE} RGB, got {mean.shape}")
+  np.save(os.path.join(workdir, MEAN_IMAGE_FILE), mean, allow_pickle=False)
+
+
+def has_mean_image(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, MEAN_IMAGE_FILE))
+
+
+def read_mean_image(workdir: str) -> np.ndarray:
+  path = os.path.join(workdir, MEAN_IMAGE_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: config.augment.mean='run' subtracts the mean image stored in the "
+        "run directory (alexnet_jax.convert --mean_file writes it; a run started with "
+        "--config.init_from copies its source's). Use augment.mean='pixel' or 'dataset' instead."
+    )
+  mean = np.load(path, allow_pickle=False)
+  if mean.shape != MEAN_IMAGE_SHAPE:
+    raise ValueError(f"{path} holds an array of shape {mean.shape}, not {MEAN_IMAGE_SHAPE}")
+  return mean.astype(np.float32)
+
+
+def copy_mean_image(src_workdir: str, dst_workdir: str) -> None:
+  """Atomic (copy, then rename): every process of a run may do it at once."""
+  fd, tmp = tempfile.mkstemp(dir=dst_workdir, suffix=".npy.tmp")
+  os.close(fd)
+  try:
+    shutil.copyfile(os.path.join(src_workdir, MEAN_IMAGE_FILE), tmp)
+    os.replace(tmp, os.path.join(dst_workdir, MEAN_IMAGE_FILE))
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

@@ -133,7 +133,7 @@ def check_towers(mesh: Mesh, model: model_lib.AlexNet) -> None:
 
 def abstract_variables(model: model_lib.AlexNet) -> Any:
   """Shapes/dtypes of `model.init` without computing anything."""
-  images = jax.ShapeDtypeStruct((1, *model_lib.IMAGE_SHAPE), jnp.float32)
+  images = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
   return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
 
 
@@ -141,7 +141,7 @@ def init_variables(model: model_lib.AlexNet, mesh: Mesh, rng: jax.Array) -> Any:
   """Initialise directly into the mesh's shardings (no full copy on one device)."""
   check_towers(mesh, model)
   abstract = abstract_variables(model)
-  images = jnp.zeros((1, *model_lib.IMAGE_SHAPE), jnp.float32)
+  images = jnp.zeros((1, *model.input_shape), jnp.float32)
   init = jax.jit(
       functools.partial(model.init, train=False), out_shardings=param_shardings(mesh, abstract)
   )

@@ -17,6 +17,7 @@ from absl import logging
 
 from alexnet_jax import (
     augment,
+    fine_tune,
     input_pipeline,
     optim,
     preemption,
@@ -31,12 +32,36 @@ from alexnet_jax import model as model_lib
 
 @flax.struct.dataclass
 class AugmentConstants:
-  mean_image: jax.Array  # [256, 256, 3] float32, pixel units
+  mean_image: jax.Array  # [256, 256, 3] float32, pixel units; or a [3] mean pixel
   eigval: jax.Array  # [3]
   eigvec: jax.Array  # [3, 3], columns
+  std: jax.Array | None = None  # [3] pixel units: divide by it (torchvision's inputs)
 
 
-def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentConstants:
+def input_mean_and_std(config, stats, workdir: str | None = None):
+  """(mean, std) the network's inputs are normalised with (config.augment.mean/mean_rgb/
+  std_rgb): mean [256, 256, 3] or [3] float32 in pixel units, std [3] or None."""
+  acfg = config.augment
+  kind = acfg.get("mean", "dataset")
+  if kind == "dataset":
+    mean = np.asarray(stats.mean_image, np.float32)
+  elif kind == "pixel":
+    mean = np.asarray(acfg.mean_rgb, np.float32).reshape(3)
+  elif kind == "run":
+    if workdir is None:
+      raise ValueError("augment.mean='run' needs the run directory that holds the mean image")
+    mean = run_files.read_mean_image(workdir)
+  else:
+    raise ValueError(f"augment.mean must be 'dataset', 'pixel' or 'run', got {kind!r}")
+  std = tuple(acfg.get("std_rgb", ()) or ())
+  if std and (len(std) != 3 or min(std) <= 0):
+    raise ValueError(f"augment.std_rgb must be () or 3 positive numbers, got {std}")
+  return mean, (np.asarray(std, np.float32) if std else None)
+
+
+def augment_constants(
+    config, stats: input_pipeline.DatasetStats, workdir: str | None = None
+) -> AugmentConstants:
   if config.augment.eigen == "imagenet":
     eigval, eigvec = input_pipeline.IMAGENET_EIGVAL, input_pipeline.IMAGENET_EIGVEC
   elif config.augment.eigen == "dataset":
@@ -45,10 +70,12 @@ def augment_constants(config, stats: input_pipeline.DatasetStats) -> AugmentCons
     raise ValueError(
         f"augment.eigen must be 'dataset' or 'imagenet', got " f"{config.augment.eigen!r}"
     )
+  mean, std = input_mean_and_std(config, stats, workdir)
   return AugmentConstants(
-      jnp.asarray(stats.mean_image, jnp.float32),
+      jnp.asarray(mean, jnp.float32),
       jnp.asarray(eigval, jnp.float32),
       jnp.asarray(eigvec, jnp.float32),
+      None if std is None else jnp.asarray(std, jnp.float32),
   )
 
 
@@ -85,9 +112,16 @@ def input_dtype(config):
 
 
 def augment_batch(
-    acfg, mesh, aug_rng, step, images, aug: AugmentConstants, dtype=jnp.float32
+    acfg,
+    mesh,
+    aug_rng,
+    step,
+    images,
+    aug: AugmentConstants,
+    crop_size: int = 224,
+    dtype=jnp.float32,
 ) -> jax.Array:
-  """The train step's augmentation: uint8 [B, 256, 256, 3] -> float32 [B, 224, 224, 3]
+  """The train step's augmentation: uint8 [B, 256, 256, 3] -> float32 [B, crop, crop, 3]
   split over "data". Keys from (seed, step, position in the global batch): the same views
   on every mesh."""
   keys = augment.example_keys(aug_rng, step, jnp.arange(images.shape[0]))
@@ -101,6 +135,9 @@ def augment_batch(
       flip=acfg.flip,
       lighting_std=acfg.lighting_std,
       scale=acfg.scale,
+      crop_size=crop_size,
+      std=aug.std,
+      bgr=acfg.get("channel_order", "rgb") == "bgr",
       dtype=dtype,
   )
   return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
@@ -121,7 +158,14 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
     images, labels = batch["image"], batch["label"]
     if augment_on_device:
       images = augment_batch(
-          config.augment, mesh, aug_rng, state.step, images, aug, input_dtype(config)
+          config.augment,
+          mesh,
+          aug_rng,
+          state.step,
+          images,
+          aug,
+          model.image_size,
+          input_dtype(config),
       )
 
     def loss_fn(params):
@@ -162,19 +206,49 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
 
 
 def view_probs(
-    apply, mesh, params, images, mean_image, *, crops: int, scale: float, dtype=jnp.float32
+    apply,
+    mesh,
+    params,
+    images,
+    mean_image,
+    *,
+    crops: int,
+    scale: float,
+    crop_size: int = 224,
+    std=None,
+    bgr: bool = False,
+    dtype=jnp.float32,
 ):
   """uint8 [B, 256, 256, 3] -> float32 [B, C]: the softmax (not the logits) averaged over
   the `crops` views (1: center; 10: corners, center and their reflections, §4.1), each view
-  mean-subtracted and times `scale` (augment.eval_views). Evaluation, prediction and
-  ensembles all go through here."""
-  views = augment.eval_views(images, mean_image=mean_image, crops=crops, scale=scale, dtype=dtype)
+  normalised as in training (augment.eval_views: mean, std, scale, channel order).
+  Evaluation, prediction and ensembles all go through here."""
+  views = augment.eval_views(
+      images,
+      mean_image=mean_image,
+      crops=crops,
+      crop_size=crop_size,
+      scale=scale,
+      std=std,
+      bgr=bgr,
+      dtype=dtype,
+  )
   b, v = views.shape[:2]
   views = jax.lax.with_sharding_constraint(
       views.reshape(b * v, *views.shape[2:]), sharding.batch_sharding(mesh)
   )
   logits = apply({"params": params}, views, train=False)
   return jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
+
+
+def view_options(config, model) -> dict:
+  """view_probs' keywords that come from the run: its crop size, scale, channel order, dtype."""
+  return dict(
+      crop_size=model.image_size,
+      scale=config.augment.scale,
+      bgr=config.augment.get("channel_order", "rgb") == "bgr",
+      dtype=input_dtype(config),
+  )
 
 
 def eval_sums(probs, labels, mask) -> dict:
@@ -192,21 +266,15 @@ def eval_sums(probs, labels, mask) -> dict:
 
 
 def make_eval_step(config, model, mesh, crops: int | None = None):
-  """Jitted `(params, batch, mean_image) -> sums` over the paper's views (view_probs,
-  eval_sums). Padding examples (mask False) count nowhere."""
+  """Jitted `(params, batch, mean_image, std=None) -> sums` over the paper's views
+  (view_probs, eval_sums). Padding examples (mask False) count nowhere."""
   crops = config.eval_crops if crops is None else crops
   apply = sharding.sharded_apply(model, mesh)
+  options = view_options(config, model)
 
-  def eval_step(params, batch, mean_image):
+  def eval_step(params, batch, mean_image, std=None):
     probs = view_probs(
-        apply,
-        mesh,
-        params,
-        batch["image"],
-        mean_image,
-        crops=crops,
-        scale=config.augment.scale,
-        dtype=input_dtype(config),
+        apply, mesh, params, batch["image"], mean_image, crops=crops, std=std, **options
     )
     return eval_sums(probs, batch["label"], batch["mask"])
 
@@ -215,13 +283,15 @@ def make_eval_step(config, model, mesh, crops: int | None = None):
   )
 
 
-def make_predict_step(model, mesh, *, crops: int, scale: float):
-  """Jitted `(params, images, mean_image) -> probs [B, C]`: the eval step's probabilities
-  (view_probs) of uint8 [B, 256, 256, 3] images, B a multiple of the mesh's data axis."""
+def make_predict_step(config, model, mesh, *, crops: int):
+  """Jitted `(params, images, mean_image, std=None) -> probs [B, C]`: the eval step's
+  probabilities (view_probs) of uint8 [B, 256, 256, 3] images, B a multiple of the mesh's
+  data axis."""
   apply = sharding.sharded_apply(model, mesh)
+  options = view_options(config, model)
 
-  def predict_step(params, images, mean_image):
-    return view_probs(apply, mesh, params, images, mean_image, crops=crops, scale=scale)
+  def predict_step(params, images, mean_image, std=None):
+    return view_probs(apply, mesh, params, images, mean_image, crops=crops, std=std, **options)
 
   return jax.jit(
       predict_step, out_shardings=sharding.replicated(mesh), compiler_options=compiler_options()
@@ -237,7 +307,15 @@ def global_batch(mesh, local_batch: dict) -> dict:
 
 
 def evaluate(
-    config, eval_step, params, mean_image, mesh, *, max_batches: int = -1, progress: bool = False
+    config,
+    eval_step,
+    params,
+    mean_image,
+    mesh,
+    *,
+    max_batches: int = -1,
+    std=None,
+    progress: bool = False,
 ) -> dict:
   """Top-1/top-5 error over the whole validation split (every image once); progress: a
   progress bar with an ETA on stderr."""
@@ -256,7 +334,7 @@ def evaluate(
   for i, batch in enumerate(it):
     if 0 < max_batches <= i:
       break
-    out = eval_step(params, global_batch(mesh, batch), mean_image)
+    out = eval_step(params, global_batch(mesh, batch), mean_image, std)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   return metrics_from_sums(sums)
 
@@ -338,6 +416,9 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       if config.num_train_steps > 0
       else int(math.ceil(config.num_epochs * steps_per_epoch))
   )
+  manager = ckpt_lib.CheckpointManager(workdir, config)
+  if manager.latest_step() is None:  # a new run: check init_from, take its mean image
+    fine_tune.prepare_run_dir(config, workdir)
   stats = input_pipeline.dataset_stats(config.dataset)
   if stats.bad_files:
     logging.warning(
@@ -357,18 +438,25 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       steps_per_epoch=steps_per_epoch,
       num_steps=num_steps,
       eval_every=config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch,
-      aug=jax.device_put(augment_constants(config, stats), sharding.replicated(mesh)),
-      manager=ckpt_lib.CheckpointManager(workdir, config),
+      aug=jax.device_put(augment_constants(config, stats, workdir), sharding.replicated(mesh)),
+      manager=manager,
       lead=jax.process_index() == 0,
   )
 
 
 def restore_or_create_state(run: Run) -> train_state.TrainState:
+  """The run's latest checkpoint; or a new state, with config.init_from's parameters when
+  set (a resumed run ignores init_from: its own checkpoint wins)."""
   config, model, mesh = run.config, run.model, run.mesh
   shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
-  return run.manager.restore_or(
-      lambda: train_state.create_train_state(config, model, mesh), shardings
-  )
+
+  def create():
+    return train_state.create_train_state(config, model, mesh)
+
+  if config.get("init_from") and run.manager.latest_step() is None:
+    state = create()
+    return state.replace(params=fine_tune.params_from_run(config, state.params, shardings.params))
+  return run.manager.restore_or(create, shardings)
 
 
 def summarize_window(run: Run, step: int, window: list[dict], seconds: float) -> dict:
@@ -410,6 +498,7 @@ def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
       run.aug.mean_image,
       run.mesh,
       max_batches=config.max_eval_batches,
+      std=run.aug.std,
   )
   run.log(
       "eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",

@@ -33,7 +33,11 @@ def create_model(config, num_classes: int) -> model_lib.AlexNet:
 
 
 def _init_state(config, model, rng) -> TrainState:
-  params = model.init(rng, jnp.zeros((1, *model_lib.IMAGE_SHAPE)), train=False)["params"]
+  params = model.init(rng, jnp.zeros((1, *model.input_shape)), train=False)["params"]
+  return _state_around(config, params)
+
+
+def _state_around(config, params) -> TrainState:
   tx = optim.make_optimizer(config.optimizer)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -62,3 +66,12 @@ def create_train_state(config, model, mesh, rng=None) -> TrainState:
       out_shardings=state_shardings(mesh, abstract_state(config, model)),
   )
   return init(rng)
+
+
+def train_state_from_params(config, model, mesh, params) -> TrainState:
+  """A new run's state (step 0, zero momentum, fresh schedule) around given parameters, such
+  as converted ones; no random initialisation is computed."""
+  sharding.check_towers(mesh, model)
+  shardings = state_shardings(mesh, abstract_state(config, model))
+  params = jax.device_put(params, shardings.params)
+  return jax.jit(functools.partial(_state_around, config), out_shardings=shardings)(params)

@@ -1,0 +1,100 @@
+"""Published AlexNets in and out of run directories.
+
+  python -m alexnet_jax.convert --from=torchvision --src=alexnet-owt-7be5be79.pth \
+      --workdir=runs/torchvision [--class_names=FILE]
+  python -m alexnet_jax.convert --from=caffe --src=bvlc_alexnet.caffemodel \
+      [--mean_file=ilsvrc_2012_mean.binaryproto] --workdir=runs/caffe
+  python -m alexnet_jax.convert --from=pytorch_grouped --src=grouped.pth --workdir=runs/grouped
+  python -m alexnet_jax.convert --to=pytorch_grouped --workdir=runs/paper --dst=paper.pth
+
+Import writes a run directory (config.json, a checkpoint, class_names.txt, the mean image)
+that evaluates and fine-tunes (--config.init_from) like a trained run; its config is the
+format's preset, configs/<format>.py, or --config=FILE with --config.KEY=VALUE overrides.
+Export writes the run's parameters as a state_dict that the format's PyTorch module loads.
+Nothing is downloaded. PyTorch files need torch (pip install torch==2.13.0).
+"""
+
+import importlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+flags.DEFINE_enum("from", None, ["torchvision", "caffe", "pytorch_grouped"], "Import this format.")
+flags.DEFINE_enum("to", None, ["torchvision", "pytorch_grouped"], "Export to this format.")
+flags.DEFINE_string("src", None, "The file to import (.pth or .caffemodel).")
+flags.DEFINE_string("dst", None, "The .pth file to export to.")
+flags.DEFINE_string("workdir", None, "The run directory to write (import) or read (export).")
+flags.DEFINE_string("class_names", None, "Import: a text file with one class name per line.")
+flags.DEFINE_string("mean_file", None, "Caffe import: its mean image (.binaryproto).")
+flags.DEFINE_integer("step", None, "Export: the checkpoint step (default: latest).")
+config_flags.DEFINE_config_file(
+    "config", None, "Import: the config to write (default: configs/<format>.py).", lock_config=True
+)
+FLAGS = flags.FLAGS
+
+
+def preset_config(fmt: str):
+  """configs/<fmt>.py's config (the repository's configs package, from its root)."""
+  try:
+    return importlib.import_module(f"configs.{fmt}").get_config()
+  except ImportError as e:
+    raise SystemExit(
+        f"cannot import configs/{fmt}.py ({e}): run from the repository's root, or pass "
+        f"--config=path/to/configs/{fmt}.py"
+    ) from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  src_fmt, dst_fmt = FLAGS["from"].value, FLAGS.to
+  if (src_fmt is None) == (dst_fmt is None):
+    raise app.UsageError("give exactly one of --from (import) and --to (export)")
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  from alexnet_jax import runtime
+
+  runtime.setup()
+  # After runtime.setup(): JAX is imported with the accelerators it is meant to see.
+  from alexnet_jax import pretrained
+
+  try:
+    if src_fmt:
+      if not FLAGS.src:
+        raise app.UsageError("--from needs --src=FILE")
+      config = FLAGS.config if FLAGS.config is not None else preset_config(src_fmt)
+      out = pretrained.import_run(
+          src_fmt,
+          FLAGS.src,
+          FLAGS.workdir,
+          config,
+          class_names_file=FLAGS.class_names,
+          mean_file=FLAGS.mean_file,
+      )
+      print(
+          f"{FLAGS.src} ({src_fmt}) -> {FLAGS.workdir}: {out['num_params']:,} parameters, "
+          f"{out['num_classes']} classes"
+      )
+    else:
+      if not FLAGS.dst:
+        raise app.UsageError("--to needs --dst=FILE")
+      out = pretrained.export_run(
+          dst_fmt, FLAGS.workdir, FLAGS.dst, preset_config(dst_fmt), step=FLAGS.step
+      )
+      print(
+          f"{FLAGS.workdir} (step {out['step']}) -> {FLAGS.dst} ({dst_fmt}, "
+          f"{len(out['keys'])} tensors)"
+      )
+      if out["differences"]:
+        print(
+            f"note: the weights fit the {dst_fmt} layout, but this run's network differs from "
+            f"configs/{dst_fmt}.py in {'; '.join(out['differences'])} (run value -> preset "
+            "value): a PyTorch module computes this run's function only with the run's settings."
+        )
+  except (pretrained.ConversionError, FileNotFoundError, FileExistsError) as e:
+    sys.exit(f"FATAL: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,169 @@
+"""Start a new run from another run's parameters (`--config.init_from=W`): a trained run, or
+one written by alexnet_jax.convert (torchvision's, Caffe's or the grouped layout's weights).
+
+Every parameter is copied, except fc8 when the class count differs: that layer keeps the new
+run's fresh initialisation. The step, momentum, schedule and RNG start afresh. The new run
+must have the source's architecture (the same model switches), since the weights mean
+something only for the network that learned them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from alexnet_jax import checkpoint, run_files
+from alexnet_jax import model as model_lib
+
+# Switches that change the function the weights compute (not only how it runs or trains).
+ARCHITECTURE_KEYS = (
+    "width",
+    "one_tower",
+    "conv_widths",
+    "image_size",
+    "conv1_padding",
+    "lrn",
+    "lrn_alpha_per_term",
+    "lrn_k",
+    "lrn_after_pool",
+    "lrn_across_towers",
+    "overlapping_pool",
+    "fc6_input_order",
+)
+# Input conventions the source's conv1 was trained with.
+INPUT_KEYS = ("mean", "std_rgb", "channel_order")
+
+
+def _normalised(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_normalised(v) for v in value)
+  if isinstance(value, bool) or value is None or isinstance(value, str):
+    return value
+  return float(value)
+
+
+def _model_defaults() -> dict:
+  return {f.name: f.default for f in dataclasses.fields(model_lib.AlexNet)}
+
+
+def architecture_differences(config, source_config) -> list[str]:
+  """'key: source value -> this run's value' for every architecture switch that differs
+  (a key the source's config.json lacks has the model's default)."""
+  defaults = _model_defaults()
+  out = []
+  for key in ARCHITECTURE_KEYS:
+    src = _normalised(source_config.model.get(key, defaults[key]))
+    new = _normalised(config.model.get(key, defaults[key]))
+    if src != new:
+      out.append(f"model.{key}: {src} -> {new}")
+  return out
+
+
+def input_differences(config, source_config) -> list[str]:
+  defaults = {"mean": "dataset", "std_rgb": (), "channel_order": "rgb"}
+  out = []
+  for key in INPUT_KEYS:
+    src = _normalised(source_config.augment.get(key, defaults[key]))
+    new = _normalised(config.augment.get(key, defaults[key]))
+    if src != new:
+      out.append(f"augment.{key}: {src} -> {new}")
+  return out
+
+
+def check_source(config) -> None:
+  """Before any device work: config.init_from is a run directory whose network is this
+  run's (its config.json is read; the parameters are checked by shape when loaded)."""
+  source_dir = config.init_from
+  if not os.path.isdir(source_dir):
+    raise FileNotFoundError(
+        f"init_from={source_dir!r} is not a directory: give the --workdir of a run, or one "
+        "written by python -m alexnet_jax.convert."
+    )
+  diffs = architecture_differences(config, checkpoint.load_config(source_dir))
+  if diffs:
+    raise ValueError(
+        f"init_from={source_dir}: this run's network differs from the source's in "
+        + "; ".join(diffs)
+        + ". Use the source's config (its config.json, or the preset it was converted "
+        "with) or override these keys."
+    )
+
+
+def prepare_run_dir(config, workdir: str) -> None:
+  """For a new run with config.init_from (before it reads its inputs): check the source
+  (check_source) and, with augment.mean='run', take the source's mean image (the one its
+  weights were trained with) unless the run already has one."""
+  source = config.get("init_from")
+  if not source:
+    return
+  check_source(config)
+  if config.augment.get("mean", "dataset") != "run":
+    return
+  if not run_files.has_mean_image(workdir):
+    if not run_files.has_mean_image(source):
+      raise FileNotFoundError(
+          f"augment.mean='run' but neither {workdir} nor init_from={source} holds "
+          f"{run_files.MEAN_IMAGE_FILE}; use augment.mean='pixel' or 'dataset'."
+      )
+    run_files.copy_mean_image(source, workdir)
+
+
+def merge_params(source_params, fresh_params) -> tuple[dict, list[str]]:
+  """(params, notes): the source's arrays in the fresh tree's structure; fc8 stays fresh when
+  its shape differs. Any other missing, extra or differently shaped array is an error that
+  names each offending key with both shapes."""
+  src = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(source_params)}
+  new = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(fresh_params)}
+  problems, notes, fc8_fresh = [], [], False
+  for key in sorted(set(src) | set(new)):
+    if key not in src:
+      problems.append(f"{key} missing from the source (this run: {tuple(new[key].shape)})")
+    elif key not in new:
+      problems.append(f"{key} only in the source ({tuple(src[key].shape)})")
+    elif tuple(src[key].shape) != tuple(new[key].shape):
+      if key.startswith("['fc8']"):
+        fc8_fresh = True
+      else:
+        problems.append(f"{key}: source {tuple(src[key].shape)}, this run {tuple(new[key].shape)}")
+  if problems:
+    raise ValueError(
+        "init_from: the source's parameters do not fit this run's network: "
+        + "; ".join(problems)
+        + ". Use the config the source was made with (configs/torchvision.py, "
+        "configs/caffe.py, configs/pytorch_grouped.py or the source run's own)."
+    )
+  if fc8_fresh:
+    bias = "['fc8']['bias']"
+    notes.append(
+        f"fc8 re-initialised: the source has {src[bias].shape[0]} classes, this run "
+        f"{new[bias].shape[0]}"
+    )
+
+  def pick(path, fresh):
+    key = jax.tree_util.keystr(path)
+    if fc8_fresh and key.startswith("['fc8']"):
+      return fresh
+    return np.asarray(src[key], np.float32)
+
+  return jax.tree_util.tree_map_with_path(pick, fresh_params), notes
+
+
+def params_from_run(config, fresh_params, shardings):
+  """The new run's initial parameters on `shardings`: config.init_from's, merged into the
+  freshly initialised `fresh_params` (see merge_params)."""
+  source_dir = config.init_from
+  check_source(config)
+  source = checkpoint.restore_run(source_dir)
+  for d in input_differences(config, source.config):
+    logging.warning("init_from=%s: input convention differs from the source's: %s", source_dir, d)
+  # Only shapes are read from the fresh parameters (a re-initialised fc8 stays where it is):
+  # nothing is gathered, so this works on any mesh and number of processes.
+  params, notes = merge_params(jax.device_get(source.variables["params"]), fresh_params)
+  logging.info(
+      "initialised from %s (step %d)%s", source_dir, source.step, "".join(f"; {n}" for n in notes)
+  )
+  return jax.device_put(params, shardings)

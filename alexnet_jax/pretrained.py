@@ -1,0 +1,510 @@
+"""Published AlexNets in and out of this project's parameter layout.
+
+Formats (each with a preset in configs/ that describes its network and its inputs):
+  torchvision       torchvision.models.alexnet's state_dict (alexnet-owt-7be5be79.pth): one
+                    tower; features.{0,3,6,8,10} convs, classifier.{1,4,6} linears.
+  pytorch_grouped   the grouped PyTorch AlexNet: two towers as groups=2 in conv2/4/5;
+                    features.{0,4,8,10,12} convs (LRN modules at 3 and 7), classifier.{1,4,6}.
+  caffe             Caffe's bvlc_alexnet.caffemodel: layers conv1..conv5, fc6..fc8, two blobs
+                    each (weights, bias); conv2/4/5 grouped.
+
+PyTorch and Caffe store conv weights [out, in/groups, kh, kw] and fc weights [out, in]; a
+grouped layer's output channels are tower 0's then tower 1's, which is exactly how the towers
+of this project concatenate (model.py), so tower t is the t-th block of output channels.
+fc6's input is the (C, H, W) flatten of pool5 there; a run with model.fc6_input_order='hwc'
+gets its rows permuted.
+
+torch is imported only inside the functions that read or write .pth files: the library never
+needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+
+from alexnet_jax import caffemodel, fine_tune, run_files, sharding, train_state
+from alexnet_jax import checkpoint as ckpt_lib
+
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+FC_LAYERS = ("fc6", "fc7", "fc8")
+LAYERS = CONV_LAYERS + FC_LAYERS
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  name: str
+  keys: dict  # layer -> state_dict prefix (PyTorch) or layer name (Caffe)
+  towers: int
+  where: str  # where its framework publishes or keeps such a file
+
+  def state_key(self, layer: str, i: int) -> str:
+    """The state_dict key of a layer's weight (i=0) or bias (i=1)."""
+    return f"{self.keys[layer]}.{('weight', 'bias')[i]}"
+
+  def state_keys(self) -> set:
+    return {self.state_key(layer, i) for layer in self.keys for i in (0, 1)}
+
+
+FORMATS = {
+    "torchvision": Format(
+        "torchvision",
+        {
+            "conv1": "features.0",
+            "conv2": "features.3",
+            "conv3": "features.6",
+            "conv4": "features.8",
+            "conv5": "features.10",
+            "fc6": "classifier.1",
+            "fc7": "classifier.4",
+            "fc8": "classifier.6",
+        },
+        towers=1,
+        where=(
+            "torchvision publishes its ImageNet weights as alexnet-owt-7be5be79.pth "
+            "(torchvision.models.AlexNet_Weights.IMAGENET1K_V1, "
+            "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth; torchvision keeps "
+            "downloads in ~/.cache/torch/hub/checkpoints/)"
+        ),
+    ),
+    "pytorch_grouped": Format(
+        "pytorch_grouped",
+        {
+            "conv1": "features.0",
+            "conv2": "features.4",
+            "conv3": "features.8",
+            "conv4": "features.10",
+            "conv5": "features.12",
+            "fc6": "classifier.1",
+            "fc7": "classifier.4",
+            "fc8": "classifier.6",
+        },
+        towers=2,
+        where=(
+            "a grouped AlexNet's weights are the file its PyTorch code wrote with "
+            "torch.save(model.state_dict(), FILE) (no framework publishes one)"
+        ),
+    ),
+    "caffe": Format(
+        "caffe",
+        {name: name for name in LAYERS},
+        towers=2,
+        where=(
+            "Caffe's model zoo publishes bvlc_alexnet.caffemodel "
+            "(models/bvlc_alexnet/readme.md in Caffe's repository, "
+            "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel; "
+            "scripts/download_model_binary.py models/bvlc_alexnet fetches it), and its mean "
+            "image as ilsvrc_2012_mean.binaryproto (data/ilsvrc12/get_ilsvrc_aux.sh)"
+        ),
+    ),
+}
+PYTORCH_FORMATS = ("torchvision", "pytorch_grouped")
+
+
+class ConversionError(ValueError):
+  """The input does not hold the network the format describes; the message says why."""
+
+
+# ---- the layouts ---------------------------------------------------------------------------
+def _fc6_permutation(fan_in: int, channels: int, order: str) -> np.ndarray | None:
+  """Row order that turns a (C, H, W)-flattened fc6 input into `order` (None: already)."""
+  if order == "chw":
+    return None
+  side = int(round((fan_in // channels) ** 0.5))
+  if channels * side * side != fan_in:
+    raise ConversionError(f"fc6 reads {fan_in} inputs, not {channels} maps of a square size")
+  # hwc position (h, w, c) reads chw input c * side^2 + h * side + w.
+  return np.arange(fan_in).reshape(channels, side, side).transpose(1, 2, 0).reshape(-1)
+
+
+def to_framework(params, model) -> dict:
+  """This project's parameters -> {layer: (weight, bias)} in PyTorch/Caffe layout (float32)."""
+  p = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+  out = {}
+  for name in CONV_LAYERS:
+    k, b = p[name]["kernel"], p[name]["bias"]  # [T, kh, kw, cin, co], [T, co]
+    out[name] = (np.concatenate([kt.transpose(3, 2, 0, 1) for kt in k]), b.reshape(-1))
+  for name in ("fc6", "fc7"):
+    k, b = p[name]["kernel"], p[name]["bias"]  # [T, fan_in, o], [T, o]
+    w = np.concatenate([kt.T for kt in k])  # [out, fan_in]
+    if name == "fc6":
+      perm = _fc6_permutation(w.shape[1], model.layer_widths()[0][4], model.fc6_input_order)
+      if perm is not None:
+        w = w[:, np.argsort(perm)]
+    out[name] = (w, b.reshape(-1))
+  out["fc8"] = (p["fc8"]["kernel"].T, p["fc8"]["bias"])
+  return {k: (np.ascontiguousarray(w), np.ascontiguousarray(b)) for k, (w, b) in out.items()}
+
+
+def from_framework(layers: dict, model) -> dict:
+  """{layer: (weight, bias)} in PyTorch/Caffe layout -> this project's parameter tree for
+  `model` (shapes checked by the caller against expected_shapes)."""
+  t = model.num_towers
+  params = {}
+  for name in CONV_LAYERS:
+    w, b = (np.asarray(a, np.float32) for a in layers[name])
+    co = w.shape[0] // t
+    params[name] = {
+        "kernel": np.stack([w[i * co : (i + 1) * co].transpose(2, 3, 1, 0) for i in range(t)]),
+        "bias": b.reshape(t, co),
+    }
+  for name in ("fc6", "fc7"):
+    w, b = (np.asarray(a, np.float32) for a in layers[name])
+    if name == "fc6":
+      perm = _fc6_permutation(w.shape[1], model.layer_widths()[0][4], model.fc6_input_order)
+      if perm is not None:
+        w = w[:, perm]
+    o = w.shape[0] // t
+    params[name] = {
+        "kernel": np.stack([w[i * o : (i + 1) * o].T for i in range(t)]),
+        "bias": b.reshape(t, o),
+    }
+  w, b = (np.asarray(a, np.float32) for a in layers["fc8"])
+  params["fc8"] = {"kernel": w.T, "bias": b}
+  return jax.tree.map(np.ascontiguousarray, params)
+
+
+def expected_shapes(model) -> dict:
+  """{layer: (weight shape, bias shape)} of `model` in PyTorch/Caffe layout."""
+  abstract = sharding.abstract_variables(model)["params"]
+  out = {}
+  for name in CONV_LAYERS:
+    t, kh, kw, cin, co = abstract[name]["kernel"].shape
+    out[name] = ((t * co, cin, kh, kw), (t * co,))
+  for name in ("fc6", "fc7"):
+    t, fan_in, o = abstract[name]["kernel"].shape
+    out[name] = ((t * o, fan_in), (t * o,))
+  fan_in, c = abstract["fc8"]["kernel"].shape
+  out["fc8"] = ((c, fan_in), (c,))
+  return out
+
+
+def check_shapes(layers: dict, model, describe) -> None:
+  """Raise ConversionError naming every layer whose arrays do not have `model`'s shapes;
+  describe(layer, i) names array i (0 weight, 1 bias) in the file's own terms."""
+  want = expected_shapes(model)
+  bad = []
+  for name in LAYERS:
+    for i in (0, 1):
+      got = tuple(np.shape(layers[name][i]))
+      if got != want[name][i]:
+        bad.append(f"{describe(name, i)} is {got}, expected {want[name][i]}")
+  if bad:
+    raise ConversionError(
+        "the weights are not this network's: "
+        + "; ".join(bad)
+        + f" (expected: {_describe_model(model)})"
+    )
+
+
+def _describe_model(model) -> str:
+  conv, fc = model.layer_widths()
+  return (
+      f"{model.num_towers} tower(s), conv widths {list(conv)}, fc widths {list(fc)}, "
+      f"{model.image_size}x{model.image_size} input"
+  )
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def _import_torch():
+  try:
+    import torch  # noqa: PLC0415  (only .pth conversion needs torch: never the library)
+  except ImportError:
+    raise ConversionError(
+        "reading or writing PyTorch files needs torch: pip install torch==2.13.0 "
+        "(a CPU build is enough)"
+    ) from None
+  return torch
+
+
+def _missing_file(path: str, fmt: str) -> FileNotFoundError:
+  others = "; ".join(f.where for name, f in FORMATS.items() if name != fmt)
+  return FileNotFoundError(
+      f"{path} does not exist. {FORMATS[fmt].where}. (Other formats: {others}.) "
+      "Nothing is downloaded here: fetch the file yourself and pass its path as --src."
+  )
+
+
+def load_state_dict(path: str) -> dict:
+  """A .pth state_dict as {key: float32 ndarray}, read with torch.load(weights_only=True)
+  (tensors and plain containers only: no pickled code runs)."""
+  torch = _import_torch()
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConversionError(
+        f"cannot read {path} as a PyTorch state_dict ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}); a truncated or non-PyTorch file?"
+    ) from None
+  for key in ("state_dict", "model"):  # training checkpoints that wrap the state_dict
+    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+      obj = obj[key]
+  if not isinstance(obj, dict) or not obj:
+    raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+  out = {}
+  for key, value in obj.items():
+    if not isinstance(value, torch.Tensor):
+      raise ConversionError(f"{path}: {key!r} is a {type(value).__name__}, not a tensor")
+    key = key[len("module.") :] if key.startswith("module.") else key  # nn.DataParallel
+    out[key] = value.detach().to(torch.float32).numpy()
+  return out
+
+
+def layers_from_state_dict(state: dict, fmt: str, model) -> dict:
+  """{layer: (weight, bias)} from a state_dict in `fmt`'s keys; missing or extra keys are an
+  error that names them with their shapes (`model`'s for the missing ones), and the format
+  the keys belong to if it is another."""
+  f = FORMATS[fmt]
+  missing, extra = sorted(f.state_keys() - set(state)), sorted(set(state) - f.state_keys())
+  if missing or extra:
+    want = expected_shapes(model)
+    want = {f.state_key(layer, i): want[layer][i] for layer in LAYERS for i in (0, 1)}
+    others = [o for o in PYTORCH_FORMATS if o != fmt and FORMATS[o].state_keys() == set(state)]
+    problems = []
+    if missing:
+      problems.append("missing keys " + ", ".join(f"{k} {want[k]}" for k in missing))
+    if extra:
+      problems.append("unexpected keys " + ", ".join(f"{k} {tuple(state[k].shape)}" for k in extra))
+    raise ConversionError(
+        f"not a {fmt} AlexNet state_dict: "
+        + "; ".join(problems)
+        + "."
+        + "".join(f" It has the keys of the {o} layout: use --from={o}." for o in others)
+    )
+  return {name: (state[f.state_key(name, 0)], state[f.state_key(name, 1)]) for name in f.keys}
+
+
+def layers_from_caffemodel(path: str, model) -> dict:
+  """{layer: (weight, bias)} of a .caffemodel, each blob reshaped to the layout `model` needs
+  (Caffe's V1 files store fc weights as 1 x 1 x out x in)."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    _, layers = caffemodel.read_net(data)
+  except caffemodel.CaffeFormatError as e:
+    raise ConversionError(f"cannot read {path} as a .caffemodel: {e}") from None
+  with_blobs = {layer.name: layer for layer in layers if layer.blobs}
+  missing = [n for n in LAYERS if n not in with_blobs]
+  extra = [n for n in with_blobs if n not in LAYERS]
+  if missing or extra:
+    shapes = lambda n: [tuple(b.shape) for b in with_blobs[n].blobs]
+    raise ConversionError(
+        f"{path} is not bvlc_alexnet: "
+        + (f"no layer with weights named {missing}" if missing else "")
+        + ("; " if missing and extra else "")
+        + (
+            f"other layers with weights: {', '.join(f'{n} {shapes(n)}' for n in extra)}"
+            if extra
+            else ""
+        )
+        + f" (layers with weights: {list(with_blobs)})"
+    )
+  want = expected_shapes(model)
+  out = {}
+  for name in LAYERS:
+    blobs = with_blobs[name].blobs
+    if len(blobs) != 2:
+      raise ConversionError(
+          f"{path}: layer {name} has {len(blobs)} blobs {[tuple(b.shape) for b in blobs]}, "
+          "expected 2 (weights and bias)"
+      )
+    pair = []
+    for blob, shape in zip(blobs, want[name]):
+      squeezed = tuple(blob.shape)
+      while len(squeezed) > len(shape) and squeezed[0] == 1:
+        squeezed = squeezed[1:]
+      pair.append(blob.reshape(squeezed))
+    out[name] = tuple(pair)
+  return out
+
+
+def read_caffe_mean(path: str) -> np.ndarray:
+  """ilsvrc_2012_mean.binaryproto (1 x 3 x 256 x 256, BGR) -> float32 [256, 256, 3] RGB."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    blob = caffemodel.parse_blob(data)
+  except caffemodel.CaffeFormatError as e:
+    raise ConversionError(f"cannot read {path} as a Caffe mean BlobProto: {e}") from None
+  squeezed = blob.reshape(blob.shape[-3:]) if blob.ndim >= 3 else blob
+  if squeezed.shape != (3, 256, 256):
+    raise ConversionError(f"{path}: mean blob of shape {blob.shape}, expected 1 x 3 x 256 x 256")
+  return np.ascontiguousarray(squeezed[::-1].transpose(1, 2, 0), np.float32)
+
+
+def default_class_names(num_classes: int) -> list[str] | None:
+  """ImageNet's 1000 WordNet ids in label order (sorted: torchvision's and Caffe's order),
+  from the list that ships with tensorflow_datasets; None for other class counts."""
+  if num_classes != 1000:
+    return None
+  import importlib.util  # noqa: PLC0415
+
+  spec = importlib.util.find_spec("tensorflow_datasets")
+  if spec is None or spec.origin is None:
+    return None
+  path = os.path.join(os.path.dirname(spec.origin), "datasets", "imagenet2012", "labels.txt")
+  names = run_files.read_names_file(path)
+  return names if len(names) == 1000 else None
+
+
+# ---- run directories ---------------------------------------------------------------------
+def model_for(config, num_classes: int):
+  return train_state.create_model(config, num_classes)
+
+
+def write_run(
+    workdir: str,
+    config,
+    params,
+    *,
+    class_names=None,
+    mean_image=None,
+    meta: dict | None = None,
+) -> None:
+  """A run directory that restores, evaluates and fine-tunes like a trained one: config.json,
+  a step-0 checkpoint of the same TrainState a training run saves, class_names.txt and the
+  mean image. Written in a temporary directory beside `workdir` and renamed at the end, so a
+  failure leaves nothing at `workdir`."""
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+    raise FileExistsError(f"{workdir} already exists and is not empty: choose a new --workdir")
+  num_classes = int(np.shape(params["fc8"]["bias"])[0])
+  if class_names is not None and len(class_names) != num_classes:
+    raise ConversionError(
+        f"{len(class_names)} class names for a network with {num_classes} outputs"
+    )
+  parent = os.path.dirname(workdir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.converting-", dir=parent)
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    model = model_for(config, num_classes)
+    mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
+    state = train_state.train_state_from_params(config, model, mesh, params)
+    manager = ckpt_lib.CheckpointManager(tmp, config)
+    try:
+      manager.save(0, state, meta={"num_classes": num_classes, "dataset": "", **(meta or {})})
+      manager.wait()
+    finally:
+      manager.close()
+    if class_names is not None:
+      run_files.write_class_names(tmp, class_names)
+    run_files.write_preprocessing(tmp, config, dataset=str(config.dataset.name))
+    if mean_image is not None:
+      run_files.write_mean_image(tmp, mean_image)
+    if os.path.isdir(workdir):
+      os.rmdir(workdir)  # empty (checked above)
+    os.rename(tmp, workdir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def import_run(
+    fmt: str,
+    src: str,
+    workdir: str,
+    config,
+    *,
+    class_names_file: str | None = None,
+    mean_file: str | None = None,
+) -> dict:
+  """Convert `src` (format `fmt`) into the run directory `workdir` with `config` (the
+  format's preset). Returns {'num_classes', 'num_params'}."""
+  if fmt not in FORMATS:
+    raise ConversionError(f"--from must be one of {sorted(FORMATS)}, got {fmt!r}")
+  if not os.path.exists(src):
+    raise _missing_file(src, fmt)
+  if mean_file and fmt != "caffe":
+    raise ConversionError(
+        "--mean_file is Caffe's mean image (.binaryproto): only with --from=caffe"
+    )
+  if mean_file and not os.path.exists(mean_file):
+    raise _missing_file(mean_file, "caffe")
+  if fmt == "caffe":
+    # The class count is fc8's: read it from the file before building the model.
+    probe = model_for(config, 1000)
+    layers = layers_from_caffemodel(src, probe)
+    num_classes = int(np.shape(layers["fc8"][1])[0])
+    describe = lambda name, i: f"layer {name} blob {i}"
+  else:
+    state = load_state_dict(src)
+    fc8_bias = state.get(FORMATS[fmt].state_key("fc8", 1))
+    probe = model_for(config, int(fc8_bias.shape[0]) if fc8_bias is not None else 1000)
+    layers = layers_from_state_dict(state, fmt, probe)
+    num_classes = int(np.shape(layers["fc8"][1])[0])
+    describe = FORMATS[fmt].state_key
+  model = model_for(config, num_classes)
+  check_shapes(layers, model, describe)
+  params = from_framework(layers, model)
+  if class_names_file:
+    if not os.path.exists(class_names_file):
+      raise FileNotFoundError(f"--class_names={class_names_file} does not exist")
+    class_names = run_files.read_names_file(class_names_file)
+  else:
+    class_names = default_class_names(num_classes)
+  mean_image = None
+  if mean_file:
+    mean_image = read_caffe_mean(mean_file)
+    config = config.copy_and_resolve_references()
+    config.augment.mean = "run"
+  write_run(
+      workdir,
+      config,
+      params,
+      class_names=class_names,
+      mean_image=mean_image,
+      meta={"converted_from": {"format": fmt, "file": os.path.abspath(src)}},
+  )
+  return {
+      "num_classes": num_classes,
+      "num_params": sum(int(np.size(x)) for x in jax.tree.leaves(params)),
+  }
+
+
+def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | None = None) -> dict:
+  """A run's parameters as a `fmt` state_dict, torch.save'd to `dst`. The run must have the
+  shapes of the format's network (`preset_config`, with the run's class count). Returns
+  {'step', 'keys', 'differences'}: the architecture switches in which the run differs from
+  the format's preset (same weights' shapes, but a PyTorch module computes the run's function
+  only if it also has these)."""
+  if fmt not in PYTORCH_FORMATS:
+    raise ConversionError(f"--to must be one of {list(PYTORCH_FORMATS)}, got {fmt!r}")
+  torch = _import_torch()
+  run = ckpt_lib.restore_run(workdir, step=step)
+  num_classes = run.meta["num_classes"]
+  model = model_for(run.config, num_classes)
+  if model.num_towers != FORMATS[fmt].towers:
+    other = "pytorch_grouped" if model.num_towers == 2 else "torchvision"
+    raise ConversionError(
+        f"{workdir} holds a {model.num_towers}-tower network; the {fmt} layout holds "
+        f"{FORMATS[fmt].towers}-tower ones: use --to={other}"
+    )
+  layers = to_framework(run.variables["params"], model)
+  check_shapes(
+      layers,
+      model_for(preset_config, num_classes),
+      lambda name, i: f"{name} {('weight', 'bias')[i]} of {workdir}",
+  )
+  state = {}
+  for name, prefix in FORMATS[fmt].keys.items():
+    state[f"{prefix}.weight"] = torch.from_numpy(layers[name][0].copy())
+    state[f"{prefix}.bias"] = torch.from_numpy(layers[name][1].copy())
+  d = os.path.dirname(os.path.abspath(dst))
+  fd, tmp = tempfile.mkstemp(dir=d, suffix=".pth.tmp")
+  os.close(fd)
+  try:
+    torch.save(state, tmp)
+    os.replace(tmp, dst)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  differences = fine_tune.architecture_differences(preset_config, run.config)
+  return {"step": run.step, "keys": list(state), "differences": differences}
