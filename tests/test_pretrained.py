@@ -208,6 +208,26 @@ def _check_torchvision_conversion(net, path, tmp_path):
   np.testing.assert_allclose(std, 255 * np.asarray(torchvision.IMAGENET_STD_RGB), rtol=1e-6)
 
 
+def test_analysis_predicts_with_a_converted_run_as_torchvision_does(torchvision_pth, tmp_path):
+  """analysis.load_run on a converted run (no dataset, no dataset_stats.npz: it normalises
+  with torchvision's mean and std) predicts the softmax of torchvision's own forward on
+  torchvision's own preprocessing of the same JPEGs, within one grey level of resizing."""
+  from alexnet_jax import analysis
+
+  net, path = torchvision_pth
+  workdir = str(tmp_path / "tv")
+  pretrained.import_run("torchvision", path, workdir, torchvision.get_config())
+  run = analysis.load_run(workdir)
+  assert run.missing == () and run.class_names[0] == "n01440764"
+  data = _jpegs()
+  x = np.stack([_torchvision_input(d) for d in data])
+  with torch.no_grad():
+    want = torch.softmax(net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())), -1).numpy()
+  got = run.predict(data, crops=1)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=2e-3 * want.max())
+
+
 def test_converted_run_evaluates_like_torchvision_on_a_photo_folder(torchvision_pth, tmp_path):
   """evaluate.py on the converted run (the project's own decode, resize, crop and
   normalisation) gives the loss torchvision's preprocessing and forward give."""
