@@ -50,28 +50,26 @@ def _model_defaults() -> dict:
   return {f.name: f.default for f in dataclasses.fields(model_lib.AlexNet)}
 
 
-def architecture_differences(config, source_config) -> list[str]:
-  """'key: source value -> this run's value' for every architecture switch that differs
-  (a key the source's config.json lacks has the model's default)."""
-  defaults = _model_defaults()
+def _differences(section: str, keys, defaults: dict, config, source_config) -> list[str]:
+  """'section.key: source value -> this run's value' for each key that differs (a key a
+  config.json lacks takes its default)."""
   out = []
-  for key in ARCHITECTURE_KEYS:
-    src = _normalised(source_config.model.get(key, defaults[key]))
-    new = _normalised(config.model.get(key, defaults[key]))
+  for key in keys:
+    src = _normalised(source_config[section].get(key, defaults[key]))
+    new = _normalised(config[section].get(key, defaults[key]))
     if src != new:
-      out.append(f"model.{key}: {src} -> {new}")
+      out.append(f"{section}.{key}: {src} -> {new}")
   return out
+
+
+def architecture_differences(config, source_config) -> list[str]:
+  """Every architecture switch that differs (a key the source lacks: the model's default)."""
+  return _differences("model", ARCHITECTURE_KEYS, _model_defaults(), config, source_config)
 
 
 def input_differences(config, source_config) -> list[str]:
   defaults = {"mean": "dataset", "std_rgb": (), "channel_order": "rgb"}
-  out = []
-  for key in INPUT_KEYS:
-    src = _normalised(source_config.augment.get(key, defaults[key]))
-    new = _normalised(config.augment.get(key, defaults[key]))
-    if src != new:
-      out.append(f"augment.{key}: {src} -> {new}")
-  return out
+  return _differences("augment", INPUT_KEYS, defaults, config, source_config)
 
 
 def check_source(config) -> None:

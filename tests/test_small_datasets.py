@@ -15,6 +15,7 @@ from sklearn.datasets import load_sample_images
 
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import train
+from tests.test_input_pipeline import _pil_reference as _reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,17 +23,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _photos():
   china, flower = load_sample_images().images
   return [china, flower, skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee()]
-
-
-def _reference(im: Image.Image) -> np.ndarray:
-  """PIL: to RGB, shorter side to 256 (BILINEAR, antialiased), central 256x256."""
-  im = im.convert("RGB")
-  w, h = im.size
-  s = min(w, h)
-  nw, nh = (w * 256 + s // 2) // s, (h * 256 + s // 2) // s
-  r = np.asarray(im.resize((nw, nh), Image.BILINEAR))
-  t, l = (nh - 256) // 2, (nw - 256) // 2
-  return r[t : t + 256, l : l + 256]
 
 
 def _write(path, array, fmt="JPEG", **kw):
