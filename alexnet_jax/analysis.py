@@ -297,8 +297,7 @@ class TrainedRun:
     key = ("features", layer)
     if key not in self._compiled:
       model, sown = self.model, _SOWN[layer]
-      options = train.view_options(self.config, model)
-      del options["dtype"]
+      options = train.view_options(self.config, model)  # as the eval step normalises
 
       def fn(params, images, mean, std):
         views = augment.eval_views(images, mean_image=mean, crops=1, std=std, **options)[:, 0]
