@@ -37,13 +37,13 @@ from PIL import Image
 from alexnet_jax import (
     augment,
     checkpoint,
-    input_pipeline,
     reporting,
     run_files,
     sharding,
     train,
     train_state,
 )
+from alexnet_jax import data as data_lib
 from alexnet_jax import model as model_lib
 
 # Names `features` accepts, in the network's order (model.py sows each under this name or
@@ -99,7 +99,7 @@ def _rgb_array(array: np.ndarray, name: str) -> np.ndarray:
 def load_image(source) -> np.ndarray:
   """A path, encoded bytes, a PIL image or a uint8 array -> uint8 [H, W, 3] RGB.
 
-  Files and bytes are decoded as the input pipeline decodes them (input_pipeline.decode_image:
+  Files and bytes are decoded as the input pipeline decodes them (data_lib.decode_image:
   grayscale, palette, RGBA and CMYK become RGB), with PIL for formats TF does not read (as
   the pipeline's fallback). Raises ImageError, naming the image, for anything else.
   """
@@ -118,7 +118,7 @@ def load_image(source) -> np.ndarray:
       raise ImageError(f"cannot read {name}: {e.strerror or e}") from None
   if data.startswith(_TF_IMAGE_SIGNATURES) or data[8:12] == b"WEBP":
     try:
-      return input_pipeline.decode_image(data).numpy()
+      return data_lib.decode_image(data).numpy()
     except (tf.errors.OpError, ValueError):
       pass
   try:
@@ -142,17 +142,17 @@ def _image_list(images) -> list:
 def preprocess(images, rule: str = "round") -> np.ndarray:
   """Images (one, a list, or a uint8 [N, H, W, C] batch; see load_image) -> uint8
   [N, 256, 256, 3]: the shorter side resized to 256, the center kept, as the input pipeline
-  does (input_pipeline.resize_and_center_crop; `rule`: the run's dataset.resize)."""
+  does (data_lib.resize_and_center_crop; `rule`: the run's dataset.resize)."""
   return _stack(
       [
-          input_pipeline.resize_and_center_crop(load_image(x), rule=rule).numpy()
+          data_lib.resize_and_center_crop(load_image(x), rule=rule).numpy()
           for x in _image_list(images)
       ]
   )
 
 
 def _stack(images: list) -> np.ndarray:
-  size = input_pipeline.IMAGE_SIZE
+  size = data_lib.IMAGE_SIZE
   return np.stack(images) if images else np.zeros([0, size, size, 3], np.uint8)
 
 
@@ -186,7 +186,7 @@ class TrainedRun:
   model: model_lib.AlexNet
   class_names: tuple[str, ...]
   preprocessing: run_files.Preprocessing
-  stats: input_pipeline.DatasetStats | None  # None: a run from before dataset_stats.npz
+  stats: data_lib.DatasetStats | None  # None: a run from before dataset_stats.npz
   missing: tuple[str, ...]  # run files the workdir lacks
   _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -336,7 +336,7 @@ def predict_files(
     images, errors = [], {}
     for path in part:
       try:
-        images.append(input_pipeline.resize_and_center_crop(load_image(path)).numpy())
+        images.append(data_lib.resize_and_center_crop(load_image(path)).numpy())
       except ImageError as e:
         errors[path] = str(e)
     probs = iter(run.predict_preprocessed(_stack(images), crops))
@@ -354,8 +354,8 @@ def _layer_name(layer: str) -> str:
 def _from_dataset(workdir: str, config, num_classes: int):
   """Recompute the run files of an older run from its dataset and write them into it."""
   try:
-    info = input_pipeline.dataset_info(config.dataset)
-    stats = input_pipeline.dataset_stats(config.dataset)
+    dataset = data_lib.open_dataset(config.dataset)
+    info, stats = dataset.info, data_lib.dataset_stats(dataset)
   except (OSError, ValueError) as e:
     raise RunError(
         f"{workdir} lacks {', '.join(run_files.missing(workdir))} and its dataset "
@@ -445,11 +445,11 @@ def scan_split(
     desc: str | None = None,
 ):
   """Batches {'image' uint8 [B, 256, 256, 3], 'label', 'mask'} of one pass over a split of
-  the run's dataset (input_pipeline.split_iterator), with a progress bar and ETA."""
-  dataset = run.config.dataset
+  the run's dataset (data_lib.split_iterator), with a progress bar and ETA."""
+  dataset = data_lib.open_dataset(run.config.dataset)
   bs = batch_size or run.config.eval_batch_size
-  total = -(-input_pipeline.split_size(dataset, split, max_examples) // bs)
-  it = input_pipeline.split_iterator(
+  total = -(-data_lib.split_size(dataset, split, max_examples) // bs)
+  it = data_lib.split_iterator(
       dataset, split, global_batch_size=bs, shard_index=0, num_shards=1, max_examples=max_examples
   )
   return reporting.progress(it, total=total, desc=desc or f"{split} split")
@@ -458,7 +458,7 @@ def scan_split(
 def dataset_images(run: TrainedRun, split: str = "eval", count: int = 5):
   """(uint8 [n, 256, 256, 3], labels [n]): `count` images spread over a split, e.g. queries."""
   images, labels = [], []
-  it = input_pipeline.split_iterator(
+  it = data_lib.split_iterator(
       run.config.dataset,
       split,
       global_batch_size=count,
@@ -618,7 +618,7 @@ def nearest_neighbours(
   dist = np.zeros((nq, 0))
   idx = np.zeros((nq, 0), np.int64)
   labels = np.zeros((nq, 0), np.int64)
-  images = np.zeros((nq, 0, input_pipeline.IMAGE_SIZE, input_pipeline.IMAGE_SIZE, 3), np.uint8)
+  images = np.zeros((nq, 0, data_lib.IMAGE_SIZE, data_lib.IMAGE_SIZE, 3), np.uint8)
   seen = 0
   scan = scan_split(run, "train", max_examples=max_train_images, desc=f"{layer} of training images")
   for batch in scan:

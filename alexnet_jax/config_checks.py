@@ -40,6 +40,8 @@ SAFE_ON_RESUME = (
     "dataset.data_dir",
     "dataset.manual_dir",
     "dataset.cache",
+    "dataset.prepared",
+    "prepare.*",
 )
 # Never on resume, not even with --allow_config_change: the parameter shapes (model.*) or the
 # data stream (which examples, in which order, normalised how) would differ.

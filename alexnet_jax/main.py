@@ -77,7 +77,8 @@ def _loaded_config():
 
 def _train(config, workdir) -> int:
   """train_and_evaluate -> the exit status; known failures as one FATAL line."""
-  from alexnet_jax import checkpoint, input_pipeline, preemption, train
+  from alexnet_jax import checkpoint, preemption, train
+  from alexnet_jax import data as data_lib
 
   try:
     train.train_and_evaluate(config, workdir)
@@ -87,7 +88,7 @@ def _train(config, workdir) -> int:
   except (
       checkpoint.CheckpointSaveError,
       checkpoint.UnreadableCheckpointsError,
-      input_pipeline.DatasetError,
+      data_lib.DatasetError,
       train.NonFiniteLossError,
   ) as e:
     sys.exit(f"FATAL: {e}")

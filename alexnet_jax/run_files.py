@@ -4,7 +4,7 @@ Training (process 0) writes, next to config.json and checkpoints/:
 
   dataset_stats.npz   the training split's statistics: the mean image that evaluation
                       subtracts and the RGB eigen-basis of the PCA lighting
-                      (input_pipeline.DatasetStats, every field)
+                      (data_lib.DatasetStats, every field)
   class_names.json    the label names in label order: TFDS ClassLabel names, folder names,
                       "0".."9" for digits
   preprocessing.json  how an image becomes the network's input views (`Preprocessing`)
@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import data as data_lib
 from alexnet_jax import model as model_lib
 
 STATS_FILE = "dataset_stats.npz"
@@ -47,7 +47,7 @@ class Preprocessing:
   the mean image subtracted, times `scale`, then `eval_crops` views of crop_size averaged
   (1: the center; 10: corners, center and their reflections, §4.1)."""
 
-  image_size: int = input_pipeline.IMAGE_SIZE
+  image_size: int = data_lib.IMAGE_SIZE
   crop_size: int = model_lib.IMAGE_SHAPE[0]
   scale: float = 1.0
   eval_crops: int = 10
@@ -61,12 +61,12 @@ class Preprocessing:
     )
 
   def check(self, source: str) -> Preprocessing:
-    """This code resizes to input_pipeline.IMAGE_SIZE: a run that says otherwise cannot be
+    """This code resizes to data_lib.IMAGE_SIZE: a run that says otherwise cannot be
     reproduced here."""
-    if self.image_size != input_pipeline.IMAGE_SIZE:
+    if self.image_size != data_lib.IMAGE_SIZE:
       raise ValueError(
           f"{source}: image_size {self.image_size}, but this version of alexnet_jax "
-          f"preprocesses to {input_pipeline.IMAGE_SIZE}"
+          f"preprocesses to {data_lib.IMAGE_SIZE}"
       )
     return self
 
@@ -94,8 +94,8 @@ def _write_json(path: str, obj) -> None:
 def write(
     workdir: str,
     config,
-    info: input_pipeline.DatasetInfo,
-    stats: input_pipeline.DatasetStats,
+    info: data_lib.DatasetInfo,
+    stats: data_lib.DatasetStats,
 ) -> list[str]:
   """Write the three files into `workdir` (replacing older ones); returns their paths."""
   os.makedirs(workdir, exist_ok=True)
@@ -135,12 +135,12 @@ def missing(workdir: str, config=None) -> list[str]:
   return [name for name in needed if not os.path.exists(os.path.join(workdir, name))]
 
 
-def read_stats(workdir: str) -> input_pipeline.DatasetStats | None:
+def read_stats(workdir: str) -> data_lib.DatasetStats | None:
   path = os.path.join(workdir, STATS_FILE)
   if not os.path.exists(path):
     return None
   with np.load(path, allow_pickle=False) as z:
-    return input_pipeline.DatasetStats(
+    return data_lib.DatasetStats(
         mean_image=z["mean_image"],
         covariance=z["covariance"],
         eigval=z["eigval"],

@@ -18,7 +18,6 @@ from absl import logging
 from alexnet_jax import (
     augment,
     fine_tune,
-    input_pipeline,
     optim,
     preemption,
     reporting,
@@ -27,6 +26,7 @@ from alexnet_jax import (
     train_state,
 )
 from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import data as data_lib
 from alexnet_jax import model as model_lib
 
 
@@ -60,10 +60,10 @@ def input_mean_and_std(config, stats, workdir: str | None = None):
 
 
 def augment_constants(
-    config, stats: input_pipeline.DatasetStats, workdir: str | None = None
+    config, stats: data_lib.DatasetStats, workdir: str | None = None
 ) -> AugmentConstants:
   if config.augment.eigen == "imagenet":
-    eigval, eigvec = input_pipeline.IMAGENET_EIGVAL, input_pipeline.IMAGENET_EIGVEC
+    eigval, eigvec = data_lib.IMAGENET_EIGVAL, data_lib.IMAGENET_EIGVEC
   elif config.augment.eigen == "dataset":
     eigval, eigvec = stats.eigval, stats.eigvec
   else:
@@ -316,19 +316,22 @@ def evaluate(
     max_batches: int = -1,
     std=None,
     progress: bool = False,
+    dataset=None,
 ) -> dict:
   """Top-1/top-5 error over the whole validation split (every image once); progress: a
-  progress bar with an ETA on stderr."""
+  progress bar with an ETA on stderr; dataset: the Source data_lib.open_dataset made of
+  config.dataset (opened here when None)."""
   sums = None
   shard_index, num_shards = sharding.process_data_shard(mesh)
-  it = input_pipeline.eval_iterator(
-      config.dataset,
+  dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
+  it = data_lib.eval_iterator(
+      dataset,
       global_batch_size=config.eval_batch_size,
       shard_index=shard_index,
       num_shards=num_shards,
   )
   if progress:
-    total = -(-input_pipeline.dataset_info(config.dataset).num_eval // config.eval_batch_size)
+    total = -(-dataset.info.num_eval // config.eval_batch_size)
     total = min(total, max_batches) if max_batches > 0 else total
     it = reporting.progress(it, total=total, desc="evaluating")
   for i, batch in enumerate(it):
@@ -376,7 +379,8 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: str
   mesh: jax.sharding.Mesh
-  info: input_pipeline.DatasetInfo
+  dataset: data_lib.Source  # opened once: the streams and the evaluations read it
+  info: data_lib.DatasetInfo
   model: model_lib.AlexNet
   steps_per_epoch: int
   num_steps: int
@@ -397,9 +401,10 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.tower)
   sharding.check_batch(mesh, config.batch_size)
   sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
-  info = input_pipeline.dataset_info(config.dataset)
+  dataset = data_lib.open_dataset(config.dataset)
+  info = dataset.info
   if info.num_eval == 0:  # evaluation (and the plateau schedule) would fail after training
-    raise input_pipeline.DatasetError(
+    raise data_lib.DatasetError(
         f"dataset {info.name} has no validation images (no 'validation' or 'test' split): "
         f"evaluation needs them."
     )
@@ -419,7 +424,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   manager = ckpt_lib.CheckpointManager(workdir, config)
   if manager.latest_step() is None:  # a new run: check init_from, take its mean image
     fine_tune.prepare_run_dir(config, workdir)
-  stats = input_pipeline.dataset_stats(config.dataset)
+  stats = data_lib.dataset_stats(dataset)
   if stats.bad_files:
     logging.warning(
         "%d training image(s) cannot be decoded and are skipped: %s",
@@ -433,6 +438,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       config=config,
       workdir=workdir,
       mesh=mesh,
+      dataset=dataset,
       info=info,
       model=train_state.create_model(config, info.num_classes),
       steps_per_epoch=steps_per_epoch,
@@ -499,6 +505,7 @@ def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
       run.mesh,
       max_batches=config.max_eval_batches,
       std=run.aug.std,
+      dataset=run.dataset,
   )
   run.log(
       "eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",
@@ -568,8 +575,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = make_train_step(config, run.model, run.mesh, run.steps_per_epoch)
   eval_step = make_eval_step(config, run.model, run.mesh)
   shard_index, num_shards = sharding.process_data_shard(run.mesh)
-  batches = input_pipeline.train_iterator(
-      config.dataset,
+  batches = data_lib.train_iterator(
+      run.dataset,
       global_batch_size=config.batch_size,
       seed=config.seed,
       start_step=start,

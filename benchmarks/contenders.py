@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax import input_pipeline, sharding, train, train_state
+from alexnet_jax import data as data_lib
+from alexnet_jax import sharding, train, train_state
 
 
 # ---- JAX ----------------------------------------------------------------------------------
@@ -40,8 +41,8 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   aug = jax.device_put(
       train.AugmentConstants(
           mean,
-          jnp.asarray(input_pipeline.IMAGENET_EIGVAL),
-          jnp.asarray(input_pipeline.IMAGENET_EIGVEC),
+          jnp.asarray(data_lib.IMAGENET_EIGVAL),
+          jnp.asarray(data_lib.IMAGENET_EIGVEC),
       ),
       sharding.replicated(mesh),
   )
@@ -179,7 +180,7 @@ def jax_to_numpy(tree):
 
 # ---- input pipeline -----------------------------------------------------------------------
 def input_runner(root, batch_size):
-  """input_pipeline.train_iterator over the JPEG folder root: each step one batch decoded to
+  """data_lib.train_iterator over the JPEG folder root: each step one batch decoded to
   256x256."""
   cfg = ml_collections.ConfigDict(
       {
@@ -190,7 +191,7 @@ def input_runner(root, batch_size):
           "stats_max_images": 64,
       }
   )
-  it = input_pipeline.train_iterator(cfg, global_batch_size=batch_size, seed=0)
+  it = data_lib.train_iterator(cfg, global_batch_size=batch_size, seed=0)
 
   def run(n):
     for _ in range(n):

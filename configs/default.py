@@ -30,6 +30,16 @@ def get_config() -> ml_collections.ConfigDict:
   # CenterCrop: the long side truncated, the crop offset rounded half to even); 'warp' (both
   # sides to 256, aspect ratio lost: how Caffe's ImageNet databases were made).
   c.dataset.resize = "round"
+  # Prepared 256x256 shards (python -m alexnet_jax.prepare): 'auto' reads those found beside
+  # the data when complete and made for this config, else the original images; 'off' never;
+  # or the directory to read them from (refused if made from other data or settings).
+  c.dataset.prepared = "auto"
+
+  # python -m alexnet_jax.prepare: how the shards are written.
+  c.prepare = ml_collections.ConfigDict()
+  c.prepare.format = "jpeg"  # 'jpeg' (about 8x smaller) or 'raw' uint8 rows (no decoding)
+  c.prepare.jpeg_quality = 95
+  c.prepare.images_per_shard = 1024
 
   c.augment = ml_collections.ConfigDict()
   c.augment.random_crop = True  # 224x224 of 256x256, all 33x33 offsets (§4.1)

@@ -16,7 +16,8 @@ import skimage.data
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from alexnet_jax import analysis, evaluate, input_pipeline, run_files, train
+from alexnet_jax import analysis, evaluate, run_files, train
+from alexnet_jax import data as data_lib
 from tests.test_train import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +98,7 @@ def _center_probs(run, images256):
 
 def _split_images(config, split, max_examples=None):
   images, labels = [], []
-  for b in input_pipeline.split_iterator(
+  for b in data_lib.split_iterator(
       config.dataset,
       split,
       global_batch_size=5,
@@ -177,8 +178,9 @@ def test_restore_and_predict_from_a_copied_run_with_the_dataset_renamed_away(
   away = folder_run["root"] + "_away"
   os.rename(folder_run["root"], away)
   try:
-    monkeypatch.setattr(input_pipeline, "_SOURCES", {})
-    monkeypatch.setattr(input_pipeline, "_source", lambda *a: pytest.fail("the dataset was read"))
+    monkeypatch.setattr(
+        data_lib.sources, "open_raw", lambda *a: pytest.fail("the dataset was read")
+    )
     run = analysis.load_run(str(copy))
     assert run.missing == () and run.class_names == CLASSES
     np.testing.assert_array_equal(run.predict(files), want)
@@ -263,9 +265,7 @@ def test_neighbour_indices_equal_a_brute_force_numpy_search(folder_run):
     _, state = run.model.apply(run.variables, jnp.asarray(views), mutable=["intermediates"])
     return np.asarray(state["intermediates"]["fc7_out"][0], np.float64)
 
-  q = fc7(
-      np.stack([input_pipeline.preprocess_encoded(open(p, "rb").read()).numpy() for p in queries])
-  )
+  q = fc7(np.stack([data_lib.preprocess_encoded(open(p, "rb").read()).numpy() for p in queries]))
   f = fc7(train_images)
   d = np.linalg.norm(q[:, None] - f[None], axis=-1)
   want = np.argsort(d, axis=1, kind="stable")[:, :3]

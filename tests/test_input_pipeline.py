@@ -12,7 +12,8 @@ import tensorflow as tf
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from alexnet_jax import input_pipeline as ip
+from alexnet_jax import data as ip
+from tests.data_config import dataset_config
 
 
 def _photos():
@@ -156,7 +157,7 @@ def _match(images, labels, refs, tol):
 
 def test_folder_mixed_formats_skips_exactly_the_corrupt_file(mixed_folder):
   root, refs = mixed_folder
-  cfg = {'name': f'folder:{root}'}
+  cfg = dataset_config(name=f'folder:{root}')
   info = ip.dataset_info(cfg)
   assert (info.num_classes, info.num_train, info.num_eval) == (3, 10, 3)
   assert info.class_names == ('a', 'b', 'c')
@@ -175,7 +176,7 @@ def test_folder_mixed_formats_skips_exactly_the_corrupt_file(mixed_folder):
 
 def test_folder_runtime_decode_failure_is_counted_and_named(mixed_folder):
   root, refs = mixed_folder
-  cfg = {'name': f'folder:{root}', 'stats_max_images': 9}  # the scan misses the broken file
+  cfg = dataset_config(name=f'folder:{root}', stats_max_images=9)  # the scan misses the broken file
   assert ip.dataset_stats(cfg).bad_files == ()
   it = ip.train_iterator(cfg, global_batch_size=3, seed=1, shard_index=0, num_shards=1)
   batches = [next(it) for _ in range(4)]
@@ -188,7 +189,9 @@ def test_folder_runtime_decode_failure_is_counted_and_named(mixed_folder):
 def test_folder_eval_covers_every_image_once(mixed_folder):
   root, _ = mixed_folder
   batches = list(
-      ip.eval_iterator({'name': f'folder:{root}'}, global_batch_size=2, shard_index=0, num_shards=1)
+      ip.eval_iterator(
+          dataset_config(name=f'folder:{root}'), global_batch_size=2, shard_index=0, num_shards=1
+      )
   )
   assert len(batches) == 2
   mask = np.concatenate([b['mask'] for b in batches])
@@ -198,7 +201,7 @@ def test_folder_eval_covers_every_image_once(mixed_folder):
 
 def test_stats_equal_numpy_and_are_cached(mixed_folder, monkeypatch):
   root, _ = mixed_folder
-  cfg = {'name': f'folder:{root}'}
+  cfg = dataset_config(name=f'folder:{root}')
   stats = ip.dataset_stats(cfg)
   it = ip.train_iterator(cfg, global_batch_size=9, seed=3, shard_index=0, num_shards=1)
   images = next(it)['image'].astype(np.float64)  # the 9 good images, as the pipeline makes them
@@ -213,7 +216,7 @@ def test_stats_equal_numpy_and_are_cached(mixed_folder, monkeypatch):
   np.testing.assert_allclose(stats.eigvec.T @ stats.eigvec, np.eye(3), atol=1e-6)
   path = ip.stats_cache_path(cfg)
   assert path == os.path.join(root, '.alexnet_jax_stats', 'train.npz') and os.path.exists(path)
-  monkeypatch.setattr(ip, '_stats_pass', lambda *a: pytest.fail('cache not used'))
+  monkeypatch.setattr(ip.stats, 'stats_pass', lambda *a: pytest.fail('cache not used'))
   again = ip.dataset_stats(cfg)
   np.testing.assert_array_equal(again.mean_image, stats.mean_image)
   assert again.bad_files == stats.bad_files
@@ -252,7 +255,7 @@ def _ids(batch):
 
 
 def test_process_streams_disjoint_cover_split_and_match_single_process(color_folder):
-  cfg = {'name': f'folder:{color_folder}'}
+  cfg = dataset_config(name=f'folder:{color_folder}')
   info = ip.dataset_info(cfg)
   n = info.num_train
   assert (n, info.num_eval, info.num_classes) == (30, 2, 3)
@@ -295,7 +298,7 @@ def test_process_streams_disjoint_cover_split_and_match_single_process(color_fol
 
 
 def test_padded_eval_mask_counts_every_image_once(color_folder, mixed_folder):
-  cfg = {'name': f'folder:{color_folder}'}
+  cfg = dataset_config(name=f'folder:{color_folder}')
   per_process = [
       list(ip.eval_iterator(cfg, global_batch_size=4, shard_index=p, num_shards=2))
       for p in range(2)
@@ -304,7 +307,7 @@ def test_padded_eval_mask_counts_every_image_once(color_folder, mixed_folder):
   seen = [i for batches in per_process for b in batches for i, m in zip(_ids(b), b['mask']) if m]
   assert sorted(seen) == [10, 22]
   # Uneven shares (3 images, 2 processes: 1 and 2): same number of batches, padding masked out.
-  cfg = {'name': f'folder:{mixed_folder[0]}'}
+  cfg = dataset_config(name=f'folder:{mixed_folder[0]}')
   per_process = [
       list(ip.eval_iterator(cfg, global_batch_size=2, shard_index=p, num_shards=2))
       for p in range(2)
@@ -366,12 +369,9 @@ def tiny_imagenet(tmp_path_factory):
       data, image = jpeg(10 + v)
       _tar_add(tar, f'ILSVRC2012_val_{v + 1:08d}.JPEG', data)
       expected[_digest(image)] = ('validation', names.str2int(synset))
-  cfg = {
-      'name': 'imagenet2012',
-      'data_dir': str(root / 'data'),
-      'manual_dir': str(manual),
-      'shuffle_buffer': 4,
-  }
+  cfg = dataset_config(
+      name='imagenet2012', data_dir=str(root / 'data'), manual_dir=str(manual), shuffle_buffer=4
+  )
   info = ip.dataset_info(cfg)  # runs the real builder's download_and_prepare on the tars
   return cfg, info, expected
 
@@ -434,7 +434,7 @@ def test_imagenet2012_process_shards_and_resume(tiny_imagenet):
 
 
 def test_imagenet2012_missing_tars_fail_with_instructions(tmp_path):
-  cfg = {'name': 'imagenet2012', 'data_dir': str(tmp_path / 'tfds')}
+  cfg = dataset_config(name='imagenet2012', data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(FileNotFoundError) as e:
     ip.dataset_info(cfg)
   msg = str(e.value)
@@ -450,11 +450,11 @@ def test_imagenet2012_missing_tars_fail_with_instructions(tmp_path):
 
 def test_unprepared_tfds_dataset_and_unknown_name_fail_clearly(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'tfds build mnist --data_dir='):
-    ip.dataset_info({'name': 'mnist', 'data_dir': str(tmp_path)})
+    ip.dataset_info(dataset_config(name='mnist', data_dir=str(tmp_path)))
   with pytest.raises(ValueError, match='unknown dataset'):
-    ip.dataset_info({'name': 'no_such_dataset_xyz', 'data_dir': str(tmp_path)})
+    ip.dataset_info(dataset_config(name='no_such_dataset_xyz', data_dir=str(tmp_path)))
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    ip.dataset_info({'name': f'folder:{tmp_path}/missing'})
+    ip.dataset_info(dataset_config(name=f'folder:{tmp_path}/missing'))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ def test_unprepared_tfds_dataset_and_unknown_name_fail_clearly(tmp_path):
 def test_digits_is_embedded_and_split_fixed(tmp_path):
   from sklearn.datasets import load_digits
 
-  cfg = {'name': 'digits', 'data_dir': str(tmp_path)}
+  cfg = dataset_config(name='digits', data_dir=str(tmp_path))
   info = ip.dataset_info(cfg)
   assert (info.num_classes, info.num_train, info.num_eval) == (10, 1500, 297)
   evals = list(ip.eval_iterator(cfg, global_batch_size=128, shard_index=0, num_shards=1))

@@ -48,7 +48,8 @@ def _run(dtype: str, data: int, tower: int, steps: int):
   import jax
   import numpy as np
 
-  from alexnet_jax import input_pipeline, sharding, train, train_state
+  from alexnet_jax import data as data_lib
+  from alexnet_jax import sharding, train, train_state
   from configs import demo
 
   c = demo.get_config()
@@ -62,9 +63,9 @@ def _run(dtype: str, data: int, tower: int, steps: int):
   state = train_state.create_train_state(c, model, mesh)
   step = train.make_train_step(c, model, mesh, steps_per_epoch=100)
   aug = jax.device_put(
-      train.augment_constants(c, input_pipeline.dataset_stats(c.dataset)), sharding.replicated(mesh)
+      train.augment_constants(c, data_lib.dataset_stats(c.dataset)), sharding.replicated(mesh)
   )
-  batches = input_pipeline.train_iterator(
+  batches = data_lib.train_iterator(
       c.dataset, global_batch_size=8, seed=0, shard_index=0, num_shards=1
   )
   for _ in range(steps):

@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from alexnet_jax import augment, sharding, train, train_state
-from alexnet_jax import input_pipeline as ip
+from alexnet_jax import data as ip
 from alexnet_jax import model as model_lib
 from configs import caffe, pytorch_grouped, torchvision
 

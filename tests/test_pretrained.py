@@ -20,7 +20,7 @@ from sklearn.datasets import load_sample_images
 from torch import nn
 
 from alexnet_jax import augment, checkpoint, pretrained, run_files, sharding, train, train_state
-from alexnet_jax import input_pipeline as ip
+from alexnet_jax import data as ip
 from configs import caffe, default, pytorch_grouped, torchvision
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,9 @@ import skimage.data
 from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_images
 
-from alexnet_jax import input_pipeline as ip
+from alexnet_jax import data as ip
 from alexnet_jax import train
+from tests.data_config import dataset_config
 from tests.test_input_pipeline import _pil_reference as _reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +44,6 @@ def _folder(root, classes="abc", per_class=2, val=1):
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch, tmp_path):
   monkeypatch.setenv("ALEXNET_JAX_CACHE", str(tmp_path / "user_cache"))
-  monkeypatch.setattr(ip, "_SOURCES", {})
 
 
 def test_top_k_is_top_min_5_classes():
@@ -58,7 +58,7 @@ def test_top_k_is_top_min_5_classes():
 def test_three_classes_fewer_images_than_a_batch_train_and_evaluate(tmp_path):
   """6 training images, batch 8: batches wrap around (every image in the first batch)."""
   root = _folder(tmp_path / "data")
-  cfg = {"name": f"folder:{root}"}
+  cfg = dataset_config(name=f"folder:{root}")
   info = ip.dataset_info(cfg)
   assert (info.num_classes, info.num_train, info.num_eval) == (3, 6, 3)
   batch = next(ip.train_iterator(cfg, global_batch_size=8, seed=0, shard_index=0, num_shards=1))
@@ -82,17 +82,17 @@ def test_three_classes_fewer_images_than_a_batch_train_and_evaluate(tmp_path):
 def test_single_class_empty_class_and_empty_validation_are_named(tmp_path):
   one = _folder(tmp_path / "one", classes="a")
   with pytest.raises(ip.DatasetError, match=r"one class folder \('a'\).*at least two classes"):
-    ip.dataset_info({"name": f"folder:{one}"})
+    ip.dataset_info(dataset_config(name=f"folder:{one}"))
 
   empty = _folder(tmp_path / "empty", classes="ab")
   (empty / "train" / "zebra").mkdir()
   (empty / "train" / "zebra" / "readme.txt").write_text("no images")
   with pytest.raises(ip.DatasetError, match=rf"without images: {empty}/train/zebra"):
-    ip.dataset_info({"name": f"folder:{empty}"})
+    ip.dataset_info(dataset_config(name=f"folder:{empty}"))
 
   no_val = _folder(tmp_path / "noval", classes="ab", val=0)
   with pytest.raises(ip.DatasetError, match=rf"validation split of '{no_val}' is empty.*val/"):
-    ip.dataset_info({"name": f"folder:{no_val}"})
+    ip.dataset_info(dataset_config(name=f"folder:{no_val}"))
 
 
 def test_empty_validation_is_one_line_from_the_command_line(tmp_path):
@@ -126,8 +126,8 @@ def test_stray_files_ignored_with_one_warning_and_non_ascii_names_work(tmp_path,
   _write(root / "train" / "b" / "日本の猫.png", photos[4][:80, :100], fmt="PNG")
   for name in ("notes.txt", "labels.csv", "Thumbs.db"):
     (root / "train" / "a" / name).write_text("not an image")
-  cfg = {"name": f"folder:{root}"}
-  with caplog.at_level(logging.WARNING, logger=ip.log.name):
+  cfg = dataset_config(name=f"folder:{root}")
+  with caplog.at_level(logging.WARNING, logger=ip.sources.log.name):
     info = ip.dataset_info(cfg)
   warnings = [r.getMessage() for r in caplog.records if "not images" in r.getMessage()]
   assert len(warnings) == 1 and warnings[0].startswith("ignoring 3 file(s)"), warnings
@@ -148,10 +148,10 @@ def test_pil_fallback_never_opens_eps(tmp_path):
       b"0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
   )
   assert Image.open(trap).format == "EPS"  # unrestricted, PIL would take it (to Ghostscript)
-  stats = ip.dataset_stats({"name": f"folder:{root}"})
+  stats = ip.dataset_stats(dataset_config(name=f"folder:{root}"))
   assert stats.bad_files == ("train/a/trap.tif",)
   with pytest.raises(Exception, match="cannot identify"):
-    ip._pil_load(str(trap))
+    ip.pil_load(str(trap))
 
 
 ORIENTATIONS = range(1, 9)
@@ -166,7 +166,7 @@ def test_exif_orientation_switch(tmp_path, exif_transpose):
     exif[0x0112] = o
     _write(root / "val" / "a" / f"o{o}.jpg", photo, exif=exif.tobytes())
   _write(root / "val" / "b" / "plain.jpg", photo)
-  cfg = {"name": f"folder:{root}", "exif_transpose": exif_transpose}
+  cfg = dataset_config(name=f"folder:{root}", exif_transpose=exif_transpose)
   batches = list(ip.eval_iterator(cfg, global_batch_size=9, shard_index=0, num_shards=1))
   images = batches[0]["image"]
   for o, image in zip(ORIENTATIONS, images):
@@ -179,7 +179,7 @@ def test_exif_orientation_switch(tmp_path, exif_transpose):
 
 
 def _stats_cfg(data_dir):
-  return {"name": "digits", "data_dir": data_dir, "stats_max_images": 64}
+  return dataset_config(name="digits", data_dir=data_dir, stats_max_images=64)
 
 
 def test_stats_cache_read_back_from_the_user_cache_when_data_dir_is_read_only(
@@ -189,8 +189,7 @@ def test_stats_cache_read_back_from_the_user_cache_when_data_dir_is_read_only(
   first = ip.dataset_stats(cfg)
   cached = [f for f in os.listdir(tmp_path / "user_cache") if f.endswith("digits_train_max64.npz")]
   assert len(cached) == 1
-  monkeypatch.setattr(ip, "_SOURCES", {})
-  monkeypatch.setattr(ip, "_stats_pass", lambda *a: pytest.fail("cache not read back"))
+  monkeypatch.setattr(ip.stats, "stats_pass", lambda *a: pytest.fail("cache not read back"))
   again = ip.dataset_stats(cfg)
   np.testing.assert_array_equal(again.mean_image, first.mean_image)
 
@@ -204,12 +203,10 @@ def test_stats_cache_with_altered_content_is_not_trusted(tmp_path, monkeypatch, 
   stats["mean_image"] = stats["mean_image"] + 10.0  # meta and digest left as they were
   with open(path, "wb") as f:
     np.savez(f, **stats)
-  monkeypatch.setattr(ip, "_SOURCES", {})
-  with caplog.at_level(logging.WARNING, logger=ip.log.name):
+  with caplog.at_level(logging.WARNING, logger=ip.stats.log.name):
     again = ip.dataset_stats(cfg)
   assert any("HMAC does not verify" in r.getMessage() for r in caplog.records)
   np.testing.assert_array_equal(again.mean_image, first.mean_image)  # recomputed
   # The untouched cache is read back without a pass (the HMAC verifies).
-  monkeypatch.setattr(ip, "_SOURCES", {})
-  monkeypatch.setattr(ip, "_stats_pass", lambda *a: pytest.fail("cache not used"))
+  monkeypatch.setattr(ip.stats, "stats_pass", lambda *a: pytest.fail("cache not used"))
   np.testing.assert_array_equal(ip.dataset_stats(cfg).mean_image, first.mean_image)

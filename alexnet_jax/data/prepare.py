@@ -1,0 +1,308 @@
+"""Writing prepared data: each split once as the paper's 256x256 centre crops, in shards.
+
+The pixels are the streams' own (the same decode, resize rule and EXIF switch), written as JPEG
+(`prepare.jpeg_quality`) or raw uint8 rows. The training split's statistics come out of the
+same pass: each shard keeps the exact integer sums of its images and train_stats.npz is their
+total, equal to the statistics pass bit for bit.
+
+Resumable and parallel: decoding runs on every core (tf.data); a shard is written to a
+temporary file and renamed, its index last, so a killed preparation leaves only whole shards
+and the next one redoes the rest, byte for byte the same. With process_count > 1 each process
+writes the shards s with s % process_count == process_index into the same directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import glob
+import json
+import logging
+import os
+import socket
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_jax import reporting
+from alexnet_jax.data import prepared as prepared_lib
+from alexnet_jax.data import sources
+from alexnet_jax.data import stats as stats_lib
+from alexnet_jax.data.preprocess import IMAGE_SIZE, resize_and_center_crop
+from alexnet_jax.data.settings import DatasetError, Settings
+
+log = logging.getLogger(__name__)
+
+# Plan keys that must agree for a preparation to resume into a directory (the rest describe).
+_PLAN_IDENTITY = (
+    'format_version',
+    'dataset',
+    'fingerprint',
+    'class_names',
+    'image_size',
+    'resize',
+    'exif_transpose',
+    'format',
+    'jpeg_quality',
+    'images_per_shard',
+    'splits',
+)
+
+
+@dataclasses.dataclass
+class Report:
+  """What a preparation did."""
+
+  root: str
+  written: list  # shard stems this call wrote
+  skipped: list  # shard stems already complete
+  bad_files: list  # names of images that failed to decode (listed, left out)
+  complete: bool  # every shard of every split is there (and train_stats.npz)
+
+
+def make_plan(src: sources.Source, settings: Settings, fmt: str, quality: int, per_shard: int):
+  if fmt not in prepared_lib.FORMATS:
+    raise DatasetError(f'prepare.format must be one of {prepared_lib.FORMATS}, got {fmt!r}')
+  if not 1 <= int(quality) <= 100:
+    raise DatasetError(f'prepare.jpeg_quality must be in [1, 100], got {quality}')
+  if int(per_shard) < 1:
+    raise DatasetError(f'prepare.images_per_shard must be >= 1, got {per_shard}')
+  splits = {}
+  for name, split in (('train', src.train), ('eval', src.eval)):
+    if split is None:
+      continue
+    n = split.num_examples
+    entry = {
+        'num_examples': n,
+        'num_shards': max(1, -(-n // int(per_shard))),
+        'order': 'random' if split.random_access else 'sequential',
+    }
+    if not split.random_access:
+      entry['files'], entry['file_lengths'] = split.file_lengths()
+    splits[name] = entry
+  return {
+      'format_version': prepared_lib.FORMAT_VERSION,
+      'dataset': prepared_lib.canonical_name(src.name),
+      'fingerprint': src.fingerprint,
+      'class_names': list(src.class_names),
+      'image_size': IMAGE_SIZE,
+      'resize': settings.resize,
+      'exif_transpose': bool(settings.exif_transpose),
+      'format': fmt,
+      'jpeg_quality': int(quality) if fmt == 'jpeg' else None,
+      'images_per_shard': int(per_shard),
+      'splits': splits,
+  }
+
+
+def _write_plan(root: str, plan: dict) -> None:
+  """Writes prepared.json, or checks that the one there describes the same preparation."""
+  path = os.path.join(root, prepared_lib.PLAN_FILE)
+  if os.path.exists(path):
+    old = prepared_lib.read_plan(root)
+    differ = [k for k in _PLAN_IDENTITY if old.get(k) != plan.get(k)]
+    if differ:
+      raise DatasetError(
+          f'{root} holds another preparation (its {", ".join(differ)} differ from this one: '
+          + '; '.join(f'{k}: {old.get(k)!r} there, {plan.get(k)!r} now' for k in differ[:3])[:600]
+          + '). Prepare into another directory (--output_dir) or delete it first.'
+      )
+    return
+  os.makedirs(root, exist_ok=True)
+  plan = dict(plan, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
+  tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(plan, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _encode(image: tf.Tensor, fmt: str, quality: int) -> tf.Tensor:
+  if fmt == 'raw':
+    return tf.constant(b'')  # raw rows are the pixels themselves
+  # Full-resolution chroma: 4:2:0 would blur colour edges beyond the re-encoding bound.
+  return tf.io.encode_jpeg(image, quality=quality, chroma_downsampling=False)
+
+
+class _ShardWriter:
+  """One shard being written: rows into a temporary file, then renamed with its index."""
+
+  def __init__(self, root, split, s, count, fmt, with_sums):
+    self.rows_path = prepared_lib.rows_path(root, split, s, count)
+    self.index_path = prepared_lib.index_path(root, split, s, count)
+    suffix = f'.tmp-{socket.gethostname()}-{os.getpid()}'
+    self.tmp_rows, self.tmp_index = self.rows_path + suffix, self.index_path + suffix
+    self.f = open(self.tmp_rows, 'wb')
+    self.fmt = fmt
+    self.rows: dict = {}  # key -> (label, offset, length, crc)
+    self.offset = 0
+    self.sums = stats_lib.Sums() if with_sums else None
+
+  def add(self, key: int, label: int, image: np.ndarray, encoded: bytes):
+    data = image.tobytes() if self.fmt == 'raw' else encoded
+    self.f.write(data)
+    self.rows[int(key)] = (int(label), self.offset, len(data), zlib.crc32(data))
+    self.offset += len(data)
+    if self.sums is not None:
+      self.sums.add(image)
+
+  def close(self, keys: np.ndarray, names: list, pil_keys: list) -> None:
+    self.f.flush()
+    os.fsync(self.f.fileno())
+    self.f.close()
+    failed = (-1, 0, 0, 0)
+    rows = [self.rows.get(int(k), failed) for k in keys]
+    index = {
+        'keys': np.asarray(keys, np.int64),
+        'labels': np.asarray([r[0] for r in rows], np.int32),
+        'offsets': np.asarray([r[1] for r in rows], np.int64),
+        'lengths': np.asarray([r[2] for r in rows], np.int64),
+        'crcs': np.asarray([r[3] for r in rows], np.uint32),
+        'names': np.asarray(names, dtype=str),
+        'pil_keys': np.asarray(pil_keys, np.int64),
+        'data_bytes': np.int64(self.offset),
+    }
+    if self.sums is not None:
+      index.update(self.sums.as_dict())
+    os.replace(self.tmp_rows, self.rows_path)
+    with open(self.tmp_index, 'wb') as f:
+      np.savez(f, **index)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(self.tmp_index, self.index_path)  # last: the shard now counts
+
+
+def _decoded(split, keys: np.ndarray, fmt: str, quality: int) -> tf.data.Dataset:
+  """{'key', 'label', 'image', 'encoded'} of `keys` (ascending canonical keys), in that order,
+  decoded on every core; failures dropped."""
+  if split.random_access:
+    ds = tf.data.Dataset.from_tensor_slices(keys).map(
+        lambda k: {'key': k, **split.element(k)}, tf.data.AUTOTUNE
+    )
+  else:  # the rows of sorted keys are runs of consecutive records of each file
+    fidx, offsets = keys >> sources.KEY_SHIFT, keys & ((1 << sources.KEY_SHIFT) - 1)
+    names, lengths = split.file_lengths()
+    base = split.builder.data_dir
+    instr = [], [], [], []
+    for f in np.unique(fidx):
+      o = offsets[fidx == f]
+      for part, value in zip(instr, (os.path.join(base, names[f]), int(f), int(o[0]), len(o))):
+        part.append(value)
+    ds = split.records(instr, cycle_length=1).map(
+        lambda r: {'key': r['key'], **split.parse(r['data'])}, tf.data.AUTOTUNE
+    )
+  ds = ds.map(lambda r: {**r, 'encoded': _encode(r['image'], fmt, quality)}, tf.data.AUTOTUNE)
+  return ds.ignore_errors().prefetch(tf.data.AUTOTUNE)
+
+
+def _stale_temporaries(root: str, stems: list) -> None:
+  for stem in stems:
+    for path in glob.glob(os.path.join(root, glob.escape(stem) + '.*.tmp-*')):
+      os.remove(path)  # a killed preparation's half-written shard: never read, redone
+
+
+def write_stats(root: str, plan: dict) -> bool:
+  """Sums the train shards' statistics into train_stats.npz; False while shards are missing."""
+  entry = plan['splits']['train']
+  count = entry['num_shards']
+  sums, bad_keys, bad_files, pil = stats_lib.Sums(), [], [], []
+  for s in range(count):
+    index = prepared_lib.load_index(root, 'train', s, count)
+    if index is None:
+      return False
+    sums.add_partial(index['sum_image'], index['s1'], index['s2'], index['count'])
+    failed = index['lengths'] == 0
+    bad_keys += list(index['keys'][failed])
+    bad_files += list(index['names'][failed])
+    pil += list(index['pil_keys'])
+  stats = sums.stats(bad_keys, bad_files, pil)
+  stats['meta'] = np.asarray(f'prepared:{plan["dataset"]}:{plan["fingerprint"]}')
+  stats['digest'] = np.asarray(stats_lib.stats_digest(stats, None))
+  stats_lib.save_npz(os.path.join(root, prepared_lib.STATS_FILE), stats)
+  return True
+
+
+def prepare(
+    dataset_config,
+    output_dir: str | None = None,
+    *,
+    fmt: str,
+    jpeg_quality: int,
+    images_per_shard: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: bool = True,
+) -> Report:
+  """Prepares every split of `dataset_config`'s dataset into output_dir (default: beside the
+  data, where training finds it); resumes an interrupted preparation."""
+  settings = Settings.of(dataset_config)
+  if not 0 <= process_index < process_count:
+    raise DatasetError(f'process_index {process_index} not in [0, {process_count})')
+  src = sources.open_raw(settings)
+  root = os.path.abspath(output_dir or prepared_lib.default_location(settings))
+  plan = make_plan(src, settings, fmt, jpeg_quality, images_per_shard)
+  _write_plan(root, plan)
+  todo, skipped = [], []
+  for name, entry in plan['splits'].items():
+    split = src.train if name == 'train' else src.eval
+    keys = prepared_lib.split_keys(entry)
+    if not np.array_equal(keys, np.sort(split.all_keys())):
+      raise DatasetError(f'the {name} split of {src.name} changed while it was planned')
+    count, per = entry['num_shards'], plan['images_per_shard']
+    for s in range(process_index, count, process_count):
+      stem = prepared_lib.shard_stem(name, s, count)
+      if prepared_lib.load_index(root, name, s, count) is not None:
+        skipped.append(stem)
+      else:
+        todo.append((name, split, s, count, keys[s * per : (s + 1) * per]))
+  _stale_temporaries(root, [prepared_lib.shard_stem(t[0], t[2], t[3]) for t in todo])
+  log.info(
+      'preparing %s into %s: %d shard(s) to write, %d already there (%s, %s)',
+      src.name,
+      root,
+      len(todo),
+      len(skipped),
+      fmt,
+      f'quality {jpeg_quality}' if fmt == 'jpeg' else 'uint8 rows',
+  )
+  total = sum(len(t[4]) for t in todo)
+  ticks = None
+  if progress:
+    ticks = iter(reporting.progress(range(total), total=total, desc='preparing', unit='image'))
+  bad_files, written = [], []
+  for name, split, s, count, keys in todo:
+    writer = _ShardWriter(root, name, s, count, fmt, with_sums=name == 'train')
+    done = set()
+    for r in _decoded(split, keys, fmt, jpeg_quality).as_numpy_iterator():
+      writer.add(r['key'], r['label'], r['image'], r['encoded'])
+      done.add(int(r['key']))
+      if ticks is not None:
+        next(ticks, None)
+    pil = []
+    for key in (k for k in keys if int(k) not in done):  # few: PIL-only formats, or broken
+      image = split.python_fallback(key)
+      if image is None:
+        bad_files.append(split.name_of(key))
+        log.warning('cannot decode %s: left out of the prepared data', split.name_of(key))
+      else:
+        image = resize_and_center_crop(image, rule=split.resize)
+        label = split.labels[int(key)]
+        writer.add(key, label, image.numpy(), _encode(image, fmt, jpeg_quality).numpy())
+        pil.append(int(key))
+      if ticks is not None:
+        next(ticks, None)
+    writer.close(keys, [split.name_of(k) for k in keys], pil)
+    written.append(prepared_lib.shard_stem(name, s, count))
+  if ticks is not None:
+    for _ in ticks:
+      pass
+  complete = write_stats(root, plan) and all(
+      prepared_lib.load_index(root, name, s, e['num_shards']) is not None
+      for name, e in plan['splits'].items()
+      for s in range(e['num_shards'])
+  )
+  if bad_files:
+    log.warning(
+        '%d image(s) failed to decode and are left out: %s', len(bad_files), ', '.join(bad_files)
+    )
+  return Report(root, written, skipped, bad_files, complete)

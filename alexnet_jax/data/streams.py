@@ -1,0 +1,368 @@
+"""Per-process streams of batches: endless training batches and one-pass evaluation.
+
+Stream semantics (what makes runs exactly resumable):
+  * Sources with random access (digits, folder): epoch e is a stateless permutation of the good
+    examples, seeded by (seed, e). Global batch b holds global stream positions [b*G, (b+1)*G);
+    shard p reads positions [b*G + p*L, b*G + (p+1)*L) with L = G / num_shards. The global
+    stream is therefore the same for any number of processes, and resuming at step N computes
+    positions directly (nothing is read or decoded for skipped steps).
+  * TFDS sources: shard p reads its contiguous 1/num_shards of the split (TFDS records are
+    sequential). Each epoch permutes the order of the record files (stateless, seeded by
+    (seed, epoch)) and shuffles records through a buffer seeded the same way. Resuming at step N
+    jumps to the right epoch and skips records BEFORE decoding.
+  * Prepared data (prepared.py) keep the source's keys and layout: the same keys in the same
+    order, only read from the shards instead of decoded from the originals.
+  * A split smaller than one batch wraps around: a batch then holds some images twice (with
+    different augmentations); an epoch counts as one step.
+  * Files found undecodable by the statistics pass (or by the preparation) are excluded before
+    the stream is built, so they never shift it. Anything else that fails to decode at run time
+    is dropped by `ignore_errors`, counted and named by the iterator (`.skipped`). Prepared rows
+    never fail silently: a damaged shard stops the run with its name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from alexnet_jax.data import stats as stats_lib
+from alexnet_jax.data.dataset import open_dataset
+from alexnet_jax.data.prepared import PreparedDataError
+from alexnet_jax.data.preprocess import IMAGE_SIZE
+from alexnet_jax.data.sources import instruction_keys
+
+log = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _shard(shard_index, num_shards):
+  if shard_index is None or num_shards is None:
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    num_shards = jax.process_count() if num_shards is None else num_shards
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f'shard_index {shard_index} not in [0, {num_shards})')
+  return int(shard_index), int(num_shards)
+
+
+def _local_batch(global_batch_size, num_shards):
+  if global_batch_size % num_shards:
+    raise ValueError(
+        f'global batch size {global_batch_size} is not divisible by the '
+        f'{num_shards} shards (processes)'
+    )
+  return global_batch_size // num_shards
+
+
+def _epoch_seed(seed, epoch):
+  """int64 tensor seed for epoch `epoch` (tf.data shuffle takes tensor seeds)."""
+  return (tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64) * 7_919 + 17) % (2**31 - 1)
+
+
+def _is_in(key, sorted_keys: np.ndarray):
+  if not len(sorted_keys):
+    return tf.constant(False)
+  table = tf.constant(sorted_keys)
+  i = tf.searchsorted(table, tf.reshape(key, [1]))[0]
+  return tf.logical_and(
+      i < len(sorted_keys), tf.gather(table, tf.minimum(i, len(sorted_keys) - 1)) == key
+  )
+
+
+def _prepared_error(e: tf.errors.OpError):
+  """A PreparedDataError raised inside tf.data, as the DatasetError it was (else None)."""
+  m = re.search(r'PreparedDataError: (.*?)(?:\n|$)', e.message)
+  return PreparedDataError(m.group(1)) if m else None
+
+
+class _Batches:
+  """Python iterator over a tf.data stream of batches; counts and names dropped examples.
+
+  Each element carries its position `q` in this process's stream: a gap means `ignore_errors`
+  dropped an image that failed to decode at run time.
+  """
+
+  def __init__(self, ds, first_q, name_of_q: Callable[[int], str], keep=('image', 'label')):
+    self._it = ds.as_numpy_iterator()
+    self._next_q = first_q
+    self._name_of_q = name_of_q
+    self._keep = keep
+    self.skipped: list = []  # names of images dropped at run time
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    try:
+      b = next(self._it)
+    except tf.errors.OpError as e:
+      raise (_prepared_error(e) or e) from None
+    q = b['q']
+    for missing in np.setdiff1d(np.arange(self._next_q, q[-1] + 1), q):
+      name = self._name_of_q(int(missing))
+      self.skipped.append(name)
+      log.warning(
+          'skipped an image that failed to decode: %s (%d skipped so far)', name, len(self.skipped)
+      )
+    self._next_q = int(q[-1]) + 1
+    return {k: b[k] for k in self._keep}
+
+  @property
+  def num_skipped(self) -> int:
+    return len(self.skipped)
+
+
+def _random_access_positions(good: np.ndarray, seed, p, count, lb):
+  """Function q -> key: local stream position q of process p -> example key."""
+  g = lb * count
+  m = len(good)
+  good_t = tf.constant(good)
+  seed = int(seed)
+
+  def key_of(q):
+    q = tf.cast(q, tf.int64)
+    pos = (q // lb) * g + p * lb + q % lb  # global stream position
+    epoch = pos // m
+    i = tf.random.experimental.index_shuffle(
+        pos % m, tf.stack([tf.constant(seed, tf.int64), epoch]), tf.constant(m - 1, tf.int64)
+    )
+    return tf.gather(good_t, i)
+
+  return key_of
+
+
+def train_iterator(
+    dataset,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+) -> Iterator[dict]:
+  """Endless training batches of this process: {'image': uint8 [L,256,256,3], 'label': int32 [L]}.
+
+  `dataset`: config.dataset, or the Source that open_dataset made of it.
+  L = global_batch_size // num_shards; shard p holds positions [p*L, (p+1)*L) of each global
+  batch (sharding.process_data_shard(mesh) gives a process its shard). `start_step=N` yields
+  exactly what an uninterrupted run yields from its batch N+1 on. Returns an iterator whose
+  `.skipped` lists images dropped at run time (known bad files are excluded up front and listed
+  in dataset_stats(...).bad_files).
+  """
+  p, count = _shard(shard_index, num_shards)
+  lb = _local_batch(global_batch_size, count)
+  src = open_dataset(dataset)
+  settings = src.settings
+  split = src.train
+  stats = stats_lib.source_stats(src, settings)
+  bad = np.sort(np.asarray(stats['bad_keys'], np.int64))
+  pil_keys = np.asarray(stats['pil_keys'], np.int64)
+  if len(bad):
+    log.warning(
+        'excluding %d undecodable training files: %s',
+        len(bad),
+        ', '.join(map(str, stats['bad_files'])),
+    )
+  q0 = int(start_step) * lb
+  by_key = settings.cache or getattr(split, 'prepared', False)
+  if split.random_access:
+    good = np.setdiff1d(split.all_keys(), bad)
+    key_of = _random_access_positions(good, seed, p, count, lb)
+    ds = tf.data.Dataset.counter(q0).map(lambda q: {'q': q, 'key': key_of(q)})
+    name_of_q = lambda q: split.name_of(int(key_of(q)))  # noqa: E731
+    if not by_key:
+      ds = ds.map(lambda r: {'q': r['q'], **split.element(r['key'], pil_keys)}, AUTOTUNE)
+  else:
+    ds, name_of_q = _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key)
+  if settings.cache:
+    return _cached_batches(ds, split, lb, pil_keys)
+  if getattr(split, 'prepared', False):
+    ds = split.batches(ds, lb)
+  else:
+    ds = ds.ignore_errors().batch(lb)
+  return _Batches(ds.prefetch(AUTOTUNE), q0, name_of_q)
+
+
+def _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key):
+  n = split.num_examples
+  start, stop = p * n // count, (p + 1) * n // count  # this process's contiguous share
+  instr = split.instructions(start, stop)
+  shard_keys = instruction_keys(*instr[1:])
+  length = len(shard_keys) - int(np.isin(bad, shard_keys).sum())  # good examples per epoch
+  if length <= 0:
+    raise ValueError(f'process {p} has no training examples ({n} examples, {count} processes)')
+  buffer = max(1, min(int(settings.shuffle_buffer), length))
+  n_files = len(instr[0])
+
+  def epoch(e):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(n_files, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), e])
+    )
+    ds = split.records(instr, order=order, with_data=not by_key)
+    if len(bad):
+      ds = ds.filter(lambda r: tf.logical_not(_is_in(r['key'], bad)))
+    return ds.shuffle(buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False)
+
+  e0, offset = divmod(q0, length)
+  ds = (
+      epoch(tf.constant(e0, tf.int64))
+      .skip(offset)
+      .concatenate(tf.data.Dataset.counter(e0 + 1).flat_map(epoch))
+  )  # skip before decoding
+  ds = ds.enumerate(q0).map(lambda q, r: {'q': q, **r})
+  if not by_key:
+    ds = ds.map(lambda r: {'q': r['q'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE)
+  name_of_q = lambda q: f'example #{q} of process {p} in {split.split}'  # noqa: E731
+  return ds, name_of_q
+
+
+def _cached_batches(key_stream: tf.data.Dataset, split, lb: int, pil_keys):
+  """dataset.cache=True: decode the split once into RAM, then gather batches by key (same
+  stream)."""
+  keys = split.all_keys()
+  images = np.zeros([len(keys), IMAGE_SIZE, IMAGE_SIZE, 3], np.uint8)
+  labels = np.zeros([len(keys)], np.int32)
+  filled = np.zeros([len(keys)], bool)
+  for b in split.canonical(None, pil_keys).batch(256).as_numpy_iterator():
+    rows = np.searchsorted(keys, b['key'])
+    images[rows], labels[rows], filled[rows] = b['image'], b['label'], True
+  for key in keys[~filled]:
+    log.warning('image failed to decode; its cached copy stays black: %s', split.name_of(key))
+  it = key_stream.batch(lb).prefetch(AUTOTUNE).as_numpy_iterator()
+
+  def gen():
+    for b in it:
+      rows = np.searchsorted(keys, b['key'])
+      yield {'image': images[rows], 'label': labels[rows]}
+
+  return gen()
+
+
+def eval_iterator(
+    dataset,
+    *,
+    global_batch_size: int,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+) -> Iterator[dict]:
+  """One pass over the whole validation split: {'image', 'label', 'mask'} per local batch.
+
+  Process p reads its contiguous share of the split; every process yields the same number of
+  batches (padding with mask=False), and the masked-in examples of all processes are exactly the
+  split, each once. An image that fails to decode is reported and replaced by padding.
+  """
+  return split_iterator(
+      dataset,
+      'eval',
+      global_batch_size=global_batch_size,
+      shard_index=shard_index,
+      num_shards=num_shards,
+  )
+
+
+def _split(src, split: str):
+  if split not in ('train', 'eval'):
+    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+  return src.train if split == 'train' else src.eval
+
+
+def _covered(split, max_examples) -> int:
+  n = 0 if split is None else split.num_examples
+  return min(n, int(max_examples)) if max_examples else n
+
+
+def split_size(dataset, split: str, max_examples: int | None = None) -> int:
+  """How many examples split_iterator(dataset, split, max_examples=...) covers."""
+  return _covered(_split(open_dataset(dataset), split), max_examples)
+
+
+def split_iterator(
+    dataset,
+    split: str,
+    *,
+    global_batch_size: int,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+    max_examples: int | None = None,
+) -> Iterator[dict]:
+  """One pass over a split ('train' or 'eval') in a fixed order, as eval_iterator does it.
+
+  max_examples: cover only that many, spread over the split: evenly spaced keys of
+  random-access sources (whose canonical order is class by class), a prefix of TFDS
+  records (which TFDS shuffled when it prepared them).
+  """
+  p, count = _shard(shard_index, num_shards)
+  lb = _local_batch(global_batch_size, count)
+  split = _split(open_dataset(dataset), split)
+  n = _covered(split, max_examples)
+  if n == 0:
+    return iter(())
+  start, stop = p * n // count, (p + 1) * n // count
+  num_batches = -(-(-(-n // count)) // lb)  # ceil(ceil(n / count) / lb): same on every process
+  prepared = getattr(split, 'prepared', False)
+  if split.random_access:
+    # Evenly spaced over the whole split (all of it when n == num_examples).
+    chosen = np.unique(np.linspace(0, split.num_examples - 1, n).round().astype(np.int64))
+    expected = split.all_keys()[chosen[start:stop]]
+    keys = tf.data.Dataset.from_tensor_slices({'key': expected})
+    if not prepared:
+      ds = keys.map(lambda r: {'key': r['key'], **split.element(r['key'])}, AUTOTUNE)
+  else:
+    instr = split.instructions(start, stop)
+    expected = instruction_keys(*instr[1:])
+    keys = split.records(instr, cycle_length=4, with_data=not prepared)
+    if not prepared:
+      ds = keys.map(lambda r: {'key': r['key'], **split.parse(r['data'])}, AUTOTUNE)
+  if prepared:  # rows that failed when prepared become padding, as failures do below
+    keys = keys.filter(lambda r: tf.logical_not(_is_in(r['key'], np.sort(split.bad_keys))))
+    ds = split.examples(keys)
+  else:
+    ds = ds.ignore_errors()
+  ds = ds.map(
+      lambda r: {'q': r['key'], 'image': r['image'], 'label': r['label'], 'mask': tf.constant(True)}
+  )
+  pad = tf.data.Dataset.from_tensors(
+      {
+          'q': tf.constant(-1, tf.int64),
+          'image': tf.zeros([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8),
+          'label': tf.constant(0, tf.int32),
+          'mask': tf.constant(False),
+      }
+  ).repeat()
+  ds = ds.concatenate(pad).take(num_batches * lb).batch(lb).prefetch(AUTOTUNE)
+  return _EvalBatches(ds, expected, split)
+
+
+class _EvalBatches:
+  """Reports validation images dropped by ignore_errors (their slots became padding)."""
+
+  def __init__(self, ds, expected_keys, split):
+    self._it = ds.as_numpy_iterator()
+    self._expected = expected_keys
+    self._seen = []
+    self._split = split
+    self.skipped: list = []
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    try:
+      b = next(self._it)
+    except tf.errors.OpError as e:
+      raise (_prepared_error(e) or e) from None
+    except StopIteration:
+      seen = np.concatenate(self._seen) if self._seen else np.zeros([0], np.int64)
+      for key in np.setdiff1d(self._expected, seen):
+        name = self._split.name_of(int(key))
+        self.skipped.append(name)
+        log.warning('validation image failed to decode and was left out: %s', name)
+      self._expected = np.zeros([0], np.int64)
+      raise
+    self._seen.append(b['q'][b['mask']])
+    return {'image': b['image'], 'label': b['label'], 'mask': b['mask']}
