@@ -287,9 +287,8 @@ def record_keys(instr, order=None, cycle_length=16) -> tf.data.Dataset:
     keys = tf.data.Dataset.range(s, s + t).map(lambda o: tf.bitwise.left_shift(fidx, KEY_SHIFT) + o)
     return keys.map(lambda k: {'key': k})
 
-  return files.interleave(
-      one_file, cycle_length=max(1, min(cycle_length, n)), block_length=1, deterministic=True
-  )
+  # Sequential (no num_parallel_calls): the same round-robin as the parallel, deterministic read.
+  return files.interleave(one_file, cycle_length=max(1, min(cycle_length, n)), block_length=1)
 
 
 def instructions_from_lengths(names, lengths, start: int, stop: int):
