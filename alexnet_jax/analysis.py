@@ -12,7 +12,7 @@ predict.py, figures.py and evaluate.py.
   analysis.ensemble_evaluate(["runs/a", "runs/b"], crops=10)
 
 Everything that turns an image into probabilities is the evaluation's own code: the host
-pipeline's decode and resize (input_pipeline), augment.eval_views and the jitted
+pipeline's decode and resize (alexnet_jax.data), augment.eval_views and the jitted
 train.view_probs. A run needs no dataset for predict, features and Fig. 3 (run_files.py);
 scanning a split (Fig. 4, the confusion matrix, ensembles) reads the dataset.
 """

@@ -1,6 +1,6 @@
 """Device-side augmentation (JAX, jit-able): AlexNet's random crops, flips, PCA lighting, mean.
 
-Runs inside the jitted step on uint8 [B, 256, 256, 3] batches from input_pipeline. Every random
+Runs inside the jitted step on uint8 [B, 256, 256, 3] batches from alexnet_jax.data. Every random
 draw comes from a per-example key that depends only on (seed, step, global example index)
 (`example_keys`), and all ops are vmapped per example, so the result is the same whatever the
 mesh shape, the sharding of the batch axis or the number of processes.

@@ -66,6 +66,7 @@ CHOICES = {
     "augment.mean": ("dataset", "pixel", "run"),
     "augment.channel_order": ("rgb", "bgr"),
     "dataset.resize": ("round", "torchvision", "warp"),
+    "prepare.format": ("jpeg", "raw"),
 }
 
 
@@ -120,6 +121,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   need("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0")
   need("optimizer.drop_factor", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
   need("augment.lighting_std", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+  need("prepare.jpeg_quality", lambda v: positive_int(v) and v <= 100, "an integer in [1, 100]")
+  need("prepare.images_per_shard", positive_int, "a positive integer")
   need("augment.scale", lambda v: _is_number(v) and v > 0, "a number > 0")
   for key, allowed in CHOICES.items():
     need(key, lambda v, a=allowed: v in a, "one of " + ", ".join(repr(a) for a in allowed))

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from alexnet_jax import runtime
+from alexnet_jax import config_checks, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -36,6 +36,9 @@ def main(argv):
   from alexnet_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
+  problems = config_checks.problems(config)
+  if problems:
+    sys.exit("FATAL: " + "\n".join(problems))
   try:
     report = prepare_lib.prepare(
         config.dataset,
