@@ -1,6 +1,7 @@
 """Throughput benchmark, run from the repository root:
 
   python -m benchmarks.bench [--batch_size=128] [--steps=3] [--mesh=1,1]
+  python -m benchmarks.bench --only=input [--input_images=384] [--repeats=3]
 
 Measures, with warm-up (compilation) excluded, the median over --repeats of the mean step
 time over --steps steps, alternating the contenders inside each repeat so that drift (other
@@ -16,8 +17,6 @@ jobs, thermal) hits all of them alike:
                               ratio_vs_torch_compiled (--notorch_compile skips it)
   peak_matmul_gflops          a large float32 matmul on the same device; mfu =
                               train_images_per_sec x training FLOPs per image / peak
-  input_pipeline_images_per_sec  input_pipeline.train_iterator decoding real ~500x375 JPEGs
-                              (written once to a temporary folder) to 256x256 batches
   augment_overhead_fraction   (step with on-device augmentation - step on ready 224 crops)
                               / step on ready crops: --overhead_pairs pairs of single steps
                               alternated ABBA in their own phase, both steps threading one
@@ -35,11 +34,60 @@ jobs, thermal) hits all of them alike:
   host_steal_fraction         share of the machine's CPU time the hypervisor gave to others
                               while the train steps were timed (/proc/stat; None elsewhere)
   eval_10crop_images_per_sec  train.make_eval_step with the paper's 10 views
+  input_*                     the input benchmark (benchmarks/inputs.py; --only=input runs it
+                              alone: no model, no PyTorch), below
   on accelerators (or with --bf16=on) also train_images_per_sec_bf16, peak_matmul_gflops_bf16,
   mfu_bf16, augment_overhead_fraction_bf16 and its _ci90_bf16 (model.dtype=bfloat16,
   bfloat16 matmul peak; augment_overhead_fraction_cpu_time_bf16 is None).
 
-Prints a table, then the same figures as ONE JSON object on the last line.
+Input benchmark: --input_images ImageNet-like JPEGs (benchmarks/jpegs.py: real photos, about
+400x350, landscape and portrait, quality 90-95) written to a temporary folder:<dir> dataset
+(4 classes; its ~10% hold-out is the eval split), and prepared from it into 256x256 JPEG and
+raw shards (alexnet_jax.data.prepare). Four sources, each to uint8 256x256 batches of
+--batch_size:
+
+  decode        alexnet_jax.data.preprocess_encoded over the training JPEGs' bytes already in
+                memory: from_tensor_slices(bytes).repeat().map(preprocess_encoded,
+                AUTOTUNE).batch(B), nothing else: the decode + resize any JPEG source pays
+  pipeline      data.train_iterator over the folder (dataset.prepared='off'): the training
+                stream from the JPEG files
+  prepared      data.train_iterator from the JPEG shards (dataset.prepared=their directory)
+  prepared_raw  the same from the raw shards (no decoding)
+
+each timed per core (the whole process, every thread, on one core with sched_setaffinity,
+restored after; the bare decode also with tf.data's private_threadpool_size=1 and
+max_intra_op_parallelism=1) and on all cores (unpinned). Each measurement builds a fresh
+iterator (an idle one would refill its buffers in the background, on the pinned core too),
+warms it up for --input_warmup_batches untimed batches (tf.data instantiates its functions and
+fills its buffers), then times a fixed number of batches, --input_batches x 1 (decode,
+pipeline), x 4 (prepared) or x 16 (prepared_raw) so that each timed unit lasts about as long:
+images / seconds. The median over --repeats repeats, the 8 contenders alternated inside each
+repeat, the order rotating:
+
+  input_{decode,pipeline,prepared,prepared_raw}_images_per_sec_per_core
+  input_{decode,pipeline,prepared,prepared_raw}_images_per_sec_all_cores
+  input_cores                 the cores of the all-cores figures (the process's affinity)
+  input_pipeline_vs_decode, input_prepared_vs_decode, input_prepared_raw_vs_decode
+                              per-core figure / the bare decode's per-core figure
+  input_targets_met           pipeline/decode >= 0.9 and prepared/decode >= 4 and
+                              prepared_raw/decode >= 20 (per core)
+  input_cores_needed_per_1000_images_per_sec  1000 / input_prepared_images_per_sec_per_core:
+                              host cores an accelerator eating 1000 images/s needs when it
+                              reads prepared JPEG shards
+  input_cores_needed_per_1000_images_per_sec_raw_jpegs  the same from the original JPEG
+                              files: 1000 / input_pipeline_images_per_sec_per_core
+  input_pipeline_vs_train     (full benchmark only) input_pipeline_images_per_sec_all_cores /
+                              train_images_per_sec: above 1, the JPEG stream keeps up
+  input_host_steal_fraction   host_steal_fraction while the input contenders were timed;
+                              input_images_per_sec_all_repeats every repeat's rates; and what
+                              ran: input_images, input_train_images (the training split's),
+                              input_batch_size, input_batches, input_timed_batches (by
+                              source), input_warmup_batches, input_repeats
+The per-core rates are noisy on a shared VM (bimodal between runs, e.g. 265 vs 405 images/s for
+the bare decode): compare figures of one run, and prefer several repeats.
+
+Prints a table, then the same figures as ONE JSON object on the last line (--only=input: the
+input table and figures, with device, batch_size, repeats and versions).
 
 The train and eval steps compile with train.compiler_options(): on CPU, XLA's own (Eigen)
 convolutions instead of the YNNPACK convolution fusions this jaxlib uses by default (whose
@@ -56,7 +104,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 from absl import app, flags
@@ -79,7 +126,12 @@ flags.DEFINE_float("width", 1.0, "Model width multiplier (1.0 = the paper; small
 flags.DEFINE_integer("num_classes", 1000, "Width of fc8.")
 flags.DEFINE_integer("eval_batch_size", 16, "Images per 10-crop eval batch (10x as many views).")
 flags.DEFINE_integer("input_images", 384, "JPEGs written for the input-pipeline benchmark.")
-flags.DEFINE_integer("input_batches", 6, "Timed input-pipeline batches per repeat.")
+flags.DEFINE_integer(
+    "input_batches", 6, "Timed input batches per repeat and contender (x 4 prepared, x 16 raw)."
+)
+flags.DEFINE_integer(
+    "input_warmup_batches", 3, "Untimed batches of each fresh input iterator before timing."
+)
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square float32 matmul for the peak.")
 flags.DEFINE_enum(
     "xla_cpu_convs",
@@ -92,7 +144,13 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_bool("torch", True, "Run the PyTorch contender (needs requirements-bench.txt).")
 flags.DEFINE_bool("torch_compile", True, "Also time the PyTorch contender under torch.compile.")
-flags.DEFINE_bool("input_pipeline", True, "Run the tf.data input-pipeline benchmark.")
+flags.DEFINE_bool("input_pipeline", True, "Run the input benchmark (the input_* figures).")
+flags.DEFINE_enum(
+    "only",
+    None,
+    ["input"],
+    "input: only the input benchmark (no model, no PyTorch): its table and JSON object.",
+)
 flags.DEFINE_enum(
     "bf16",
     "auto",
@@ -173,6 +231,7 @@ def run_benchmark(
     eval_batch_size=16,
     input_images=384,
     input_batches=6,
+    input_warmup_batches=3,
     matmul_size=4096,
     use_torch=True,
     torch_compile=True,
@@ -191,7 +250,6 @@ def run_benchmark(
 
   from alexnet_jax import sharding, train, train_state
   from benchmarks import contenders as contenders_lib
-  from benchmarks import jpegs
   from configs import default as default_config
 
   dev = jax.devices()[0]
@@ -294,19 +352,24 @@ def run_benchmark(
   r["augment_alone_fraction"] = augment_s["augment"] / paired.median["jax_noaug"]
   r["eval_10crop_images_per_sec"] = eval_batch_size / other_s["eval10"]
 
+  from benchmarks import inputs
+
   if input_pipeline:
-    log(f"input pipeline: writing {input_images} JPEGs (~500x375) and timing tf.data...")
-    with tempfile.TemporaryDirectory(prefix="alexnet_bench_jpegs_") as root:
-      jpegs.write_jpeg_folder(root, input_images)
-      ip_s = timing.time_in_rotation(
-          {"input": contenders_lib.input_runner(root, batch_size)},
-          steps=input_batches,
-          repeats=repeats,
-      ).median
-    r["input_pipeline_images_per_sec"] = batch_size / ip_s["input"]
-    r["input_pipeline_vs_train"] = r["input_pipeline_images_per_sec"] / r["train_images_per_sec"]
+    r.update(
+        inputs.run_input_benchmark(
+            batch_size=batch_size,
+            input_images=input_images,
+            input_batches=input_batches,
+            warmup=input_warmup_batches,
+            repeats=repeats,
+            log=log,
+        )
+    )
+    r["input_pipeline_vs_train"] = (
+        r["input_pipeline_images_per_sec_all_cores"] / r["train_images_per_sec"]
+    )
   else:
-    r["input_pipeline_images_per_sec"] = None
+    r.update({k: None for k in inputs.FIGURES + ("input_pipeline_vs_train",)})
 
   if bf16 == "on" or (bf16 == "auto" and not on_cpu):
     log("bfloat16: train step and matmul peak...")
@@ -364,6 +427,45 @@ def _fmt_interval(ci) -> str:
   return "n/a" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
+def _input_rows(r: dict) -> list:
+  """(label, value) table rows of the input figures."""
+
+  def fmt(key, spec):
+    v = r.get(key)
+    return "n/a" if v is None else format(v, spec)
+
+  rows = []
+  for name, label in (
+      ("decode", "bare decode + resize (bytes in memory)"),
+      ("pipeline", "train_iterator, original JPEG files"),
+      ("prepared", "train_iterator, prepared JPEG shards"),
+      ("prepared_raw", "train_iterator, prepared raw shards"),
+  ):
+    rows.append(
+        (
+            f"input images/s per core / all cores: {label}",
+            f"{fmt(f'input_{name}_images_per_sec_per_core', '.1f')} / "
+            f"{fmt(f'input_{name}_images_per_sec_all_cores', '.1f')}",
+        )
+    )
+  for name, target in (("pipeline", "0.9"), ("prepared", "4"), ("prepared_raw", "20")):
+    rows.append(
+        (
+            f"  per core, {name} / bare decode (target >= {target})",
+            fmt(f"input_{name}_vs_decode", ".3f"),
+        )
+    )
+  rows += [
+      ("  all targets met", str(r.get("input_targets_met", "n/a"))),
+      (
+          "cores per 1000 images/s: prepared JPEG / original JPEGs",
+          f"{fmt('input_cores_needed_per_1000_images_per_sec', '.2f')} / "
+          f"{fmt('input_cores_needed_per_1000_images_per_sec_raw_jpegs', '.2f')}",
+      ),
+  ]
+  return rows
+
+
 def format_table(r: dict) -> str:
   def fmt(v, spec):
     return "n/a" if v is None else format(v, spec)
@@ -396,8 +498,12 @@ def format_table(r: dict) -> str:
       ),
       ("CPU time stolen by the hypervisor while timing", fmt(r["host_steal_fraction"], ".3f")),
       ("eval 10-crop images/s", fmt(r["eval_10crop_images_per_sec"], ".2f")),
-      ("input pipeline images/s (JPEG -> 256x256)", fmt(r["input_pipeline_images_per_sec"], ".1f")),
   ]
+  rows += _input_rows(r)
+  if r.get("input_pipeline_vs_train") is not None:
+    rows.append(
+        ("input pipeline (all cores) / train images/s", fmt(r["input_pipeline_vs_train"], ".2f"))
+    )
   for key, label in (
       ("train_images_per_sec_bf16", "train images/s (bf16)"),
       ("peak_matmul_gflops_bf16", "peak bf16 matmul GFLOP/s"),
@@ -421,10 +527,72 @@ def format_table(r: dict) -> str:
   return "\n".join(lines)
 
 
+def run_input_only(
+    *,
+    batch_size=128,
+    repeats=3,
+    input_images=384,
+    input_batches=6,
+    input_warmup_batches=3,
+    log=print,
+) -> dict:
+  """--only=input: the input figures alone (no model, no PyTorch), with what they ran on."""
+  from alexnet_jax import runtime
+
+  runtime.setup()  # before TensorFlow loads: its C++ logs, and TensorFlow off accelerators
+  import tensorflow as tf
+
+  from benchmarks import inputs
+
+  r = inputs.run_input_benchmark(
+      batch_size=batch_size,
+      input_images=input_images,
+      input_batches=input_batches,
+      warmup=input_warmup_batches,
+      repeats=repeats,
+      log=log,
+  )
+  r.update(
+      {
+          "device": f"CPU ({_cpu_name()}, {r['input_cores']} cores)",
+          "batch_size": batch_size,
+          "repeats": repeats,
+          "versions": {"python": platform.python_version(), "tensorflow": tf.__version__},
+      }
+  )
+  return r
+
+
+def format_input_table(r: dict) -> str:
+  lines = [
+      f"AlexNet input benchmark on {r['device']}, batch {r['batch_size']}, "
+      f"{r['input_images']} JPEGs ({r['input_repeats']} repeats x {r['input_batches']} "
+      f"batches x 1/1/4/16, medians; per core = the whole process on one core)"
+  ]
+  rows = _input_rows(r)
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(lines + [f"  {k:<{width}}  {v:>17}" for k, v in rows])
+
+
 def main(argv):
   del argv
-  _choose_cpu_convs(FLAGS.xla_cpu_convs)
   t0 = time.perf_counter()
+  log = lambda s: print(  # noqa: E731
+      f"[{time.perf_counter() - t0:6.1f}s] {s}", file=sys.stderr, flush=True
+  )
+  if FLAGS.only == "input":
+    r = run_input_only(
+        batch_size=FLAGS.batch_size,
+        repeats=FLAGS.repeats,
+        input_images=FLAGS.input_images,
+        input_batches=FLAGS.input_batches,
+        input_warmup_batches=FLAGS.input_warmup_batches,
+        log=log,
+    )
+    print(format_input_table(r), flush=True)
+    print(json.dumps(r, sort_keys=True), flush=True)
+    return
+  _choose_cpu_convs(FLAGS.xla_cpu_convs)
   r = run_benchmark(
       batch_size=FLAGS.batch_size,
       steps=FLAGS.steps,
@@ -435,13 +603,14 @@ def main(argv):
       eval_batch_size=FLAGS.eval_batch_size,
       input_images=FLAGS.input_images,
       input_batches=FLAGS.input_batches,
+      input_warmup_batches=FLAGS.input_warmup_batches,
       matmul_size=FLAGS.matmul_size,
       use_torch=FLAGS.torch,
       torch_compile=FLAGS.torch_compile,
       input_pipeline=FLAGS.input_pipeline,
       bf16=FLAGS.bf16,
       overhead_pairs=FLAGS.overhead_pairs,
-      log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", file=sys.stderr, flush=True),
+      log=log,
   )
   print(format_table(r), flush=True)
   print(json.dumps(r, sort_keys=True), flush=True)

@@ -1,8 +1,9 @@
 """What the benchmark times: each builder returns run(n), which runs n steps and blocks until
 they are done (benchmarks.timing's contenders), after compiling and warming up.
 
-Imports JAX and, through alexnet_jax.input_pipeline, TensorFlow: import it after
-alexnet_jax.runtime.setup(). PyTorch is imported only by torch_runner.
+Imports JAX and, through alexnet_jax.data, TensorFlow: import it after
+alexnet_jax.runtime.setup(). PyTorch is imported only by torch_runner. The input benchmark's
+contenders are in benchmarks/inputs.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from alexnet_jax import data as data_lib
@@ -176,27 +176,3 @@ def torch_runner(params, width, num_classes, batch_size, threads, compiled=False
 
 def jax_to_numpy(tree):
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
-# ---- input pipeline -----------------------------------------------------------------------
-def input_runner(root, batch_size):
-  """data_lib.train_iterator over the JPEG folder root: each step one batch decoded to
-  256x256."""
-  cfg = ml_collections.ConfigDict(
-      {
-          "name": f"folder:{root}",
-          "data_dir": None,
-          "cache": False,
-          "shuffle_buffer": 1024,
-          "stats_max_images": 64,
-      }
-  )
-  it = data_lib.train_iterator(cfg, global_batch_size=batch_size, seed=0)
-
-  def run(n):
-    for _ in range(n):
-      b = next(it)
-      assert b["image"].shape[1:] == (256, 256, 3), b["image"].shape
-
-  run(2)  # fills the prefetch buffers and autotunes
-  return run

@@ -35,9 +35,18 @@ def _sample_photos():
   return photos
 
 
-def write_jpeg_folder(root: str, num_images: int, num_classes: int = 4, seed: int = 0) -> str:
-  """num_images ImageNet-like JPEGs (about 500x375, landscape or portrait) made from real
-  photos by random crops, resizes and colour jitter, in root/<class>/; returns root."""
+def write_jpeg_folder(
+    root: str,
+    num_images: int,
+    num_classes: int = 4,
+    seed: int = 0,
+    size: tuple[int, int] = (500, 375),
+    quality: tuple[int, int] = (85, 95),
+) -> str:
+  """num_images ImageNet-like JPEGs made from real photos by random crops, resizes and colour
+  jitter, in root/<class>/; returns root. Each is `size` (width, height) landscape, or
+  portrait for a quarter of them, each side jittered by up to 20 pixels, at a JPEG quality
+  drawn from `quality` (both ends included)."""
   rng = np.random.default_rng(seed)
   photos = [Image.fromarray(np.asarray(p, np.uint8)) for p in _sample_photos()]
   for c in range(num_classes):
@@ -47,13 +56,13 @@ def write_jpeg_folder(root: str, num_images: int, num_classes: int = 4, seed: in
     w, h = photo.size
     cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
     x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    size = (500, 375) if rng.random() < 0.75 else (375, 500)
-    size = (size[0] + int(rng.integers(-20, 21)), size[1] + int(rng.integers(-20, 21)))
-    img = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.BILINEAR)
+    out = size if rng.random() < 0.75 else size[::-1]
+    out = (out[0] + int(rng.integers(-20, 21)), out[1] + int(rng.integers(-20, 21)))
+    img = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize(out, Image.BILINEAR)
     arr = np.asarray(img, np.float32) * rng.uniform(0.8, 1.2, 3) + rng.normal(0, 3, (1, 1, 3))
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     img.save(
         os.path.join(root, f"class_{i % num_classes}", f"img_{i:05d}.jpg"),
-        quality=int(rng.integers(85, 96)),
+        quality=int(rng.integers(quality[0], quality[1] + 1)),
     )
   return root

@@ -8,13 +8,18 @@ schedules time them:
   time_abba_pairs   single steps of two contenders alternated ABBA, for a paired comparison
                     (median_pair_overhead, with median_interval's distribution-free interval).
 
+rates_in_rotation does the same for contenders that measure a rate themselves (the input
+benchmark's fresh iterators); pinned runs code with the whole process on given cores.
+
 read_cpu_jiffies / steal_fraction measure how much of the machine the hypervisor gave to
 others while they ran. Standard library only: importing this starts no JAX.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
 import time
 from typing import Callable, NamedTuple
@@ -72,6 +77,51 @@ def time_abba_pairs(
       wall[name].append(time.perf_counter() - t0)
       cpu[name].append(time.process_time() - c0)
   return Timings({name: statistics.median(ts) for name, ts in wall.items()}, wall, cpu)
+
+
+def rates_in_rotation(
+    contenders: dict[str, Callable[[], float]], *, repeats: int
+) -> tuple[dict, dict]:
+  """Calls each contender (which measures and returns a rate) once per repeat, in an order
+  that rotates every repeat. Returns (name -> median rate, name -> every repeat's rate)."""
+  names = list(contenders)
+  rates = {name: [] for name in names}
+  for r in range(repeats):
+    for name in names[r % len(names) :] + names[: r % len(names)]:
+      rates[name].append(contenders[name]())
+  return {name: statistics.median(rs) for name, rs in rates.items()}, rates
+
+
+def _set_every_thread(cpus) -> None:
+  # os.sched_setaffinity(0, ...) moves only the calling thread: the threads that already
+  # exist (TensorFlow's pools, XLA's) would stay on every core. Loop until no new thread
+  # appeared, since a thread not yet moved may start one with the old mask.
+  done = set()
+  while True:
+    tids = set(os.listdir("/proc/self/task")) - done
+    if not tids:
+      return
+    for tid in tids:
+      try:
+        os.sched_setaffinity(int(tid), cpus)
+      except (ProcessLookupError, OSError):  # exited meanwhile
+        pass
+    done |= tids
+
+
+@contextlib.contextmanager
+def pinned(cpus):
+  """The whole process (every thread, and those they start) on `cpus` inside the block;
+  every thread back on the process's former cores afterwards. cpus=None: no change."""
+  if cpus is None:
+    yield
+    return
+  before = os.sched_getaffinity(0)
+  _set_every_thread(set(cpus))
+  try:
+    yield
+  finally:
+    _set_every_thread(before)
 
 
 def pair_ratios(with_extra: list, without: list) -> list:

@@ -25,7 +25,15 @@ FIGURES = (
     "ratio_vs_torch_compiled",
     "peak_matmul_gflops",
     "mfu",
-    "input_pipeline_images_per_sec",
+    "input_decode_images_per_sec_per_core",
+    "input_pipeline_images_per_sec_per_core",
+    "input_prepared_images_per_sec_per_core",
+    "input_prepared_raw_images_per_sec_per_core",
+    "input_decode_images_per_sec_all_cores",
+    "input_pipeline_images_per_sec_all_cores",
+    "input_prepared_images_per_sec_all_cores",
+    "input_prepared_raw_images_per_sec_all_cores",
+    "input_pipeline_vs_train",
     "augment_overhead_fraction",
     "augment_alone_fraction",
     "eval_10crop_images_per_sec",
@@ -123,6 +131,84 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
     assert 0.0 <= result["host_steal_fraction"] < 1.0
   # The CPU convolution choice reaches the steps as their compiler options, not XLA_FLAGS.
   assert result["compiler_options"] and "ynn_fusion_type" not in result["xla_flags"]
+
+
+# The input benchmark's figures, and its per-core ratios to the bare decode (ratio, figure).
+INPUT_FIGURES = (
+    "input_decode_images_per_sec_per_core",
+    "input_pipeline_images_per_sec_per_core",
+    "input_prepared_images_per_sec_per_core",
+    "input_prepared_raw_images_per_sec_per_core",
+    "input_decode_images_per_sec_all_cores",
+    "input_pipeline_images_per_sec_all_cores",
+    "input_prepared_images_per_sec_all_cores",
+    "input_prepared_raw_images_per_sec_all_cores",
+    "input_cores_needed_per_1000_images_per_sec",
+    "input_cores_needed_per_1000_images_per_sec_raw_jpegs",
+)
+INPUT_RATIOS = (
+    ("input_pipeline_vs_decode", "input_pipeline_images_per_sec_per_core"),
+    ("input_prepared_vs_decode", "input_prepared_images_per_sec_per_core"),
+    ("input_prepared_raw_vs_decode", "input_prepared_raw_images_per_sec_per_core"),
+)
+
+
+def test_input_benchmark_runs_alone():
+  """`--only=input`: the input figures, their ratios, and nothing of the model's."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "benchmarks.bench", "--only=input", "--input_images=16"]
+  cmd += ["--batch_size=8", "--repeats=1", "--input_batches=1", "--input_warmup_batches=1"]
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "bare decode" in out.stdout  # the table comes first
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  for key in INPUT_FIGURES + tuple(ratio for ratio, _ in INPUT_RATIOS):
+    value = result[key]
+    assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+  decode = result["input_decode_images_per_sec_per_core"]
+  for ratio, figure in INPUT_RATIOS:
+    assert result[ratio] == pytest.approx(result[figure] / decode, rel=1e-9, abs=0), ratio
+  for needed, figure in (
+      ("input_cores_needed_per_1000_images_per_sec", "input_prepared_images_per_sec_per_core"),
+      (
+          "input_cores_needed_per_1000_images_per_sec_raw_jpegs",
+          "input_pipeline_images_per_sec_per_core",
+      ),
+  ):
+    assert result[needed] == pytest.approx(1000 / result[figure], rel=1e-9, abs=0), needed
+  assert result["input_targets_met"] == (
+      result["input_pipeline_vs_decode"] >= 0.9
+      and result["input_prepared_vs_decode"] >= 4
+      and result["input_prepared_raw_vs_decode"] >= 20
+  )
+  assert result["input_cores"] == len(os.sched_getaffinity(0))
+  assert result["input_batch_size"] == 8 and result["input_images"] == 16
+  # --only really skipped the model and PyTorch.
+  for key in (
+      "train_images_per_sec",
+      "torch_train_images_per_sec",
+      "mfu",
+      "input_pipeline_vs_train",
+  ):
+    assert key not in result, key
+
+
+def test_rates_rotate_and_pinning_moves_every_thread_and_restores_it():
+  calls = []
+  median, rates = timing.rates_in_rotation(
+      {name: (lambda name=name: calls.append(name) or len(calls)) for name in "ab"}, repeats=3
+  )
+  assert calls == ["a", "b", "b", "a", "a", "b"]
+  assert rates == {"a": [1, 4, 5], "b": [2, 3, 6]} and median == {"a": 4, "b": 3}
+
+  def threads():
+    return {t: os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+
+  before = threads()
+  core = max(os.sched_getaffinity(0))
+  with timing.pinned({core}):
+    assert all(cpus == {core} for cpus in threads().values())
+  assert threads() == before
 
 
 def test_timing_rotates_the_order_and_settles_before_each_timed_run():
