@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from alexnet_jax import data as ip
+from alexnet_jax.data import streams
 from tests.data_config import dataset_config
 
 
@@ -184,6 +185,22 @@ def test_folder_runtime_decode_failure_is_counted_and_named(mixed_folder):
   labels = np.concatenate([b['label'] for b in batches])[:9]
   assert sorted(_match(first9, labels, refs, tol=2)) == sorted(refs)
   assert it.skipped == [_BROKEN] and it.num_skipped == 1
+  # Exactly the stream with the broken image alone left out, in order (its whole batch was
+  # dropped by tf.data and decoded again image by image).
+  src = ip.open_dataset(cfg)
+  split, pil = src.train, ip.stats.source_stats(src, src.settings)['pil_keys']
+  key_of = streams._random_access_positions(split.all_keys(), 1, 0, 1, 3)
+  keys = [k for k in (int(key_of(q)) for q in range(13)) if split.name_of(k) != _BROKEN][:12]
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches]), split.labels[keys])
+  for image, key in zip(np.concatenate([b['image'] for b in batches]), keys):
+    want = next(
+        iter(
+            tf.data.Dataset.from_tensors(np.int64(key)).map(
+                lambda k: split.element(k, pil)['image']
+            )
+        )
+    )
+    np.testing.assert_array_equal(image, want.numpy())
 
 
 def test_folder_eval_covers_every_image_once(mixed_folder):

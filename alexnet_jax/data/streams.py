@@ -84,33 +84,61 @@ class _Batches:
   """Python iterator over a tf.data stream of batches; counts and names dropped examples.
 
   Each element carries its position `q` in this process's stream: a gap means `ignore_errors`
-  dropped an image that failed to decode at run time.
+  dropped what failed to decode at run time. With `recover` (random-access sources), the
+  stream is batched before `ignore_errors`, so that tf.data fuses the decoding map with the
+  batching (about 5% more images/s per core); a failure then drops its whole batch, whose
+  positions `recover(qs)` decodes again one by one, and the good ones refill the batches: the
+  result is the same stream of examples as dropping the failed image alone.
   """
 
-  def __init__(self, ds, first_q, name_of_q: Callable[[int], str], keep=('image', 'label')):
+  def __init__(self, ds, first_q, name_of_q: Callable[[int], str], batch_size: int, recover=None):
     self._it = ds.as_numpy_iterator()
+    self._size = batch_size
     self._next_q = first_q
     self._name_of_q = name_of_q
-    self._keep = keep
+    self._recover = recover
+    self._pending: list = []  # examples ({'q', 'image', 'label'} arrays) not yet handed out
     self.skipped: list = []  # names of images dropped at run time
 
   def __iter__(self):
     return self
 
-  def __next__(self) -> dict:
+  def _pull(self) -> dict:
     try:
       b = next(self._it)
     except tf.errors.OpError as e:
       raise (_prepared_error(e) or e) from None
     q = b['q']
-    for missing in np.setdiff1d(np.arange(self._next_q, q[-1] + 1), q):
-      name = self._name_of_q(int(missing))
+    missing = np.setdiff1d(np.arange(self._next_q, q[-1] + 1), q)
+    self._next_q = int(q[-1]) + 1
+    if not len(missing):
+      return b
+    parts = []
+    if self._recover is not None:
+      parts.append(self._recover(missing))
+      missing = np.setdiff1d(missing, parts[0]['q'])
+    for m in missing:
+      name = self._name_of_q(int(m))
       self.skipped.append(name)
       log.warning(
           'skipped an image that failed to decode: %s (%d skipped so far)', name, len(self.skipped)
       )
-    self._next_q = int(q[-1]) + 1
-    return {k: b[k] for k in self._keep}
+    merged = {k: np.concatenate([p[k] for p in parts] + [b[k]]) for k in ('q', 'image', 'label')}
+    order = np.argsort(merged['q'], kind='stable')
+    return {k: v[order] for k, v in merged.items()}
+
+  def __next__(self) -> dict:
+    if not self._pending:
+      b = self._pull()
+      if len(b['q']) == self._size:  # the usual case: the batch as tf.data made it
+        return {'image': b['image'], 'label': b['label']}
+      self._pending = [b]
+    while sum(len(p['q']) for p in self._pending) < self._size:
+      self._pending.append(self._pull())
+    merged = {k: np.concatenate([p[k] for p in self._pending]) for k in ('q', 'image', 'label')}
+    rest = {k: v[self._size :] for k, v in merged.items()}
+    self._pending = [rest] if len(rest['q']) else []
+    return {k: merged[k][: self._size] for k in ('image', 'label')}
 
   @property
   def num_skipped(self) -> int:
@@ -173,19 +201,35 @@ def train_iterator(
   if split.random_access:
     good = np.setdiff1d(split.all_keys(), bad)
     key_of = _random_access_positions(good, seed, p, count, lb)
-    ds = tf.data.Dataset.counter(q0).map(lambda q: {'q': q, 'key': key_of(q)})
     name_of_q = lambda q: split.name_of(int(key_of(q)))  # noqa: E731
-    if not by_key:
-      ds = ds.map(lambda r: {'q': r['q'], **split.element(r['key'], pil_keys)}, AUTOTUNE)
+    if by_key:
+      ds = tf.data.Dataset.counter(q0).map(lambda q: {'q': q, 'key': key_of(q)})
+    else:  # one parallel map: position -> key -> decoded example
+      load = lambda q: {'q': q, **split.element(key_of(q), pil_keys)}  # noqa: E731
+      ds = tf.data.Dataset.counter(q0).map(load, AUTOTUNE)
   else:
     ds, name_of_q = _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key)
   if settings.cache:
     return _cached_batches(ds, split, lb, pil_keys)
+  recover = None
   if getattr(split, 'prepared', False):
-    ds = split.batches(ds, lb)
+    ds = split.batches(ds, lb)  # prepared rows never fail silently: no ignore_errors
+  elif split.random_access:
+    ds = ds.batch(lb).ignore_errors()  # map + batch fused (see _Batches)
+
+    def recover(qs):
+      again = tf.data.Dataset.from_tensor_slices(qs).map(load).ignore_errors()
+      parts = list(again.batch(len(qs)).as_numpy_iterator())
+      empty = {
+          'q': np.zeros([0], np.int64),
+          'image': np.zeros([0, IMAGE_SIZE, IMAGE_SIZE, 3], np.uint8),
+          'label': np.zeros([0], np.int32),
+      }
+      return parts[0] if parts else empty
+
   else:
     ds = ds.ignore_errors().batch(lb)
-  return _Batches(ds.prefetch(AUTOTUNE), q0, name_of_q)
+  return _Batches(ds.prefetch(AUTOTUNE), q0, name_of_q, lb, recover)
 
 
 def _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key):
