@@ -1,6 +1,7 @@
 """Shared test setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -9,6 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow (tf.data) shares the 2 cores with XLA; keep it from grabbing a GPU if one exists.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# A cache of the session's own (statistics, digits prepared beside nothing): what a user
+# prepared into ~/.cache/alexnet_jax must not change what the tests read.
+os.environ["ALEXNET_JAX_CACHE"] = tempfile.mkdtemp(prefix="alexnet_jax_test_cache_")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
