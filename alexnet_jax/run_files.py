@@ -71,24 +71,10 @@ class Preprocessing:
     return self
 
 
-def _write_atomically(path: str, write) -> None:
-  """write(file) into a temporary file beside `path`, then rename: a reader (or a copy of
-  the run) never sees half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _write_json(path: str, obj) -> None:
-  _write_atomically(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+  data_lib.settings.write_atomically(
+      path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode())
+  )
 
 
 def write(
@@ -108,7 +94,7 @@ def write(
       "num_images": np.int64(stats.num_images),
       "bad_files": np.asarray(list(stats.bad_files), dtype=str),
   }
-  _write_atomically(paths[0], lambda f: np.savez(f, **fields))
+  data_lib.settings.write_atomically(paths[0], lambda f: np.savez(f, **fields))
   write_class_names(workdir, info.class_names)
   write_preprocessing(workdir, config, info.name)
   return paths

@@ -13,14 +13,19 @@ import hashlib
 import hmac
 import logging
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from alexnet_jax.data.dataset import open_dataset
 from alexnet_jax.data.preprocess import IMAGE_SIZE, resize_and_center_crop
-from alexnet_jax.data.settings import DatasetError, Settings, user_cache_dir, writable_dir
+from alexnet_jax.data.settings import (
+    DatasetError,
+    Settings,
+    user_cache_dir,
+    writable_dir,
+    write_atomically,
+)
 from alexnet_jax.data.sources import Source
 
 log = logging.getLogger(__name__)
@@ -175,16 +180,7 @@ def stats_digest(stats: dict, key: bytes | None) -> str:
 
 def save_npz(path: str, arrays: dict) -> None:
   """Writes an npz atomically: concurrent readers never see half a file."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.npz.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _stats_path(src: Source, max_images) -> str:
