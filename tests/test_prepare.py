@@ -223,6 +223,12 @@ def test_tfds_imagenet2012_prepared_equals_its_records(tiny_imagenet, tmp_path):
   np.testing.assert_array_equal(
       data.dataset_stats(pcfg).mean_image, data.dataset_stats(raw_cfg).mean_image
   )
+  # Rows keep the records' file names (read from the records as they were prepared).
+  src, raw_src = data.open_dataset(pcfg), data.open_dataset(raw_cfg)
+  for split, raw_split in ((src.train, raw_src.train), (src.eval, raw_src.eval)):
+    for key in split.all_keys():
+      assert split.name_of(key) == raw_split.name_of(key)
+  assert src.eval.name_of(src.eval.all_keys()[0]).startswith('ILSVRC2012_val_00000')
 
 
 # ---- bad input ------------------------------------------------------------------------------

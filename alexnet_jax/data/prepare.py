@@ -189,7 +189,7 @@ def _decoded(split, keys: np.ndarray, fmt: str, quality: int) -> tf.data.Dataset
       for part, value in zip(instr, (os.path.join(base, names[f]), int(f), int(o[0]), len(o))):
         part.append(value)
     ds = split.records(instr, cycle_length=1).map(
-        lambda r: {'key': r['key'], **split.parse(r['data'])}, tf.data.AUTOTUNE
+        lambda r: {'key': r['key'], **split.parse(r['data'], with_name=True)}, tf.data.AUTOTUNE
     )
   ds = ds.map(lambda r: {**r, 'encoded': _encode(r['image'], fmt, quality)}, tf.data.AUTOTUNE)
   return ds.ignore_errors().prefetch(tf.data.AUTOTUNE)
@@ -272,10 +272,10 @@ def prepare(
   bad_files, written = [], []
   for name, split, s, count, keys in todo:
     writer = _ShardWriter(root, name, s, count, fmt, with_sums=name == 'train')
-    done = set()
+    done = {}  # key -> its name from the record (TFDS: reading it again costs a file scan)
     for r in _decoded(split, keys, fmt, jpeg_quality).as_numpy_iterator():
       writer.add(r['key'], r['label'], r['image'], r['encoded'])
-      done.add(int(r['key']))
+      done[int(r['key'])] = r['name'].decode() if 'name' in r else None
       if ticks is not None:
         next(ticks, None)
     pil = []
@@ -291,7 +291,9 @@ def prepare(
         pil.append(int(key))
       if ticks is not None:
         next(ticks, None)
-    writer.close(keys, [split.name_of(k) for k in keys], pil)
+    known = lambda k: done.get(int(k)) is not None  # noqa: E731  (a TFDS record's name)
+    names = [split.record_name(k, done[int(k)]) if known(k) else split.name_of(k) for k in keys]
+    writer.close(keys, names, pil)
     written.append(prepared_lib.shard_stem(name, s, count))
   if ticks is not None:
     for _ in ticks:

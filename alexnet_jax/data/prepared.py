@@ -159,13 +159,13 @@ class PreparedSplit:
           f'shards missing ({", ".join(shard_stem(split, s, count) for s in missing[:5])}'
           f'{", ..." if len(missing) > 5 else ""}); run alexnet_jax.prepare again: it resumes.'
       )
+    # File names stay in the shards' indexes until asked for (ImageNet's take 150 MB).
     cat = lambda k: np.concatenate([ix[k] for ix in indexes])  # noqa: E731
     self.keys = cat('keys')
     self.labels = cat('labels').astype(np.int32)
     self.offsets = cat('offsets')
     self.lengths = cat('lengths')
     self.crcs = cat('crcs')
-    self.names = cat('names')
     self.shard_of_row = np.concatenate(
         [np.full(len(ix['keys']), s, np.int32) for s, ix in enumerate(indexes)]
     )
@@ -191,7 +191,13 @@ class PreparedSplit:
     return self.keys
 
   def name_of(self, key: int) -> str:
-    return str(self.names[self._rows(np.asarray([key]))[0]])
+    return self._name(self._rows(np.asarray([key]))[0])
+
+  def _name(self, row: int) -> str:
+    shard = int(self.shard_of_row[row])
+    first = int(np.searchsorted(self.shard_of_row, shard))
+    index = load_index(self.root, self.split, shard, self.entry['num_shards'])
+    return str(index['names'][row - first])
 
   def instructions(self, start: int = 0, stop: int | None = None):
     entry = self.entry
@@ -237,7 +243,7 @@ class PreparedSplit:
       shard = int(self.shard_of_row[row])
       raise PreparedDataError(
           f'prepared shard {rows_path(self.root, self.split, shard, count)} is damaged: row '
-          f'{row} ({self.names[row]}) fails its CRC-32. Delete the shard and its .index.npz and '
+          f'{row} ({self._name(row)}) fails its CRC-32. Delete the shard and its .index.npz and '
           'run alexnet_jax.prepare again (it redoes the missing shards).'
       )
     self._verified[row] = True
@@ -270,7 +276,7 @@ class PreparedSplit:
 
   def _missing(self, r):
     if self.lengths[r] == 0:
-      raise PreparedDataError(f'{self.names[r]} failed to decode when it was prepared: no row')
+      raise PreparedDataError(f'{self._name(r)} failed to decode when it was prepared: no row')
 
   def _short(self, r):
     shard = int(self.shard_of_row[r])

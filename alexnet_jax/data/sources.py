@@ -225,15 +225,25 @@ class TfdsSplit:
         deterministic=True,
     )
 
-  def parse(self, serialized) -> dict:
-    """Serialized tf.Example -> {'image' uint8 [256,256,3], 'label' int32} (decodes the image)."""
+  def parse(self, serialized, with_name: bool = False) -> dict:
+    """Serialized tf.Example -> {'image' uint8 [256,256,3], 'label' int32} (decodes the image);
+    with_name: also 'name', the record's file_name feature ('' where it has none)."""
     ex = self.builder.info.features.deserialize_example(
         serialized, decoders={self.image_key: _skip_decoding()}
     )
-    return {
+    out = {
         'image': preprocess_encoded(ex[self.image_key], rule=self.resize),
         'label': tf.cast(ex[self.label_key], tf.int32),
     }
+    if with_name:
+      out['name'] = ex['file_name'] if 'file_name' in ex else tf.constant('')
+    return out
+
+  def record_name(self, key: int, file_name: str = '') -> str:
+    """name_of without reading the record: its file_name (when known) and position."""
+    fidx, offset = int(key) >> KEY_SHIFT, int(key) & ((1 << KEY_SHIFT) - 1)
+    where = f'{self._files[fidx]}[{offset}]'
+    return f'{file_name} ({where})' if file_name else where
 
   def name_of(self, key: int) -> str:
     fidx, offset = int(key) >> KEY_SHIFT, int(key) & ((1 << KEY_SHIFT) - 1)
