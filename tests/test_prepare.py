@@ -360,3 +360,32 @@ def test_an_interrupted_preparation_resumes_to_identical_shards(tmp_path):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
           np.testing.assert_array_equal(a[k], b[k], err_msg=f'{name}:{k}')
+
+
+def test_two_hosts_prepare_their_parts_into_one_directory(tmp_path):
+  """--process_index/--process_count: each writes its shards; together they equal one
+  preparation, and the digits read from them equal the digits' own stream."""
+  cfg = dataset_config(name='digits', data_dir=str(tmp_path / 'data'), prepared='off')
+  kw = {'fmt': 'raw', 'jpeg_quality': 95, 'images_per_shard': 400, 'progress': False}
+  first = prepare_lib.prepare(cfg, str(tmp_path / 'shared'), process_index=0, process_count=2, **kw)
+  assert not first.complete and first.written == [
+      'train-00000-of-00004',
+      'train-00002-of-00004',
+      'eval-00000-of-00001',
+  ]
+  with pytest.raises(data.DatasetError, match='incomplete: 2 of 4 train shards missing'):
+    data.open_dataset(dataset_config(name='digits', prepared=str(tmp_path / 'shared')))
+  second = prepare_lib.prepare(
+      cfg, str(tmp_path / 'shared'), process_index=1, process_count=2, **kw
+  )
+  assert second.complete and second.written == ['train-00001-of-00004', 'train-00003-of-00004']
+  alone = prepare_lib.prepare(cfg, str(tmp_path / 'alone'), **kw)
+  for name in sorted(os.listdir(tmp_path / 'alone')):
+    if name.endswith('.rows'):
+      assert (tmp_path / 'alone' / name).read_bytes() == (tmp_path / 'shared' / name).read_bytes()
+  assert alone.complete
+  pcfg = dataset_config(
+      name='digits', data_dir=str(tmp_path / 'data'), prepared=str(tmp_path / 'shared')
+  )
+  for a, b in zip(_batches(cfg, 3), _batches(pcfg, 3)):
+    np.testing.assert_array_equal(b['image'], a['image'])

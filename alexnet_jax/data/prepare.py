@@ -179,14 +179,15 @@ def _decoded(split, keys: np.ndarray, fmt: str, quality: int) -> tf.data.Dataset
     ds = tf.data.Dataset.from_tensor_slices(keys).map(
         lambda k: {'key': k, **split.element(k)}, tf.data.AUTOTUNE
     )
-  else:  # the rows of sorted keys are runs of consecutive records of each file
-    fidx, offsets = keys >> sources.KEY_SHIFT, keys & ((1 << sources.KEY_SHIFT) - 1)
-    names, lengths = split.file_lengths()
-    base = split.builder.data_dir
+  else:  # sorted keys: runs of consecutive records, each within one file
+    names, _ = split.file_lengths()
+    starts = np.flatnonzero(np.diff(keys, prepend=keys[0] - 2) != 1)
+    stops = np.append(starts[1:], len(keys))
     instr = [], [], [], []
-    for f in np.unique(fidx):
-      o = offsets[fidx == f]
-      for part, value in zip(instr, (os.path.join(base, names[f]), int(f), int(o[0]), len(o))):
+    for i, j in zip(starts, stops):
+      f, o = int(keys[i] >> sources.KEY_SHIFT), int(keys[i] & ((1 << sources.KEY_SHIFT) - 1))
+      path = os.path.join(split.builder.data_dir, names[f])
+      for part, value in zip(instr, (path, f, o, int(j - i))):
         part.append(value)
     ds = split.records(instr, cycle_length=1).map(
         lambda r: {'key': r['key'], **split.parse(r['data'], with_name=True)}, tf.data.AUTOTUNE
@@ -220,6 +221,36 @@ def write_stats(root: str, plan: dict) -> bool:
   stats['digest'] = np.asarray(stats_lib.stats_digest(stats, None))
   stats_lib.save_npz(os.path.join(root, prepared_lib.STATS_FILE), stats)
   return True
+
+
+def _prepare_split(shards: list, root, fmt, quality, finish, ticks) -> None:
+  """Writes `shards` (name, split, index, count, keys) of one split from ONE decoding pipeline,
+  which stays busy across the shards' boundaries; rows arrive in key order, so a shard is
+  complete (and `finish`ed) once the stream passes its last key."""
+  name, split = shards[0][0], shards[0][1]
+  first_keys = np.asarray([t[4][0] for t in shards])
+  state = {'shard': -1, 'writer': None, 'done': {}}
+
+  def advance(to):
+    while state['shard'] < to:
+      if state['writer'] is not None:
+        finish(state['writer'], *shards[state['shard']], state['done'])
+      state['shard'] += 1
+      _, _, s, count, _ = shards[state['shard']]
+      state['writer'] = _ShardWriter(root, name, s, count, fmt, with_sums=name == 'train')
+      state['done'] = {}
+
+  rows = _decoded(split, np.concatenate([t[4] for t in shards]), fmt, quality)
+  for r in rows.as_numpy_iterator():
+    key = int(r['key'])
+    advance(int(np.searchsorted(first_keys, key, side='right')) - 1)
+    state['writer'].add(key, r['label'], r['image'], r['encoded'])
+    # The record's own name (TFDS: reading it again later would scan its file).
+    state['done'][key] = r['name'].decode() if 'name' in r else None
+    if ticks is not None:
+      next(ticks, None)
+  advance(len(shards) - 1)  # shards whose rows all failed
+  finish(state['writer'], *shards[-1], state['done'])
 
 
 def prepare(
@@ -270,14 +301,9 @@ def prepare(
   if progress:
     ticks = iter(reporting.progress(range(total), total=total, desc='preparing', unit='image'))
   bad_files, written = [], []
-  for name, split, s, count, keys in todo:
-    writer = _ShardWriter(root, name, s, count, fmt, with_sums=name == 'train')
-    done = {}  # key -> its name from the record (TFDS: reading it again costs a file scan)
-    for r in _decoded(split, keys, fmt, jpeg_quality).as_numpy_iterator():
-      writer.add(r['key'], r['label'], r['image'], r['encoded'])
-      done[int(r['key'])] = r['name'].decode() if 'name' in r else None
-      if ticks is not None:
-        next(ticks, None)
+
+  def finish(writer, name, split, s, count, keys, done):
+    """Closes a shard: the keys tf.data dropped go to the Python fallback, or are listed."""
     pil = []
     for key in (k for k in keys if int(k) not in done):  # few: PIL-only formats, or broken
       image = split.python_fallback(key)
@@ -295,6 +321,11 @@ def prepare(
     names = [split.record_name(k, done[int(k)]) if known(k) else split.name_of(k) for k in keys]
     writer.close(keys, names, pil)
     written.append(prepared_lib.shard_stem(name, s, count))
+
+  for name in plan['splits']:
+    shards = [t for t in todo if t[0] == name]
+    if shards:
+      _prepare_split(shards, root, fmt, jpeg_quality, finish, ticks)
   if ticks is not None:
     for _ in ticks:
       pass
