@@ -123,6 +123,11 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   need("augment.lighting_std", lambda v: _is_number(v) and v >= 0, "a number >= 0")
   need("prepare.jpeg_quality", lambda v: positive_int(v) and v <= 100, "an integer in [1, 100]")
   need("prepare.images_per_shard", positive_int, "a positive integer")
+  need(
+      "dataset.prepared",
+      lambda v: isinstance(v, str) and v != "",
+      "'auto' (shards found beside the data), 'off' or a directory of prepared shards",
+  )
   need("augment.scale", lambda v: _is_number(v) and v > 0, "a number > 0")
   for key, allowed in CHOICES.items():
     need(key, lambda v, a=allowed: v in a, "one of " + ", ".join(repr(a) for a in allowed))

@@ -389,3 +389,59 @@ def test_two_hosts_prepare_their_parts_into_one_directory(tmp_path):
   )
   for a, b in zip(_batches(cfg, 3), _batches(pcfg, 3)):
     np.testing.assert_array_equal(b['image'], a['image'])
+
+
+def test_reading_survives_evicted_files_under_parallel_reads(photo_folder, prepared, monkeypatch):
+  """With one open shard file at a time, every read evicts another thread's file: the rows
+  read must still be the right ones."""
+  dirs, _ = prepared
+  monkeypatch.setattr(prepared_lib, '_MAX_OPEN_FILES', 1)
+  raw = _batches(_cfg(photo_folder, prepared='off'), 8)
+  for a, b in zip(raw, _batches(_cfg(photo_folder, prepared=dirs['raw']), 8)):
+    np.testing.assert_array_equal(b['image'], a['image'])
+
+
+def test_rows_that_failed_when_prepared_are_excluded_whatever_the_statistics_saw(
+    photo_folder, prepared
+):
+  dirs, _ = prepared
+  cfg = _cfg(photo_folder, prepared=dirs['raw'], stats_max_images=9)  # misses the broken file
+  assert data.dataset_stats(cfg).bad_files == ()
+  labels = np.concatenate([b['label'] for b in _batches(cfg, 8)])  # 48 rows: every row read
+  assert len(labels) == 48
+
+
+def _small_folder(root, n=4):
+  photos = _photos()
+  for c, cls in enumerate(('a', 'b')):
+    for i in range(n):
+      _write(root / cls / f'{i}.jpg', photos[(c + i) % len(photos)][:200, :240])
+  return root
+
+
+def test_prepared_data_of_changed_images_are_refused_and_auto_falls_back(tmp_path, caplog):
+  root = _small_folder(tmp_path / 'data')
+  cfg = _cfg(root, prepared='off')
+  out = str(tmp_path / 'p')
+  prepare_lib.prepare(cfg, out, fmt='raw', jpeg_quality=95, images_per_shard=4, progress=False)
+  data.open_dataset(_cfg(root, prepared=out))  # unchanged: accepted
+  _write(root / 'b' / 'new.jpg', _photos()[0][:200, :240])
+  with pytest.raises(data.DatasetError, match='added, removed or renamed since'):
+    data.open_dataset(_cfg(root, prepared=out))
+  beside = prepared_lib.default_location(data.Settings.of(cfg))
+  os.makedirs(os.path.dirname(beside))
+  os.symlink(out, beside)
+  with caplog.at_level('WARNING', logger='alexnet_jax.data.dataset'):
+    src = data.open_dataset(_cfg(root))  # 'auto': the originals, with a warning
+  assert src.description.startswith('image files under')
+  assert src.info.num_train + src.info.num_eval == 9  # the new image too
+  assert any('added, removed or renamed' in r.getMessage() for r in caplog.records)
+
+
+def test_shards_of_another_preparation_are_never_mixed_in(tmp_path):
+  root = _small_folder(tmp_path / 'data')
+  cfg, out = _cfg(root, prepared='off'), str(tmp_path / 'p')
+  prepare_lib.prepare(cfg, out, fmt='raw', jpeg_quality=95, images_per_shard=4, progress=False)
+  os.remove(os.path.join(out, 'prepared.json'))  # as if only the plan had been deleted
+  with pytest.raises(data.DatasetError, match='belongs to another preparation'):
+    prepare_lib.prepare(cfg, out, fmt='jpeg', jpeg_quality=95, images_per_shard=4, progress=False)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import uuid
 import zlib
 
 import numpy as np
@@ -33,21 +34,6 @@ from alexnet_jax.data.preprocess import IMAGE_SIZE, resize_and_center_crop
 from alexnet_jax.data.settings import DatasetError, Settings
 
 log = logging.getLogger(__name__)
-
-# Plan keys that must agree for a preparation to resume into a directory (the rest describe).
-_PLAN_IDENTITY = (
-    'format_version',
-    'dataset',
-    'fingerprint',
-    'class_names',
-    'image_size',
-    'resize',
-    'exif_transpose',
-    'format',
-    'jpeg_quality',
-    'images_per_shard',
-    'splits',
-)
 
 
 @dataclasses.dataclass
@@ -75,7 +61,7 @@ def make_plan(src: sources.Source, settings: Settings, fmt: str, quality: int, p
     n = split.num_examples
     entry = {
         'num_examples': n,
-        'num_shards': max(1, -(-n // int(per_shard))),
+        'num_shards': -(-n // int(per_shard)),
         'order': 'random' if split.random_access else 'sequential',
     }
     if not split.random_access:
@@ -85,6 +71,7 @@ def make_plan(src: sources.Source, settings: Settings, fmt: str, quality: int, p
       'format_version': prepared_lib.FORMAT_VERSION,
       'dataset': prepared_lib.canonical_name(src.name),
       'fingerprint': src.fingerprint,
+      'signature': sources.cheap_identity(settings)[1],
       'class_names': list(src.class_names),
       'image_size': IMAGE_SIZE,
       'resize': settings.resize,
@@ -101,7 +88,7 @@ def _write_plan(root: str, plan: dict) -> None:
   path = os.path.join(root, prepared_lib.PLAN_FILE)
   if os.path.exists(path):
     old = prepared_lib.read_plan(root)
-    differ = [k for k in _PLAN_IDENTITY if old.get(k) != plan.get(k)]
+    differ = [k for k in prepared_lib.IDENTITY_KEYS if old.get(k) != plan.get(k)]
     if differ:
       raise DatasetError(
           f'{root} holds another preparation (its {", ".join(differ)} differ from this one: '
@@ -111,7 +98,7 @@ def _write_plan(root: str, plan: dict) -> None:
     return
   os.makedirs(root, exist_ok=True)
   plan = dict(plan, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
-  tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}'
+  tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
   with open(tmp, 'w') as f:
     json.dump(plan, f, indent=1)
   os.replace(tmp, path)
@@ -127,16 +114,18 @@ def _encode(image: tf.Tensor, fmt: str, quality: int) -> tf.Tensor:
 class _ShardWriter:
   """One shard being written: rows into a temporary file, then renamed with its index."""
 
-  def __init__(self, root, split, s, count, fmt, with_sums):
+  def __init__(self, root, split, s, count, fmt, with_sums, digest):
     self.rows_path = prepared_lib.rows_path(root, split, s, count)
     self.index_path = prepared_lib.index_path(root, split, s, count)
-    suffix = f'.tmp-{socket.gethostname()}-{os.getpid()}'
+    # host-pid (for the clean-up of killed runs) and a random part (hosts may share a name)
+    suffix = f'.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
     self.tmp_rows, self.tmp_index = self.rows_path + suffix, self.index_path + suffix
     self.f = open(self.tmp_rows, 'wb')
     self.fmt = fmt
     self.rows: dict = {}  # key -> (label, offset, length, crc)
     self.offset = 0
     self.sums = stats_lib.Sums() if with_sums else None
+    self.digest = digest
 
   def add(self, key: int, label: int, image: np.ndarray, encoded: bytes):
     data = image.tobytes() if self.fmt == 'raw' else encoded
@@ -161,6 +150,7 @@ class _ShardWriter:
         'names': np.asarray(names, dtype=str),
         'pil_keys': np.asarray(pil_keys, np.int64),
         'data_bytes': np.int64(self.offset),
+        'plan_digest': np.asarray(self.digest),
     }
     if self.sums is not None:
       index.update(self.sums.as_dict())
@@ -197,9 +187,19 @@ def _decoded(split, keys: np.ndarray, fmt: str, quality: int) -> tf.data.Dataset
 
 
 def _stale_temporaries(root: str, stems: list) -> None:
+  """Removes half-written shards of killed preparations on this host (never those of a live
+  process, nor another host's: they may still be writing)."""
+  host = socket.gethostname()
   for stem in stems:
-    for path in glob.glob(os.path.join(root, glob.escape(stem) + '.*.tmp-*')):
-      os.remove(path)  # a killed preparation's half-written shard: never read, redone
+    for path in glob.glob(os.path.join(root, glob.escape(stem) + f'.*.tmp-{glob.escape(host)}-*')):
+      pid = path.rsplit('.tmp-', 1)[1][len(host) + 1 :].split('-')[0]
+      try:
+        os.kill(int(pid), 0)
+        continue  # alive: another preparation on this host is writing it
+      except (ProcessLookupError, ValueError):
+        os.remove(path)
+      except PermissionError:
+        continue  # alive, another user's
 
 
 def write_stats(root: str, plan: dict) -> bool:
@@ -208,7 +208,7 @@ def write_stats(root: str, plan: dict) -> bool:
   count = entry['num_shards']
   sums, bad_keys, bad_files, pil = stats_lib.Sums(), [], [], []
   for s in range(count):
-    index = prepared_lib.load_index(root, 'train', s, count)
+    index = prepared_lib.load_index(root, 'train', s, count, prepared_lib.plan_digest(plan))
     if index is None:
       return False
     sums.add_partial(index['sum_image'], index['s1'], index['s2'], index['count'])
@@ -223,7 +223,7 @@ def write_stats(root: str, plan: dict) -> bool:
   return True
 
 
-def _prepare_split(shards: list, root, fmt, quality, finish, ticks) -> None:
+def _prepare_split(shards: list, root, fmt, quality, digest, finish, ticks) -> None:
   """Writes `shards` (name, split, index, count, keys) of one split from ONE decoding pipeline,
   which stays busy across the shards' boundaries; rows arrive in key order, so a shard is
   complete (and `finish`ed) once the stream passes its last key."""
@@ -237,7 +237,7 @@ def _prepare_split(shards: list, root, fmt, quality, finish, ticks) -> None:
         finish(state['writer'], *shards[state['shard']], state['done'])
       state['shard'] += 1
       _, _, s, count, _ = shards[state['shard']]
-      state['writer'] = _ShardWriter(root, name, s, count, fmt, with_sums=name == 'train')
+      state['writer'] = _ShardWriter(root, name, s, count, fmt, name == 'train', digest)
       state['done'] = {}
 
   rows = _decoded(split, np.concatenate([t[4] for t in shards]), fmt, quality)
@@ -273,6 +273,7 @@ def prepare(
   root = os.path.abspath(output_dir or prepared_lib.default_location(settings))
   plan = make_plan(src, settings, fmt, jpeg_quality, images_per_shard)
   _write_plan(root, plan)
+  digest = prepared_lib.plan_digest(plan)
   todo, skipped = [], []
   for name, entry in plan['splits'].items():
     split = src.train if name == 'train' else src.eval
@@ -282,7 +283,7 @@ def prepare(
     count, per = entry['num_shards'], plan['images_per_shard']
     for s in range(process_index, count, process_count):
       stem = prepared_lib.shard_stem(name, s, count)
-      if prepared_lib.load_index(root, name, s, count) is not None:
+      if prepared_lib.load_index(root, name, s, count, digest) is not None:
         skipped.append(stem)
       else:
         todo.append((name, split, s, count, keys[s * per : (s + 1) * per]))
@@ -325,12 +326,12 @@ def prepare(
   for name in plan['splits']:
     shards = [t for t in todo if t[0] == name]
     if shards:
-      _prepare_split(shards, root, fmt, jpeg_quality, finish, ticks)
+      _prepare_split(shards, root, fmt, jpeg_quality, digest, finish, ticks)
   if ticks is not None:
     for _ in ticks:
       pass
   complete = write_stats(root, plan) and all(
-      prepared_lib.load_index(root, name, s, e['num_shards']) is not None
+      prepared_lib.load_index(root, name, s, e['num_shards'], digest) is not None
       for name, e in plan['splits'].items()
       for s in range(e['num_shards'])
   )

@@ -15,6 +15,7 @@ the first time a process reads it: a damaged shard stops the run with its name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -45,6 +46,28 @@ FORMATS = ('jpeg', 'raw')
 ROW_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
 _MAX_OPEN_FILES = 256
 _READ_BATCH = 64
+
+
+# The plan's keys that make two preparations the same; every shard's index carries their digest.
+IDENTITY_KEYS = (
+    'format_version',
+    'dataset',
+    'fingerprint',
+    'signature',
+    'class_names',
+    'image_size',
+    'resize',
+    'exif_transpose',
+    'format',
+    'jpeg_quality',
+    'images_per_shard',
+    'splits',
+)
+
+
+def plan_digest(plan: dict) -> str:
+  identity = {k: plan.get(k) for k in IDENTITY_KEYS}
+  return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 class PreparedDataError(DatasetError):
@@ -81,7 +104,7 @@ def read_plan(root: str) -> dict:
   path = os.path.join(root, PLAN_FILE)
   try:
     with open(path) as f:
-      return json.load(f)
+      plan = json.load(f)
   except FileNotFoundError:
     raise PreparedDataError(
         f'no prepared data at {root} (no {PLAN_FILE}): write them with\n'
@@ -91,6 +114,15 @@ def read_plan(root: str) -> dict:
     raise PreparedDataError(
         f'{path} cannot be read ({e}): run alexnet_jax.prepare again.'
     ) from None
+  plan = plan if isinstance(plan, dict) else {}
+  missing = [k for k in IDENTITY_KEYS if k not in plan]
+  if missing or plan['format_version'] != FORMAT_VERSION:
+    raise PreparedDataError(
+        f'{path} is not a plan this code reads (format version {plan.get("format_version")}, '
+        f'this code reads {FORMAT_VERSION}; missing: {", ".join(missing) or "nothing"}): '
+        'prepare again into another directory.'
+    )
+  return plan
 
 
 def split_keys(entry: dict) -> np.ndarray:
@@ -110,8 +142,9 @@ def rows_path(root, split, s, count):
   return os.path.join(root, shard_stem(split, s, count) + '.rows')
 
 
-def load_index(root: str, split: str, s: int, count: int) -> dict | None:
-  """A complete shard's index (its rows file present at the size it records), else None."""
+def load_index(root: str, split: str, s: int, count: int, digest: str) -> dict | None:
+  """A complete shard's index (its rows file present at the size it records, written for the
+  plan whose plan_digest is `digest`), else None."""
   path = index_path(root, split, s, count)
   try:
     with np.load(path, allow_pickle=False) as z:
@@ -123,15 +156,18 @@ def load_index(root: str, split: str, s: int, count: int) -> dict | None:
         f'prepared shard {path} is damaged ({e}): delete it and run alexnet_jax.prepare again '
         '(it redoes the missing shards).'
     ) from None
-  try:
-    size = os.path.getsize(rows_path(root, split, s, count))
-  except FileNotFoundError:
-    size = -1
+  if str(index.get('plan_digest')) != digest:
+    raise PreparedDataError(
+        f'prepared shard {path} belongs to another preparation than {root}/{PLAN_FILE} (another '
+        'dataset, format or setting): prepare into an empty directory.'
+    )
+  rows = rows_path(root, split, s, count)
+  size = os.path.getsize(rows) if os.path.exists(rows) else -1
   if size != int(index['data_bytes']):
     raise PreparedDataError(
-        f'prepared shard {rows_path(root, split, s, count)} is damaged: {size} bytes, its index '
-        f'says {int(index["data_bytes"])}; delete it and its .index.npz and run '
-        'alexnet_jax.prepare again (it redoes the missing shards).'
+        f'prepared shard {rows} is damaged: {size} bytes, its index says '
+        f'{int(index["data_bytes"])}; delete it and its .index.npz and run alexnet_jax.prepare '
+        'again (it redoes the missing shards).'
     )
   return index
 
@@ -144,12 +180,13 @@ class PreparedSplit:
   def __init__(self, root: str, split: str, entry: dict, plan: dict):
     self.root, self.split, self.entry = root, split, entry
     self.format = plan['format']
+    self.digest = plan_digest(plan)
     self.resize = plan['resize']
     self.random_access = entry['order'] == 'random'
     count = entry['num_shards']
     indexes, missing = [], []
     for s in range(count):
-      index = load_index(root, split, s, count)
+      index = load_index(root, split, s, count, self.digest)
       if index is None:
         missing.append(s)
       indexes.append(index)
@@ -181,10 +218,6 @@ class PreparedSplit:
     self._files: dict = {}
     self._lock = threading.Lock()
 
-  def __del__(self):
-    for fd in getattr(self, '_files', {}).values():
-      os.close(fd)
-
   # ---- the layout the streams follow (the source split's) -----------------------------------
 
   def all_keys(self) -> np.ndarray:
@@ -196,7 +229,7 @@ class PreparedSplit:
   def _name(self, row: int) -> str:
     shard = int(self.shard_of_row[row])
     first = int(np.searchsorted(self.shard_of_row, shard))
-    index = load_index(self.root, self.split, shard, self.entry['num_shards'])
+    index = load_index(self.root, self.split, shard, self.entry['num_shards'], self.digest)
     return str(index['names'][row - first])
 
   def instructions(self, start: int = 0, stop: int | None = None):
@@ -221,19 +254,17 @@ class PreparedSplit:
       raise PreparedDataError(f'keys {keys[self.keys[rows] != keys][:5]} are not in {self.root}')
     return rows
 
-  def _fd(self, shard: int) -> int:
+  def _file(self, shard: int):
+    """The shard's rows file, opened once. Evicting only drops the cache's reference: a file
+    another map thread is reading from stays open until that thread lets go of it."""
     with self._lock:
-      fd = self._files.get(shard)
-      if fd is None:
+      f = self._files.get(shard)
+      if f is None:
         if len(self._files) >= _MAX_OPEN_FILES:
-          for old in self._files.values():
-            os.close(old)
           self._files.clear()
         count = self.entry['num_shards']
-        fd = self._files[shard] = os.open(
-            rows_path(self.root, self.split, shard, count), os.O_RDONLY
-        )
-      return fd
+        f = self._files[shard] = open(rows_path(self.root, self.split, shard, count), 'rb', 0)
+      return f
 
   def _check(self, row: int, data) -> None:
     if self._verified[row]:
@@ -254,7 +285,8 @@ class PreparedSplit:
     for i, r in enumerate(rows):
       self._missing(r)
       view = memoryview(out[i]).cast('B')
-      n = os.preadv(self._fd(int(self.shard_of_row[r])), [view], int(self.offsets[r]))
+      f = self._file(int(self.shard_of_row[r]))  # held: stays open while read
+      n = os.preadv(f.fileno(), [view], int(self.offsets[r]))
       if n != ROW_BYTES:
         self._short(r)
       self._check(r, view)
@@ -265,9 +297,8 @@ class PreparedSplit:
     out = []
     for r in rows:
       self._missing(r)
-      data = os.pread(
-          self._fd(int(self.shard_of_row[r])), int(self.lengths[r]), int(self.offsets[r])
-      )
+      f = self._file(int(self.shard_of_row[r]))  # held: stays open while read
+      data = os.pread(f.fileno(), int(self.lengths[r]), int(self.offsets[r]))
       if len(data) != self.lengths[r]:
         self._short(r)
       self._check(r, data)
@@ -323,16 +354,14 @@ class PreparedSplit:
     return self.examples(tf.data.Dataset.from_tensor_slices({'key': keys}))
 
 
-def open_prepared(root: str, settings: Settings, class_names: tuple | None) -> Source:
+def open_prepared(root: str, settings: Settings, identity: tuple) -> Source:
   """The prepared data at `root` as a Source, refused (PreparedDataError naming the mismatch)
-  when they were made from other data or with other settings than `settings`."""
+  when they were made from other data or with other settings than `settings`; `identity`:
+  the original data's (class names, signature) where known (sources.cheap_identity)."""
   root = os.path.abspath(os.path.expanduser(root))
   plan = read_plan(root)
+  class_names, signature = identity
   mismatches = []
-  if plan.get('format_version') != FORMAT_VERSION:
-    mismatches.append(
-        f'format version {plan.get("format_version")}, this code reads {FORMAT_VERSION}'
-    )
   if plan['dataset'] != canonical_name(settings.name):
     mismatches.append(f'dataset {plan["dataset"]!r}, the config reads {settings.name!r}')
   if plan['image_size'] != IMAGE_SIZE:
@@ -354,6 +383,11 @@ def open_prepared(root: str, settings: Settings, class_names: tuple | None) -> S
         + (f'; not prepared: {", ".join(lacking[:5])}' if lacking else '')
         + ('; same classes in another order' if not extra and not lacking else '')
         + ')'
+    )
+  elif signature is not None and plan['signature'] != signature:
+    mismatches.append(
+        'the data as they were then: images were added, removed or renamed since, or another '
+        'version was prepared (run alexnet_jax.prepare again, into an empty directory)'
     )
   if mismatches:
     raise PreparedDataError(

@@ -572,3 +572,40 @@ def _tfds_source(name: str, data_dir, manual_dir, resize) -> Source:
       fingerprint,
       f'TFDS records of {name} under {data_dir}',
   )
+
+
+def cheap_identity(settings: Settings) -> tuple:
+  """(class names, signature) of the original data, from what costs no file listing: a
+  folder's class directories and their modification times (a directory's changes when a file
+  is added, removed or renamed in it), a TFDS dataset's version and size. None for what cannot
+  be known (the data are not here)."""
+  name = settings.name
+  if name == 'digits':
+    return tuple(str(i) for i in range(10)), f'digits:{_DIGITS_NUM_TRAIN}'
+  if name.startswith('folder:'):
+    root = os.path.abspath(os.path.expanduser(name[len('folder:') :]))
+    train_root = os.path.join(root, 'train') if os.path.isdir(os.path.join(root, 'train')) else root
+    if not os.path.isdir(train_root):
+      return None, None
+    classes = list_classes(train_root)
+    digest = hashlib.sha1()
+    for base in (train_root, *(os.path.join(root, d) for d in ('val', 'validation', 'test'))):
+      for cls in classes:
+        path = os.path.join(base, cls)
+        if os.path.isdir(path):
+          digest.update(f'{os.path.relpath(path, root)}\0{os.stat(path).st_mtime_ns}\n'.encode())
+    return tuple(classes), digest.hexdigest()
+  try:
+    builder = tfds.builder(
+        name, data_dir=os.path.expanduser(settings.data_dir or default_tfds_dir())
+    )
+    if not builder.is_prepared():
+      return None, None
+    info = builder.info
+    label_key = (info.supervised_keys or ('image', 'label'))[1]
+    return (
+        tuple(info.features[label_key].names),
+        f'{info.version}:{info.splits["train"].num_examples}',
+    )
+  except Exception:  # pylint: disable=broad-except  (the prepared plan is checked without it)
+    return None, None

@@ -188,7 +188,10 @@ def train_iterator(
   settings = src.settings
   split = src.train
   stats = stats_lib.source_stats(src, settings)
-  bad = np.sort(np.asarray(stats['bad_keys'], np.int64))
+  bad = np.asarray(stats['bad_keys'], np.int64)
+  if getattr(split, 'prepared', False):  # rows that failed when prepared (stats_max_images
+    bad = np.union1d(bad, split.bad_keys)  # may have scanned only some of them)
+  bad = np.sort(bad)
   pil_keys = np.asarray(stats['pil_keys'], np.int64)
   if len(bad):
     log.warning(
@@ -272,9 +275,12 @@ def _cached_batches(key_stream: tf.data.Dataset, split, lb: int, pil_keys):
   images = np.zeros([len(keys), IMAGE_SIZE, IMAGE_SIZE, 3], np.uint8)
   labels = np.zeros([len(keys)], np.int32)
   filled = np.zeros([len(keys)], bool)
-  for b in split.canonical(None, pil_keys).batch(256).as_numpy_iterator():
-    rows = np.searchsorted(keys, b['key'])
-    images[rows], labels[rows], filled[rows] = b['image'], b['label'], True
+  try:
+    for b in split.canonical(None, pil_keys).batch(256).as_numpy_iterator():
+      rows = np.searchsorted(keys, b['key'])
+      images[rows], labels[rows], filled[rows] = b['image'], b['label'], True
+  except tf.errors.OpError as e:
+    raise (_prepared_error(e) or e) from None
   for key in keys[~filled]:
     log.warning('image failed to decode; its cached copy stays black: %s', split.name_of(key))
   it = key_stream.batch(lb).prefetch(AUTOTUNE).as_numpy_iterator()
