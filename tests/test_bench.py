@@ -25,14 +25,11 @@ FIGURES = (
     "ratio_vs_torch_compiled",
     "peak_matmul_gflops",
     "mfu",
-    "input_decode_images_per_sec_per_core",
-    "input_pipeline_images_per_sec_per_core",
-    "input_prepared_images_per_sec_per_core",
-    "input_prepared_raw_images_per_sec_per_core",
-    "input_decode_images_per_sec_all_cores",
-    "input_pipeline_images_per_sec_all_cores",
-    "input_prepared_images_per_sec_all_cores",
-    "input_prepared_raw_images_per_sec_all_cores",
+    *(
+        f"input_{name}_images_per_sec_{cores}"
+        for cores in ("per_core", "all_cores")
+        for name in ("decode", "pipeline", "prepared", "prepared_raw")
+    ),
     "input_pipeline_vs_train",
     "augment_overhead_fraction",
     "augment_alone_fraction",
@@ -135,14 +132,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
 
 # The input benchmark's figures, and its per-core ratios to the bare decode (ratio, figure).
 INPUT_FIGURES = (
-    "input_decode_images_per_sec_per_core",
-    "input_pipeline_images_per_sec_per_core",
-    "input_prepared_images_per_sec_per_core",
-    "input_prepared_raw_images_per_sec_per_core",
-    "input_decode_images_per_sec_all_cores",
-    "input_pipeline_images_per_sec_all_cores",
-    "input_prepared_images_per_sec_all_cores",
-    "input_prepared_raw_images_per_sec_all_cores",
+    *(figure for figure in FIGURES if figure.startswith("input_") and "_vs_" not in figure),
     "input_cores_needed_per_1000_images_per_sec",
     "input_cores_needed_per_1000_images_per_sec_raw_jpegs",
 )

@@ -407,8 +407,13 @@ def test_rows_that_failed_when_prepared_are_excluded_whatever_the_statistics_saw
   dirs, _ = prepared
   cfg = _cfg(photo_folder, prepared=dirs['raw'], stats_max_images=9)  # misses the broken file
   assert data.dataset_stats(cfg).bad_files == ()
-  labels = np.concatenate([b['label'] for b in _batches(cfg, 8)])  # 48 rows: every row read
-  assert len(labels) == 48
+  batches = _batches(cfg, 8)  # 48 rows: more than the 36 good ones, so every row is read
+  assert sum(len(b['label']) for b in batches) == 48
+  # Exactly the 36 good images (those of an epoch from the complete statistics).
+  good = {
+      _digest(x) for b in _batches(_cfg(photo_folder, prepared=dirs['raw']), 6) for x in b['image']
+  }
+  assert {_digest(x) for b in batches for x in b['image']} == good and len(good) == 36
 
 
 def _small_folder(root, n=4):

@@ -31,7 +31,7 @@ from alexnet_jax.data import prepared as prepared_lib
 from alexnet_jax.data import sources
 from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.data.preprocess import IMAGE_SIZE, resize_and_center_crop
-from alexnet_jax.data.settings import DatasetError, Settings
+from alexnet_jax.data.settings import DatasetError, Settings, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,7 @@ def _write_plan(root: str, plan: dict) -> None:
     return
   os.makedirs(root, exist_ok=True)
   plan = dict(plan, created=datetime.datetime.now(datetime.timezone.utc).isoformat())
-  tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-  with open(tmp, 'w') as f:
-    json.dump(plan, f, indent=1)
-  os.replace(tmp, path)
+  write_atomically(path, lambda f: f.write(json.dumps(plan, indent=1).encode()))
 
 
 def _encode(image: tf.Tensor, fmt: str, quality: int) -> tf.Tensor:

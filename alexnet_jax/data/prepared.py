@@ -24,6 +24,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax.data import sources
 from alexnet_jax.data.preprocess import IMAGE_SIZE
 from alexnet_jax.data.settings import (
     DatasetError,
@@ -83,8 +84,7 @@ def default_location(settings: Settings) -> str:
   variant = settings.resize + ('_exif' if settings.exif_transpose else '')
   name = settings.name
   if name.startswith('folder:'):
-    root = os.path.abspath(os.path.expanduser(name[len('folder:') :]))
-    return os.path.join(root, '.alexnet_jax_prepared', variant)
+    return os.path.join(sources.folder_root(name), '.alexnet_jax_prepared', variant)
   if name == 'digits':
     base = settings.data_dir or user_cache_dir()
   else:
@@ -96,7 +96,7 @@ def default_location(settings: Settings) -> str:
 
 def canonical_name(name: str) -> str:
   if name.startswith('folder:'):
-    return 'folder:' + os.path.abspath(os.path.expanduser(name[len('folder:') :]))
+    return 'folder:' + sources.folder_root(name)
   return name
 
 

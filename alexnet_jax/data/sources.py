@@ -246,17 +246,17 @@ class TfdsSplit:
     return f'{file_name} ({where})' if file_name else where
 
   def name_of(self, key: int) -> str:
+    """The record's file_name feature and position (reads the record: for a few keys)."""
     fidx, offset = int(key) >> KEY_SHIFT, int(key) & ((1 << KEY_SHIFT) - 1)
-    fname = self._files[fidx]
-    name = f'{fname}[{offset}]'
+    file_name = ''
     if 'file_name' in self.builder.info.features.keys():
-      path = os.path.join(os.fspath(self.builder.data_dir), fname)
+      path = os.path.join(os.fspath(self.builder.data_dir), self._files[fidx])
       for rec in tf.data.TFRecordDataset(path).skip(offset).take(1):
         ex = self.builder.info.features.deserialize_example(
             rec, decoders={self.image_key: _skip_decoding()}
         )
-        name = f"{ex['file_name'].numpy().decode()} ({name})"
-    return name
+        file_name = ex['file_name'].numpy().decode()
+    return self.record_name(key, file_name)
 
   def python_fallback(self, key):
     return None
@@ -407,14 +407,14 @@ def _list_files(class_dir: str) -> tuple[list, list]:
   return images, other
 
 
-def _folder_source(path: str, resize: str, exif: bool) -> Source:
-  root = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(root):
-    raise FileNotFoundError(
-        f'dataset folder {root!r} (from "folder:{path}") does not exist; it '
-        'must hold one subfolder per class, or train/ and val/ each holding '
-        'one subfolder per class.'
-    )
+def folder_root(name: str) -> str:
+  """'folder:/path' (or '~/path', relative) -> the folder's absolute path."""
+  return os.path.abspath(os.path.expanduser(name[len('folder:') :]))
+
+
+def _folder_layout(root: str) -> tuple:
+  """(train root, validation dir or None): root/train and root/{val,validation,test} when
+  root/train exists, else root itself and no validation dir (a hash holds out ~10%)."""
   eval_dir = next(
       (
           os.path.join(root, d)
@@ -423,8 +423,21 @@ def _folder_source(path: str, resize: str, exif: bool) -> Source:
       ),
       None,
   )
-  split_layout = os.path.isdir(os.path.join(root, 'train'))
-  train_root = os.path.join(root, 'train') if split_layout else root
+  if os.path.isdir(os.path.join(root, 'train')):
+    return os.path.join(root, 'train'), eval_dir
+  return root, None
+
+
+def _folder_source(path: str, resize: str, exif: bool) -> Source:
+  root = folder_root('folder:' + path)
+  if not os.path.isdir(root):
+    raise FileNotFoundError(
+        f'dataset folder {root!r} (from "folder:{path}") does not exist; it '
+        'must hold one subfolder per class, or train/ and val/ each holding '
+        'one subfolder per class.'
+    )
+  train_root, eval_dir = _folder_layout(root)
+  split_layout = train_root != root
   classes = list_classes(train_root)
   if not classes:
     raise FileNotFoundError(f'no class subfolders in {train_root!r}')
@@ -583,13 +596,13 @@ def cheap_identity(settings: Settings) -> tuple:
   if name == 'digits':
     return tuple(str(i) for i in range(10)), f'digits:{_DIGITS_NUM_TRAIN}'
   if name.startswith('folder:'):
-    root = os.path.abspath(os.path.expanduser(name[len('folder:') :]))
-    train_root = os.path.join(root, 'train') if os.path.isdir(os.path.join(root, 'train')) else root
+    root = folder_root(name)
+    train_root, eval_dir = _folder_layout(root)
     if not os.path.isdir(train_root):
       return None, None
     classes = list_classes(train_root)
     digest = hashlib.sha1()
-    for base in (train_root, *(os.path.join(root, d) for d in ('val', 'validation', 'test'))):
+    for base in (train_root, eval_dir) if eval_dir else (train_root,):
       for cls in classes:
         path = os.path.join(base, cls)
         if os.path.isdir(path):

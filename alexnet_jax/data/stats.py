@@ -271,11 +271,6 @@ def as_dataset_stats(s: dict) -> DatasetStats:
   )
 
 
-def stats_path(src: Source, settings: Settings) -> str:
-  """Where the statistics of `src` are cached (before any fallback)."""
-  return _stats_path(src, settings.stats_max_images)
-
-
 def dataset_stats(dataset) -> DatasetStats:
   """Mean image and RGB PCA of the training split (`dataset`: config.dataset or an opened
   Source); computed once, then read from the cache (or from the prepared data)."""
@@ -293,4 +288,4 @@ def dataset_stats(dataset) -> DatasetStats:
 def stats_cache_path(dataset) -> str:
   """Where dataset_stats caches the statistics of this dataset (before any fallback)."""
   src = open_dataset(dataset)
-  return stats_path(src, src.settings)
+  return _stats_path(src, src.settings.stats_max_images)
