@@ -500,3 +500,64 @@ def from_config(model_config, num_classes: int) -> AlexNet:
     if key in kwargs:
       kwargs[key] = tuple(int(v) for v in kwargs[key])
   return AlexNet(num_classes=num_classes, **kwargs)
+
+
+# ---- model.variant: the switch values each named network fixes ----------------------------------
+_PAPER_SWITCHES = {
+    "one_tower": False,
+    "conv_widths": (),
+    "conv1_padding": (0, 3),
+    "lrn_k": 2.0,
+    "lrn_alpha_per_term": True,
+    "lrn_after_pool": False,
+    "lrn_across_towers": False,
+    "fc6_input_order": "hwc",
+}
+VARIANT_SWITCHES = {
+    "paper": _PAPER_SWITCHES,
+    "one_gpu": {**_PAPER_SWITCHES, "one_tower": True},
+    "torchvision": {
+        **_PAPER_SWITCHES,
+        "one_tower": True,
+        "conv_widths": (64, 192, 384, 256, 256),
+        "conv1_padding": (2, 2),
+        "fc6_input_order": "chw",
+    },
+    "caffe": {
+        **_PAPER_SWITCHES,
+        "conv1_padding": (0, 0),
+        "lrn_k": 1.0,
+        "lrn_alpha_per_term": False,
+        "lrn_across_towers": True,
+        "fc6_input_order": "chw",
+    },
+    "pytorch_grouped": {
+        **_PAPER_SWITCHES,
+        "conv1_padding": (2, 2),
+        "lrn_alpha_per_term": False,
+        "lrn_after_pool": True,
+        "lrn_across_towers": True,
+        "fc6_input_order": "chw",
+    },
+}
+
+
+def variant_of(switches: dict) -> str:
+  """The variant whose switches equal `switches` (absent keys: the paper's; lists and tuples
+  compare as tuples), or ValueError naming the keys that no variant has with these values."""
+
+  def norm(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+  given = {k: norm(v) for k, v in switches.items()}
+  unknown = sorted(set(given) - set(_PAPER_SWITCHES))
+  if unknown:
+    raise ValueError(f"unknown model switches {unknown}")
+  given = {**_PAPER_SWITCHES, **given}
+  for name, fields in VARIANT_SWITCHES.items():
+    if given == fields:
+      return name
+  off = {k: v for k, v in given.items() if v != _PAPER_SWITCHES[k]}
+  raise ValueError(
+      "no variant has " + ", ".join(f"model.{k}={v!r}" for k, v in sorted(off.items()))
+  )
