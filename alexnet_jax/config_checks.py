@@ -1,14 +1,16 @@
-"""Checks of a run's config made before any device work.
+"""Checks of a run's config made before any device work, derived from the declarations in
+alexnet_jax/config_schema.py.
 
 - `validate`: impossible values (batch_size <= 0, a negative learning rate, eval_crops 3,
-  an unknown initializer or schedule, ...): one line per problem, naming the key and what is
-  allowed.
+  an unknown initializer or schedule, a key no config has, ...): one line per problem, naming
+  the key and what is allowed.
 - `check_workdir`: the workdir must be a directory this process can write.
 - `resume_changes` / `record`: a resumed run is compared with the config.json its workdir
-  recorded. Keys that change the parameter shapes or the data stream are refused (the
-  restore would fail, or the run would continue silently on other data); keys that only
-  change how long, how often or where are accepted and appended to config_history.jsonl.
-  config.json is rewritten only after the check passed.
+  recorded (read through config_schema.upgrade). Keys whose resume rule is 'never' change the
+  parameter shapes or the data stream and are refused (the restore would fail, or the run
+  would continue silently on other data); 'safe' keys only change how long, how often, where
+  or on which devices, and are accepted and appended to config_history.jsonl; 'allow' keys
+  need --allow_config_change. config.json is rewritten only after the check passed.
 """
 
 from __future__ import annotations
@@ -18,133 +20,28 @@ import json
 import os
 import tempfile
 
-import ml_collections
+from alexnet_jax import config_schema
+from alexnet_jax.config_schema import ConfigError, problems, validate  # noqa: F401 (the API)
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 
-# A resume may change these (dotted keys; "mesh.*" is every key under mesh): how long the run
-# is, how often it logs/evaluates/saves, how it evaluates, the device layout (checkpoints
-# restore onto any mesh) and where the data live.
-SAFE_ON_RESUME = (
-    "num_train_steps",
-    "num_epochs",
-    "log_every_steps",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "eval_crops",
-    "eval_batch_size",
-    "max_eval_batches",
-    "mesh.*",
-    "dataset.data_dir",
-    "dataset.manual_dir",
-    "dataset.cache",
-    "dataset.prepared",
-    "prepare.*",
-)
-# Never on resume, not even with --allow_config_change: the parameter shapes (model.*) or the
-# data stream (which examples, in which order, normalised how) would differ.
-NEVER_ON_RESUME = (
-    "model.*",
-    "dataset.name",
-    "dataset.stats_max_images",
-    "dataset.shuffle_buffer",
-    "dataset.exif_transpose",
-    "dataset.resize",
-    "init_from",
-    "batch_size",
-    "seed",
-)
-
-EVAL_CROPS = (1, 10)  # the center crop, or the paper's ten views (§4.1)
-CHOICES = {
-    "model.initializer": ("paper", "he"),
-    "model.dtype": ("float32", "bfloat16", "float16", "float64"),
-    "optimizer.schedule": ("plateau", "step", "constant"),
-    "augment.eigen": ("dataset", "imagenet"),
-    "augment.mean": ("dataset", "pixel", "run"),
-    "augment.channel_order": ("rgb", "bgr"),
-    "dataset.resize": ("round", "torchvision", "warp"),
-    "prepare.format": ("jpeg", "raw"),
-}
+SAFE_ON_RESUME = config_schema.keys_with(resume=config_schema.SAFE)
+NEVER_ON_RESUME = config_schema.keys_with(resume=config_schema.NEVER)
 
 
-class ConfigError(ValueError):
-  """An impossible config, workdir or config change; the message is meant for the user."""
-
-
-def _get(config, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    if node is None or part not in node:
-      return None
-    node = node[part]
-  return node
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Every impossible value of `config`, one line each (empty: nothing found)."""
+def _sections(keys) -> list[str]:
+  """`keys` with each section whose keys are all in it written as "section.*"."""
   out = []
-
-  def need(key, ok, allowed):
-    value = _get(config, key)
-    if value is None:
-      return  # absent keys belong to other configs (and to other checks)
-    if not ok(value):
-      out.append(f"config.{key}={value!r} is impossible: it must be {allowed}.")
-
-  positive_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
-  need("batch_size", positive_int, "a positive integer (the global batch)")
-  need("eval_batch_size", positive_int, "a positive integer")
-  need("log_every_steps", positive_int, "a positive integer")
-  need("checkpoint_every_steps", positive_int, "a positive integer")
-  need("keep_checkpoints", positive_int, "a positive integer")
-  need("eval_every_steps", lambda v: v == -1 or positive_int(v), "-1 (once per epoch) or > 0")
-  need("eval_crops", lambda v: v in EVAL_CROPS, "1 (center crop) or 10 (the paper's views)")
-  need("model.width", lambda v: _is_number(v) and v > 0, "a number > 0 (1.0 = the paper)")
-  need(
-      "model.dropout_rate",
-      lambda v: _is_number(v) and 0 <= v < 1,
-      "a number in [0, 1) (paper: 0.5)",
-  )
-  need(
-      "optimizer.learning_rate",
-      lambda v: _is_number(v) and v > 0,
-      "a number > 0 (paper: 0.01)",
-  )
-  need("optimizer.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-  need("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0")
-  need("optimizer.drop_factor", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
-  need("augment.lighting_std", lambda v: _is_number(v) and v >= 0, "a number >= 0")
-  need("prepare.jpeg_quality", lambda v: positive_int(v) and v <= 100, "an integer in [1, 100]")
-  need("prepare.images_per_shard", positive_int, "a positive integer")
-  need(
-      "dataset.prepared",
-      lambda v: isinstance(v, str) and v != "",
-      "'auto' (shards found beside the data), 'off' or a directory of prepared shards",
-  )
-  need("augment.scale", lambda v: _is_number(v) and v > 0, "a number > 0")
-  for key, allowed in CHOICES.items():
-    need(key, lambda v, a=allowed: v in a, "one of " + ", ".join(repr(a) for a in allowed))
-  steps, epochs = _get(config, "num_train_steps"), _get(config, "num_epochs")
-  if isinstance(steps, int) and steps <= 0 and not (_is_number(epochs) and epochs > 0):
-    out.append(
-        f"config.num_train_steps={steps!r} and config.num_epochs={epochs!r} give no training: "
-        f"set num_train_steps > 0, or num_epochs > 0 with num_train_steps=-1."
+  for key in keys:
+    section = key.split(".")[0]
+    whole = "." in key and all(
+        k in keys for k in config_schema.keys_with() if k.startswith(section + ".")
     )
+    name = f"{section}.*" if whole else key
+    if name not in out:
+      out.append(name)
   return out
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raise ConfigError listing every impossible value (one line each)."""
-  found = problems(config)
-  if found:
-    raise ConfigError("\n".join(found))
 
 
 def check_workdir(workdir: str) -> None:
@@ -166,17 +63,6 @@ def check_workdir(workdir: str) -> None:
 
 
 # ---- a resumed run's config ----------------------------------------------------------------
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flat(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def as_json_dict(config) -> dict:
   """The config as config.json holds it (tuples are lists, references resolved)."""
   return json.loads(config.to_json_best_effort())
@@ -216,7 +102,8 @@ def resume_changes(config, workdir: str, allow=()) -> dict:
   old = recorded_config(workdir)
   if old is None:
     return {}
-  a, b = _flat(old), _flat(as_json_dict(config))
+  a = config_schema.flat(config_schema.upgrade(old))
+  b = config_schema.flat(as_json_dict(config))
   changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
   if not changed or not has_checkpoints(workdir):
     return changed
@@ -238,7 +125,7 @@ def resume_changes(config, workdir: str, allow=()) -> dict:
           f"{show(other)} would change the training; pass --allow_config_change="
           f"{','.join(other)} to accept. "
       )
-    msg += f"Keys a resume may change: {', '.join(SAFE_ON_RESUME)}."
+    msg += f"Keys a resume may change: {', '.join(_sections(SAFE_ON_RESUME))}."
     raise ConfigError(msg)
   return changed
 

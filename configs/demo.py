@@ -1,4 +1,4 @@
-"""A demo that learns in minutes on a 2-core CPU: the embedded scikit-learn `digits`
+"""A demo that learns in about 2 minutes on 2 CPU cores: the embedded scikit-learn `digits`
 (1,797 real 8x8 handwritten digits, upscaled to 256x256; nothing to download), a quarter-
 width AlexNet, He init and inputs scaled to [-1, 1] (the paper's init sits on a plateau for
 hundreds of steps: docs/paper.md#initialization), center-crop eval.
@@ -18,9 +18,7 @@ def get_config():
   c.mesh.tower = 1
   c.model.width = 0.25
   c.model.initializer = "he"
-  c.augment.scale = 1.0 / 128
-  c.augment.eigen = "dataset"
-  c.optimizer.learning_rate = 0.01
+  c.input.scale = 1.0 / 128
   c.optimizer.schedule = "step"
   c.optimizer.drop_epochs = (4.0,)
   c.eval_crops = 1
