@@ -5,7 +5,8 @@
       --config.optimizer.learning_rate=0.02 --config.mesh.tower=2
 
 Re-running with the same --workdir resumes from its latest checkpoint; overrides that would
-change the parameter shapes or the data are refused (alexnet_jax/config_checks.py).
+change the parameter shapes or the data are refused (each key's resume rule is declared in
+alexnet_jax/config_schema.py).
 SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
 
 Several processes (one global mesh over all their devices) start jax.distributed from the

@@ -148,7 +148,7 @@ def test_safe_changes_are_accepted_and_recorded_in_the_history(tmp_path):
 
 
 def test_every_shipped_config_is_valid():
-  from configs import ablations, default, paper
+  from configs import ablations, caffe, default, paper, pytorch_grouped, torchvision
 
-  for module in (default, demo, paper, ablations):
+  for module in (default, demo, paper, ablations, torchvision, caffe, pytorch_grouped):
     assert config_checks.problems(module.get_config()) == [], module.__name__
