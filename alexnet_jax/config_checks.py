@@ -79,17 +79,22 @@ def has_checkpoints(workdir: str) -> bool:
 
 
 def recorded_config(workdir: str) -> dict | None:
+  """The workdir's config.json in this layout (config_schema.upgrade), or None."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
   try:
     with open(path) as f:
-      return json.load(f)
+      recorded = json.load(f)
   except (OSError, ValueError) as e:
     raise ConfigError(
         f"{path} cannot be read ({e}): it records the run in {workdir}; restore it, or use "
         f"another --workdir."
     ) from None
+  try:
+    return config_schema.upgrade(recorded)
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from None
 
 
 def resume_changes(config, workdir: str, allow=()) -> dict:
@@ -102,7 +107,7 @@ def resume_changes(config, workdir: str, allow=()) -> dict:
   old = recorded_config(workdir)
   if old is None:
     return {}
-  a = config_schema.flat(config_schema.upgrade(old))
+  a = config_schema.flat(old)
   b = config_schema.flat(as_json_dict(config))
   changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
   if not changed or not has_checkpoints(workdir):

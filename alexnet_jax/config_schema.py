@@ -256,6 +256,11 @@ assert len(BY_NAME) == len(KEYS), "a key is declared twice"
 
 def keys_with(resume: str | None = None, role: str | None = None) -> tuple[str, ...]:
   """The dotted names of the keys with this resume rule and/or role, in declaration order."""
+  if resume not in (None, SAFE, ALLOW, NEVER) or role not in (None, ARCHITECTURE, INPUT):
+    raise ValueError(
+        f"resume must be None, {SAFE!r}, {ALLOW!r} or {NEVER!r} and role None, "
+        f"{ARCHITECTURE!r} or {INPUT!r}; got resume={resume!r}, role={role!r}"
+    )
   return tuple(
       k.name
       for k in KEYS

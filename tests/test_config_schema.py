@@ -374,3 +374,16 @@ def test_a_torchvision_run_in_the_previous_layout_resumes_as_torchvision(tmp_pat
     config = torchvision.get_config()
     config.model.variant = "paper"
     config_checks.resume_changes(config, workdir)
+
+
+def test_a_recorded_config_no_variant_matches_is_refused_naming_the_file(tmp_path):
+  workdir = _old_run(tmp_path, _old({"model.conv1_padding": [1, 1]}))
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.resume_changes(config_schema.default_config(), workdir)
+  assert str(e.value).startswith(f"{workdir}/config.json: config.json's model switches match no")
+  assert "model.conv1_padding=(1, 1)" in str(e.value)
+
+
+def test_keys_with_refuses_an_unknown_rule_or_role():
+  with pytest.raises(ValueError, match="role='arch'"):
+    config_schema.keys_with(role="arch")
