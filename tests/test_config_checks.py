@@ -35,6 +35,8 @@ def _fatal_lines(stderr: str) -> list[str]:
         ("--config.model.width=0", "config.model.width=0", "> 0"),
         ("--config.model.initializer=xavier", "model.initializer='xavier'", "'paper', 'he'"),
         ("--config.optimizer.schedule=cosine", "schedule='cosine'", "'plateau', 'step'"),
+        ("--config.input.channel_order=grb", "config.input.channel_order='grb'", "'rgb', 'bgr'"),
+        ("--config.model.variant=vgg", "config.model.variant='vgg'", "'paper', 'one_gpu'"),
     ],
 )
 def test_impossible_value_is_one_line_naming_the_key_before_any_device_work(
