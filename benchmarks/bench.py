@@ -43,7 +43,7 @@ jobs, thermal) hits all of them alike:
 Input benchmark: --input_images ImageNet-like JPEGs (benchmarks/jpegs.py: real photos, about
 400x350, landscape and portrait, quality 90-95) written to a temporary folder:<dir> dataset
 (4 classes; its ~10% hold-out is the eval split), and prepared from it into 256x256 JPEG and
-raw shards (alexnet_jax.data.prepare). Four sources, each to uint8 256x256 batches of
+raw shards (alexnet_jax.data.shard_writer). Four sources, each to uint8 256x256 batches of
 --batch_size:
 
   decode        alexnet_jax.data.preprocess_encoded over the training JPEGs' bytes already in
@@ -620,7 +620,6 @@ if __name__ == "__main__":
   from alexnet_jax import huge_pages
   # First, before JAX loads: with ALEXNET_JAX_HUGE_PAGES=1 this restarts the process so that
   # malloc's large blocks (XLA:CPU's per-step buffers) get transparent huge pages, a faster
-  # CPU step. The benchmark always did so before it became opt-in: set it to compare with
-  # figures from then.
+  # CPU step (about 9%). The JSON records GLIBC_TUNABLES: compare figures only with the same.
   huge_pages.restart_if_requested()
   app.run(main)

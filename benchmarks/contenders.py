@@ -49,7 +49,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
 
   runners = {}
   # One state threads through both steps: the same parameters in the same memory, so the
-  # two differ only in the augmentation (each with its own had them train apart).
+  # two differ only in the augmentation (with a state each, their parameters train apart).
   box = {"state": train_state.create_train_state(cfg, model, mesh)}
   for name, on_device, images in (("aug", True, images_u8), ("noaug", False, crops)):
     step = train.make_train_step(

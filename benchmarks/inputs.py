@@ -23,8 +23,8 @@ from configs import default as default_config
 # Contender -> what it reads, in the order the first repeat runs them.
 SOURCES = ("decode", "pipeline", "prepared", "prepared_raw")
 # Timed batches per --input_batches: the prepared sources run 4-30x faster than the decode,
-# and a timed unit of a few tens of ms is at the mercy of one scheduler tick (their per-core
-# rates varied 3x between repeats at 1x).
+# and a timed unit of a few tens of ms is at the mercy of one scheduler tick (at 1x their
+# per-core rates vary 3x between repeats).
 BATCHES_FACTOR = {"decode": 1, "pipeline": 1, "prepared": 4, "prepared_raw": 16}
 # The figures (and ratios) run_input_benchmark returns; None when the input benchmark is off.
 FIGURES = tuple(

@@ -17,8 +17,9 @@ def _imported_modules(name: str) -> set[str]:
   """The alexnet_jax modules that `name` imports anywhere (module level or in a function)."""
   with open(os.path.join(PACKAGE, f"{name}.py")) as f:
     source = f.read()
-  # CPython 3.11's ast constructor fails ("recursion depth mismatch") when a finalizer of an
-  # earlier test's objects runs inside it (seen once in CI): no collection during the parse.
+  # CPython 3.11's ast constructor fails ("AST constructor recursion depth mismatch") when the
+  # garbage collector runs a finalizer (of objects an earlier test left) inside it: no
+  # collection during the parse.
   gc.collect()
   gc.disable()
   try:
