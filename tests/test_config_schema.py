@@ -359,13 +359,22 @@ def test_a_run_written_in_the_previous_layout_resumes_with_todays_config(tmp_pat
   config = demo.get_config()
   config.num_train_steps = 250
   assert config_checks.resume_changes(config, workdir) == {"num_train_steps": (125, 250)}
-  # The input convention and the network are the recorded run's, whatever is allowed.
+  # The network is the recorded run's, whatever is allowed; the input convention (it was
+  # augment.scale) changes with --allow_config_change only.
   config.input.scale = 1.0
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.resume_changes(config, workdir)
+  assert "input.scale (0.0078125 -> 1.0)" in str(e.value)
+  assert "--allow_config_change=input.scale" in str(e.value)
+  assert config_checks.resume_changes(config, workdir, allow=["input.*"])["input.scale"] == (
+      0.0078125,
+      1.0,
+  )
   config.model.variant = "one_gpu"
   with pytest.raises(config_checks.ConfigError) as e:
     config_checks.resume_changes(config, workdir, allow=["input.*", "model.*"])
   msg = str(e.value)
-  assert "input.scale (0.0078125 -> 1.0)" in msg and "model.variant ('paper' -> 'one_gpu')" in msg
+  assert "model.variant ('paper' -> 'one_gpu')" in msg
   assert "would change the parameter shapes or the data" in msg
   assert "Keys a resume may change: num_epochs, num_train_steps, mesh.*, dataset.data_dir" in msg
 
