@@ -43,7 +43,7 @@ jobs, thermal) hits all of them alike:
 Input benchmark: --input_images ImageNet-like JPEGs (benchmarks/jpegs.py: real photos, about
 400x350, landscape and portrait, quality 90-95) written to a temporary folder:<dir> dataset
 (4 classes; its ~10% hold-out is the eval split), and prepared from it into 256x256 JPEG and
-raw shards (alexnet_jax.data.prepare). Four sources, each to uint8 256x256 batches of
+raw shards (alexnet_jax.data.shard_writer). Four sources, each to uint8 256x256 batches of
 --batch_size:
 
   decode        alexnet_jax.data.preprocess_encoded over the training JPEGs' bytes already in
