@@ -1,4 +1,5 @@
-"""Prepared data (alexnet_jax.prepare): the same stream as the original images, resumable
+"""Prepared data: alexnet_jax.data.shard_writer (and `python -m alexnet_jax.prepare`) writes them,
+alexnet_jax.data.shards reads them. The same stream as the original images, resumable
 preparation, statistics from the same pass, and refusals that name what is wrong."""
 
 import json
@@ -11,17 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from alexnet_jax import data
+from alexnet_jax import data as data_lib
 from alexnet_jax.data import shard_writer
 from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import stats as stats_lib
-from tests.data_config import dataset_config
-from tests.test_input_pipeline import (
-    _digest,
-    _encode,
-    _photos,
-    tiny_imagenet,  # noqa: F401  (a fixture)
-)
+from tests import data_helpers
+from tests.data_helpers import dataset_config, digest, encode, real_photos
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("cat", "dog", "fox")
@@ -33,7 +29,7 @@ JPEG_MEAN_ABS_BOUND = 1.5
 def _write(path, array, fmt="JPEG"):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "wb") as f:
-    f.write(_encode(array, fmt, mode="RGB", **({"quality": 92} if fmt == "JPEG" else {})))
+    f.write(encode(array, fmt, mode="RGB", **({"quality": 92} if fmt == "JPEG" else {})))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +37,7 @@ def photo_folder(tmp_path_factory):
   """36 good training images in 3 classes (one a TIFF, which only PIL reads), one broken JPEG,
   and 6 validation images: a folder: dataset of real photos."""
   root = tmp_path_factory.mktemp("photos") / "data"
-  photos = _photos()
+  photos = real_photos()
   k = 0
   for c, cls in enumerate(CLASSES):
     for i in range(12):
@@ -76,9 +72,14 @@ def prepared(photo_folder, tmp_path_factory):
   return {fmt: str(out / fmt) for fmt in reports}, reports
 
 
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+  return data_helpers.tiny_imagenet(tmp_path_factory.mktemp("imagenet"))
+
+
 def _batches(cfg, n, **kw):
   kw = {"global_batch_size": 6, "seed": 3, "shard_index": 0, "num_shards": 1, **kw}
-  it = data.train_iterator(cfg, **kw)
+  it = data_lib.train_iterator(cfg, **kw)
   return [next(it) for _ in range(n)]
 
 
@@ -100,10 +101,10 @@ def test_prepared_batches_equal_the_raw_stream(photo_folder, prepared):
 
 def test_statistics_of_the_preparation_equal_the_statistics_pass(photo_folder, prepared):
   dirs, _ = prepared
-  want = data.dataset_stats(_cfg(photo_folder, prepared="off"))
+  want = data_lib.dataset_stats(_cfg(photo_folder, prepared="off"))
   assert want.num_images == 36 and want.bad_files == ("train/fox/zz_broken.jpg",)
   for fmt in ("raw", "jpeg"):
-    got = data.dataset_stats(_cfg(photo_folder, prepared=dirs[fmt]))
+    got = data_lib.dataset_stats(_cfg(photo_folder, prepared=dirs[fmt]))
     for field in ("mean_image", "covariance", "eigval", "eigvec"):
       np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
     assert (got.num_images, got.bad_files) == (want.num_images, want.bad_files)
@@ -115,7 +116,7 @@ def test_jpeg_quality_keeps_the_statistics_within_half_a_grey_level(photo_folder
   dirs, _ = prepared
 
   def stats_of(cfg):
-    src = data.open_dataset(cfg)
+    src = data_lib.open_dataset(cfg)
     sums = stats_lib.Sums()
     pil_keys = stats_lib.source_stats(src, src.settings)["pil_keys"]  # the TIFF
     for b in src.train.canonical(None, pil_keys).batch(16).as_numpy_iterator():
@@ -146,23 +147,23 @@ def test_two_processes_read_disjoint_rows_that_cover_the_split(photo_folder, pre
   seen = []
   for p in range(2):  # 6 global batches of 6 = one epoch of the 36 good images
     seen.append(
-        [_digest(x) for b in _batches(cfg, 6, shard_index=p, num_shards=2) for x in b["image"]]
+        [digest(x) for b in _batches(cfg, 6, shard_index=p, num_shards=2) for x in b["image"]]
     )
   assert len(seen[0]) == len(seen[1]) == 18
   assert not set(seen[0]) & set(seen[1])
-  everything = {_digest(x) for b in _batches(cfg, 6) for x in b["image"]}
+  everything = {digest(x) for b in _batches(cfg, 6) for x in b["image"]}
   assert len(everything) == 36 and set(seen[0]) | set(seen[1]) == everything
 
 
 def test_prepared_evaluation_equals_the_raw_one(photo_folder, prepared):
   dirs, _ = prepared
   raw = list(
-      data.eval_iterator(
+      data_lib.eval_iterator(
           _cfg(photo_folder, prepared="off"), global_batch_size=4, shard_index=0, num_shards=1
       )
   )
   got = list(
-      data.eval_iterator(
+      data_lib.eval_iterator(
           _cfg(photo_folder, prepared=dirs["raw"]), global_batch_size=4, shard_index=0, num_shards=1
       )
   )
@@ -174,13 +175,13 @@ def test_prepared_evaluation_equals_the_raw_one(photo_folder, prepared):
 
 def test_training_finds_prepared_data_beside_the_data(photo_folder, prepared, caplog):
   dirs, _ = prepared
-  beside = shards_lib.default_location(data.Settings.of(_cfg(photo_folder)))
+  beside = shards_lib.default_location(data_lib.Settings.of(_cfg(photo_folder)))
   assert beside.startswith(str(photo_folder))
   try:
     os.makedirs(os.path.dirname(beside))
     os.symlink(dirs["raw"], beside)
-    with caplog.at_level("INFO", logger="alexnet_jax.data.dataset"):
-      src = data.open_dataset(_cfg(photo_folder))  # dataset.prepared = 'auto'
+    with caplog.at_level("INFO", logger="absl"):
+      src = data_lib.open_dataset(_cfg(photo_folder))  # dataset.prepared = 'auto'
     assert any("reading prepared raw shards" in r.getMessage() for r in caplog.records)
     np.testing.assert_array_equal(
         _batches(src, 2)[1]["image"], _batches(_cfg(photo_folder, prepared="off"), 2)[1]["image"]
@@ -190,7 +191,7 @@ def test_training_finds_prepared_data_beside_the_data(photo_folder, prepared, ca
     os.rename(index, index + ".away")
     try:
       caplog.clear()
-      src = data.open_dataset(_cfg(photo_folder))
+      src = data_lib.open_dataset(_cfg(photo_folder))
       assert src.description.startswith("image files under")
       assert any("incomplete" in r.getMessage() for r in caplog.records)
     finally:
@@ -200,7 +201,7 @@ def test_training_finds_prepared_data_beside_the_data(photo_folder, prepared, ca
       os.remove(beside)
 
 
-def test_tfds_imagenet2012_prepared_equals_its_records(tiny_imagenet, tmp_path):  # noqa: F811
+def test_tfds_imagenet2012_prepared_equals_its_records(tiny_imagenet, tmp_path):
   cfg, _, _ = tiny_imagenet
   raw_cfg = dataset_config(**{**cfg.to_dict(), "prepared": "off"})
   report = shard_writer.prepare(
@@ -216,15 +217,15 @@ def test_tfds_imagenet2012_prepared_equals_its_records(tiny_imagenet, tmp_path):
     np.testing.assert_array_equal(y["label"], x["label"])
   resumed = _batches(pcfg, 2, start_step=3, **kw)
   np.testing.assert_array_equal(resumed[0]["image"], a[3]["image"])
-  ea = list(data.eval_iterator(raw_cfg, global_batch_size=2, shard_index=0, num_shards=1))
-  eb = list(data.eval_iterator(pcfg, global_batch_size=2, shard_index=0, num_shards=1))
+  ea = list(data_lib.eval_iterator(raw_cfg, global_batch_size=2, shard_index=0, num_shards=1))
+  eb = list(data_lib.eval_iterator(pcfg, global_batch_size=2, shard_index=0, num_shards=1))
   for x, y in zip(ea, eb):
     np.testing.assert_array_equal(y["image"], x["image"])
   np.testing.assert_array_equal(
-      data.dataset_stats(pcfg).mean_image, data.dataset_stats(raw_cfg).mean_image
+      data_lib.dataset_stats(pcfg).mean_image, data_lib.dataset_stats(raw_cfg).mean_image
   )
   # Rows keep the records' file names (read from the records as they were prepared).
-  src, raw_src = data.open_dataset(pcfg), data.open_dataset(raw_cfg)
+  src, raw_src = data_lib.open_dataset(pcfg), data_lib.open_dataset(raw_cfg)
   for split, raw_split in ((src.train, raw_src.train), (src.eval, raw_src.eval)):
     for key in split.all_keys():
       assert split.name_of(key) == raw_split.name_of(key)
@@ -239,8 +240,10 @@ def test_prepared_data_of_another_dataset_size_or_class_list_are_refused(
 ):
   dirs, _ = prepared
   digits = dataset_config(name="digits", data_dir=str(tmp_path), prepared=dirs["raw"])
-  with pytest.raises(data.DatasetError, match=r"dataset 'folder:.*', the config reads 'digits'"):
-    data.open_dataset(digits)
+  with pytest.raises(
+      data_lib.DatasetError, match=r"dataset 'folder:.*', the config reads 'digits'"
+  ):
+    data_lib.open_dataset(digits)
   other = tmp_path / "other"
   for name in os.listdir(dirs["raw"]):
     os.symlink(os.path.join(dirs["raw"], name), other / name) if other.exists() else (
@@ -250,11 +253,11 @@ def test_prepared_data_of_another_dataset_size_or_class_list_are_refused(
   plan = json.load(open(other / "prepared.json"))
   os.remove(other / "prepared.json")
   json.dump({**plan, "image_size": 224}, open(other / "prepared.json", "w"))
-  with pytest.raises(data.DatasetError, match="image size 224, this code trains on 256"):
-    data.open_dataset(_cfg(photo_folder, prepared=str(other)))
+  with pytest.raises(data_lib.DatasetError, match="image size 224, this code trains on 256"):
+    data_lib.open_dataset(_cfg(photo_folder, prepared=str(other)))
   json.dump({**plan, "class_names": ["cat", "dog", "wolf"]}, open(other / "prepared.json", "w"))
-  with pytest.raises(data.DatasetError, match="only prepared: wolf; not prepared: fox"):
-    data.open_dataset(_cfg(photo_folder, prepared=str(other)))
+  with pytest.raises(data_lib.DatasetError, match="only prepared: wolf; not prepared: fox"):
+    data_lib.open_dataset(_cfg(photo_folder, prepared=str(other)))
 
 
 def _copy(src, dst):
@@ -275,24 +278,25 @@ def test_a_damaged_shard_is_named_and_stops_the_run(photo_folder, prepared, tmp_
       byte = f.read(1)
       f.seek(-1, os.SEEK_CUR)
       f.write(bytes([byte[0] ^ 0x5A]))
-    it = data.train_iterator(
+    it = data_lib.train_iterator(
         _cfg(photo_folder, prepared=root), global_batch_size=6, seed=3, shard_index=0, num_shards=1
     )
-    with pytest.raises(data.DatasetError, match=r"train-00002-of-00010\.rows is damaged"):
+    with pytest.raises(data_lib.DatasetError, match=r"train-00002-of-00010\.rows is damaged"):
       for _ in range(12):  # two epochs: every row is read
         next(it)
     with open(rows, "r+b") as f:  # truncated: refused when opened
       f.truncate(100)
     with pytest.raises(
-        data.DatasetError, match=r"train-00002-of-00010\.rows is damaged: 100 bytes"
+        data_lib.DatasetError, match=r"train-00002-of-00010\.rows is damaged: 100 bytes"
     ):
-      data.open_dataset(_cfg(photo_folder, prepared=root))
+      data_lib.open_dataset(_cfg(photo_folder, prepared=root))
 
 
 def test_preparing_into_a_directory_of_another_preparation_is_refused(photo_folder, prepared):
   dirs, _ = prepared
   with pytest.raises(
-      data.DatasetError, match="its format, jpeg_quality differ.*format: 'raw' there, 'jpeg' now"
+      data_lib.DatasetError,
+      match="its format, jpeg_quality differ.*format: 'raw' there, 'jpeg' now",
   ):
     shard_writer.prepare(
         _cfg(photo_folder),
@@ -309,7 +313,7 @@ def test_an_interrupted_preparation_resumes_to_identical_shards(tmp_path):
   """The real command, killed (SIGKILL) after its first shard, then run again; against an
   uninterrupted preparation."""
   root = tmp_path / "data"
-  photos = _photos()
+  photos = real_photos()
   for i in range(40):
     _write(
         root / CLASSES[i % 2] / f"{i:02d}.jpg",
@@ -375,8 +379,8 @@ def test_two_hosts_prepare_their_parts_into_one_directory(tmp_path):
       "train-00002-of-00004",
       "eval-00000-of-00001",
   ]
-  with pytest.raises(data.DatasetError, match="incomplete: 2 of 4 train shards missing"):
-    data.open_dataset(dataset_config(name="digits", prepared=str(tmp_path / "shared")))
+  with pytest.raises(data_lib.DatasetError, match="incomplete: 2 of 4 train shards missing"):
+    data_lib.open_dataset(dataset_config(name="digits", prepared=str(tmp_path / "shared")))
   second = shard_writer.prepare(
       cfg, str(tmp_path / "shared"), process_index=1, process_count=2, **kw
   )
@@ -408,18 +412,18 @@ def test_rows_that_failed_when_prepared_are_excluded_whatever_the_statistics_saw
 ):
   dirs, _ = prepared
   cfg = _cfg(photo_folder, prepared=dirs["raw"], stats_max_images=9)  # misses the broken file
-  assert data.dataset_stats(cfg).bad_files == ()
+  assert data_lib.dataset_stats(cfg).bad_files == ()
   batches = _batches(cfg, 8)  # 48 rows: more than the 36 good ones, so every row is read
   assert sum(len(b["label"]) for b in batches) == 48
   # Exactly the 36 good images (those of an epoch from the complete statistics).
   good = {
-      _digest(x) for b in _batches(_cfg(photo_folder, prepared=dirs["raw"]), 6) for x in b["image"]
+      digest(x) for b in _batches(_cfg(photo_folder, prepared=dirs["raw"]), 6) for x in b["image"]
   }
-  assert {_digest(x) for b in batches for x in b["image"]} == good and len(good) == 36
+  assert {digest(x) for b in batches for x in b["image"]} == good and len(good) == 36
 
 
 def _small_folder(root, n=4):
-  photos = _photos()
+  photos = real_photos()
   for c, cls in enumerate(("a", "b")):
     for i in range(n):
       _write(root / cls / f"{i}.jpg", photos[(c + i) % len(photos)][:200, :240])
@@ -431,15 +435,15 @@ def test_prepared_data_of_changed_images_are_refused_and_auto_falls_back(tmp_pat
   cfg = _cfg(root, prepared="off")
   out = str(tmp_path / "p")
   shard_writer.prepare(cfg, out, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False)
-  data.open_dataset(_cfg(root, prepared=out))  # unchanged: accepted
-  _write(root / "b" / "new.jpg", _photos()[0][:200, :240])
-  with pytest.raises(data.DatasetError, match="added, removed or renamed since"):
-    data.open_dataset(_cfg(root, prepared=out))
-  beside = shards_lib.default_location(data.Settings.of(cfg))
+  data_lib.open_dataset(_cfg(root, prepared=out))  # unchanged: accepted
+  _write(root / "b" / "new.jpg", real_photos()[0][:200, :240])
+  with pytest.raises(data_lib.DatasetError, match="added, removed or renamed since"):
+    data_lib.open_dataset(_cfg(root, prepared=out))
+  beside = shards_lib.default_location(data_lib.Settings.of(cfg))
   os.makedirs(os.path.dirname(beside))
   os.symlink(out, beside)
-  with caplog.at_level("WARNING", logger="alexnet_jax.data.dataset"):
-    src = data.open_dataset(_cfg(root))  # 'auto': the originals, with a warning
+  with caplog.at_level("WARNING", logger="absl"):
+    src = data_lib.open_dataset(_cfg(root))  # 'auto': the originals, with a warning
   assert src.description.startswith("image files under")
   assert src.info.num_train + src.info.num_eval == 9  # the new image too
   assert any("added, removed or renamed" in r.getMessage() for r in caplog.records)
@@ -450,5 +454,5 @@ def test_shards_of_another_preparation_are_never_mixed_in(tmp_path):
   cfg, out = _cfg(root, prepared="off"), str(tmp_path / "p")
   shard_writer.prepare(cfg, out, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False)
   os.remove(os.path.join(out, "prepared.json"))  # as if only the plan had been deleted
-  with pytest.raises(data.DatasetError, match="belongs to another preparation"):
+  with pytest.raises(data_lib.DatasetError, match="belongs to another preparation"):
     shard_writer.prepare(cfg, out, fmt="jpeg", jpeg_quality=95, images_per_shard=4, progress=False)
