@@ -28,7 +28,9 @@ from alexnet_jax.data.settings import (
 )
 from alexnet_jax.data.sources import Source
 
-STATS_VERSION = 3  # 3: exact integer sums; 2: the cache carries an HMAC of its content
+# Cache version 3: exact integer sums and an HMAC of the content. A cache of another version is
+# recomputed.
+STATS_VERSION = 3
 _STATS_BATCH = 32
 
 
@@ -210,7 +212,7 @@ def _load_or_compute(src: Source, max_images) -> dict:
       logging.warning("ignoring unreadable stats cache %s (%s)", path, e)
       continue
     if str(stats.get("meta")) != meta:
-      continue  # other data, or an older version: recomputed
+      continue  # other data, or another cache version: recomputed
     if str(stats.get("digest")) != stats_digest(stats, key):
       logging.warning(
           "ignoring stats cache %s: its HMAC does not verify (altered, or written by another "
