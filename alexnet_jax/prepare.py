@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from alexnet_jax import config_checks, runtime
@@ -29,18 +29,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   runtime.setup()
-  from absl import logging  # pylint: disable=g-import-not-at-top
-
   # After runtime.setup(): TensorFlow reads its log level when first imported.
-  from alexnet_jax.data import DatasetError  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import DatasetError, shard_writer  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
   problems = config_checks.problems(config)
   if problems:
     sys.exit("FATAL: " + "\n".join(problems))
   try:
-    report = prepare_lib.prepare(
+    report = shard_writer.prepare(
         config.dataset,
         FLAGS.output_dir,
         fmt=config.prepare.format,

@@ -2,10 +2,9 @@
 accelerators, and start jax.distributed when the run has several processes
 (alexnet_jax/distributed.py)."""
 
-import logging
 import os
 
-from absl import logging as absl_logging
+from absl import logging
 
 from alexnet_jax import distributed as distributed_lib
 
@@ -13,8 +12,8 @@ from alexnet_jax import distributed as distributed_lib
 def _quiet_library_logs():
   """Orbax logs a dozen INFO lines per checkpoint through absl; keep its warnings only, so
   the run's own lines (step, loss, ETA) stay readable."""
-  absl_logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= logging.WARNING or "/orbax/" not in r.pathname
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= logging.converter.STANDARD_WARNING or "/orbax/" not in r.pathname
   )
 
 

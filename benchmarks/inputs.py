@@ -16,7 +16,7 @@ import time
 import tensorflow as tf
 
 from alexnet_jax import data as data_lib
-from alexnet_jax.data import prepare as prepare_lib
+from alexnet_jax.data import shard_writer
 from benchmarks import jpegs, timing
 from configs import default as default_config
 
@@ -108,7 +108,7 @@ def run_input_benchmark(
     configs = {"pipeline": folder_config(root, "off")}
     for name, fmt in (("prepared", "jpeg"), ("prepared_raw", "raw")):
       out = os.path.join(tmp, name)
-      prepare_lib.prepare(
+      shard_writer.prepare(
           configs["pipeline"],
           out,
           fmt=fmt,

@@ -1,20 +1,19 @@
 """The data layer: sources, the paper's 256x256 preprocessing, statistics, streams, preparation.
 
-  preprocess  decode and resize ops (uint8 256x256, eagerly and inside tf.data)
-  settings    config.dataset as the layer reads it; DatasetError
-  sources     digits, folder:, TFDS (imagenet2012 included): splits, keys, labels, names
-  prepared    reading prepared shards (256x256 JPEG or raw rows, written once)
-  dataset     open_dataset: prepared shards when there are any, else the originals
-  stats       the training split's mean image and RGB PCA, cached
-  streams     per-process training and evaluation batches (exactly resumable)
-  prepare     writing prepared shards (python -m alexnet_jax.prepare)
+  preprocess    decode and resize ops (uint8 256x256, eagerly and inside tf.data)
+  settings      config.dataset as the layer reads it; DatasetError
+  sources       digits, folder:, TFDS (imagenet2012 included): splits, keys, labels, names
+  shards        reading prepared shards (256x256 JPEG or raw rows, written once)
+  dataset       open_dataset: prepared shards when there are any, else the originals
+  stats         the training split's mean image and RGB PCA, cached
+  streams       per-process training and evaluation batches (exactly resumable)
+  shard_writer  writing prepared shards (python -m alexnet_jax.prepare)
 
 Open a dataset once (`open_dataset(config.dataset)`) and pass the Source to the functions
 below; each also accepts config.dataset itself and then opens it.
 """
 
 from alexnet_jax.data.dataset import dataset_info, open_dataset
-from alexnet_jax.data.prepared import PreparedDataError
 from alexnet_jax.data.preprocess import (
     IMAGE_EXTENSIONS,
     IMAGE_SIZE,
@@ -30,35 +29,36 @@ from alexnet_jax.data.preprocess import (
     resize_and_center_crop,
 )
 from alexnet_jax.data.settings import DatasetError, Settings
+from alexnet_jax.data.shards import PreparedDataError
 from alexnet_jax.data.sources import DatasetInfo, Source
 from alexnet_jax.data.stats import DatasetStats, dataset_stats, stats_cache_path
 from alexnet_jax.data.streams import eval_iterator, split_iterator, split_size, train_iterator
 
 __all__ = [
-    'IMAGE_EXTENSIONS',
-    'IMAGE_SIZE',
-    'IMAGENET_EIGVAL',
-    'IMAGENET_EIGVEC',
-    'PIL_FORMATS',
-    'RESIZE_RULES',
-    'DatasetError',
-    'DatasetInfo',
-    'DatasetStats',
-    'PreparedDataError',
-    'Settings',
-    'Source',
-    'apply_orientation',
-    'dataset_info',
-    'dataset_stats',
-    'decode_image',
-    'eval_iterator',
-    'exif_orientation',
-    'open_dataset',
-    'pil_load',
-    'preprocess_encoded',
-    'resize_and_center_crop',
-    'split_iterator',
-    'split_size',
-    'stats_cache_path',
-    'train_iterator',
+    "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
+    "IMAGENET_EIGVAL",
+    "IMAGENET_EIGVEC",
+    "PIL_FORMATS",
+    "RESIZE_RULES",
+    "DatasetError",
+    "DatasetInfo",
+    "DatasetStats",
+    "PreparedDataError",
+    "Settings",
+    "Source",
+    "apply_orientation",
+    "dataset_info",
+    "dataset_stats",
+    "decode_image",
+    "eval_iterator",
+    "exif_orientation",
+    "open_dataset",
+    "pil_load",
+    "preprocess_encoded",
+    "resize_and_center_crop",
+    "split_iterator",
+    "split_size",
+    "stats_cache_path",
+    "train_iterator",
 ]

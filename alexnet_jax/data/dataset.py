@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
-from alexnet_jax.data import prepared as prepared_lib
+from absl import logging
+
+from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import sources
 from alexnet_jax.data.settings import DatasetError, Settings
-
-log = logging.getLogger(__name__)
 
 
 def open_dataset(dataset_config) -> sources.Source:
@@ -28,24 +27,24 @@ def open_dataset(dataset_config) -> sources.Source:
   if not where:
     raise DatasetError(
         f"dataset.prepared={where!r}: it must be 'auto' (shards found beside the data), 'off' or "
-        'a directory of prepared shards.'
+        "a directory of prepared shards."
     )
-  if where == 'off':
+  if where == "off":
     src = sources.open_raw(settings)
-  elif where == 'auto':
+  elif where == "auto":
     src = None
-    location = prepared_lib.default_location(settings)
-    if os.path.exists(os.path.join(location, prepared_lib.PLAN_FILE)):
+    location = shards_lib.default_location(settings)
+    if os.path.exists(os.path.join(location, shards_lib.PLAN_FILE)):
       try:
-        src = prepared_lib.open_prepared(location, settings, sources.cheap_identity(settings))
+        src = shards_lib.open_prepared(location, settings, sources.cheap_identity(settings))
       except DatasetError as e:
-        log.warning('not reading the prepared data beside the dataset: %s', e)
+        logging.warning("not reading the prepared data beside the dataset: %s", e)
     if src is None:
       src = sources.open_raw(settings)
   else:
-    src = prepared_lib.open_prepared(where, settings, sources.cheap_identity(settings))
+    src = shards_lib.open_prepared(where, settings, sources.cheap_identity(settings))
   src.settings = settings
-  log.info('dataset %s: reading %s', settings.name, src.description)
+  logging.info("dataset %s: reading %s", settings.name, src.description)
   return src
 
 

@@ -24,10 +24,10 @@ IMAGENET_EIGVEC = np.array(
 )
 
 # What the folder source reads (lower-case extensions); anything else is ignored.
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif', '.tiff')
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 # The only formats the PIL fallback opens (for files TF cannot decode): never EPS, PDF and the
 # like, which PIL hands to external programs (Ghostscript).
-PIL_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'WEBP', 'TIFF')
+PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,18 +43,18 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
   data = tf.convert_to_tensor(data, tf.string)
   image = tf.cond(
       tf.io.is_jpeg(data),
-      lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
+      lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
       lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
   )
   image.set_shape([None, None, 3])
   return image
 
 
-RESIZE_RULES = ('round', 'torchvision', 'warp')
+RESIZE_RULES = ("round", "torchvision", "warp")
 
 
 def resize_and_center_crop(
-    image: tf.Tensor, size: int = IMAGE_SIZE, rule: str = 'round'
+    image: tf.Tensor, size: int = IMAGE_SIZE, rule: str = "round"
 ) -> tf.Tensor:
   """uint8 [H, W, C] -> uint8 [size, size, 3]: shorter side to `size`, central size x size.
 
@@ -67,7 +67,7 @@ def resize_and_center_crop(
   convert_imageset), nothing cropped.
   """
   if rule not in RESIZE_RULES:
-    raise ValueError(f'dataset.resize must be one of {RESIZE_RULES}, got {rule!r}')
+    raise ValueError(f"dataset.resize must be one of {RESIZE_RULES}, got {rule!r}")
   image = tf.convert_to_tensor(image)
   if image.shape.rank == 2:
     image = image[..., None]
@@ -83,16 +83,16 @@ def resize_and_center_crop(
   shape = tf.shape(image)
   h, w = shape[0], shape[1]
   short = tf.minimum(h, w)
-  if rule == 'warp':
+  if rule == "warp":
     nh = nw = tf.constant(size)
-  elif rule == 'torchvision':
+  elif rule == "torchvision":
     nh, nw = h * size // short, w * size // short
   else:
     nh = (h * size + short // 2) // short  # exactly `size` on the shorter side
     nw = (w * size + short // 2) // short
   scale = tf.cast(tf.stack([nh, nw]), tf.float32) / tf.cast(tf.stack([h, w]), tf.float32)
   offsets = tf.stack([(nh - size) // 2, (nw - size) // 2])
-  if rule == 'torchvision':  # round((n - size) / 2) half to even: up when the floor is odd
+  if rule == "torchvision":  # round((n - size) / 2) half to even: up when the floor is odd
     d = tf.stack([nh, nw]) - size
     offsets += tf.cast((d % 2 == 1) & (offsets % 2 == 1), offsets.dtype)
   translation = -tf.cast(offsets, tf.float32)
@@ -101,7 +101,7 @@ def resize_and_center_crop(
       size=tf.constant([size, size]),
       scale=scale,
       translation=translation,
-      kernel_type='triangle',
+      kernel_type="triangle",
       antialias=True,
   )[0]
   out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
@@ -109,7 +109,7 @@ def resize_and_center_crop(
   return out
 
 
-def preprocess_encoded(data: tf.Tensor, size: int = IMAGE_SIZE, rule: str = 'round') -> tf.Tensor:
+def preprocess_encoded(data: tf.Tensor, size: int = IMAGE_SIZE, rule: str = "round") -> tf.Tensor:
   """Encoded bytes -> uint8 [size, size, 3] (decode, shorter side to size, center crop)."""
   return resize_and_center_crop(decode_image(data), size, rule)
 
@@ -122,7 +122,7 @@ def pil_load(path) -> np.ndarray:
   if isinstance(path, bytes):
     path = os.fsdecode(path)
   with Image.open(path, formats=PIL_FORMATS) as im:
-    return np.asarray(im.convert('RGB'), np.uint8)
+    return np.asarray(im.convert("RGB"), np.uint8)
 
 
 # EXIF orientation (tag 0x0112) -> what makes the stored pixels upright, as PIL's

@@ -38,22 +38,22 @@ class Settings:
     missing = [k for k in keys if k not in dataset_config]
     if missing:
       raise DatasetError(
-          f'the dataset config has no {", ".join(missing)}: start from the complete one, '
-          'configs.default.get_config().dataset, and override what differs.'
+          f"the dataset config has no {', '.join(missing)}: start from the complete one, "
+          "configs.default.get_config().dataset, and override what differs."
       )
     return cls(**{k: dataset_config[k] for k in keys})
 
 
 def user_cache_dir() -> str:
-  return os.path.expanduser(os.environ.get('ALEXNET_JAX_CACHE', '~/.cache/alexnet_jax'))
+  return os.path.expanduser(os.environ.get("ALEXNET_JAX_CACHE", "~/.cache/alexnet_jax"))
 
 
 def default_tfds_dir() -> str:
-  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
 def sanitise(name: str) -> str:
-  return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_') or 'dataset'
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "dataset"
 
 
 def writable_dir(path: str) -> bool:
@@ -70,9 +70,9 @@ def write_atomically(path: str, write) -> None:
   """write(file) into a temporary file beside `path`, then rename: a reader (or a copy of
   the directory) never sees half a file."""
   directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
   try:
-    with os.fdopen(fd, 'wb') as f:
+    with os.fdopen(fd, "wb") as f:
       write(f)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)

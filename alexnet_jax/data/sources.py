@@ -16,14 +16,13 @@ Sources (`dataset.name`):
 
 A split is either random access (`element(key)` loads one example from its key 0..n-1) or
 sequential TFDS records (`records(...)`, keys file_index << 32 | offset). Keys are int64 and
-stable across runs; prepared data (prepared.py) keep them.
+stable across runs; prepared data (shards.py) keep them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 import zlib
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 from sklearn.datasets import load_digits
 
 from alexnet_jax.data.preprocess import (
@@ -51,8 +51,6 @@ from alexnet_jax.data.settings import (
     user_cache_dir,
     writable_dir,
 )
-
-log = logging.getLogger(__name__)
 
 KEY_SHIFT = 32  # TFDS record key = file_index << 32 | record offset in that file.
 NO_KEYS = np.zeros([0], np.int64)
@@ -76,7 +74,7 @@ class RandomAccessSplit:
   def canonical(self, n: int | None = None, pil_keys=NO_KEYS) -> tf.data.Dataset:
     """{'key', 'image', 'label'} of the first n examples in key order; failures dropped."""
     keys = tf.data.Dataset.from_tensor_slices(self.all_keys()[:n])
-    ds = keys.map(lambda k: {'key': k, **self.element(k, pil_keys)}, tf.data.AUTOTUNE)
+    ds = keys.map(lambda k: {"key": k, **self.element(k, pil_keys)}, tf.data.AUTOTUNE)
     return ds.ignore_errors()
 
   def name_of(self, key: int) -> str:
@@ -103,8 +101,8 @@ class ArraySplit(RandomAccessSplit):
     del pil_keys  # arrays need no decoder
     image = tf.gather(tf.constant(self.images), key)
     return {
-        'image': resize_and_center_crop(image, rule=self.resize),
-        'label': tf.gather(tf.constant(self.labels), key),
+        "image": resize_and_center_crop(image, rule=self.resize),
+        "label": tf.gather(tf.constant(self.labels), key),
     }
 
 
@@ -135,8 +133,8 @@ class FileSplit(RandomAccessSplit):
     if self.orientations is not None and np.any(self.orientations != 1):
       image = apply_orientation(image, tf.gather(tf.constant(self.orientations), key))
     return {
-        'image': resize_and_center_crop(image, rule=self.resize),
-        'label': tf.gather(tf.constant(self.labels), key),
+        "image": resize_and_center_crop(image, rule=self.resize),
+        "label": tf.gather(tf.constant(self.labels), key),
     }
 
   def python_fallback(self, key):
@@ -171,7 +169,7 @@ class TfdsSplit:
     stop = self.num_examples if stop is None else stop
     if stop <= start:
       return [], [], [], []
-    fis = self.builder.info.splits[f'{self.split}[{start}:{stop}]'].file_instructions
+    fis = self.builder.info.splits[f"{self.split}[{start}:{stop}]"].file_instructions
     names, idx, skip, take = [], [], [], []
     for fi in fis:
       t = fi.take if fi.take is not None and fi.take >= 0 else fi.examples_in_shard - fi.skip
@@ -192,7 +190,7 @@ class TfdsSplit:
     del pil_keys  # TFDS images are in formats TF decodes
     ds = self.records(self.instructions(0, n), cycle_length=4)
     return ds.map(
-        lambda r: {'key': r['key'], **self.parse(r['data'])}, tf.data.AUTOTUNE
+        lambda r: {"key": r["key"], **self.parse(r["data"])}, tf.data.AUTOTUNE
     ).ignore_errors()
 
   def file_lengths(self) -> tuple:
@@ -215,7 +213,7 @@ class TfdsSplit:
           lambda o: tf.bitwise.left_shift(fidx, KEY_SHIFT) + o
       )
       data = tf.data.TFRecordDataset(name, buffer_size=1 << 20).skip(s).take(t)
-      return tf.data.Dataset.zip(keys, data).map(lambda k, d: {'key': k, 'data': d})
+      return tf.data.Dataset.zip(keys, data).map(lambda k, d: {"key": k, "data": d})
 
     return files.interleave(
         one_file,
@@ -232,30 +230,30 @@ class TfdsSplit:
         serialized, decoders={self.image_key: _skip_decoding()}
     )
     out = {
-        'image': preprocess_encoded(ex[self.image_key], rule=self.resize),
-        'label': tf.cast(ex[self.label_key], tf.int32),
+        "image": preprocess_encoded(ex[self.image_key], rule=self.resize),
+        "label": tf.cast(ex[self.label_key], tf.int32),
     }
     if with_name:
-      out['name'] = ex['file_name'] if 'file_name' in ex else tf.constant('')
+      out["name"] = ex["file_name"] if "file_name" in ex else tf.constant("")
     return out
 
-  def record_name(self, key: int, file_name: str = '') -> str:
+  def record_name(self, key: int, file_name: str = "") -> str:
     """name_of without reading the record: its file_name (when known) and position."""
     fidx, offset = int(key) >> KEY_SHIFT, int(key) & ((1 << KEY_SHIFT) - 1)
-    where = f'{self._files[fidx]}[{offset}]'
-    return f'{file_name} ({where})' if file_name else where
+    where = f"{self._files[fidx]}[{offset}]"
+    return f"{file_name} ({where})" if file_name else where
 
   def name_of(self, key: int) -> str:
     """The record's file_name feature and position (reads the record: for a few keys)."""
     fidx, offset = int(key) >> KEY_SHIFT, int(key) & ((1 << KEY_SHIFT) - 1)
-    file_name = ''
-    if 'file_name' in self.builder.info.features.keys():
+    file_name = ""
+    if "file_name" in self.builder.info.features.keys():
       path = os.path.join(os.fspath(self.builder.data_dir), self._files[fidx])
       for rec in tf.data.TFRecordDataset(path).skip(offset).take(1):
         ex = self.builder.info.features.deserialize_example(
             rec, decoders={self.image_key: _skip_decoding()}
         )
-        file_name = ex['file_name'].numpy().decode()
+        file_name = ex["file_name"].numpy().decode()
     return self.record_name(key, file_name)
 
   def python_fallback(self, key):
@@ -295,7 +293,7 @@ def record_keys(instr, order=None, cycle_length=16) -> tf.data.Dataset:
 
   def one_file(fidx, s, t):
     keys = tf.data.Dataset.range(s, s + t).map(lambda o: tf.bitwise.left_shift(fidx, KEY_SHIFT) + o)
-    return keys.map(lambda k: {'key': k})
+    return keys.map(lambda k: {"key": k})
 
   # Sequential (no num_parallel_calls): the same round-robin as the parallel, deterministic read.
   return files.interleave(one_file, cycle_length=max(1, min(cycle_length, n)), block_length=1)
@@ -337,8 +335,8 @@ class Source:
   train: Any
   eval: Any
   stats_path: str  # where the training-split statistics are cached
-  fingerprint: str = ''  # invalidates the stats cache (and a preparation) when the data change
-  description: str = ''  # what the streams read, for the log
+  fingerprint: str = ""  # invalidates the stats cache (and a preparation) when the data change
+  description: str = ""  # what the streams read, for the log
   prepared_stats: str | None = None  # a prepared dataset's statistics file
   settings: Settings | None = None  # the config it was opened with (dataset.open_dataset)
   memo: dict = dataclasses.field(default_factory=dict, repr=False)  # this source's statistics
@@ -358,15 +356,15 @@ def open_raw(settings: Settings) -> Source:
   """The source `settings` names, read from its original images (never from prepared data)."""
   name, resize = settings.name, settings.resize
   if resize not in RESIZE_RULES:
-    raise DatasetError(f'dataset.resize must be one of {RESIZE_RULES}, got {resize!r}')
-  if name == 'digits':
+    raise DatasetError(f"dataset.resize must be one of {RESIZE_RULES}, got {resize!r}")
+  if name == "digits":
     src = _digits_source(settings.data_dir, resize)
-  elif name.startswith('folder:'):
-    src = _folder_source(name[len('folder:') :], resize, settings.exif_transpose)
+  elif name.startswith("folder:"):
+    src = _folder_source(name[len("folder:") :], resize, settings.exif_transpose)
   else:
     src = _tfds_source(name, settings.data_dir, settings.manual_dir, resize)
-  if resize != 'round':  # other pixels, other statistics
-    src.stats_path = src.stats_path[: -len('.npz')] + f'_{resize}.npz'
+  if resize != "round":  # other pixels, other statistics
+    src.stats_path = src.stats_path[: -len(".npz")] + f"_{resize}.npz"
   return src
 
 
@@ -376,22 +374,22 @@ def _digits_source(data_dir, resize) -> Source:
   labels = digits.target.astype(np.int32)
   perm = np.random.RandomState(0).permutation(len(labels))  # fixed split, never changes
   tr, ev = perm[:_DIGITS_NUM_TRAIN], perm[_DIGITS_NUM_TRAIN:]
-  names = [f'digits[{i}]' for i in range(len(labels))]
-  root = os.path.join(data_dir, 'alexnet_jax_stats') if data_dir else user_cache_dir()
+  names = [f"digits[{i}]" for i in range(len(labels))]
+  root = os.path.join(data_dir, "alexnet_jax_stats") if data_dir else user_cache_dir()
   return Source(
-      'digits',
+      "digits",
       tuple(str(i) for i in range(10)),
       ArraySplit(images[tr], labels[tr], [names[i] for i in tr], resize),
       ArraySplit(images[ev], labels[ev], [names[i] for i in ev], resize),
-      os.path.join(root, 'digits_train.npz'),
-      f'digits:{_DIGITS_NUM_TRAIN}',
-      'the digits that ship inside scikit-learn',
+      os.path.join(root, "digits_train.npz"),
+      f"digits:{_DIGITS_NUM_TRAIN}",
+      "the digits that ship inside scikit-learn",
   )
 
 
 def list_classes(root: str) -> list:
   return sorted(
-      d for d in os.listdir(root) if not d.startswith('.') and os.path.isdir(os.path.join(root, d))
+      d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))
   )
 
 
@@ -399,9 +397,9 @@ def _list_files(class_dir: str) -> tuple[list, list]:
   """(image files, other files) under class_dir, sorted; hidden ones skipped."""
   images, other = [], []
   for dirpath, dirnames, filenames in os.walk(class_dir):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     for f in sorted(filenames):
-      if not f.startswith('.'):
+      if not f.startswith("."):
         is_image = os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
         (images if is_image else other).append(os.path.join(dirpath, f))
   return images, other
@@ -409,7 +407,7 @@ def _list_files(class_dir: str) -> tuple[list, list]:
 
 def folder_root(name: str) -> str:
   """'folder:/path' (or '~/path', relative) -> the folder's absolute path."""
-  return os.path.abspath(os.path.expanduser(name[len('folder:') :]))
+  return os.path.abspath(os.path.expanduser(name[len("folder:") :]))
 
 
 def _folder_layout(root: str) -> tuple:
@@ -418,35 +416,35 @@ def _folder_layout(root: str) -> tuple:
   eval_dir = next(
       (
           os.path.join(root, d)
-          for d in ('val', 'validation', 'test')
+          for d in ("val", "validation", "test")
           if os.path.isdir(os.path.join(root, d))
       ),
       None,
   )
-  if os.path.isdir(os.path.join(root, 'train')):
-    return os.path.join(root, 'train'), eval_dir
+  if os.path.isdir(os.path.join(root, "train")):
+    return os.path.join(root, "train"), eval_dir
   return root, None
 
 
 def _folder_source(path: str, resize: str, exif: bool) -> Source:
-  root = folder_root('folder:' + path)
+  root = folder_root("folder:" + path)
   if not os.path.isdir(root):
     raise FileNotFoundError(
         f'dataset folder {root!r} (from "folder:{path}") does not exist; it '
-        'must hold one subfolder per class, or train/ and val/ each holding '
-        'one subfolder per class.'
+        "must hold one subfolder per class, or train/ and val/ each holding "
+        "one subfolder per class."
     )
   train_root, eval_dir = _folder_layout(root)
   split_layout = train_root != root
   classes = list_classes(train_root)
   if not classes:
-    raise FileNotFoundError(f'no class subfolders in {train_root!r}')
+    raise FileNotFoundError(f"no class subfolders in {train_root!r}")
   if len(classes) < 2:
     raise DatasetError(
-        f'dataset folder {train_root!r} has one class folder ({classes[0]!r}): a classifier '
-        f'needs at least two classes, one subfolder each.'
+        f"dataset folder {train_root!r} has one class folder ({classes[0]!r}): a classifier "
+        f"needs at least two classes, one subfolder each."
     )
-  splits = {'train': ([], []), 'eval': ([], [])}
+  splits = {"train": ([], []), "eval": ([], [])}
   empty, ignored = [], []
   for label, cls in enumerate(classes):
     files, other = _list_files(os.path.join(train_root, cls))
@@ -455,76 +453,76 @@ def _folder_source(path: str, resize: str, exif: bool) -> Source:
       empty.append(os.path.join(train_root, cls))
     for f in files:
       held_out = not split_layout and zlib.crc32(os.path.relpath(f, root).encode()) % 10 == 0
-      part = splits['eval' if held_out else 'train']
+      part = splits["eval" if held_out else "train"]
       part[0].append(f)
       part[1].append(label)
     if split_layout and eval_dir and os.path.isdir(os.path.join(eval_dir, cls)):
       files, other = _list_files(os.path.join(eval_dir, cls))
       ignored += other
       for f in files:
-        splits['eval'][0].append(f)
-        splits['eval'][1].append(label)
+        splits["eval"][0].append(f)
+        splits["eval"][1].append(label)
   if empty:
     raise DatasetError(
-        f'class folder(s) without images: {", ".join(empty)} (images: '
-        f'{", ".join(IMAGE_EXTENSIONS)}); add images or remove the folder(s).'
+        f"class folder(s) without images: {', '.join(empty)} (images: "
+        f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)."
     )
   if ignored:
-    log.warning(
-        'ignoring %d file(s) that are not images (by extension) under %s: %s%s',
+    logging.warning(
+        "ignoring %d file(s) that are not images (by extension) under %s: %s%s",
         len(ignored),
         root,
-        ', '.join(os.path.relpath(f, root) for f in ignored[:5]),
-        ', ...' if len(ignored) > 5 else '',
+        ", ".join(os.path.relpath(f, root) for f in ignored[:5]),
+        ", ..." if len(ignored) > 5 else "",
     )
-  if not splits['train'][0]:
-    raise FileNotFoundError(f'no image files under the class folders of {train_root!r}')
-  if not splits['eval'][0]:
+  if not splits["train"][0]:
+    raise FileNotFoundError(f"no image files under the class folders of {train_root!r}")
+  if not splits["eval"][0]:
     raise DatasetError(
-        f'the validation split of {root!r} is empty: '
+        f"the validation split of {root!r} is empty: "
         + (
-            f'put images in {root}/val/<class>/ beside train/.'
+            f"put images in {root}/val/<class>/ beside train/."
             if split_layout
-            else f'the fixed ~10% hold-out picked none of its {len(splits["train"][0])} '
-            f'images; add images, or use {root}/train/<class>/ and {root}/val/<class>/.'
+            else f"the fixed ~10% hold-out picked none of its {len(splits['train'][0])} "
+            f"images; add images, or use {root}/train/<class>/ and {root}/val/<class>/."
         )
     )
   digest = hashlib.sha1()
-  for f in splits['train'][0]:
+  for f in splits["train"][0]:
     st = os.stat(f)
-    digest.update(f'{os.path.relpath(f, root)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
-  suffix = '_exif' if exif else ''  # upright images have other statistics
-  stats_dir = os.path.join(root, '.alexnet_jax_stats')
+    digest.update(f"{os.path.relpath(f, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  suffix = "_exif" if exif else ""  # upright images have other statistics
+  stats_dir = os.path.join(root, ".alexnet_jax_stats")
   if not writable_dir(stats_dir):  # read-only data: keep the cache in the user's cache dir
     stats_dir = user_cache_dir()
     stats_name = (
-        f'folder_{sanitise(root)}_{hashlib.sha1(os.fsencode(root)).hexdigest()[:8]}_'
-        f'train{suffix}.npz'
+        f"folder_{sanitise(root)}_{hashlib.sha1(os.fsencode(root)).hexdigest()[:8]}_"
+        f"train{suffix}.npz"
     )
   else:
-    stats_name = f'train{suffix}.npz'
+    stats_name = f"train{suffix}.npz"
   return Source(
-      f'folder:{root}',
+      f"folder:{root}",
       tuple(classes),
-      FileSplit(*splits['train'], root, resize, exif),
-      FileSplit(*splits['eval'], root, resize, exif),
+      FileSplit(*splits["train"], root, resize, exif),
+      FileSplit(*splits["eval"], root, resize, exif),
       os.path.join(stats_dir, stats_name),
       digest.hexdigest() + suffix,
-      f'image files under {root}',
+      f"image files under {root}",
   )
 
 
 def _imagenet_missing_message(manual_dir: str, data_dir: str) -> str:
   return (
-      'ImageNet (imagenet2012) is not prepared and its archives are missing.\n'
-      f'Put these two files into the manual directory {manual_dir}:\n'
-      '  ILSVRC2012_img_train.tar  (138 GB, one tar per synset)\n'
-      '  ILSVRC2012_img_val.tar    (6.3 GB, 50,000 validation JPEGs)\n'
-      '(register at https://image-net.org/download-images to download them), then prepare the '
-      'dataset once with\n'
-      f'  tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual_dir}\n'
-      '(or let the first run prepare it). Set dataset.data_dir / dataset.manual_dir to use other '
-      'directories.'
+      "ImageNet (imagenet2012) is not prepared and its archives are missing.\n"
+      f"Put these two files into the manual directory {manual_dir}:\n"
+      "  ILSVRC2012_img_train.tar  (138 GB, one tar per synset)\n"
+      "  ILSVRC2012_img_val.tar    (6.3 GB, 50,000 validation JPEGs)\n"
+      "(register at https://image-net.org/download-images to download them), then prepare the "
+      "dataset once with\n"
+      f"  tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual_dir}\n"
+      "(or let the first run prepare it). Set dataset.data_dir / dataset.manual_dir to use other "
+      "directories."
   )
 
 
@@ -535,20 +533,20 @@ def _tfds_source(name: str, data_dir, manual_dir, resize) -> Source:
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f'unknown dataset {name!r}: use "imagenet2012", "digits", "folder:/path" or the name of a '
-        f'TFDS image-classification dataset ({type(e).__name__}: {e})'
+        f"TFDS image-classification dataset ({type(e).__name__}: {e})"
     ) from None
   if not builder.is_prepared():
-    base = name.split(':')[0].split('/')[0]
-    if base == 'imagenet2012':
-      manual_dir = os.path.expanduser(manual_dir or os.path.join(data_dir, 'downloads', 'manual'))
+    base = name.split(":")[0].split("/")[0]
+    if base == "imagenet2012":
+      manual_dir = os.path.expanduser(manual_dir or os.path.join(data_dir, "downloads", "manual"))
       tars = [
           os.path.join(manual_dir, f)
-          for f in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+          for f in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
       ]
       if not all(os.path.exists(t) for t in tars):
         raise FileNotFoundError(_imagenet_missing_message(manual_dir, data_dir))
-      log.warning(
-          'preparing imagenet2012 from %s into %s (one time; hours for the full set)',
+      logging.warning(
+          "preparing imagenet2012 from %s into %s (one time; hours for the full set)",
           manual_dir,
           data_dir,
       )
@@ -557,25 +555,25 @@ def _tfds_source(name: str, data_dir, manual_dir, resize) -> Source:
       )
     else:
       raise FileNotFoundError(
-          f'TFDS dataset {name!r} is not prepared under {data_dir} and runs never download. '
-          f'Prepare it once on a machine with internet access:\n'
-          f'  tfds build {name} --data_dir={data_dir}\n'
-          'or point dataset.data_dir at the directory that holds it.'
+          f"TFDS dataset {name!r} is not prepared under {data_dir} and runs never download. "
+          f"Prepare it once on a machine with internet access:\n"
+          f"  tfds build {name} --data_dir={data_dir}\n"
+          "or point dataset.data_dir at the directory that holds it."
       )
   info = builder.info
-  image_key, label_key = info.supervised_keys or ('image', 'label')
+  image_key, label_key = info.supervised_keys or ("image", "label")
   features = info.features
   if image_key not in features or not isinstance(features[image_key], tfds.features.Image):
-    raise ValueError(f'TFDS dataset {name!r} has no image feature {image_key!r}')
+    raise ValueError(f"TFDS dataset {name!r} has no image feature {image_key!r}")
   if not isinstance(features[label_key], tfds.features.ClassLabel):
-    raise ValueError(f'TFDS dataset {name!r}: {label_key!r} is not a class label')
-  if 'train' not in info.splits:
-    raise ValueError(f'TFDS dataset {name!r} has no train split (splits: {list(info.splits)})')
-  eval_split = next((s for s in ('validation', 'test') if s in info.splits), None)
-  train = TfdsSplit(builder, 'train', image_key, label_key, resize)
+    raise ValueError(f"TFDS dataset {name!r}: {label_key!r} is not a class label")
+  if "train" not in info.splits:
+    raise ValueError(f"TFDS dataset {name!r} has no train split (splits: {list(info.splits)})")
+  eval_split = next((s for s in ("validation", "test") if s in info.splits), None)
+  train = TfdsSplit(builder, "train", image_key, label_key, resize)
   evals = TfdsSplit(builder, eval_split, image_key, label_key, resize) if eval_split else None
-  stats_path = os.path.join(data_dir, 'alexnet_jax_stats', f'{sanitise(name)}_train.npz')
-  fingerprint = f'{info.version}:{train.num_examples}'
+  stats_path = os.path.join(data_dir, "alexnet_jax_stats", f"{sanitise(name)}_train.npz")
+  fingerprint = f"{info.version}:{train.num_examples}"
   return Source(
       name,
       tuple(features[label_key].names),
@@ -583,7 +581,7 @@ def _tfds_source(name: str, data_dir, manual_dir, resize) -> Source:
       evals,
       stats_path,
       fingerprint,
-      f'TFDS records of {name} under {data_dir}',
+      f"TFDS records of {name} under {data_dir}",
   )
 
 
@@ -593,9 +591,9 @@ def cheap_identity(settings: Settings) -> tuple:
   is added, removed or renamed in it), a TFDS dataset's version and size. None for what cannot
   be known (the data are not here)."""
   name = settings.name
-  if name == 'digits':
-    return tuple(str(i) for i in range(10)), f'digits:{_DIGITS_NUM_TRAIN}'
-  if name.startswith('folder:'):
+  if name == "digits":
+    return tuple(str(i) for i in range(10)), f"digits:{_DIGITS_NUM_TRAIN}"
+  if name.startswith("folder:"):
     root = folder_root(name)
     train_root, eval_dir = _folder_layout(root)
     if not os.path.isdir(train_root):
@@ -606,7 +604,7 @@ def cheap_identity(settings: Settings) -> tuple:
       for cls in classes:
         path = os.path.join(base, cls)
         if os.path.isdir(path):
-          digest.update(f'{os.path.relpath(path, root)}\0{os.stat(path).st_mtime_ns}\n'.encode())
+          digest.update(f"{os.path.relpath(path, root)}\0{os.stat(path).st_mtime_ns}\n".encode())
     return tuple(classes), digest.hexdigest()
   try:
     builder = tfds.builder(
@@ -615,10 +613,10 @@ def cheap_identity(settings: Settings) -> tuple:
     if not builder.is_prepared():
       return None, None
     info = builder.info
-    label_key = (info.supervised_keys or ('image', 'label'))[1]
+    label_key = (info.supervised_keys or ("image", "label"))[1]
     return (
         tuple(info.features[label_key].names),
-        f'{info.version}:{info.splits["train"].num_examples}',
+        f"{info.version}:{info.splits['train'].num_examples}",
     )
   except Exception:  # pylint: disable=broad-except  (the prepared plan is checked without it)
     return None, None

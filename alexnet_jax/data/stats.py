@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import logging
 import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from alexnet_jax.data.dataset import open_dataset
 from alexnet_jax.data.preprocess import IMAGE_SIZE, resize_and_center_crop
@@ -28,9 +28,9 @@ from alexnet_jax.data.settings import (
 )
 from alexnet_jax.data.sources import Source
 
-log = logging.getLogger(__name__)
-
-STATS_VERSION = 3  # 3: exact integer sums; 2: the cache carries an HMAC of its content
+# Cache version 3: exact integer sums and an HMAC of the content. A cache of another version is
+# recomputed.
+STATS_VERSION = 3
 _STATS_BATCH = 32
 
 
@@ -66,12 +66,12 @@ class Sums:
     self.count += int(count)
 
   def as_dict(self) -> dict:
-    return {'sum_image': self.image, 's1': self.s1, 's2': self.s2, 'count': np.int64(self.count)}
+    return {"sum_image": self.image, "s1": self.s1, "s2": self.s2, "count": np.int64(self.count)}
 
   def stats(self, bad_keys=(), bad_files=(), pil_keys=()) -> dict:
     """The statistics these sums make, in the cache's format."""
     if self.count == 0:
-      raise DatasetError('no training image could be decoded')
+      raise DatasetError("no training image could be decoded")
     npx = self.count * IMAGE_SIZE * IMAGE_SIZE
     mu = self.s1 / (255.0 * npx)
     cov = self.s2 / (255.0**2 * npx) - np.outer(mu, mu)  # population covariance over all pixels
@@ -105,13 +105,13 @@ def _eigh_descending(cov: np.ndarray):
 
 def _batch_sums(b):
   """Per-batch sums inside tf.data (float64 of uint8 values: exact integers)."""
-  x = tf.cast(b['image'], tf.float64)
+  x = tf.cast(b["image"], tf.float64)
   px = tf.reshape(x, [-1, 3])
   return {
-      'key': b['key'],
-      'sum': tf.reduce_sum(x, 0),
-      's1': tf.reduce_sum(px, 0),
-      's2': tf.matmul(px, px, transpose_a=True),
+      "key": b["key"],
+      "sum": tf.reduce_sum(x, 0),
+      "s1": tf.reduce_sum(px, 0),
+      "s2": tf.matmul(px, px, transpose_a=True),
   }
 
 
@@ -125,8 +125,8 @@ def stats_pass(split, max_images=None) -> dict:
   sums, good = Sums(), []
   ds = split.canonical(n).batch(_STATS_BATCH).map(_batch_sums, tf.data.AUTOTUNE).prefetch(2)
   for b in ds.as_numpy_iterator():
-    sums.add_partial(b['sum'], b['s1'], b['s2'], len(b['key']))
-    good.append(b['key'])
+    sums.add_partial(b["sum"], b["s1"], b["s2"], len(b["key"]))
+    good.append(b["key"])
   good = np.concatenate(good) if good else np.zeros([0], np.int64)
   bad, pil = [], []
   for key in np.setdiff1d(expected, good):  # few: formats only PIL reads count, the rest are bad
@@ -145,9 +145,9 @@ def stats_pass(split, max_images=None) -> dict:
 
 def _stats_key() -> bytes:
   """This user's secret for the statistics caches' HMAC (created once, mode 0600)."""
-  path = os.path.join(user_cache_dir(), 'stats_key')
+  path = os.path.join(user_cache_dir(), "stats_key")
   try:
-    with open(path, 'rb') as f:
+    with open(path, "rb") as f:
       key = f.read()
     if len(key) >= 32:
       return key
@@ -157,13 +157,13 @@ def _stats_key() -> bytes:
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, 'wb') as f:
+    with os.fdopen(fd, "wb") as f:
       f.write(key)
   except FileExistsError:  # another process made it first
-    with open(path, 'rb') as f:
+    with open(path, "rb") as f:
       return f.read()
   except OSError as e:
-    log.warning('cannot keep a key in %s (%s): statistics caches will not be reused', path, e)
+    logging.warning("cannot keep a key in %s (%s): statistics caches will not be reused", path, e)
   return key
 
 
@@ -171,9 +171,9 @@ def stats_digest(stats: dict, key: bytes | None) -> str:
   """HMAC-SHA256 (SHA-256 when key is None) of every array of `stats` but 'digest' (names,
   dtypes, shapes, bytes), its meta included."""
   h = hmac.new(key, digestmod=hashlib.sha256) if key is not None else hashlib.sha256()
-  for name in sorted(k for k in stats if k != 'digest'):
+  for name in sorted(k for k in stats if k != "digest"):
     a = np.ascontiguousarray(np.asarray(stats[name]))
-    h.update(f'{name}\0{a.dtype.str}\0{a.shape}\0'.encode())
+    h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
     h.update(a.tobytes())
   return h.hexdigest()
 
@@ -186,7 +186,7 @@ def save_npz(path: str, arrays: dict) -> None:
 def _stats_path(src: Source, max_images) -> str:
   path = src.stats_path
   if max_images:
-    path = path[: -len('.npz')] + f'_max{int(max_images)}.npz'
+    path = path[: -len(".npz")] + f"_max{int(max_images)}.npz"
   return path
 
 
@@ -195,12 +195,12 @@ def _stats_locations(src: Source, max_images) -> list:
   (where it is written when the data's directory is read-only)."""
   path = _stats_path(src, max_images)
   tag = hashlib.sha1(os.fsencode(path)).hexdigest()[:10]
-  return [path, os.path.join(user_cache_dir(), f'{tag}_{os.path.basename(path)}')]
+  return [path, os.path.join(user_cache_dir(), f"{tag}_{os.path.basename(path)}")]
 
 
 def _load_or_compute(src: Source, max_images) -> dict:
   locations = _stats_locations(src, max_images)
-  meta = f'v{STATS_VERSION}:{src.name}:{src.fingerprint}:{max_images}'
+  meta = f"v{STATS_VERSION}:{src.name}:{src.fingerprint}:{max_images}"
   key = _stats_key()
   for path in locations:
     if not os.path.exists(path):
@@ -209,23 +209,23 @@ def _load_or_compute(src: Source, max_images) -> dict:
       with np.load(path, allow_pickle=False) as z:
         stats = {k: z[k] for k in z.files}
     except Exception as e:  # pylint: disable=broad-except
-      log.warning('ignoring unreadable stats cache %s (%s)', path, e)
+      logging.warning("ignoring unreadable stats cache %s (%s)", path, e)
       continue
-    if str(stats.get('meta')) != meta:
-      continue  # other data, or an older version: recomputed
-    if str(stats.get('digest')) != stats_digest(stats, key):
-      log.warning(
-          'ignoring stats cache %s: its HMAC does not verify (altered, or written by another '
+    if str(stats.get("meta")) != meta:
+      continue  # other data, or another cache version: recomputed
+    if str(stats.get("digest")) != stats_digest(stats, key):
+      logging.warning(
+          "ignoring stats cache %s: its HMAC does not verify (altered, or written by another "
           "user or with another key; the key is this user's %s)",
           path,
-          os.path.join(user_cache_dir(), 'stats_key'),
+          os.path.join(user_cache_dir(), "stats_key"),
       )
       continue
     return stats
-  log.info('computing dataset statistics of %s (one pass over the training split)', src.name)
+  logging.info("computing dataset statistics of %s (one pass over the training split)", src.name)
   stats = stats_pass(src.train, max_images)
-  stats['meta'] = np.asarray(meta)
-  stats['digest'] = np.asarray(stats_digest(stats, key))
+  stats["meta"] = np.asarray(meta)
+  stats["digest"] = np.asarray(stats_digest(stats, key))
   for target in locations:
     if writable_dir(os.path.dirname(target)):
       save_npz(target, stats)
@@ -240,11 +240,11 @@ def read_prepared_stats(path: str) -> dict:
       stats = {k: z[k] for k in z.files}
   except Exception as e:  # pylint: disable=broad-except
     raise DatasetError(
-        f'the prepared statistics {path} cannot be read ({e}): run alexnet_jax.prepare again.'
+        f"the prepared statistics {path} cannot be read ({e}): run alexnet_jax.prepare again."
     ) from None
-  if str(stats.get('digest')) != stats_digest(stats, None):
+  if str(stats.get("digest")) != stats_digest(stats, None):
     raise DatasetError(
-        f'the prepared statistics {path} are damaged: run alexnet_jax.prepare again.'
+        f"the prepared statistics {path} are damaged: run alexnet_jax.prepare again."
     )
   return stats
 
@@ -252,22 +252,22 @@ def read_prepared_stats(path: str) -> dict:
 def source_stats(src: Source, settings: Settings) -> dict:
   """The statistics of `src`'s training split as a dict (the cache's format); kept on `src`."""
   max_images = settings.stats_max_images
-  if 'stats' not in src.memo:
+  if "stats" not in src.memo:
     if src.prepared_stats and not max_images:
-      src.memo['stats'] = read_prepared_stats(src.prepared_stats)
+      src.memo["stats"] = read_prepared_stats(src.prepared_stats)
     else:
-      src.memo['stats'] = _load_or_compute(src, max_images)
-  return src.memo['stats']
+      src.memo["stats"] = _load_or_compute(src, max_images)
+  return src.memo["stats"]
 
 
 def as_dataset_stats(s: dict) -> DatasetStats:
   return DatasetStats(
-      mean_image=np.asarray(s['mean_image'], np.float32),
-      covariance=np.asarray(s['covariance'], np.float64),
-      eigval=np.asarray(s['eigval'], np.float32),
-      eigvec=np.asarray(s['eigvec'], np.float32),
-      num_images=int(s['num_images']),
-      bad_files=tuple(str(x) for x in s['bad_files']),
+      mean_image=np.asarray(s["mean_image"], np.float32),
+      covariance=np.asarray(s["covariance"], np.float64),
+      eigval=np.asarray(s["eigval"], np.float32),
+      eigvec=np.asarray(s["eigvec"], np.float32),
+      num_images=int(s["num_images"]),
+      bad_files=tuple(str(x) for x in s["bad_files"]),
   )
 
 
@@ -276,11 +276,11 @@ def dataset_stats(dataset) -> DatasetStats:
   Source); computed once, then read from the cache (or from the prepared data)."""
   src = open_dataset(dataset)
   s = source_stats(src, src.settings)
-  if len(s['bad_files']):
-    log.warning(
-        '%d training files cannot be decoded and are skipped: %s',
-        len(s['bad_files']),
-        ', '.join(map(str, s['bad_files'])),
+  if len(s["bad_files"]):
+    logging.warning(
+        "%d training files cannot be decoded and are skipped: %s",
+        len(s["bad_files"]),
+        ", ".join(map(str, s["bad_files"])),
     )
   return as_dataset_stats(s)
 

@@ -10,7 +10,7 @@ Stream semantics (what makes runs exactly resumable):
     sequential). Each epoch permutes the order of the record files (stateless, seeded by
     (seed, epoch)) and shuffles records through a buffer seeded the same way. Resuming at step N
     jumps to the right epoch and skips records BEFORE decoding.
-  * Prepared data (prepared.py) keep the source's keys and layout: the same keys in the same
+  * Prepared data (shards.py) keep the source's keys and layout: the same keys in the same
     order, only read from the shards instead of decoded from the originals.
   * A split smaller than one batch wraps around: a batch then holds some images twice (with
     different augmentations); an epoch counts as one step.
@@ -22,21 +22,19 @@ Stream semantics (what makes runs exactly resumable):
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Callable, Iterator
 
 import jax
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.data.dataset import open_dataset
-from alexnet_jax.data.prepared import PreparedDataError
 from alexnet_jax.data.preprocess import IMAGE_SIZE
+from alexnet_jax.data.shards import PreparedDataError
 from alexnet_jax.data.sources import instruction_keys
-
-log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -46,15 +44,15 @@ def _shard(shard_index, num_shards):
     shard_index = jax.process_index() if shard_index is None else shard_index
     num_shards = jax.process_count() if num_shards is None else num_shards
   if not 0 <= shard_index < num_shards:
-    raise ValueError(f'shard_index {shard_index} not in [0, {num_shards})')
+    raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
   return int(shard_index), int(num_shards)
 
 
 def _local_batch(global_batch_size, num_shards):
   if global_batch_size % num_shards:
     raise ValueError(
-        f'global batch size {global_batch_size} is not divisible by the '
-        f'{num_shards} shards (processes)'
+        f"global batch size {global_batch_size} is not divisible by the "
+        f"{num_shards} shards (processes)"
     )
   return global_batch_size // num_shards
 
@@ -76,7 +74,7 @@ def _is_in(key, sorted_keys: np.ndarray):
 
 def _prepared_error(e: tf.errors.OpError):
   """A PreparedDataError raised inside tf.data, as the DatasetError it was (else None)."""
-  m = re.search(r'PreparedDataError: (.*?)(?:\n|$)', e.message)
+  m = re.search(r"PreparedDataError: (.*?)(?:\n|$)", e.message)
   return PreparedDataError(m.group(1)) if m else None
 
 
@@ -108,7 +106,7 @@ class _Batches:
       b = next(self._it)
     except tf.errors.OpError as e:
       raise (_prepared_error(e) or e) from None
-    q = b['q']
+    q = b["q"]
     missing = np.setdiff1d(np.arange(self._next_q, q[-1] + 1), q)
     self._next_q = int(q[-1]) + 1
     if not len(missing):
@@ -116,29 +114,29 @@ class _Batches:
     parts = []
     if self._recover is not None:
       parts.append(self._recover(missing))
-      missing = np.setdiff1d(missing, parts[0]['q'])
+      missing = np.setdiff1d(missing, parts[0]["q"])
     for m in missing:
       name = self._name_of_q(int(m))
       self.skipped.append(name)
-      log.warning(
-          'skipped an image that failed to decode: %s (%d skipped so far)', name, len(self.skipped)
+      logging.warning(
+          "skipped an image that failed to decode: %s (%d skipped so far)", name, len(self.skipped)
       )
-    merged = {k: np.concatenate([p[k] for p in parts] + [b[k]]) for k in ('q', 'image', 'label')}
-    order = np.argsort(merged['q'], kind='stable')
+    merged = {k: np.concatenate([p[k] for p in parts] + [b[k]]) for k in ("q", "image", "label")}
+    order = np.argsort(merged["q"], kind="stable")
     return {k: v[order] for k, v in merged.items()}
 
   def __next__(self) -> dict:
     if not self._pending:
       b = self._pull()
-      if len(b['q']) == self._size:  # the usual case: the batch as tf.data made it
-        return {'image': b['image'], 'label': b['label']}
+      if len(b["q"]) == self._size:  # the usual case: the batch as tf.data made it
+        return {"image": b["image"], "label": b["label"]}
       self._pending = [b]
-    while sum(len(p['q']) for p in self._pending) < self._size:
+    while sum(len(p["q"]) for p in self._pending) < self._size:
       self._pending.append(self._pull())
-    merged = {k: np.concatenate([p[k] for p in self._pending]) for k in ('q', 'image', 'label')}
+    merged = {k: np.concatenate([p[k] for p in self._pending]) for k in ("q", "image", "label")}
     rest = {k: v[self._size :] for k, v in merged.items()}
-    self._pending = [rest] if len(rest['q']) else []
-    return {k: merged[k][: self._size] for k in ('image', 'label')}
+    self._pending = [rest] if len(rest["q"]) else []
+    return {k: merged[k][: self._size] for k in ("image", "label")}
 
   @property
   def num_skipped(self) -> int:
@@ -188,34 +186,34 @@ def train_iterator(
   settings = src.settings
   split = src.train
   stats = stats_lib.source_stats(src, settings)
-  bad = np.asarray(stats['bad_keys'], np.int64)
-  if getattr(split, 'prepared', False):  # rows that failed when prepared (stats_max_images
+  bad = np.asarray(stats["bad_keys"], np.int64)
+  if getattr(split, "prepared", False):  # rows that failed when prepared (stats_max_images
     bad = np.union1d(bad, split.bad_keys)  # may have scanned only some of them)
   bad = np.sort(bad)
-  pil_keys = np.asarray(stats['pil_keys'], np.int64)
+  pil_keys = np.asarray(stats["pil_keys"], np.int64)
   if len(bad):
-    log.warning(
-        'excluding %d undecodable training files: %s',
+    logging.warning(
+        "excluding %d undecodable training files: %s",
         len(bad),
-        ', '.join(map(str, stats['bad_files'])),
+        ", ".join(map(str, stats["bad_files"])),
     )
   q0 = int(start_step) * lb
-  by_key = settings.cache or getattr(split, 'prepared', False)
+  by_key = settings.cache or getattr(split, "prepared", False)
   if split.random_access:
     good = np.setdiff1d(split.all_keys(), bad)
     key_of = _random_access_positions(good, seed, p, count, lb)
     name_of_q = lambda q: split.name_of(int(key_of(q)))  # noqa: E731
     if by_key:
-      ds = tf.data.Dataset.counter(q0).map(lambda q: {'q': q, 'key': key_of(q)})
+      ds = tf.data.Dataset.counter(q0).map(lambda q: {"q": q, "key": key_of(q)})
     else:  # one parallel map: position -> key -> decoded example
-      load = lambda q: {'q': q, **split.element(key_of(q), pil_keys)}  # noqa: E731
+      load = lambda q: {"q": q, **split.element(key_of(q), pil_keys)}  # noqa: E731
       ds = tf.data.Dataset.counter(q0).map(load, AUTOTUNE)
   else:
     ds, name_of_q = _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key)
   if settings.cache:
     return _cached_batches(ds, split, lb, pil_keys)
   recover = None
-  if getattr(split, 'prepared', False):
+  if getattr(split, "prepared", False):
     ds = split.batches(ds, lb)  # prepared rows never fail silently: no ignore_errors
   elif split.random_access:
     ds = ds.batch(lb).ignore_errors()  # map + batch fused (see _Batches)
@@ -224,9 +222,9 @@ def train_iterator(
       again = tf.data.Dataset.from_tensor_slices(qs).map(load).ignore_errors()
       parts = list(again.batch(len(qs)).as_numpy_iterator())
       empty = {
-          'q': np.zeros([0], np.int64),
-          'image': np.zeros([0, IMAGE_SIZE, IMAGE_SIZE, 3], np.uint8),
-          'label': np.zeros([0], np.int32),
+          "q": np.zeros([0], np.int64),
+          "image": np.zeros([0, IMAGE_SIZE, IMAGE_SIZE, 3], np.uint8),
+          "label": np.zeros([0], np.int32),
       }
       return parts[0] if parts else empty
 
@@ -242,7 +240,7 @@ def _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key):
   shard_keys = instruction_keys(*instr[1:])
   length = len(shard_keys) - int(np.isin(bad, shard_keys).sum())  # good examples per epoch
   if length <= 0:
-    raise ValueError(f'process {p} has no training examples ({n} examples, {count} processes)')
+    raise ValueError(f"process {p} has no training examples ({n} examples, {count} processes)")
   buffer = max(1, min(int(settings.shuffle_buffer), length))
   n_files = len(instr[0])
 
@@ -252,7 +250,7 @@ def _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key):
     )
     ds = split.records(instr, order=order, with_data=not by_key)
     if len(bad):
-      ds = ds.filter(lambda r: tf.logical_not(_is_in(r['key'], bad)))
+      ds = ds.filter(lambda r: tf.logical_not(_is_in(r["key"], bad)))
     return ds.shuffle(buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False)
 
   e0, offset = divmod(q0, length)
@@ -261,10 +259,10 @@ def _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key):
       .skip(offset)
       .concatenate(tf.data.Dataset.counter(e0 + 1).flat_map(epoch))
   )  # skip before decoding
-  ds = ds.enumerate(q0).map(lambda q, r: {'q': q, **r})
+  ds = ds.enumerate(q0).map(lambda q, r: {"q": q, **r})
   if not by_key:
-    ds = ds.map(lambda r: {'q': r['q'], **split.parse(r['data'])}, num_parallel_calls=AUTOTUNE)
-  name_of_q = lambda q: f'example #{q} of process {p} in {split.split}'  # noqa: E731
+    ds = ds.map(lambda r: {"q": r["q"], **split.parse(r["data"])}, num_parallel_calls=AUTOTUNE)
+  name_of_q = lambda q: f"example #{q} of process {p} in {split.split}"  # noqa: E731
   return ds, name_of_q
 
 
@@ -277,18 +275,18 @@ def _cached_batches(key_stream: tf.data.Dataset, split, lb: int, pil_keys):
   filled = np.zeros([len(keys)], bool)
   try:
     for b in split.canonical(None, pil_keys).batch(256).as_numpy_iterator():
-      rows = np.searchsorted(keys, b['key'])
-      images[rows], labels[rows], filled[rows] = b['image'], b['label'], True
+      rows = np.searchsorted(keys, b["key"])
+      images[rows], labels[rows], filled[rows] = b["image"], b["label"], True
   except tf.errors.OpError as e:
     raise (_prepared_error(e) or e) from None
   for key in keys[~filled]:
-    log.warning('image failed to decode; its cached copy stays black: %s', split.name_of(key))
+    logging.warning("image failed to decode; its cached copy stays black: %s", split.name_of(key))
   it = key_stream.batch(lb).prefetch(AUTOTUNE).as_numpy_iterator()
 
   def gen():
     for b in it:
-      rows = np.searchsorted(keys, b['key'])
-      yield {'image': images[rows], 'label': labels[rows]}
+      rows = np.searchsorted(keys, b["key"])
+      yield {"image": images[rows], "label": labels[rows]}
 
   return gen()
 
@@ -308,7 +306,7 @@ def eval_iterator(
   """
   return split_iterator(
       dataset,
-      'eval',
+      "eval",
       global_batch_size=global_batch_size,
       shard_index=shard_index,
       num_shards=num_shards,
@@ -316,9 +314,9 @@ def eval_iterator(
 
 
 def _split(src, split: str):
-  if split not in ('train', 'eval'):
+  if split not in ("train", "eval"):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-  return src.train if split == 'train' else src.eval
+  return src.train if split == "train" else src.eval
 
 
 def _covered(split, max_examples) -> int:
@@ -354,34 +352,34 @@ def split_iterator(
     return iter(())
   start, stop = p * n // count, (p + 1) * n // count
   num_batches = -(-(-(-n // count)) // lb)  # ceil(ceil(n / count) / lb): same on every process
-  prepared = getattr(split, 'prepared', False)
+  prepared = getattr(split, "prepared", False)
   if split.random_access:
     # Evenly spaced over the whole split (all of it when n == num_examples).
     chosen = np.unique(np.linspace(0, split.num_examples - 1, n).round().astype(np.int64))
     expected = split.all_keys()[chosen[start:stop]]
-    keys = tf.data.Dataset.from_tensor_slices({'key': expected})
+    keys = tf.data.Dataset.from_tensor_slices({"key": expected})
     if not prepared:
-      ds = keys.map(lambda r: {'key': r['key'], **split.element(r['key'])}, AUTOTUNE)
+      ds = keys.map(lambda r: {"key": r["key"], **split.element(r["key"])}, AUTOTUNE)
   else:
     instr = split.instructions(start, stop)
     expected = instruction_keys(*instr[1:])
     keys = split.records(instr, cycle_length=4, with_data=not prepared)
     if not prepared:
-      ds = keys.map(lambda r: {'key': r['key'], **split.parse(r['data'])}, AUTOTUNE)
+      ds = keys.map(lambda r: {"key": r["key"], **split.parse(r["data"])}, AUTOTUNE)
   if prepared:  # rows that failed when prepared become padding, as failures do below
-    keys = keys.filter(lambda r: tf.logical_not(_is_in(r['key'], np.sort(split.bad_keys))))
+    keys = keys.filter(lambda r: tf.logical_not(_is_in(r["key"], np.sort(split.bad_keys))))
     ds = split.examples(keys)
   else:
     ds = ds.ignore_errors()
   ds = ds.map(
-      lambda r: {'q': r['key'], 'image': r['image'], 'label': r['label'], 'mask': tf.constant(True)}
+      lambda r: {"q": r["key"], "image": r["image"], "label": r["label"], "mask": tf.constant(True)}
   )
   pad = tf.data.Dataset.from_tensors(
       {
-          'q': tf.constant(-1, tf.int64),
-          'image': tf.zeros([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8),
-          'label': tf.constant(0, tf.int32),
-          'mask': tf.constant(False),
+          "q": tf.constant(-1, tf.int64),
+          "image": tf.zeros([IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8),
+          "label": tf.constant(0, tf.int32),
+          "mask": tf.constant(False),
       }
   ).repeat()
   ds = ds.concatenate(pad).take(num_batches * lb).batch(lb).prefetch(AUTOTUNE)
@@ -411,8 +409,8 @@ class _EvalBatches:
       for key in np.setdiff1d(self._expected, seen):
         name = self._split.name_of(int(key))
         self.skipped.append(name)
-        log.warning('validation image failed to decode and was left out: %s', name)
+        logging.warning("validation image failed to decode and was left out: %s", name)
       self._expected = np.zeros([0], np.int64)
       raise
-    self._seen.append(b['q'][b['mask']])
-    return {'image': b['image'], 'label': b['label'], 'mask': b['mask']}
+    self._seen.append(b["q"][b["mask"]])
+    return {"image": b["image"], "label": b["label"], "mask": b["mask"]}

@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import glob
 import json
-import logging
 import os
 import socket
 import uuid
@@ -25,15 +24,14 @@ import zlib
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from alexnet_jax import reporting
-from alexnet_jax.data import prepared as prepared_lib
+from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import sources
 from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.data.preprocess import IMAGE_SIZE, resize_and_center_crop
 from alexnet_jax.data.settings import DatasetError, Settings, write_atomically
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -48,52 +46,52 @@ class Report:
 
 
 def make_plan(src: sources.Source, settings: Settings, fmt: str, quality: int, per_shard: int):
-  if fmt not in prepared_lib.FORMATS:
-    raise DatasetError(f'prepare.format must be one of {prepared_lib.FORMATS}, got {fmt!r}')
+  if fmt not in shards_lib.FORMATS:
+    raise DatasetError(f"prepare.format must be one of {shards_lib.FORMATS}, got {fmt!r}")
   if not 1 <= int(quality) <= 100:
-    raise DatasetError(f'prepare.jpeg_quality must be in [1, 100], got {quality}')
+    raise DatasetError(f"prepare.jpeg_quality must be in [1, 100], got {quality}")
   if int(per_shard) < 1:
-    raise DatasetError(f'prepare.images_per_shard must be >= 1, got {per_shard}')
+    raise DatasetError(f"prepare.images_per_shard must be >= 1, got {per_shard}")
   splits = {}
-  for name, split in (('train', src.train), ('eval', src.eval)):
+  for name, split in (("train", src.train), ("eval", src.eval)):
     if split is None:
       continue
     n = split.num_examples
     entry = {
-        'num_examples': n,
-        'num_shards': -(-n // int(per_shard)),
-        'order': 'random' if split.random_access else 'sequential',
+        "num_examples": n,
+        "num_shards": -(-n // int(per_shard)),
+        "order": "random" if split.random_access else "sequential",
     }
     if not split.random_access:
-      entry['files'], entry['file_lengths'] = split.file_lengths()
+      entry["files"], entry["file_lengths"] = split.file_lengths()
     splits[name] = entry
   return {
-      'format_version': prepared_lib.FORMAT_VERSION,
-      'dataset': prepared_lib.canonical_name(src.name),
-      'fingerprint': src.fingerprint,
-      'signature': sources.cheap_identity(settings)[1],
-      'class_names': list(src.class_names),
-      'image_size': IMAGE_SIZE,
-      'resize': settings.resize,
-      'exif_transpose': bool(settings.exif_transpose),
-      'format': fmt,
-      'jpeg_quality': int(quality) if fmt == 'jpeg' else None,
-      'images_per_shard': int(per_shard),
-      'splits': splits,
+      "format_version": shards_lib.FORMAT_VERSION,
+      "dataset": shards_lib.canonical_name(src.name),
+      "fingerprint": src.fingerprint,
+      "signature": sources.cheap_identity(settings)[1],
+      "class_names": list(src.class_names),
+      "image_size": IMAGE_SIZE,
+      "resize": settings.resize,
+      "exif_transpose": bool(settings.exif_transpose),
+      "format": fmt,
+      "jpeg_quality": int(quality) if fmt == "jpeg" else None,
+      "images_per_shard": int(per_shard),
+      "splits": splits,
   }
 
 
 def _write_plan(root: str, plan: dict) -> None:
   """Writes prepared.json, or checks that the one there describes the same preparation."""
-  path = os.path.join(root, prepared_lib.PLAN_FILE)
+  path = os.path.join(root, shards_lib.PLAN_FILE)
   if os.path.exists(path):
-    old = prepared_lib.read_plan(root)
-    differ = [k for k in prepared_lib.IDENTITY_KEYS if old.get(k) != plan.get(k)]
+    old = shards_lib.read_plan(root)
+    differ = [k for k in shards_lib.IDENTITY_KEYS if old.get(k) != plan.get(k)]
     if differ:
       raise DatasetError(
-          f'{root} holds another preparation (its {", ".join(differ)} differ from this one: '
-          + '; '.join(f'{k}: {old.get(k)!r} there, {plan.get(k)!r} now' for k in differ[:3])[:600]
-          + '). Prepare into another directory (--output_dir) or delete it first.'
+          f"{root} holds another preparation (its {', '.join(differ)} differ from this one: "
+          + "; ".join(f"{k}: {old.get(k)!r} there, {plan.get(k)!r} now" for k in differ[:3])[:600]
+          + "). Prepare into another directory (--output_dir) or delete it first."
       )
     return
   os.makedirs(root, exist_ok=True)
@@ -102,8 +100,8 @@ def _write_plan(root: str, plan: dict) -> None:
 
 
 def _encode(image: tf.Tensor, fmt: str, quality: int) -> tf.Tensor:
-  if fmt == 'raw':
-    return tf.constant(b'')  # raw rows are the pixels themselves
+  if fmt == "raw":
+    return tf.constant(b"")  # raw rows are the pixels themselves
   # Full-resolution chroma: 4:2:0 would blur colour edges beyond the re-encoding bound.
   return tf.io.encode_jpeg(image, quality=quality, chroma_downsampling=False)
 
@@ -112,12 +110,12 @@ class _ShardWriter:
   """One shard being written: rows into a temporary file, then renamed with its index."""
 
   def __init__(self, root, split, s, count, fmt, with_sums, digest):
-    self.rows_path = prepared_lib.rows_path(root, split, s, count)
-    self.index_path = prepared_lib.index_path(root, split, s, count)
+    self.rows_path = shards_lib.rows_path(root, split, s, count)
+    self.index_path = shards_lib.index_path(root, split, s, count)
     # host-pid (for the clean-up of killed runs) and a random part (hosts may share a name)
-    suffix = f'.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    suffix = f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     self.tmp_rows, self.tmp_index = self.rows_path + suffix, self.index_path + suffix
-    self.f = open(self.tmp_rows, 'wb')
+    self.f = open(self.tmp_rows, "wb")
     self.fmt = fmt
     self.rows: dict = {}  # key -> (label, offset, length, crc)
     self.offset = 0
@@ -125,7 +123,7 @@ class _ShardWriter:
     self.digest = digest
 
   def add(self, key: int, label: int, image: np.ndarray, encoded: bytes):
-    data = image.tobytes() if self.fmt == 'raw' else encoded
+    data = image.tobytes() if self.fmt == "raw" else encoded
     self.f.write(data)
     self.rows[int(key)] = (int(label), self.offset, len(data), zlib.crc32(data))
     self.offset += len(data)
@@ -139,20 +137,20 @@ class _ShardWriter:
     failed = (-1, 0, 0, 0)
     rows = [self.rows.get(int(k), failed) for k in keys]
     index = {
-        'keys': np.asarray(keys, np.int64),
-        'labels': np.asarray([r[0] for r in rows], np.int32),
-        'offsets': np.asarray([r[1] for r in rows], np.int64),
-        'lengths': np.asarray([r[2] for r in rows], np.int64),
-        'crcs': np.asarray([r[3] for r in rows], np.uint32),
-        'names': np.asarray(names, dtype=str),
-        'pil_keys': np.asarray(pil_keys, np.int64),
-        'data_bytes': np.int64(self.offset),
-        'plan_digest': np.asarray(self.digest),
+        "keys": np.asarray(keys, np.int64),
+        "labels": np.asarray([r[0] for r in rows], np.int32),
+        "offsets": np.asarray([r[1] for r in rows], np.int64),
+        "lengths": np.asarray([r[2] for r in rows], np.int64),
+        "crcs": np.asarray([r[3] for r in rows], np.uint32),
+        "names": np.asarray(names, dtype=str),
+        "pil_keys": np.asarray(pil_keys, np.int64),
+        "data_bytes": np.int64(self.offset),
+        "plan_digest": np.asarray(self.digest),
     }
     if self.sums is not None:
       index.update(self.sums.as_dict())
     os.replace(self.tmp_rows, self.rows_path)
-    with open(self.tmp_index, 'wb') as f:
+    with open(self.tmp_index, "wb") as f:
       np.savez(f, **index)
       f.flush()
       os.fsync(f.fileno())
@@ -164,7 +162,7 @@ def _decoded(split, keys: np.ndarray, fmt: str, quality: int) -> tf.data.Dataset
   decoded on every core; failures dropped."""
   if split.random_access:
     ds = tf.data.Dataset.from_tensor_slices(keys).map(
-        lambda k: {'key': k, **split.element(k)}, tf.data.AUTOTUNE
+        lambda k: {"key": k, **split.element(k)}, tf.data.AUTOTUNE
     )
   else:  # sorted keys: runs of consecutive records, each within one file
     names, _ = split.file_lengths()
@@ -177,9 +175,9 @@ def _decoded(split, keys: np.ndarray, fmt: str, quality: int) -> tf.data.Dataset
       for part, value in zip(instr, (path, f, o, int(j - i))):
         part.append(value)
     ds = split.records(instr, cycle_length=1).map(
-        lambda r: {'key': r['key'], **split.parse(r['data'], with_name=True)}, tf.data.AUTOTUNE
+        lambda r: {"key": r["key"], **split.parse(r["data"], with_name=True)}, tf.data.AUTOTUNE
     )
-  ds = ds.map(lambda r: {**r, 'encoded': _encode(r['image'], fmt, quality)}, tf.data.AUTOTUNE)
+  ds = ds.map(lambda r: {**r, "encoded": _encode(r["image"], fmt, quality)}, tf.data.AUTOTUNE)
   return ds.ignore_errors().prefetch(tf.data.AUTOTUNE)
 
 
@@ -188,8 +186,8 @@ def _stale_temporaries(root: str, stems: list) -> None:
   process, nor another host's: they may still be writing)."""
   host = socket.gethostname()
   for stem in stems:
-    for path in glob.glob(os.path.join(root, glob.escape(stem) + f'.*.tmp-{glob.escape(host)}-*')):
-      pid = path.rsplit('.tmp-', 1)[1][len(host) + 1 :].split('-')[0]
+    for path in glob.glob(os.path.join(root, glob.escape(stem) + f".*.tmp-{glob.escape(host)}-*")):
+      pid = path.rsplit(".tmp-", 1)[1][len(host) + 1 :].split("-")[0]
       try:
         os.kill(int(pid), 0)
         continue  # alive: another preparation on this host is writing it
@@ -201,22 +199,22 @@ def _stale_temporaries(root: str, stems: list) -> None:
 
 def write_stats(root: str, plan: dict) -> bool:
   """Sums the train shards' statistics into train_stats.npz; False while shards are missing."""
-  entry = plan['splits']['train']
-  count = entry['num_shards']
+  entry = plan["splits"]["train"]
+  count = entry["num_shards"]
   sums, bad_keys, bad_files, pil = stats_lib.Sums(), [], [], []
   for s in range(count):
-    index = prepared_lib.load_index(root, 'train', s, count, prepared_lib.plan_digest(plan))
+    index = shards_lib.load_index(root, "train", s, count, shards_lib.plan_digest(plan))
     if index is None:
       return False
-    sums.add_partial(index['sum_image'], index['s1'], index['s2'], index['count'])
-    failed = index['lengths'] == 0
-    bad_keys += list(index['keys'][failed])
-    bad_files += list(index['names'][failed])
-    pil += list(index['pil_keys'])
+    sums.add_partial(index["sum_image"], index["s1"], index["s2"], index["count"])
+    failed = index["lengths"] == 0
+    bad_keys += list(index["keys"][failed])
+    bad_files += list(index["names"][failed])
+    pil += list(index["pil_keys"])
   stats = sums.stats(bad_keys, bad_files, pil)
-  stats['meta'] = np.asarray(f'prepared:{plan["dataset"]}:{plan["fingerprint"]}')
-  stats['digest'] = np.asarray(stats_lib.stats_digest(stats, None))
-  stats_lib.save_npz(os.path.join(root, prepared_lib.STATS_FILE), stats)
+  stats["meta"] = np.asarray(f"prepared:{plan['dataset']}:{plan['fingerprint']}")
+  stats["digest"] = np.asarray(stats_lib.stats_digest(stats, None))
+  stats_lib.save_npz(os.path.join(root, shards_lib.STATS_FILE), stats)
   return True
 
 
@@ -226,28 +224,28 @@ def _prepare_split(shards: list, root, fmt, quality, digest, finish, ticks) -> N
   complete (and `finish`ed) once the stream passes its last key."""
   name, split = shards[0][0], shards[0][1]
   first_keys = np.asarray([t[4][0] for t in shards])
-  state = {'shard': -1, 'writer': None, 'done': {}}
+  state = {"shard": -1, "writer": None, "done": {}}
 
   def advance(to):
-    while state['shard'] < to:
-      if state['writer'] is not None:
-        finish(state['writer'], *shards[state['shard']], state['done'])
-      state['shard'] += 1
-      _, _, s, count, _ = shards[state['shard']]
-      state['writer'] = _ShardWriter(root, name, s, count, fmt, name == 'train', digest)
-      state['done'] = {}
+    while state["shard"] < to:
+      if state["writer"] is not None:
+        finish(state["writer"], *shards[state["shard"]], state["done"])
+      state["shard"] += 1
+      _, _, s, count, _ = shards[state["shard"]]
+      state["writer"] = _ShardWriter(root, name, s, count, fmt, name == "train", digest)
+      state["done"] = {}
 
   rows = _decoded(split, np.concatenate([t[4] for t in shards]), fmt, quality)
   for r in rows.as_numpy_iterator():
-    key = int(r['key'])
-    advance(int(np.searchsorted(first_keys, key, side='right')) - 1)
-    state['writer'].add(key, r['label'], r['image'], r['encoded'])
+    key = int(r["key"])
+    advance(int(np.searchsorted(first_keys, key, side="right")) - 1)
+    state["writer"].add(key, r["label"], r["image"], r["encoded"])
     # The record's own name (TFDS: reading it again later would scan its file).
-    state['done'][key] = r['name'].decode() if 'name' in r else None
+    state["done"][key] = r["name"].decode() if "name" in r else None
     if ticks is not None:
       next(ticks, None)
   advance(len(shards) - 1)  # shards whose rows all failed
-  finish(state['writer'], *shards[-1], state['done'])
+  finish(state["writer"], *shards[-1], state["done"])
 
 
 def prepare(
@@ -265,39 +263,39 @@ def prepare(
   data, where training finds it); resumes an interrupted preparation."""
   settings = Settings.of(dataset_config)
   if not 0 <= process_index < process_count:
-    raise DatasetError(f'process_index {process_index} not in [0, {process_count})')
+    raise DatasetError(f"process_index {process_index} not in [0, {process_count})")
   src = sources.open_raw(settings)
-  root = os.path.abspath(output_dir or prepared_lib.default_location(settings))
+  root = os.path.abspath(output_dir or shards_lib.default_location(settings))
   plan = make_plan(src, settings, fmt, jpeg_quality, images_per_shard)
   _write_plan(root, plan)
-  digest = prepared_lib.plan_digest(plan)
+  digest = shards_lib.plan_digest(plan)
   todo, skipped = [], []
-  for name, entry in plan['splits'].items():
-    split = src.train if name == 'train' else src.eval
-    keys = prepared_lib.split_keys(entry)
+  for name, entry in plan["splits"].items():
+    split = src.train if name == "train" else src.eval
+    keys = shards_lib.split_keys(entry)
     if not np.array_equal(keys, np.sort(split.all_keys())):
-      raise DatasetError(f'the {name} split of {src.name} changed while it was planned')
-    count, per = entry['num_shards'], plan['images_per_shard']
+      raise DatasetError(f"the {name} split of {src.name} changed while it was planned")
+    count, per = entry["num_shards"], plan["images_per_shard"]
     for s in range(process_index, count, process_count):
-      stem = prepared_lib.shard_stem(name, s, count)
-      if prepared_lib.load_index(root, name, s, count, digest) is not None:
+      stem = shards_lib.shard_stem(name, s, count)
+      if shards_lib.load_index(root, name, s, count, digest) is not None:
         skipped.append(stem)
       else:
         todo.append((name, split, s, count, keys[s * per : (s + 1) * per]))
-  _stale_temporaries(root, [prepared_lib.shard_stem(t[0], t[2], t[3]) for t in todo])
-  log.info(
-      'preparing %s into %s: %d shard(s) to write, %d already there (%s, %s)',
+  _stale_temporaries(root, [shards_lib.shard_stem(t[0], t[2], t[3]) for t in todo])
+  logging.info(
+      "preparing %s into %s: %d shard(s) to write, %d already there (%s, %s)",
       src.name,
       root,
       len(todo),
       len(skipped),
       fmt,
-      f'quality {jpeg_quality}' if fmt == 'jpeg' else 'uint8 rows',
+      f"quality {jpeg_quality}" if fmt == "jpeg" else "uint8 rows",
   )
   total = sum(len(t[4]) for t in todo)
   ticks = None
   if progress:
-    ticks = iter(reporting.progress(range(total), total=total, desc='preparing', unit='image'))
+    ticks = iter(reporting.progress(range(total), total=total, desc="preparing", unit="image"))
   bad_files, written = [], []
 
   def finish(writer, name, split, s, count, keys, done):
@@ -307,7 +305,7 @@ def prepare(
       image = split.python_fallback(key)
       if image is None:
         bad_files.append(split.name_of(key))
-        log.warning('cannot decode %s: left out of the prepared data', split.name_of(key))
+        logging.warning("cannot decode %s: left out of the prepared data", split.name_of(key))
       else:
         image = resize_and_center_crop(image, rule=split.resize)
         label = split.labels[int(key)]
@@ -318,9 +316,9 @@ def prepare(
     known = lambda k: done.get(int(k)) is not None  # noqa: E731  (a TFDS record's name)
     names = [split.record_name(k, done[int(k)]) if known(k) else split.name_of(k) for k in keys]
     writer.close(keys, names, pil)
-    written.append(prepared_lib.shard_stem(name, s, count))
+    written.append(shards_lib.shard_stem(name, s, count))
 
-  for name in plan['splits']:
+  for name in plan["splits"]:
     shards = [t for t in todo if t[0] == name]
     if shards:
       _prepare_split(shards, root, fmt, jpeg_quality, digest, finish, ticks)
@@ -328,12 +326,12 @@ def prepare(
     for _ in ticks:
       pass
   complete = write_stats(root, plan) and all(
-      prepared_lib.load_index(root, name, s, e['num_shards'], digest) is not None
-      for name, e in plan['splits'].items()
-      for s in range(e['num_shards'])
+      shards_lib.load_index(root, name, s, e["num_shards"], digest) is not None
+      for name, e in plan["splits"].items()
+      for s in range(e["num_shards"])
   )
   if bad_files:
-    log.warning(
-        '%d image(s) failed to decode and are left out: %s', len(bad_files), ', '.join(bad_files)
+    logging.warning(
+        "%d image(s) failed to decode and are left out: %s", len(bad_files), ", ".join(bad_files)
     )
   return Report(root, written, skipped, bad_files, complete)

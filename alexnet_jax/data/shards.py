@@ -40,10 +40,10 @@ from alexnet_jax.data.sources import (
     record_keys,
 )
 
-PLAN_FILE = 'prepared.json'
-STATS_FILE = 'train_stats.npz'
+PLAN_FILE = "prepared.json"
+STATS_FILE = "train_stats.npz"
 FORMAT_VERSION = 1
-FORMATS = ('jpeg', 'raw')
+FORMATS = ("jpeg", "raw")
 ROW_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
 _MAX_OPEN_FILES = 256
 _READ_BATCH = 64
@@ -51,18 +51,18 @@ _READ_BATCH = 64
 
 # The plan's keys that make two preparations the same; every shard's index carries their digest.
 IDENTITY_KEYS = (
-    'format_version',
-    'dataset',
-    'fingerprint',
-    'signature',
-    'class_names',
-    'image_size',
-    'resize',
-    'exif_transpose',
-    'format',
-    'jpeg_quality',
-    'images_per_shard',
-    'splits',
+    "format_version",
+    "dataset",
+    "fingerprint",
+    "signature",
+    "class_names",
+    "image_size",
+    "resize",
+    "exif_transpose",
+    "format",
+    "jpeg_quality",
+    "images_per_shard",
+    "splits",
 )
 
 
@@ -76,27 +76,27 @@ class PreparedDataError(DatasetError):
 
 
 def shard_stem(split: str, index: int, count: int) -> str:
-  return f'{split}-{index:05d}-of-{count:05d}'
+  return f"{split}-{index:05d}-of-{count:05d}"
 
 
 def default_location(settings: Settings) -> str:
   """Where prepare writes by default and training looks first: beside the data."""
-  variant = settings.resize + ('_exif' if settings.exif_transpose else '')
+  variant = settings.resize + ("_exif" if settings.exif_transpose else "")
   name = settings.name
-  if name.startswith('folder:'):
-    return os.path.join(sources.folder_root(name), '.alexnet_jax_prepared', variant)
-  if name == 'digits':
+  if name.startswith("folder:"):
+    return os.path.join(sources.folder_root(name), ".alexnet_jax_prepared", variant)
+  if name == "digits":
     base = settings.data_dir or user_cache_dir()
   else:
     base = settings.data_dir or default_tfds_dir()
   return os.path.join(
-      os.path.expanduser(base), 'alexnet_jax_prepared', f'{sanitise(name)}_{variant}'
+      os.path.expanduser(base), "alexnet_jax_prepared", f"{sanitise(name)}_{variant}"
   )
 
 
 def canonical_name(name: str) -> str:
-  if name.startswith('folder:'):
-    return 'folder:' + sources.folder_root(name)
+  if name.startswith("folder:"):
+    return "folder:" + sources.folder_root(name)
   return name
 
 
@@ -107,39 +107,39 @@ def read_plan(root: str) -> dict:
       plan = json.load(f)
   except FileNotFoundError:
     raise PreparedDataError(
-        f'no prepared data at {root} (no {PLAN_FILE}): write them with\n'
-        f'  python -m alexnet_jax.prepare --config=CONFIG --output_dir={root}'
+        f"no prepared data at {root} (no {PLAN_FILE}): write them with\n"
+        f"  python -m alexnet_jax.prepare --config=CONFIG --output_dir={root}"
     ) from None
   except (OSError, ValueError) as e:
     raise PreparedDataError(
-        f'{path} cannot be read ({e}): run alexnet_jax.prepare again.'
+        f"{path} cannot be read ({e}): run alexnet_jax.prepare again."
     ) from None
   plan = plan if isinstance(plan, dict) else {}
   missing = [k for k in IDENTITY_KEYS if k not in plan]
-  if missing or plan['format_version'] != FORMAT_VERSION:
+  if missing or plan["format_version"] != FORMAT_VERSION:
     raise PreparedDataError(
-        f'{path} is not a plan this code reads (format version {plan.get("format_version")}, '
-        f'this code reads {FORMAT_VERSION}; missing: {", ".join(missing) or "nothing"}): '
-        'prepare again into another directory.'
+        f"{path} is not a plan this code reads (format version {plan.get('format_version')}, "
+        f"this code reads {FORMAT_VERSION}; missing: {', '.join(missing) or 'nothing'}): "
+        "prepare again into another directory."
     )
   return plan
 
 
 def split_keys(entry: dict) -> np.ndarray:
   """Every key of a planned split, sorted (the canonical order the shards follow)."""
-  if entry['order'] == 'random':
-    return np.arange(entry['num_examples'], dtype=np.int64)
-  names, lengths = entry['files'], entry['file_lengths']
+  if entry["order"] == "random":
+    return np.arange(entry["num_examples"], dtype=np.int64)
+  names, lengths = entry["files"], entry["file_lengths"]
   _, idx, skip, take = instructions_from_lengths(names, lengths, 0, sum(lengths))
   return instruction_keys(idx, skip, take)
 
 
 def index_path(root, split, s, count):
-  return os.path.join(root, shard_stem(split, s, count) + '.index.npz')
+  return os.path.join(root, shard_stem(split, s, count) + ".index.npz")
 
 
 def rows_path(root, split, s, count):
-  return os.path.join(root, shard_stem(split, s, count) + '.rows')
+  return os.path.join(root, shard_stem(split, s, count) + ".rows")
 
 
 def load_index(root: str, split: str, s: int, count: int, digest: str) -> dict | None:
@@ -153,21 +153,21 @@ def load_index(root: str, split: str, s: int, count: int, digest: str) -> dict |
     return None
   except Exception as e:  # pylint: disable=broad-except
     raise PreparedDataError(
-        f'prepared shard {path} is damaged ({e}): delete it and run alexnet_jax.prepare again '
-        '(it redoes the missing shards).'
+        f"prepared shard {path} is damaged ({e}): delete it and run alexnet_jax.prepare again "
+        "(it redoes the missing shards)."
     ) from None
-  if str(index.get('plan_digest')) != digest:
+  if str(index.get("plan_digest")) != digest:
     raise PreparedDataError(
-        f'prepared shard {path} belongs to another preparation than {root}/{PLAN_FILE} (another '
-        'dataset, format or setting): prepare into an empty directory.'
+        f"prepared shard {path} belongs to another preparation than {root}/{PLAN_FILE} (another "
+        "dataset, format or setting): prepare into an empty directory."
     )
   rows = rows_path(root, split, s, count)
   size = os.path.getsize(rows) if os.path.exists(rows) else -1
-  if size != int(index['data_bytes']):
+  if size != int(index["data_bytes"]):
     raise PreparedDataError(
-        f'prepared shard {rows} is damaged: {size} bytes, its index says '
-        f'{int(index["data_bytes"])}; delete it and its .index.npz and run alexnet_jax.prepare '
-        'again (it redoes the missing shards).'
+        f"prepared shard {rows} is damaged: {size} bytes, its index says "
+        f"{int(index['data_bytes'])}; delete it and its .index.npz and run alexnet_jax.prepare "
+        "again (it redoes the missing shards)."
     )
   return index
 
@@ -179,11 +179,11 @@ class PreparedSplit:
 
   def __init__(self, root: str, split: str, entry: dict, plan: dict):
     self.root, self.split, self.entry = root, split, entry
-    self.format = plan['format']
+    self.format = plan["format"]
     self.digest = plan_digest(plan)
-    self.resize = plan['resize']
-    self.random_access = entry['order'] == 'random'
-    count = entry['num_shards']
+    self.resize = plan["resize"]
+    self.random_access = entry["order"] == "random"
+    count = entry["num_shards"]
     indexes, missing = [], []
     for s in range(count):
       index = load_index(root, split, s, count, self.digest)
@@ -192,25 +192,25 @@ class PreparedSplit:
       indexes.append(index)
     if missing:
       raise PreparedDataError(
-          f'the prepared data at {root} are incomplete: {len(missing)} of {count} {split} '
-          f'shards missing ({", ".join(shard_stem(split, s, count) for s in missing[:5])}'
-          f'{", ..." if len(missing) > 5 else ""}); run alexnet_jax.prepare again: it resumes.'
+          f"the prepared data at {root} are incomplete: {len(missing)} of {count} {split} "
+          f"shards missing ({', '.join(shard_stem(split, s, count) for s in missing[:5])}"
+          f"{', ...' if len(missing) > 5 else ''}); run alexnet_jax.prepare again: it resumes."
       )
     # File names stay in the shards' indexes until asked for (ImageNet's take 150 MB).
     cat = lambda k: np.concatenate([ix[k] for ix in indexes])  # noqa: E731
-    self.keys = cat('keys')
-    self.labels = cat('labels').astype(np.int32)
-    self.offsets = cat('offsets')
-    self.lengths = cat('lengths')
-    self.crcs = cat('crcs')
+    self.keys = cat("keys")
+    self.labels = cat("labels").astype(np.int32)
+    self.offsets = cat("offsets")
+    self.lengths = cat("lengths")
+    self.crcs = cat("crcs")
     self.shard_of_row = np.concatenate(
-        [np.full(len(ix['keys']), s, np.int32) for s, ix in enumerate(indexes)]
+        [np.full(len(ix["keys"]), s, np.int32) for s, ix in enumerate(indexes)]
     )
     expected = split_keys(entry)
     if not np.array_equal(self.keys, expected):
       raise PreparedDataError(
-          f'the prepared {split} shards at {root} do not hold the {len(expected)} rows their '
-          'plan lists: run alexnet_jax.prepare into an empty directory.'
+          f"the prepared {split} shards at {root} do not hold the {len(expected)} rows their "
+          "plan lists: run alexnet_jax.prepare into an empty directory."
       )
     self.num_examples = len(self.keys)
     self.bad_keys = self.keys[self.lengths == 0]
@@ -229,17 +229,17 @@ class PreparedSplit:
   def _name(self, row: int) -> str:
     shard = int(self.shard_of_row[row])
     first = int(np.searchsorted(self.shard_of_row, shard))
-    index = load_index(self.root, self.split, shard, self.entry['num_shards'], self.digest)
-    return str(index['names'][row - first])
+    index = load_index(self.root, self.split, shard, self.entry["num_shards"], self.digest)
+    return str(index["names"][row - first])
 
   def instructions(self, start: int = 0, stop: int | None = None):
     entry = self.entry
     stop = self.num_examples if stop is None else stop
-    return instructions_from_lengths(entry['files'], entry['file_lengths'], start, stop)
+    return instructions_from_lengths(entry["files"], entry["file_lengths"], start, stop)
 
   def records(self, instr, order=None, with_data=False, cycle_length=16) -> tf.data.Dataset:
     if with_data:
-      raise ValueError('prepared rows are read by key (examples/batches), not as records')
+      raise ValueError("prepared rows are read by key (examples/batches), not as records")
     return record_keys(instr, order, cycle_length)
 
   def python_fallback(self, key):
@@ -251,7 +251,7 @@ class PreparedSplit:
     rows = np.searchsorted(self.keys, keys)
     rows = np.minimum(rows, self.num_examples - 1)
     if not np.array_equal(self.keys[rows], keys):
-      raise PreparedDataError(f'keys {keys[self.keys[rows] != keys][:5]} are not in {self.root}')
+      raise PreparedDataError(f"keys {keys[self.keys[rows] != keys][:5]} are not in {self.root}")
     return rows
 
   def _file(self, shard: int):
@@ -262,20 +262,20 @@ class PreparedSplit:
       if f is None:
         if len(self._files) >= _MAX_OPEN_FILES:
           self._files.clear()
-        count = self.entry['num_shards']
-        f = self._files[shard] = open(rows_path(self.root, self.split, shard, count), 'rb', 0)
+        count = self.entry["num_shards"]
+        f = self._files[shard] = open(rows_path(self.root, self.split, shard, count), "rb", 0)
       return f
 
   def _check(self, row: int, data) -> None:
     if self._verified[row]:
       return
     if zlib.crc32(data) != int(self.crcs[row]):
-      count = self.entry['num_shards']
+      count = self.entry["num_shards"]
       shard = int(self.shard_of_row[row])
       raise PreparedDataError(
-          f'prepared shard {rows_path(self.root, self.split, shard, count)} is damaged: row '
-          f'{row} ({self._name(row)}) fails its CRC-32. Delete the shard and its .index.npz and '
-          'run alexnet_jax.prepare again (it redoes the missing shards).'
+          f"prepared shard {rows_path(self.root, self.split, shard, count)} is damaged: row "
+          f"{row} ({self._name(row)}) fails its CRC-32. Delete the shard and its .index.npz and "
+          "run alexnet_jax.prepare again (it redoes the missing shards)."
       )
     self._verified[row] = True
 
@@ -284,7 +284,7 @@ class PreparedSplit:
     out = np.empty([len(rows), IMAGE_SIZE, IMAGE_SIZE, 3], np.uint8)
     for i, r in enumerate(rows):
       self._missing(r)
-      view = memoryview(out[i]).cast('B')
+      view = memoryview(out[i]).cast("B")
       f = self._file(int(self.shard_of_row[r]))  # held: stays open while read
       n = os.preadv(f.fileno(), [view], int(self.offsets[r]))
       if n != ROW_BYTES:
@@ -307,51 +307,51 @@ class PreparedSplit:
 
   def _missing(self, r):
     if self.lengths[r] == 0:
-      raise PreparedDataError(f'{self._name(r)} failed to decode when it was prepared: no row')
+      raise PreparedDataError(f"{self._name(r)} failed to decode when it was prepared: no row")
 
   def _short(self, r):
     shard = int(self.shard_of_row[r])
     raise PreparedDataError(
-        f'prepared shard {rows_path(self.root, self.split, shard, self.entry["num_shards"])} is '
-        'shorter than its index says: run alexnet_jax.prepare again.'
+        f"prepared shard {rows_path(self.root, self.split, shard, self.entry['num_shards'])} is "
+        "shorter than its index says: run alexnet_jax.prepare again."
     )
 
   def _read(self, keys):
     """tf: int64 [n] keys -> {'image' uint8 [n,256,256,3] or 'data' string [n], 'label'}."""
-    if self.format == 'raw':
+    if self.format == "raw":
       image, label = tf.numpy_function(self._read_raw, [keys], [tf.uint8, tf.int32])
       image.set_shape([None, IMAGE_SIZE, IMAGE_SIZE, 3])
-      return {'image': image, 'label': tf.ensure_shape(label, [None])}
+      return {"image": image, "label": tf.ensure_shape(label, [None])}
     data, label = tf.numpy_function(self._read_encoded, [keys], [tf.string, tf.int32])
-    return {'data': tf.ensure_shape(data, [None]), 'label': tf.ensure_shape(label, [None])}
+    return {"data": tf.ensure_shape(data, [None]), "label": tf.ensure_shape(label, [None])}
 
   @staticmethod
   def _decode(r: dict) -> dict:
     r = dict(r)
-    image = tf.io.decode_jpeg(r.pop('data'), channels=3, dct_method='INTEGER_ACCURATE')
-    r['image'] = tf.ensure_shape(image, [IMAGE_SIZE, IMAGE_SIZE, 3])
+    image = tf.io.decode_jpeg(r.pop("data"), channels=3, dct_method="INTEGER_ACCURATE")
+    r["image"] = tf.ensure_shape(image, [IMAGE_SIZE, IMAGE_SIZE, 3])
     return r
 
   def examples(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     """Elements with a 'key' -> the same elements with 'image' and 'label', in order."""
-    ds = ds.batch(_READ_BATCH).map(lambda b: {**b, **self._read(b['key'])}, tf.data.AUTOTUNE)
+    ds = ds.batch(_READ_BATCH).map(lambda b: {**b, **self._read(b["key"])}, tf.data.AUTOTUNE)
     ds = ds.unbatch()
-    if self.format == 'jpeg':
+    if self.format == "jpeg":
       ds = ds.map(self._decode, tf.data.AUTOTUNE)
     return ds
 
   def batches(self, ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     """Elements with a 'key' -> batches of batch_size with 'image' and 'label' (raw rows are
     read straight into the batch: one copy)."""
-    if self.format == 'raw':
-      return ds.batch(batch_size).map(lambda b: {**b, **self._read(b['key'])}, tf.data.AUTOTUNE)
+    if self.format == "raw":
+      return ds.batch(batch_size).map(lambda b: {**b, **self._read(b["key"])}, tf.data.AUTOTUNE)
     return self.examples(ds).batch(batch_size)
 
   def canonical(self, n: int | None = None, pil_keys=None) -> tf.data.Dataset:
     del pil_keys
     keys = self.keys[:n]
     keys = keys[self.lengths[: len(keys)] > 0]
-    return self.examples(tf.data.Dataset.from_tensor_slices({'key': keys}))
+    return self.examples(tf.data.Dataset.from_tensor_slices({"key": keys}))
 
 
 def open_prepared(root: str, settings: Settings, identity: tuple) -> Source:
@@ -362,53 +362,53 @@ def open_prepared(root: str, settings: Settings, identity: tuple) -> Source:
   plan = read_plan(root)
   class_names, signature = identity
   mismatches = []
-  if plan['dataset'] != canonical_name(settings.name):
-    mismatches.append(f'dataset {plan["dataset"]!r}, the config reads {settings.name!r}')
-  if plan['image_size'] != IMAGE_SIZE:
-    mismatches.append(f'image size {plan["image_size"]}, this code trains on {IMAGE_SIZE}')
-  if plan['resize'] != settings.resize:
-    mismatches.append(f'dataset.resize {plan["resize"]!r}, the config says {settings.resize!r}')
-  if plan['exif_transpose'] != bool(settings.exif_transpose):
+  if plan["dataset"] != canonical_name(settings.name):
+    mismatches.append(f"dataset {plan['dataset']!r}, the config reads {settings.name!r}")
+  if plan["image_size"] != IMAGE_SIZE:
+    mismatches.append(f"image size {plan['image_size']}, this code trains on {IMAGE_SIZE}")
+  if plan["resize"] != settings.resize:
+    mismatches.append(f"dataset.resize {plan['resize']!r}, the config says {settings.resize!r}")
+  if plan["exif_transpose"] != bool(settings.exif_transpose):
     mismatches.append(
-        f'dataset.exif_transpose {plan["exif_transpose"]}, the config says '
-        f'{bool(settings.exif_transpose)}'
+        f"dataset.exif_transpose {plan['exif_transpose']}, the config says "
+        f"{bool(settings.exif_transpose)}"
     )
-  if class_names is not None and tuple(plan['class_names']) != tuple(class_names):
-    extra = sorted(set(plan['class_names']) - set(class_names))
-    lacking = sorted(set(class_names) - set(plan['class_names']))
+  if class_names is not None and tuple(plan["class_names"]) != tuple(class_names):
+    extra = sorted(set(plan["class_names"]) - set(class_names))
+    lacking = sorted(set(class_names) - set(plan["class_names"]))
     mismatches.append(
-        f'another class list ({len(plan["class_names"])} classes, the data have '
-        f'{len(class_names)}'
-        + (f'; only prepared: {", ".join(extra[:5])}' if extra else '')
-        + (f'; not prepared: {", ".join(lacking[:5])}' if lacking else '')
-        + ('; same classes in another order' if not extra and not lacking else '')
-        + ')'
+        f"another class list ({len(plan['class_names'])} classes, the data have "
+        f"{len(class_names)}"
+        + (f"; only prepared: {', '.join(extra[:5])}" if extra else "")
+        + (f"; not prepared: {', '.join(lacking[:5])}" if lacking else "")
+        + ("; same classes in another order" if not extra and not lacking else "")
+        + ")"
     )
-  elif signature is not None and plan['signature'] != signature:
+  elif signature is not None and plan["signature"] != signature:
     mismatches.append(
-        'the data as they were then: images were added, removed or renamed since, or another '
-        'version was prepared (run alexnet_jax.prepare again, into an empty directory)'
+        "the data as they were then: images were added, removed or renamed since, or another "
+        "version was prepared (run alexnet_jax.prepare again, into an empty directory)"
     )
   if mismatches:
     raise PreparedDataError(
-        f'the prepared data at {root} were made with ' + '; '.join(mismatches) + '. Prepare this '
-        'dataset into another directory (alexnet_jax.prepare --output_dir=...) or point '
-        'dataset.prepared at the right one.'
+        f"the prepared data at {root} were made with " + "; ".join(mismatches) + ". Prepare this "
+        "dataset into another directory (alexnet_jax.prepare --output_dir=...) or point "
+        "dataset.prepared at the right one."
     )
-  splits = {name: PreparedSplit(root, name, entry, plan) for name, entry in plan['splits'].items()}
+  splits = {name: PreparedSplit(root, name, entry, plan) for name, entry in plan["splits"].items()}
   stats = os.path.join(root, STATS_FILE)
   if not os.path.exists(stats):
     raise PreparedDataError(
-        f'the prepared data at {root} have no {STATS_FILE}: run alexnet_jax.prepare again '
-        '(every shard is there; it only sums their statistics).'
+        f"the prepared data at {root} have no {STATS_FILE}: run alexnet_jax.prepare again "
+        "(every shard is there; it only sums their statistics)."
     )
   return Source(
-      plan['dataset'],
-      tuple(plan['class_names']),
-      splits['train'],
-      splits.get('eval'),
-      os.path.join(root, 'stats_cache.npz'),
-      plan['fingerprint'],
-      f'prepared {plan["format"]} shards in {root}',
+      plan["dataset"],
+      tuple(plan["class_names"]),
+      splits["train"],
+      splits.get("eval"),
+      os.path.join(root, "stats_cache.npz"),
+      plan["fingerprint"],
+      f"prepared {plan['format']} shards in {root}",
       prepared_stats=stats,
   )
