@@ -23,7 +23,9 @@ alexnet_jax.main` (e.g. --launcher="launch/local_devices.sh 4", or
 Modes:
   print  the commands, one per line (shell-quoted);
   local  run them one after another here (a failed run does not stop the others; the exit
-         status is 1 if any failed). Re-running resumes each from its checkpoint;
+         status is 1 if any failed). Re-running resumes each from its checkpoint. Then
+         `python -m alexnet_jax.compare` writes their table and learning curves to
+         ROOT/comparison.{csv,md,png};
   slurm  write a SLURM array job (--slurm_script, default ROOT/sweep.sbatch) with one array
          task per point (`srun` + the command; --sbatch adds #SBATCH lines) and print
          `sbatch PATH`. SWEEP_DRY_RUN=1 SLURM_ARRAY_TASK_ID=i bash PATH prints point i's
@@ -290,6 +292,17 @@ def main(argv: Sequence[str] | None = None) -> int:
       + (f"; failed: {failed}" if failed else ""),
       flush=True,
   )
+  if len(failed) < len(cmds):
+    # The runs side by side, failed ones with what they logged; the exit status stays the
+    # runs'. PYTHONPATH: alexnet_jax from this checkout, as the SLURM script sets it.
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+    }
+    workdirs = [os.path.join(args.workdir, run_name(p)) for p in points]
+    subprocess.call(
+        [args.python, "-m", "alexnet_jax.compare", *workdirs, f"--out={args.workdir}"], env=env
+    )
   return 1 if failed else 0
 
 
