@@ -27,7 +27,7 @@ import sys
 from absl import app, flags, logging
 from matplotlib.figure import Figure
 
-from alexnet_jax import config_checks
+from alexnet_jax import config_checks, config_schema
 
 # The run directory's files (alexnet_jax/reporting.py writes metrics.jsonl, evaluate.py the
 # eval files); tests/test_compare.py checks that the names agree. Named here rather than
@@ -125,7 +125,8 @@ def read_run(workdir: str) -> Run:
     )
   try:
     with open(path) as f:
-      config = flatten(json.load(f))
+      # Today's key names, so a run recorded with older ones compares key for key.
+      config = flatten(config_schema.upgrade(json.load(f)))
   except (OSError, ValueError) as e:
     raise NotARunError(f"{path} cannot be read ({e})") from None
   notes, rows = [], []
