@@ -47,6 +47,7 @@ SAFE_ON_RESUME = (
 # data stream (which examples, in which order, normalised how) would differ.
 NEVER_ON_RESUME = (
     "model.*",
+    "input.crop_size",
     "dataset.name",
     "dataset.stats_max_images",
     "dataset.shuffle_buffer",
@@ -63,8 +64,9 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16", "float64"),
     "optimizer.schedule": ("plateau", "step", "constant"),
     "augment.eigen": ("dataset", "imagenet"),
-    "augment.mean": ("dataset", "pixel", "run"),
-    "augment.channel_order": ("rgb", "bgr"),
+    "model.variant": ("paper", "one_gpu", "torchvision", "caffe", "pytorch_grouped"),
+    "input.mean": ("dataset", "pixel", "run"),
+    "input.channel_order": ("rgb", "bgr"),
     "dataset.resize": ("round", "torchvision", "warp"),
     "prepare.format": ("jpeg", "raw"),
 }
@@ -128,7 +130,7 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       lambda v: isinstance(v, str) and v != "",
       "'auto' (shards found beside the data), 'off' or a directory of prepared shards",
   )
-  need("augment.scale", lambda v: _is_number(v) and v > 0, "a number > 0")
+  need("input.scale", lambda v: _is_number(v) and v > 0, "a number > 0")
   for key, allowed in CHOICES.items():
     need(key, lambda v, a=allowed: v in a, "one of " + ", ".join(repr(a) for a in allowed))
   steps, epochs = _get(config, "num_train_steps"), _get(config, "num_epochs")

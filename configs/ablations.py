@@ -21,6 +21,6 @@ def sweep():
       {},  # the paper's network
       {"model.lrn": False},  # no local response normalisation
       {"model.overlapping_pool": False},  # 2x2 stride-2 pooling
-      {"model.one_tower": True, "mesh.tower": 1},  # the one-GPU net
+      {"model.variant": "one_gpu", "mesh.tower": 1},  # the one-GPU net
       {"augment.lighting_std": 0.0},  # no PCA lighting
   ]

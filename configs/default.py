@@ -46,36 +46,29 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.flip = True
   c.augment.lighting_std = 0.1  # PCA lighting alpha ~ N(0, 0.1) (§4.1); 0 disables
   c.augment.eigen = "dataset"  # 'dataset': PCA of the training pixels; 'imagenet': published
-  c.augment.scale = 1.0  # after mean subtraction; paper: raw pixel units
-  # The input convention the network's conv1 was trained with (0..255 pixel units):
-  # mean 'dataset': the training split's mean image (paper §2); 'pixel': mean_rgb
-  # (torchvision and the grouped layout: 255 * (0.485, 0.456, 0.406); Caffe without its mean
-  # file: (122.68, 116.67, 104.01)); 'run': the run directory's own mean image (Caffe's
-  # ilsvrc_2012_mean, written by alexnet_jax.convert; a run started with init_from takes its
-  # source's).
-  c.augment.mean = "dataset"
-  c.augment.mean_rgb = (0.0, 0.0, 0.0)
-  c.augment.std_rgb = ()  # () = no division; torchvision: 255 * (0.229, 0.224, 0.225)
-  c.augment.channel_order = "rgb"  # 'bgr': Caffe's networks read blue, green, red
+
+  # What the network is fed (0..255 pixel units): mean 'dataset': the training split's mean
+  # image (paper §2); 'pixel': mean_rgb (torchvision and the grouped layout:
+  # 255 * (0.485, 0.456, 0.406); Caffe without its mean file: (122.68, 116.67, 104.01));
+  # 'run': the run directory's own mean image (Caffe's ilsvrc_2012_mean, written by
+  # alexnet_jax.convert; a run started with init_from takes its source's).
+  c.input = ml_collections.ConfigDict()
+  c.input.mean = "dataset"
+  c.input.mean_rgb = (0.0, 0.0, 0.0)
+  c.input.std_rgb = ()  # () = no division; torchvision: 255 * (0.229, 0.224, 0.225)
+  c.input.channel_order = "rgb"  # 'bgr': Caffe's networks read blue, green, red
+  c.input.scale = 1.0  # after mean subtraction; paper: raw pixel units
+  c.input.crop_size = 224  # 224 paper, torchvision, grouped; 227 Caffe
 
   c.model = ml_collections.ConfigDict()
-  # The architecture: the paper's by default; the other values are those of the published
-  # AlexNets that alexnet_jax.convert loads (configs/torchvision.py, configs/caffe.py,
+  # Which AlexNet (alexnet_jax.model.VARIANTS): 'paper' (two towers), 'one_gpu' (the paper's
+  # one-tower net, §3.2), or a published one alexnet_jax.convert loads: 'torchvision',
+  # 'caffe', 'pytorch_grouped' (configs/torchvision.py, configs/caffe.py,
   # configs/pytorch_grouped.py).
+  c.model.variant = "paper"
   c.model.width = 1.0
-  c.model.one_tower = False  # True: one tower (the paper's one-GPU net; torchvision's)
-  c.model.conv_widths = ()  # () = the paper's 96-256-384-384-256; torchvision (64, 192, ...)
-  c.model.image_size = 224  # input crop: 224 paper, torchvision, grouped; 227 Caffe
-  # conv1's zero padding (before, after): (0, 3) cuda-convnet's rule, 55x55 from 224 (paper);
-  # (2, 2) torchvision and the grouped layout; (0, 0) Caffe (227 input).
-  c.model.conv1_padding = (0, 3)
   c.model.lrn = True  # torchvision: False (its net has no LRN)
-  c.model.lrn_alpha_per_term = True  # paper text; False = cuda-convnet/Caffe/PyTorch alpha/n
-  c.model.lrn_k = 2.0  # paper; Caffe's bvlc_alexnet 1.0
-  c.model.lrn_after_pool = False  # True: the grouped PyTorch layout (pool, then LRN)
-  c.model.lrn_across_towers = False  # paper: per tower; True: Caffe, PyTorch (all channels)
   c.model.overlapping_pool = True
-  c.model.fc6_input_order = "hwc"  # 'chw': PyTorch's and Caffe's NCHW flatten
   c.model.initializer = "paper"  # 'paper' N(0, 0.01) + unit biases; 'he' (fast start)
   c.model.dropout_rate = 0.5
   c.model.dtype = "float32"  # 'bfloat16' on accelerators; params stay float32

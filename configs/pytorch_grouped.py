@@ -19,13 +19,8 @@ from configs import default, torchvision
 def get_config():
   c = default.get_config()
   c.mesh.tower = 1
-  c.model.image_size = 224
-  c.model.conv1_padding = (2, 2)
-  c.model.lrn_after_pool = True
-  c.model.lrn_across_towers = True
-  c.model.lrn_alpha_per_term = False
-  c.model.lrn_k = 2.0
-  c.model.fc6_input_order = "chw"
+  # conv1 padded by 2, LRN alpha/n across the towers after the pooling, NCHW fc6
+  c.model.variant = "pytorch_grouped"
   torchvision.set_torchvision_input(c)
   c.optimizer.learning_rate = 0.001
   c.optimizer.schedule = "constant"
