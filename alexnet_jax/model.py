@@ -138,9 +138,9 @@ def variant_of(switches: dict) -> str:
   describe. Absent keys take the paper's values; conv_widths () means the paper's widths
   (the one-GPU net's with one_tower). ValueError names the switches when no variant has them."""
   one_tower = bool(switches.get("one_tower", False))
-  widths = tuple(int(w) for w in switches.get("conv_widths", ()) or ())
-  paper = VARIANTS["paper"]
+  paper, reason = VARIANTS["paper"], ""
   try:
+    widths = tuple(int(w) for w in switches.get("conv_widths", ()) or ())
     wanted = Variant(
         num_towers=1 if one_tower else 2,
         conv_widths=widths or (ONE_TOWER_CONV_WIDTHS if one_tower else PAPER_CONV_WIDTHS),
@@ -158,7 +158,7 @@ def variant_of(switches: dict) -> str:
       return name
   given = {k: switches[k] for k in SWITCH_KEYS if k in switches}
   raise ValueError(
-      f"config.model switches {given} match no model.variant{reason if wanted is None else ''}; "
+      f"config.model switches {given} match no model.variant{reason}; "
       f"the variants are {', '.join(VARIANTS)} (alexnet_jax.model.VARIANTS lists their values)"
   )
 
