@@ -208,7 +208,7 @@ class TrainedRun:
     """(mean, std) on the device, as training normalised its inputs (train.input_mean_and_std:
     the training mean image, a mean pixel, or the run's own mean image; std or None)."""
     if "norm" not in self._compiled:
-      if self.config.augment.get("mean", "dataset") == "dataset":
+      if self.config.input.mean == "dataset":
         self.mean_image()  # the clear error when the run lacks its statistics
       mean, std = train.input_mean_and_std(self.config, self.stats, self.workdir)
       self._compiled["norm"] = (

@@ -392,10 +392,8 @@ def upgrade(config_dict: dict) -> dict:
       variant = variant_of(switches)
     except ValueError as e:
       raise ConfigError(
-          f"config.json's model switches match no network alexnet_jax builds ({e}); the "
-          f"variants are {', '.join(map(repr, BY_NAME['model.variant'].check.choices))} "
-          f"(their switches: alexnet_jax/model.py). Set those keys to one variant's values in "
-          f"config.json, or start a new --workdir."
+          f"{e}. Set those keys to one variant's values in config.json, or start "
+          f"a new --workdir."
       ) from None
     if model.setdefault("variant", variant) != variant:
       raise ConfigError(

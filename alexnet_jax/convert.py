@@ -14,7 +14,6 @@ Export writes the run's parameters as a state_dict that the format's PyTorch mod
 Nothing is downloaded. PyTorch files need torch (pip install torch==2.13.0).
 """
 
-import importlib
 import sys
 
 from absl import app, flags
@@ -32,17 +31,6 @@ config_flags.DEFINE_config_file(
     "config", None, "Import: the config to write (default: configs/<format>.py).", lock_config=True
 )
 FLAGS = flags.FLAGS
-
-
-def preset_config(fmt: str):
-  """configs/<fmt>.py's config (the repository's configs package, from its root)."""
-  try:
-    return importlib.import_module(f"configs.{fmt}").get_config()
-  except ImportError as e:
-    raise SystemExit(
-        f"cannot import configs/{fmt}.py ({e}): run from the repository's root, or pass "
-        f"--config=path/to/configs/{fmt}.py"
-    ) from None
 
 
 def main(argv):
@@ -63,7 +51,7 @@ def main(argv):
     if src_fmt:
       if not FLAGS.src:
         raise app.UsageError("--from needs --src=FILE")
-      config = FLAGS.config if FLAGS.config is not None else preset_config(src_fmt)
+      config = FLAGS.config if FLAGS.config is not None else pretrained.preset_config(src_fmt)
       out = pretrained.import_run(
           src_fmt,
           FLAGS.src,
@@ -80,7 +68,7 @@ def main(argv):
       if not FLAGS.dst:
         raise app.UsageError("--to needs --dst=FILE")
       out = pretrained.export_run(
-          dst_fmt, FLAGS.workdir, FLAGS.dst, preset_config(dst_fmt), step=FLAGS.step
+          dst_fmt, FLAGS.workdir, FLAGS.dst, pretrained.preset_config(dst_fmt), step=FLAGS.step
       )
       print(
           f"{FLAGS.workdir} (step {out['step']}) -> {FLAGS.dst} ({dst_fmt}, "

@@ -20,22 +20,11 @@ from alexnet_jax import checkpoint, run_files
 from alexnet_jax import model as model_lib
 
 # Switches that change the function the weights compute (not only how it runs or trains).
-ARCHITECTURE_KEYS = (
-    "width",
-    "one_tower",
-    "conv_widths",
-    "image_size",
-    "conv1_padding",
-    "lrn",
-    "lrn_alpha_per_term",
-    "lrn_k",
-    "lrn_after_pool",
-    "lrn_across_towers",
-    "overlapping_pool",
-    "fc6_input_order",
-)
+ARCHITECTURE_KEYS = ("variant", "width", "lrn", "overlapping_pool")
 # Input conventions the source's conv1 was trained with.
 INPUT_KEYS = ("mean", "std_rgb", "channel_order")
+# The crop size is the network's input size: it must match too.
+CROP_KEYS = ("crop_size",)
 
 
 def _normalised(value):
@@ -47,7 +36,8 @@ def _normalised(value):
 
 
 def _model_defaults() -> dict:
-  return {f.name: f.default for f in dataclasses.fields(model_lib.AlexNet)}
+  defaults = {f.name: f.default for f in dataclasses.fields(model_lib.AlexNet)}
+  return {**defaults, "variant": "paper"}
 
 
 def _differences(section: str, keys, defaults: dict, config, source_config) -> list[str]:
@@ -64,12 +54,14 @@ def _differences(section: str, keys, defaults: dict, config, source_config) -> l
 
 def architecture_differences(config, source_config) -> list[str]:
   """Every architecture switch that differs (a key the source lacks: the model's default)."""
-  return _differences("model", ARCHITECTURE_KEYS, _model_defaults(), config, source_config)
+  return _differences(
+      "model", ARCHITECTURE_KEYS, _model_defaults(), config, source_config
+  ) + _differences("input", CROP_KEYS, {"crop_size": 224}, config, source_config)
 
 
 def input_differences(config, source_config) -> list[str]:
   defaults = {"mean": "dataset", "std_rgb": (), "channel_order": "rgb"}
-  return _differences("augment", INPUT_KEYS, defaults, config, source_config)
+  return _differences("input", INPUT_KEYS, defaults, config, source_config)
 
 
 def check_source(config) -> None:
@@ -93,19 +85,19 @@ def check_source(config) -> None:
 
 def prepare_run_dir(config, workdir: str) -> None:
   """For a new run with config.init_from (before it reads its inputs): check the source
-  (check_source) and, with augment.mean='run', take the source's mean image (the one its
+  (check_source) and, with input.mean='run', take the source's mean image (the one its
   weights were trained with) unless the run already has one."""
   source = config.get("init_from")
   if not source:
     return
   check_source(config)
-  if config.augment.get("mean", "dataset") != "run":
+  if config.input.mean != "run":
     return
   if not run_files.has_mean_image(workdir):
     if not run_files.has_mean_image(source):
       raise FileNotFoundError(
-          f"augment.mean='run' but neither {workdir} nor init_from={source} holds "
-          f"{run_files.MEAN_IMAGE_FILE}; use augment.mean='pixel' or 'dataset'."
+          f"input.mean='run' but neither {workdir} nor init_from={source} holds "
+          f"{run_files.MEAN_IMAGE_FILE}; use input.mean='pixel' or 'dataset'."
       )
     run_files.copy_mean_image(source, workdir)
 

@@ -14,24 +14,26 @@ Parameter layout (T = number of towers, 2 for the paper):
   fc{6,7}/kernel [T, fan_in, out/T]          fc{6,7}/bias [T, out/T]
   fc8/kernel     [4096, num_classes]         fc8/bias     [num_classes]   (no tower axis)
 fc6 reads the pooled conv5 output of both towers, concatenated along channels and
-flattened in (H, W, C) order (`fc6_input_order="chw"`: PyTorch's and Caffe's (C, H, W)).
+flattened in (H, W, C) order (a variant's fc6_input_order="chw": PyTorch's and Caffe's).
 
-Every default is the paper's network; the other switches describe the published AlexNets
-that alexnet_jax.convert loads (torchvision's one-tower net, Caffe's bvlc_alexnet, the grouped
-PyTorch layout): their widths, input size, conv1 padding, LRN constants and placement, and
-flatten order (configs/default.py says which system uses which).
+The module's own switches are the paper's (width, LRN, overlapping pooling, initialisation,
+dropout). A `Variant` fixes the rest: the paper's two-tower net, its one-GPU ablation, or one
+of the published AlexNets that alexnet_jax.convert loads (torchvision's one-tower net, Caffe's
+bvlc_alexnet, the grouped PyTorch layout), which differ in towers, widths, conv1 padding, LRN
+constants and placement, and flatten order. The LRN and pooling kernels are in layers.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from alexnet_jax.layers import at_least_f32, local_response_norm, max_pool
 
 IMAGE_SHAPE = (224, 224, 3)
 
@@ -41,6 +43,7 @@ PAPER_FC_WIDTHS = (4096, 4096)
 # The paper's "one-GPU net" (§3.2 and its footnote): one tower with half the kernels in
 # conv1-conv4; conv5 and the fully-connected layers keep their full size.
 ONE_TOWER_CONV_WIDTHS = (48, 128, 192, 192, 256)
+TORCHVISION_CONV_WIDTHS = (64, 192, 384, 256, 256)
 
 # Layers whose parameters carry the leading tower axis; fc8 is shared by both towers.
 TOWER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
@@ -48,160 +51,141 @@ TOWER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 PAPER_UNIT_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 
-def local_response_norm(
-    x,
-    *,
-    size: int = 5,
-    k: float = 2.0,
-    alpha: float = 1e-4,
-    beta: float = 0.75,
-    alpha_per_term: bool = True,
-):
-  """§3.3: b_c = a_c / (k + alpha * sum_{|c'-c| <= size//2} a_{c'}^2) ** beta.
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """Which AlexNet: the settings in which the published networks differ from the paper's.
 
-  The window is clipped at the channel edges of `x`; call it on one tower's channels.
-  alpha_per_term=True is the paper's text (= tf.nn.local_response_normalization);
-  False divides alpha by `size` as cuda-convnet, Caffe and PyTorch do.
-
-  Computed in float32 (float64 for float64 x) whatever x's dtype. The gradient is written by hand
-  (_lrn_backward, docs/performance.md#max-pool-and-lrn-gradients): autodiff of the forward kept d ** -beta's
-  pieces as three extra activation-sized arrays and split the backward over several loops.
+  Attributes:
+    num_towers: 2 (the paper's two GPUs, §3.2) or 1 (the one-GPU net; torchvision's).
+    conv_widths: conv1..conv5 widths summed over the towers (before model.width).
+    conv1_padding: (before, after) zero rows/columns around conv1's input: (0, 3) is
+      cuda-convnet's rule that gives 55x55 from 224; (2, 2) torchvision and the grouped
+      layout; (0, 0) Caffe at 227.
+    lrn_k: the paper's k=2 (Caffe's bvlc_alexnet: 1).
+    lrn_alpha_per_term: True = paper text (alpha per squared term); False = alpha/n
+      (cuda-convnet, Caffe, PyTorch).
+    lrn_after_pool: LRN on the pooled maps (the grouped PyTorch layout) instead of before
+      the pooling (paper, Caffe).
+    lrn_across_towers: one LRN window over all towers' channels (Caffe and PyTorch run LRN
+      on the whole layer, so channels at a tower's edge see the other tower's); False = the
+      paper's per-tower LRN (each GPU normalised its own maps).
+    fc6_input_order: how the pooled conv5 maps are flattened for fc6: "hwc" (this project's
+      choice) or "chw" (PyTorch's and Caffe's NCHW flatten).
   """
-  scale = alpha if alpha_per_term else alpha / size
-  return _lrn(x, int(size), float(k), float(scale), float(beta))
+
+  num_towers: int = 2
+  conv_widths: tuple[int, ...] = PAPER_CONV_WIDTHS
+  conv1_padding: tuple[int, int] = (0, 3)
+  lrn_k: float = 2.0
+  lrn_alpha_per_term: bool = True
+  lrn_after_pool: bool = False
+  lrn_across_towers: bool = False
+  fc6_input_order: str = "hwc"
+
+  def __post_init__(self):
+    if self.num_towers not in (1, 2):
+      raise ValueError(f"a Variant has 1 or 2 towers, got {self.num_towers}")
+    if len(self.conv_widths) != 5:
+      raise ValueError(f"conv_widths needs 5 widths (conv1..conv5), got {self.conv_widths}")
+    if len(self.conv1_padding) != 2:
+      raise ValueError(f"conv1_padding is (before, after), got {self.conv1_padding}")
+    if self.fc6_input_order not in ("hwc", "chw"):
+      raise ValueError(f"fc6_input_order must be 'hwc' or 'chw', got {self.fc6_input_order!r}")
 
 
-def _window_sum(v, size: int):
-  """sum_{|c'-c| <= size//2} v[..., c'], clipped at the channel edges: shifted slices of a
-  zero-padded copy, which fuse into one elementwise loop (reduce_window does not)."""
-  channels, r = v.shape[-1], size // 2
-  padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(r, r)])
-  return sum(padded[..., i : i + channels] for i in range(size))
+VARIANTS = {
+    "paper": Variant(),
+    "one_gpu": Variant(num_towers=1, conv_widths=ONE_TOWER_CONV_WIDTHS),
+    # configs/torchvision.py also sets model.lrn=False: torchvision's net has no LRN.
+    "torchvision": Variant(
+        num_towers=1,
+        conv_widths=TORCHVISION_CONV_WIDTHS,
+        conv1_padding=(2, 2),
+        fc6_input_order="chw",
+    ),
+    "caffe": Variant(
+        conv1_padding=(0, 0),
+        lrn_k=1.0,
+        lrn_alpha_per_term=False,
+        lrn_across_towers=True,
+        fc6_input_order="chw",
+    ),
+    "pytorch_grouped": Variant(
+        conv1_padding=(2, 2),
+        lrn_alpha_per_term=False,
+        lrn_after_pool=True,
+        lrn_across_towers=True,
+        fc6_input_order="chw",
+    ),
+}
+
+# The config.model keys that held a Variant's fields one by one (run directories written with
+# them name no variant; variant_of finds it).
+SWITCH_KEYS = (
+    "one_tower",
+    "conv_widths",
+    "conv1_padding",
+    "lrn_k",
+    "lrn_alpha_per_term",
+    "lrn_after_pool",
+    "lrn_across_towers",
+    "fc6_input_order",
+)
 
 
-def _lrn_denominator(x32, size, k, scale):
-  return k + scale * _window_sum(jnp.square(x32), size)
-
-
-def _pow_neg(d, beta: float):
-  """d ** -beta; for the paper's 0.75 as rsqrt * sqrt(rsqrt), without exp/log."""
-  if beta == 0.75:
-    r = jax.lax.rsqrt(d)
-    return r * jnp.sqrt(r)
-  return d**-beta
-
-
-def _at_least_f32(dtype):
-  """float32 for bfloat16/float16/float32; float64 stays (x64 runs: tests/test_mesh_float64.py)."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _lrn(x, size, k, scale, beta):
-  x32 = x.astype(_at_least_f32(x.dtype))
-  return (x32 * _pow_neg(_lrn_denominator(x32, size, k, scale), beta)).astype(x.dtype)
-
-
-def _lrn_forward(x, size, k, scale, beta):
-  return _lrn(x, size, k, scale, beta), x
-
-
-def _lrn_backward(size, k, scale, beta, x, g):
-  """b_c = a_c d_c^-beta, d_c = k + scale sum_{c' in W(c)} a_c'^2 (W symmetric), so
-  da_j = g_j d_j^-beta - 2 scale beta a_j sum_{c in W(j)} g_c a_c d_c^(-beta-1)."""
-  x32, g32 = x.astype(_at_least_f32(x.dtype)), g.astype(_at_least_f32(x.dtype))
-  d = _lrn_denominator(x32, size, k, scale)
-  inv = _pow_neg(d, beta)
-  t = g32 * x32 * inv / d
-  dx = g32 * inv - (2.0 * scale * beta) * x32 * _window_sum(t, size)
-  return (dx.astype(x.dtype),)
-
-
-_lrn.defvjp(_lrn_forward, _lrn_backward)
-
-
-def max_pool(x, window: int, stride: int):
-  """VALID max pooling over H and W of an NHWC tensor.
-
-  Same values and the same gradient as `nn.max_pool` (each window's gradient goes to its
-  first maximum in row-major order, like XLA's select-and-scatter), computed as a max of
-  window*window strided slices, with a hand-written backward (_max_pool_backward): on CPU
-  XLA's reduce_window forward and its select-and-scatter gradient (a variadic
-  reduce_window over index iotas plus a scatter) were the slowest non-convolution ops of
-  the step (docs/performance.md#max-pool-and-lrn-gradients).
-  """
-  return _max_pool(x, int(window), int(stride))
-
-
-def _pool_slices(x, window: int, stride: int):
-  """The window*window strided views x[:, di::stride, dj::stride] (row-major (di, dj))."""
-  n, h, w, c = x.shape
-  oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
-  return [
-      jax.lax.slice(
-          x,
-          (0, di, dj, 0),
-          (n, di + stride * (oh - 1) + 1, dj + stride * (ow - 1) + 1, c),
-          (1, stride, stride, 1),
-      )
-      for di in range(window)
-      for dj in range(window)
-  ]
-
-
-def _first_argmax(views, y):
-  """Index (int8, row-major in the window) of the first view equal to the max y."""
-  idx = jnp.full(y.shape, len(views) - 1, jnp.int8)
-  for i in range(len(views) - 2, -1, -1):
-    idx = jnp.where(views[i] == y, jnp.int8(i), idx)
-  return idx
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x, window, stride):
-  return functools.reduce(jnp.maximum, _pool_slices(x, window, stride))
-
-
-def _max_pool_forward(x, window, stride):
-  views = _pool_slices(x, window, stride)
-  y = functools.reduce(jnp.maximum, views)
-  # Keep only which element of each window won (int8): the backward needs neither x nor y.
-  return y, (_first_argmax(views, y), x.shape)
-
-
-def _max_pool_backward(window, stride, res, g):
-  """Route g[o] to the winning element of window o, summing where windows overlap.
-
-  Input row i = stride * m + r is element di = stride * (m - o) + r of window o, so the
-  gradient splits into stride x stride phase planes (r_y, r_x) of size
-  ceil(H/stride) x ceil(W/stride), each a sum of shifted masked copies of g, interleaved
-  at the end: loops over output-sized arrays, no scatter.
-  """
-  idx, shape = res
-  n, h, w, c = shape
-  oh, ow = g.shape[1:3]
-  mh, mw = -(-h // stride), -(-w // stride)
-  planes = [[None] * stride for _ in range(stride)]
-  for i in range(window * window):
-    di, dj = divmod(i, window)
-    qy, ry = divmod(di, stride)
-    qx, rx = divmod(dj, stride)
-    part = jnp.where(idx == i, g, jnp.zeros((), g.dtype))
-    # window o's element (di, dj) sits at plane position (o + qy, o' + qx).
-    part = jax.lax.pad(
-        part,
-        jnp.zeros((), g.dtype),
-        ((0, 0, 0), (qy, mh - oh - qy, 0), (qx, mw - ow - qx, 0), (0, 0, 0)),
+def variant_of(switches: dict) -> str:
+  """The name of the variant that config.model switches (SWITCH_KEYS; others are ignored)
+  describe. Absent keys take the paper's values; conv_widths () means the paper's widths
+  (the one-GPU net's with one_tower). ValueError names the switches when no variant has them."""
+  one_tower = bool(switches.get("one_tower", False))
+  paper, reason = VARIANTS["paper"], ""
+  try:
+    widths = tuple(int(w) for w in switches.get("conv_widths", ()) or ())
+    wanted = Variant(
+        num_towers=1 if one_tower else 2,
+        conv_widths=widths or (ONE_TOWER_CONV_WIDTHS if one_tower else PAPER_CONV_WIDTHS),
+        conv1_padding=tuple(int(p) for p in switches.get("conv1_padding", paper.conv1_padding)),
+        lrn_k=float(switches.get("lrn_k", paper.lrn_k)),
+        lrn_alpha_per_term=bool(switches.get("lrn_alpha_per_term", paper.lrn_alpha_per_term)),
+        lrn_after_pool=bool(switches.get("lrn_after_pool", paper.lrn_after_pool)),
+        lrn_across_towers=bool(switches.get("lrn_across_towers", paper.lrn_across_towers)),
+        fc6_input_order=str(switches.get("fc6_input_order", paper.fc6_input_order)),
     )
-    planes[ry][rx] = part if planes[ry][rx] is None else planes[ry][rx] + part
-  zeros = jnp.zeros((n, mh, mw, c), g.dtype)
-  rows = [jnp.stack([p if p is not None else zeros for p in row], axis=3) for row in planes]
-  dx = jnp.stack(rows, axis=2)  # [n, mh, stride, mw, stride, c]
-  dx = dx.reshape(n, mh * stride, mw * stride, c)[:, :h, :w]
-  return (dx,)
+  except (TypeError, ValueError) as e:
+    wanted, reason = None, f" ({e})"
+  for name, variant in VARIANTS.items():
+    if variant == wanted:
+      return name
+  paper_switches = _switches_of(paper)
+  given = ", ".join(
+      f"model.{k}={_normalised(switches[k])!r}"
+      for k in sorted(switches)
+      if k in SWITCH_KEYS and _normalised(switches[k]) != paper_switches[k]
+  )
+  raise ValueError(
+      f"the model switches {given or 'given'} match no model.variant{reason}; the variants "
+      f"are {', '.join(VARIANTS)} (alexnet_jax.model.VARIANTS lists their values)"
+  )
 
 
-_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+def _normalised(value):
+  return tuple(_normalised(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _switches_of(variant: Variant) -> dict:
+  """A variant as the old config.model switches wrote it."""
+  one_tower = variant.num_towers == 1
+  default_widths = ONE_TOWER_CONV_WIDTHS if one_tower else PAPER_CONV_WIDTHS
+  return {
+      "one_tower": one_tower,
+      "conv_widths": () if variant.conv_widths == default_widths else variant.conv_widths,
+      "conv1_padding": variant.conv1_padding,
+      "lrn_k": variant.lrn_k,
+      "lrn_alpha_per_term": variant.lrn_alpha_per_term,
+      "lrn_after_pool": variant.lrn_after_pool,
+      "lrn_across_towers": variant.lrn_across_towers,
+      "fc6_input_order": variant.fc6_input_order,
+  }
 
 
 def _he_normal(fan_in_axes: Sequence[int]):
@@ -217,58 +201,58 @@ class AlexNet(nn.Module):
 
   Attributes:
     num_classes: width of fc8.
+    variant: which AlexNet (VARIANTS): the paper's two towers, its one-GPU net, or a
+      published network's layout.
     width: multiplier on every conv and fc width (1.0 = paper; 0.25 trains on a CPU).
-    one_tower: one tower (num_towers=1): the paper's one-GPU ablation (half the kernels in
-      conv1-4) unless conv_widths says otherwise (torchvision's net).
-    conv_widths: conv1..conv5 widths summed over the towers; () = the paper's (or, with
-      one_tower, the one-GPU net's). torchvision: (64, 192, 384, 256, 256).
-    image_size: side of the square input crop: 224 (paper, torchvision); 227 (Caffe).
-    conv1_padding: (before, after) zero rows/columns around conv1's input: (0, 3) is
-      cuda-convnet's rule that gives 55x55 from 224; (2, 2) torchvision and the grouped
-      layout; (0, 0) Caffe at 227.
-    lrn: local response normalisation after conv1 and conv2 (ablation: False).
-    lrn_alpha_per_term: True = paper text (alpha per squared term); False = alpha/n
-      (cuda-convnet, Caffe, PyTorch). lrn_k: the paper's k=2 (Caffe's bvlc_alexnet: 1).
-    lrn_after_pool: LRN on the pooled maps (the grouped PyTorch layout) instead of before
-      the pooling (paper, Caffe).
-    lrn_across_towers: one LRN window over all towers' channels (Caffe and PyTorch run LRN
-      on the whole layer, so channels at a tower's edge see the other tower's); False = the
-      paper's per-tower LRN (each GPU normalised its own maps).
-    overlapping_pool: 3x3 stride 2 pooling (paper); False = 2x2 stride 2 (ablation).
-    fc6_input_order: how the pooled conv5 maps are flattened for fc6: "hwc" (this project's
-      choice) or "chw" (PyTorch's and Caffe's NCHW flatten).
-    initializer: 'paper' (N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7) or 'he'
-      (He-normal weights, zero biases: leaves the initial plateau at once, docs/paper.md#initialization).
+    lrn: local response normalisation after conv1 and conv2 (§3.3; ablation: False).
+    overlapping_pool: 3x3 stride 2 pooling (§3.4); False = 2x2 stride 2 (ablation).
+    initializer: 'paper' (N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7, §5) or 'he'
+      (He-normal weights, zero biases: leaves the initial plateau at once,
+      docs/paper.md#initialization).
     dropout_rate: on the outputs of fc6 and fc7 (inverted dropout, §4.2).
     dtype: compute dtype (bfloat16 on accelerators); parameters stay float32, except with
       float64 (under jax_enable_x64), where everything is float64.
+    image_size: side of the square input crop: 224 (paper, torchvision); 227 (Caffe).
     tower_axis / data_axis: mesh axis names, set by sharding.py when the module runs
       inside `jax.shard_map`; None when one device holds everything.
   """
 
   num_classes: int = 1000
+  variant: Variant = VARIANTS["paper"]
   width: float = 1.0
-  one_tower: bool = False
-  conv_widths: tuple[int, ...] = ()
-  image_size: int = 224
-  conv1_padding: tuple[int, int] = (0, 3)
   lrn: bool = True
-  lrn_alpha_per_term: bool = True
-  lrn_k: float = 2.0
-  lrn_after_pool: bool = False
-  lrn_across_towers: bool = False
   overlapping_pool: bool = True
-  fc6_input_order: str = "hwc"
   initializer: str = "paper"
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  image_size: int = 224
   tower_axis: str | None = None
   data_axis: str | None = None
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    x = self._check(images).astype(self.dtype)
+    (c1, c2, c3, c4, c5), (f6, f7) = self.layer_widths()
+    t = self.num_towers
+    # §3.5 and Figure 2, layer by layer; a ReLU follows every conv and fc layer (§3.1). h is the
+    # list of this device's towers' maps (§3.2); _gather_towers joins every tower's.
+    h = self._conv("conv1", x, 11, 3, c1, stride=4, padding=self.variant.conv1_padding)
+    h = self._lrn_and_pool("pool1", h)  # §3.3 LRN, §3.4 overlapping max-pool
+    h = self._conv("conv2", h, 5, c1 // t, c2, padding=(2, 2))  # §3.2: its own tower's maps
+    h = self._lrn_and_pool("pool2", h)  # §3.3, §3.4
+    h = self._conv("conv3", self._gather_towers(h), 3, c2, c3, padding=(1, 1))  # §3.2: both
+    h = self._conv("conv4", h, 3, c3 // t, c4, padding=(1, 1))  # §3.2: own tower
+    h = self._conv("conv5", h, 3, c4 // t, c5, padding=(1, 1))  # §3.2: own tower
+    h = self._sow("pool5", self._pool(h))  # §3.4; no LRN after conv5
+    g = self._flatten(self._gather_towers(h))  # §3.2: fc6 reads both towers
+    g = self._gather_towers(self._fc("fc6", g, f6, train))  # §4.2 dropout; §3.2: fc7 reads both
+    g = self._gather_towers(self._fc("fc7", g, f7, train))  # §4.2 dropout; §3.2: fc8 reads both
+    return self._fc8(g)  # 1000-way softmax's logits (§3.5)
 
   # ---- static structure -------------------------------------------------------------
   @property
   def num_towers(self) -> int:
-    return 1 if self.one_tower else 2
+    return self.variant.num_towers
 
   @property
   def input_shape(self) -> tuple[int, int, int]:
@@ -277,15 +261,24 @@ class AlexNet(nn.Module):
 
   def layer_widths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(conv widths, fc6/fc7 widths), summed over towers, after the width multiplier."""
-    conv = ONE_TOWER_CONV_WIDTHS if self.one_tower else PAPER_CONV_WIDTHS
-    if self.conv_widths:
-      if len(self.conv_widths) != 5:
-        raise ValueError(f"model.conv_widths needs 5 widths (conv1..conv5), got {self.conv_widths}")
-      conv = tuple(self.conv_widths)
     t = self.num_towers
     scale = lambda w: max(t, t * round(w * self.width / t))  # divisible by the towers
-    return tuple(scale(w) for w in conv), tuple(scale(w) for w in PAPER_FC_WIDTHS)
+    return (
+        tuple(scale(w) for w in self.variant.conv_widths),
+        tuple(scale(w) for w in PAPER_FC_WIDTHS),
+    )
 
+  def _check(self, images):
+    shape = self.input_shape
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
+      raise ValueError(
+          f"AlexNet expects NHWC images of shape (batch, {', '.join(map(str, shape))})"
+          f" ({shape[0]}x{shape[1]} RGB crops of the 256x256 images); got shape "
+          f"{tuple(images.shape)}."
+      )
+    return images
+
+  # ---- towers (§3.2) -----------------------------------------------------------------
   def _local_towers(self) -> int:
     if self.tower_axis is None:
       return self.num_towers
@@ -298,21 +291,27 @@ class AlexNet(nn.Module):
       )
     return self.num_towers // n
 
+  def _first_global_tower(self) -> jax.Array | int:
+    if self.tower_axis is None:
+      return 0
+    return jax.lax.axis_index(self.tower_axis) * self._local_towers()
+
   def _gather_towers(self, xs: list[jax.Array]) -> jax.Array:
     """Concatenate all towers' outputs along channels: a cross-tower point."""
     x = jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
-    # On a size-1 tower axis the all-gather is a no-op that still made XLA:CPU give the
+    # On a size-1 tower axis the all-gather is a no-op that still makes XLA:CPU give the
     # tensors around it a channel-major layout (1.33x slower step on CPU).
     if self.tower_axis is not None and jax.lax.axis_size(self.tower_axis) > 1:
       x = jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)
     return x
 
-  def _first_global_tower(self, local: int) -> jax.Array | int:
-    if self.tower_axis is None:
-      return 0
-    return jax.lax.axis_index(self.tower_axis) * local
+  def _sow(self, name: str, hs: list[jax.Array]) -> list[jax.Array]:
+    """Record a row of the paper's table (both local towers); free unless the caller asks
+    for mutable=["intermediates"]."""
+    self.sow("intermediates", name, jnp.concatenate(hs, -1) if len(hs) > 1 else hs[0])
+    return hs
 
-  # ---- parameters --------------------------------------------------------------------
+  # ---- parameters (§5) ---------------------------------------------------------------
   def _init_fns(self, name: str, fan_in_axes: Sequence[int]) -> tuple[Callable, Callable]:
     if self.initializer == "paper":
       bias = 1.0 if name in PAPER_UNIT_BIAS_LAYERS else 0.0
@@ -321,29 +320,92 @@ class AlexNet(nn.Module):
       return _he_normal(fan_in_axes), nn.initializers.zeros
     raise ValueError(f"model.initializer must be 'paper' or 'he', got {self.initializer!r}")
 
-  def _tower_params(self, name: str, kernel_shape: tuple[int, ...], local: int):
-    """Kernel [local, *kernel_shape] and bias [local, out] of one tower layer."""
-    fan_in_axes = tuple(range(1, len(kernel_shape)))  # all but the output axis (+1 shift)
+  def _params(self, name: str, kernel_shape: tuple[int, ...], bias_shape: tuple[int, ...]):
+    """The kernel and bias of one layer; for a tower layer both lead with the tower axis."""
+    towered = name in TOWER_LAYERS
+    fan_in_axes = tuple(range(1, len(kernel_shape) - 1)) if towered else (0,)
     kinit, binit = self._init_fns(name, fan_in_axes)
     return _KernelBias(
-        (local, *kernel_shape),
-        (local, kernel_shape[-1]),
-        kinit,
-        binit,
-        _at_least_f32(self.dtype),
-        name=name,
+        kernel_shape, bias_shape, kinit, binit, at_least_f32(self.dtype), name=name
     )()
 
+  def _tower_params(self, name: str, kernel_shape: tuple[int, ...]):
+    """Kernel [local, *kernel_shape] and bias [local, out] of one tower layer."""
+    local = self._local_towers()
+    return self._params(name, (local, *kernel_shape), (local, kernel_shape[-1]))
+
   # ---- layers ------------------------------------------------------------------------
-  def _conv(self, x, kernel, bias, stride: int, padding):
-    y = jax.lax.conv_general_dilated(
-        x,
-        kernel.astype(self.dtype),
-        (stride, stride),
-        padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-    return y + bias.astype(self.dtype)
+  def _conv(self, name, xs, ksize, cin, cout, *, stride=1, padding):
+    """A convolution + ReLU (§3.1) per tower; xs is one input all towers read, or a list of
+    each tower's own input."""
+    k, b = self._tower_params(name, (ksize, ksize, cin, cout // self.num_towers))
+    pad = (tuple(padding), tuple(padding))
+    hs = []
+    for i in range(self._local_towers()):
+      y = jax.lax.conv_general_dilated(
+          xs[i] if isinstance(xs, list) else xs,
+          k[i].astype(self.dtype),
+          (stride, stride),
+          pad,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
+      hs.append(nn.relu(y + b[i].astype(self.dtype)))
+    return self._sow(f"{name}_out", hs)
+
+  def _normalize(self, h):
+    """§3.3 local response normalisation with n=5, alpha=1e-4, beta=0.75 and the variant's k."""
+    v = self.variant
+    return local_response_norm(h, k=v.lrn_k, alpha_per_term=v.lrn_alpha_per_term)
+
+  def _pool(self, hs):
+    """§3.4: 3x3 windows every 2 pixels (overlapping); the ablation's 2x2 every 2."""
+    window, stride = (3, 2) if self.overlapping_pool else (2, 2)
+    return [max_pool(h, window, stride) for h in hs]
+
+  def _lrn_and_pool(self, name, hs):
+    """§3.3 then §3.4: each tower's maps normalised, then pooled (paper, Caffe); or pooled,
+    then normalised (variant.lrn_after_pool: the grouped PyTorch layout)."""
+    if not self.lrn:
+      return self._sow(name, self._pool(hs))
+    if self.variant.lrn_after_pool:
+      return self._sow(name, self._lrn(self._pool(hs)))
+    return self._sow(name, self._pool(self._lrn(hs)))
+
+  def _lrn(self, hs):
+    if not self.variant.lrn_across_towers:
+      return [self._normalize(h) for h in hs]
+    # One window over every tower's channels (Caffe, PyTorch): each device normalises the
+    # gathered layer and keeps its own towers' channels (the gradient's all-gather
+    # transposes to a reduce-scatter, so it reaches the tower that owns each channel).
+    full = self._normalize(self._gather_towers(hs))
+    local, ct = len(hs), full.shape[-1] // self.num_towers
+    mine = jax.lax.dynamic_slice_in_dim(full, self._first_global_tower() * ct, local * ct, -1)
+    return [mine[..., i * ct : (i + 1) * ct] for i in range(local)]
+
+  def _flatten(self, x):
+    """pool5's 6x6x256 maps as fc6's 9216 inputs, in (H, W, C) order, or (C, H, W) for the
+    PyTorch and Caffe fc6 weights (variant.fc6_input_order)."""
+    if self.variant.fc6_input_order == "chw":
+      x = jnp.transpose(x, (0, 3, 1, 2))
+    return x.reshape(x.shape[0], -1)
+
+  def _fc(self, name, g, width, train):
+    """A fully-connected tower layer + ReLU (§3.1) reading g, the gathered towers; dropout
+    (§4.2) on its output while training."""
+    local = self._local_towers()
+    k, b = self._tower_params(name, (g.shape[-1], width // self.num_towers))
+    # One dot batched over the local towers: slicing k[i] out of the stacked kernel copies it
+    # (75 MB for fc6) and re-stacks its gradient with a pad; 1.25x on fc6's forward +
+    # backward on CPU.
+    gl = jnp.broadcast_to(g, (local, *g.shape))
+    y = jax.lax.dot_general(gl, k.astype(self.dtype), (((2,), (1,)), ((0,), (0,))))
+    y = nn.relu(y + b.astype(self.dtype)[:, None, :])
+    hs = [y[i] for i in range(local)]
+    if train and self.dropout_rate > 0:
+      rng = self.make_rng("dropout")  # once per layer: the same on every mesh
+      first = self._first_global_tower()
+      hs = [self._dropout(hs[i], rng, first + i) for i in range(local)]
+    return self._sow(f"{name}_out", hs)
 
   def _dropout(self, x, rng, tower: jax.Array | int):
     """Inverted dropout whose mask depends only on (layer rng, tower, example index),
@@ -357,110 +419,12 @@ class AlexNet(nn.Module):
     mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
-  @nn.compact
-  def __call__(self, images, *, train: bool = False):
-    shape = self.input_shape
-    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
-      raise ValueError(
-          f"AlexNet expects NHWC images of shape (batch, {', '.join(map(str, shape))})"
-          f" ({shape[0]}x{shape[1]} RGB crops of the 256x256 images); got shape "
-          f"{tuple(images.shape)}."
-      )
-    if self.fc6_input_order not in ("hwc", "chw"):
-      raise ValueError(
-          f"model.fc6_input_order must be 'hwc' or 'chw', got {self.fc6_input_order!r}"
-      )
-    conv_w, fc_w = self.layer_widths()
-    t = self.num_towers
-    local = self._local_towers()
-    first = self._first_global_tower(local)
-    pool_w, pool_s = (3, 2) if self.overlapping_pool else (2, 2)
-
-    def normalize(y):
-      if not self.lrn:
-        return y
-      return local_response_norm(y, k=self.lrn_k, alpha_per_term=self.lrn_alpha_per_term)
-
-    x = images.astype(self.dtype)
-
-    def per_tower(fn, xs):
-      """Run fn(tower, input) for each local tower; xs is shared or a per-tower list."""
-      return [fn(i, xs[i] if isinstance(xs, list) else xs) for i in range(local)]
-
-    def stage(name, hs):
-      # Record each row of the paper's table (both local towers); free unless
-      # the caller asks for mutable=["intermediates"].
-      self.sow("intermediates", name, jnp.concatenate(hs, -1) if len(hs) > 1 else hs[0])
-      return hs
-
-    def conv_layer(name, xs, ksize, cin, cout, stride, pad):
-      k, b = self._tower_params(name, (ksize, ksize, cin, cout // t), local)
-      return stage(
-          f"{name}_out", per_tower(lambda i, x: nn.relu(self._conv(x, k[i], b[i], stride, pad)), xs)
-      )
-
-    def lrn_across_towers(hs):
-      """LRN with one window over every tower's channels: each device normalises the
-      gathered layer and keeps its own towers' channels (the gradient's all-gather
-      transposes to a reduce-scatter, so it reaches the tower that owns each channel)."""
-      full = normalize(self._gather_towers(hs))
-      ct = full.shape[-1] // t
-      mine = jax.lax.dynamic_slice_in_dim(full, first * ct, local * ct, axis=-1)
-      return [mine[..., i * ct : (i + 1) * ct] for i in range(local)]
-
-    def pool(name, hs, with_lrn):
-      if not (with_lrn and self.lrn and (self.lrn_after_pool or self.lrn_across_towers)):
-        return stage(name, [max_pool(normalize(h) if with_lrn else h, pool_w, pool_s) for h in hs])
-      lrn = lrn_across_towers if self.lrn_across_towers else lambda hs: [normalize(h) for h in hs]
-      if not self.lrn_after_pool:
-        hs = lrn(hs)
-      hs = [max_pool(h, pool_w, pool_s) for h in hs]
-      return stage(name, lrn(hs) if self.lrn_after_pool else hs)
-
-    # conv1: both towers read the whole image. 11x11/4 on 224 gives 55 only with
-    # cuda-convnet's rule: pad (0, 3) so the last window reads 3 zero pixels (the default).
-    p0, p1 = self.conv1_padding
-    h = conv_layer("conv1", x, 11, 3, conv_w[0], 4, ((p0, p1), (p0, p1)))
-    h = pool("pool1", h, with_lrn=True)
-    # conv2: each tower reads only its own conv1 maps.
-    h = conv_layer("conv2", h, 5, conv_w[0] // t, conv_w[1], 1, ((2, 2), (2, 2)))
-    h = pool("pool2", h, with_lrn=True)
-    # conv3 reads both towers (cross-tower point 1); conv4, conv5 their own tower.
-    h = conv_layer("conv3", self._gather_towers(h), 3, conv_w[1], conv_w[2], 1, ((1, 1),) * 2)
-    h = conv_layer("conv4", h, 3, conv_w[2] // t, conv_w[3], 1, ((1, 1),) * 2)
-    h = conv_layer("conv5", h, 3, conv_w[3] // t, conv_w[4], 1, ((1, 1),) * 2)
-    h = pool("pool5", h, with_lrn=False)
-    # fc6 reads both towers (point 2): 6x6x256 flattened in (H, W, C) order = 9216
-    # (or (C, H, W), the order of the PyTorch and Caffe fc6 weights).
-    g = self._gather_towers(h)
-    if self.fc6_input_order == "chw":
-      g = jnp.transpose(g, (0, 3, 1, 2))
-    g = g.reshape(g.shape[0], -1)
-    for name, width in (("fc6", fc_w[0]), ("fc7", fc_w[1])):
-      k, b = self._tower_params(name, (g.shape[-1], width // t), local)
-      # One dot batched over the local towers: slicing k[i] out of the stacked kernel
-      # copied it (75 MB for fc6) and the gradient was re-stacked with a pad; 1.25x on
-      # fc6's forward + backward on CPU.
-      gl = jnp.broadcast_to(g, (local, *g.shape))
-      y = jax.lax.dot_general(gl, k.astype(self.dtype), (((2,), (1,)), ((0,), (0,))))
-      y = nn.relu(y + b.astype(self.dtype)[:, None, :])
-      h = [y[i] for i in range(local)]
-      if train and self.dropout_rate > 0:
-        rng = self.make_rng("dropout")  # once per layer: the same on every mesh
-        h = [self._dropout(h[i], rng, first + i) for i in range(local)]
-      g = self._gather_towers(stage(f"{name}_out", h))  # cross-tower points 3 (fc7) and 4 (fc8)
-    kinit, binit = self._init_fns("fc8", (0,))
-    k8, b8 = _KernelBias(
-        (g.shape[-1], self.num_classes),
-        (self.num_classes,),
-        kinit,
-        binit,
-        _at_least_f32(self.dtype),
-        name="fc8",
-    )()
-    logits = g @ k8.astype(self.dtype) + b8.astype(self.dtype)
+  def _fc8(self, g):
+    """fc8, shared by the towers (no tower axis); logits in float32 for the softmax."""
+    k, b = self._params("fc8", (g.shape[-1], self.num_classes), (self.num_classes,))
+    logits = g @ k.astype(self.dtype) + b.astype(self.dtype)
     self.sow("intermediates", "logits", logits)
-    return logits.astype(_at_least_f32(self.dtype))
+    return logits.astype(at_least_f32(self.dtype))
 
 
 class _KernelBias(nn.Module):
@@ -484,80 +448,24 @@ def num_params(params) -> int:
   return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
 
 
-def from_config(model_config, num_classes: int) -> AlexNet:
-  """Build the module from a `config.model` ConfigDict."""
-  fields = {f.name for f in dataclasses.fields(AlexNet)} - {"parent", "name"}
-  kwargs = {k: v for k, v in model_config.items() if k in fields}
-  unknown = set(model_config.keys()) - fields
+MODULE_KEYS = ("width", "lrn", "overlapping_pool", "initializer", "dropout_rate", "dtype")
+
+
+def from_config(model_config, num_classes: int, crop_size: int) -> AlexNet:
+  """The module for a `config.model` ConfigDict (model.variant names the Variant; the other
+  keys are MODULE_KEYS) and the input crop size (config.input.crop_size)."""
+  kwargs = dict(model_config.items())
+  unknown = set(kwargs) - set(MODULE_KEYS) - {"variant"}
   if unknown:
     raise ValueError(
         f"unknown config.model keys {sorted(unknown)}; "
-        f"AlexNet accepts {sorted(fields - {'tower_axis', 'data_axis'})}"
+        f"the model reads {sorted({'variant', *MODULE_KEYS})}"
     )
-  if "dtype" in kwargs and isinstance(kwargs["dtype"], str):
+  name = kwargs.pop("variant", "paper")
+  if name not in VARIANTS:
+    raise ValueError(f"model.variant must be one of {list(VARIANTS)}, got {name!r}")
+  if isinstance(kwargs.get("dtype"), str):
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
-  for key in ("conv_widths", "conv1_padding"):  # config.json gives lists back
-    if key in kwargs:
-      kwargs[key] = tuple(int(v) for v in kwargs[key])
-  return AlexNet(num_classes=num_classes, **kwargs)
-
-
-# ---- model.variant: the switch values each named network fixes ----------------------------------
-_PAPER_SWITCHES = {
-    "one_tower": False,
-    "conv_widths": (),
-    "conv1_padding": (0, 3),
-    "lrn_k": 2.0,
-    "lrn_alpha_per_term": True,
-    "lrn_after_pool": False,
-    "lrn_across_towers": False,
-    "fc6_input_order": "hwc",
-}
-VARIANT_SWITCHES = {
-    "paper": _PAPER_SWITCHES,
-    "one_gpu": {**_PAPER_SWITCHES, "one_tower": True},
-    "torchvision": {
-        **_PAPER_SWITCHES,
-        "one_tower": True,
-        "conv_widths": (64, 192, 384, 256, 256),
-        "conv1_padding": (2, 2),
-        "fc6_input_order": "chw",
-    },
-    "caffe": {
-        **_PAPER_SWITCHES,
-        "conv1_padding": (0, 0),
-        "lrn_k": 1.0,
-        "lrn_alpha_per_term": False,
-        "lrn_across_towers": True,
-        "fc6_input_order": "chw",
-    },
-    "pytorch_grouped": {
-        **_PAPER_SWITCHES,
-        "conv1_padding": (2, 2),
-        "lrn_alpha_per_term": False,
-        "lrn_after_pool": True,
-        "lrn_across_towers": True,
-        "fc6_input_order": "chw",
-    },
-}
-
-
-def variant_of(switches: dict) -> str:
-  """The variant whose switches equal `switches` (absent keys: the paper's; lists and tuples
-  compare as tuples), or ValueError naming the keys that no variant has with these values."""
-
-  def norm(v):
-    return tuple(v) if isinstance(v, (list, tuple)) else v
-
-  given = {k: norm(v) for k, v in switches.items()}
-  unknown = sorted(set(given) - set(_PAPER_SWITCHES))
-  if unknown:
-    raise ValueError(f"unknown model switches {unknown}")
-  given = {**_PAPER_SWITCHES, **given}
-  for name, fields in VARIANT_SWITCHES.items():
-    if given == fields:
-      return name
-  off = {k: v for k, v in given.items() if v != _PAPER_SWITCHES[k]}
-  raise ValueError(
-      "no variant has " + ", ".join(f"model.{k}={v!r}" for k, v in sorted(off.items()))
+  return AlexNet(
+      num_classes=num_classes, variant=VARIANTS[name], image_size=int(crop_size), **kwargs
   )

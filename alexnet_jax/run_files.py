@@ -8,11 +8,11 @@ Training (process 0) writes, next to config.json and checkpoints/:
   class_names.json    the label names in label order: TFDS ClassLabel names, folder names,
                       "0".."9" for digits
   preprocessing.json  how an image becomes the network's input views (`Preprocessing`)
-  mean_image.npy      only for config.augment.mean == 'run' (a converted net's own mean,
+  mean_image.npy      only for config.input.mean == 'run' (a converted net's own mean,
                       e.g. Caffe's ilsvrc_2012_mean): float32 [256, 256, 3], RGB, 0..255
 
 The other input settings (mean pixel, std, channel order, crop size, resize rule) are keys of
-config.json (config.augment, config.model.image_size, config.dataset.resize).
+config.json (config.input, config.dataset.resize).
 
 A run copied to a machine without the dataset restores, predicts and draws its kernels from
 these. Runs written before they existed still restore: `missing(workdir)` names what they
@@ -55,8 +55,8 @@ class Preprocessing:
   @classmethod
   def from_config(cls, config) -> Preprocessing:
     return cls(
-        crop_size=int(config.model.get("image_size", model_lib.IMAGE_SHAPE[0])),
-        scale=float(config.augment.scale),
+        crop_size=int(config.input.crop_size),
+        scale=float(config.input.scale),
         eval_crops=int(config.eval_crops),
     )
 
@@ -114,9 +114,9 @@ def write_preprocessing(workdir: str, config, dataset: str) -> None:
 def missing(workdir: str, config=None) -> list[str]:
   """The run files `workdir` lacks (a run trained before training wrote them). With the
   run's config: the statistics only count when its inputs are centred with the dataset's
-  mean image (config.augment.mean == 'dataset')."""
+  mean image (config.input.mean == 'dataset')."""
   needed = FILES
-  if config is not None and config.augment.get("mean", "dataset") != "dataset":
+  if config is not None and config.input.mean != "dataset":
     needed = tuple(name for name in FILES if name != STATS_FILE)
   return [name for name in needed if not os.path.exists(os.path.join(workdir, name))]
 
@@ -178,9 +178,9 @@ def read_mean_image(workdir: str) -> np.ndarray:
   path = os.path.join(workdir, MEAN_IMAGE_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"{path} not found: config.augment.mean='run' subtracts the mean image stored in the "
+        f"{path} not found: config.input.mean='run' subtracts the mean image stored in the "
         "run directory (alexnet_jax.convert --mean_file writes it; a run started with "
-        "--config.init_from copies its source's). Use augment.mean='pixel' or 'dataset' instead."
+        "--config.init_from copies its source's). Use input.mean='pixel' or 'dataset' instead."
     )
   mean = np.load(path, allow_pickle=False)
   if mean.shape != MEAN_IMAGE_SHAPE:

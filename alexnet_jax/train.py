@@ -39,23 +39,23 @@ class AugmentConstants:
 
 
 def input_mean_and_std(config, stats, workdir: str | None = None):
-  """(mean, std) the network's inputs are normalised with (config.augment.mean/mean_rgb/
+  """(mean, std) the network's inputs are normalised with (config.input.mean/mean_rgb/
   std_rgb): mean [256, 256, 3] or [3] float32 in pixel units, std [3] or None."""
-  acfg = config.augment
-  kind = acfg.get("mean", "dataset")
+  acfg = config.input
+  kind = acfg.mean
   if kind == "dataset":
     mean = np.asarray(stats.mean_image, np.float32)
   elif kind == "pixel":
     mean = np.asarray(acfg.mean_rgb, np.float32).reshape(3)
   elif kind == "run":
     if workdir is None:
-      raise ValueError("augment.mean='run' needs the run directory that holds the mean image")
+      raise ValueError("input.mean='run' needs the run directory that holds the mean image")
     mean = run_files.read_mean_image(workdir)
   else:
-    raise ValueError(f"augment.mean must be 'dataset', 'pixel' or 'run', got {kind!r}")
+    raise ValueError(f"input.mean must be 'dataset', 'pixel' or 'run', got {kind!r}")
   std = tuple(acfg.get("std_rgb", ()) or ())
   if std and (len(std) != 3 or min(std) <= 0):
-    raise ValueError(f"augment.std_rgb must be () or 3 positive numbers, got {std}")
+    raise ValueError(f"input.std_rgb must be () or 3 positive numbers, got {std}")
   return mean, (np.asarray(std, np.float32) if std else None)
 
 
@@ -112,7 +112,7 @@ def input_dtype(config):
 
 
 def augment_batch(
-    acfg,
+    config,
     mesh,
     aug_rng,
     step,
@@ -124,6 +124,7 @@ def augment_batch(
   """The train step's augmentation: uint8 [B, 256, 256, 3] -> float32 [B, crop, crop, 3]
   split over "data". Keys from (seed, step, position in the global batch): the same views
   on every mesh."""
+  acfg = config.augment
   keys = augment.example_keys(aug_rng, step, jnp.arange(images.shape[0]))
   views = augment.train_views(
       images,
@@ -134,10 +135,10 @@ def augment_batch(
       random_crop=acfg.random_crop,
       flip=acfg.flip,
       lighting_std=acfg.lighting_std,
-      scale=acfg.scale,
+      scale=config.input.scale,
       crop_size=crop_size,
       std=aug.std,
-      bgr=acfg.get("channel_order", "rgb") == "bgr",
+      bgr=config.input.channel_order == "bgr",
       dtype=dtype,
   )
   return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
@@ -158,7 +159,7 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
     images, labels = batch["image"], batch["label"]
     if augment_on_device:
       images = augment_batch(
-          config.augment,
+          config,
           mesh,
           aug_rng,
           state.step,
@@ -245,8 +246,8 @@ def view_options(config, model) -> dict:
   """view_probs' keywords that come from the run: its crop size, scale, channel order, dtype."""
   return dict(
       crop_size=model.image_size,
-      scale=config.augment.scale,
-      bgr=config.augment.get("channel_order", "rgb") == "bgr",
+      scale=config.input.scale,
+      bgr=config.input.channel_order == "bgr",
       dtype=input_dtype(config),
   )
 

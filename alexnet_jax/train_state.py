@@ -29,7 +29,7 @@ class TrainState:
 
 
 def create_model(config, num_classes: int) -> model_lib.AlexNet:
-  return model_lib.from_config(config.model, num_classes)
+  return model_lib.from_config(config.model, num_classes, config.input.crop_size)
 
 
 def _init_state(config, model, rng) -> TrainState:

@@ -20,12 +20,12 @@ CAFFE_MEAN_RGB = (122.67891434, 116.66876762, 104.00698793)
 def get_config():
   c = default.get_config()
   c.mesh.tower = 1  # both towers on each device; 2 splits them as the paper did
-  c.model.variant = "caffe"
-  c.input.crop_size = 227
+  c.model.variant = "caffe"  # unpadded conv1, LRN k=1 alpha/n across the towers, NCHW fc6
   c.dataset.resize = "warp"
   c.input.mean = "pixel"  # alexnet_jax.convert --mean_file sets 'run' (the mean image)
   c.input.mean_rgb = CAFFE_MEAN_RGB
   c.input.channel_order = "bgr"
+  c.input.crop_size = 227
   c.optimizer.learning_rate = 0.001
   c.optimizer.schedule = "constant"
   return c

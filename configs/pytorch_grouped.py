@@ -19,6 +19,7 @@ from configs import default, torchvision
 def get_config():
   c = default.get_config()
   c.mesh.tower = 1
+  # conv1 padded by 2, LRN alpha/n across the towers after the pooling, NCHW fc6
   c.model.variant = "pytorch_grouped"
   torchvision.set_torchvision_input(c)
   c.optimizer.learning_rate = 0.001

@@ -29,12 +29,13 @@ def set_torchvision_input(c):
   c.input.std_rgb = tuple(255.0 * s for s in IMAGENET_STD_RGB)
   c.input.channel_order = "rgb"
   c.input.scale = 1.0
+  c.input.crop_size = 224
 
 
 def get_config():
   c = default.get_config()
   c.mesh.tower = 1
-  c.model.variant = "torchvision"
+  c.model.variant = "torchvision"  # one tower, 64-192-384-256-256, conv1 padded by 2, NCHW fc6
   c.model.lrn = False
   set_torchvision_input(c)
   # Fine-tuning: a pretrained net needs no warm-up from the paper's init, and a small rate.

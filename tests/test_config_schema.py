@@ -336,7 +336,7 @@ def test_upgrade_of_switches_no_variant_has_names_them():
     config_schema.upgrade(old)
   msg = str(e.value)
   assert "model.lrn_alpha_per_term=False, model.lrn_k=1.0" in msg, msg
-  assert "'paper', 'one_gpu', 'torchvision', 'caffe', 'pytorch_grouped'" in msg
+  assert "paper, one_gpu, torchvision, caffe, pytorch_grouped" in msg
   assert "start a new --workdir" in msg
   # A variant that contradicts the switches beside it.
   both = _old({"model.one_tower": True})
@@ -392,7 +392,7 @@ def test_a_recorded_config_no_variant_matches_is_refused_naming_the_file(tmp_pat
   workdir = _old_run(tmp_path, _old({"model.conv1_padding": [1, 1]}))
   with pytest.raises(config_checks.ConfigError) as e:
     config_checks.resume_changes(config_schema.default_config(), workdir)
-  assert str(e.value).startswith(f"{workdir}/config.json: config.json's model switches match no")
+  assert str(e.value).startswith(f"{workdir}/config.json: the model switches model.")
   assert "model.conv1_padding=(1, 1)" in str(e.value)
 
 

@@ -1,13 +1,16 @@
 """The network against the paper's numbers (docs/paper.md) and an independently written grouped model."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from alexnet_jax import model as model_lib
-from alexnet_jax.model import AlexNet
+from alexnet_jax.model import VARIANTS, AlexNet
 
 IMG = (224, 224, 3)
 
@@ -99,27 +102,6 @@ def test_every_layer_has_the_papers_output_shape():
   }
 
 
-@pytest.mark.parametrize("alpha_per_term", [True, False])
-def test_lrn_equals_tensorflow(alpha_per_term):
-  x = np.random.default_rng(0).normal(0, 30, (2, 7, 7, 48)).astype(np.float32)
-  got = model_lib.local_response_norm(jnp.asarray(x), alpha_per_term=alpha_per_term)
-  alpha = 1e-4 if alpha_per_term else 1e-4 / 5  # cuda-convnet/Caffe divide alpha by n
-  want = tf.nn.local_response_normalization(
-      x, depth_radius=2, bias=2.0, alpha=alpha, beta=0.75
-  ).numpy()
-  np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
-  # The two conventions really differ on these inputs (else this test could not fail).
-  assert (
-      _rel(
-          got,
-          tf.nn.local_response_normalization(
-              x, depth_radius=2, bias=2.0, alpha=1e-4 / 5 if alpha_per_term else 1e-4, beta=0.75
-          ).numpy(),
-      )
-      > 1e-3
-  )
-
-
 def test_lrn_does_not_cross_the_tower_boundary():
   m = AlexNet(num_classes=10, width=0.25)
   variables = _init(m)
@@ -144,13 +126,18 @@ def test_lrn_does_not_cross_the_tower_boundary():
   assert _rel(pool1, tf.nn.max_pool2d(across, 3, 2, "VALID").numpy()) > 1e-4
 
 
+def _paper(**changes):
+  return dataclasses.replace(VARIANTS["paper"], **changes)
+
+
 ABLATIONS = {
     "paper": ({}, {}),
     "no_lrn": ({"lrn": False}, {"lrn": False}),
-    "lrn_alpha_over_n": ({"lrn_alpha_per_term": False}, {"alpha": 2e-5}),
-    "lrn_k1": ({"lrn_k": 1.0}, {"k": 1.0}),
+    # LRN constants of the published variants, on the paper's network.
+    "lrn_alpha_over_n": ({"variant": _paper(lrn_alpha_per_term=False)}, {"alpha": 2e-5}),
+    "lrn_k1": ({"variant": _paper(lrn_k=1.0)}, {"k": 1.0}),
     "non_overlapping_pool": ({"overlapping_pool": False}, {"pool": (2, 2)}),
-    "one_tower": ({"one_tower": True}, {"towers": 1}),
+    "one_tower": ({"variant": VARIANTS["one_gpu"]}, {"towers": 1}),
 }
 
 
@@ -188,7 +175,7 @@ def test_one_tower_parameter_count_by_hand():
   convs = [(11, 3, 48), (5, 48, 128), (3, 128, 192), (3, 192, 192), (3, 192, 256)]
   count = sum(k * k * cin * cout + cout for k, cin, cout in convs)
   count += (6 * 6 * 256 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
-  variables = jax.eval_shape(lambda: _init(AlexNet(one_tower=True)))
+  variables = jax.eval_shape(lambda: _init(AlexNet(variant=VARIANTS["one_gpu"])))
   assert model_lib.num_params(variables["params"]) == count == 59_798_312
 
 
@@ -262,9 +249,82 @@ def test_bad_image_shape_says_what_is_expected(shape):
     m.apply(variables, jnp.zeros(shape))
 
 
-def test_from_config_rejects_unknown_keys():
-  import ml_collections
-
+def test_from_config_rejects_unknown_keys_and_variants():
   cfg = ml_collections.ConfigDict({"width": 0.5, "lrn": False, "nonsense": 1})
   with pytest.raises(ValueError, match="nonsense"):
-    model_lib.from_config(cfg, num_classes=10)
+    model_lib.from_config(cfg, num_classes=10, crop_size=224)
+  cfg = ml_collections.ConfigDict({"variant": "vgg"})
+  with pytest.raises(ValueError, match=r"model.variant must be one of \['paper'.*'vgg'"):
+    model_lib.from_config(cfg, num_classes=10, crop_size=224)
+
+
+def test_from_config_builds_the_variant_and_the_crop_size():
+  cfg = ml_collections.ConfigDict({"variant": "caffe", "width": 0.5, "dtype": "bfloat16"})
+  m = model_lib.from_config(cfg, num_classes=7, crop_size=227)
+  assert m.variant == VARIANTS["caffe"] and m.variant.lrn_k == 1.0 and m.num_towers == 2
+  assert (m.width, m.dtype, m.num_classes, m.input_shape) == (0.5, jnp.bfloat16, 7, (227, 227, 3))
+
+
+# The model switches each preset set one by one (configs/*.py before model.variant), and the
+# variant they describe.
+OLD_SWITCHES = {
+    "paper": {},
+    "one_gpu": {"one_tower": True},
+    "torchvision": {
+        "one_tower": True,
+        "conv_widths": [64, 192, 384, 256, 256],
+        "conv1_padding": [2, 2],
+        "lrn": False,
+        "fc6_input_order": "chw",
+    },
+    "caffe": {
+        "image_size": 227,
+        "conv1_padding": [0, 0],
+        "lrn_k": 1.0,
+        "lrn_alpha_per_term": False,
+        "lrn_across_towers": True,
+        "fc6_input_order": "chw",
+    },
+    "pytorch_grouped": {
+        "image_size": 224,
+        "conv1_padding": [2, 2],
+        "lrn_after_pool": True,
+        "lrn_across_towers": True,
+        "lrn_alpha_per_term": False,
+        "lrn_k": 2.0,
+        "fc6_input_order": "chw",
+    },
+}
+PAPER_SWITCHES = {  # configs/default.py's values, written out in full
+    "width": 1.0,
+    "one_tower": False,
+    "conv_widths": [],
+    "image_size": 224,
+    "conv1_padding": [0, 3],
+    "lrn": True,
+    "lrn_alpha_per_term": True,
+    "lrn_k": 2.0,
+    "lrn_after_pool": False,
+    "lrn_across_towers": False,
+    "overlapping_pool": True,
+    "fc6_input_order": "hwc",
+}
+
+
+@pytest.mark.parametrize("name", list(OLD_SWITCHES))
+def test_variant_of_the_old_switches(name):
+  assert model_lib.variant_of(OLD_SWITCHES[name]) == name
+  assert model_lib.variant_of({**PAPER_SWITCHES, **OLD_SWITCHES[name]}) == name
+
+
+def test_variant_of_names_the_switches_no_variant_has():
+  with pytest.raises(ValueError, match=r"model.fc6_input_order='chw', model.lrn_k=1.0 match no"):
+    model_lib.variant_of({"lrn_k": 1.0, "fc6_input_order": "chw"})
+  with pytest.raises(ValueError, match=r"model.fc6_input_order='whc' match no.*must be"):
+    model_lib.variant_of({"fc6_input_order": "whc"})
+  # The one-GPU widths written out are the one-GPU net; with two towers they are no variant.
+  assert model_lib.variant_of({"one_tower": True, "conv_widths": [48, 128, 192, 192, 256]}) == (
+      "one_gpu"
+  )
+  with pytest.raises(ValueError, match="conv_widths"):
+    model_lib.variant_of({"conv_widths": [48, 128, 192, 192, 256]})

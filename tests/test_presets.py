@@ -183,7 +183,7 @@ def _project_views(data: bytes, config) -> np.ndarray:
   mean, std = train.input_mean_and_std(config, stats=None)
   return np.asarray(
       augment.eval_views(
-          image[None], mean_image=mean, std=std, crops=1, crop_size=config.model.image_size
+          image[None], mean_image=mean, std=std, crops=1, crop_size=config.input.crop_size
       )
   )[0, 0]
 

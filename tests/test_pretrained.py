@@ -3,6 +3,7 @@ grouped PyTorch AlexNet and a .caffemodel built with the protobuf runtime in Caf
 schema, each with random weights, give the logits of their own framework after conversion;
 exports round-trip; bad input is named and writes nothing."""
 
+import dataclasses
 import io
 import os
 import subprocess
@@ -154,6 +155,11 @@ def _restore(workdir):
   return run, model
 
 
+def _variant(model, **changes):
+  """The module with some of its variant's fields changed (same parameter shapes)."""
+  return model.clone(variant=dataclasses.replace(model.variant, **changes))
+
+
 def _apply(model, params, nhwc):
   return np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(nhwc)))
 
@@ -272,7 +278,7 @@ def test_grouped_layout_round_trips_and_computes_pytorchs_function(tmp_path):
   got = _apply(model, run.variables["params"], x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
   # The per-tower LRN of the paper would be another function: the test can tell them apart.
-  per_tower = model.clone(lrn_across_towers=False)
+  per_tower = _variant(model, lrn_across_towers=False)
   assert _rel(_apply(per_tower, run.variables["params"], x), want) > 1e-4
   # Export: the identical state_dict, keys, shapes and values.
   dst = str(tmp_path / "back.pth")
@@ -311,7 +317,11 @@ def test_the_papers_two_tower_net_exports_to_the_grouped_layout(tmp_path):
   pretrained.write_run(workdir, config, jax.device_get(params))
   dst = str(tmp_path / "paper.pth")
   out = pretrained.export_run("pytorch_grouped", workdir, dst, pytorch_grouped.get_config())
-  assert any(d.startswith("model.fc6_input_order: hwc -> chw") for d in out["differences"])
+  assert out["differences"] == [
+      "model.variant: paper -> pytorch_grouped (conv1_padding (0, 3) -> (2, 2), "
+      "lrn_alpha_per_term True -> False, lrn_after_pool False -> True, "
+      "lrn_across_towers False -> True, fc6_input_order hwc -> chw)"
+  ]
   sd = torch.load(dst, weights_only=True)
   names = dict(zip(pretrained.FORMATS["pytorch_grouped"].keys.values(), pretrained.LAYERS))
   net = torch_reference.AlexNetTorch(num_classes=10).eval()
@@ -516,7 +526,7 @@ def test_caffemodel_gives_bvlc_alexnets_logits(caffe_blobs, tmp_path, v1):
   out = pretrained.import_run("caffe", src, workdir, caffe.get_config(), mean_file=mean_file)
   assert out["num_params"] == 60_965_224
   run, model = _restore(workdir)
-  assert run.config.augment.mean == "run" and run.config.augment.channel_order == "bgr"
+  assert run.config.input.mean == "run" and run.config.input.channel_order == "bgr"
   # The project's preprocessing of real photos (RGB uint8 256x256): the mean image, BGR, 227.
   images = np.stack(
       [ip.resize_and_center_crop(p, rule="warp").numpy() for p in load_sample_images().images]
@@ -534,9 +544,9 @@ def test_caffemodel_gives_bvlc_alexnets_logits(caffe_blobs, tmp_path, v1):
     want = caffe_alexnet_forward(caffe_blobs, torch.from_numpy(x.copy())).numpy()
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
   # LRN matters here, and its window crosses the towers' edge, as Caffe's does.
-  per_tower = model.clone(lrn_across_towers=False)
+  per_tower = _variant(model, lrn_across_towers=False)
   assert _rel(_apply(per_tower, run.variables["params"], views), want) > 1e-4
-  per_term = model.clone(lrn_alpha_per_term=True)
+  per_term = _variant(model, lrn_alpha_per_term=True)
   assert _rel(_apply(per_term, run.variables["params"], views), want) > 1e-3
 
 

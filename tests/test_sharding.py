@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import sharding
-from alexnet_jax.model import AlexNet
+from alexnet_jax.model import VARIANTS, AlexNet
 
 B = 8
 MODEL = AlexNet(num_classes=10, width=0.25)
@@ -163,4 +163,4 @@ def test_batch_that_does_not_divide_the_data_axis(setup):
 
 def test_one_tower_model_refuses_a_split_tower_axis():
   with pytest.raises(ValueError, match="1 tower"):
-    sharding.sharded_apply(AlexNet(one_tower=True), _mesh(1, 2))
+    sharding.sharded_apply(AlexNet(variant=VARIANTS["one_gpu"]), _mesh(1, 2))

@@ -1,4 +1,4 @@
-"""Published AlexNets in and out of this project's parameter layout.
+"""The published AlexNets' file formats and this project's parameter layout.
 
 Formats (each with a preset in configs/ that describes its network and its inputs):
   torchvision       torchvision.models.alexnet's state_dict (alexnet-owt-7be5be79.pth): one
@@ -11,8 +11,8 @@ Formats (each with a preset in configs/ that describes its network and its input
 PyTorch and Caffe store conv weights [out, in/groups, kh, kw] and fc weights [out, in]; a
 grouped layer's output channels are tower 0's then tower 1's, which is exactly how the towers
 of this project concatenate (model.py), so tower t is the t-th block of output channels.
-fc6's input is the (C, H, W) flatten of pool5 there; a run with model.fc6_input_order='hwc'
-gets its rows permuted.
+fc6's input is the (C, H, W) flatten of pool5 there; a variant with fc6_input_order='hwc' (the
+paper's) gets its rows permuted.
 
 torch is imported only inside the functions that read or write .pth files: the library never
 needs it.
@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 
 import jax
 import numpy as np
 
-from alexnet_jax import caffemodel, fine_tune, run_files, sharding, train_state
-from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import run_files, sharding
+from alexnet_jax.pretrained import caffemodel
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 FC_LAYERS = ("fc6", "fc7", "fc8")
@@ -133,7 +131,7 @@ def to_framework(params, model) -> dict:
     k, b = p[name]["kernel"], p[name]["bias"]  # [T, fan_in, o], [T, o]
     w = np.concatenate([kt.T for kt in k])  # [out, fan_in]
     if name == "fc6":
-      perm = _fc6_permutation(w.shape[1], model.layer_widths()[0][4], model.fc6_input_order)
+      perm = _fc6_permutation(w.shape[1], model.layer_widths()[0][4], model.variant.fc6_input_order)
       if perm is not None:
         w = w[:, np.argsort(perm)]
     out[name] = (w, b.reshape(-1))
@@ -156,7 +154,7 @@ def from_framework(layers: dict, model) -> dict:
   for name in ("fc6", "fc7"):
     w, b = (np.asarray(a, np.float32) for a in layers[name])
     if name == "fc6":
-      perm = _fc6_permutation(w.shape[1], model.layer_widths()[0][4], model.fc6_input_order)
+      perm = _fc6_permutation(w.shape[1], model.layer_widths()[0][4], model.variant.fc6_input_order)
       if perm is not None:
         w = w[:, perm]
     o = w.shape[0] // t
@@ -211,7 +209,7 @@ def _describe_model(model) -> str:
 
 
 # ---- reading ---------------------------------------------------------------------------------
-def _import_torch():
+def import_torch():
   try:
     import torch  # noqa: PLC0415  (only .pth conversion needs torch: never the library)
   except ImportError:
@@ -222,7 +220,7 @@ def _import_torch():
   return torch
 
 
-def _missing_file(path: str, fmt: str) -> FileNotFoundError:
+def missing_file(path: str, fmt: str) -> FileNotFoundError:
   others = "; ".join(f.where for name, f in FORMATS.items() if name != fmt)
   return FileNotFoundError(
       f"{path} does not exist. {FORMATS[fmt].where}. (Other formats: {others}.) "
@@ -233,7 +231,7 @@ def _missing_file(path: str, fmt: str) -> FileNotFoundError:
 def load_state_dict(path: str) -> dict:
   """A .pth state_dict as {key: float32 ndarray}, read with torch.load(weights_only=True)
   (tensors and plain containers only: no pickled code runs)."""
-  torch = _import_torch()
+  torch = import_torch()
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
@@ -350,161 +348,3 @@ def default_class_names(num_classes: int) -> list[str] | None:
   path = os.path.join(os.path.dirname(spec.origin), "datasets", "imagenet2012", "labels.txt")
   names = run_files.read_names_file(path)
   return names if len(names) == 1000 else None
-
-
-# ---- run directories ---------------------------------------------------------------------
-def model_for(config, num_classes: int):
-  return train_state.create_model(config, num_classes)
-
-
-def write_run(
-    workdir: str,
-    config,
-    params,
-    *,
-    class_names=None,
-    mean_image=None,
-    meta: dict | None = None,
-) -> None:
-  """A run directory that restores, evaluates and fine-tunes like a trained one: config.json,
-  a step-0 checkpoint of the same TrainState a training run saves, class_names.txt and the
-  mean image. Written in a temporary directory beside `workdir` and renamed at the end, so a
-  failure leaves nothing at `workdir`."""
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-    raise FileExistsError(f"{workdir} already exists and is not empty: choose a new --workdir")
-  num_classes = int(np.shape(params["fc8"]["bias"])[0])
-  if class_names is not None and len(class_names) != num_classes:
-    raise ConversionError(
-        f"{len(class_names)} class names for a network with {num_classes} outputs"
-    )
-  parent = os.path.dirname(workdir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.converting-", dir=parent)
-  try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    model = model_for(config, num_classes)
-    mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
-    state = train_state.train_state_from_params(config, model, mesh, params)
-    manager = ckpt_lib.CheckpointManager(tmp, config)
-    try:
-      manager.save(0, state, meta={"num_classes": num_classes, "dataset": "", **(meta or {})})
-      manager.wait()
-    finally:
-      manager.close()
-    if class_names is not None:
-      run_files.write_class_names(tmp, class_names)
-    run_files.write_preprocessing(tmp, config, dataset=str(config.dataset.name))
-    if mean_image is not None:
-      run_files.write_mean_image(tmp, mean_image)
-    if os.path.isdir(workdir):
-      os.rmdir(workdir)  # empty (checked above)
-    os.rename(tmp, workdir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
-def import_run(
-    fmt: str,
-    src: str,
-    workdir: str,
-    config,
-    *,
-    class_names_file: str | None = None,
-    mean_file: str | None = None,
-) -> dict:
-  """Convert `src` (format `fmt`) into the run directory `workdir` with `config` (the
-  format's preset). Returns {'num_classes', 'num_params'}."""
-  if fmt not in FORMATS:
-    raise ConversionError(f"--from must be one of {sorted(FORMATS)}, got {fmt!r}")
-  if not os.path.exists(src):
-    raise _missing_file(src, fmt)
-  if mean_file and fmt != "caffe":
-    raise ConversionError(
-        "--mean_file is Caffe's mean image (.binaryproto): only with --from=caffe"
-    )
-  if mean_file and not os.path.exists(mean_file):
-    raise _missing_file(mean_file, "caffe")
-  if fmt == "caffe":
-    # The class count is fc8's: read it from the file before building the model.
-    probe = model_for(config, 1000)
-    layers = layers_from_caffemodel(src, probe)
-    num_classes = int(np.shape(layers["fc8"][1])[0])
-    describe = lambda name, i: f"layer {name} blob {i}"
-  else:
-    state = load_state_dict(src)
-    fc8_bias = state.get(FORMATS[fmt].state_key("fc8", 1))
-    probe = model_for(config, int(fc8_bias.shape[0]) if fc8_bias is not None else 1000)
-    layers = layers_from_state_dict(state, fmt, probe)
-    num_classes = int(np.shape(layers["fc8"][1])[0])
-    describe = FORMATS[fmt].state_key
-  model = model_for(config, num_classes)
-  check_shapes(layers, model, describe)
-  params = from_framework(layers, model)
-  if class_names_file:
-    if not os.path.exists(class_names_file):
-      raise FileNotFoundError(f"--class_names={class_names_file} does not exist")
-    class_names = run_files.read_names_file(class_names_file)
-  else:
-    class_names = default_class_names(num_classes)
-  mean_image = None
-  if mean_file:
-    mean_image = read_caffe_mean(mean_file)
-    config = config.copy_and_resolve_references()
-    config.augment.mean = "run"
-  write_run(
-      workdir,
-      config,
-      params,
-      class_names=class_names,
-      mean_image=mean_image,
-      meta={"converted_from": {"format": fmt, "file": os.path.abspath(src)}},
-  )
-  return {
-      "num_classes": num_classes,
-      "num_params": sum(int(np.size(x)) for x in jax.tree.leaves(params)),
-  }
-
-
-def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | None = None) -> dict:
-  """A run's parameters as a `fmt` state_dict, torch.save'd to `dst`. The run must have the
-  shapes of the format's network (`preset_config`, with the run's class count). Returns
-  {'step', 'keys', 'differences'}: the architecture switches in which the run differs from
-  the format's preset (same weights' shapes, but a PyTorch module computes the run's function
-  only if it also has these)."""
-  if fmt not in PYTORCH_FORMATS:
-    raise ConversionError(f"--to must be one of {list(PYTORCH_FORMATS)}, got {fmt!r}")
-  torch = _import_torch()
-  run = ckpt_lib.restore_run(workdir, step=step)
-  num_classes = run.meta["num_classes"]
-  model = model_for(run.config, num_classes)
-  if model.num_towers != FORMATS[fmt].towers:
-    other = "pytorch_grouped" if model.num_towers == 2 else "torchvision"
-    raise ConversionError(
-        f"{workdir} holds a {model.num_towers}-tower network; the {fmt} layout holds "
-        f"{FORMATS[fmt].towers}-tower ones: use --to={other}"
-    )
-  layers = to_framework(run.variables["params"], model)
-  check_shapes(
-      layers,
-      model_for(preset_config, num_classes),
-      lambda name, i: f"{name} {('weight', 'bias')[i]} of {workdir}",
-  )
-  state = {}
-  for name, prefix in FORMATS[fmt].keys.items():
-    state[f"{prefix}.weight"] = torch.from_numpy(layers[name][0].copy())
-    state[f"{prefix}.bias"] = torch.from_numpy(layers[name][1].copy())
-  d = os.path.dirname(os.path.abspath(dst))
-  fd, tmp = tempfile.mkstemp(dir=d, suffix=".pth.tmp")
-  os.close(fd)
-  try:
-    torch.save(state, tmp)
-    os.replace(tmp, dst)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  differences = fine_tune.architecture_differences(preset_config, run.config)
-  return {"step": run.step, "keys": list(state), "differences": differences}
