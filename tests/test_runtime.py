@@ -152,6 +152,40 @@ def test_tf_import_lines_filtered_by_tf_log_level():
   assert runtime._tf_lines_kept(_TF_IMPORT_STDERR, 3) == python_warning
 
 
+# A stand-in for tensorflow that prints as TF's libraries do while loading, between output of
+# the import that must reach stderr in its order.
+_FAKE_TF = """
+import os, sys, warnings
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+os.write(2, b"I0000 00:00:1796419456.208834   27654 port.cc:153] oneDNN custom operations are on.\\n")
+warnings.warn("raised by the import")
+os.write(2, b"E0000 00:00:1796419456.300000   27654 loader.cc:9] an error\\n")
+sys.stderr.write("written by Python\\n")
+os.write(2, b"I0000 00:00:1796419458.242417   27654 port.cc:153] oneDNN custom operations are on.\\n")
+"""
+
+
+@pytest.mark.parametrize("level", ["2", "0"])
+def test_import_tensorflow_filters_only_the_load_time_lines(tmp_path, level):
+  (tmp_path / "tensorflow").mkdir()
+  (tmp_path / "tensorflow" / "__init__.py").write_text(_FAKE_TF)
+  code = "from alexnet_jax import runtime; runtime.import_tensorflow(); print('imported')"
+  env = _env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", TF_CPP_MIN_LOG_LEVEL=level)
+  proc = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+  )
+  assert proc.returncode == 0 and proc.stdout == "imported\n", proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  error = "E0000 00:00:1796419456.300000   27654 loader.cc:9] an error"
+  if level == "0":  # the user asked for every line: the output is TF's own
+    assert sum("oneDNN" in line for line in lines) == 2, lines
+    assert lines[0].startswith("WARNING: All log messages"), lines
+  else:
+    assert not any("oneDNN" in line or "absl::InitializeLog" in line for line in lines), lines
+    assert lines[0].endswith("UserWarning: raised by the import"), lines
+    assert lines[1:] == ['  warnings.warn("raised by the import")', error, "written by Python"]
+
+
 def _record(name, level, msg, pathname="/x/module.py"):
   return std_logging.LogRecord(name, level, pathname, 1, msg, (), None)
 
