@@ -9,6 +9,12 @@ change the parameter shapes or the data are refused (each key's resume rule is d
 alexnet_jax/config_schema.py).
 SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
 
+The log starts with one line naming the config file and its overrides; the full config is in
+WORKDIR/config.json (--verbose also logs it, with the libraries' INFO lines). Compiled steps
+are cached under ~/.cache/alexnet_jax/jax_compilation_cache ($ALEXNET_JAX_CACHE), so a second
+start loads them instead of compiling; --compilation_cache=false or
+ALEXNET_JAX_COMPILATION_CACHE=0 turns that off (alexnet_jax/runtime.py).
+
 Several processes (one global mesh over all their devices) start jax.distributed from the
 environment (launch/multiprocess_local.sh, SLURM, TPU pods) or from flags:
 
@@ -77,7 +83,7 @@ def main(argv):
   for key, (old, new) in changes.items():
     logging.warning("config changed on resume: %s %r -> %r", key, old, new)
   logging.info("%s", _config_line(FLAGS.workdir))
-  if FLAGS.verbose:
+  if FLAGS.verbose or logging.level_debug():
     logging.info("config:\n%s", config)
   # Multi-process: an exception ends this process at once, so the others stop too.
   sys.exit(distributed.exit_on_error(_train, config, FLAGS.workdir))
