@@ -9,6 +9,12 @@ change the parameter shapes or the data are refused (each key's resume rule is d
 alexnet_jax/config_schema.py).
 SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
 
+The log starts with one line naming the config file and its overrides; the full config is in
+WORKDIR/config.json (--verbose also logs it, with the libraries' INFO lines). Compiled steps
+are cached under ~/.cache/alexnet_jax/jax_compilation_cache ($ALEXNET_JAX_CACHE), so a second
+start loads them instead of compiling; --compilation_cache=false or
+ALEXNET_JAX_COMPILATION_CACHE=0 turns that off (alexnet_jax/runtime.py).
+
 Several processes (one global mesh over all their devices) start jax.distributed from the
 environment (launch/multiprocess_local.sh, SLURM, TPU pods) or from flags:
 
@@ -16,12 +22,13 @@ environment (launch/multiprocess_local.sh, SLURM, TPU pods) or from flags:
       --process_id=0    # and --process_id=1 on the other host; see launch/README.md
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import config_checks, distributed
+from alexnet_jax import config_checks, distributed, runtime
 
 config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file (configs/*.py).", lock_config=True
@@ -32,6 +39,20 @@ flags.DEFINE_list(
     [],
     "Keys (or 'prefix.*') a resumed run may change although they change the training, e.g. "
     "optimizer.learning_rate. Shape- and data-changing keys are refused regardless.",
+)
+flags.DEFINE_bool(
+    "verbose",
+    False,
+    "Also log the full config and the libraries' INFO lines (TensorFlow's start-up notices, "
+    "JAX's platform probe, Orbax's checkpoint steps). The config is in WORKDIR/config.json "
+    "either way.",
+)
+flags.DEFINE_bool(
+    "compilation_cache",
+    None,
+    "JAX's persistent compilation cache under $ALEXNET_JAX_CACHE/jax_compilation_cache, so a "
+    "second start loads the compiled steps instead of compiling them (default: on, unless "
+    f"{runtime.ENV_COMPILATION_CACHE}=0).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
@@ -48,17 +69,22 @@ def main(argv):
     changes = config_checks.resume_changes(config, FLAGS.workdir, FLAGS.allow_config_change)
   except config_checks.ConfigError as e:
     sys.exit(f"FATAL: {e}")
-  from alexnet_jax import runtime
-
-  # Before JAX/TF touch devices: hides accelerators from TF, starts jax.distributed.
-  runtime.setup(distributed.Options.from_flags(FLAGS))
+  # Before JAX/TF touch devices or compile: hides accelerators from TF, turns the
+  # compilation cache on, starts jax.distributed.
+  runtime.setup(
+      distributed.Options.from_flags(FLAGS),
+      verbose=FLAGS.verbose,
+      compilation_cache=FLAGS.compilation_cache,
+  )
   import jax
 
   if jax.process_index() == 0:
     config_checks.record(config, FLAGS.workdir, changes)
   for key, (old, new) in changes.items():
     logging.warning("config changed on resume: %s %r -> %r", key, old, new)
-  logging.info("config:\n%s", config)
+  logging.info("%s", _config_line(FLAGS.workdir))
+  if FLAGS.verbose or logging.level_debug():
+    logging.info("config:\n%s", config)
   # Multi-process: an exception ends this process at once, so the others stop too.
   sys.exit(distributed.exit_on_error(_train, config, FLAGS.workdir))
 
@@ -74,6 +100,17 @@ def _loaded_config():
     reason = next((line for line in reversed(lines) if "Errno" in line), " ".join(lines))
     sys.exit(f"FATAL: cannot load the --config file: {reason}")
   return config
+
+
+def _config_line(workdir) -> str:
+  """One line naming the --config file, its overrides and where the full config is."""
+  overrides = config_flags.get_override_values(FLAGS["config"])
+  flat = ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))
+  return (
+      f"config {config_flags.get_config_filename(FLAGS['config'])}"
+      + (f" with {flat}" if flat else "")
+      + f"; all keys in {os.path.join(workdir, config_checks.CONFIG_FILE)} (--verbose logs them)"
+  )
 
 
 def _train(config, workdir) -> int:

@@ -1,36 +1,196 @@
-"""Process setup shared by the entry points: quiet library logs, keep TensorFlow off
-accelerators, and start jax.distributed when the run has several processes
-(alexnet_jax/distributed.py)."""
+"""Process setup shared by the entry points: quiet library logs, JAX's persistent compilation
+cache, TensorFlow kept off accelerators, and jax.distributed when the run has several
+processes (alexnet_jax/distributed.py).
+
+Every command calls `setup()` before anything compiles or touches a device, so what it sets
+holds for all of them:
+
+- Compilation cache: compiled executables are kept under
+  `$ALEXNET_JAX_CACHE/jax_compilation_cache` (default `~/.cache/alexnet_jax/...`), and a
+  second start of a command loads them instead of compiling. `ALEXNET_JAX_COMPILATION_CACHE=0`
+  (or `--compilation_cache=false` on alexnet_jax.main) turns it off. JAX uses the cache where
+  its backend can serialise executables (CPU, GPU, TPU); elsewhere it leaves it unused.
+  Delete the directory to reclaim its space; it is rebuilt as commands compile.
+- Quiet logs: TensorFlow's C++ INFO lines, JAX's INFO line for each platform it probes and
+  does not find (`Unable to initialize backend 'tpu'` on a machine without one) and Orbax's
+  INFO lines per checkpoint are dropped; their warnings and errors are kept. `verbose=True`
+  (alexnet_jax.main's `--verbose`, or absl's `-v 1`) keeps everything.
+"""
 
 import os
+import re
+import sys
+import tempfile
 
 from absl import logging
 
 from alexnet_jax import distributed as distributed_lib
 
+ENV_COMPILATION_CACHE = "ALEXNET_JAX_COMPILATION_CACHE"
+COMPILATION_CACHE_SUBDIR = "jax_compilation_cache"
+# Every executable is written, however fast it compiled: JAX's default threshold (1 s) leaves
+# out the demo's helpers (metric sums, the finiteness check, batch staging), each under a
+# second to compile on 2 cores but seconds together; the demo's 8 entries (0.7 MB) load in
+# under a second.
+MIN_COMPILE_TIME_SECS = 0.0
 
-def _quiet_library_logs():
-  """Orbax logs a dozen INFO lines per checkpoint through absl; keep its warnings only, so
-  the run's own lines (step, loss, ETA) stay readable."""
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= logging.converter.STANDARD_WARNING or "/orbax/" not in r.pathname
-  )
+_FALSE_WORDS = ("0", "false", "no", "off")
 
 
-def setup(distributed=None):
-  """Call first, before anything touches JAX devices.
+def setup(distributed=None, *, verbose=False, compilation_cache=None):
+  """Call first, before anything touches JAX devices or compiles.
 
   distributed: a `distributed.Options` (alexnet_jax.main passes its flags) to join a
-  multi-process run when the flags or the environment ask for one; None: single process.
+    multi-process run when the flags or the environment ask for one; None: single process.
+  verbose: keep the libraries' INFO lines (also on with absl's -v 1 or more).
+  compilation_cache: True/False to turn JAX's persistent compilation cache on/off; None:
+    on unless ALEXNET_JAX_COMPILATION_CACHE says 0/false/no/off.
   Returns the multi-process plan, or None.
   """
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  _quiet_library_logs()
-  import tensorflow as tf  # late: TF reads TF_CPP_MIN_LOG_LEVEL once, when first imported
+  verbose = verbose or logging.get_verbosity() >= logging.DEBUG
+  if not verbose:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _quiet_library_logs()
+  tf = import_tensorflow()
 
   # tf.data runs on the host; TF must not reserve GPU/TPU memory that JAX needs.
   tf.config.set_visible_devices([], "GPU")
   tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+  enable_compilation_cache(compilation_cache)
   if distributed is None:
     return None
   return distributed_lib.initialize(distributed)
+
+
+def compilation_cache_dir() -> str:
+  """Where the cache lives: a subdirectory of the project's cache (ALEXNET_JAX_CACHE)."""
+  # Imported here: alexnet_jax.data loads TensorFlow, which import_tensorflow() must load.
+  from alexnet_jax.data import settings
+
+  return os.path.join(settings.user_cache_dir(), COMPILATION_CACHE_SUBDIR)
+
+
+def compilation_cache_requested(enabled=None) -> bool:
+  """`enabled` when given, else ALEXNET_JAX_COMPILATION_CACHE (unset: on)."""
+  if enabled is not None:
+    return bool(enabled)
+  return os.environ.get(ENV_COMPILATION_CACHE, "1").strip().lower() not in _FALSE_WORDS
+
+
+def enable_compilation_cache(enabled=None) -> str | None:
+  """Turn JAX's persistent compilation cache on (or off) for this process; call before the
+  first compilation. Returns the directory in use, or None when the cache is off.
+
+  enabled: True/False; None: ALEXNET_JAX_COMPILATION_CACHE decides (unset: on). A directory
+  the user gave JAX (JAX_COMPILATION_CACHE_DIR) is kept.
+  """
+  import jax
+
+  if not compilation_cache_requested(enabled):
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  path = jax.config.jax_compilation_cache_dir or compilation_cache_dir()
+  try:
+    os.makedirs(path, exist_ok=True)
+    writable = os.access(path, os.W_OK | os.X_OK)
+  except OSError:
+    writable = False
+  if not writable:
+    logging.warning(
+        "compilation cache off: %s is not a writable directory (set ALEXNET_JAX_CACHE to "
+        "one, or %s=0 to silence this)",
+        path,
+        ENV_COMPILATION_CACHE,
+    )
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_SECS)
+  return path
+
+
+# TensorFlow's shared libraries log from their load-time initialisers through absl's C++
+# logging before TensorFlow applies TF_CPP_MIN_LOG_LEVEL: each of its two libraries prints
+# absl's preamble and the oneDNN INFO notice whatever the level. Lines in absl's format
+# ("I0000 00:00:1796419729.229971   29741 port.cc:153] ...": before absl is initialised the
+# date and time are zero and the seconds count from the epoch), severity I/W/E/F = 0..3.
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
+_CPP_LOG_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ ]+:\d+\] ")
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+
+
+def import_tensorflow():
+  """`import tensorflow`, with the C++ lines TF prints while loading filtered by
+  TF_CPP_MIN_LOG_LEVEL (which TF itself applies only to later lines); any other output of
+  the import (Python warnings, errors) reaches stderr unchanged."""
+  if "tensorflow" in sys.modules:
+    return sys.modules["tensorflow"]
+  try:
+    min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+  except ValueError:
+    min_level = 0
+  if min_level <= 0:
+    import tensorflow as tf
+
+    return tf
+  sys.stderr.flush()
+  try:
+    captured = tempfile.TemporaryFile()
+  except OSError:  # nowhere to hold the lines: TF prints them as it does
+    import tensorflow as tf
+
+    return tf
+  with captured:
+    try:
+      saved = os.dup(2)
+    except OSError:  # no stderr to filter
+      import tensorflow as tf
+
+      return tf
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow as tf
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = _tf_lines_kept(captured.read().decode(errors="replace"), min_level)
+      if kept:
+        os.write(2, kept.encode())
+  return tf
+
+
+def _tf_lines_kept(text: str, min_level: int) -> str:
+  """`text` without absl's preamble and the C++ log lines below `min_level`."""
+  kept = []
+  for line in text.splitlines(keepends=True):
+    if line.startswith(_ABSL_PREAMBLE):
+      continue
+    m = _CPP_LOG_LINE.match(line)
+    if m and _SEVERITY[m.group(1)] < min_level:
+      continue
+    kept.append(line)
+  return "".join(kept)
+
+
+def _library_record_shown(record) -> bool:
+  """absl handler filter: warnings and errors always; INFO lines of Orbax (a dozen per
+  checkpoint) and of JAX's platform probe (one per platform it looked for and did not find,
+  e.g. `Unable to initialize backend 'tpu'` on a machine without a TPU) are dropped, so the
+  run's own lines (step, loss, ETA) stay readable. JAX raises for a platform it was asked to
+  use (JAX_PLATFORMS) and warns when it sees hardware it has no plugin for."""
+  if record.levelno >= logging.converter.STANDARD_WARNING:
+    return True
+  if "/orbax/" in record.pathname:
+    return False
+  return not (
+      record.name == "jax._src.xla_bridge"
+      and record.getMessage().startswith("Unable to initialize backend")
+  )
+
+
+def _quiet_library_logs():
+  # The same function object each time: a second setup() adds no second filter.
+  logging.get_absl_handler().addFilter(_library_record_shown)
