@@ -74,7 +74,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   # timed to a few ms instead of inside a 5 s step that varies by +-15%. The same compiler
   # options as the step, so that it compiles to the same code.
   augment_jit = jax.jit(
-      functools.partial(train.augment_batch, cfg.augment, mesh),
+      functools.partial(train.augment_batch, cfg, mesh),
       compiler_options=train.compiler_options(),
   )
   step0 = jnp.zeros((), jnp.int32)
