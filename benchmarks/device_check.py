@@ -429,7 +429,11 @@ PARTS = {
 def run_part(name: str, part: str, args: dict, env: dict, limit_s: float) -> dict:
   """Runs one part in a fresh process (its output streamed to stderr, prefixed), waits at
   most limit_s seconds (then kills its whole process group). Returns {"status": "ok",
-  "seconds", "result"} or {"status": "failed" | "timed_out", "seconds", "error", "log_tail"}."""
+  "seconds", "result"}, {"status": "failed" | "timed_out", "seconds", "error", "log_tail"},
+  or, with no time left (limit_s <= 0), {"status": "skipped", "seconds": 0, "error"}."""
+  if limit_s <= 0:
+    _log(f"{name}: skipped, the overall time budget is spent")
+    return {"status": "skipped", "seconds": 0.0, "error": "the overall time budget is spent"}
   fd, out_file = tempfile.mkstemp(prefix=f"device_check_{name}_", suffix=".json")
   os.close(fd)
   cmd = [
@@ -584,6 +588,8 @@ def check(*, tiny: bool, out: str, budget_s: float | None, command: str) -> dict
     order = list(PART_LIMITS)
     later = sum(PART_RESERVE[p] for p in order[order.index(name) + 1 :])
     left = budget - (time.perf_counter() - t_start) - later
+    # Tiny: three times the limits, since a busy 2-core CPU compiles slower than the host
+    # of an accelerator.
     return max(0.0, min(PART_LIMITS[name] * (3 if tiny_run else 1), left))
 
   base_env = dict(os.environ)
