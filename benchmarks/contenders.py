@@ -19,11 +19,12 @@ from alexnet_jax import sharding, train, train_state
 
 
 # ---- JAX ----------------------------------------------------------------------------------
-def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=False):
+def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=False, noaug=True):
   """Runners for the project's train step with ("aug") and without ("noaug", on ready 224
   crops) on-device augmentation, on synthetic device-resident batches, and with
   augment_alone=True one ("augment_alone") for the step's augmentation by itself (float32
-  whatever the model's dtype, so timed once). Returns (runners, the config with
+  whatever the model's dtype, so timed once). noaug=False builds no "noaug" runner (one
+  compilation fewer when only the full step is timed). Returns (runners, the config with
   model.dtype=dtype_name)."""
   cfg = cfg.copy_and_resolve_references()
   cfg.model.dtype = dtype_name
@@ -51,7 +52,8 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   # One state threads through both steps: the same parameters in the same memory, so the
   # two differ only in the augmentation (with a state each, their parameters train apart).
   box = {"state": train_state.create_train_state(cfg, model, mesh)}
-  for name, on_device, images in (("aug", True, images_u8), ("noaug", False, crops)):
+  steps = (("aug", True, images_u8), ("noaug", False, crops))
+  for name, on_device, images in steps if noaug else steps[:1]:
     step = train.make_train_step(
         cfg, model, mesh, steps_per_epoch=10**6, augment_on_device=on_device
     )
@@ -72,7 +74,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   # timed to a few ms instead of inside a 5 s step that varies by +-15%. The same compiler
   # options as the step, so that it compiles to the same code.
   augment_jit = jax.jit(
-      functools.partial(train.augment_batch, cfg.augment, mesh),
+      functools.partial(train.augment_batch, cfg, mesh),
       compiler_options=train.compiler_options(),
   )
   step0 = jnp.zeros((), jnp.int32)
@@ -133,13 +135,15 @@ def matmul_runner(n, dtype):
 
 
 # ---- PyTorch ------------------------------------------------------------------------------
-def torch_runner(params, width, num_classes, batch_size, threads, compiled=False):
-  """The PyTorch train step on CPU, loaded with our initial parameters. Returns (run, a note
-  saying what ran), or (None, why not) without PyTorch or when torch.compile fails.
+def torch_runner(params, width, num_classes, batch_size, threads, compiled=False, device="cpu"):
+  """The PyTorch train step on `device` ("cpu", or "cuda" for benchmarks/device_check.py),
+  loaded with our initial parameters. Returns (run, a note saying what ran), or (None, why
+  not) without PyTorch or when torch.compile fails.
 
   Channels-last tensors: oneDNN's preferred layout, 1.14x faster than NCHW for this network
-  with torch_reference's slice LRN, so the contender runs its fastest form. compiled=True
-  wraps the network in torch.compile (inductor).
+  with torch_reference's slice LRN, so the contender runs its fastest form (cuDNN's tensor
+  cores prefer it too). compiled=True wraps the network in torch.compile (inductor). On CUDA,
+  run(n) waits for the device at its end, since PyTorch launches kernels asynchronously.
   """
   try:
     import torch
@@ -151,27 +155,33 @@ def torch_runner(params, width, num_classes, batch_size, threads, compiled=False
   net = torch_reference.load_jax_params(
       torch_reference.AlexNetTorch(num_classes, width), jax_to_numpy(params)
   )
-  net = net.to(memory_format=torch.channels_last)
+  net = net.to(device=device, memory_format=torch.channels_last)
   optimizer = torch_reference.make_optimizer(net)
   if compiled:
     net = torch.compile(net)
   step = torch_reference.make_train_step(net, optimizer)
   gen = torch.Generator().manual_seed(0)
-  images = (torch.randn(batch_size, 3, 224, 224, generator=gen) * 50.0).contiguous(
-      memory_format=torch.channels_last
+  images = (
+      (torch.randn(batch_size, 3, 224, 224, generator=gen) * 50.0)
+      .to(device)
+      .contiguous(memory_format=torch.channels_last)
   )
-  labels = torch.from_numpy(np.arange(batch_size) % num_classes).long()
+  labels = torch.from_numpy(np.arange(batch_size) % num_classes).long().to(device)
+  on_cuda = torch.device(device).type == "cuda"
 
   def run(n):
     for _ in range(n):
       step(images, labels)
+    if on_cuda:
+      torch.cuda.synchronize(device)
 
   try:
     run(2)  # compiles under torch.compile (about a minute at full width)
   except Exception as e:  # noqa: BLE001 - inductor needs a C++ compiler; report, don't die
     return None, f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
   mode = "torch.compile (inductor)" if compiled else "eager"
-  return run, f"torch {torch.__version__}, {mode}, channels-last, {threads} threads"
+  where = torch.cuda.get_device_name(device) if on_cuda else f"{threads} threads"
+  return run, f"torch {torch.__version__}, {mode}, channels-last, {where}"
 
 
 def jax_to_numpy(tree):

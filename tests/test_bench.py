@@ -315,3 +315,142 @@ def test_pytorch_lrn_is_the_papers_within_each_tower():
       .transpose(0, 2, 3, 1)
   )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---- benchmarks/device_check.py: the accelerator check ------------------------------------
+def _write_npz(path, **arrays):
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def test_device_check_compares_losses_and_updates_against_stated_tolerances(tmp_path):
+  """The numerics comparison on hand-made runs: relative loss difference, and per layer the
+  largest difference of the parameter updates over the largest reference update."""
+  from benchmarks import device_check
+
+  def run(tag, init, final, losses):
+    return {
+        "losses": losses,
+        "init_file": _write_npz(tmp_path / f"{tag}_i.npz", w=np.asarray(init[0]), b=init[1]),
+        "final_file": _write_npz(tmp_path / f"{tag}_f.npz", w=np.asarray(final[0]), b=final[1]),
+    }
+
+  init = (np.array([1.0, 2.0, -3.0]), np.array([0.5]))
+  # Reference updates: w by (0.5, -0.25, 0.1) (largest 0.5), b by 0.2.
+  ref = run("ref", init, (np.array([1.5, 1.75, -2.9]), np.array([0.7])), [2.0, 1.0])
+  tol = {"loss_rel": 1e-4, "init_abs": 1e-6, "update_rel": 1e-3}
+  # w's second update off by 2e-4 (2e-4 / 0.5 = 4e-4), b's by 1e-5 (1e-5 / 0.2 = 5e-5); the
+  # second loss off by 5e-5 relative.
+  near = run("near", init, (np.array([1.5, 1.7502, -2.9]), np.array([0.70001])), [2.0, 1.00005])
+  got = device_check.compare_numerics(ref, near, tol)
+  assert got["loss_max_rel_diff"] == pytest.approx(5e-5, rel=1e-6)
+  assert got["init_max_abs_diff"] == 0.0
+  assert got["update_rel_diff_by_layer"]["w"] == pytest.approx(4e-4, rel=1e-6)
+  assert got["update_rel_diff_by_layer"]["b"] == pytest.approx(5e-5, rel=1e-6)
+  assert got["update_max_rel_diff"] == pytest.approx(4e-4, rel=1e-6)
+  assert got["update_worst_layer"] == "w" and got["passed"] is True
+  assert got["params_max_abs_diff"] == pytest.approx(2e-4, rel=1e-6)
+  # 1e-3 off on w's first update: 2e-3 relative, over the tolerance.
+  far = run("far", init, (np.array([1.501, 1.75, -2.9]), np.array([0.7])), [2.0, 1.0])
+  got = device_check.compare_numerics(ref, far, tol)
+  assert got["update_max_rel_diff"] == pytest.approx(2e-3, rel=1e-6) and got["passed"] is False
+  # A different start (another seed's draw) fails even with the same updates.
+  moved = run(
+      "moved",
+      (init[0] + 1e-5, init[1]),
+      (np.array([1.50001, 1.75001, -2.89999]), np.array([0.7])),
+      [2.0, 1.0],
+  )
+  got = device_check.compare_numerics(ref, moved, tol)
+  assert got["init_max_abs_diff"] == pytest.approx(1e-5, rel=1e-6) and got["passed"] is False
+
+
+def test_device_check_records_a_failing_or_overrunning_part_and_goes_on():
+  """Each part runs in its own process: a part that raises is 'failed' with its log's last
+  lines, one past its limit is killed and 'timed_out'; neither stops the caller."""
+  from benchmarks import device_check
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  failed = device_check.run_part("input", "input", {}, env, limit_s=120)  # no settings
+  assert failed["status"] == "failed" and failed["error"] == "exited with status 1"
+  assert any("KeyError" in line for line in failed["log_tail"]), failed["log_tail"]
+  # The probe imports JAX, which takes longer than 0.1 s.
+  slow = device_check.run_part("probe", "probe", {}, env, limit_s=0.1)
+  assert slow["status"] == "timed_out" and slow["error"] == "timed out after 0 s"
+  spent = device_check.run_part("probe", "probe", {}, env, limit_s=0)
+  assert spent["status"] == "skipped" and "budget" in spent["error"]
+  ok = device_check.run_part("probe", "probe", {}, env, limit_s=120)
+  assert ok["status"] == "ok" and ok["result"]["platform"] == "cpu"
+  assert ok["result"]["versions"]["jax"] == jax.__version__
+
+
+@pytest.mark.slow
+def test_device_check_tiny_form_runs_every_part_and_writes_one_json(tmp_path):
+  """`bash benchmarks/device_check.sh --tiny`: the CPU against itself agrees exactly, every
+  timing figure is a positive rate whose ratios are their quotients, the input stream ran on
+  this process's cores, and the JSON says what ran and how."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHON=sys.executable, XLA_FLAGS="")
+  env.pop("ALEXNET_JAX_YNN_CONVS", None)
+  out_file = tmp_path / "check.json"
+  cmd = ["bash", "benchmarks/device_check.sh", "--tiny", f"--out={out_file}"]
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "numerics vs CPU passed: True" in out.stdout
+  r = json.loads(out_file.read_text())
+  assert r["command"] == f"bash benchmarks/device_check.sh --tiny --out={out_file}"
+  assert r["mode"] == "tiny" and r["tiny_reason"] == "--tiny" and r["platform"] == "cpu"
+  assert r["device"].startswith("1 x cpu") and r["host"]["cores"] == len(os.sched_getaffinity(0))
+  assert r["versions"]["jax"] == jax.__version__ and r["versions"]["python"]
+  with_torch = _torch_available()
+  expected = {"probe", "numerics_cpu", "numerics_accelerator", "train_timing", "input"}
+  assert {k for k, v in r["part_status"].items() if v == "ok"} >= expected, r["part_status"]
+  assert (r["part_status"]["torch_probe"] == "ok") == with_torch
+  assert r["wall_seconds"] > 0
+
+  # Numerics: the same program on the same CPU, twice: bit for bit, at both precisions.
+  n = r["numerics"]
+  assert n["passed"] is True
+  for precision in ("highest", "default"):
+    c = n[precision]
+    assert c["passed"] is True and c["steps"] == 3
+    assert c["loss_max_rel_diff"] == 0.0 and c["init_max_abs_diff"] == 0.0
+    assert c["update_max_rel_diff"] == 0.0 and c["params_max_abs_diff"] == 0.0
+    assert c["losses_cpu"] == c["losses_accelerator"]
+    assert len(c["update_rel_diff_by_layer"]) == 16  # conv1..fc8, kernel and bias
+    # At width 1/8 the paper's initialisation gives near-uniform logits: a first loss near
+    # ln(1000).
+    assert abs(c["losses_cpu"][0] - math.log(1000)) < 0.5, c["losses_cpu"]
+  assert n["highest"]["tolerances"] == {"loss_rel": 1e-4, "init_abs": 1e-6, "update_rel": 1e-3}
+
+  # Training throughput: rates from the recorded step times, ratios their quotients.
+  t = r["parts"]["train_timing"]["result"]
+  assert t["batch_size"] == 8 and t["width"] == 0.125 and t["platform"] == "cpu"
+  names = ("jax_fp32", "jax_bf16") + (("torch_eager", "torch_compiled") if with_torch else ())
+  for name in names:
+    rate = t[f"{name}_images_per_sec"]
+    assert math.isfinite(rate) and rate > 0, (name, rate)
+    (seconds,) = t["step_seconds_all_repeats"][name]  # one repeat: its median
+    assert rate == pytest.approx(8 / seconds, rel=1e-3), name
+  assert t["jax_bf16_tflops"] == pytest.approx(
+      t["jax_bf16_images_per_sec"] * flops.train_flops_per_image(AlexNet(width=0.125)) / 1e12
+  )
+  if with_torch:
+    assert t["ratio_fp32_vs_torch_compiled"] == pytest.approx(
+        t["jax_fp32_images_per_sec"] / t["torch_compiled_images_per_sec"]
+    )
+    assert t["ratio_bf16_vs_torch_compiled"] == pytest.approx(
+        t["jax_bf16_images_per_sec"] / t["torch_compiled_images_per_sec"]
+    )
+    assert "torch.compile" in t["notes"]["torch_compiled"] and r["torch_skip_reason"] is None
+    assert r["summary"]["ratio_fp32_vs_torch_compiled"] == t["ratio_fp32_vs_torch_compiled"]
+  else:
+    assert t["ratio_fp32_vs_torch_compiled"] is None and "PyTorch" in r["torch_skip_reason"]
+
+  # The input stream, on every core of this process and on one.
+  i = r["parts"]["input"]["result"]
+  assert i["input_cores"] == len(os.sched_getaffinity(0)) and i["input_images"] == 16
+  for key in INPUT_FIGURES:
+    assert math.isfinite(i[key]) and i[key] > 0, (key, i[key])
+  assert r["summary"]["input_pipeline_images_per_sec_all_cores"] == (
+      i["input_pipeline_images_per_sec_all_cores"]
+  )
