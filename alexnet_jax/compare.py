@@ -1,4 +1,4 @@
-"""A table and the learning curves of several runs, e.g. the points of a sweep.
+r"""A table and the learning curves of several runs, e.g. the points of a sweep.
 
   python -m alexnet_jax.compare runs/demo runs/demo_seed1
   python -m alexnet_jax.compare 'runs/ablations/*' [--out=DIR]
@@ -24,10 +24,10 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from matplotlib.figure import Figure
 
-from alexnet_jax import config_checks, config_schema
+from alexnet_jax import cli, config_checks, config_schema
 
 # The run directory's files (alexnet_jax/reporting.py writes metrics.jsonl, evaluate.py the
 # eval files); tests/test_compare.py checks that the names agree. Named here rather than
@@ -368,19 +368,5 @@ def main(argv):
   print(f"written: {', '.join(_show(p) for p in paths)}")
 
 
-def _parse(argv: list[str]) -> list[str]:
-  """absl's parsing, but --help exits 0 (it answered what was asked) and a flag error ends
-  with this command's usage and status 2."""
-  head = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
-  for a in head:
-    if a in ("-h", "-?", "--help", "--helpshort", "--helpfull"):
-      app.usage(shorthelp=a != "--helpfull", writeto_stdout=True, exitcode=0)
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.stderr.write(f"{e}\n\n{USAGE}")
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+  cli.run(main, USAGE)

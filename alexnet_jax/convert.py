@@ -1,4 +1,4 @@
-"""Published AlexNets in and out of run directories.
+r"""Published AlexNets in and out of run directories.
 
   python -m alexnet_jax.convert --from=torchvision --src=alexnet-owt-7be5be79.pth \
       --workdir=runs/torchvision [--class_names=FILE]
@@ -7,7 +7,7 @@
   python -m alexnet_jax.convert --from=pytorch_grouped --src=grouped.pth --workdir=runs/grouped
   python -m alexnet_jax.convert --to=pytorch_grouped --workdir=runs/paper --dst=paper.pth
 
-Import writes a run directory (config.json, a checkpoint, class_names.txt, the mean image)
+Import writes a run directory (config.json, a checkpoint, class_names.json, the mean image)
 that evaluates and fine-tunes (--config.init_from) like a trained run; its config is the
 format's preset, configs/<format>.py, or --config=FILE with --config.KEY=VALUE overrides.
 Export writes the run's parameters as a state_dict that the format's PyTorch module loads.
@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from alexnet_jax import cli
 
 flags.DEFINE_enum("from", None, ["torchvision", "caffe", "pytorch_grouped"], "Import this format.")
 flags.DEFINE_enum("to", None, ["torchvision", "pytorch_grouped"], "Export to this format.")
@@ -31,6 +33,14 @@ config_flags.DEFINE_config_file(
     "config", None, "Import: the config to write (default: configs/<format>.py).", lock_config=True
 )
 FLAGS = flags.FLAGS
+USAGE = """\
+usage: python -m alexnet_jax.convert --from=FORMAT --src=FILE --workdir=DIR
+       python -m alexnet_jax.convert --to=FORMAT --workdir=DIR --dst=FILE.pth
+
+  python -m alexnet_jax.convert --from=torchvision --src=alexnet-owt-7be5be79.pth \\
+      --workdir=runs/torchvision
+  python -m alexnet_jax.convert --to=pytorch_grouped --workdir=runs/paper --dst=paper.pth
+"""
 
 
 def main(argv):
@@ -85,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, USAGE)

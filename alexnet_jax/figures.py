@@ -1,4 +1,4 @@
-"""The paper's figures for a trained run, and its per-class errors.
+r"""The paper's figures for a trained run, and its per-class errors.
 
   python -m alexnet_jax.figures --workdir=runs/demo --out=runs/demo/figures \
       [--num_queries=5] [--k=5] [--max_train_images=2000] [--crops=N]

@@ -1,4 +1,4 @@
-"""Train AlexNet: flags -> config -> train.train_and_evaluate.
+r"""Train AlexNet: flags -> config -> train.train_and_evaluate.
 
   python -m alexnet_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m alexnet_jax.main --config=configs/paper.py --workdir=runs/paper \
@@ -28,7 +28,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import config_checks, distributed, runtime
+from alexnet_jax import cli, config_checks, distributed, runtime
 
 config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file (configs/*.py).", lock_config=True
@@ -57,6 +57,15 @@ flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
 FLAGS = flags.FLAGS
+USAGE = """\
+usage: python -m alexnet_jax.main --config=CONFIG --workdir=DIR [--config.KEY=VALUE ...]
+
+  python -m alexnet_jax.main --config=configs/demo.py --workdir=runs/demo
+  python -m alexnet_jax.main --config=configs/paper.py --workdir=runs/paper \\
+      --config.optimizer.learning_rate=0.02
+
+Trains, or resumes from DIR's latest checkpoint. Every config key: alexnet_jax/config_schema.py.
+"""
 
 
 def main(argv):
@@ -133,22 +142,8 @@ def _train(config, workdir) -> int:
   return 0
 
 
-def parse_flags(argv):
-  """absl parsing, with a misspelt --config.KEY reported as one line, not a traceback."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpfull to see help on flags.")
-  except (AttributeError, KeyError) as e:  # ml_collections: the key is not in the config
-    msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-    sys.exit(
-        f"FATAL: unknown config key in an override: {msg}. The keys are those of "
-        f"the --config file (print it with --config and --helpfull, or read configs/)."
-    )
-
-
 if __name__ == "__main__":
   from alexnet_jax import huge_pages
 
   huge_pages.restart_if_requested()  # only with ALEXNET_JAX_HUGE_PAGES=1
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, USAGE)

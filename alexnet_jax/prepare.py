@@ -1,4 +1,4 @@
-"""Writes a dataset once as the paper's 256x256 images, in shards that training reads fast.
+r"""Writes a dataset once as the paper's 256x256 images, in shards that training reads fast.
 
   python -m alexnet_jax.prepare --config=configs/paper.py [--config.dataset.name=...]
       [--config.prepare.format=raw] [--output_dir=DIR] [--process_index=I --process_count=N]
@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import config_checks, runtime
+from alexnet_jax import cli, config_checks, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -23,6 +23,12 @@ flags.DEFINE_string("output_dir", None, "Where to write (default: beside the dat
 flags.DEFINE_integer("process_index", 0, "This host's part of a preparation on several hosts.")
 flags.DEFINE_integer("process_count", 1, "How many hosts share the preparation.")
 flags.mark_flags_as_required(["config"])
+USAGE = """\
+usage: python -m alexnet_jax.prepare --config=CONFIG [--config.KEY=VALUE ...] [--output_dir=DIR]
+
+  python -m alexnet_jax.prepare --config=configs/paper.py
+  python -m alexnet_jax.prepare --config=configs/demo.py --config.prepare.format=raw
+"""
 
 
 def main(argv):
@@ -60,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, USAGE)

@@ -1,4 +1,4 @@
-"""The paper's ablations (§3.3-§4.1) as one sweep over configs/paper.py: each point is a
+r"""The paper's ablations (§3.3-§4.1) as one sweep over configs/paper.py: each point is a
 full paper run with one switch flipped.
 
   python launch/sweep.py --config=configs/ablations.py --workdir=runs/ablations --mode=print

@@ -1,4 +1,4 @@
-"""Caffe's bvlc_alexnet (models/bvlc_alexnet in Caffe's model zoo: bvlc_alexnet.caffemodel):
+r"""Caffe's bvlc_alexnet (models/bvlc_alexnet in Caffe's model zoo: bvlc_alexnet.caffemodel):
 the paper's two towers as `group: 2` in conv2, conv4 and conv5 (60,965,224 parameters), 227x227
 BGR input with no conv1 padding, LRN k=1 with alpha/n over all 96 (or 256) channels before
 the pooling, fc6 reading the NCHW flatten; inputs in 0..255 minus the mean (its

@@ -1,4 +1,4 @@
-"""The paper's recipe (§5) on ILSVRC-2012: batch 128, SGD momentum 0.9, weight decay 5e-4,
+r"""The paper's recipe (§5) on ILSVRC-2012: batch 128, SGD momentum 0.9, weight decay 5e-4,
 lr 0.01 divided by 10 when validation error plateaus (3 times), 90 epochs, 10-view test,
 the two towers on two devices of the mesh. These are the defaults (configs/default.py).
 

@@ -1,4 +1,4 @@
-"""The grouped AlexNet that PyTorch ports of the paper use: the paper's two towers as
+r"""The grouped AlexNet that PyTorch ports of the paper use: the paper's two towers as
 `groups=2` in conv2, conv4 and conv5 (96-256-384-384-256 kernels, 60,965,224 parameters),
 `features`/`classifier` Sequentials, conv1 padded by 2, LRN (PyTorch's
 nn.LocalResponseNorm(5, 1e-4, 0.75, k=2): alpha/n over all channels) after the pooling,

@@ -1,4 +1,4 @@
-"""torchvision's AlexNet (`torchvision.models.alexnet`, weights alexnet-owt-7be5be79.pth): one
+r"""torchvision's AlexNet (`torchvision.models.alexnet`, weights alexnet-owt-7be5be79.pth): one
 tower of 64-192-384-256-256 kernels, conv1 padded by 2, no LRN, fc6 reading the NCHW flatten
 (Krizhevsky's "one weird trick" variant; 61,100,840 parameters), fed as torchvision feeds it:
 RGB, Resize(256) + CenterCrop(224), (x / 255 - mean) / std with ImageNet's mean and std.

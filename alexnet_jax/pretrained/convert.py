@@ -45,7 +45,7 @@ def write_run(
     meta: dict | None = None,
 ) -> None:
   """A run directory that restores, evaluates and fine-tunes like a trained one: config.json,
-  a step-0 checkpoint of the same TrainState a training run saves, class_names.txt and the
+  a step-0 checkpoint of the same TrainState a training run saves, class_names.json and the
   mean image. Written in a temporary directory beside `workdir` and renamed at the end, so a
   failure leaves nothing at `workdir`."""
   workdir = os.path.abspath(workdir)

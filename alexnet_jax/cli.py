@@ -1,0 +1,71 @@
+"""How every `python -m alexnet_jax.COMMAND` starts: absl's app.run, with
+
+- run bare (no argument at all): the command's short usage on stderr, exit status 2;
+- --help / -h / --helpshort / --helpfull: the usage and the flags on stdout, exit status 0
+  (it answered what was asked), each flag's help on one line;
+- a flag that does not parse, or a misspelt --config.KEY: one line and the usage, status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+EXIT_USAGE = 2
+
+
+def run(main: Callable, usage: str, *, bare_ok: bool = False) -> None:
+  """app.run(main) with this module's usage rules; `usage`: a few lines with real examples.
+  bare_ok: the command does something useful with no argument (it is then not a mistake)."""
+  app.run(main, flags_parser=lambda argv: parse(argv, usage, bare_ok=bare_ok))
+
+
+def parse(argv: list[str], usage: str, *, bare_ok: bool = False) -> list[str]:
+  usage = usage.strip("\n") + "\n"
+  head = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+  if not argv[1:] and not bare_ok:
+    sys.stderr.write(usage + "\n--help lists every flag.\n")
+    sys.exit(EXIT_USAGE)
+  for a in head:
+    if a in HELP_FLAGS:
+      _fold_help()
+      full = a == "--helpfull"
+      text = FLAGS.get_help() if full else FLAGS.main_module_help()
+      more = "" if full else "\n--helpfull adds the flags of the libraries.\n"
+      sys.stdout.write(f"{usage}\nflags:\n{text}\n{more}")
+      sys.exit(0)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _usage_error(f"{e}", usage)
+  except (AttributeError, KeyError) as e:  # ml_collections: --config.KEY is not in the config
+    _usage_error(_unknown_key(e), usage)
+  raise AssertionError("unreachable")
+
+
+def _usage_error(message: str, usage: str):
+  sys.stderr.write(f"FATAL: {message}\n\n{usage}")
+  sys.exit(EXIT_USAGE)
+
+
+def _unknown_key(e: Exception) -> str:
+  """ml_collections' message for a --config.KEY the config lacks, as one sentence."""
+  msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").strip()
+  msg = msg.replace("' Did you mean", "'; did you mean").rstrip(".")
+  end = "" if msg.endswith("?") else "."
+  return (
+      f"unknown config key in an override: {msg}{end} The keys are those of the --config "
+      f"file (all of them: alexnet_jax/config_schema.py, or a run's config.json)."
+  )
+
+
+def _fold_help() -> None:
+  """One line per flag's help: help strings written over several source lines keep their
+  indentation, which absl would print as runs of spaces."""
+  for flag in FLAGS._flags().values():  # pylint: disable=protected-access
+    if flag.help:
+      flag.help = " ".join(flag.help.split())

@@ -1,0 +1,63 @@
+"""Every command explains itself: run bare, a short usage with real examples and status 2;
+--help, the usage and one line per flag's help, status 0; a misspelt key, one line."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = ("main", "evaluate", "predict", "figures", "prepare", "convert", "compare")
+
+
+def _run(*args, timeout=120):
+  return subprocess.run(
+      [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+  )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_bare_command_prints_its_usage_and_exits_2(command):
+  r = _run(f"alexnet_jax.{command}")
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.startswith(f"usage: python -m alexnet_jax.{command} "), r.stderr
+  # At least one complete example command, and no traceback.
+  examples = re.findall(rf"^  python -m alexnet_jax\.{command} --?\S+", r.stderr, re.M)
+  examples += re.findall(rf"^  python -m alexnet_jax\.{command} \S+", r.stderr, re.M)
+  assert examples, r.stderr
+  assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_exits_0_with_one_line_per_flag_help(command):
+  r = _run(f"alexnet_jax.{command}", "--help")
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.startswith(f"usage: python -m alexnet_jax.{command} ")
+  assert "flags:" in r.stdout and "--helpfull" in r.stdout
+  for line in r.stdout.splitlines():
+    # Runs of spaces inside a line: a help string's source indentation leaking through.
+    assert not re.search(r"\S {3,}\S", line), line
+  assert "class_names.txt" not in r.stdout
+
+
+def test_helpfull_lists_the_libraries_flags():
+  r = _run("alexnet_jax.main", "--helpfull")
+  assert r.returncode == 0
+  assert "--coordinator_address" in r.stdout and "--workdir" in r.stdout
+
+
+def test_a_misspelt_config_key_is_one_clean_sentence(tmp_path):
+  r = _run(
+      "alexnet_jax.main",
+      "--config=configs/demo.py",
+      f"--workdir={tmp_path}",
+      "--config.optimizer.learning_rat=0.1",
+  )
+  assert r.returncode == 2
+  first = r.stderr.splitlines()[0]
+  assert first.startswith("FATAL: unknown config key in an override:"), r.stderr
+  assert '"learning_rate" instead of "learning_rat"?' in first and "?." not in first
+  assert "Traceback" not in r.stderr
+  assert not os.listdir(tmp_path)  # nothing written
