@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from typing import Callable
 
@@ -39,12 +41,68 @@ def parse(argv: list[str], usage: str, *, bare_ok: bool = False) -> list[str]:
       sys.stdout.write(f"{usage}\nflags:\n{text}\n{more}")
       sys.exit(0)
   try:
-    return FLAGS(argv)
+    return FLAGS(resolve_config_paths(argv))
   except flags.Error as e:
     _usage_error(f"{e}", usage)
   except (AttributeError, KeyError) as e:  # ml_collections: --config.KEY is not in the config
     _usage_error(_unknown_key(e), usage)
   raise AssertionError("unreachable")
+
+
+# ---- --config=NAME ------------------------------------------------------------------------
+def shipped_configs_dir() -> str | None:
+  """The directory of the configs that ship with alexnet_jax: the checkout's configs/, or the
+  installed `configs` package (pip install puts it beside alexnet_jax)."""
+  try:
+    spec = importlib.util.find_spec("configs")
+  except (ImportError, ValueError):
+    return None
+  for d in (spec.submodule_search_locations or []) if spec else []:
+    if os.path.isfile(os.path.join(d, "default.py")):
+      return d
+  return None
+
+
+def shipped_configs() -> list[str]:
+  d = shipped_configs_dir()
+  if d is None:
+    return []
+  return sorted(f[:-3] for f in os.listdir(d) if f.endswith(".py") and not f.startswith("_"))
+
+
+def resolve_config_paths(argv: list[str]) -> list[str]:
+  """--config=demo, or a configs/demo.py that is not here (run from another directory):
+  the shipped config of that name. An existing path is always taken as it is."""
+  out = []
+  for i, a in enumerate(argv):
+    if i and a.startswith("--config="):
+      a = "--config=" + resolve_config_path(a[len("--config=") :])
+    out.append(a)
+  return out
+
+
+def resolve_config_path(value: str) -> str:
+  path, sep, arg = value.partition(":")  # ml_collections: FILE:ARGUMENT
+  if os.path.exists(path):
+    return value
+  name = os.path.basename(path)
+  name = name[:-3] if name.endswith(".py") else name
+  d = shipped_configs_dir()
+  if d and (path == name or os.path.dirname(path) in ("configs", "./configs")):
+    candidate = os.path.join(d, f"{name}.py")
+    if os.path.isfile(candidate):
+      return candidate + sep + arg
+  return value
+
+
+def missing_config_hint() -> str:
+  d = shipped_configs_dir()
+  if d is None:
+    return "give the path of a config file (the repository's configs/*.py)."
+  return (
+      f"the shipped configs are in {d}: pass one by name (--config=demo) or by path; "
+      f"names: {', '.join(n for n in shipped_configs() if n != 'default')}."
+  )
 
 
 def _usage_error(message: str, usage: str):

@@ -107,7 +107,7 @@ def _loaded_config():
   except OSError as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     reason = next((line for line in reversed(lines) if "Errno" in line), " ".join(lines))
-    sys.exit(f"FATAL: cannot load the --config file: {reason}")
+    sys.exit(f"FATAL: cannot load the --config file: {reason}; {cli.missing_config_hint()}")
   return config
 
 

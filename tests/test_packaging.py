@@ -16,6 +16,9 @@ def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
       src / "alexnet_jax",
       ignore=shutil.ignore_patterns("__pycache__"),
   )
+  shutil.copytree(
+      os.path.join(REPO, "configs"), src / "configs", ignore=shutil.ignore_patterns("__pycache__")
+  )
   for name in ("pyproject.toml", "README.md"):
     shutil.copy(os.path.join(REPO, name), src)
   site = tmp_path / "site"
@@ -56,3 +59,33 @@ def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.split() == [str(site / "alexnet_jax" / "run_files.py"), "dataset_stats.npz"]
+  # The shipped configs resolve by name and by their repository path: the config loads and
+  # its check runs (batch_size 0 is refused before anything starts).
+  for arg in ("--config=demo", "--config=configs/demo.py"):
+    r = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.main", arg, f"--workdir={tmp_path / 'w'}"]
+        + ["--config.batch_size=0"],
+        cwd=elsewhere,
+        env={**env, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        "FATAL: config.batch_size=0 is impossible: it must be a positive integer (the global "
+        "batch)."
+    ), r.stderr[-3000:]
+  # A config that is not there says where the shipped ones are.
+  r = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.main", "--config=configs/nosuch.py", "--workdir=w"],
+      cwd=elsewhere,
+      env={**env, "PYTHONPATH": str(site)},
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert r.returncode == 1
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith("FATAL: cannot load the --config file:") and "configs/nosuch.py" in line
+  assert f"the shipped configs are in {site / 'configs'}" in line and "demo, paper" in line
