@@ -213,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       usage="launch/sweep.py --config=CONFIG --workdir=ROOT [--grid KEY=V1,V2,...]... "
       "[--mode=print|local|slurm] [--launcher=CMD] [-- MAIN_FLAGS...]",
       formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog=__doc__,
+      # The docstring after its first line (the description) and its usage line.
+      epilog=__doc__.split("\n\n", 2)[2],
   )
   p.add_argument("--config", required=True, help="the config file, as for alexnet_jax.main")
   p.add_argument("--workdir", required=True, help="root; each run gets ROOT/NAME")
@@ -224,7 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       metavar="KEY=V1,V2,...",
       help="one axis of the grid (repeat for more axes)",
   )
-  p.add_argument("--mode", choices=("print", "local", "slurm"), default="print")
+  p.add_argument(
+      "--mode",
+      choices=("print", "local", "slurm"),
+      default="print",
+      help="print the commands (default), run them here one after another (then compare "
+      "them), or write and submit a SLURM array job",
+  )
   p.add_argument(
       "--python",
       default=sys.executable or "python3",

@@ -61,3 +61,13 @@ def test_a_misspelt_config_key_is_one_clean_sentence(tmp_path):
   assert '"learning_rate" instead of "learning_rat"?' in first and "?." not in first
   assert "Traceback" not in r.stderr
   assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_sweep_help_says_what_it_does_once_and_names_the_default_mode():
+  r = subprocess.run(
+      [sys.executable, "launch/sweep.py", "--help"], cwd=REPO, capture_output=True, text=True
+  )
+  assert r.returncode == 0
+  assert r.stdout.count("Expand a grid of absl config overrides") == 1
+  mode_help = r.stdout[r.stdout.index("--mode {") : r.stdout.index("--python")]
+  assert "print the commands (default)" in " ".join(mode_help.split())
