@@ -142,6 +142,7 @@ flags.DEFINE_enum(
     "convolution fusions (sets ALEXNET_JAX_YNN_CONVS=1). Unset: as "
     "ALEXNET_JAX_YNN_CONVS says. A ynn option in XLA_FLAGS overrides both.",
 )
+flags.DEFINE_bool("dry_run", False, "Print what would be measured and exit.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch contender (needs requirements-bench.txt).")
 flags.DEFINE_bool("torch_compile", True, "Also time the PyTorch contender under torch.compile.")
 flags.DEFINE_bool("input_pipeline", True, "Run the input benchmark (the input_* figures).")
@@ -574,8 +575,46 @@ def format_input_table(r: dict) -> str:
   return "\n".join(lines + [f"  {k:<{width}}  {v:>17}" for k, v in rows])
 
 
+QUICK = (
+    "python -m benchmarks.bench --width=0.125 --batch_size=32 --steps=1 --repeats=1 "
+    "--notorch --noinput_pipeline"
+)
+
+
+def plan() -> str:
+  """What this invocation will measure and about how long it takes, said before it starts."""
+  if FLAGS.only == "input":
+    return (
+        f"benchmark plan: the input stream only ({FLAGS.input_images} JPEGs; decode, JPEG "
+        f"files, prepared JPEG and raw shards, per core and on all cores), {FLAGS.repeats} "
+        f"repeat(s): about 3 minutes on 2 CPU cores."
+    )
+  parts = [
+      f"the train step (batch {FLAGS.batch_size}, width {FLAGS.width}, mesh {FLAGS.mesh})",
+  ]
+  if FLAGS.torch:
+    parts.append("PyTorch" + (" eager and torch.compile" if FLAGS.torch_compile else " eager"))
+  parts += ["the augmentation's overhead", "the 10-view eval step", "the matmul peak"]
+  if FLAGS.input_pipeline:
+    parts.append("the input stream")
+  full = FLAGS.width == 1.0 and FLAGS.batch_size >= 128
+  return (
+      f"benchmark plan: {', '.join(parts)}; {FLAGS.steps} step(s) x {FLAGS.repeats} "
+      f"repeat(s). "
+      + (
+          "At these settings about 10 minutes on 2 CPU cores (minutes on an accelerator). "
+          f"A quick check instead (about a minute): {QUICK}"
+          if full
+          else "Smaller than the paper's model: minutes at most."
+      )
+  )
+
+
 def main(argv):
   del argv
+  print(plan(), file=sys.stderr, flush=True)
+  if FLAGS.dry_run:
+    return
   t0 = time.perf_counter()
   log = lambda s: print(  # noqa: E731
       f"[{time.perf_counter() - t0:6.1f}s] {s}", file=sys.stderr, flush=True

@@ -454,3 +454,26 @@ def test_device_check_tiny_form_runs_every_part_and_writes_one_json(tmp_path):
   assert r["summary"]["input_pipeline_images_per_sec_all_cores"] == (
       i["input_pipeline_images_per_sec_all_cores"]
   )
+
+
+def test_the_benchmark_says_what_it_will_run_before_it_starts():
+  def plan(*args):
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--dry_run", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+  full = plan()
+  assert full.startswith("benchmark plan: the train step (batch 128, width 1.0, mesh 1,1)")
+  assert "PyTorch eager and torch.compile" in full and "the input stream" in full
+  assert "about 10 minutes on 2 CPU cores" in full
+  quick_command = full.split("A quick check instead (about a minute): ")[1]
+  assert quick_command.startswith("python -m benchmarks.bench --width=")
+  quick = plan(*quick_command.split()[3:])
+  assert "PyTorch" not in quick and "input stream" not in quick and "10 minutes" not in quick
+  assert plan("--only=input").startswith("benchmark plan: the input stream only (384 JPEGs")
