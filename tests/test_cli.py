@@ -71,3 +71,29 @@ def test_sweep_help_says_what_it_does_once_and_names_the_default_mode():
   assert r.stdout.count("Expand a grid of absl config overrides") == 1
   mode_help = r.stdout[r.stdout.index("--mode {") : r.stdout.index("--python")]
   assert "print the commands (default)" in " ".join(mode_help.split())
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        (
+            "folder:/no/such/dir",
+            "dataset folder '/no/such/dir' (from \"folder:/no/such/dir\") does",
+        ),
+        (
+            REPO,
+            "is a directory, not a TFDS dataset: a folder of images (one subfolder per class) ",
+        ),
+    ],
+)
+def test_a_dataset_mistake_is_one_fatal_line(tmp_path, name, says):
+  r = _run(
+      "alexnet_jax.main",
+      "--config=demo",
+      f"--workdir={tmp_path / 'w'}",
+      f"--config.dataset.name={name}",
+  )
+  assert r.returncode == 1
+  assert "Traceback" not in r.stderr, r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith("FATAL: ")
+  assert says in r.stderr.strip().splitlines()[-1]

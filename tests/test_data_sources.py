@@ -193,6 +193,23 @@ def test_unprepared_tfds_dataset_and_unknown_name_fail_clearly(tmp_path):
     data_lib.dataset_info(dataset_config(name=f"folder:{tmp_path}/missing"))
 
 
+def test_dataset_mistakes_are_dataset_errors_that_say_what_was_meant(tmp_path):
+  """DatasetError is what the commands print as one FATAL line; a missing one is also a
+  FileNotFoundError."""
+  with pytest.raises(data_lib.DatasetNotFoundError, match="does not exist"):
+    data_lib.dataset_info(dataset_config(name=f"folder:{tmp_path}/missing"))
+  with pytest.raises(data_lib.DatasetError, match="unknown dataset"):
+    data_lib.dataset_info(dataset_config(name="no_such_dataset_xyz", data_dir=str(tmp_path)))
+  (tmp_path / "photos" / "cats").mkdir(parents=True)
+  with pytest.raises(data_lib.DatasetError) as e:
+    data_lib.dataset_info(dataset_config(name=str(tmp_path / "photos")))
+  assert f"--config.dataset.name=folder:{tmp_path / 'photos'}" in str(e.value)
+  with pytest.raises(data_lib.DatasetNotFoundError) as e:
+    data_lib.dataset_info(dataset_config(name=str(tmp_path / "nothing")))
+  assert "looks like a path, and it does not exist" in str(e.value)
+  assert "folder:PATH" in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # The embedded default.
 

@@ -28,7 +28,7 @@ from alexnet_jax.data.preprocess import (
     preprocess_encoded,
     resize_and_center_crop,
 )
-from alexnet_jax.data.settings import DatasetError, Settings
+from alexnet_jax.data.settings import DatasetError, DatasetNotFoundError, Settings
 from alexnet_jax.data.shards import PreparedDataError
 from alexnet_jax.data.sources import DatasetInfo, Source
 from alexnet_jax.data.stats import DatasetStats, dataset_stats, stats_cache_path
@@ -42,6 +42,7 @@ __all__ = [
     "PIL_FORMATS",
     "RESIZE_RULES",
     "DatasetError",
+    "DatasetNotFoundError",
     "DatasetInfo",
     "DatasetStats",
     "PreparedDataError",

@@ -16,6 +16,10 @@ class DatasetError(ValueError):
   """A dataset the trainer cannot use as it is; the message says what to change."""
 
 
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+  """The data are not where the config says: the message says where to put or find them."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """`config.dataset`, every key documented in configs/default.py."""

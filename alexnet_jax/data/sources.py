@@ -45,6 +45,7 @@ from alexnet_jax.data.preprocess import (
 )
 from alexnet_jax.data.settings import (
     DatasetError,
+    DatasetNotFoundError,
     Settings,
     default_tfds_dir,
     sanitise,
@@ -357,12 +358,20 @@ def open_raw(settings: Settings) -> Source:
   name, resize = settings.name, settings.resize
   if resize not in RESIZE_RULES:
     raise DatasetError(f"dataset.resize must be one of {RESIZE_RULES}, got {resize!r}")
-  if name == "digits":
-    src = _digits_source(settings.data_dir, resize)
-  elif name.startswith("folder:"):
-    src = _folder_source(name[len("folder:") :], resize, settings.exif_transpose)
-  else:
-    src = _tfds_source(name, settings.data_dir, settings.manual_dir, resize)
+  try:
+    if name == "digits":
+      src = _digits_source(settings.data_dir, resize)
+    elif name.startswith("folder:"):
+      src = _folder_source(name[len("folder:") :], resize, settings.exif_transpose)
+    else:
+      _refuse_paths(name)
+      src = _tfds_source(name, settings.data_dir, settings.manual_dir, resize)
+  except DatasetError:
+    raise
+  except FileNotFoundError as e:  # the messages say where the data belong: one line each
+    raise DatasetNotFoundError(str(e)) from None
+  except ValueError as e:
+    raise DatasetError(str(e)) from None
   if resize != "round":  # other pixels, other statistics
     src.stats_path = src.stats_path[: -len(".npz")] + f"_{resize}.npz"
   return src
@@ -524,6 +533,21 @@ def _imagenet_missing_message(manual_dir: str, data_dir: str) -> str:
       "(or let the first run prepare it). Set dataset.data_dir / dataset.manual_dir to use other "
       "directories."
   )
+
+
+def _refuse_paths(name: str) -> None:
+  """A path given as dataset.name: TFDS would list its builders; say what was meant."""
+  path = os.path.expanduser(name)
+  if os.path.isdir(path):
+    raise DatasetError(
+        f"dataset.name={name!r} is a directory, not a TFDS dataset: a folder of images (one "
+        f"subfolder per class) is read with --config.dataset.name=folder:{name}"
+    )
+  if os.sep in name and not os.path.exists(path) and name.split(os.sep)[0] in ("", ".", "..", "~"):
+    raise DatasetNotFoundError(
+        f"dataset.name={name!r} looks like a path, and it does not exist; a folder of images "
+        f"is read with --config.dataset.name=folder:PATH (one subfolder per class)"
+    )
 
 
 def _tfds_source(name: str, data_dir, manual_dir, resize) -> Source:
