@@ -135,6 +135,7 @@ def _train(config, workdir) -> int:
   except (
       checkpoint.CheckpointSaveError,
       checkpoint.UnreadableCheckpointsError,
+      config_checks.ConfigError,
       data_lib.DatasetError,
       train.NonFiniteLossError,
   ) as e:

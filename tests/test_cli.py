@@ -92,8 +92,26 @@ def test_a_dataset_mistake_is_one_fatal_line(tmp_path, name, says):
       "--config=demo",
       f"--workdir={tmp_path / 'w'}",
       f"--config.dataset.name={name}",
+      "--config.mesh.data=4",  # 100 images per eval batch: 4 of the 8 devices' rows
+      "--config.mesh.tower=2",
   )
   assert r.returncode == 1
   assert "Traceback" not in r.stderr, r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith("FATAL: ")
   assert says in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_batch_the_mesh_cannot_split_is_one_fatal_line(tmp_path):
+  r = _run("alexnet_jax.main", "--config=demo", f"--workdir={tmp_path / 'w'}")  # 8 devices
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+  assert r.stderr.strip().splitlines()[-1] == (
+      "FATAL: config.eval_batch_size=100 is not divisible by the mesh's data axis (size 8, 8 "
+      "device(s)); pick a multiple of 8, or set --config.mesh.data."
+  )
+
+
+def test_a_mesh_the_devices_cannot_form_is_one_fatal_line(tmp_path):
+  r = _run("alexnet_jax.main", "--config=demo", f"--workdir={tmp_path}", "--config.mesh.data=3")
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("FATAL: mesh data=3 x tower=1 does not match the 8 device(s) found")
