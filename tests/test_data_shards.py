@@ -132,9 +132,14 @@ def test_jpeg_quality_keeps_the_statistics_within_half_a_grey_level(photo_folder
   assert np.abs(std_a - std_b).max() < 0.5, (std_a, std_b)
 
 
-def test_resume_from_prepared_data_at_step_k(photo_folder, prepared):
+def test_resume_from_prepared_data_at_step_k(photo_folder, prepared, caplog):
   dirs, _ = prepared
   cfg = _cfg(photo_folder, prepared=dirs["jpeg"])
+  with caplog.at_level("INFO", logger="absl"):
+    data_lib.open_dataset(cfg)
+  said = [r for r in caplog.records if "reading prepared shards" in r.getMessage()]
+  assert len(said) == 1 and said[0].levelname == "WARNING"
+  assert f"in {dirs['jpeg']} (JPEG quality 95: lossy" in said[0].getMessage()
   whole = _batches(cfg, 9)
   resumed = _batches(cfg, 4, start_step=5)
   for a, b in zip(whole[5:], resumed):
@@ -182,7 +187,10 @@ def test_training_finds_prepared_data_beside_the_data(photo_folder, prepared, ca
     os.symlink(dirs["raw"], beside)
     with caplog.at_level("INFO", logger="absl"):
       src = data_lib.open_dataset(_cfg(photo_folder))  # dataset.prepared = 'auto'
-    assert any("reading prepared raw shards" in r.getMessage() for r in caplog.records)
+    # One WARNING line names the directory and what the rows are.
+    said = [r for r in caplog.records if "reading prepared shards" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert f"in {beside} (raw rows: the originals' pixels)" in said[0].getMessage()
     np.testing.assert_array_equal(
         _batches(src, 2)[1]["image"], _batches(_cfg(photo_folder, prepared="off"), 2)[1]["image"]
     )

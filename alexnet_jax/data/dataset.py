@@ -44,7 +44,9 @@ def open_dataset(dataset_config) -> sources.Source:
   else:
     src = shards_lib.open_prepared(where, settings, sources.cheap_identity(settings))
   src.settings = settings
-  logging.info("dataset %s: reading %s", settings.name, src.description)
+  # Prepared shards are another source of pixels than the originals: said where it is seen.
+  log = logging.warning if getattr(src.train, "prepared", False) else logging.info
+  log("dataset %s: reading %s", settings.name, src.description)
   return src
 
 

@@ -409,6 +409,15 @@ def open_prepared(root: str, settings: Settings, identity: tuple) -> Source:
       splits.get("eval"),
       os.path.join(root, "stats_cache.npz"),
       plan["fingerprint"],
-      f"prepared {plan['format']} shards in {root}",
+      (
+          f"prepared shards in {root} ("
+          + (
+              f"JPEG quality {plan.get('jpeg_quality', '?')}: lossy, so pixels differ slightly "
+              "from the originals'"
+              if plan["format"] == "jpeg"
+              else "raw rows: the originals' pixels"
+          )
+          + ")"
+      ),
       prepared_stats=stats,
   )
