@@ -20,8 +20,8 @@ import tempfile
 
 import ml_collections
 
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "config_history.jsonl"
+from alexnet_jax import config_schema
+from alexnet_jax.run_dir import CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE
 
 # A resume may change these (dotted keys; "mesh.*" is every key under mesh): how long the run
 # is, how often it logs/evaluates/saves, how it evaluates, the device layout (checkpoints
@@ -63,8 +63,8 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16", "float64"),
     "optimizer.schedule": ("plateau", "step", "constant"),
     "augment.eigen": ("dataset", "imagenet"),
-    "augment.mean": ("dataset", "pixel", "run"),
-    "augment.channel_order": ("rgb", "bgr"),
+    "input.mean": ("dataset", "pixel", "run"),
+    "input.channel_order": ("rgb", "bgr"),
     "dataset.resize": ("round", "torchvision", "warp"),
     "prepare.format": ("jpeg", "raw"),
 }
@@ -128,7 +128,7 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       lambda v: isinstance(v, str) and v != "",
       "'auto' (shards found beside the data), 'off' or a directory of prepared shards",
   )
-  need("augment.scale", lambda v: _is_number(v) and v > 0, "a number > 0")
+  need("input.scale", lambda v: _is_number(v) and v > 0, "a number > 0")
   for key, allowed in CHOICES.items():
     need(key, lambda v, a=allowed: v in a, "one of " + ", ".join(repr(a) for a in allowed))
   steps, epochs = _get(config, "num_train_steps"), _get(config, "num_epochs")
@@ -188,7 +188,7 @@ def _matches(key: str, patterns) -> bool:
 
 def has_checkpoints(workdir: str) -> bool:
   """Whether the workdir holds a finished checkpoint step (a run to resume)."""
-  d = os.path.join(workdir, "checkpoints")
+  d = os.path.join(workdir, CHECKPOINT_DIR)
   return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
@@ -198,7 +198,7 @@ def recorded_config(workdir: str) -> dict | None:
     return None
   try:
     with open(path) as f:
-      return json.load(f)
+      return config_schema.upgrade(json.load(f))
   except (OSError, ValueError) as e:
     raise ConfigError(
         f"{path} cannot be read ({e}): it records the run in {workdir}; restore it, or use "

@@ -16,15 +16,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from alexnet_jax import checkpoint, run_files
 from alexnet_jax import model as model_lib
+from alexnet_jax import run_dir, train_state
 
 # Switches that change the function the weights compute (not only how it runs or trains).
 ARCHITECTURE_KEYS = (
     "width",
     "one_tower",
     "conv_widths",
-    "image_size",
     "conv1_padding",
     "lrn",
     "lrn_alpha_per_term",
@@ -34,7 +33,9 @@ ARCHITECTURE_KEYS = (
     "overlapping_pool",
     "fc6_input_order",
 )
-# Input conventions the source's conv1 was trained with.
+# The input the source's conv1 was trained with: a different crop size changes the weights'
+# function (fc6's input), the others only what they see.
+INPUT_ARCHITECTURE_KEYS = ("crop_size",)
 INPUT_KEYS = ("mean", "std_rgb", "channel_order")
 
 
@@ -52,24 +53,29 @@ def _model_defaults() -> dict:
 
 def _differences(section: str, keys, defaults: dict, config, source_config) -> list[str]:
   """'section.key: source value -> this run's value' for each key that differs (a key a
-  config.json lacks takes its default)."""
+  config lacks takes its default; `defaults` None: every config has the key)."""
   out = []
   for key in keys:
-    src = _normalised(source_config[section].get(key, defaults[key]))
-    new = _normalised(config[section].get(key, defaults[key]))
+    if defaults is None:
+      src, new = _normalised(source_config[section][key]), _normalised(config[section][key])
+    else:
+      src = _normalised(source_config[section].get(key, defaults[key]))
+      new = _normalised(config[section].get(key, defaults[key]))
     if src != new:
       out.append(f"{section}.{key}: {src} -> {new}")
   return out
 
 
 def architecture_differences(config, source_config) -> list[str]:
-  """Every architecture switch that differs (a key the source lacks: the model's default)."""
-  return _differences("model", ARCHITECTURE_KEYS, _model_defaults(), config, source_config)
+  """Every architecture switch that differs (a key the source lacks: the model's default),
+  the crop size included. Both configs in today's layout (run_dir.read_config)."""
+  return _differences(
+      "model", ARCHITECTURE_KEYS, _model_defaults(), config, source_config
+  ) + _differences("input", INPUT_ARCHITECTURE_KEYS, None, config, source_config)
 
 
 def input_differences(config, source_config) -> list[str]:
-  defaults = {"mean": "dataset", "std_rgb": (), "channel_order": "rgb"}
-  return _differences("augment", INPUT_KEYS, defaults, config, source_config)
+  return _differences("input", INPUT_KEYS, None, config, source_config)
 
 
 def check_source(config) -> None:
@@ -81,7 +87,7 @@ def check_source(config) -> None:
         f"init_from={source_dir!r} is not a directory: give the --workdir of a run, or one "
         "written by python -m alexnet_jax.convert."
     )
-  diffs = architecture_differences(config, checkpoint.load_config(source_dir))
+  diffs = architecture_differences(config, run_dir.read_config(source_dir))
   if diffs:
     raise ValueError(
         f"init_from={source_dir}: this run's network differs from the source's in "
@@ -93,21 +99,21 @@ def check_source(config) -> None:
 
 def prepare_run_dir(config, workdir: str) -> None:
   """For a new run with config.init_from (before it reads its inputs): check the source
-  (check_source) and, with augment.mean='run', take the source's mean image (the one its
+  (check_source) and, with input.mean='run', take the source's mean image (the one its
   weights were trained with) unless the run already has one."""
   source = config.get("init_from")
   if not source:
     return
   check_source(config)
-  if config.augment.get("mean", "dataset") != "run":
+  if config.input.mean != "run":
     return
-  if not run_files.has_mean_image(workdir):
-    if not run_files.has_mean_image(source):
+  if not run_dir.has_mean_image(workdir):
+    if not run_dir.has_mean_image(source):
       raise FileNotFoundError(
-          f"augment.mean='run' but neither {workdir} nor init_from={source} holds "
-          f"{run_files.MEAN_IMAGE_FILE}; use augment.mean='pixel' or 'dataset'."
+          f"input.mean='run' but neither {workdir} nor init_from={source} holds "
+          f"{run_dir.MEAN_IMAGE_FILE}; use input.mean='pixel' or 'dataset'."
       )
-    run_files.copy_mean_image(source, workdir)
+    run_dir.copy_mean_image(source, workdir)
 
 
 def merge_params(source_params, fresh_params) -> tuple[dict, list[str]]:
@@ -155,7 +161,7 @@ def params_from_run(config, fresh_params, shardings):
   freshly initialised `fresh_params` (see merge_params)."""
   source_dir = config.init_from
   check_source(config)
-  source = checkpoint.restore_run(source_dir)
+  source = train_state.restore_run(source_dir)
   for d in input_differences(config, source.config):
     logging.warning("init_from=%s: input convention differs from the source's: %s", source_dir, d)
   # Only shapes are read from the fresh parameters (a re-initialised fc8 stays where it is):

@@ -28,7 +28,7 @@ import tempfile
 import jax
 import numpy as np
 
-from alexnet_jax import caffemodel, fine_tune, run_files, sharding, train_state
+from alexnet_jax import caffemodel, fine_tune, input_spec, run_dir, sharding, train_state
 from alexnet_jax import checkpoint as ckpt_lib
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -348,7 +348,7 @@ def default_class_names(num_classes: int) -> list[str] | None:
   if spec is None or spec.origin is None:
     return None
   path = os.path.join(os.path.dirname(spec.origin), "datasets", "imagenet2012", "labels.txt")
-  names = run_files.read_names_file(path)
+  names = run_dir.read_names_file(path)
   return names if len(names) == 1000 else None
 
 
@@ -382,7 +382,7 @@ def write_run(
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.converting-", dir=parent)
   try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
+    with open(os.path.join(tmp, run_dir.CONFIG_FILE), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     model = model_for(config, num_classes)
     mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
@@ -394,10 +394,12 @@ def write_run(
     finally:
       manager.close()
     if class_names is not None:
-      run_files.write_class_names(tmp, class_names)
-    run_files.write_preprocessing(tmp, config, dataset=str(config.dataset.name))
+      run_dir.write_class_names(tmp, class_names)
     if mean_image is not None:
-      run_files.write_mean_image(tmp, mean_image)
+      run_dir.write_mean_image(tmp, mean_image)
+    run_dir.write_preprocessing(
+        tmp, input_spec.json_of_config(config), str(config.dataset.name), config.eval_crops
+    )
     if os.path.isdir(workdir):
       os.rmdir(workdir)  # empty (checked above)
     os.rename(tmp, workdir)
@@ -446,14 +448,14 @@ def import_run(
   if class_names_file:
     if not os.path.exists(class_names_file):
       raise FileNotFoundError(f"--class_names={class_names_file} does not exist")
-    class_names = run_files.read_names_file(class_names_file)
+    class_names = run_dir.read_names_file(class_names_file)
   else:
     class_names = default_class_names(num_classes)
   mean_image = None
   if mean_file:
     mean_image = read_caffe_mean(mean_file)
     config = config.copy_and_resolve_references()
-    config.augment.mean = "run"
+    config.input.mean = "run"
   write_run(
       workdir,
       config,
@@ -477,7 +479,7 @@ def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | N
   if fmt not in PYTORCH_FORMATS:
     raise ConversionError(f"--to must be one of {list(PYTORCH_FORMATS)}, got {fmt!r}")
   torch = _import_torch()
-  run = ckpt_lib.restore_run(workdir, step=step)
+  run = train_state.restore_run(workdir, step=step)
   num_classes = run.meta["num_classes"]
   model = model_for(run.config, num_classes)
   if model.num_towers != FORMATS[fmt].towers:

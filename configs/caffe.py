@@ -20,16 +20,16 @@ CAFFE_MEAN_RGB = (122.67891434, 116.66876762, 104.00698793)
 def get_config():
   c = default.get_config()
   c.mesh.tower = 1  # both towers on each device; 2 splits them as the paper did
-  c.model.image_size = 227
+  c.input.crop_size = 227
   c.model.conv1_padding = (0, 0)
   c.model.lrn_k = 1.0
   c.model.lrn_alpha_per_term = False
   c.model.lrn_across_towers = True
   c.model.fc6_input_order = "chw"
   c.dataset.resize = "warp"
-  c.augment.mean = "pixel"  # alexnet_jax.convert --mean_file sets 'run' (the mean image)
-  c.augment.mean_rgb = CAFFE_MEAN_RGB
-  c.augment.channel_order = "bgr"
+  c.input.mean = "pixel"  # alexnet_jax.convert --mean_file sets 'run' (the mean image)
+  c.input.mean_rgb = CAFFE_MEAN_RGB
+  c.input.channel_order = "bgr"
   c.optimizer.learning_rate = 0.001
   c.optimizer.schedule = "constant"
   return c

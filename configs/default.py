@@ -46,17 +46,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.flip = True
   c.augment.lighting_std = 0.1  # PCA lighting alpha ~ N(0, 0.1) (§4.1); 0 disables
   c.augment.eigen = "dataset"  # 'dataset': PCA of the training pixels; 'imagenet': published
-  c.augment.scale = 1.0  # after mean subtraction; paper: raw pixel units
-  # The input convention the network's conv1 was trained with (0..255 pixel units):
+
+  # What the network is fed (alexnet_jax/input_spec.py), in 0..255 pixel units:
   # mean 'dataset': the training split's mean image (paper §2); 'pixel': mean_rgb
   # (torchvision and the grouped layout: 255 * (0.485, 0.456, 0.406); Caffe without its mean
   # file: (122.68, 116.67, 104.01)); 'run': the run directory's own mean image (Caffe's
   # ilsvrc_2012_mean, written by alexnet_jax.convert; a run started with init_from takes its
   # source's).
-  c.augment.mean = "dataset"
-  c.augment.mean_rgb = (0.0, 0.0, 0.0)
-  c.augment.std_rgb = ()  # () = no division; torchvision: 255 * (0.229, 0.224, 0.225)
-  c.augment.channel_order = "rgb"  # 'bgr': Caffe's networks read blue, green, red
+  c.input = ml_collections.ConfigDict()
+  c.input.mean = "dataset"
+  c.input.mean_rgb = (0.0, 0.0, 0.0)
+  c.input.std_rgb = ()  # () = no division; torchvision: 255 * (0.229, 0.224, 0.225)
+  c.input.channel_order = "rgb"  # 'bgr': Caffe's networks read blue, green, red
+  c.input.scale = 1.0  # after mean subtraction; paper: raw pixel units
+  c.input.crop_size = 224  # §4.1: 224 paper, torchvision, grouped; 227 Caffe
 
   c.model = ml_collections.ConfigDict()
   # The architecture: the paper's by default; the other values are those of the published
@@ -65,7 +68,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.width = 1.0
   c.model.one_tower = False  # True: one tower (the paper's one-GPU net; torchvision's)
   c.model.conv_widths = ()  # () = the paper's 96-256-384-384-256; torchvision (64, 192, ...)
-  c.model.image_size = 224  # input crop: 224 paper, torchvision, grouped; 227 Caffe
   # conv1's zero padding (before, after): (0, 3) cuda-convnet's rule, 55x55 from 224 (paper);
   # (2, 2) torchvision and the grouped layout; (0, 0) Caffe (227 input).
   c.model.conv1_padding = (0, 3)

@@ -18,7 +18,7 @@ def get_config():
   c.mesh.tower = 1
   c.model.width = 0.25
   c.model.initializer = "he"
-  c.augment.scale = 1.0 / 128
+  c.input.scale = 1.0 / 128
   c.augment.eigen = "dataset"
   c.optimizer.learning_rate = 0.01
   c.optimizer.schedule = "step"

@@ -19,7 +19,7 @@ from configs import default, torchvision
 def get_config():
   c = default.get_config()
   c.mesh.tower = 1
-  c.model.image_size = 224
+  c.input.crop_size = 224
   c.model.conv1_padding = (2, 2)
   c.model.lrn_after_pool = True
   c.model.lrn_across_towers = True

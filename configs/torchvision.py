@@ -24,11 +24,11 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 def set_torchvision_input(c):
   """torchvision's preprocessing in 0..255 pixel units (the pipeline's)."""
   c.dataset.resize = "torchvision"
-  c.augment.mean = "pixel"
-  c.augment.mean_rgb = tuple(255.0 * m for m in IMAGENET_MEAN_RGB)
-  c.augment.std_rgb = tuple(255.0 * s for s in IMAGENET_STD_RGB)
-  c.augment.channel_order = "rgb"
-  c.augment.scale = 1.0
+  c.input.mean = "pixel"
+  c.input.mean_rgb = tuple(255.0 * m for m in IMAGENET_MEAN_RGB)
+  c.input.std_rgb = tuple(255.0 * s for s in IMAGENET_STD_RGB)
+  c.input.channel_order = "rgb"
+  c.input.scale = 1.0
 
 
 def get_config():
@@ -36,7 +36,7 @@ def get_config():
   c.mesh.tower = 1
   c.model.one_tower = True
   c.model.conv_widths = (64, 192, 384, 256, 256)
-  c.model.image_size = 224
+  c.input.crop_size = 224
   c.model.conv1_padding = (2, 2)
   c.model.lrn = False
   c.model.fc6_input_order = "chw"

@@ -1,74 +1,73 @@
-"""What a run directory holds beside its checkpoints so that it needs no dataset to be used.
+"""Every file a run directory holds, named once, and the reading and writing of those that
+are not checkpoints (checkpoint.py writes CHECKPOINT_DIR; reporting.py the metrics).
 
-Training (process 0) writes, next to config.json and checkpoints/:
-
-  dataset_stats.npz   the training split's statistics: the mean image that evaluation
-                      subtracts and the RGB eigen-basis of the PCA lighting
-                      (data_lib.DatasetStats, every field)
-  class_names.json    the label names in label order: TFDS ClassLabel names, folder names,
-                      "0".."9" for digits
-  preprocessing.json  how an image becomes the network's input views (`Preprocessing`)
-  mean_image.npy      only for config.augment.mean == 'run' (a converted net's own mean,
-                      e.g. Caffe's ilsvrc_2012_mean): float32 [256, 256, 3], RGB, 0..255
-
-The other input settings (mean pixel, std, channel order, crop size, resize rule) are keys of
-config.json (config.augment, config.model.image_size, config.dataset.resize).
+  config.json           the launch's config (config_checks.record)
+  config_history.jsonl  every launch that created the run or changed its config
+  checkpoints/          Orbax steps of the TrainState (checkpoint.py)
+  checkpoints_unreadable/  steps a resume set aside because they did not verify
+  metrics.jsonl         one JSON object per logged step (reporting.MetricsWriter)
+  tensorboard/          the same scalars as TensorBoard events
+  learning_curve.png    drawn when the run finishes
+  dataset_stats.npz     the training split's statistics: the mean image that input.mean
+                        'dataset' subtracts and the RGB eigen-basis of the PCA lighting
+                        (data_lib.DatasetStats, every field)
+  class_names.json      the label names in label order: TFDS ClassLabel names, folder names,
+                        "0".."9" for digits
+  preprocessing.json    the run's InputSpec (input_spec.py) without its mean image, the
+                        dataset's name and the default number of eval views
+  mean_image.npy        only for input.mean == 'run' (a converted net's own mean, e.g.
+                        Caffe's ilsvrc_2012_mean): float32 [256, 256, 3], RGB, 0..255
+  eval_<step>_<crops>crop.json  python -m alexnet_jax.evaluate's results
+  figures/              python -m alexnet_jax.figures' default --out
 
 A run copied to a machine without the dataset restores, predicts and draws its kernels from
-these. Runs written before they existed still restore: `missing(workdir)` names what they
-lack, and analysis.load_run(workdir, from_dataset=True) recomputes it from the dataset.
+these. Runs written before the statistics, class names and preprocessing were kept still
+restore: `missing(workdir)` names what they lack, and
+analysis.load_run(workdir, from_dataset=True) recomputes it from the dataset.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import tempfile
 
+import ml_collections
 import numpy as np
 
+from alexnet_jax import config_schema
 from alexnet_jax import data as data_lib
-from alexnet_jax import model as model_lib
 
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CURVE_FILE = "learning_curve.png"
 STATS_FILE = "dataset_stats.npz"
 CLASS_NAMES_FILE = "class_names.json"
-MEAN_IMAGE_FILE = "mean_image.npy"
-MEAN_IMAGE_SHAPE = (256, 256, 3)
 PREPROCESSING_FILE = "preprocessing.json"
+MEAN_IMAGE_FILE = "mean_image.npy"
+FIGURES_DIR = "figures"
+MEAN_IMAGE_SHAPE = (data_lib.IMAGE_SIZE, data_lib.IMAGE_SIZE, 3)
+# What inference needs without the dataset (training writes them; `missing` checks them).
 FILES = (STATS_FILE, CLASS_NAMES_FILE, PREPROCESSING_FILE)
 
 
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """An image's way to the network (docs/paper.md#preprocessing): decoded to RGB, shorter
-  side resized to `image_size` (antialiased bilinear), the central image_size square kept,
-  the mean image subtracted, times `scale`, then `eval_crops` views of crop_size averaged
-  (1: the center; 10: corners, center and their reflections, §4.1)."""
+def eval_results_file(step: int, crops: int) -> str:
+  return f"eval_{step}_{crops}crop.json"
 
-  image_size: int = data_lib.IMAGE_SIZE
-  crop_size: int = model_lib.IMAGE_SHAPE[0]
-  scale: float = 1.0
-  eval_crops: int = 10
 
-  @classmethod
-  def from_config(cls, config) -> Preprocessing:
-    return cls(
-        crop_size=int(config.model.get("image_size", model_lib.IMAGE_SHAPE[0])),
-        scale=float(config.augment.scale),
-        eval_crops=int(config.eval_crops),
-    )
-
-  def check(self, source: str) -> Preprocessing:
-    """This code resizes to data_lib.IMAGE_SIZE: a run that says otherwise cannot be
-    reproduced here."""
-    if self.image_size != data_lib.IMAGE_SIZE:
-      raise ValueError(
-          f"{source}: image_size {self.image_size}, but this version of alexnet_jax "
-          f"preprocesses to {data_lib.IMAGE_SIZE}"
-      )
-    return self
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config.json in today's layout (config_schema.upgrade: runs written with the
+  input keys under config.augment read the same)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a run?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(config_schema.upgrade(json.load(f)))
 
 
 def _write_json(path: str, obj) -> None:
@@ -82,8 +81,10 @@ def write(
     config,
     info: data_lib.DatasetInfo,
     stats: data_lib.DatasetStats,
+    spec,
 ) -> list[str]:
-  """Write the three files into `workdir` (replacing older ones); returns their paths."""
+  """Write FILES into `workdir` (replacing older ones); `spec`: the run's InputSpec.
+  Returns their paths."""
   os.makedirs(workdir, exist_ok=True)
   paths = [os.path.join(workdir, name) for name in FILES]
   fields = {
@@ -96,7 +97,7 @@ def write(
   }
   data_lib.settings.write_atomically(paths[0], lambda f: np.savez(f, **fields))
   write_class_names(workdir, info.class_names)
-  write_preprocessing(workdir, config, info.name)
+  write_preprocessing(workdir, spec.to_json(), info.name, config.eval_crops)
   return paths
 
 
@@ -104,19 +105,21 @@ def write_class_names(workdir: str, names) -> None:
   _write_json(os.path.join(workdir, CLASS_NAMES_FILE), [str(n) for n in names])
 
 
-def write_preprocessing(workdir: str, config, dataset: str) -> None:
+def write_preprocessing(workdir: str, spec_json: dict, dataset: str, eval_crops: int) -> None:
+  """preprocessing.json: the InputSpec's fields (InputSpec.to_json()), the dataset's name
+  and the number of views evaluation averages (§4.1)."""
   _write_json(
       os.path.join(workdir, PREPROCESSING_FILE),
-      {"dataset": dataset, **dataclasses.asdict(Preprocessing.from_config(config))},
+      {"dataset": dataset, **spec_json, "eval_crops": int(eval_crops)},
   )
 
 
 def missing(workdir: str, config=None) -> list[str]:
   """The run files `workdir` lacks (a run trained before training wrote them). With the
-  run's config: the statistics only count when its inputs are centred with the dataset's
-  mean image (config.augment.mean == 'dataset')."""
+  run's (upgraded) config: the statistics only count when its inputs are centred with the
+  dataset's mean image (config.input.mean == 'dataset')."""
   needed = FILES
-  if config is not None and config.augment.get("mean", "dataset") != "dataset":
+  if config is not None and config.input.mean != "dataset":
     needed = tuple(name for name in FILES if name != STATS_FILE)
   return [name for name in needed if not os.path.exists(os.path.join(workdir, name))]
 
@@ -147,14 +150,16 @@ def read_class_names(workdir: str) -> list[str] | None:
   return names
 
 
-def read_preprocessing(workdir: str) -> Preprocessing | None:
+def read_preprocessing(workdir: str) -> dict | None:
+  """preprocessing.json as written (input_spec.load turns it into the InputSpec)."""
   path = os.path.join(workdir, PREPROCESSING_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
     d = json.load(f)
-  fields = {f.name for f in dataclasses.fields(Preprocessing)}
-  return Preprocessing(**{k: v for k, v in d.items() if k in fields}).check(path)
+  if not isinstance(d, dict):
+    raise ValueError(f"{path} must hold a JSON object")
+  return d
 
 
 def read_names_file(path: str) -> list[str]:
@@ -178,9 +183,9 @@ def read_mean_image(workdir: str) -> np.ndarray:
   path = os.path.join(workdir, MEAN_IMAGE_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"{path} not found: config.augment.mean='run' subtracts the mean image stored in the "
+        f"{path} not found: config.input.mean='run' subtracts the mean image stored in the "
         "run directory (alexnet_jax.convert --mean_file writes it; a run started with "
-        "--config.init_from copies its source's). Use augment.mean='pixel' or 'dataset' instead."
+        "--config.init_from copies its source's). Use input.mean='pixel' or 'dataset' instead."
     )
   mean = np.load(path, allow_pickle=False)
   if mean.shape != MEAN_IMAGE_SHAPE:
