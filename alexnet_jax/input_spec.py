@@ -114,7 +114,7 @@ class InputSpec:
     mean = np.asarray(mean, np.float32)
     if mean.shape not in ((IMAGE_SIZE, IMAGE_SIZE, 3), (3,)):
       raise ValueError(f"a mean must be [{IMAGE_SIZE}, {IMAGE_SIZE}, 3] or [3], got {mean.shape}")
-    std = tuple(std or ())
+    std = () if std is None else tuple(float(v) for v in np.asarray(std).reshape(-1))
     if std and (len(std) != 3 or min(std) <= 0):
       raise ValueError(f"input.std_rgb must be () or 3 positive numbers, got {std}")
     order = static.get("channel_order", "rgb")

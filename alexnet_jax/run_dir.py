@@ -54,6 +54,16 @@ FIGURES_DIR = "figures"
 MEAN_IMAGE_SHAPE = (data_lib.IMAGE_SIZE, data_lib.IMAGE_SIZE, 3)
 # What inference needs without the dataset (training writes them; `missing` checks them).
 FILES = (STATS_FILE, CLASS_NAMES_FILE, PREPROCESSING_FILE)
+# Every name a training run writes at the top of its directory.
+TRAINING_NAMES = (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    CURVE_FILE,
+    *FILES,
+)
 
 
 def eval_results_file(step: int, crops: int) -> str:

@@ -182,6 +182,9 @@ def test_rerunning_a_finished_run_appends_nothing(tmp_path):
   assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == events
   # The final evaluation is the one the last checkpoint recorded, not a re-run.
   assert again == first
+  # run_dir names everything the run wrote (config.json: main.py writes it).
+  wrote = set(os.listdir(tmp_path))
+  assert set(run_dir.FILES) <= wrote <= set(run_dir.TRAINING_NAMES) - {run_dir.CONFIG_FILE}
 
 
 def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
