@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_images
 
 from alexnet_jax import data as ip
-from alexnet_jax import train
+from alexnet_jax import evaluation, train
 from tests.data_config import dataset_config
 from tests.test_input_pipeline import _pil_reference as _reference
 
@@ -49,7 +49,7 @@ def _fresh(monkeypatch, tmp_path):
 def test_top_k_is_top_min_5_classes():
   logits = np.array([[0.1, 0.5, 0.2], [3.0, 1.0, 2.0]], np.float32)
   labels = np.array([2, 0], np.int32)
-  top1, top5 = train._errors(logits, labels)
+  top1, top5 = evaluation.errors(logits, labels)
   np.testing.assert_array_equal(top1, (logits.argmax(-1) != labels).astype(np.float32))
   np.testing.assert_array_equal(top5, [0.0, 0.0])  # top-3 of 3 classes holds every label
 
