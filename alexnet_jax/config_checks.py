@@ -47,6 +47,7 @@ SAFE_ON_RESUME = (
 # data stream (which examples, in which order, normalised how) would differ.
 NEVER_ON_RESUME = (
     "model.*",
+    "input.crop_size",
     "dataset.name",
     "dataset.stats_max_images",
     "dataset.shuffle_buffer",

@@ -1,5 +1,5 @@
 """Training: the update step and the loop of `train_and_evaluate`, read top to bottom:
-Mesh, Input, Model & optimizer, Update step, Load checkpoint, Evals, Train loop.
+Mesh, Input, Model & optimizer (the update step), Setup, Load checkpoint, Evals, Train loop.
 
 Evaluation (the paper's test views, §4.1) is evaluation.py; the input convention
 input_spec.py; the augmentation augment.py; the state and its sharding train_state.py.
@@ -38,29 +38,6 @@ from alexnet_jax.input_spec import InputSpec
 
 class NonFiniteLossError(RuntimeError):
   pass
-
-
-@dataclasses.dataclass
-class Run:
-  """What one call of train_and_evaluate works with, built once by `setup_run`."""
-
-  config: ml_collections.ConfigDict
-  workdir: str
-  mesh: jax.sharding.Mesh
-  dataset: data_lib.Source  # opened once: the streams and the evaluations read it
-  info: data_lib.DatasetInfo
-  model: model_lib.AlexNet
-  steps_per_epoch: int
-  num_steps: int
-  eval_every: int
-  spec: InputSpec  # on the mesh, replicated
-  lighting: augment.Lighting  # on the mesh, replicated
-  manager: ckpt_lib.CheckpointManager
-  lead: bool  # process 0: the one that writes metrics and logs
-
-  def log(self, msg, *args):
-    if self.lead:
-      logging.info(msg, *args)
 
 
 # ---- Mesh -----------------------------------------------------------------------------------
@@ -117,40 +94,6 @@ def schedule_lengths(config, info: data_lib.DatasetInfo) -> tuple[int, int, int]
   return steps_per_epoch, num_steps, eval_every
 
 
-def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Mesh, dataset, input spec, model, schedule lengths and the checkpoint manager; checks
-  what can be checked before any device work."""
-  os.makedirs(workdir, exist_ok=True)
-  mesh = make_mesh(config)
-  dataset = open_input(config)
-  info = dataset.info
-  manager = ckpt_lib.CheckpointManager(workdir, config)
-  if manager.latest_step() is None:  # a new run: check init_from, take its mean image
-    fine_tune.prepare_run_dir(config, workdir)
-  stats = training_stats(dataset)
-  spec = InputSpec.from_config(config, stats, workdir)
-  if jax.process_index() == 0:
-    # What inference needs without the dataset: mean image, class names, preprocessing.
-    run_dir.write(workdir, config, info, stats, spec)
-  steps_per_epoch, num_steps, eval_every = schedule_lengths(config, info)
-  replicated = sharding.replicated(mesh)
-  return Run(
-      config=config,
-      workdir=workdir,
-      mesh=mesh,
-      dataset=dataset,
-      info=info,
-      model=train_state.create_model(config, info.num_classes),
-      steps_per_epoch=steps_per_epoch,
-      num_steps=num_steps,
-      eval_every=eval_every,
-      spec=jax.device_put(spec, replicated),
-      lighting=jax.device_put(augment.Lighting.from_config(config.augment, stats), replicated),
-      manager=manager,
-      lead=jax.process_index() == 0,
-  )
-
-
 def augment_batch(
     augment_config, mesh, aug_rng, step, images, spec: InputSpec, lighting, dtype=jnp.float32
 ) -> jax.Array:
@@ -171,7 +114,7 @@ def augment_batch(
   return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
 
 
-# ---- Update step (§5: momentum SGD with weight decay on the softmax cross-entropy) -----------
+# ---- Model & optimizer: the update step (§5: momentum SGD with weight decay) --------------
 def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_device=True):
   """Jitted `(state, batch, spec, lighting) -> (state, metrics)`; the state is donated.
 
@@ -226,6 +169,64 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
       in_shardings=(shardings, {"image": data, "label": data}, replicated, replicated),
       out_shardings=(shardings, replicated),
       compiler_options=evaluation.compiler_options(),
+  )
+
+
+# ---- Setup: everything a run works with, built once ----------------------------------------
+@dataclasses.dataclass
+class Run:
+  """What one call of train_and_evaluate works with, built once by `setup_run`."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  dataset: data_lib.Source  # opened once: the streams and the evaluations read it
+  info: data_lib.DatasetInfo
+  model: model_lib.AlexNet
+  steps_per_epoch: int
+  num_steps: int
+  eval_every: int
+  spec: InputSpec  # on the mesh, replicated
+  lighting: augment.Lighting  # on the mesh, replicated
+  manager: ckpt_lib.CheckpointManager
+  lead: bool  # process 0: the one that writes metrics and logs
+
+  def log(self, msg, *args):
+    if self.lead:
+      logging.info(msg, *args)
+
+
+def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Mesh, dataset, input spec, model, schedule lengths and the checkpoint manager; checks
+  what can be checked before any device work."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh(config)
+  dataset = open_input(config)
+  info = dataset.info
+  manager = ckpt_lib.CheckpointManager(workdir, config)
+  if manager.latest_step() is None:  # a new run: check init_from, take its mean image
+    fine_tune.prepare_run_dir(config, workdir)
+  stats = training_stats(dataset)
+  spec = InputSpec.from_config(config, stats, workdir)
+  if jax.process_index() == 0:
+    # What inference needs without the dataset: mean image, class names, preprocessing.
+    run_dir.write(workdir, config, info, stats, spec)
+  steps_per_epoch, num_steps, eval_every = schedule_lengths(config, info)
+  replicated = sharding.replicated(mesh)
+  return Run(
+      config=config,
+      workdir=workdir,
+      mesh=mesh,
+      dataset=dataset,
+      info=info,
+      model=train_state.create_model(config, info.num_classes),
+      steps_per_epoch=steps_per_epoch,
+      num_steps=num_steps,
+      eval_every=eval_every,
+      spec=jax.device_put(spec, replicated),
+      lighting=jax.device_put(augment.Lighting.from_config(config.augment, stats), replicated),
+      manager=manager,
+      lead=jax.process_index() == 0,
   )
 
 
