@@ -15,6 +15,7 @@ from sklearn.datasets import load_sample_images
 
 from alexnet_jax import data as ip
 from alexnet_jax import evaluation, train
+from tests import tiny
 from tests.data_config import dataset_config
 from tests.test_input_pipeline import _pil_reference as _reference
 
@@ -71,10 +72,10 @@ def test_three_classes_fewer_images_than_a_batch_train_and_evaluate(tmp_path):
     seen.add(hit)
   assert seen == set(refs)  # 8 slots: the 6 images, 2 of them twice
 
-  from tests.test_train import tiny_config
-
-  config = tiny_config(num_train_steps=2, **{"dataset.name": f"folder:{root}", "mesh.data": -1})
-  config.dataset.cache = False
+  config = tiny.config(
+      num_train_steps=2,
+      **{"dataset.name": f"folder:{root}", "dataset.cache": False, "mesh.data": -1},
+  )
   m = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert m["num_images"] == 3 and m["top5_error"] == 0.0 and 0.0 <= m["top1_error"] <= 1.0
 
