@@ -35,6 +35,17 @@ def _floats(values) -> list[float]:
 
 
 CHANNEL_ORDERS = ("rgb", "bgr")
+# preprocessing.json's fields of the spec (InputSpec.to_json).
+JSON_KEYS = (
+    "image_size",
+    "resize",
+    "mean",
+    "mean_rgb",
+    "std_rgb",
+    "channel_order",
+    "scale",
+    "crop_size",
+)
 
 
 @flax.struct.dataclass
@@ -184,7 +195,7 @@ def json_of_config(config) -> dict:
 def is_complete(saved: dict | None) -> bool:
   """Whether a preprocessing.json holds a whole spec (runs from before InputSpec hold only
   image_size, crop_size, scale and eval_crops: their spec comes from config.json)."""
-  return saved is not None and all(k in saved for k in InputSpec.create((0, 0, 0)).to_json())
+  return saved is not None and all(k in saved for k in JSON_KEYS)
 
 
 def load(workdir: str, config, stats=None) -> InputSpec:

@@ -85,6 +85,7 @@ def test_preprocessing_json_round_trip(tmp_path, preset):
   spec = InputSpec.from_config(config, STATS, workdir)
   # The converters write it from the config alone: the same file.
   assert input_spec.json_of_config(config) == spec.to_json()
+  assert tuple(spec.to_json()) == input_spec.JSON_KEYS
   run_dir.write_preprocessing(workdir, spec.to_json(), "somewhere", eval_crops=10)
   saved = run_dir.read_preprocessing(workdir)
   assert saved["dataset"] == "somewhere" and saved["eval_crops"] == 10
