@@ -35,7 +35,16 @@ from absl import logging
 from matplotlib.figure import Figure
 from PIL import Image
 
-from alexnet_jax import augment, evaluation, input_spec, reporting, run_dir, sharding, train_state
+from alexnet_jax import (
+    augment,
+    checkpoint,
+    evaluation,
+    input_spec,
+    reporting,
+    run_dir,
+    sharding,
+    train_state,
+)
 from alexnet_jax import data as data_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax.input_spec import InputSpec
@@ -365,7 +374,7 @@ def _from_dataset(workdir: str, config, num_classes: int):
 
 
 def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = False) -> TrainedRun:
-  """Restore a run (read-only; train_state.restore_run) with what inference needs.
+  """Restore a run (read-only; checkpoint.restore_run) with what inference needs.
 
   Runs trained before training wrote run_dir.FILES still restore: the missing files are
   named in a warning and in `.missing`; predict then asks for the mean image. from_dataset:
@@ -374,7 +383,7 @@ def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = Fals
   """
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"{workdir} is not a directory: pass the --workdir of a run")
-  restored = train_state.restore_run(workdir, step)
+  restored = checkpoint.restore_run(workdir, train_state.restore_target(), step)
   config, meta = restored.config, restored.meta
   num_classes = int(meta["num_classes"])
   model = train_state.create_model(config, num_classes)

@@ -1,7 +1,7 @@
 """Orbax checkpoints of a train state, and `restore(workdir)` (analysis.load_run builds on it).
 
 This module knows the state only as the pytree it is given: saving takes the state, and
-restoring takes the abstract target (train_state.restore_run builds the TrainState's).
+restoring takes the abstract target (train_state.restore_target gives the TrainState's).
 
 A checkpoint holds everything needed to continue exactly: parameters, the momentum
 buffers, the plateau-schedule state, the step (which is also the data position: the input
@@ -39,7 +39,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from alexnet_jax import run_dir
+from alexnet_jax import run_dir, train_state
 from alexnet_jax.run_dir import (
     CHECKPOINT_DIR,
     UNREADABLE_DIR,  # steps set aside by a resume (never deleted)
@@ -421,14 +421,12 @@ def restore_run(workdir: str, target, step: int | None = None) -> RestoredRun:
 
 
 def restore(workdir: str, step: int | None = None, mesh=None):
-  """(config, variables) of a run on `mesh` (default: the first local device): the one call
-  notebooks and the README use. The TrainState's structure is train_state's, so this is
-  train_state.restore; to run the network on images, use analysis.load_run(workdir), which
-  also preprocesses them as evaluation does:
+  """(config, variables) of a run's TrainState on `mesh` (default: the first local device).
+  To run the network on images, use analysis.load_run(workdir), which also preprocesses
+  them as evaluation does:
 
   run = analysis.load_run("runs/demo")
   probs = run.predict(images)  # uint8 images of any size
   """
-  from alexnet_jax import train_state  # pylint: disable=import-outside-toplevel  (it imports this)
-
-  return train_state.restore(workdir, step, mesh)
+  run = restore_run(workdir, train_state.restore_target(mesh), step)
+  return run.config, run.variables

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from alexnet_jax import checkpoint, run_dir, train_state
 from alexnet_jax import model as model_lib
-from alexnet_jax import run_dir, train_state
 
 # Switches that change the function the weights compute (not only how it runs or trains).
 ARCHITECTURE_KEYS = (
@@ -161,7 +161,7 @@ def params_from_run(config, fresh_params, shardings):
   freshly initialised `fresh_params` (see merge_params)."""
   source_dir = config.init_from
   check_source(config)
-  source = train_state.restore_run(source_dir)
+  source = checkpoint.restore_run(source_dir, train_state.restore_target())
   for d in input_differences(config, source.config):
     logging.warning("init_from=%s: input convention differs from the source's: %s", source_dir, d)
   # Only shapes are read from the fresh parameters (a re-initialised fc8 stays where it is):

@@ -479,7 +479,7 @@ def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | N
   if fmt not in PYTORCH_FORMATS:
     raise ConversionError(f"--to must be one of {list(PYTORCH_FORMATS)}, got {fmt!r}")
   torch = _import_torch()
-  run = train_state.restore_run(workdir, step=step)
+  run = ckpt_lib.restore_run(workdir, train_state.restore_target(), step)
   num_classes = run.meta["num_classes"]
   model = model_for(run.config, num_classes)
   if model.num_towers != FORMATS[fmt].towers:

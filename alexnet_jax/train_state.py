@@ -1,7 +1,7 @@
 """The train state: what a run is, in one pytree, and where each part of it lives on a mesh.
 
-train.py steps and saves it; `restore_run` reads a run's checkpoint onto any mesh by giving
-checkpoint.py the abstract tree (`abstract_state`) and sharding rule (`state_shardings`).
+train.py steps and saves it; checkpoint.py restores it onto any mesh from the abstract tree
+(`abstract_state`) and sharding rule (`state_shardings`) that `restore_target` gives it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import checkpoint, optim, sharding
 from alexnet_jax import model as model_lib
+from alexnet_jax import optim, sharding
 
 
 @flax.struct.dataclass
@@ -80,10 +80,10 @@ def train_state_from_params(config, model, mesh, params) -> TrainState:
   return jax.jit(functools.partial(_state_around, config), out_shardings=shardings)(params)
 
 
-def restore_run(workdir: str, step: int | None = None, mesh=None) -> checkpoint.RestoredRun:
-  """A run's config, variables, step and metadata on `mesh` (default: the first local
-  device), read-only. Orbax reshards onto the abstract state built here from the run's
-  config, so a notebook on one CPU restores a run trained on any mesh or number of
+def restore_target(mesh=None):
+  """checkpoint.restore_run's target for a run's TrainState: (config, num_classes) ->
+  (abstract state, shardings on `mesh`; default: the first local device). Orbax reshards
+  onto it, so a notebook on one CPU restores a run trained on any mesh or number of
   processes."""
   if mesh is None:
     mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
@@ -92,10 +92,4 @@ def restore_run(workdir: str, step: int | None = None, mesh=None) -> checkpoint.
     abstract = abstract_state(config, create_model(config, num_classes))
     return abstract, state_shardings(mesh, abstract)
 
-  return checkpoint.restore_run(workdir, target, step)
-
-
-def restore(workdir: str, step: int | None = None, mesh=None):
-  """(config, variables) of a run: restore_run without the step and metadata."""
-  run = restore_run(workdir, step, mesh)
-  return run.config, run.variables
+  return target

@@ -103,8 +103,8 @@ def test_sigterm_then_ctrl_c_then_rerun_equals_the_uninterrupted_run(tmp_path):
   with open(logs[2], "w") as log:
     assert _start(cut, log).wait(timeout=600) == 0, logs[2].read_text()[-3000:]
   assert f"at step {second}" in logs[2].read_text()
-  want = train_state.restore_run(str(tmp_path / "full"))
-  got = train_state.restore_run(cut)
+  want = checkpoint.restore_run(str(tmp_path / "full"), train_state.restore_target())
+  got = checkpoint.restore_run(cut, train_state.restore_target())
   assert got.step == want.step == STEPS
   flat = dict(jax.tree_util.tree_leaves_with_path(want.variables))
   for path, leaf in jax.tree_util.tree_leaves_with_path(got.variables):

@@ -19,7 +19,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from torch import nn
 
-from alexnet_jax import augment, pretrained, run_dir, sharding, train_state
+from alexnet_jax import augment, checkpoint, pretrained, run_dir, sharding, train_state
 from alexnet_jax import data as ip
 from alexnet_jax.input_spec import InputSpec
 from configs import caffe, default, pytorch_grouped, torchvision
@@ -150,7 +150,7 @@ def _torchvision_input(data: bytes) -> np.ndarray:
 
 
 def _restore(workdir):
-  run = train_state.restore_run(workdir)
+  run = checkpoint.restore_run(workdir, train_state.restore_target())
   model = train_state.create_model(run.config, run.meta["num_classes"])
   return run, model
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from alexnet_jax import train_state
+from alexnet_jax import checkpoint, train_state
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,12 +16,12 @@ STEPS = 80
 # A second process: restore the latest checkpoint again and again until told to stop.
 READER = """
 import json, os, sys, time
-from alexnet_jax import train_state
+from alexnet_jax import checkpoint, train_state
 workdir, stop, out = sys.argv[1:4]
 ok, failed = [], []
 while not os.path.exists(stop):
   try:
-    ok.append(train_state.restore_run(workdir).step)
+    ok.append(checkpoint.restore_run(workdir, train_state.restore_target()).step)
   except Exception as e:  # none saved yet, or a step the run's policy deleted while read
     failed.append(f"{type(e).__name__}: {e}"[:300])
     time.sleep(0.05)
@@ -87,4 +87,4 @@ def test_restores_from_a_second_process_leave_a_run_saving_every_step_complete(t
   steps = sorted(int(n) for n in names)
   assert steps[-1] == STEPS
   for s in steps:
-    assert train_state.restore_run(str(workdir), step=s).step == s
+    assert checkpoint.restore_run(str(workdir), train_state.restore_target(), s).step == s
