@@ -12,9 +12,10 @@ predict.py, figures.py and evaluate.py.
   analysis.ensemble_evaluate(["runs/a", "runs/b"], crops=10)
 
 Everything that turns an image into probabilities is the evaluation's own code: the host
-pipeline's decode and resize (alexnet_jax.data), augment.eval_views and the jitted
-train.view_probs. A run needs no dataset for predict, features and Fig. 3 (run_files.py);
-scanning a split (Fig. 4, the confusion matrix, ensembles) reads the dataset.
+pipeline's decode and resize (alexnet_jax.data), the run's InputSpec (its preprocessing.json),
+augment.eval_views and the jitted evaluation.view_probs. A run needs no dataset for predict,
+features and Fig. 3 (run_dir.py); scanning a split (Fig. 4, the confusion matrix, ensembles)
+reads the dataset.
 """
 
 from __future__ import annotations
@@ -37,14 +38,16 @@ from PIL import Image
 from alexnet_jax import (
     augment,
     checkpoint,
+    evaluation,
+    input_spec,
     reporting,
-    run_files,
+    run_dir,
     sharding,
-    train,
     train_state,
 )
 from alexnet_jax import data as data_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax.input_spec import InputSpec
 
 # Names `features` accepts, in the network's order (model.py sows each under this name or
 # name + "_out").
@@ -176,7 +179,7 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
 # ---- a run --------------------------------------------------------------------------------
 @dataclasses.dataclass(eq=False)
 class TrainedRun:
-  """A restored run: what it is, its parameters and what inference needs (run_files.py)."""
+  """A restored run: what it is, its parameters and what inference needs (run_dir.py)."""
 
   workdir: str
   config: ml_collections.ConfigDict
@@ -185,7 +188,7 @@ class TrainedRun:
   meta: dict  # saved beside the state: num_classes, dataset, eval metrics
   model: model_lib.AlexNet
   class_names: tuple[str, ...]
-  preprocessing: run_files.Preprocessing
+  eval_crops: int  # the views `predict` averages by default (§4.1)
   stats: data_lib.DatasetStats | None  # None: a run from before dataset_stats.npz
   missing: tuple[str, ...]  # run files the workdir lacks
   _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -196,7 +199,7 @@ class TrainedRun:
 
   @property
   def resize_rule(self) -> str:
-    return self.config.dataset.get("resize", "round")
+    return self.config.dataset.resize
 
   @property
   def mesh(self):
@@ -204,42 +207,35 @@ class TrainedRun:
       self._compiled["mesh"] = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
     return self._compiled["mesh"]
 
-  def normalization(self) -> tuple[jax.Array, jax.Array | None]:
-    """(mean, std) on the device, as training normalised its inputs (train.input_mean_and_std:
-    the training mean image, a mean pixel, or the run's own mean image; std or None)."""
-    if "norm" not in self._compiled:
-      if self.config.input.mean == "dataset":
-        self.mean_image()  # the clear error when the run lacks its statistics
-      mean, std = train.input_mean_and_std(self.config, self.stats, self.workdir)
-      self._compiled["norm"] = (
-          jax.device_put(mean),
-          None if std is None else jax.device_put(std),
+  def input_spec(self) -> InputSpec:
+    """How training normalised its inputs (the run's preprocessing.json; input_spec.load),
+    with its arrays on the device."""
+    if "spec" not in self._compiled:
+      if self.stats is None and self.config.input.mean == "dataset":
+        raise RunError(
+            f"{self.workdir} has no {run_dir.STATS_FILE} (it was trained before runs kept "
+            f"it), and predicting needs the training mean image: "
+            f"analysis.load_run({self.workdir!r}, from_dataset=True) recomputes it from the "
+            f"dataset and writes it into the run."
+        )
+      self._compiled["spec"] = jax.device_put(
+          input_spec.load(self.workdir, self.config, self.stats)
       )
-    return self._compiled["norm"]
-
-  def mean_image(self) -> jax.Array:
-    if self.stats is None:
-      raise RunError(
-          f"{self.workdir} has no {run_files.STATS_FILE} (it was trained before runs kept it), "
-          f"and predicting needs the training mean image: "
-          f"analysis.load_run({self.workdir!r}, from_dataset=True) recomputes it from the "
-          f"dataset and writes it into the run."
-      )
-    if "mean" not in self._compiled:
-      self._compiled["mean"] = jax.device_put(np.asarray(self.stats.mean_image, np.float32))
-    return self._compiled["mean"]
+    return self._compiled["spec"]
 
   def describe(self) -> str:
     conv, fc = self.model.layer_widths()
-    p = self.preprocessing
+    p = self.config.input
     lines = [
         f"{self.workdir}: step {self.step}, {self.meta.get('dataset', self.config.dataset.name)}"
         f", {self.num_classes} classes ({', '.join(self.class_names[:10])}"
         f"{', ...' if self.num_classes > 10 else ''})",
         f"model: {self.model.num_towers} tower(s), conv widths {conv}, fc widths {fc}, "
         f"{model_lib.num_params(self.variables['params']):,} parameters",
-        f"preprocessing: shorter side to {p.image_size}, center {p.image_size}, mean image "
-        f"subtracted, x {p.scale:g}, {p.eval_crops} view(s) of {p.crop_size}",
+        f"preprocessing: shorter side to {data_lib.IMAGE_SIZE} ({self.resize_rule}), center "
+        f"{data_lib.IMAGE_SIZE}, {p.mean} mean subtracted"
+        f"{', divided by std' if p.std_rgb else ''}, x {p.scale:g}, {p.channel_order.upper()}, "
+        f"{self.eval_crops} view(s) of {p.crop_size}",
     ]
     if "eval" in self.meta:
       e = self.meta["eval"]
@@ -255,20 +251,22 @@ class TrainedRun:
   def _predict_step(self, crops: int):
     key = ("predict", crops)
     if key not in self._compiled:
-      self._compiled[key] = train.make_predict_step(self.config, self.model, self.mesh, crops=crops)
+      self._compiled[key] = evaluation.make_predict_step(
+          self.config, self.model, self.mesh, crops=crops
+      )
     return self._compiled[key]
 
   def crops_or_default(self, crops: int | None) -> int:
-    crops = self.preprocessing.eval_crops if crops is None else int(crops)
+    crops = self.eval_crops if crops is None else int(crops)
     if crops not in (1, 10):
       raise ValueError(f"crops must be 1 or 10, got {crops}")
     return crops
 
   def probs_of_batch(self, images256, crops: int | None = None) -> jax.Array:
     """uint8 [B, 256, 256, 3] (already preprocessed) -> probs [B, C] on the device: the
-    evaluation's own step (train.view_probs)."""
+    evaluation's own step (evaluation.view_probs)."""
     step = self._predict_step(self.crops_or_default(crops))
-    return step(self.variables["params"], images256, *self.normalization())
+    return step(self.variables["params"], images256, self.input_spec())
 
   def predict_preprocessed(self, images256: np.ndarray, crops: int | None = None) -> np.ndarray:
     """uint8 [N, 256, 256, 3] -> float32 [N, C]."""
@@ -297,14 +295,14 @@ class TrainedRun:
     key = ("features", layer)
     if key not in self._compiled:
       model, sown = self.model, _SOWN[layer]
-      options = train.view_options(self.config, model)  # as the eval step normalises
+      dtype = evaluation.input_dtype(self.config)  # as the eval step normalises
 
-      def fn(params, images, mean, std):
-        views = augment.eval_views(images, mean_image=mean, crops=1, std=std, **options)[:, 0]
+      def fn(params, images, spec):
+        views = augment.eval_views(images, spec, crops=1, dtype=dtype)[:, 0]
         _, state = model.apply({"params": params}, views, train=False, mutable=["intermediates"])
         return state["intermediates"][sown][0]
 
-      self._compiled[key] = jax.jit(fn, compiler_options=train.compiler_options())
+      self._compiled[key] = jax.jit(fn, compiler_options=evaluation.compiler_options())
     return self._compiled[key]
 
   def features_preprocessed(self, images256: np.ndarray, layer: str = "fc7") -> np.ndarray:
@@ -314,7 +312,7 @@ class TrainedRun:
     images256 = np.asarray(images256, np.uint8)
     out = []
     for start, stop, size in _padded_batches(len(images256), _MAX_BATCH):
-      f = fn(self.variables["params"], _pad(images256[start:stop], size), *self.normalization())
+      f = fn(self.variables["params"], _pad(images256[start:stop], size), self.input_spec())
       out.append(np.asarray(f)[: stop - start])
     return np.concatenate(out)
 
@@ -358,7 +356,7 @@ def _from_dataset(workdir: str, config, num_classes: int):
     info, stats = dataset.info, data_lib.dataset_stats(dataset)
   except (OSError, ValueError) as e:
     raise RunError(
-        f"{workdir} lacks {', '.join(run_files.missing(workdir))} and its dataset "
+        f"{workdir} lacks {', '.join(run_dir.missing(workdir))} and its dataset "
         f"{config.dataset.name!r} cannot be read to recompute them: {e}"
     ) from e
   if info.num_classes != num_classes:
@@ -367,10 +365,9 @@ def _from_dataset(workdir: str, config, num_classes: int):
         f"{config.dataset.name!r} now has {info.num_classes}"
     )
   try:
-    run_files.write(workdir, config, info, stats)
-    logging.info(
-        "recomputed %s from %s and wrote them into %s", run_files.FILES, info.name, workdir
-    )
+    spec = input_spec.InputSpec.from_config(config, stats, workdir)
+    run_dir.write(workdir, config, info, stats, spec)
+    logging.info("recomputed %s from %s and wrote them into %s", run_dir.FILES, info.name, workdir)
   except OSError as e:
     logging.warning("cannot write the run files into %s (%s); using them from memory", workdir, e)
   return info.class_names, stats
@@ -379,26 +376,26 @@ def _from_dataset(workdir: str, config, num_classes: int):
 def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = False) -> TrainedRun:
   """Restore a run (read-only; checkpoint.restore_run) with what inference needs.
 
-  Runs trained before training wrote run_files.FILES still restore: the missing files are
+  Runs trained before training wrote run_dir.FILES still restore: the missing files are
   named in a warning and in `.missing`; predict then asks for the mean image. from_dataset:
   recompute what is missing from the run's dataset (if it can be read) and write it into
   the run.
   """
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"{workdir} is not a directory: pass the --workdir of a run")
-  restored = checkpoint.restore_run(workdir, step)
+  restored = checkpoint.restore_run(workdir, train_state.restore_target(), step)
   config, meta = restored.config, restored.meta
   num_classes = int(meta["num_classes"])
   model = train_state.create_model(config, num_classes)
-  stats, names = run_files.read_stats(workdir), run_files.read_class_names(workdir)
-  missing = run_files.missing(workdir, config)
+  stats, names = run_dir.read_stats(workdir), run_dir.read_class_names(workdir)
+  missing = run_dir.missing(workdir, config)
   if missing and from_dataset:
     names, stats = _from_dataset(workdir, config, num_classes)
-    missing = run_files.missing(workdir, config)
+    missing = run_dir.missing(workdir, config)
   if missing:
     effects = (
-        [f"predict and features need {run_files.STATS_FILE}"]
-        if (run_files.STATS_FILE in missing)
+        [f"predict and features need {run_dir.STATS_FILE}"]
+        if (run_dir.STATS_FILE in missing)
         else []
     )
     effects += ["class names are shown as label numbers"] if names is None else []
@@ -413,10 +410,10 @@ def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = Fals
   names = tuple(str(i) for i in range(num_classes)) if names is None else tuple(names)
   if len(names) != num_classes:
     raise RunError(
-        f"{os.path.join(workdir, run_files.CLASS_NAMES_FILE)} holds {len(names)} class names "
+        f"{os.path.join(workdir, run_dir.CLASS_NAMES_FILE)} holds {len(names)} class names "
         f"but the checkpoint has {num_classes} classes"
     )
-  pre = run_files.read_preprocessing(workdir) or run_files.Preprocessing.from_config(config)
+  saved = run_dir.read_preprocessing(workdir) or {}
   return TrainedRun(
       workdir=workdir,
       config=config,
@@ -425,7 +422,7 @@ def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = Fals
       meta=meta,
       model=model,
       class_names=names,
-      preprocessing=pre,
+      eval_crops=int(saved.get("eval_crops", config.eval_crops)),
       stats=stats,
       missing=tuple(missing),
   )
@@ -763,7 +760,7 @@ def ensemble_evaluate(
           f"{first.num_classes} classes ({_head(first.class_names)}), {r.workdir} has "
           f"{r.num_classes} ({_head(r.class_names)})"
       )
-  sums_fn = jax.jit(train.eval_sums)
+  sums_fn = jax.jit(evaluation.eval_sums)
   member_sums = [None] * len(runs)
   total = None
   for i, batch in enumerate(
@@ -784,9 +781,9 @@ def ensemble_evaluate(
     raise RunError(f"the validation split of {first.config.dataset.name!r} is empty")
   return {
       "crops": crops,
-      **train.metrics_from_sums(total),
+      **evaluation.metrics_from_sums(total),
       "members": [
-          {"workdir": r.workdir, "step": r.step, **train.metrics_from_sums(s)}
+          {"workdir": r.workdir, "step": r.step, **evaluation.metrics_from_sums(s)}
           for r, s in zip(runs, member_sums)
       ],
   }

@@ -1,4 +1,4 @@
-"""Device-side augmentation (JAX, jit-able): AlexNet's random crops, flips, PCA lighting, mean.
+"""Device-side augmentation (JAX, jit-able): AlexNet's random crops, flips and PCA lighting.
 
 Runs inside the jitted step on uint8 [B, 256, 256, 3] batches from alexnet_jax.data. Every random
 draw comes from a per-example key that depends only on (seed, step, global example index)
@@ -8,24 +8,51 @@ mesh shape, the sharding of the batch axis or the number of processes.
 
 from __future__ import annotations
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import data as data_lib
+from alexnet_jax.input_spec import InputSpec
+
 # Top-left offsets (row, col) of the 10 evaluation views at 224 in 256, in output order; views
 # 5..9 are the horizontal reflections of views 0..4.
 EVAL_VIEW_NAMES = (
-    'top_left',
-    'top_right',
-    'bottom_left',
-    'bottom_right',
-    'center',
-    'top_left_flip',
-    'top_right_flip',
-    'bottom_left_flip',
-    'bottom_right_flip',
-    'center_flip',
+    "top_left",
+    "top_right",
+    "bottom_left",
+    "bottom_right",
+    "center",
+    "top_left_flip",
+    "top_right_flip",
+    "bottom_left_flip",
+    "bottom_right_flip",
+    "center_flip",
 )
+
+
+@flax.struct.dataclass
+class Lighting:
+  """The RGB eigen-basis of the PCA lighting (§4.1): eigval [3], eigvec [3, 3] (columns),
+  of pixels scaled to [0, 1]."""
+
+  eigval: jax.Array
+  eigvec: jax.Array
+
+  @classmethod
+  def from_config(cls, augment_config, stats) -> Lighting:
+    """augment.eigen 'dataset': the training split's own PCA (stats); 'imagenet': the
+    published ImageNet basis (docs/paper.md#pca-lighting)."""
+    if augment_config.eigen == "imagenet":
+      eigval, eigvec = data_lib.IMAGENET_EIGVAL, data_lib.IMAGENET_EIGVEC
+    elif augment_config.eigen == "dataset":
+      eigval, eigvec = stats.eigval, stats.eigvec
+    else:
+      raise ValueError(
+          f"augment.eigen must be 'dataset' or 'imagenet', got {augment_config.eigen!r}"
+      )
+    return cls(jnp.asarray(eigval, jnp.float32), jnp.asarray(eigvec, jnp.float32))
 
 
 def _as_key(rng):
@@ -42,7 +69,7 @@ def example_keys(rng, step, global_indices) -> jax.Array:
   """Per-example keys fold_in(fold_in(rng, step), index): a key depends only on those three.
 
   rng: typed key, raw uint32[2] key or int seed; step: scalar int; global_indices: int [B]
-  (the examples' positions in the global batch, or in the whole stream; either is
+  (the examples" positions in the global batch, or in the whole stream; either is
   mesh-independent). Returns typed keys [B].
   """
   base = jax.random.fold_in(_as_key(rng), jnp.asarray(step, jnp.uint32))
@@ -57,34 +84,28 @@ def _center_offset(size, crop_size):
 def train_views(
     images,
     keys,
+    spec: InputSpec,
+    lighting: Lighting,
     *,
-    mean_image,
-    eigval,
-    eigvec,
-    crop_size: int = 224,
     random_crop: bool = True,
     flip: bool = True,
     lighting_std: float = 0.1,
-    scale: float = 1.0,
     dtype=jnp.float32,
-    std=None,
-    bgr: bool = False,
 ) -> jax.Array:
-  """uint8 [B, H, W, 3] -> float32 [B, crop, crop, 3]: AlexNet's training augmentation
-  (`dtype` float64 for x64 runs: tests/test_mesh_float64.py).
+  """uint8 [B, H, W, 3] -> float32 [B, crop, crop, 3]: AlexNet's training augmentation,
+  normalised by `spec` (`dtype` float64 for x64 runs: tests/test_mesh_float64.py).
 
-  Per example (its own key): a crop_size window with top-left offsets uniform over all
+  Per example (its own key): a spec.crop_size window with top-left offsets uniform over all
   (H - crop + 1) x (W - crop + 1) positions (33 x 33 at 224 in 256), or the center with
-  random_crop=False; a horizontal flip with p = 0.5; PCA lighting: add
-  255 * eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, lighting_std) [3] (eigval/eigvec
-  describe RGB in [0, 1], hence the 255); subtract the mean image cut at the same window (and
-  flipped with it; mean_image None = no subtraction; a [3] mean pixel is subtracted
-  everywhere); divide by `std` ([3], pixel units; None = no division); multiply by `scale`;
-  bgr=True reverses the channels (networks trained in Caffe read BGR).
+  random_crop=False (§4.1); a horizontal flip with p = 0.5; PCA lighting (§4.1): add
+  255 * eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, lighting_std) [3] (`lighting`
+  describes RGB in [0, 1], hence the 255), between the mean subtraction and the std division
+  (spec.normalize; the mean image is cut at the same window and flipped with it); channels
+  in the spec's order.
   """
   images = jnp.asarray(images)
   b, h, w, c = images.shape
-  ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+  ch = cw = spec.crop_size
   oy, ox, flips, alpha = train_view_params(
       keys, image_shape=(h, w), crop_size=(ch, cw), lighting_std=lighting_std, dtype=dtype
   )
@@ -93,14 +114,13 @@ def train_views(
     ox = jnp.full((b,), _center_offset(w, cw), jnp.int32)
   if not flip:
     flips = jnp.zeros((b,), bool)
-  mean = None if mean_image is None else jnp.asarray(mean_image, dtype)
 
   if lighting_std:
     # [B, 3] per-image RGB shift in pixel units, written as three explicit terms: a matmul's
-    # rounding depends on how the batch is split over devices, and a jnp.sum over the size-3
-    # axis fused into the broadcast below is miscompiled by XLA:CPU (jax 0.10.2) for B >~ 1000.
-    coeff = alpha * jnp.asarray(eigval, dtype)  # [B, 3]
-    vec = jnp.asarray(eigvec, dtype)
+    # rounding depends on how the batch is split over devices, and XLA:CPU miscompiles a
+    # jnp.sum over the size-3 axis fused into the broadcast below for B >~ 1000.
+    coeff = alpha * jnp.asarray(lighting.eigval, dtype)  # [B, 3]
+    vec = jnp.asarray(lighting.eigvec, dtype)
     shift = 255.0 * (
         coeff[:, 0:1] * vec[:, 0] + coeff[:, 1:2] * vec[:, 1] + coeff[:, 2:3] * vec[:, 2]
     )
@@ -109,23 +129,16 @@ def train_views(
 
   # The arithmetic runs on the whole uint8 images (1.3x the crop's pixels), then ONE gather
   # (flip folded into the column index) cuts the views: the gather's output is materialised,
-  # so conv1's forward and its weight-gradient transpose both read it. Gathering first and
-  # doing the arithmetic after let XLA:CPU duplicate that arithmetic into both consumers and
-  # run it in the transpose's strided order. A vmapped dynamic_slice plus
-  # where(flip, out[:, ::-1], out) ran 18x slower on CPU
-  # (docs/performance.md#augmentation-arithmetic-then-one-gather).
-  x = images.astype(dtype)
-  if mean is not None:
-    x = x - mean
-  x = x + shift[:, None, None, :]
-  if std is not None:
-    x = x / jnp.asarray(std, dtype)
-  x = x * scale
+  # so conv1's forward and its weight-gradient transpose both read it. With the gather first,
+  # XLA:CPU duplicates the arithmetic into both consumers and runs it in the transpose's
+  # strided order; a vmapped dynamic_slice plus where(flip, out[:, ::-1], out) runs 18x
+  # slower on CPU (docs/performance.md#augmentation-arithmetic-then-one-gather).
+  x = spec.normalize(images, dtype, shift)
   i, j = jnp.arange(ch), jnp.arange(cw)
   rows = oy[:, None] + i  # [B, ch]
   cols = ox[:, None] + jnp.where(flips[:, None], cw - 1 - j, j)  # [B, cw]
   views = x[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-  return views[..., ::-1] if bgr else views
+  return spec.to_channel_order(views)
 
 
 def train_view_params(
@@ -155,38 +168,22 @@ def eval_view_offsets(image_size: int = 256, crop_size: int = 224):
   return ((0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2))
 
 
-def eval_views(
-    images,
-    *,
-    mean_image,
-    crops: int = 1,
-    crop_size: int = 224,
-    scale: float = 1.0,
-    dtype=jnp.float32,
-    std=None,
-    bgr: bool = False,
-) -> jax.Array:
-  """uint8 [B, H, W, 3] -> float32 [B, V, crop, crop, 3], mean subtracted (an image or a [3]
-  pixel), divided by `std` when given, times `scale`; channels reversed with bgr=True.
+def eval_views(images, spec: InputSpec, *, crops: int = 1, dtype=jnp.float32) -> jax.Array:
+  """uint8 [B, H, W, 3] -> float32 [B, V, crop, crop, 3]: normalised by `spec` (mean, std,
+  scale, channel order), cut to spec.crop_size views.
 
-  crops=1: the center window. crops=10 (the paper's test views): top-left, top-right,
+  crops=1: the center window. crops=10 (the paper's test views, §4.1): top-left, top-right,
   bottom-left, bottom-right, center, then the horizontal reflections of those five in the same
   order (EVAL_VIEW_NAMES).
   """
   if crops not in (1, 10):
-    raise ValueError(f'crops must be 1 or 10, got {crops}')
+    raise ValueError(f"crops must be 1 or 10, got {crops}")
   images = jnp.asarray(images)
   _, h, w, _ = images.shape
   if h != w:
-    raise ValueError(f'eval_views expects square images, got {h}x{w}')
-  x = images.astype(dtype)
-  if mean_image is not None:
-    x = x - jnp.asarray(mean_image, dtype)
-  if std is not None:
-    x = x / jnp.asarray(std, dtype)
-  x = x * scale
-  if bgr:
-    x = x[..., ::-1]
+    raise ValueError(f"eval_views expects square images, got {h}x{w}")
+  crop_size = spec.crop_size
+  x = spec.to_channel_order(spec.normalize(images, dtype))
   offsets = eval_view_offsets(h, crop_size)
   if crops == 1:
     offsets = offsets[4:]

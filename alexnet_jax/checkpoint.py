@@ -1,4 +1,7 @@
-"""Orbax checkpoints of the TrainState, and `restore(workdir)` (analysis.load_run builds on it).
+"""Orbax checkpoints of a train state, and `restore(workdir)` (analysis.load_run builds on it).
+
+This module knows the state only as the pytree it is given: saving takes the state, and
+restoring takes the abstract target (train_state.restore_target gives the TrainState's).
 
 A checkpoint holds everything needed to continue exactly: parameters, the momentum
 buffers, the plateau-schedule state, the step (which is also the data position: the input
@@ -23,7 +26,6 @@ the checkpoints already committed stay as they are.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import NamedTuple
@@ -37,10 +39,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from alexnet_jax import sharding, train_state
-
-CHECKPOINT_DIR = "checkpoints"
-UNREADABLE_DIR = "checkpoints_unreadable"  # steps set aside by a resume (never deleted)
+from alexnet_jax import run_dir, train_state
+from alexnet_jax.run_dir import (
+    CHECKPOINT_DIR,
+    UNREADABLE_DIR,  # steps set aside by a resume (never deleted)
+)
 
 
 class UnreadableCheckpointsError(RuntimeError):
@@ -375,14 +378,6 @@ class CheckpointManager:
     self._manager.close()
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a run?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def _num_classes(manager: CheckpointManager) -> int:
   """fc8's width, from the newest checkpoint whose meta item reads."""
   for step in sorted(manager.all_steps(), reverse=True):
@@ -400,16 +395,13 @@ class RestoredRun(NamedTuple):
   meta: dict  # what training saved beside the state: num_classes, dataset, eval metrics
 
 
-def restore_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun:
-  """A run's config, variables, step and metadata, on the caller's devices (default: the
-  first local device), read-only.
+def restore_run(workdir: str, target, step: int | None = None) -> RestoredRun:
+  """A run's config (config.json, upgraded), variables, step and metadata, read-only.
 
-  Orbax reshards onto a target built here from the run's config, so a notebook on one CPU
-  restores a run trained on any mesh or number of processes.
+  target(config, num_classes) -> (abstract state, shardings): where the arrays go (the
+  caller's devices; Orbax reshards onto them). step None: the newest step that verifies.
   """
-  config = load_config(workdir)
-  if mesh is None:
-    mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
+  config = run_dir.read_config(workdir)
   manager = CheckpointManager(workdir, keep=config.get("keep_checkpoints", 3), read_only=True)
   try:
     if step is None:  # the newest one that verifies
@@ -417,18 +409,11 @@ def restore_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun
         raise FileNotFoundError(
             f"no checkpoint in {manager.directory}: has the run in {workdir} saved one yet?"
         )
-      abstract = train_state.abstract_state(
-          config, train_state.create_model(config, _num_classes(manager))
-      )
-      state, step, meta, _ = manager.restore_latest(
-          abstract, train_state.state_shardings(mesh, abstract)
-      )
+      state, step, meta, _ = manager.restore_latest(*target(config, _num_classes(manager)))
     else:
       meta = manager.restore_meta(step)
-      abstract = train_state.abstract_state(
-          config, train_state.create_model(config, meta["num_classes"])
-      )
-      state = manager.restore(abstract, train_state.state_shardings(mesh, abstract), step)
+      abstract, shardings = target(config, int(meta["num_classes"]))
+      state = manager.restore(abstract, shardings, step)
       verify(state, meta, step)
   finally:
     manager.close()
@@ -436,11 +421,12 @@ def restore_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun
 
 
 def restore(workdir: str, step: int | None = None, mesh=None):
-  """(config, variables) of a run (see restore_run). To run the network on images, use
-  analysis.load_run(workdir), which also preprocesses them as evaluation does:
+  """(config, variables) of a run's TrainState on `mesh` (default: the first local device).
+  To run the network on images, use analysis.load_run(workdir), which also preprocesses
+  them as evaluation does:
 
   run = analysis.load_run("runs/demo")
   probs = run.predict(images)  # uint8 images of any size
   """
-  run = restore_run(workdir, step, mesh)
+  run = restore_run(workdir, train_state.restore_target(mesh), step)
   return run.config, run.variables

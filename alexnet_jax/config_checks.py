@@ -22,9 +22,8 @@ import tempfile
 
 from alexnet_jax import config_schema
 from alexnet_jax.config_schema import ConfigError, problems, validate  # noqa: F401 (the API)
+from alexnet_jax.run_dir import CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE
 
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "config_history.jsonl"
 
 SAFE_ON_RESUME = config_schema.keys_with(resume=config_schema.SAFE)
 NEVER_ON_RESUME = config_schema.keys_with(resume=config_schema.NEVER)
@@ -74,7 +73,7 @@ def _matches(key: str, patterns) -> bool:
 
 def has_checkpoints(workdir: str) -> bool:
   """Whether the workdir holds a finished checkpoint step (a run to resume)."""
-  d = os.path.join(workdir, "checkpoints")
+  d = os.path.join(workdir, CHECKPOINT_DIR)
   return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 

@@ -26,21 +26,14 @@ FLAGS = flags.FLAGS
 def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) -> dict:
   """{'step', 'crops', 'top1_error', 'top5_error', 'loss', 'num_images'} of a checkpoint."""
   # After runtime.setup() in main(): importing JAX and TF here keeps them off accelerators.
-  from alexnet_jax import analysis, train
+  from alexnet_jax import analysis, evaluation
 
   if crops not in (1, 10):
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
   run = analysis.load_run(workdir, step, from_dataset=True)
-  eval_step = train.make_eval_step(run.config, run.model, run.mesh, crops=crops)
-  mean, std = run.normalization()
-  metrics = train.evaluate(
-      run.config,
-      eval_step,
-      run.variables["params"],
-      mean,
-      run.mesh,
-      std=std,
-      progress=True,
+  eval_step = evaluation.make_eval_step(run.config, run.model, run.mesh, crops=crops)
+  metrics = evaluation.evaluate(
+      run.config, eval_step, run.variables["params"], run.input_spec(), run.mesh, progress=True
   )
   return {"step": run.step, "crops": crops, **metrics}
 
@@ -55,7 +48,7 @@ def main(argv):
   from alexnet_jax import runtime
 
   runtime.setup()
-  from alexnet_jax import analysis
+  from alexnet_jax import analysis, run_dir
 
   workdirs = FLAGS.workdir
   if len(workdirs) > 1 and FLAGS.step is not None:
@@ -63,7 +56,7 @@ def main(argv):
   try:
     if len(workdirs) == 1:
       m = evaluate_checkpoint(workdirs[0], FLAGS.crops, FLAGS.step)
-      path = os.path.join(workdirs[0], f"eval_{m['step']}_{FLAGS.crops}crop.json")
+      path = os.path.join(workdirs[0], run_dir.eval_results_file(m["step"], FLAGS.crops))
       with open(path, "w") as f:
         json.dump(m, f, indent=2)
       print(

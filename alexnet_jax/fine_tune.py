@@ -9,22 +9,19 @@ something only for the network that learned them.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
 import numpy as np
 from absl import logging
 
-from alexnet_jax import checkpoint, run_files
+from alexnet_jax import checkpoint, config_schema, run_dir, train_state
 from alexnet_jax import model as model_lib
 
-# Switches that change the function the weights compute (not only how it runs or trains).
-ARCHITECTURE_KEYS = ("variant", "width", "lrn", "overlapping_pool")
-# Input conventions the source's conv1 was trained with.
-INPUT_KEYS = ("mean", "std_rgb", "channel_order")
-# The crop size is the network's input size: it must match too.
-CROP_KEYS = ("crop_size",)
+# Declared in config_schema: the keys whose values change the function the weights compute
+# (the network and its input size), and the input convention the source's conv1 learned.
+ARCHITECTURE_KEYS = config_schema.keys_with(role=config_schema.ARCHITECTURE)
+INPUT_KEYS = config_schema.keys_with(role=config_schema.INPUT)
 
 
 def _normalised(value):
@@ -35,33 +32,30 @@ def _normalised(value):
   return float(value)
 
 
-def _model_defaults() -> dict:
-  defaults = {f.name: f.default for f in dataclasses.fields(model_lib.AlexNet)}
-  return {**defaults, "variant": "paper"}
+def _get(config, dotted: str):
+  section, key = dotted.split(".")
+  return config[section][key]
 
 
-def _differences(section: str, keys, defaults: dict, config, source_config) -> list[str]:
-  """'section.key: source value -> this run's value' for each key that differs (a key a
-  config.json lacks takes its default)."""
+def _differences(keys, config, source_config) -> list[str]:
+  """'key: source value -> this run's value' for each key that differs; both configs in
+  today's layout (run_dir.read_config upgrades a source written before), so every key is
+  there."""
   out = []
   for key in keys:
-    src = _normalised(source_config[section].get(key, defaults[key]))
-    new = _normalised(config[section].get(key, defaults[key]))
+    src, new = _normalised(_get(source_config, key)), _normalised(_get(config, key))
     if src != new:
-      out.append(f"{section}.{key}: {src} -> {new}")
+      out.append(f"{key}: {src} -> {new}")
   return out
 
 
 def architecture_differences(config, source_config) -> list[str]:
-  """Every architecture switch that differs (a key the source lacks: the model's default)."""
-  return _differences(
-      "model", ARCHITECTURE_KEYS, _model_defaults(), config, source_config
-  ) + _differences("input", CROP_KEYS, {"crop_size": 224}, config, source_config)
+  """Every architecture key that differs, the crop size included."""
+  return _differences(ARCHITECTURE_KEYS, config, source_config)
 
 
 def input_differences(config, source_config) -> list[str]:
-  defaults = {"mean": "dataset", "std_rgb": (), "channel_order": "rgb"}
-  return _differences("input", INPUT_KEYS, defaults, config, source_config)
+  return _differences(INPUT_KEYS, config, source_config)
 
 
 def check_source(config) -> None:
@@ -73,7 +67,7 @@ def check_source(config) -> None:
         f"init_from={source_dir!r} is not a directory: give the --workdir of a run, or one "
         "written by python -m alexnet_jax.convert."
     )
-  diffs = architecture_differences(config, checkpoint.load_config(source_dir))
+  diffs = architecture_differences(config, run_dir.read_config(source_dir))
   if diffs:
     raise ValueError(
         f"init_from={source_dir}: this run's network differs from the source's in "
@@ -93,13 +87,13 @@ def prepare_run_dir(config, workdir: str) -> None:
   check_source(config)
   if config.input.mean != "run":
     return
-  if not run_files.has_mean_image(workdir):
-    if not run_files.has_mean_image(source):
+  if not run_dir.has_mean_image(workdir):
+    if not run_dir.has_mean_image(source):
       raise FileNotFoundError(
           f"input.mean='run' but neither {workdir} nor init_from={source} holds "
-          f"{run_files.MEAN_IMAGE_FILE}; use input.mean='pixel' or 'dataset'."
+          f"{run_dir.MEAN_IMAGE_FILE}; use input.mean='pixel' or 'dataset'."
       )
-    run_files.copy_mean_image(source, workdir)
+    run_dir.copy_mean_image(source, workdir)
 
 
 def merge_params(source_params, fresh_params) -> tuple[dict, list[str]]:
@@ -147,7 +141,7 @@ def params_from_run(config, fresh_params, shardings):
   freshly initialised `fresh_params` (see merge_params)."""
   source_dir = config.init_from
   check_source(config)
-  source = checkpoint.restore_run(source_dir)
+  source = checkpoint.restore_run(source_dir, train_state.restore_target())
   for d in input_differences(config, source.config):
     logging.warning("init_from=%s: input convention differs from the source's: %s", source_dir, d)
   # Only shapes are read from the fresh parameters (a re-initialised fc8 stays where it is):

@@ -6,7 +6,7 @@ preprocesses (decode to RGB, shorter side to 256, center 256, mean image, scale,
 Prints one line per image: `PATH: NAME PROBABILITY, ...`, the most probable class first.
 Any size and mode (grayscale, palette, RGBA, CMYK) is read. An image that cannot be read or
 decoded gets one line on stderr naming it; the others are still predicted, and the exit
-status is then 1. Needs only the run directory, not the dataset (run_files.py).
+status is then 1. Needs only the run directory, not the dataset (run_dir.py).
 """
 
 import sys

@@ -11,8 +11,7 @@ import tensorflow as tf  # the TensorBoard writer (TF is already the input pipel
 import tqdm
 from matplotlib.figure import Figure
 
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "learning_curve.png"
+from alexnet_jax.run_dir import CURVE_FILE, FIGURES_DIR, METRICS_FILE, TENSORBOARD_DIR
 
 
 def format_duration(seconds: float) -> str:
@@ -41,7 +40,7 @@ class MetricsWriter:
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._file = open(os.path.join(workdir, METRICS_FILE), "a")
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
 
   def write(self, step: int, split: str, metrics: dict):
     if not self.enabled:
@@ -121,7 +120,7 @@ def finish(workdir: str, config, eval_metrics: dict) -> str:
       f"evaluate:   python -m alexnet_jax.evaluate --workdir={workdir} --crops=10\n"
       f"predict:    python -m alexnet_jax.predict --workdir={workdir} IMAGE...\n"
       f"figures:    python -m alexnet_jax.figures --workdir={workdir} "
-      f"--out={os.path.join(workdir, 'figures')}\n"
+      f"--out={os.path.join(workdir, FIGURES_DIR)}\n"
       f"in Python:  from alexnet_jax import analysis; run = analysis.load_run({workdir!r})\n"
   )
   print(summary, flush=True)

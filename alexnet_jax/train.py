@@ -1,4 +1,9 @@
-"""The jitted train and eval steps on the mesh, and the training loop."""
+"""Training: the update step and the loop of `train_and_evaluate`, read top to bottom:
+Mesh, Input, Model & optimizer (the update step), Setup, Load checkpoint, Evals, Train loop.
+
+Evaluation (the paper's test views, §4.1) is evaluation.py; the input convention
+input_spec.py; the augmentation augment.py; the state and its sharding train_state.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import math
 import os
 import time
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,156 +21,117 @@ from absl import logging
 
 from alexnet_jax import (
     augment,
+    evaluation,
     fine_tune,
     optim,
     preemption,
     reporting,
-    run_files,
+    run_dir,
     sharding,
     train_state,
 )
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import data as data_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax.input_spec import InputSpec
 
 
-@flax.struct.dataclass
-class AugmentConstants:
-  mean_image: jax.Array  # [256, 256, 3] float32, pixel units; or a [3] mean pixel
-  eigval: jax.Array  # [3]
-  eigvec: jax.Array  # [3, 3], columns
-  std: jax.Array | None = None  # [3] pixel units: divide by it (torchvision's inputs)
+class NonFiniteLossError(RuntimeError):
+  pass
 
 
-def input_mean_and_std(config, stats, workdir: str | None = None):
-  """(mean, std) the network's inputs are normalised with (config.input.mean/mean_rgb/
-  std_rgb): mean [256, 256, 3] or [3] float32 in pixel units, std [3] or None."""
-  acfg = config.input
-  kind = acfg.mean
-  if kind == "dataset":
-    mean = np.asarray(stats.mean_image, np.float32)
-  elif kind == "pixel":
-    mean = np.asarray(acfg.mean_rgb, np.float32).reshape(3)
-  elif kind == "run":
-    if workdir is None:
-      raise ValueError("input.mean='run' needs the run directory that holds the mean image")
-    mean = run_files.read_mean_image(workdir)
-  else:
-    raise ValueError(f"input.mean must be 'dataset', 'pixel' or 'run', got {kind!r}")
-  std = tuple(acfg.get("std_rgb", ()) or ())
-  if std and (len(std) != 3 or min(std) <= 0):
-    raise ValueError(f"input.std_rgb must be () or 3 positive numbers, got {std}")
-  return mean, (np.asarray(std, np.float32) if std else None)
+# ---- Mesh -----------------------------------------------------------------------------------
+def make_mesh(config) -> jax.sharding.Mesh:
+  """The ("data", "tower") mesh; both batch sizes must split over its data axis."""
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.tower)
+  sharding.check_batch(mesh, config.batch_size)
+  sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
+  return mesh
 
 
-def augment_constants(
-    config, stats: data_lib.DatasetStats, workdir: str | None = None
-) -> AugmentConstants:
-  if config.augment.eigen == "imagenet":
-    eigval, eigvec = data_lib.IMAGENET_EIGVAL, data_lib.IMAGENET_EIGVEC
-  elif config.augment.eigen == "dataset":
-    eigval, eigvec = stats.eigval, stats.eigvec
-  else:
-    raise ValueError(
-        f"augment.eigen must be 'dataset' or 'imagenet', got " f"{config.augment.eigen!r}"
+# ---- Input ----------------------------------------------------------------------------------
+def open_input(config) -> data_lib.Source:
+  """The dataset, checked: it has validation images."""
+  dataset = data_lib.open_dataset(config.dataset)
+  info = dataset.info
+  if info.num_eval == 0:  # evaluation (and the plateau schedule) would fail after training
+    raise data_lib.DatasetError(
+        f"dataset {info.name} has no validation images (no 'validation' or 'test' split): "
+        f"evaluation needs them."
     )
-  mean, std = input_mean_and_std(config, stats, workdir)
-  return AugmentConstants(
-      jnp.asarray(mean, jnp.float32),
-      jnp.asarray(eigval, jnp.float32),
-      jnp.asarray(eigvec, jnp.float32),
-      None if std is None else jnp.asarray(std, jnp.float32),
+  if info.num_train < config.batch_size:
+    logging.warning(
+        "the training split has %d images, fewer than one batch (%d): batches wrap around "
+        "and repeat images (one epoch = one step).",
+        info.num_train,
+        config.batch_size,
+    )
+  return dataset
+
+
+def training_stats(dataset) -> data_lib.DatasetStats:
+  """The training split's mean image and RGB covariance (§2, §4.1), computed once and cached
+  beside the data."""
+  stats = data_lib.dataset_stats(dataset)
+  if stats.bad_files:
+    logging.warning(
+        "%d training image(s) cannot be decoded and are skipped: %s",
+        len(stats.bad_files),
+        ", ".join(stats.bad_files[:20]),
+    )
+  return stats
+
+
+def schedule_lengths(config, info: data_lib.DatasetInfo) -> tuple[int, int, int]:
+  """(steps per epoch, steps in all, steps between evaluations)."""
+  steps_per_epoch = max(info.num_train // config.batch_size, 1)
+  num_steps = (
+      config.num_train_steps
+      if config.num_train_steps > 0
+      else int(math.ceil(config.num_epochs * steps_per_epoch))
   )
-
-
-# ---- steps -------------------------------------------------------------------------------
-# jaxlib 0.10.2's XLA:CPU hands convolutions to YNNPACK fusions by default; their
-# weight-gradient convolutions ran 3-7x slower than XLA's own (Eigen) ones on x86 CPUs, a
-# 2.5x slower training step (docs/performance.md#xlas-own-convolutions). So the steps keep YNNPACK to dots only.
-# ALEXNET_JAX_YNN_CONVS=1 (or an ynn option already in XLA_FLAGS) keeps jaxlib's default.
-_CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-
-
-def compiler_options() -> dict | None:
-  """`jax.jit(..., compiler_options=...)` for the train and eval steps on this backend."""
-  if (
-      jax.default_backend() != "cpu"
-      or os.environ.get("ALEXNET_JAX_YNN_CONVS") == "1"
-      or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")
-  ):
-    return None
-  return dict(_CPU_CONV_OPTIONS)
-
-
-def _errors(logits, labels):
-  """Per-example top-1 and top-5 errors (0/1 floats). With fewer than 5 classes the second
-  is top-min(5, classes) (then always 0); its metric keeps the name top5_error."""
-  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  hit5 = jnp.any(top5 == labels[:, None], axis=-1)
-  return (top5[:, 0] != labels).astype(jnp.float32), 1.0 - hit5.astype(jnp.float32)
-
-
-def input_dtype(config):
-  """The augmented images' dtype: float32, or float64 for model.dtype float64 (x64 runs)."""
-  return jnp.float64 if config.model.dtype == "float64" else jnp.float32
+  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  return steps_per_epoch, num_steps, eval_every
 
 
 def augment_batch(
-    config,
-    mesh,
-    aug_rng,
-    step,
-    images,
-    aug: AugmentConstants,
-    crop_size: int = 224,
-    dtype=jnp.float32,
+    augment_config, mesh, aug_rng, step, images, spec: InputSpec, lighting, dtype=jnp.float32
 ) -> jax.Array:
-  """The train step's augmentation: uint8 [B, 256, 256, 3] -> float32 [B, crop, crop, 3]
+  """The train step's augmentation (§4.1): uint8 [B, 256, 256, 3] -> float [B, crop, crop, 3]
   split over "data". Keys from (seed, step, position in the global batch): the same views
   on every mesh."""
-  acfg = config.augment
   keys = augment.example_keys(aug_rng, step, jnp.arange(images.shape[0]))
   views = augment.train_views(
       images,
       keys,
-      mean_image=aug.mean_image,
-      eigval=aug.eigval,
-      eigvec=aug.eigvec,
-      random_crop=acfg.random_crop,
-      flip=acfg.flip,
-      lighting_std=acfg.lighting_std,
-      scale=config.input.scale,
-      crop_size=crop_size,
-      std=aug.std,
-      bgr=config.input.channel_order == "bgr",
+      spec,
+      lighting,
+      random_crop=augment_config.random_crop,
+      flip=augment_config.flip,
+      lighting_std=augment_config.lighting_std,
       dtype=dtype,
   )
   return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
 
 
+# ---- Model & optimizer: the update step (§5: momentum SGD with weight decay) --------------
 def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_device=True):
-  """Jitted `(state, batch, aug) -> (state, metrics)`; the state is donated.
+  """Jitted `(state, batch, spec, lighting) -> (state, metrics)`; the state is donated.
 
   batch: {'image': uint8 [B, 256, 256, 3], 'label': int32 [B]} split over "data"
   (with augment_on_device=False, 'image' is already float32 [B, 224, 224, 3]).
   """
   tx = optim.make_optimizer(config.optimizer)
   apply = sharding.sharded_apply(model, mesh)
+  dtype = evaluation.input_dtype(config)
 
-  def train_step(state: train_state.TrainState, batch, aug: AugmentConstants):
+  def train_step(state: train_state.TrainState, batch, spec: InputSpec, lighting):
     base = jax.random.wrap_key_data(state.rng)
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
     images, labels = batch["image"], batch["label"]
     if augment_on_device:
       images = augment_batch(
-          config,
-          mesh,
-          aug_rng,
-          state.step,
-          images,
-          aug,
-          model.image_size,
-          input_dtype(config),
+          config.augment, mesh, aug_rng, state.step, images, spec, lighting, dtype
       )
 
     def loss_fn(params):
@@ -185,7 +150,7 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    top1, top5 = _errors(logits, labels)
+    top1, top5 = evaluation.errors(logits, labels)
     metrics = {
         "loss": loss,
         "top1_error": top1.mean(),
@@ -197,182 +162,17 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
 
   shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
   data = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
   return jax.jit(
       train_step,
       donate_argnums=0,
-      in_shardings=(shardings, {"image": data, "label": data}, sharding.replicated(mesh)),
-      out_shardings=(shardings, sharding.replicated(mesh)),
-      compiler_options=compiler_options(),
+      in_shardings=(shardings, {"image": data, "label": data}, replicated, replicated),
+      out_shardings=(shardings, replicated),
+      compiler_options=evaluation.compiler_options(),
   )
 
 
-def view_probs(
-    apply,
-    mesh,
-    params,
-    images,
-    mean_image,
-    *,
-    crops: int,
-    scale: float,
-    crop_size: int = 224,
-    std=None,
-    bgr: bool = False,
-    dtype=jnp.float32,
-):
-  """uint8 [B, 256, 256, 3] -> float32 [B, C]: the softmax (not the logits) averaged over
-  the `crops` views (1: center; 10: corners, center and their reflections, §4.1), each view
-  normalised as in training (augment.eval_views: mean, std, scale, channel order).
-  Evaluation, prediction and ensembles all go through here."""
-  views = augment.eval_views(
-      images,
-      mean_image=mean_image,
-      crops=crops,
-      crop_size=crop_size,
-      scale=scale,
-      std=std,
-      bgr=bgr,
-      dtype=dtype,
-  )
-  b, v = views.shape[:2]
-  views = jax.lax.with_sharding_constraint(
-      views.reshape(b * v, *views.shape[2:]), sharding.batch_sharding(mesh)
-  )
-  logits = apply({"params": params}, views, train=False)
-  return jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
-
-
-def view_options(config, model) -> dict:
-  """view_probs' keywords that come from the run: its crop size, scale, channel order, dtype."""
-  return dict(
-      crop_size=model.image_size,
-      scale=config.input.scale,
-      bgr=config.input.channel_order == "bgr",
-      dtype=input_dtype(config),
-  )
-
-
-def eval_sums(probs, labels, mask) -> dict:
-  """Summed top-1/top-5 errors and negative log-likelihood of [B, C] probabilities over the
-  examples with mask True (padding counts nowhere), and their count."""
-  mask = mask.astype(jnp.float32)
-  top1, top5 = _errors(probs, labels)
-  nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12)
-  return {
-      "top1_errors": (top1 * mask).sum(),
-      "top5_errors": (top5 * mask).sum(),
-      "loss_sum": (nll * mask).sum(),
-      "count": mask.sum(),
-  }
-
-
-def make_eval_step(config, model, mesh, crops: int | None = None):
-  """Jitted `(params, batch, mean_image, std=None) -> sums` over the paper's views
-  (view_probs, eval_sums). Padding examples (mask False) count nowhere."""
-  crops = config.eval_crops if crops is None else crops
-  apply = sharding.sharded_apply(model, mesh)
-  options = view_options(config, model)
-
-  def eval_step(params, batch, mean_image, std=None):
-    probs = view_probs(
-        apply, mesh, params, batch["image"], mean_image, crops=crops, std=std, **options
-    )
-    return eval_sums(probs, batch["label"], batch["mask"])
-
-  return jax.jit(
-      eval_step, out_shardings=sharding.replicated(mesh), compiler_options=compiler_options()
-  )
-
-
-def make_predict_step(config, model, mesh, *, crops: int):
-  """Jitted `(params, images, mean_image, std=None) -> probs [B, C]`: the eval step's
-  probabilities (view_probs) of uint8 [B, 256, 256, 3] images, B a multiple of the mesh's
-  data axis."""
-  apply = sharding.sharded_apply(model, mesh)
-  options = view_options(config, model)
-
-  def predict_step(params, images, mean_image, std=None):
-    return view_probs(apply, mesh, params, images, mean_image, crops=crops, std=std, **options)
-
-  return jax.jit(
-      predict_step, out_shardings=sharding.replicated(mesh), compiler_options=compiler_options()
-  )
-
-
-def global_batch(mesh, local_batch: dict) -> dict:
-  """This process's slice of the global batch -> global arrays split over "data"."""
-  data = sharding.batch_sharding(mesh)
-  return {
-      k: jax.make_array_from_process_local_data(data, np.asarray(v)) for k, v in local_batch.items()
-  }
-
-
-def evaluate(
-    config,
-    eval_step,
-    params,
-    mean_image,
-    mesh,
-    *,
-    max_batches: int = -1,
-    std=None,
-    progress: bool = False,
-    dataset=None,
-) -> dict:
-  """Top-1/top-5 error over the whole validation split (every image once); progress: a
-  progress bar with an ETA on stderr; dataset: the Source data_lib.open_dataset made of
-  config.dataset (opened here when None)."""
-  sums = None
-  shard_index, num_shards = sharding.process_data_shard(mesh)
-  dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
-  it = data_lib.eval_iterator(
-      dataset,
-      global_batch_size=config.eval_batch_size,
-      shard_index=shard_index,
-      num_shards=num_shards,
-  )
-  if progress:
-    total = -(-dataset.info.num_eval // config.eval_batch_size)
-    total = min(total, max_batches) if max_batches > 0 else total
-    it = reporting.progress(it, total=total, desc="evaluating")
-  for i, batch in enumerate(it):
-    if 0 < max_batches <= i:
-      break
-    out = eval_step(params, global_batch(mesh, batch), mean_image, std)
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  return metrics_from_sums(sums)
-
-
-def metrics_from_sums(sums) -> dict:
-  sums = jax.tree.map(float, jax.device_get(sums))
-  n = max(sums["count"], 1.0)
-  return {
-      "top1_error": sums["top1_errors"] / n,
-      "top5_error": sums["top5_errors"] / n,
-      "loss": sums["loss_sum"] / n,
-      "num_images": int(sums["count"]),
-  }
-
-
-# ---- the loop ----------------------------------------------------------------------------
-class NonFiniteLossError(RuntimeError):
-  pass
-
-
-def _last_good(manager, workdir) -> str:
-  step = manager.latest_step()
-  return (
-      f"The last good checkpoint in {workdir} is step {step}."
-      if step is not None
-      else f"No checkpoint had been written to {workdir} yet (no last good checkpoint)."
-  )
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
+# ---- Setup: everything a run works with, built once ----------------------------------------
 @dataclasses.dataclass
 class Run:
   """What one call of train_and_evaluate works with, built once by `setup_run`."""
@@ -386,7 +186,8 @@ class Run:
   steps_per_epoch: int
   num_steps: int
   eval_every: int
-  aug: AugmentConstants
+  spec: InputSpec  # on the mesh, replicated
+  lighting: augment.Lighting  # on the mesh, replicated
   manager: ckpt_lib.CheckpointManager
   lead: bool  # process 0: the one that writes metrics and logs
 
@@ -396,45 +197,22 @@ class Run:
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Mesh, dataset, model, schedule lengths, augmentation constants and the checkpoint
-  manager; checks what can be checked before any device work."""
+  """Mesh, dataset, input spec, model, schedule lengths and the checkpoint manager; checks
+  what can be checked before any device work."""
   os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.tower)
-  sharding.check_batch(mesh, config.batch_size)
-  sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
-  dataset = data_lib.open_dataset(config.dataset)
+  mesh = make_mesh(config)
+  dataset = open_input(config)
   info = dataset.info
-  if info.num_eval == 0:  # evaluation (and the plateau schedule) would fail after training
-    raise data_lib.DatasetError(
-        f"dataset {info.name} has no validation images (no 'validation' or 'test' split): "
-        f"evaluation needs them."
-    )
-  if info.num_train < config.batch_size:
-    logging.warning(
-        "the training split has %d images, fewer than one batch (%d): batches wrap around "
-        "and repeat images (one epoch = one step).",
-        info.num_train,
-        config.batch_size,
-    )
-  steps_per_epoch = max(info.num_train // config.batch_size, 1)
-  num_steps = (
-      config.num_train_steps
-      if config.num_train_steps > 0
-      else int(math.ceil(config.num_epochs * steps_per_epoch))
-  )
   manager = ckpt_lib.CheckpointManager(workdir, config)
   if manager.latest_step() is None:  # a new run: check init_from, take its mean image
     fine_tune.prepare_run_dir(config, workdir)
-  stats = data_lib.dataset_stats(dataset)
-  if stats.bad_files:
-    logging.warning(
-        "%d training image(s) cannot be decoded and are skipped: %s",
-        len(stats.bad_files),
-        ", ".join(stats.bad_files[:20]),
-    )
+  stats = training_stats(dataset)
+  spec = InputSpec.from_config(config, stats, workdir)
   if jax.process_index() == 0:
     # What inference needs without the dataset: mean image, class names, preprocessing.
-    run_files.write(workdir, config, info, stats)
+    run_dir.write(workdir, config, info, stats, spec)
+  steps_per_epoch, num_steps, eval_every = schedule_lengths(config, info)
+  replicated = sharding.replicated(mesh)
   return Run(
       config=config,
       workdir=workdir,
@@ -444,13 +222,15 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       model=train_state.create_model(config, info.num_classes),
       steps_per_epoch=steps_per_epoch,
       num_steps=num_steps,
-      eval_every=config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch,
-      aug=jax.device_put(augment_constants(config, stats, workdir), sharding.replicated(mesh)),
+      eval_every=eval_every,
+      spec=jax.device_put(spec, replicated),
+      lighting=jax.device_put(augment.Lighting.from_config(config.augment, stats), replicated),
       manager=manager,
       lead=jax.process_index() == 0,
   )
 
 
+# ---- Load checkpoint ------------------------------------------------------------------------
 def restore_or_create_state(run: Run) -> train_state.TrainState:
   """The run's latest checkpoint; or a new state, with config.init_from's parameters when
   set (a resumed run ignores init_from: its own checkpoint wins)."""
@@ -464,6 +244,58 @@ def restore_or_create_state(run: Run) -> train_state.TrainState:
     state = create()
     return state.replace(params=fine_tune.params_from_run(config, state.params, shardings.params))
   return run.manager.restore_or(create, shardings)
+
+
+# ---- Evals ----------------------------------------------------------------------------------
+def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
+  """Validation errors of `state`, fed to the plateau schedule; returns (state, metrics)."""
+  config = run.config
+  m = evaluation.evaluate(
+      config,
+      eval_step,
+      state.params,
+      run.spec,
+      run.mesh,
+      max_batches=config.max_eval_batches,
+      dataset=run.dataset,
+  )
+  run.log(
+      "eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",
+      int(state.step),
+      m["top1_error"],
+      m["top5_error"],
+      m["num_images"],
+      config.eval_crops,
+  )
+  if config.optimizer.schedule == "plateau":
+    state = state.replace(
+        schedule=jax.device_put(
+            optim.plateau_update(
+                state.schedule,
+                m["top1_error"],
+                patience=config.optimizer.patience,
+                max_drops=config.optimizer.max_drops,
+                min_delta=config.optimizer.min_delta,
+            ),
+            sharding.replicated(run.mesh),
+        )
+    )
+  return state, m
+
+
+# ---- Train loop -----------------------------------------------------------------------------
+def _last_good(manager, workdir) -> str:
+  step = manager.latest_step()
+  return (
+      f"The last good checkpoint in {workdir} is step {step}."
+      if step is not None
+      else f"No checkpoint had been written to {workdir} yet (no last good checkpoint)."
+  )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def summarize_window(run: Run, step: int, window: list[dict], seconds: float) -> dict:
@@ -493,43 +325,6 @@ def summarize_window(run: Run, step: int, window: list[dict], seconds: float) ->
       reporting.format_duration(eta),
   )
   return m
-
-
-def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
-  """Validation errors of `state`, fed to the plateau schedule; returns (state, metrics)."""
-  config = run.config
-  m = evaluate(
-      config,
-      eval_step,
-      state.params,
-      run.aug.mean_image,
-      run.mesh,
-      max_batches=config.max_eval_batches,
-      std=run.aug.std,
-      dataset=run.dataset,
-  )
-  run.log(
-      "eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",
-      int(state.step),
-      m["top1_error"],
-      m["top5_error"],
-      m["num_images"],
-      config.eval_crops,
-  )
-  if config.optimizer.schedule == "plateau":
-    state = state.replace(
-        schedule=jax.device_put(
-            optim.plateau_update(
-                state.schedule,
-                m["top1_error"],
-                patience=config.optimizer.patience,
-                max_drops=config.optimizer.max_drops,
-                min_delta=config.optimizer.min_delta,
-            ),
-            sharding.replicated(run.mesh),
-        )
-    )
-  return state, m
 
 
 def save(run: Run, step: int, state: train_state.TrainState, eval_metrics: dict | None):
@@ -574,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = reporting.MetricsWriter(workdir, enabled=run.lead)
   train_step = make_train_step(config, run.model, run.mesh, run.steps_per_epoch)
-  eval_step = make_eval_step(config, run.model, run.mesh)
+  eval_step = evaluation.make_eval_step(config, run.model, run.mesh)
   shard_index, num_shards = sharding.process_data_shard(run.mesh)
   batches = data_lib.train_iterator(
       run.dataset,
@@ -588,7 +383,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending, t_window, eval_metrics = [], time.perf_counter(), None
   with preemption.Watcher() as watcher:  # SIGTERM/SIGINT: save this step, then stop
     for step in range(start + 1, num_steps + 1):
-      state, metrics = train_step(state, global_batch(run.mesh, next(batches)), run.aug)
+      state, metrics = train_step(
+          state, evaluation.global_batch(run.mesh, next(batches)), run.spec, run.lighting
+      )
       pending.append(metrics)
       last = step == num_steps
       stop = watcher.should_stop(step) and not last
@@ -626,7 +423,7 @@ def _finished_run(run: Run, state: train_state.TrainState) -> dict:
   eval_metrics = run.manager.restore_meta(step).get("eval")
   if eval_metrics is None:
     eval_metrics = evaluate_and_schedule(
-        run, make_eval_step(run.config, run.model, run.mesh), state
+        run, evaluation.make_eval_step(run.config, run.model, run.mesh), state
     )[1]
   run.log(
       "%s already finished at step %d (num_train_steps %d); nothing to train.",

@@ -1,7 +1,7 @@
 """The train state: what a run is, in one pytree, and where each part of it lives on a mesh.
 
-train.py steps and saves it; checkpoint.py restores it onto any mesh from the same abstract
-tree (`abstract_state`) and sharding rule (`state_shardings`).
+train.py steps and saves it; checkpoint.py restores it onto any mesh from the abstract tree
+(`abstract_state`) and sharding rule (`state_shardings`) that `restore_target` gives it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class TrainState:
 
 
 def create_model(config, num_classes: int) -> model_lib.AlexNet:
-  return model_lib.from_config(config.model, num_classes, config.input.crop_size)
+  """The network of config.model, fed config.input.crop_size views."""
+  return model_lib.from_config(config.model, num_classes, int(config.input.crop_size))
 
 
 def _init_state(config, model, rng) -> TrainState:
@@ -75,3 +76,18 @@ def train_state_from_params(config, model, mesh, params) -> TrainState:
   shardings = state_shardings(mesh, abstract_state(config, model))
   params = jax.device_put(params, shardings.params)
   return jax.jit(functools.partial(_state_around, config), out_shardings=shardings)(params)
+
+
+def restore_target(mesh=None):
+  """checkpoint.restore_run's target for a run's TrainState: (config, num_classes) ->
+  (abstract state, shardings on `mesh`; default: the first local device). Orbax reshards
+  onto it, so a notebook on one CPU restores a run trained on any mesh or number of
+  processes."""
+  if mesh is None:
+    mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
+
+  def target(config, num_classes: int):
+    abstract = abstract_state(config, create_model(config, num_classes))
+    return abstract, state_shardings(mesh, abstract)
+
+  return target

@@ -33,7 +33,7 @@ jobs, thermal) hits all of them alike:
                               on ready crops: its cost, resolved to milliseconds
   host_steal_fraction         share of the machine's CPU time the hypervisor gave to others
                               while the train steps were timed (/proc/stat; None elsewhere)
-  eval_10crop_images_per_sec  train.make_eval_step with the paper's 10 views
+  eval_10crop_images_per_sec  evaluation.make_eval_step with the paper's 10 views
   input_*                     the input benchmark (benchmarks/inputs.py; --only=input runs it
                               alone: no model, no PyTorch), below
   on accelerators (or with --bf16=on) also train_images_per_sec_bf16, peak_matmul_gflops_bf16,
@@ -89,7 +89,7 @@ the bare decode): compare figures of one run, and prefer several repeats.
 Prints a table, then the same figures as ONE JSON object on the last line (--only=input: the
 input table and figures, with device, batch_size, repeats and versions).
 
-The train and eval steps compile with train.compiler_options(): on CPU, XLA's own (Eigen)
+The train and eval steps compile with evaluation.compiler_options(): on CPU, XLA's own (Eigen)
 convolutions instead of the YNNPACK convolution fusions this jaxlib uses by default (whose
 weight-gradient convolutions ran at 11-27 GFLOP/s against 75-105 for Eigen on a 2-core x86
 VM; docs/performance.md). --xla_cpu_convs=ynn (or ALEXNET_JAX_YNN_CONVS=1) measures jaxlib's
@@ -138,7 +138,7 @@ flags.DEFINE_enum(
     None,
     ["eigen", "ynn"],
     "CPU only. eigen: XLA's own convolutions, YNNPACK kept for dots (the steps' "
-    "default, train.compiler_options()); ynn: jaxlib's default YNNPACK "
+    "default, evaluation.compiler_options()); ynn: jaxlib's default YNNPACK "
     "convolution fusions (sets ALEXNET_JAX_YNN_CONVS=1). Unset: as "
     "ALEXNET_JAX_YNN_CONVS says. A ynn option in XLA_FLAGS overrides both.",
 )
@@ -160,12 +160,12 @@ flags.DEFINE_enum(
     "on = also on CPU (slow there: XLA:CPU emulates bf16 convolutions).",
 )
 
-YNN_CONVS_ENV = "ALEXNET_JAX_YNN_CONVS"  # read by train.compiler_options()
+YNN_CONVS_ENV = "ALEXNET_JAX_YNN_CONVS"  # read by evaluation.compiler_options()
 
 
 def _choose_cpu_convs(xla_cpu_convs: str | None) -> None:
   """Sets or clears ALEXNET_JAX_YNN_CONVS for --xla_cpu_convs (None: leaves it as it is).
-  train.compiler_options() reads it when each step is built: call this before."""
+  evaluation.compiler_options() reads it when each step is built: call this before."""
   if xla_cpu_convs == "ynn":
     os.environ[YNN_CONVS_ENV] = "1"
   elif xla_cpu_convs == "eigen":
@@ -249,7 +249,7 @@ def run_benchmark(
   import jax
   import jax.numpy as jnp
 
-  from alexnet_jax import sharding, train, train_state
+  from alexnet_jax import evaluation, sharding, train_state
   from benchmarks import contenders as contenders_lib
   from configs import default as default_config
 
@@ -416,7 +416,7 @@ def run_benchmark(
           "torch_compiled": compiled_note,
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           # What the steps (and the matmul) compiled with; None: jaxlib's defaults.
-          "compiler_options": train.compiler_options(),
+          "compiler_options": evaluation.compiler_options(),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
           "versions": _versions("torch" in step_s),
       }

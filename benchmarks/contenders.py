@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import augment, evaluation, sharding, train, train_state
 from alexnet_jax import data as data_lib
-from alexnet_jax import sharding, train, train_state
+from alexnet_jax.input_spec import InputSpec
 
 
 # ---- JAX ----------------------------------------------------------------------------------
@@ -39,11 +40,10 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   )
   labels = jax.device_put(jnp.arange(batch_size, dtype=jnp.int32) % model.num_classes, data)
   mean = 120.0 + 10.0 * jax.random.uniform(jax.random.key(2), (256, 256, 3))
-  aug = jax.device_put(
-      train.AugmentConstants(
-          mean,
-          jnp.asarray(data_lib.IMAGENET_EIGVAL),
-          jnp.asarray(data_lib.IMAGENET_EIGVEC),
+  spec = jax.device_put(_synthetic_spec(cfg, mean), sharding.replicated(mesh))
+  lighting = jax.device_put(
+      augment.Lighting(
+          jnp.asarray(data_lib.IMAGENET_EIGVAL), jnp.asarray(data_lib.IMAGENET_EIGVEC)
       ),
       sharding.replicated(mesh),
   )
@@ -62,7 +62,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
     def run(n, step=step, box=box, batch=batch):
       metrics = None
       for _ in range(n):
-        box["state"], metrics = step(box["state"], batch, aug)
+        box["state"], metrics = step(box["state"], batch, spec, lighting)
       jax.block_until_ready((box["state"].step, metrics))
 
     run(2)  # compile + one warm step (the timing schedules add one more before timing)
@@ -74,15 +74,15 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   # timed to a few ms instead of inside a 5 s step that varies by +-15%. The same compiler
   # options as the step, so that it compiles to the same code.
   augment_jit = jax.jit(
-      functools.partial(train.augment_batch, cfg, mesh),
-      compiler_options=train.compiler_options(),
+      functools.partial(train.augment_batch, cfg.augment, mesh),
+      compiler_options=evaluation.compiler_options(),
   )
   step0 = jnp.zeros((), jnp.int32)
 
   def run_augment(n):
     out = None
     for _ in range(n):
-      out = augment_jit(rng, step0, images_u8, aug)
+      out = augment_jit(rng, step0, images_u8, spec, lighting)
     jax.block_until_ready(out)
 
   run_augment(1)
@@ -90,9 +90,20 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   return runners, cfg
 
 
+def _synthetic_spec(cfg, mean) -> InputSpec:
+  """cfg's input convention around a synthetic mean image (no std division)."""
+  return InputSpec.create(
+      mean,
+      scale=cfg.input.scale,
+      crop_size=cfg.input.crop_size,
+      channel_order=cfg.input.channel_order,
+      resize=cfg.dataset.resize,
+  )
+
+
 def eval_runner(cfg, mesh, model, eval_batch):
-  """train.make_eval_step with the paper's 10 views, on eval_batch synthetic images."""
-  step = train.make_eval_step(cfg, model, mesh, crops=10)
+  """evaluation.make_eval_step with the paper's 10 views, on eval_batch synthetic images."""
+  step = evaluation.make_eval_step(cfg, model, mesh, crops=10)
   params = train_state.create_train_state(cfg, model, mesh).params
   data = sharding.batch_sharding(mesh)
   batch = {
@@ -105,12 +116,12 @@ def eval_runner(cfg, mesh, model, eval_batch):
       "label": jax.device_put(jnp.zeros((eval_batch,), jnp.int32), data),
       "mask": jax.device_put(jnp.ones((eval_batch,), bool), data),
   }
-  mean = jnp.full((256, 256, 3), 120.0, jnp.float32)
+  spec = _synthetic_spec(cfg, np.full((256, 256, 3), 120.0, np.float32))
 
   def run(n):
     out = None
     for _ in range(n):
-      out = step(params, batch, mean)
+      out = step(params, batch, spec)
     jax.block_until_ready(out)
 
   run(1)
@@ -122,7 +133,7 @@ def matmul_runner(n, dtype):
   compiler options, as the step's own matmuls are."""
   a = jax.random.normal(jax.random.key(4), (n, n), dtype)
   b = jax.random.normal(jax.random.key(5), (n, n), dtype)
-  f = jax.jit(lambda a, b: a @ b, compiler_options=train.compiler_options())
+  f = jax.jit(lambda a, b: a @ b, compiler_options=evaluation.compiler_options())
 
   def run(k):
     out = None

@@ -1,4 +1,4 @@
-"""Using a trained run (analysis.py, run_files.py, the predict/figures/evaluate commands)
+"""Using a trained run (analysis.py, run_dir.py, the predict/figures/evaluate commands)
 against independent references: the evaluation path, NumPy by hand, files written by hand."""
 
 import io
@@ -16,9 +16,9 @@ import skimage.data
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from alexnet_jax import analysis, evaluate, run_files, train
+from alexnet_jax import analysis, evaluate, evaluation, run_dir, train
 from alexnet_jax import data as data_lib
-from tests.test_train import tiny_config
+from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Six classes of real photos (top-5 needs at least five); each validation image is saved in
@@ -73,7 +73,7 @@ def folder_run(tmp_path_factory):
     path.parent.mkdir(parents=True)
     path.write_bytes(_encode(crop, fmt, mode))
     val[c] = str(path)
-  config = tiny_config(
+  config = tiny.config(
       num_train_steps=2,
       checkpoint_every_steps=1,
       eval_every_steps=2,
@@ -118,8 +118,13 @@ def test_training_writes_what_inference_needs_into_the_run(folder_run):
     assert json.load(f) == {
         "dataset": f"folder:{folder_run['root']}",
         "image_size": 256,
-        "crop_size": 224,
+        "resize": "round",
+        "mean": "dataset",
+        "mean_rgb": None,
+        "std_rgb": None,
+        "channel_order": "rgb",
         "scale": 1 / 128,
+        "crop_size": 224,
         "eval_crops": 1,
     }
   images, _ = _split_images(config, "train")
@@ -140,7 +145,7 @@ def _evaluate_one_file(run, eval_step, path, label, root):
   shutil.copy(path, os.path.join(root, "val", CLASSES[label]))
   config = run.config.copy_and_resolve_references()
   config.dataset.name = f"folder:{root}"
-  m = train.evaluate(config, eval_step, run.variables["params"], run.mean_image(), run.mesh)
+  m = evaluation.evaluate(config, eval_step, run.variables["params"], run.input_spec(), run.mesh)
   assert m["num_images"] == 1
   return np.exp(-m["loss"]), m["top1_error"]
 
@@ -148,7 +153,7 @@ def _evaluate_one_file(run, eval_step, path, label, root):
 @pytest.mark.parametrize("crops", [1, 10])
 def test_predict_equals_the_evaluation_of_the_same_file(folder_run, crops, tmp_path):
   run = analysis.load_run(folder_run["workdir"])
-  eval_step = train.make_eval_step(run.config, run.model, run.mesh, crops=crops)
+  eval_step = evaluation.make_eval_step(run.config, run.model, run.mesh, crops=crops)
   paths = [folder_run["val"][c] for c in CLASSES]
   probs = run.predict(paths, crops=crops)
   assert probs.shape == (6, 6)
@@ -191,11 +196,11 @@ def test_restore_and_predict_from_a_copied_run_with_the_dataset_renamed_away(
 def test_an_older_run_restores_says_what_is_missing_and_recomputes_it(folder_run, tmp_path, caplog):
   old = tmp_path / "old_run"
   shutil.copytree(folder_run["workdir"], old)
-  for name in run_files.FILES:
+  for name in run_dir.FILES:
     os.remove(old / name)
   with caplog.at_level(logging.WARNING):
     run = analysis.load_run(str(old))
-  assert run.missing == run_files.FILES
+  assert run.missing == run_dir.FILES
   assert run.class_names == ("0", "1", "2", "3", "4", "5")
   assert any(
       "dataset_stats.npz" in r.getMessage() and "from_dataset=True" in r.getMessage()
@@ -204,9 +209,9 @@ def test_an_older_run_restores_says_what_is_missing_and_recomputes_it(folder_run
   with pytest.raises(analysis.RunError, match=r"no dataset_stats.npz.*from_dataset=True"):
     run.predict(folder_run["val"]["cat"])
   run = analysis.load_run(str(old), from_dataset=True)
-  assert run.missing == () and run_files.missing(str(old)) == []
+  assert run.missing == () and run_dir.missing(str(old)) == []
   assert run.class_names == CLASSES
-  want = run_files.read_stats(folder_run["workdir"])
+  want = run_dir.read_stats(folder_run["workdir"])
   np.testing.assert_array_equal(run.stats.mean_image, want.mean_image)
 
 

@@ -1,5 +1,7 @@
 """Device-side augmentation against independent NumPy references and statistics."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,13 +11,24 @@ from jax.sharding import PartitionSpec as P
 from scipy import stats as sps
 
 from alexnet_jax import augment
+from alexnet_jax.input_spec import InputSpec
+from tests import tiny
 
 
 def _coord_images(b, size):
   """uint8 [b, size, size, 3] whose pixel (y, x) holds (y, x, 7): a crop reveals its offset."""
-  y, x = np.meshgrid(np.arange(size), np.arange(size), indexing='ij')
+  y, x = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
   img = np.stack([y, x, np.full_like(y, 7)], -1).astype(np.uint8)
   return np.broadcast_to(img, (b, size, size, 3))
+
+
+def _spec(mean=(0.0, 0.0, 0.0), **static):
+  """An InputSpec around `mean` (default: no mean subtraction)."""
+  return InputSpec.create(mean, **static)
+
+
+def _lighting(eigval, eigvec):
+  return augment.Lighting(jnp.asarray(eigval, jnp.float32), jnp.asarray(eigvec, jnp.float32))
 
 
 def _random_basis(seed=0):
@@ -36,17 +49,15 @@ def test_example_keys_depend_only_on_seed_step_and_index():
 
 
 def test_crop_offsets_uniform_and_flips_half():
-  """33 x 33 offsets equally likely (chi-square), flip rate 0.5, read off train_views' output."""
+  """33 x 33 offsets equally likely (chi-square), flip rate 0.5, read off train_views" output."""
   crop, size, per_cell = 8, 40, 20  # 40 - 8 + 1 = 33 positions per axis, like 224 in 256
   n = 33 * 33 * per_cell
   fn = jax.jit(
       lambda k: augment.train_views(
           _coord_images(k.shape[0], size),
           k,
-          mean_image=None,
-          eigval=np.zeros(3),
-          eigvec=np.eye(3),
-          crop_size=crop,
+          _spec(crop_size=crop),
+          _lighting(np.zeros(3), np.eye(3)),
           lighting_std=0.0,
       )
   )
@@ -83,7 +94,7 @@ def test_lighting_shift_in_eigen_span_with_right_std():
   images = np.full((n, 16, 16, 3), 100, np.uint8)
   out = jax.jit(
       lambda k: augment.train_views(
-          images, k, mean_image=None, eigval=eigval, eigvec=eigvec, crop_size=16, lighting_std=0.1
+          images, k, _spec(crop_size=16), _lighting(eigval, eigvec), lighting_std=0.1
       )
   )(augment.example_keys(5, 0, jnp.arange(n)))
   out = np.asarray(out, np.float64)
@@ -104,10 +115,8 @@ def test_lighting_shift_in_eigen_span_with_right_std():
   out2 = augment.train_views(
       images[:8],
       augment.example_keys(5, 1, jnp.arange(8)),
-      mean_image=None,
-      eigval=eigval,
-      eigvec=eigvec,
-      crop_size=16,
+      _spec(crop_size=16),
+      _lighting(eigval, eigvec),
   )
   assert not np.allclose(np.asarray(out2)[:, 0, 0], out[:8, 0, 0])
 
@@ -123,7 +132,7 @@ def test_train_views_equal_numpy_reference():
   out = np.asarray(
       jax.jit(
           lambda im, k: augment.train_views(
-              im, k, mean_image=mean, eigval=eigval, eigvec=eigvec, scale=1 / 128
+              im, k, _spec(mean, scale=1 / 128), _lighting(eigval, eigvec)
           )
       )(images, keys)
   )
@@ -139,9 +148,8 @@ def test_train_views_equal_numpy_reference():
       augment.train_views(
           images,
           keys,
-          mean_image=mean,
-          eigval=eigval,
-          eigvec=eigvec,
+          _spec(mean),
+          _lighting(eigval, eigvec),
           random_crop=False,
           flip=False,
           lighting_std=0.0,
@@ -163,14 +171,14 @@ def test_eval_views_are_exact_windows():
       x[:, 16:240, 16:240],
   ]
   by_hand += [v[:, :, ::-1] for v in by_hand]
-  ten = np.asarray(jax.jit(lambda im: augment.eval_views(im, mean_image=mean, crops=10))(images))
+  ten = np.asarray(jax.jit(lambda im: augment.eval_views(im, _spec(mean), crops=10))(images))
   assert ten.shape == (3, 10, 224, 224, 3)
   for v in range(10):
     np.testing.assert_allclose(ten[:, v], by_hand[v], atol=1e-4, err_msg=augment.EVAL_VIEW_NAMES[v])
-  one = np.asarray(augment.eval_views(images, mean_image=mean, crops=1, scale=0.5))
+  one = np.asarray(augment.eval_views(images, _spec(mean, scale=0.5), crops=1))
   np.testing.assert_allclose(one[:, 0], by_hand[4] * 0.5, atol=1e-4)
   with pytest.raises(ValueError):
-    augment.eval_views(images, mean_image=mean, crops=5)
+    augment.eval_views(images, _spec(mean), crops=5)
 
 
 def test_same_keys_same_batch_on_1x1_and_4x2_mesh(devices):
@@ -183,15 +191,48 @@ def test_same_keys_same_batch_on_1x1_and_4x2_mesh(devices):
   def step(imgs, step_num, idx):
     keys = augment.example_keys(jax.random.key(9), step_num, idx)
     return augment.train_views(
-        imgs, keys, mean_image=mean, eigval=np.array([0.2, 0.02, 0.004]), eigvec=eigvec
+        imgs, keys, _spec(mean), _lighting(np.array([0.2, 0.02, 0.004]), eigvec)
     )
 
   outs = []
   for shape in ((1, 1), (4, 2)):
-    mesh = Mesh(np.array(devices[: shape[0] * shape[1]]).reshape(shape), ('data', 'tower'))
-    batch = NamedSharding(mesh, P('data'))
+    mesh = Mesh(np.array(devices[: shape[0] * shape[1]]).reshape(shape), ("data", "tower"))
+    batch = NamedSharding(mesh, P("data"))
     fn = jax.jit(step, in_shardings=(batch, None, batch), out_shardings=batch)
     out = fn(jax.device_put(images, batch), 17, jax.device_put(np.arange(b), batch))
-    assert out.sharding.mesh.shape['data'] == shape[0]
+    assert out.sharding.mesh.shape["data"] == shape[0]
     outs.append(np.asarray(out))
   np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_std_and_bgr_apply_after_the_lighting_and_before_the_scale():
+  """torchvision's std division and Caffe's channel order, against NumPy: the train views of
+  (image - mean + lighting) / std * scale, reversed to BGR; the eval views the same without
+  lighting."""
+  rs = np.random.RandomState(6)
+  images = rs.randint(0, 256, (2, 256, 256, 3)).astype(np.uint8)
+  mean, std = np.array([120.0, 110.0, 100.0]), np.array([58.0, 57.0, 57.5])
+  spec = _spec(mean, std=std, scale=0.5, channel_order="bgr", crop_size=227)
+  eigval, eigvec = np.array([0.2, 0.02, 0.004]), _random_basis(7)
+  keys = augment.example_keys(3, 0, jnp.arange(2))
+  out = np.asarray(augment.train_views(images, keys, spec, _lighting(eigval, eigvec)))
+  oy, ox, fl, alpha = map(np.asarray, augment.train_view_params(keys, crop_size=227))
+  for i in range(2):
+    ref = images[i, oy[i] : oy[i] + 227, ox[i] : ox[i] + 227].astype(np.float64) - mean
+    ref = (ref + 255.0 * eigvec.astype(np.float64) @ (alpha[i] * eigval)) / std * 0.5
+    ref = ref[:, ::-1] if fl[i] else ref
+    np.testing.assert_allclose(out[i], ref[..., ::-1], atol=1e-4)
+  center = np.asarray(augment.eval_views(images, spec, crops=1))[:, 0]
+  ref = (images[:, 14:241, 14:241].astype(np.float64) - mean) / std * 0.5
+  np.testing.assert_allclose(center, ref[..., ::-1], atol=1e-4)
+
+
+def test_lighting_basis_switch():
+  stats = types.SimpleNamespace(eigval=np.ones(3), eigvec=np.eye(3))
+  own = augment.Lighting.from_config(tiny.config(**{"augment.eigen": "dataset"}).augment, stats)
+  np.testing.assert_array_equal(own.eigvec, np.eye(3))
+  pub = augment.Lighting.from_config(tiny.config(**{"augment.eigen": "imagenet"}).augment, stats)
+  np.testing.assert_allclose(pub.eigval, [0.2175, 0.0188, 0.0045])  # docs/paper.md#pca-lighting
+  np.testing.assert_allclose(pub.eigvec[:, 0], [-0.5675, -0.5808, -0.5836])
+  with pytest.raises(ValueError, match="augment.eigen"):
+    augment.Lighting.from_config(tiny.config(**{"augment.eigen": "pca"}).augment, stats)

@@ -15,17 +15,14 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint, config_checks, sharding, train_state
-from configs import demo
+from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = (2, 4, 6)
 
 
 def _config():
-  c = demo.get_config()
-  c.model.width = 0.125
-  c.mesh.data, c.mesh.tower = 1, 1
-  return c
+  return tiny.config()
 
 
 def _mesh():
@@ -112,7 +109,7 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept(tmp_path, caplog, dama
 
   # A notebook's restore: step 4, a warning naming step 6, nothing moved or deleted.
   with caplog.at_level(logging.WARNING):
-    run = checkpoint.restore_run(workdir)
+    run = checkpoint.restore_run(workdir, train_state.restore_target())
   assert run.step == 4
   _assert_params(run.variables["params"], states[4].params)
   warned = [
@@ -155,7 +152,7 @@ def test_no_readable_checkpoint_stops_with_the_list_and_changes_nothing(tmp_path
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
   assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
   with pytest.raises(checkpoint.UnreadableCheckpointsError):
-    checkpoint.restore_run(workdir)
+    checkpoint.restore_run(workdir, train_state.restore_target())
 
 
 def test_checksums_are_the_same_on_any_mesh_and_see_one_flipped_bit(devices, base):
@@ -178,18 +175,7 @@ def test_checksums_are_the_same_on_any_mesh_and_see_one_flipped_bit(devices, bas
 
 
 # ---- a full disk -------------------------------------------------------------------------
-TINY = [
-    "--config=configs/demo.py",
-    "--config.model.width=0.125",
-    "--config.batch_size=8",
-    "--config.eval_batch_size=8",
-    "--config.dataset.cache=False",
-    "--config.log_every_steps=1",
-    "--config.eval_every_steps=6",
-    "--config.checkpoint_every_steps=2",
-    "--config.max_eval_batches=1",
-    "--config.num_train_steps=6",
-]
+TINY = tiny.flags(eval_every_steps=6, checkpoint_every_steps=2, num_train_steps=6)
 
 # Inside a private mount namespace (root, or an unprivileged user namespace): a tmpfs of
 # SIZE holds the workdir; it fits one or two checkpoints of the tiny model (~7 MiB), not three.
@@ -200,12 +186,12 @@ FULL_DISK = textwrap.dedent("""\
     "$PY" -m alexnet_jax.main --workdir="$MNT/w" $FLAGS >"$OUT/run1.txt" 2>&1
     echo $? >"$OUT/rc1"
     ls "$MNT/w/checkpoints" >"$OUT/ls1"
-    "$PY" -c "from alexnet_jax import checkpoint; print(checkpoint.restore_run('$MNT/w').step)" \
+    "$PY" -c "from alexnet_jax import checkpoint, train_state; print(checkpoint.restore_run('$MNT/w', train_state.restore_target()).step)" \
         >"$OUT/restore1.txt" 2>&1
     mount -o remount,size=400M "$MNT"  # space freed
     "$PY" -m alexnet_jax.main --workdir="$MNT/w" $FLAGS >"$OUT/run2.txt" 2>&1
     echo $? >"$OUT/rc2"
-    "$PY" -c "from alexnet_jax import checkpoint; print(checkpoint.restore_run('$MNT/w').step)" \
+    "$PY" -c "from alexnet_jax import checkpoint, train_state; print(checkpoint.restore_run('$MNT/w', train_state.restore_target()).step)" \
         >"$OUT/restore2.txt" 2>&1
     """)
 
@@ -267,7 +253,7 @@ def test_notebook_restore_leaves_a_running_saves_temporary_directory_alone(tmp_p
   in_flight = tmp_path / "run" / "checkpoints" / "8.orbax-checkpoint-tmp-1700000000"
   (in_flight / "state").mkdir(parents=True)
   (in_flight / "state" / "d").write_bytes(b"half-written")
-  run = checkpoint.restore_run(workdir)
+  run = checkpoint.restore_run(workdir, train_state.restore_target())
   assert run.step == 6
   _assert_params(run.variables["params"], states[6].params)
   assert (in_flight / "state" / "d").read_bytes() == b"half-written"

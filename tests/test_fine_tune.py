@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import fine_tune, pretrained, run_files, sharding, train, train_state
-from tests.test_train import tiny_config
+from alexnet_jax import evaluation, fine_tune, pretrained, run_dir, sharding, train, train_state
+from tests import tiny
 
 
 def _config(**overrides):
-  return tiny_config(**{"mesh.data": -1, **overrides})  # all 8 test devices on "data"
+  return tiny.config(**{"mesh.data": -1, **overrides})  # all 8 test devices on "data"
 
 
 def _source_run(workdir, num_classes, **overrides):
@@ -78,6 +78,10 @@ def test_another_architecture_is_refused_with_the_differences_named(tmp_path):
   config = _config(init_from=str(tmp_path / "wide"))
   with pytest.raises(ValueError, match=r"model.width: 0.25 -> 0.125"):
     _initial_state(config, tmp_path / "new2")
+  _source_run(tmp_path / "caffe_crop", 10, **{"input.crop_size": 227})
+  config = _config(init_from=str(tmp_path / "caffe_crop"))
+  with pytest.raises(ValueError, match=r"input.crop_size: 227.0 -> 224.0"):
+    _initial_state(config, tmp_path / "new3")
 
 
 def test_shapes_that_do_not_fit_are_named():
@@ -93,18 +97,18 @@ def test_shapes_that_do_not_fit_are_named():
 
 
 def test_mean_image_of_the_source_goes_with_it(tmp_path):
-  _source_run(tmp_path / "src", 10, **{"augment.mean": "run"})
+  _source_run(tmp_path / "src", 10, **{"input.mean": "run"})
   mean = np.random.default_rng(0).uniform(0, 255, (256, 256, 3)).astype(np.float32)
-  run_files.write_mean_image(str(tmp_path / "src"), mean)
-  config = _config(init_from=str(tmp_path / "src"), **{"augment.mean": "run"})
+  run_dir.write_mean_image(str(tmp_path / "src"), mean)
+  config = _config(init_from=str(tmp_path / "src"), **{"input.mean": "run"})
   run, _ = _initial_state(config, tmp_path / "new")
-  np.testing.assert_array_equal(run_files.read_mean_image(str(tmp_path / "new")), mean)
-  np.testing.assert_array_equal(np.asarray(run.aug.mean_image), mean)
+  np.testing.assert_array_equal(run_dir.read_mean_image(str(tmp_path / "new")), mean)
+  np.testing.assert_array_equal(np.asarray(run.spec.mean), mean)
 
 
 def test_errors_with_fewer_than_five_classes():
   """A folder of 2 classes (the README's fine-tuning example): top-5 error is 0, top-1 real."""
   logits = jnp.asarray([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-  top1, top5 = train._errors(logits, jnp.asarray([1, 1, 1]))
+  top1, top5 = evaluation.errors(logits, jnp.asarray([1, 1, 1]))
   np.testing.assert_array_equal(top1, [0, 1, 0])
   np.testing.assert_array_equal(top5, [0, 0, 0])

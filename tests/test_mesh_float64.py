@@ -48,28 +48,27 @@ def _run(dtype: str, data: int, tower: int, steps: int):
   import jax
   import numpy as np
 
+  from alexnet_jax import augment, evaluation, sharding, train, train_state
   from alexnet_jax import data as data_lib
-  from alexnet_jax import sharding, train, train_state
-  from configs import demo
+  from alexnet_jax.input_spec import InputSpec
+  from tests import tiny
 
-  c = demo.get_config()
-  c.model.width = 0.125
-  c.model.dtype = dtype
-  c.batch_size = 8
-  c.dataset.cache = False
-  c.mesh.data, c.mesh.tower = data, tower
+  c = tiny.config(**{"model.dtype": dtype, "dataset.cache": False, "mesh.data": data})
+  c.mesh.tower = tower
   mesh = sharding.make_mesh(data, tower, devices=jax.devices()[: data * tower])
   model = train_state.create_model(c, 10)
   state = train_state.create_train_state(c, model, mesh)
   step = train.make_train_step(c, model, mesh, steps_per_epoch=100)
-  aug = jax.device_put(
-      train.augment_constants(c, data_lib.dataset_stats(c.dataset)), sharding.replicated(mesh)
+  stats = data_lib.dataset_stats(c.dataset)
+  spec, lighting = jax.device_put(
+      (InputSpec.from_config(c, stats), augment.Lighting.from_config(c.augment, stats)),
+      sharding.replicated(mesh),
   )
   batches = data_lib.train_iterator(
       c.dataset, global_batch_size=8, seed=0, shard_index=0, num_shards=1
   )
   for _ in range(steps):
-    state, _ = step(state, train.global_batch(mesh, next(batches)), aug)
+    state, _ = step(state, evaluation.global_batch(mesh, next(batches)), spec, lighting)
   return {
       jax.tree_util.keystr(p): np.asarray(x)
       for p, x in jax.tree_util.tree_leaves_with_path(state.params)

@@ -27,21 +27,14 @@ import jax
 import numpy as np
 import pytest
 
+from tests import tiny
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEARTBEAT = 10  # --distributed_heartbeat_timeout of the runs here
 KILL_BOUND = 60  # seconds from SIGKILL of worker 1 to the end of process 0
 STEPS = 3
 RUN_FLAGS = [
-    "--config=configs/demo.py",
-    f"--config.num_train_steps={STEPS}",
-    "--config.batch_size=8",
-    "--config.eval_batch_size=8",
-    "--config.model.width=0.125",
-    "--config.log_every_steps=1",
-    f"--config.eval_every_steps={STEPS}",
-    "--config.checkpoint_every_steps=1",
-    "--config.max_eval_batches=1",
-    "--config.dataset.cache=False",
+    *tiny.flags(num_train_steps=STEPS, eval_every_steps=STEPS, checkpoint_every_steps=1),
     f"--distributed_heartbeat_timeout={HEARTBEAT}",
     "--distributed_init_timeout=120",
 ]

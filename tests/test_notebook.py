@@ -7,7 +7,7 @@ import pytest
 from nbclient import NotebookClient
 
 from alexnet_jax import train
-from tests.test_train import tiny_config
+from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "explore_a_run.ipynb")
@@ -24,7 +24,7 @@ def test_the_notebook_is_stored_without_outputs():
 def test_the_notebook_executes_against_a_small_run(tmp_path, monkeypatch):
   workdir = tmp_path / "run"
   workdir.mkdir()
-  config = tiny_config(num_train_steps=2, **{"mesh.data": -1})
+  config = tiny.config(num_train_steps=2, **{"mesh.data": -1})
   (workdir / "config.json").write_text(config.to_json_best_effort())
   train.train_and_evaluate(config, str(workdir))
   # The kernel inherits the environment: the run, and the package from this checkout.

@@ -47,7 +47,7 @@ def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
   # From a directory without the checkout, with only the installed copy on the path.
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
-  code = "import alexnet_jax.run_files as m; print(m.__file__); print(m.STATS_FILE)"
+  code = "import alexnet_jax.run_dir as m; print(m.__file__); print(m.STATS_FILE)"
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   r = subprocess.run(
       [sys.executable, "-c", code],
@@ -58,7 +58,7 @@ def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
       timeout=300,
   )
   assert r.returncode == 0, r.stderr[-3000:]
-  assert r.stdout.split() == [str(site / "alexnet_jax" / "run_files.py"), "dataset_stats.npz"]
+  assert r.stdout.split() == [str(site / "alexnet_jax" / "run_dir.py"), "dataset_stats.npz"]
   # The shipped configs resolve by name and by their repository path: the config loads and
   # its check runs (batch_size 0 is refused before anything starts).
   for arg in ("--config=demo", "--config=configs/demo.py"):

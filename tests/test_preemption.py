@@ -15,22 +15,17 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, preemption
+from alexnet_jax import checkpoint, preemption, train_state
+from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
-RUN = [
-    "--config=configs/demo.py",
-    "--config.model.width=0.125",
-    "--config.batch_size=8",
-    "--config.eval_batch_size=8",
-    "--config.dataset.cache=False",
-    "--config.log_every_steps=1",
-    f"--config.eval_every_steps={STEPS}",
-    f"--config.checkpoint_every_steps={STEPS}",  # only the signal's save comes before the end
-    "--config.max_eval_batches=1",
-    f"--config.num_train_steps={STEPS}",
-]
+RUN = tiny.flags(
+    # only the signal's save comes before the end
+    eval_every_steps=STEPS,
+    checkpoint_every_steps=STEPS,
+    num_train_steps=STEPS,
+)
 
 
 def _env(devices=1):
@@ -108,8 +103,8 @@ def test_sigterm_then_ctrl_c_then_rerun_equals_the_uninterrupted_run(tmp_path):
   with open(logs[2], "w") as log:
     assert _start(cut, log).wait(timeout=600) == 0, logs[2].read_text()[-3000:]
   assert f"at step {second}" in logs[2].read_text()
-  want = checkpoint.restore_run(str(tmp_path / "full"))
-  got = checkpoint.restore_run(cut)
+  want = checkpoint.restore_run(str(tmp_path / "full"), train_state.restore_target())
+  got = checkpoint.restore_run(cut, train_state.restore_target())
   assert got.step == want.step == STEPS
   flat = dict(jax.tree_util.tree_leaves_with_path(want.variables))
   for path, leaf in jax.tree_util.tree_leaves_with_path(got.variables):

@@ -12,9 +12,10 @@ import tensorflow as tf
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from alexnet_jax import augment, sharding, train, train_state
+from alexnet_jax import augment, sharding, train_state
 from alexnet_jax import data as ip
 from alexnet_jax import model as model_lib
+from alexnet_jax.input_spec import InputSpec
 from configs import caffe, pytorch_grouped, torchvision
 
 PRESETS = {"torchvision": torchvision, "caffe": caffe, "pytorch_grouped": pytorch_grouped}
@@ -180,12 +181,7 @@ def _photos():
 
 def _project_views(data: bytes, config) -> np.ndarray:
   image = ip.preprocess_encoded(data, rule=config.dataset.resize).numpy()
-  mean, std = train.input_mean_and_std(config, stats=None)
-  return np.asarray(
-      augment.eval_views(
-          image[None], mean_image=mean, std=std, crops=1, crop_size=config.input.crop_size
-      )
-  )[0, 0]
+  return np.asarray(augment.eval_views(image[None], InputSpec.from_config(config), crops=1))[0, 0]
 
 
 def test_torchvision_preprocessing_equals_torchvisions_within_one_grey_level():

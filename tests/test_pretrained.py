@@ -20,8 +20,9 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from torch import nn
 
-from alexnet_jax import augment, checkpoint, pretrained, run_files, sharding, train, train_state
+from alexnet_jax import augment, checkpoint, pretrained, run_dir, sharding, train_state
 from alexnet_jax import data as ip
+from alexnet_jax.input_spec import InputSpec
 from configs import caffe, default, pytorch_grouped, torchvision
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +151,7 @@ def _torchvision_input(data: bytes) -> np.ndarray:
 
 
 def _restore(workdir):
-  run = checkpoint.restore_run(workdir)
+  run = checkpoint.restore_run(workdir, train_state.restore_target())
   model = train_state.create_model(run.config, run.meta["num_classes"])
   return run, model
 
@@ -207,11 +208,11 @@ def _check_torchvision_conversion(net, path, tmp_path):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
   assert np.abs(want).max() > 0.01 and _rel(got[::-1], want) > 1e-2  # distinct photos
   # The run directory carries what evaluation and prediction need.
-  names = run_files.read_class_names(workdir)
+  names = run_dir.read_class_names(workdir)
   assert len(names) == 1000 and names[0] == "n01440764" and names == sorted(names)
-  mean, std = train.input_mean_and_std(run.config, None, workdir)
-  np.testing.assert_allclose(mean, 255 * np.asarray(torchvision.IMAGENET_MEAN_RGB), rtol=1e-6)
-  np.testing.assert_allclose(std, 255 * np.asarray(torchvision.IMAGENET_STD_RGB), rtol=1e-6)
+  spec = InputSpec.from_config(run.config, workdir=workdir)
+  np.testing.assert_allclose(spec.mean, 255 * np.asarray(torchvision.IMAGENET_MEAN_RGB), rtol=1e-6)
+  np.testing.assert_allclose(spec.std, 255 * np.asarray(torchvision.IMAGENET_STD_RGB), rtol=1e-6)
 
 
 def test_analysis_predicts_with_a_converted_run_as_torchvision_does(torchvision_pth, tmp_path):
@@ -271,7 +272,7 @@ def test_grouped_layout_round_trips_and_computes_pytorchs_function(tmp_path):
   workdir = str(tmp_path / "grouped")
   pretrained.import_run("pytorch_grouped", src, workdir, pytorch_grouped.get_config())
   run, model = _restore(workdir)
-  assert model.num_towers == 2 and run_files.read_class_names(workdir) is None
+  assert model.num_towers == 2 and run_dir.read_class_names(workdir) is None
   x = np.random.default_rng(0).normal(0, 50, (2, 224, 224, 3)).astype(np.float32)
   with torch.no_grad():
     want = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
@@ -531,11 +532,10 @@ def test_caffemodel_gives_bvlc_alexnets_logits(caffe_blobs, tmp_path, v1):
   images = np.stack(
       [ip.resize_and_center_crop(p, rule="warp").numpy() for p in load_sample_images().images]
   )
-  mean, std = train.input_mean_and_std(run.config, None, workdir)
-  np.testing.assert_array_equal(mean, mean_bgr[0, ::-1].transpose(1, 2, 0))
-  views = augment.eval_views(images, mean_image=mean, std=std, crops=1, crop_size=227, bgr=True)[
-      :, 0
-  ]
+  spec = InputSpec.from_config(run.config, workdir=workdir)
+  np.testing.assert_array_equal(spec.mean, mean_bgr[0, ::-1].transpose(1, 2, 0))
+  assert (spec.crop_size, spec.channel_order) == (227, "bgr")
+  views = augment.eval_views(images, spec, crops=1)[:, 0]
   got = _apply(model, run.variables["params"], views)
   # Caffe's side, by hand: subtract the BGR mean image, crop the central 227 (offset 14).
   x = images[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) - mean_bgr
@@ -674,7 +674,7 @@ def test_command_line(torchvision_pth, tmp_path):
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "61,100,840 parameters, 1000 classes" in r.stdout
-  assert run_files.read_class_names(workdir)[999] == "class 999"
+  assert run_dir.read_class_names(workdir)[999] == "class 999"
   r = subprocess.run(
       cmd[:3] + ["--from=caffe", f"--src={tmp_path / 'none.caffemodel'}", "--workdir=x"],
       cwd=REPO,

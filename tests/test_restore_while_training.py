@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from alexnet_jax import checkpoint
+from alexnet_jax import checkpoint, train_state
+from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 80
@@ -15,12 +16,12 @@ STEPS = 80
 # A second process: restore the latest checkpoint again and again until told to stop.
 READER = """
 import json, os, sys, time
-from alexnet_jax import checkpoint
+from alexnet_jax import checkpoint, train_state
 workdir, stop, out = sys.argv[1:4]
 ok, failed = [], []
 while not os.path.exists(stop):
   try:
-    ok.append(checkpoint.restore_run(workdir).step)
+    ok.append(checkpoint.restore_run(workdir, train_state.restore_target()).step)
   except Exception as e:  # none saved yet, or a step the run's policy deleted while read
     failed.append(f"{type(e).__name__}: {e}"[:300])
     time.sleep(0.05)
@@ -42,17 +43,14 @@ def test_restores_from_a_second_process_leave_a_run_saving_every_step_complete(t
           sys.executable,
           "-m",
           "alexnet_jax.main",
-          "--config=configs/demo.py",
           f"--workdir={workdir}",
-          "--config.model.width=0.125",
-          "--config.batch_size=8",
-          "--config.eval_batch_size=8",
-          "--config.log_every_steps=20",
-          "--config.eval_every_steps=1000",
-          "--config.max_eval_batches=1",
-          "--config.checkpoint_every_steps=1",
-          "--config.keep_checkpoints=2",
-          f"--config.num_train_steps={STEPS}",
+          *tiny.flags(
+              log_every_steps=20,
+              eval_every_steps=1000,
+              checkpoint_every_steps=1,
+              keep_checkpoints=2,
+              num_train_steps=STEPS,
+          ),
       ],
       cwd=REPO,
       env=env,
@@ -89,4 +87,4 @@ def test_restores_from_a_second_process_leave_a_run_saving_every_step_complete(t
   steps = sorted(int(n) for n in names)
   assert steps[-1] == STEPS
   for s in steps:
-    assert checkpoint.restore_run(str(workdir), step=s).step == s
+    assert checkpoint.restore_run(str(workdir), train_state.restore_target(), s).step == s

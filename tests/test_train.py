@@ -14,30 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, sharding, train, train_state
-from configs import demo
+from alexnet_jax import augment, checkpoint, evaluation, run_dir, sharding, train, train_state
+from alexnet_jax.input_spec import InputSpec
+from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  c = demo.get_config()
-  c.model.width = 0.125
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.num_train_steps = 4
-  c.log_every_steps = 1
-  c.eval_every_steps = 2
-  c.checkpoint_every_steps = 2
-  c.max_eval_batches = 2
-  c.mesh.data, c.mesh.tower = 1, 1
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
 
 
 def _mesh(data, tower):
@@ -57,28 +38,29 @@ def _batch(n=8, seed=0):
   }
 
 
-def _aug():
+def _inputs(config):
+  """A random mean image and lighting basis: (InputSpec, augment.Lighting)."""
   rng = np.random.default_rng(1)
   q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-  return train.AugmentConstants(
-      jnp.asarray(rng.uniform(0, 255, (256, 256, 3)), jnp.float32),
-      jnp.asarray([0.2, 0.02, 0.005], jnp.float32),
-      jnp.asarray(q, jnp.float32),
+  stats = types.SimpleNamespace(mean_image=rng.uniform(0, 255, (256, 256, 3)))
+  lighting = augment.Lighting(
+      jnp.asarray([0.2, 0.02, 0.005], jnp.float32), jnp.asarray(q, jnp.float32)
   )
+  return InputSpec.from_config(config, stats), lighting
 
 
 def _two_steps(config, mesh):
   model = train_state.create_model(config, 10)
   state = train_state.create_train_state(config, model, mesh)
   step = train.make_train_step(config, model, mesh, steps_per_epoch=10)
-  aug = jax.device_put(_aug(), sharding.replicated(mesh))
+  spec, lighting = jax.device_put(_inputs(config), sharding.replicated(mesh))
   for i in range(2):
-    state, metrics = step(state, train.global_batch(mesh, _batch(seed=i)), aug)
+    state, metrics = step(state, evaluation.global_batch(mesh, _batch(seed=i)), spec, lighting)
   return jax.device_get(state), jax.device_get(metrics)
 
 
 def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
-  config = tiny_config(**{"model.dropout_rate": 0.5})  # He init: well-scaled gradients
+  config = tiny.config(**{"model.dropout_rate": 0.5})  # He init: well-scaled gradients
   want_state, want_m = _two_steps(config, _mesh(1, 1))
   got_state, got_m = _two_steps(config, _mesh(2, 2))
   assert int(got_state.step) == 2
@@ -94,59 +76,9 @@ def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
   assert _rel(got_state.params["fc8"]["kernel"], init.params["fc8"]["kernel"]) > 1e-4
 
 
-def test_ten_crop_eval_equals_averaging_softmax_by_hand():
-  config = tiny_config(eval_crops=10)
-  mesh = _mesh(2, 1)
-  model = train_state.create_model(config, 10)
-  params = train_state.create_train_state(config, model, mesh).params
-  rng = np.random.default_rng(3)
-  images = rng.integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
-  labels = np.array([1, 2, 3, 4], np.int32)
-  mask = np.array([True, True, True, False])  # the padded slot must count nowhere
-  mean = rng.uniform(0, 255, (256, 256, 3)).astype(np.float32)
-  batch = train.global_batch(mesh, {"image": images, "label": labels, "mask": mask})
-  got = jax.device_get(train.make_eval_step(config, model, mesh)(params, batch, mean))
-
-  # By hand: slice the ten windows with NumPy, run the plain model, average softmaxes.
-  p = jax.device_get(params)
-  probs = np.zeros((4, 10))
-  offsets = [(0, 0), (0, 32), (32, 0), (32, 32), (16, 16)]
-  for flip in (False, True):
-    for y, x in offsets:
-      view = images[:, y : y + 224, x : x + 224].astype(np.float32) - mean[y : y + 224, x : x + 224]
-      view = view * config.augment.scale
-      if flip:
-        view = view[:, :, ::-1]
-      logits = np.asarray(model.apply({"params": p}, jnp.asarray(view)), np.float64)
-      e = np.exp(logits - logits.max(-1, keepdims=True))
-      probs += e / e.sum(-1, keepdims=True) / 10
-  top1 = (probs.argmax(-1) != labels)[:3].sum()
-  top5 = np.array([labels[i] not in np.argsort(-probs[i])[:5] for i in range(3)]).sum()
-  nll = -np.log(probs[np.arange(3), labels[:3]]).sum()
-  assert got["count"] == 3
-  assert got["top1_errors"] == top1 and got["top5_errors"] == top5
-  assert got["loss_sum"] == pytest.approx(nll, rel=1e-4)
-  # Different from the center crop alone (the test can tell 1 view from 10).
-  one = jax.device_get(train.make_eval_step(config, model, mesh, crops=1)(params, batch, mean))
-  assert abs(one["loss_sum"] - nll) > 1e-4 * abs(nll)
-
-
-def test_lighting_basis_switch():
-  stats = types.SimpleNamespace(
-      mean_image=np.zeros((256, 256, 3)), eigval=np.ones(3), eigvec=np.eye(3)
-  )
-  own = train.augment_constants(tiny_config(**{"augment.eigen": "dataset"}), stats)
-  np.testing.assert_array_equal(own.eigvec, np.eye(3))
-  pub = train.augment_constants(tiny_config(**{"augment.eigen": "imagenet"}), stats)
-  np.testing.assert_allclose(pub.eigval, [0.2175, 0.0188, 0.0045])  # docs/paper.md#pca-lighting
-  np.testing.assert_allclose(pub.eigvec[:, 0], [-0.5675, -0.5808, -0.5836])
-  with pytest.raises(ValueError, match="augment.eigen"):
-    train.augment_constants(tiny_config(**{"augment.eigen": "pca"}), stats)
-
-
 def _save_run(workdir, config, state, step, num_classes=10):
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  with open(os.path.join(workdir, run_dir.CONFIG_FILE), "w") as f:
     f.write(config.to_json_best_effort())
   manager = checkpoint.CheckpointManager(workdir, config)
   manager.save(
@@ -157,7 +89,7 @@ def _save_run(workdir, config, state, step, num_classes=10):
 
 
 def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
-  config = tiny_config(**{"mesh.data": 4, "mesh.tower": 2})
+  config = tiny.config(**{"mesh.data": 4, "mesh.tower": 2})
   mesh = _mesh(4, 2)
   model = train_state.create_model(config, 10)
   state = train_state.create_train_state(config, model, mesh, jax.random.key(7))
@@ -179,7 +111,7 @@ def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
 
 
 def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
-  config = tiny_config()
+  config = tiny.config()
   mesh = _mesh(1, 1)
   model = train_state.create_model(config, 10)
   state = train_state.create_train_state(config, model, mesh)
@@ -204,7 +136,7 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-  good = tiny_config(
+  good = tiny.config(
       num_train_steps=2,
       checkpoint_every_steps=1,
       eval_every_steps=100,
@@ -218,7 +150,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
   assert manager.latest_step() == 2
   before = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 2)
   # Resume the same run with a learning rate that explodes it.
-  bad = tiny_config(
+  bad = tiny.config(
       num_train_steps=12,
       checkpoint_every_steps=1,
       eval_every_steps=100,
@@ -240,7 +172,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_rerunning_a_finished_run_appends_nothing(tmp_path):
-  config = tiny_config(num_train_steps=2, eval_every_steps=2, **{"mesh.data": -1})
+  config = tiny.config(num_train_steps=2, eval_every_steps=2, **{"mesh.data": -1})
   first = train.train_and_evaluate(config, str(tmp_path))
   metrics = (tmp_path / "metrics.jsonl").read_text()
   events = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
@@ -250,6 +182,9 @@ def test_rerunning_a_finished_run_appends_nothing(tmp_path):
   assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == events
   # The final evaluation is the one the last checkpoint recorded, not a re-run.
   assert again == first
+  # run_dir names everything the run wrote (config.json: main.py writes it).
+  wrote = set(os.listdir(tmp_path))
+  assert set(run_dir.FILES) <= wrote <= set(run_dir.TRAINING_NAMES) - {run_dir.CONFIG_FILE}
 
 
 def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
@@ -295,7 +230,6 @@ def _main(workdir, *flags, env_devices=1, timeout=300, **popen):
       sys.executable,
       "-m",
       "alexnet_jax.main",
-      "--config=configs/demo.py",
       f"--workdir={workdir}",
       *flags,
   ]
@@ -305,28 +239,19 @@ def _main(workdir, *flags, env_devices=1, timeout=300, **popen):
 
 
 def test_unknown_override_key_exits_non_zero_naming_it(tmp_path):
-  r = _main(tmp_path / "w", "--config.optimizer.learning_rat=0.1", timeout=120)
+  r = _main(tmp_path / "w", *tiny.flags(), "--config.optimizer.learning_rat=0.1", timeout=120)
   assert r.returncode != 0
   assert "learning_rat" in r.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_wrong_typed_override_exits_non_zero_naming_it(tmp_path):
-  r = _main(tmp_path / "w", "--config.batch_size=sixty-four", timeout=120)
+  r = _main(tmp_path / "w", *tiny.flags(), "--config.batch_size=sixty-four", timeout=120)
   assert r.returncode != 0
   assert "batch_size" in r.stderr
 
 
-TINY = [
-    "--config.model.width=0.125",
-    "--config.batch_size=8",
-    "--config.eval_batch_size=8",
-    "--config.log_every_steps=1",
-    "--config.eval_every_steps=2",
-    "--config.checkpoint_every_steps=2",
-    "--config.max_eval_batches=1",
-    "--config.num_train_steps=6",
-]
+TINY = tiny.flags(eval_every_steps=2, checkpoint_every_steps=2, num_train_steps=6)
 
 
 @pytest.mark.slow
@@ -373,3 +298,19 @@ def test_checkpoints_keep_the_latest_k_and_the_best(tmp_path):
   best = manager.restore({"w": jax.ShapeDtypeStruct((3,), jnp.float32)}, {"w": one}, 2)
   np.testing.assert_array_equal(np.asarray(best["w"]), [2.0, 2.0, 2.0])
   manager.close()
+
+
+@pytest.mark.slow
+def test_three_classes_fewer_images_than_a_batch_train_and_evaluate(monkeypatch, tmp_path):
+  """6 training images, batch 8 (tests/test_data_streams.py checks the batches' contents):
+  the run trains, and its top-5 error over 3 classes is 0."""
+  from tests.data_helpers import fresh_user_cache, small_folder
+
+  fresh_user_cache(monkeypatch, tmp_path)
+  root = small_folder(tmp_path / "data")
+  config = tiny.config(
+      num_train_steps=2,
+      **{"dataset.name": f"folder:{root}", "dataset.cache": False, "mesh.data": -1},
+  )
+  m = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert m["num_images"] == 3 and m["top5_error"] == 0.0 and 0.0 <= m["top1_error"] <= 1.0

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from alexnet_jax import checkpoint as ckpt_lib
-from alexnet_jax import fine_tune, run_files, sharding, train_state
+from alexnet_jax import fine_tune, input_spec, run_dir, sharding, train_state
 from alexnet_jax.pretrained import formats
 from alexnet_jax.pretrained.formats import FORMATS, PYTORCH_FORMATS, ConversionError
 
@@ -60,7 +60,7 @@ def write_run(
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.converting-", dir=parent)
   try:
-    with open(os.path.join(tmp, "config.json"), "w") as f:
+    with open(os.path.join(tmp, run_dir.CONFIG_FILE), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     model = model_for(config, num_classes)
     mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
@@ -72,10 +72,12 @@ def write_run(
     finally:
       manager.close()
     if class_names is not None:
-      run_files.write_class_names(tmp, class_names)
-    run_files.write_preprocessing(tmp, config, dataset=str(config.dataset.name))
+      run_dir.write_class_names(tmp, class_names)
     if mean_image is not None:
-      run_files.write_mean_image(tmp, mean_image)
+      run_dir.write_mean_image(tmp, mean_image)
+    run_dir.write_preprocessing(
+        tmp, input_spec.json_of_config(config), str(config.dataset.name), config.eval_crops
+    )
     if os.path.isdir(workdir):
       os.rmdir(workdir)  # empty (checked above)
     os.rename(tmp, workdir)
@@ -124,7 +126,7 @@ def import_run(
   if class_names_file:
     if not os.path.exists(class_names_file):
       raise FileNotFoundError(f"--class_names={class_names_file} does not exist")
-    class_names = run_files.read_names_file(class_names_file)
+    class_names = run_dir.read_names_file(class_names_file)
   else:
     class_names = formats.default_class_names(num_classes)
   mean_image = None
@@ -155,7 +157,7 @@ def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | N
   if fmt not in PYTORCH_FORMATS:
     raise ConversionError(f"--to must be one of {list(PYTORCH_FORMATS)}, got {fmt!r}")
   torch = formats.import_torch()
-  run = ckpt_lib.restore_run(workdir, step=step)
+  run = ckpt_lib.restore_run(workdir, train_state.restore_target(), step)
   num_classes = run.meta["num_classes"]
   model = model_for(run.config, num_classes)
   if model.num_towers != FORMATS[fmt].towers:

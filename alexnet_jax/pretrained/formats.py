@@ -26,7 +26,7 @@ import os
 import jax
 import numpy as np
 
-from alexnet_jax import run_files, sharding
+from alexnet_jax import run_dir, sharding
 from alexnet_jax.pretrained import caffemodel
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -346,5 +346,5 @@ def default_class_names(num_classes: int) -> list[str] | None:
   if spec is None or spec.origin is None:
     return None
   path = os.path.join(os.path.dirname(spec.origin), "datasets", "imagenet2012", "labels.txt")
-  names = run_files.read_names_file(path)
+  names = run_dir.read_names_file(path)
   return names if len(names) == 1000 else None

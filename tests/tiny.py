@@ -1,0 +1,47 @@
+"""The one tiny run every test of the real training loop uses: configs/demo.py at width
+0.125 on batches of 8 (a step takes about a second on one CPU core).
+
+  tiny.config(num_train_steps=2, **{"mesh.data": -1})   # a ConfigDict, in process
+  tiny.flags(num_train_steps=6)                         # python -m alexnet_jax.main flags
+"""
+
+from configs import demo
+
+# Both forms: the model, the batches and the logging of a tiny run.
+SETTINGS = {
+    "model.width": 0.125,
+    "batch_size": 8,
+    "eval_batch_size": 8,
+    "log_every_steps": 1,
+}
+# In process: a short run on one device, evaluated and saved every other step.
+CONFIG = {
+    **SETTINGS,
+    "num_train_steps": 4,
+    "eval_every_steps": 2,
+    "checkpoint_every_steps": 2,
+    "max_eval_batches": 2,
+    "mesh.data": 1,
+    "mesh.tower": 1,
+}
+# On the command line: one evaluation batch, the dataset read from disk by each process.
+FLAGS = {**SETTINGS, "max_eval_batches": 1, "dataset.cache": False}
+
+
+def config(**overrides):
+  """configs/demo.py with CONFIG, then `overrides` (dotted keys: **{"mesh.data": -1})."""
+  c = demo.get_config()
+  for key, value in {**CONFIG, **overrides}.items():
+    node = c
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return c
+
+
+def flags(**overrides) -> list[str]:
+  """`--config=configs/demo.py --config.KEY=VALUE ...` for FLAGS, then `overrides`."""
+  return ["--config=configs/demo.py"] + [
+      f"--config.{key}={value}" for key, value in {**FLAGS, **overrides}.items()
+  ]
