@@ -24,7 +24,6 @@ from alexnet_jax import config_schema
 from alexnet_jax.config_schema import ConfigError, problems, validate  # noqa: F401 (the API)
 from alexnet_jax.run_dir import CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE
 
-
 SAFE_ON_RESUME = config_schema.keys_with(resume=config_schema.SAFE)
 NEVER_ON_RESUME = config_schema.keys_with(resume=config_schema.NEVER)
 

@@ -15,12 +15,20 @@ import sys
 
 from absl import app, flags
 
+from alexnet_jax import cli
+
 flags.DEFINE_multi_string("workdir", None, "A run's --workdir; repeat it for an ensemble.")
 flags.DEFINE_integer("crops", 10, "1 = center crop; 10 = the paper's ten views.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest; one --workdir only).")
 flags.DEFINE_string("out", None, "Ensembles: also write the results to this JSON file.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
+USAGE = """\
+usage: python -m alexnet_jax.evaluate --workdir=DIR [--workdir=DIR2 ...] [--crops=1|10]
+
+  python -m alexnet_jax.evaluate --workdir=runs/demo --crops=10
+  python -m alexnet_jax.evaluate --workdir=runs/a --workdir=runs/b --crops=10 --out=ens.json
+"""
 
 
 def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) -> dict:
@@ -83,4 +91,4 @@ if __name__ == "__main__":
   from alexnet_jax import huge_pages
 
   huge_pages.restart_if_requested()  # only with ALEXNET_JAX_HUGE_PAGES=1
-  app.run(main)
+  cli.run(main, USAGE)

@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+from alexnet_jax import cli
+
 flags.DEFINE_string("workdir", None, "The run's --workdir.")
 flags.DEFINE_string("out", None, "Directory for the PNGs and per_class_errors.json.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -24,6 +26,11 @@ flags.DEFINE_integer("k", 5, "Fig. 4: neighbours per query.")
 flags.DEFINE_integer("max_train_images", 2000, "Fig. 4: training images to scan (0 = all).")
 flags.mark_flags_as_required(["workdir", "out"])
 FLAGS = flags.FLAGS
+USAGE = """\
+usage: python -m alexnet_jax.figures --workdir=DIR --out=DIR [--num_queries=5] [--k=5]
+
+  python -m alexnet_jax.figures --workdir=runs/demo --out=runs/demo/figures
+"""
 
 
 def main(argv):
@@ -52,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, USAGE)

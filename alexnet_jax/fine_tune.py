@@ -16,7 +16,6 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint, config_schema, run_dir, train_state
-from alexnet_jax import model as model_lib
 
 # Declared in config_schema: the keys whose values change the function the weights compute
 # (the network and its input size), and the input convention the source's conv1 learned.

@@ -13,6 +13,8 @@ import sys
 
 from absl import app, flags
 
+from alexnet_jax import cli
+
 flags.DEFINE_string("workdir", None, "The run's --workdir.")
 flags.DEFINE_integer(
     "crops", None, "1 = center crop; 10 = the paper's ten views (default: " "the run's eval_crops)."
@@ -21,6 +23,12 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_integer("top", 5, "How many classes to print per image.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
+USAGE = """\
+usage: python -m alexnet_jax.predict --workdir=DIR [--crops=1|10] [--top=5] IMAGE...
+
+  python -m alexnet_jax.predict --workdir=runs/demo my_digit.png
+  python -m alexnet_jax.predict --workdir=runs/torchvision --crops=10 photos/*.jpg
+"""
 
 
 def main(argv):
@@ -50,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, USAGE)

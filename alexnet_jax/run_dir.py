@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import tempfile
-
 from typing import TYPE_CHECKING
 
 import ml_collections
@@ -87,9 +86,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def _write_json(path: str, obj) -> None:
-  _write_atomically(
-      path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode())
-  )
+  _write_atomically(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def write(
