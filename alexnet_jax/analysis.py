@@ -686,6 +686,10 @@ def nearest_neighbours_figure(
 
 
 # ---- all figures of a run ----------------------------------------------------------------
+# What write_figures draws from the dataset (Fig. 3 needs only the checkpoint).
+DATASET_FIGURES = ("fig4_neighbours.png", "confusion.png", "per_class_errors.json")
+
+
 def write_figures(
     workdir: str,
     out: str,
@@ -698,8 +702,12 @@ def write_figures(
 ) -> dict:
   """What `python -m alexnet_jax.figures` writes into `out`: fig3_conv1_kernels.png,
   fig4_neighbours.png (num_queries validation images spread over the split), confusion.png
-  and per_class_errors.json. Returns their paths and the validation top-1 error."""
-  run = load_run(workdir, step, from_dataset=True)
+  and per_class_errors.json. Returns their paths and the validation top-1 error.
+
+  Fig. 3 needs only the checkpoint. The others read the run's dataset: where it cannot be
+  opened (a run copied to another machine), they are skipped, and `skipped` names each with
+  what it needs (the top-1 error is then None)."""
+  run = load_run(workdir, step)
   os.makedirs(out, exist_ok=True)
   paths = {}
 
@@ -708,6 +716,17 @@ def write_figures(
     fig.savefig(paths[name], dpi=120)
 
   save(conv1_kernels_figure(run.variables), "fig3_conv1_kernels.png")
+  try:
+    data_lib.open_dataset(run.config.dataset)
+  except (OSError, ValueError) as e:
+    need = (
+        f"the training and validation images of {run.config.dataset.name!r}, which cannot be "
+        f"read here ({e})"
+    )
+    skipped = {name: need for name in DATASET_FIGURES}
+    return {"paths": paths, "skipped": skipped, "top1_error": None, "num_images": 0}
+  if run.missing:  # a run trained before it kept its run files: recomputed from the data
+    run = load_run(workdir, step, from_dataset=True)
   queries, labels = dataset_images(run, "eval", num_queries)
   neighbours = nearest_neighbours(run, queries, k, max_train_images or None)
   save(
@@ -734,7 +753,7 @@ def write_figures(
         indent=2,
     )
   top1 = float(1.0 - cm.trace() / max(cm.sum(), 1))
-  return {"paths": paths, "top1_error": top1, "num_images": int(cm.sum())}
+  return {"paths": paths, "skipped": {}, "top1_error": top1, "num_images": int(cm.sum())}
 
 
 # ---- ensembles ------------------------------------------------------------------------------

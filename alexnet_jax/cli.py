@@ -1,7 +1,8 @@
 """How every `python -m alexnet_jax.COMMAND` starts: absl's app.run, with
 
 - run bare (no argument at all): the command's short usage on stderr, exit status 2;
-- --help / -h / --helpshort / --helpfull: the usage and the flags on stdout, exit status 0
+- --help / -h / --helpshort / --helpfull: the usage, the command's description and its flags on
+  stdout, exit status 0
   (it answered what was asked), each flag's help on one line;
 - a flag that does not parse, or a misspelt --config.KEY: one line and the usage, status 2.
 """
@@ -38,7 +39,8 @@ def parse(argv: list[str], usage: str, *, bare_ok: bool = False) -> list[str]:
       full = a == "--helpfull"
       text = FLAGS.get_help() if full else FLAGS.main_module_help()
       more = "" if full else "\n--helpfull adds the flags of the libraries.\n"
-      sys.stdout.write(f"{usage}\nflags:\n{text}\n{more}")
+      doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip("\n")
+      sys.stdout.write(f"{usage}\n{doc}\n\nflags:\n{text}\n{more}")
       sys.exit(0)
   try:
     return FLAGS(resolve_config_paths(argv))

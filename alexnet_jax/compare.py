@@ -49,7 +49,6 @@ Writes comparison.csv, comparison.md and comparison.png into --out (default: the
 common parent). --help for more.
 """
 
-flags.DEFINE_string("out", None, "Where to write the comparison (default: the runs' parent).")
 FLAGS = flags.FLAGS
 
 
@@ -369,4 +368,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined only when run as the command: the library is imported beside other commands'
+  # flags (evaluate's --out) by tests and notebooks.
+  flags.DEFINE_string("out", None, "Where to write the comparison (default: the runs' parent).")
   cli.run(main, USAGE)

@@ -13,7 +13,7 @@ Writes into --out:
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from alexnet_jax import cli
 
@@ -55,7 +55,11 @@ def main(argv):
     sys.exit(f"FATAL: {e}")
   for path in r["paths"].values():
     print(path)
-  print(f"validation: {r['num_images']} images, top-1 error {r['top1_error']:.4f}")
+  if r["skipped"]:
+    reasons = sorted(set(r["skipped"].values()))
+    logging.warning("skipped %s: they need %s", ", ".join(r["skipped"]), "; ".join(reasons))
+  else:
+    print(f"validation: {r['num_images']} images, top-1 error {r['top1_error']:.4f}")
 
 
 if __name__ == "__main__":

@@ -386,6 +386,36 @@ def test_figures_writes_the_three_pngs_and_the_per_class_errors(folder_run, tmp_
   assert r["top1_error"] == pytest.approx(np.mean([row["top1_error"] for row in rows]))
 
 
+def _moved_away(folder_run, tmp_path) -> str:
+  """A copy of the run whose dataset is not on this machine (its config.json names a
+  folder that does not exist here)."""
+  moved = tmp_path / "moved"
+  shutil.copytree(folder_run["workdir"], moved)
+  config = json.loads((moved / "config.json").read_text())
+  config["dataset"]["name"] = f"folder:{tmp_path / 'elsewhere'}"
+  (moved / "config.json").write_text(json.dumps(config))
+  return str(moved)
+
+
+def test_figures_without_the_dataset_draw_fig3_and_name_what_they_skip(folder_run, tmp_path):
+  moved = _moved_away(folder_run, tmp_path)
+  r = analysis.write_figures(moved, str(tmp_path / "fig"))
+  assert list(r["paths"]) == ["fig3_conv1_kernels.png"]
+  assert sorted(r["skipped"]) == sorted(analysis.DATASET_FIGURES)
+  for need in r["skipped"].values():
+    assert f"'folder:{tmp_path / 'elsewhere'}', which cannot be read here" in need
+  assert r["top1_error"] is None and sorted(os.listdir(tmp_path / "fig")) == [
+      "fig3_conv1_kernels.png"
+  ]
+  # The same kernels as the run's own: Fig. 3 drawn from the copied checkpoint.
+  full = analysis.write_figures(folder_run["workdir"], str(tmp_path / "full"), num_queries=1, k=1)
+  with (
+      Image.open(full["paths"]["fig3_conv1_kernels.png"]) as a,
+      Image.open(r["paths"]["fig3_conv1_kernels.png"]) as b,
+  ):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def _command(module, *args):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
   return subprocess.run(

@@ -1,6 +1,7 @@
 """Every command explains itself: run bare, a short usage with real examples and status 2;
 --help, the usage and one line per flag's help, status 0; a misspelt key, one line."""
 
+import ast
 import os
 import re
 import subprocess
@@ -36,10 +37,14 @@ def test_help_exits_0_with_one_line_per_flag_help(command):
   assert r.returncode == 0, r.stderr
   assert r.stdout.startswith(f"usage: python -m alexnet_jax.{command} ")
   assert "flags:" in r.stdout and "--helpfull" in r.stdout
-  for line in r.stdout.splitlines():
+  for line in r.stdout.split("\nflags:\n")[1].splitlines():
     # Runs of spaces inside a line: a help string's source indentation leaking through.
     assert not re.search(r"\S {3,}\S", line), line
   assert "class_names.txt" not in r.stdout
+  # The description: the command's docstring, continuation backslashes kept.
+  with open(os.path.join(REPO, "alexnet_jax", f"{command}.py")) as f:
+    doc = ast.get_docstring(ast.parse(f.read()), clean=False).strip()
+  assert doc in r.stdout
 
 
 def test_helpfull_lists_the_libraries_flags():
