@@ -400,6 +400,8 @@ def upgrade(config_dict: dict) -> dict:
           f"config.json names model.variant={model['variant']!r} but its model switches "
           f"{sorted(switches)} are those of {variant!r}: remove the switches or fix the variant."
       )
+  if "dataset" in d:  # runs recorded before the resize rule was a key used this one
+    d["dataset"].setdefault("resize", "round")
   section = d.setdefault("input", {})
   for name in keys_with():
     if name.startswith("input."):

@@ -40,7 +40,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   )
   labels = jax.device_put(jnp.arange(batch_size, dtype=jnp.int32) % model.num_classes, data)
   mean = 120.0 + 10.0 * jax.random.uniform(jax.random.key(2), (256, 256, 3))
-  spec = jax.device_put(_synthetic_spec(cfg, mean), sharding.replicated(mesh))
+  spec = jax.device_put(synthetic_spec(cfg, mean), sharding.replicated(mesh))
   lighting = jax.device_put(
       augment.Lighting(
           jnp.asarray(data_lib.IMAGENET_EIGVAL), jnp.asarray(data_lib.IMAGENET_EIGVEC)
@@ -90,7 +90,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   return runners, cfg
 
 
-def _synthetic_spec(cfg, mean) -> InputSpec:
+def synthetic_spec(cfg, mean) -> InputSpec:
   """cfg's input convention around a synthetic mean image (no std division)."""
   return InputSpec.create(
       mean,
@@ -116,7 +116,7 @@ def eval_runner(cfg, mesh, model, eval_batch):
       "label": jax.device_put(jnp.zeros((eval_batch,), jnp.int32), data),
       "mask": jax.device_put(jnp.ones((eval_batch,), bool), data),
   }
-  spec = _synthetic_spec(cfg, np.full((256, 256, 3), 120.0, np.float32))
+  spec = synthetic_spec(cfg, np.full((256, 256, 3), 120.0, np.float32))
 
   def run(n):
     out = None

@@ -52,13 +52,6 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("tiny", False, "Tiny settings on the CPU (well under a minute), any machine.")
-flags.DEFINE_string("out", "device_check.json", "Where to write the JSON object.")
-flags.DEFINE_float("budget_s", None, "Overall time limit in seconds (default: 450 full, 300 tiny).")
-# Internal: the orchestrator starts each part as `--part=NAME --part_args=JSON --part_out=F`.
-flags.DEFINE_string("part", None, "Internal: run one part and write its JSON to --part_out.")
-flags.DEFINE_string("part_args", "{}", "Internal: the part's settings as JSON.")
-flags.DEFINE_string("part_out", None, "Internal: the part's JSON result file.")
 
 # The settings. Full: the paper's model and batch for the timing (the figures the README
 # quotes); the numerics at batch 32, since the CPU side runs the whole paper model (a step of
@@ -250,16 +243,17 @@ def part_numerics(args: dict) -> dict:
   import jax
   import numpy as np
 
+  from alexnet_jax import augment, sharding, train, train_state
   from alexnet_jax import data as data_lib
-  from alexnet_jax import sharding, train, train_state
+  from benchmarks import contenders
 
   cfg, mesh, model = _jax_mesh_and_model(args["batch_size"], args["width"])
   images, labels, mean = _synthetic_batches(args["steps"], args["batch_size"])
   dev = jax.devices()[0]
   batch_sharding = sharding.batch_sharding(mesh)
-  aug = jax.device_put(
-      train.AugmentConstants(
-          jax.numpy.asarray(mean),
+  spec = jax.device_put(contenders.synthetic_spec(cfg, mean), sharding.replicated(mesh))
+  lighting = jax.device_put(
+      augment.Lighting(
           jax.numpy.asarray(data_lib.IMAGENET_EIGVAL, jax.numpy.float32),
           jax.numpy.asarray(data_lib.IMAGENET_EIGVEC, jax.numpy.float32),
       ),
@@ -278,7 +272,7 @@ def part_numerics(args: dict) -> dict:
       losses, grad_norms = [], []
       for i in range(args["steps"]):
         batch = jax.device_put({"image": images[i], "label": labels[i]}, batch_sharding)
-        state, metrics = step(state, batch, aug)
+        state, metrics = step(state, batch, spec, lighting)
         losses.append(float(metrics["loss"]))
         grad_norms.append(float(metrics["grad_norm"]))
       final_file = os.path.join(args["dir"], f"{tag}_{precision}_final.npz")
@@ -757,5 +751,20 @@ def main(argv):
   print(f"wrote {os.path.abspath(FLAGS.out)}", flush=True)
 
 
+def define_flags() -> None:
+  """The command's flags, defined only when it runs: tests import this module beside the
+  other commands' flags (evaluate's --out)."""
+  flags.DEFINE_bool("tiny", False, "Tiny settings on the CPU (well under a minute), any machine.")
+  flags.DEFINE_string("out", "device_check.json", "Where to write the JSON object.")
+  flags.DEFINE_float(
+      "budget_s", None, "Overall time limit in seconds (default: 450 full, 300 tiny)."
+  )
+  # Internal: the orchestrator starts each part as `--part=NAME --part_args=JSON --part_out=F`.
+  flags.DEFINE_string("part", None, "Internal: run one part and write its JSON to --part_out.")
+  flags.DEFINE_string("part_args", "{}", "Internal: the part's settings as JSON.")
+  flags.DEFINE_string("part_out", None, "Internal: the part's JSON result file.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

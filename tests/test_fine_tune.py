@@ -68,10 +68,10 @@ def test_a_resumed_run_ignores_init_from(tmp_path):
 
 
 def test_another_architecture_is_refused_with_the_differences_named(tmp_path):
-  _source_run(tmp_path / "src", 10, **{"model.lrn_k": 1.0, "model.fc6_input_order": "chw"})
+  _source_run(tmp_path / "src", 10, **{"model.variant": "pytorch_grouped", "model.lrn": False})
   config = _config(init_from=str(tmp_path / "src"))
   with pytest.raises(
-      ValueError, match=r"model.lrn_k: 1.0 -> 2.0; model.fc6_input_order: chw -> hwc"
+      ValueError, match=r"model.variant: pytorch_grouped -> paper; model.lrn: False -> True"
   ):
     _initial_state(config, tmp_path / "new")
   _source_run(tmp_path / "wide", 10, **{"model.width": 0.25})
