@@ -255,6 +255,7 @@ def test_fig3_tiles_are_the_kernels_min_max_normalised(folder_run):
   np.testing.assert_allclose(_mosaic_tile(mosaic, 4, 6), (k - k.min()) / (k.max() - k.min()))
 
 
+@pytest.mark.slow
 def test_neighbour_indices_equal_a_brute_force_numpy_search(folder_run):
   run = analysis.load_run(folder_run["workdir"])
   queries = [folder_run["val"][c] for c in ("cat", "rocket")]

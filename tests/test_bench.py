@@ -55,6 +55,7 @@ def test_training_flops_are_the_papers():
   assert abs(flops.train_flops_per_image(m) - 4.35e9) / 4.35e9 < 2e-3
 
 
+@pytest.mark.slow
 def test_benchmark_runs_end_to_end_on_a_tiny_model():
   """`python -m benchmarks.bench` in quick mode: a table, then one JSON object whose
   figures are all positive (the PyTorch ones only when PyTorch is installed)."""
@@ -143,6 +144,7 @@ INPUT_RATIOS = (
 )
 
 
+@pytest.mark.slow
 def test_input_benchmark_runs_alone():
   """`--only=input`: the input figures, their ratios, and nothing of the model's."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -257,6 +259,7 @@ def test_steal_fraction_from_a_proc_stat_written_by_hand(tmp_path):
   assert timing.steal_fraction(None, after) is None
 
 
+@pytest.mark.slow
 def test_pytorch_reference_forward_equals_ours():
   """The benchmark compares the same network: on our weights, PyTorch's forward (groups=2
   convolutions, per-tower LRN, NCHW, (C, H, W) flatten) gives our logits to 1e-4."""

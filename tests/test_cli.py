@@ -78,6 +78,7 @@ def test_sweep_help_says_what_it_does_once_and_names_the_default_mode():
   assert "print the commands (default)" in " ".join(mode_help.split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, says",
     [

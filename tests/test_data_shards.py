@@ -374,6 +374,7 @@ def test_an_interrupted_preparation_resumes_to_identical_shards(tmp_path):
           np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}:{k}")
 
 
+@pytest.mark.slow
 def test_two_hosts_prepare_their_parts_into_one_directory(tmp_path):
   """--process_index/--process_count: each writes its shards; together they equal one
   preparation, and the digits read from them equal the digits' own stream."""

@@ -35,6 +35,7 @@ def _initial_state(config, workdir):
     run.manager.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source_classes", [7, 10])
 def test_init_from_copies_every_parameter_but_a_resized_fc8(tmp_path, source_classes):
   source = _source_run(tmp_path / "src", source_classes)

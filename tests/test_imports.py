@@ -11,6 +11,18 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "alexnet_jax")
 MODULES = sorted(f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py") and f != "__init__.py")
+# Every module, the subpackages' too, as `python -m`/`import` names them.
+ALL_MODULES = MODULES + sorted(
+    f"{sub}.{f[:-3]}"
+    for sub in ("data", "pretrained")
+    for f in os.listdir(os.path.join(PACKAGE, sub))
+    if f.endswith(".py") and f != "__init__.py"
+)
+COMMANDS = ("main", "evaluate", "predict", "figures", "prepare", "convert", "compare")
+NO_TORCH = (
+    "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'benchmarks')); "
+    "assert not bad, bad"
+)
 
 
 def _imported_modules(name: str) -> set[str]:
@@ -20,7 +32,6 @@ def _imported_modules(name: str) -> set[str]:
   # CPython 3.11's ast constructor fails ("AST constructor recursion depth mismatch") when the
   # garbage collector runs a finalizer (of objects an earlier test left) inside it: no
   # collection during the parse.
-  gc.collect()
   gc.disable()
   try:
     tree = ast.parse(source)
@@ -68,15 +79,24 @@ def test_no_import_cycle_in_the_package():
   assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
 
 
-@pytest.mark.parametrize("module", MODULES)
+def test_every_module_imports_without_torch():
+  """One interpreter imports every library module (the fast tier's check; the slow test below
+  imports each alone). The commands define their absl flags on import, so they cannot share
+  one interpreter (tests/test_cli.py starts each)."""
+  library = [m for m in ALL_MODULES if m not in COMMANDS]
+  code = f"import sys; import {', '.join('alexnet_jax.' + m for m in library)}; {NO_TORCH}"
+  r = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ALL_MODULES)
 def test_every_module_imports_alone_without_torch(module):
   """A fresh interpreter per module: each imports on its own (no reliance on an import
   order), and none pulls in torch or the benchmark."""
-  code = (
-      f"import sys, alexnet_jax.{module}; "
-      "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'benchmarks')); "
-      "assert not bad, bad"
-  )
+  code = f"import sys, alexnet_jax.{module}; {NO_TORCH}"
   r = subprocess.run(
       [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
   )

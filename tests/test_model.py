@@ -102,6 +102,7 @@ def test_every_layer_has_the_papers_output_shape():
   }
 
 
+@pytest.mark.slow
 def test_lrn_does_not_cross_the_tower_boundary():
   m = AlexNet(num_classes=10, width=0.25)
   variables = _init(m)
@@ -155,6 +156,7 @@ def test_forward_equals_independent_grouped_model(name):
     assert _rel(got, reference_forward(variables["params"], images)) > 1e-4
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_matches_the_reference():
   """model.dtype=bfloat16 (the accelerator setting): float32 parameters, bfloat16
   activations, float32 logits within bfloat16 rounding (8 bits of mantissa over 8 layers) of the
@@ -211,6 +213,7 @@ def test_he_initialisation():
   assert abs(w.std() - want) / want < 0.01
 
 
+@pytest.mark.slow
 def test_dropout_masks_are_independent_and_scaled():
   m = AlexNet(num_classes=10, width=0.5)
   variables = _init(m)

@@ -83,6 +83,7 @@ def test_preset_input_size_is_checked():
     m.apply(variables, jnp.zeros((1, 224, 224, 3)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["caffe", "pytorch_grouped"])
 def test_lrn_across_towers_gives_the_same_numbers_on_a_split_tower_axis(name):
   """The LRN window that crosses the tower boundary (Caffe, PyTorch) gathers the layer on

@@ -262,6 +262,7 @@ def test_converted_run_evaluates_like_torchvision_on_a_photo_folder(torchvision_
 
 
 # ---- the grouped layout --------------------------------------------------------------------
+@pytest.mark.slow
 def test_grouped_layout_round_trips_and_computes_pytorchs_function(tmp_path):
   torch.manual_seed(1)
   net = GroupedAlexNet(num_classes=10).eval()
@@ -292,6 +293,7 @@ def test_grouped_layout_round_trips_and_computes_pytorchs_function(tmp_path):
     assert torch.equal(back[k], sd[k]), k
 
 
+@pytest.mark.slow
 def test_the_papers_two_tower_net_exports_to_the_grouped_layout(tmp_path):
   """The paper's network (fc6 on the (H, W, C) flatten, per-tower LRN, cuda-convnet padding)
   exports to grouped state_dict keys; a PyTorch module with the paper's settings
@@ -659,6 +661,7 @@ def test_existing_run_directory_is_not_overwritten(torchvision_pth, tmp_path):
   assert os.listdir(tmp_path / "w") == ["config.json"]
 
 
+@pytest.mark.slow
 def test_command_line(torchvision_pth, tmp_path):
   _, path = torchvision_pth
   names = tmp_path / "names.txt"

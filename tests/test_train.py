@@ -59,6 +59,7 @@ def _two_steps(config, mesh):
   return jax.device_get(state), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
   config = tiny.config(**{"model.dropout_rate": 0.5})  # He init: well-scaled gradients
   want_state, want_m = _two_steps(config, _mesh(1, 1))
@@ -88,6 +89,7 @@ def _save_run(workdir, config, state, step, num_classes=10):
   manager.close()
 
 
+@pytest.mark.slow
 def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
   config = tiny.config(**{"mesh.data": 4, "mesh.tower": 2})
   mesh = _mesh(4, 2)
@@ -135,6 +137,7 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
   )
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   good = tiny.config(
       num_train_steps=2,
@@ -171,6 +174,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # untouched
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_appends_nothing(tmp_path):
   config = tiny.config(num_train_steps=2, eval_every_steps=2, **{"mesh.data": -1})
   first = train.train_and_evaluate(config, str(tmp_path))
