@@ -150,7 +150,7 @@ def _evaluate_one_file(run, eval_step, path, label, root):
   return np.exp(-m["loss"]), m["top1_error"]
 
 
-@pytest.mark.parametrize("crops", [1, 10])
+@pytest.mark.parametrize("crops", [1, pytest.param(10, marks=pytest.mark.slow)])
 def test_predict_equals_the_evaluation_of_the_same_file(folder_run, crops, tmp_path):
   run = analysis.load_run(folder_run["workdir"])
   eval_step = evaluation.make_eval_step(run.config, run.model, run.mesh, crops=crops)
@@ -296,6 +296,7 @@ def test_ensemble_of_one_equals_that_runs_evaluation(folder_run):
   assert got["members"][0]["top1_error"] == want["top1_error"]
 
 
+@pytest.mark.slow
 def test_ensemble_of_two_equals_the_mean_of_their_softmaxes_by_hand(folder_run):
   w = folder_run["workdir"]
   runs = [analysis.load_run(w, step=1), analysis.load_run(w, step=2)]

@@ -107,6 +107,7 @@ def test_a_dataset_mistake_is_one_fatal_line(tmp_path, name, says):
   assert says in r.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_batch_the_mesh_cannot_split_is_one_fatal_line(tmp_path):
   r = _run("alexnet_jax.main", "--config=demo", f"--workdir={tmp_path / 'w'}")  # 8 devices
   assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr

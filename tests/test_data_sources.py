@@ -77,6 +77,7 @@ def test_single_class_empty_class_and_empty_validation_are_named(tmp_path, monke
     data_lib.dataset_info(dataset_config(name=f"folder:{no_val}"))
 
 
+@pytest.mark.slow
 def test_empty_validation_is_one_line_from_the_command_line(tmp_path, monkeypatch):
   fresh_user_cache(monkeypatch, tmp_path)
   root = small_folder(tmp_path / "noval", classes="ab", val=0)

@@ -5,9 +5,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
   # Build from a copy, so that the checkout gets no build/ or egg-info.
   src = tmp_path / "src"

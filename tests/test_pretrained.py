@@ -235,6 +235,7 @@ def test_analysis_predicts_with_a_converted_run_as_torchvision_does(torchvision_
   np.testing.assert_allclose(got, want, atol=2e-3 * want.max())
 
 
+@pytest.mark.slow
 def test_converted_run_evaluates_like_torchvision_on_a_photo_folder(torchvision_pth, tmp_path):
   """evaluate.py on the converted run (the project's own decode, resize, crop and
   normalisation) gives the loss torchvision's preprocessing and forward give."""
@@ -340,6 +341,7 @@ def test_the_papers_two_tower_net_exports_to_the_grouped_layout(tmp_path):
     pretrained.export_run("torchvision", workdir, dst, torchvision.get_config())
 
 
+@pytest.mark.slow
 def test_torchvision_export_round_trips(torchvision_pth, tmp_path):
   net, path = torchvision_pth
   workdir = str(tmp_path / "tv")
@@ -515,7 +517,9 @@ def caffe_blobs():
   return blobs
 
 
-@pytest.mark.parametrize("v1", [False, True], ids=["layer", "V1 layers"])
+@pytest.mark.parametrize(
+    "v1", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["layer", "V1 layers"]
+)
 def test_caffemodel_gives_bvlc_alexnets_logits(caffe_blobs, tmp_path, v1):
   src = str(tmp_path / "bvlc_alexnet.caffemodel")
   write_caffemodel(src, caffe_blobs, v1=v1)

@@ -105,6 +105,7 @@ def test_second_start_loads_every_executable_from_the_cache(tmp_path):
   assert _entries(cache) == written
 
 
+@pytest.mark.slow
 def test_cache_off_by_environment_writes_nothing(tmp_path):
   env = _env(ALEXNET_JAX_CACHE=str(tmp_path), ALEXNET_JAX_COMPILATION_CACHE="0")
   _, events = _counted(["-c", _TINY_COMMAND], env)

@@ -47,7 +47,10 @@ def single_device_result(setup):
   return jax.jit(jax.value_and_grad(f, has_aux=True))(variables)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (1, 2), (2, 2), (4, 2)])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 2)] + [pytest.param(s, marks=pytest.mark.slow) for s in [(1, 1), (2, 1), (1, 2), (4, 2)]],
+)
 def test_forward_and_gradients_do_not_depend_on_the_mesh(shape, setup, single_device_result):
   variables, images, labels = setup
   (want_loss, want_logits), want_grads = single_device_result
