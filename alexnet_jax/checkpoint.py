@@ -158,6 +158,12 @@ def _abstract_with_shardings(abstract, shardings):
   )
 
 
+def _not_the_read_only_notice(record) -> bool:
+  """Orbax warns "Given directory is read only" whenever a manager opens for reading, which
+  is what read_only asks for (the directory itself is writable): it tells the user nothing."""
+  return not str(record.msg).startswith("Given directory is read only")
+
+
 class CheckpointManager:
   """The project's policy on top of `ocp.CheckpointManager`."""
 
@@ -181,6 +187,8 @@ class CheckpointManager:
     )
     # Look before Orbax does: it deletes temporary directories when it starts.
     incomplete = [] if read_only else self._incomplete_entries()
+    if read_only:  # the same function each time: added once
+      logging.get_absl_logger().addFilter(_not_the_read_only_notice)
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_names=("state", "meta"),

@@ -339,3 +339,15 @@ def test_restores_from_a_second_process_leave_a_run_saving_every_step_complete(t
   assert steps[-1] == READER_STEPS
   for s in steps:
     assert checkpoint.restore_run(str(workdir), train_state.restore_target(), s).step == s
+
+
+def test_a_reader_is_not_told_that_its_directory_is_read_only(tmp_path, caplog):
+  """Orbax warns "Given directory is read only" for every read-only manager; the directory
+  is writable, and read-only is what a reader asked for: no such line reaches the user."""
+  (tmp_path / "checkpoints").mkdir()
+  with caplog.at_level("INFO"):
+    checkpoint.CheckpointManager(str(tmp_path), read_only=True).close()
+    logging.getLogger("absl").warning("Given directory is writable")  # others still pass
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [m for m in messages if m.startswith("Given directory is read only")], messages
+  assert "Given directory is writable" in messages
