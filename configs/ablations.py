@@ -5,15 +5,24 @@ full paper run with one switch flipped.
   python launch/sweep.py --config=configs/ablations.py --workdir=runs/ablations --mode=slurm \
       --sbatch=--gpus-per-node=2
 
+At demo scale (configs/demo.py's digits and quarter-width net, 5 runs of about a minute each
+on 2 CPU cores, then their table and curves from python -m alexnet_jax.compare):
+
+  python launch/sweep.py --config=configs/ablations.py:demo --workdir=runs/ablations_demo \
+      --mode=local
+
 Paper (ILSVRC-2012 val): LRN -1.4% top-1; overlapping pooling -0.4%; two towers vs the
 one-GPU net -1.7%; PCA lighting > 1% top-1.
 """
 
-from configs import paper
+from configs import demo, paper
 
 
-def get_config():
-  return paper.get_config()
+def get_config(scale: str | None = None):
+  """scale 'demo' (--config=configs/ablations.py:demo): the same switches on the demo."""
+  if scale not in (None, "", "paper", "demo"):
+    raise ValueError(f"configs/ablations.py:{scale}: the scales are 'paper' and 'demo'")
+  return demo.get_config() if scale == "demo" else paper.get_config()
 
 
 def sweep():
