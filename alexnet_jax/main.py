@@ -48,6 +48,13 @@ flags.DEFINE_bool(
     "either way.",
 )
 flags.DEFINE_bool(
+    "break_lock",
+    False,
+    "Take WORKDIR/run.lock although another host's trainer holds it, when its heartbeat is "
+    "stale and you know it is no longer running (a lost node). A live holder on this host "
+    "is never overridden.",
+)
+flags.DEFINE_bool(
     "compilation_cache",
     None,
     "JAX's persistent compilation cache under $ALEXNET_JAX_CACHE/jax_compilation_cache, so a "
@@ -88,6 +95,9 @@ def main(argv):
   import jax
 
   if jax.process_index() == 0:
+    # One writer per workdir, held until exit; multi-process: process 0 holds it for the run,
+    # and exit_on_error ends every process if it cannot.
+    distributed.exit_on_error(_lock, FLAGS.workdir, FLAGS.break_lock)
     config_checks.record(config, FLAGS.workdir, changes)
   for key, (old, new) in changes.items():
     logging.warning("config changed on resume: %s %r -> %r", key, old, new)
@@ -120,6 +130,18 @@ def _config_line(workdir) -> str:
       + (f" with {flat}" if flat else "")
       + f"; all keys in {os.path.join(workdir, config_checks.CONFIG_FILE)} (--verbose logs them)"
   )
+
+
+_held = []  # the run's lock, kept open until the process exits
+
+
+def _lock(workdir, break_lock) -> None:
+  from alexnet_jax import run_lock
+
+  try:
+    _held.append(run_lock.acquire(workdir, break_lock=break_lock))
+  except run_lock.RunLockedError as e:
+    sys.exit(f"FATAL: {e}")
 
 
 def _train(config, workdir) -> int:

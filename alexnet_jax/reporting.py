@@ -3,6 +3,7 @@ and a closing summary."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ import tensorflow as tf  # the TensorBoard writer (TF is already the input pipel
 import tqdm
 from matplotlib.figure import Figure
 
+from alexnet_jax.data import settings
 from alexnet_jax.run_dir import CURVE_FILE, FIGURES_DIR, METRICS_FILE, TENSORBOARD_DIR
 
 
@@ -32,13 +34,17 @@ def progress(iterable, *, total: int | None, desc: str, unit: str = "batch"):
 class MetricsWriter:
   """One JSON object per line ({"step", "split", metrics...}) plus TensorBoard scalars.
 
-  Appends, so a resumed run continues the same files. Only process 0 writes."""
+  Appends, so a resumed run continues the same files; `start_step`: the step the run
+  restored (0 for a new one), past which earlier writes are dropped first (drop_after), so
+  the files hold one row per (step, split). Only process 0 writes."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int | None = None):
     self.enabled = enabled
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      if start_step is not None:
+        drop_after(workdir, start_step)
       self._file = open(os.path.join(workdir, METRICS_FILE), "a")
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
 
@@ -65,6 +71,54 @@ class MetricsWriter:
     if self.enabled:
       self._file.close()
       self._tb.close()
+
+
+def drop_after(workdir: str, step: int) -> None:
+  """Remove what a run logged past `step` (a kill after the last checkpoint, a damaged
+  latest step): the rows of metrics.jsonl and the TensorBoard events, each file rewritten
+  atomically. A half-written last row (a kill mid-write) goes too."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      lines = f.read().splitlines()
+    keep = []
+    for line in lines:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+        keep.append(line)
+    if len(keep) != len(lines):
+      settings.write_atomically(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
+  for events in sorted(glob.glob(os.path.join(workdir, TENSORBOARD_DIR, "*tfevents*"))):
+    _drop_events_after(events, step)
+
+
+def _drop_events_after(path: str, step: int) -> None:
+  """Rewrite one events file without its events past `step`. TensorBoard's own purge
+  (a SessionLog.START event) is honoured only by some of its loaders; rewriting the file
+  makes every reader see one value per step."""
+  from tensorflow.core.util import event_pb2
+
+  records, dropped = [], False
+  try:
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
+      if event.step > step:
+        dropped = True
+      else:
+        records.append(record.numpy())
+  except tf.errors.DataLossError:  # a record cut by a kill mid-write
+    dropped = True
+  if not dropped:
+    return
+  # A name without "tfevents": TensorBoard never reads a leftover.
+  tmp = os.path.join(os.path.dirname(path), f".rewrite-{os.getpid()}.tmp")
+  with tf.io.TFRecordWriter(tmp) as w:
+    for record in records:
+      w.write(record)
+  os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -3,6 +3,8 @@ are not checkpoints (checkpoint.py writes CHECKPOINT_DIR; reporting.py the metri
 
   config.json           the launch's config (config_checks.record)
   config_history.jsonl  every launch that created the run or changed its config
+  run.lock              held by the training run writing here: host, pid, start, heartbeat
+                        (run_lock.py; empty once it exits)
   checkpoints/          Orbax steps of the TrainState (checkpoint.py)
   checkpoints_unreadable/  steps a resume set aside because they did not verify
   metrics.jsonl         one JSON object per logged step (reporting.MetricsWriter)
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
+LOCK_FILE = "run.lock"
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints_unreadable"
 METRICS_FILE = "metrics.jsonl"
@@ -63,6 +66,7 @@ FILES = (STATS_FILE, CLASS_NAMES_FILE, PREPROCESSING_FILE)
 TRAINING_NAMES = (
     CONFIG_FILE,
     HISTORY_FILE,
+    LOCK_FILE,
     CHECKPOINT_DIR,
     METRICS_FILE,
     TENSORBOARD_DIR,

@@ -367,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start >= num_steps:
     return _finished_run(run, state)
 
-  writer = reporting.MetricsWriter(workdir, enabled=run.lead)
+  # Rows past the restored step (written before a kill) are dropped: one row per step.
+  writer = reporting.MetricsWriter(workdir, enabled=run.lead, start_step=start)
   train_step = make_train_step(config, run.model, run.mesh, run.steps_per_epoch)
   eval_step = evaluation.make_eval_step(config, run.model, run.mesh)
   shard_index, num_shards = sharding.process_data_shard(run.mesh)

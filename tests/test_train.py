@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from alexnet_jax import augment, checkpoint, evaluation, run_dir, sharding, train, train_state
 from alexnet_jax.input_spec import InputSpec
@@ -191,6 +193,33 @@ def test_rerunning_a_finished_run_appends_nothing(tmp_path):
   assert set(run_dir.FILES) <= wrote <= set(run_dir.TRAINING_NAMES) - {run_dir.CONFIG_FILE}
 
 
+@pytest.mark.slow
+def test_resume_drops_the_rows_logged_past_the_restored_step(tmp_path):
+  """A kill after step 4 was logged but before it was saved (here: its checkpoint removed,
+  and half a row appended): the rerun restores step 2 and metrics.jsonl and TensorBoard
+  end with one row per (step, split), the uninterrupted run's losses."""
+  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
+  train.train_and_evaluate(config, str(tmp_path))
+  full = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  shutil.rmtree(tmp_path / run_dir.CHECKPOINT_DIR / "4")
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "split": "tra')  # cut mid-write
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  keys = [(r["step"], r["split"]) for r in rows]
+  assert sorted(keys) == sorted((r["step"], r["split"]) for r in full)
+  assert len(set(keys)) == len(keys) == 6  # train 1-4, eval 2 and 4
+  assert {(r["step"], r["split"]): r["loss"] for r in rows} == {
+      (r["step"], r["split"]): r["loss"] for r in full
+  }
+  seen = []
+  for path in (tmp_path / run_dir.TENSORBOARD_DIR).iterdir():
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      seen += [(v.tag, event.step) for v in event.summary.value]
+  assert sorted(seen) == sorted(set(seen))  # each scalar once per step
+  assert {s for tag, s in seen if tag == "train/loss"} == {1, 2, 3, 4}
+
+
 def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
   """A window of steps 7..10 (resumed runs included) whose second loss is NaN: step 8."""
   run = types.SimpleNamespace(
@@ -274,6 +303,8 @@ def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
   proc.wait()
   killed_at = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
   assert killed_at and killed_at[-1] < 6, killed_at
+  # The killed run's lock file still names it; the OS dropped its flock, so the rerun goes on.
+  assert json.loads((tmp_path / "cut" / run_dir.LOCK_FILE).read_text())["pid"] == proc.pid
   resumed = _main(tmp_path / "cut", *TINY)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from" in resumed.stderr
@@ -289,6 +320,7 @@ def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
   assert any("top1_error" in r and "top5_error" in r for r in rows if r["split"] == "eval")
   assert (tmp_path / "full" / "learning_curve.png").stat().st_size > 10_000
   assert json.load(open(tmp_path / "full" / "config.json"))["batch_size"] == 8
+  assert (tmp_path / "full" / run_dir.LOCK_FILE).read_text() == ""  # a clean exit clears it
 
 
 def test_checkpoints_keep_the_latest_k_and_the_best(tmp_path):

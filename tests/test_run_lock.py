@@ -1,0 +1,137 @@
+"""One writer per workdir (run_lock.py): a second trainer stops at once naming the holder, a
+holder killed with SIGKILL never blocks the rerun, and a remote holder is judged by its
+heartbeat."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alexnet_jax import run_dir, run_lock
+from tests import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Takes the lock with the library function, says so, then holds it until killed.
+HOLD = (
+    "import sys, time\n"
+    "from alexnet_jax import run_lock\n"
+    "lock = run_lock.acquire(sys.argv[1])\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(600)\n"
+)
+# Tries once: prints the error and exits 3, or prints 'acquired'.
+TRY = (
+    "import sys\n"
+    "from alexnet_jax import run_lock\n"
+    "try:\n"
+    "  run_lock.acquire(sys.argv[1])\n"
+    "except run_lock.RunLockedError as e:\n"
+    "  print(e); sys.exit(3)\n"
+    "print('acquired')\n"
+)
+
+
+def _python(code, workdir, **kw):
+  return [sys.executable, "-c", code, str(workdir)], dict(cwd=REPO, **kw)
+
+
+def _try_from_another_process(workdir):
+  cmd, kw = _python(TRY, workdir)
+  return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_acquire_refuses_a_second_process_naming_the_holder_then_releases(tmp_path):
+  lock = run_lock.acquire(str(tmp_path))
+  held = run_lock.read_holder(str(tmp_path))
+  assert (held.host, held.pid) == (socket.gethostname(), os.getpid())
+  r = _try_from_another_process(tmp_path)
+  assert r.returncode == 3, r.stdout + r.stderr
+  assert f"process {os.getpid()} on host {socket.gethostname()} since " in r.stdout
+  assert f"`kill {os.getpid()}` on {socket.gethostname()}" in r.stdout
+  lock.release()
+  assert (tmp_path / run_dir.LOCK_FILE).read_text() == ""  # a clean exit names no holder
+  r = _try_from_another_process(tmp_path)
+  assert (r.returncode, r.stdout.strip()) == (0, "acquired"), r.stderr
+
+
+def test_a_holder_killed_with_sigkill_does_not_block_the_rerun(tmp_path):
+  cmd, kw = _python(HOLD, tmp_path, stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen(cmd, **kw)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(run_lock.RunLockedError, match=rf"process {holder.pid} on host "):
+      run_lock.acquire(str(tmp_path))
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=60)
+  # The file still names the dead holder; the OS dropped its flock.
+  assert run_lock.read_holder(str(tmp_path)).pid == holder.pid
+  lock = run_lock.acquire(str(tmp_path))
+  assert run_lock.read_holder(str(tmp_path)).pid == os.getpid()
+  lock.release()
+
+
+def _remote(tmp_path, heartbeat_age):
+  now = time.time()
+  record = {
+      "host": "other-node",
+      "pid": 4242,
+      "since": now - 3600,
+      "heartbeat": now - heartbeat_age,
+  }
+  (tmp_path / run_dir.LOCK_FILE).write_text(json.dumps(record))
+
+
+def test_a_remote_holder_is_judged_by_its_heartbeat(tmp_path):
+  """Where flock does not reach across hosts, the other host's file is all there is."""
+  _remote(tmp_path, heartbeat_age=5)
+  with pytest.raises(
+      run_lock.RunLockedError, match=r"process 4242 on host other-node .*heartbeat 5 s ago"
+  ):
+    run_lock.acquire(str(tmp_path), heartbeat_s=30)
+  _remote(tmp_path, heartbeat_age=301)  # past 10 intervals of 30 s
+  with pytest.raises(run_lock.RunLockedError, match=r"looks dead.*301 s ago.*--break_lock"):
+    run_lock.acquire(str(tmp_path), heartbeat_s=30)
+  lock = run_lock.acquire(str(tmp_path), heartbeat_s=0.05, break_lock=True)
+  first = run_lock.read_holder(str(tmp_path))
+  assert (first.host, first.pid) == (socket.gethostname(), os.getpid())
+  time.sleep(0.5)
+  later = run_lock.read_holder(str(tmp_path))
+  assert later.since == first.since and later.heartbeat > first.heartbeat + 0.1
+  lock.release()
+
+
+def test_a_second_trainer_stops_at_once_naming_the_holder_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  lock = run_lock.acquire(str(workdir))
+  before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  t = time.monotonic()
+  try:
+    r = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.main", f"--workdir={workdir}", *tiny.flags()],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    took = time.monotonic() - t
+    after = {p.name: p.read_bytes() for p in workdir.iterdir()}
+  finally:
+    lock.release()
+  assert r.returncode != 0
+  fatal = [line for line in r.stderr.splitlines() if "FATAL" in line]
+  assert len(fatal) == 1, r.stderr[-3000:]
+  assert fatal[0].startswith(f"FATAL: {workdir} is in use by another training run: process ")
+  assert f"{os.getpid()} on host {socket.gethostname()}" in fatal[0]
+  assert "Traceback" not in r.stderr
+  # Nothing written: no config.json, metrics or checkpoints; the lock file as it was.
+  assert after == before and set(after) == {run_dir.LOCK_FILE}
+  assert took < 60, took  # no dataset, model or compilation first
