@@ -8,6 +8,8 @@ Re-running with the same --workdir resumes from its latest checkpoint; overrides
 change the parameter shapes or the data are refused (each key's resume rule is declared in
 alexnet_jax/config_schema.py).
 SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
+One trainer per workdir: a second one stops at once naming the holder of WORKDIR/run.lock
+(alexnet_jax/run_lock.py).
 
 The log starts with one line naming the config file and its overrides; the full config is in
 WORKDIR/config.json (--verbose also logs it, with the libraries' INFO lines). Compiled steps
