@@ -27,13 +27,12 @@ import sys
 from absl import flags, logging
 from matplotlib.figure import Figure
 
-from alexnet_jax import cli, config_checks, config_schema
+from alexnet_jax import cli, config_schema, run_dir
 
 # The run directory's files (alexnet_jax/reporting.py writes metrics.jsonl, evaluate.py the
 # eval files); tests/test_compare.py checks that the names agree. Named here rather than
 # imported: reporting imports TensorFlow, seconds of start-up that a table does not need.
-CONFIG_FILE = config_checks.CONFIG_FILE
-METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE, METRICS_FILE = run_dir.CONFIG_FILE, run_dir.METRICS_FILE
 EVAL_FILE_RE = re.compile(r"eval_(\d+)_(\d+)crop\.json")
 OUTPUT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
 VIEWS = (1, 10)  # evaluate.py's --crops choices

@@ -355,6 +355,8 @@ _RENAMED = {
     "augment.scale": "input.scale",
     "model.image_size": "input.crop_size",
 }
+# alexnet_jax.model.SWITCH_KEYS, named here without importing JAX: validation runs before any
+# library starts (tests/test_config_schema.py checks that the two agree).
 _VARIANT_SWITCHES = (
     "one_tower",
     "conv_widths",

@@ -399,3 +399,9 @@ def test_a_recorded_config_no_variant_matches_is_refused_naming_the_file(tmp_pat
 def test_keys_with_refuses_an_unknown_rule_or_role():
   with pytest.raises(ValueError, match="role='arch'"):
     config_schema.keys_with(role="arch")
+
+
+def test_the_old_model_switches_are_the_models_own_list():
+  from alexnet_jax import model as model_lib
+
+  assert config_schema._VARIANT_SWITCHES == model_lib.SWITCH_KEYS
