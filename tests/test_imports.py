@@ -101,3 +101,23 @@ def test_every_module_imports_alone_without_torch(module):
       [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
   )
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_triton_where_installed_loads_before_tensorflow(tmp_path, installed):
+  """triton's extension crashes the process when it loads after TensorFlow's (PyPI's CUDA
+  torch brings it, requirements-torch.txt); the package loads it first. A stand-in triton
+  records whether TensorFlow was already loaded; without one, nothing named triton loads."""
+  if installed:
+    os.makedirs(tmp_path / "triton")
+    (tmp_path / "triton" / "__init__.py").write_text(
+        "import sys\nTENSORFLOW_FIRST = 'tensorflow' in sys.modules\n"
+    )
+  code = (
+      "import sys; import alexnet_jax.data.preprocess; "
+      "t = sys.modules.get('triton'); print(None if t is None else t.TENSORFLOW_FIRST)"
+  )
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), REPO])}
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.split()[-1] == ("False" if installed else "None")
