@@ -75,6 +75,9 @@ def test_the_archive_its_directory_and_the_extracted_directory_give_the_same_exa
       for p in (oxford17_data["tgz"], oxford17_data["tgz"].parent, oxford17_data["extracted"])
   ]
   first = opened[0]
+  # One name for one archive, however it is spelled: prepared data beside it are found by it.
+  assert first.name == opened[1].name == f"oxford17:{oxford17_data['tgz']}"
+  assert opened[2].name == f"oxford17:{oxford17_data['extracted'] / 'jpg'}"
   for src in opened[1:]:
     for a, b in ((first.train, src.train), (first.eval, src.eval), (first.test, src.test)):
       assert a.names == b.names

@@ -142,6 +142,16 @@ def layout(name: str) -> Layout:
   return Layout(base, images, archive, splits_file)
 
 
+def canonical_name(name: str) -> str:
+  """'oxford17:' and the files read (the image directory, else the archive), whichever way
+  the name spells them (the archive or its directory): what prepared data are checked by."""
+  try:
+    lay = layout(name)
+  except FileNotFoundError:
+    return PREFIX + root(name)
+  return PREFIX + (lay.images or lay.archive)
+
+
 def split_kind(lay: Layout) -> str:
   """'split1' (datasplits.mat) or 'seeded' (the fixed 80/20 fallback): names cached files."""
   return "split1" if lay.splits_file else "seeded"
@@ -352,7 +362,7 @@ def open_source(name: str, resize: str, exif: bool) -> sources.Source:
       digest.update(f"{i}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
   suffix = "_exif" if exif else ""
   return sources.Source(
-      f"{PREFIX}{root(name)}",
+      PREFIX + (lay.images or lay.archive),  # canonical_name
       CLASS_NAMES,
       split(train),
       split(held),

@@ -100,7 +100,7 @@ def canonical_name(name: str) -> str:
   if name.startswith("folder:"):
     return "folder:" + sources.folder_root(name)
   if name.startswith(oxford17.PREFIX):
-    return oxford17.PREFIX + oxford17.root(name)
+    return oxford17.canonical_name(name)
   return name
 
 
