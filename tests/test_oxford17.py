@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 import time
 
 import jax
@@ -165,6 +166,20 @@ def test_a_missing_archive_says_in_one_line_what_to_download_and_where(tmp_path)
     ):
       assert part in msg, (part, msg)
   assert sources.cheap_identity(data_lib.Settings.of(_cfg(tmp_path / "flowers"))) == (None, None)
+
+
+def test_a_damaged_or_incomplete_archive_is_named(oxford17_data, tmp_path):
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "17flowers.tgz").write_bytes(b"\x1f\x8b" + b"not gzip" * 100)
+  with pytest.raises(data_lib.DatasetError, match=r"17flowers.tgz cannot be extracted.*damaged"):
+    data_lib.dataset_info(_cfg(tmp_path / "bad"))
+  (tmp_path / "short").mkdir()
+  with tarfile.open(tmp_path / "short" / "17flowers.tgz", "w:gz") as tar:
+    tar.add(oxford17_data["extracted"] / "jpg" / "image_0001.jpg", "jpg/image_0001.jpg")
+  with pytest.raises(data_lib.DatasetError, match=r"lacks 1359 of .* 1360 images \(image_0002"):
+    data_lib.dataset_info(_cfg(tmp_path / "short"))
+  for d in ("bad", "short"):  # nothing half-extracted stays
+    assert os.listdir(tmp_path / d / ".alexnet_jax_oxford17") == []
 
 
 def test_evaluation_of_the_test_split_reads_exactly_the_mat_test_images(

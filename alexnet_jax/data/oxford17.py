@@ -274,8 +274,8 @@ def extracted(archive: str) -> str:
             found.add(base)
     except (tarfile.TarError, EOFError, OSError) as e:
       raise DatasetError(
-          f"{archive} cannot be read as a tar archive ({type(e).__name__}: {e}): download "
-          f"{ARCHIVE} again from {URL}."
+          f"{archive} cannot be extracted into {parent} ({type(e).__name__}: {e}); if the "
+          f"archive is damaged, download {ARCHIVE} again from {URL}."
       ) from None
     missing = [image_name(i) for i in range(1, NUM_IMAGES + 1) if image_name(i) not in found]
     if missing:
@@ -284,6 +284,7 @@ def extracted(archive: str) -> str:
           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): download {ARCHIVE} "
           f"again from {URL}."
       )
+    os.chmod(tmp, 0o755)  # mkdtemp's is 0o700: others sharing the data read it too
     try:
       os.rename(tmp, final)
     except OSError:
