@@ -763,11 +763,13 @@ def ensemble_evaluate(
     *,
     batch_size: int | None = None,
     max_batches: int = -1,
+    split: str = "eval",
 ) -> dict:
-  """Top-1/top-5 error and loss over the whole validation split of the softmax averaged over
-  several runs (§6: the 5-CNN ensemble), each run preprocessing as its own evaluation does;
-  padding counts nowhere. runs: workdirs or TrainedRuns; they must share one class list.
-  Also returns each member's own errors on the same images."""
+  """Top-1/top-5 error and loss over the whole validation split (split='test': a dataset's
+  held-out test split) of the softmax averaged over several runs (§6: the 5-CNN ensemble), each
+  run preprocessing as its own evaluation does; padding counts nowhere. runs: workdirs or
+  TrainedRuns; they must share one class list. Also returns each member's own errors on the
+  same images."""
   runs = [_as_run(r) for r in runs]
   if not runs:
     raise RunError("an ensemble needs at least one run")
@@ -783,7 +785,7 @@ def ensemble_evaluate(
   member_sums = [None] * len(runs)
   total = None
   for i, batch in enumerate(
-      scan_split(first, "eval", batch_size=batch_size, desc=f"ensemble of {len(runs)}")
+      scan_split(first, split, batch_size=batch_size, desc=f"ensemble of {len(runs)}")
   ):
     if 0 < max_batches <= i:
       break
@@ -797,7 +799,8 @@ def ensemble_evaluate(
     s = sums_fn(sum(probs[1:], probs[0]) / len(probs), batch["label"], batch["mask"])
     total = s if total is None else jax.tree.map(lambda a, b: a + b, total, s)
   if total is None:
-    raise RunError(f"the validation split of {first.config.dataset.name!r} is empty")
+    which = "test" if split == "test" else "validation"
+    raise RunError(f"the {which} split of {first.config.dataset.name!r} is empty")
   return {
       "crops": crops,
       **evaluation.metrics_from_sums(total),

@@ -110,7 +110,7 @@ KEYS: tuple[Key, ...] = (
 
     # ========================================= Dataset =========================================
     Key("dataset.name", "imagenet2012", TEXT, NEVER, "§2",
-        "'imagenet2012', 'digits', 'folder:/path' or any TFDS image dataset"),
+        "'imagenet2012', 'digits', 'folder:/path', 'oxford17:/path' or any TFDS image dataset"),
     Key("dataset.data_dir", None, _optional(TEXT), SAFE, "", "TFDS data directory",
         field_type=str),
     Key("dataset.manual_dir", None, _optional(TEXT), SAFE, "",

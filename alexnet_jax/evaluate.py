@@ -1,10 +1,12 @@
 """Top-1/top-5 error of a run's checkpoint, or of an ensemble of runs, on the whole
-validation split.
+validation split (--split=test: the held-out test split of a dataset that has one, oxford17
+with datasplits.mat).
 
   python -m alexnet_jax.evaluate --workdir=runs/demo --crops=10
   python -m alexnet_jax.evaluate --workdir=runs/a --workdir=runs/b --crops=10 [--out=F.json]
 
-One --workdir: prints the errors and writes them to WORKDIR/eval_<step>_<crops>crop.json.
+One --workdir: prints the errors and writes them to WORKDIR/eval_<step>_<crops>crop.json
+(eval_<step>_<crops>crop_test.json for the test split).
 Several: the softmax averaged over the runs (§6's 5-CNN ensemble; the runs must share one
 class list), printed with each run's own errors, and written to --out if given.
 """
@@ -17,10 +19,15 @@ from absl import app, flags
 
 from alexnet_jax import cli
 
+SPLITS = ("validation", "test")
+_STREAM_SPLIT = {"validation": "eval", "test": "test"}  # the data layer's names
 flags.DEFINE_multi_string("workdir", None, "A run's --workdir; repeat it for an ensemble.")
 flags.DEFINE_integer("crops", 10, "1 = center crop; 10 = the paper's ten views.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest; one --workdir only).")
 flags.DEFINE_string("out", None, "Ensembles: also write the results to this JSON file.")
+flags.DEFINE_enum(
+    "split", "validation", SPLITS, "validation, or test: a dataset's held-out test split."
+)
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 USAGE = """\
@@ -28,22 +35,43 @@ usage: python -m alexnet_jax.evaluate --workdir=DIR [--workdir=DIR2 ...] [--crop
 
   python -m alexnet_jax.evaluate --workdir=runs/demo --crops=10
   python -m alexnet_jax.evaluate --workdir=runs/a --workdir=runs/b --crops=10 --out=ens.json
+  python -m alexnet_jax.evaluate --workdir=runs/oxford17 --split=test
 """
 
 
-def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) -> dict:
-  """{'step', 'crops', 'top1_error', 'top5_error', 'loss', 'num_images'} of a checkpoint."""
+def evaluate_checkpoint(
+    workdir: str, crops: int = 10, step: int | None = None, split: str = "validation"
+) -> dict:
+  """{'step', 'crops', 'split', 'top1_error', 'top5_error', 'loss', 'num_images'} of a
+  checkpoint on the validation split, or the dataset's test split (split='test')."""
   # After runtime.setup() in main(): importing JAX and TF here keeps them off accelerators.
   from alexnet_jax import analysis, evaluation
 
   if crops not in (1, 10):
     raise ValueError(f"--crops must be 1 or 10, got {crops}")
+  if split not in SPLITS:
+    raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
   run = analysis.load_run(workdir, step, from_dataset=True)
   eval_step = evaluation.make_eval_step(run.config, run.model, run.mesh, crops=crops)
   metrics = evaluation.evaluate(
-      run.config, eval_step, run.variables["params"], run.input_spec(), run.mesh, progress=True
+      run.config,
+      eval_step,
+      run.variables["params"],
+      run.input_spec(),
+      run.mesh,
+      progress=True,
+      split=_STREAM_SPLIT[split],
   )
-  return {"step": run.step, "crops": crops, **metrics}
+  return {"step": run.step, "crops": crops, "split": split, **metrics}
+
+
+def results_file(step: int, crops: int, split: str = "validation") -> str:
+  """Where one run's results go: eval_<step>_<crops>crop.json, with _test for the test split
+  (a name compare.py's table of validation results does not take for one)."""
+  from alexnet_jax import run_dir
+
+  name = run_dir.eval_results_file(step, crops)
+  return name if split == "validation" else name[: -len(".json")] + f"_{split}.json"
 
 
 def _errors(m: dict) -> str:
@@ -56,34 +84,37 @@ def main(argv):
   from alexnet_jax import runtime
 
   runtime.setup()
-  from alexnet_jax import analysis, run_dir
+  from alexnet_jax import analysis
+  from alexnet_jax.data import DatasetError
 
   workdirs = FLAGS.workdir
   if len(workdirs) > 1 and FLAGS.step is not None:
     raise app.UsageError("--step applies to a single --workdir")
   try:
     if len(workdirs) == 1:
-      m = evaluate_checkpoint(workdirs[0], FLAGS.crops, FLAGS.step)
-      path = os.path.join(workdirs[0], run_dir.eval_results_file(m["step"], FLAGS.crops))
+      m = evaluate_checkpoint(workdirs[0], FLAGS.crops, FLAGS.step, FLAGS.split)
+      path = os.path.join(workdirs[0], results_file(m["step"], FLAGS.crops, FLAGS.split))
       with open(path, "w") as f:
         json.dump(m, f, indent=2)
       print(
-          f"step {m['step']}, {m['num_images']} images, {FLAGS.crops} view(s): "
+          f"step {m['step']}, {FLAGS.split} split, {m['num_images']} images, "
+          f"{FLAGS.crops} view(s): "
           f"{_errors(m)}  ({path})"
       )
       return
-    m = analysis.ensemble_evaluate(workdirs, FLAGS.crops)
-  except (FileNotFoundError, analysis.RunError) as e:
+    m = analysis.ensemble_evaluate(workdirs, FLAGS.crops, split=_STREAM_SPLIT[FLAGS.split])
+  except (FileNotFoundError, DatasetError, analysis.RunError) as e:
     sys.exit(f"FATAL: {e}")
   for member in m["members"]:
     print(f"{member['workdir']} (step {member['step']}): {_errors(member)}")
   print(
-      f"ensemble of {len(workdirs)}, {m['num_images']} images, {FLAGS.crops} view(s): "
+      f"ensemble of {len(workdirs)}, {FLAGS.split} split, {m['num_images']} images, "
+      f"{FLAGS.crops} view(s): "
       f"{_errors(m)}"
   )
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
-      json.dump({"workdirs": workdirs, **m}, f, indent=2)
+      json.dump({"workdirs": workdirs, "split": FLAGS.split, **m}, f, indent=2)
     print(f"written to {FLAGS.out}")
 
 

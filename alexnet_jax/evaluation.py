@@ -137,21 +137,24 @@ def evaluate(
     max_batches: int = -1,
     progress: bool = False,
     dataset=None,
+    split: str = "eval",
 ) -> dict:
   """Top-1/top-5 error over the whole validation split (every image once: the last batch is
   padded, and padding counts nowhere); progress: a progress bar with an ETA on stderr;
-  dataset: the Source data_lib.open_dataset made of config.dataset (opened here when None)."""
+  dataset: the Source data_lib.open_dataset made of config.dataset (opened here when None);
+  split: 'eval', or 'test' for a dataset with a held-out test split (oxford17)."""
   sums = None
   shard_index, num_shards = sharding.process_data_shard(mesh)
   dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
-  it = data_lib.eval_iterator(
+  it = data_lib.split_iterator(
       dataset,
+      split,
       global_batch_size=config.eval_batch_size,
       shard_index=shard_index,
       num_shards=num_shards,
   )
   if progress:
-    total = -(-dataset.info.num_eval // config.eval_batch_size)
+    total = -(-data_lib.split_size(dataset, split) // config.eval_batch_size)
     total = min(total, max_batches) if max_batches > 0 else total
     it = reporting.progress(it, total=total, desc="evaluating")
   for i, batch in enumerate(it):

@@ -25,3 +25,12 @@ def devices():
   devs = jax.devices()
   assert len(devs) == 8, f"conftest must give 8 CPU devices, got {devs}"
   return devs
+
+
+@pytest.fixture(scope="session")
+def oxford17_data(tmp_path_factory):
+  """Oxford-17's published layout (17flowers.tgz, datasplits.mat) written once per session
+  (tests/data_helpers.oxford17): a source caches beside it, so tests only read it."""
+  from tests import data_helpers
+
+  return data_helpers.oxford17(tmp_path_factory.mktemp("oxford17"))

@@ -188,3 +188,82 @@ def tiny_imagenet(root):
   )
   info = data_lib.dataset_info(cfg)  # runs the real builder's download_and_prepare on the tars
   return cfg, info, expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Oxford-17 as its authors publish it: 17flowers.tgz and datasplits.mat.
+
+OXFORD17_SIZE = 40  # pixels of each image's square crop
+
+
+def oxford17(root):
+  """The published layout, written here: root/archive/17flowers.tgz (jpg/image_0001.jpg ...
+  jpg/image_1360.jpg and jpg/files.txt) with a datasplits.mat beside it, the same archive
+  alone in root/nomat, and its extraction in root/extracted (with the .mat). Image i of class
+  c = (i - 1) // 80 is a 40x40 crop of a real photo at an offset of its own (classes: other
+  photos or other regions). Returns {'root', 'tgz', 'extracted', 'nomat', 'mat', 'splits':
+  {'trn1': 1-based indices, ..., 'tst3'}, 'jpegs': {i: the JPEG's bytes}}."""
+  from scipy import io as scipy_io
+
+  photos = real_photos()
+  jpegs = {}
+  for i in range(1, 1361):
+    c, j = (i - 1) // 80, (i - 1) % 80
+    photo = photos[c % len(photos)]
+    y, x = (c // len(photos)) * 60 + (j // 10) * 16, (c // len(photos)) * 90 + (j % 10) * 16
+    jpegs[i] = encode(photo[y : y + OXFORD17_SIZE, x : x + OXFORD17_SIZE], "JPEG", quality=90)
+  archive_dir = root / "archive"
+  archive_dir.mkdir(parents=True)
+  tgz = archive_dir / "17flowers.tgz"
+  with tarfile.open(tgz, "w:gz", compresslevel=1) as tar:
+    info = tarfile.TarInfo("jpg")
+    info.type = tarfile.DIRTYPE
+    tar.addfile(info)
+    for i, data in jpegs.items():
+      _tar_add(tar, f"jpg/image_{i:04d}.jpg", data)
+    listing = "".join(f"image_{i:04d}.jpg\n" for i in jpegs).encode()
+    _tar_add(tar, "jpg/files.txt", listing)
+  # The authors' three splits: per class 40 train, 20 validation, 20 test, in a shuffled
+  # order, as MATLAB 1xN double row vectors.
+  rng = np.random.RandomState(2024)
+  splits = {}
+  for s in (1, 2, 3):
+    parts = {"trn": [], "val": [], "tst": []}
+    for c in range(17):
+      perm = rng.permutation(80) + 80 * c + 1
+      parts["trn"].append(perm[:40])
+      parts["val"].append(perm[40:60])
+      parts["tst"].append(perm[60:])
+    for k, v in parts.items():
+      splits[f"{k}{s}"] = rng.permutation(np.concatenate(v)).astype(np.float64)[None, :]
+  mat = archive_dir / "datasplits.mat"
+  scipy_io.savemat(mat, splits)
+  extracted = root / "extracted"
+  with tarfile.open(tgz) as tar:
+    tar.extractall(extracted, filter="data")
+  (extracted / "datasplits.mat").write_bytes(mat.read_bytes())
+  (root / "nomat").mkdir()
+  (root / "nomat" / "17flowers.tgz").write_bytes(tgz.read_bytes())
+  return {
+      "root": root,
+      "tgz": tgz,
+      "extracted": extracted,
+      "nomat": root / "nomat",
+      "mat": mat,
+      "splits": {k: v[0].astype(np.int64) for k, v in splits.items()},
+      "jpegs": jpegs,
+  }
+
+
+def oxford17_references(jpegs: dict) -> dict:
+  """{digest of the paper's 256x256 image: 1-based index} of each JPEG, decoded from its
+  bytes (not from the source's files)."""
+  import tensorflow as tf
+
+  ids = sorted(jpegs)
+  ds = tf.data.Dataset.from_tensor_slices([jpegs[i] for i in ids])
+  ds = ds.map(data_lib.preprocess_encoded, tf.data.AUTOTUNE).batch(128)
+  images = np.concatenate(list(ds.as_numpy_iterator()))
+  refs = {digest(im): i for im, i in zip(images, ids)}
+  assert len(refs) == len(ids), "the crops must all differ"
+  return refs

@@ -45,6 +45,11 @@ class Report:
   complete: bool  # every shard of every split is there (and train_stats.npz)
 
 
+def _splits(src: sources.Source) -> dict:
+  """The source's splits by their prepared name: train, eval, and test where there is one."""
+  return {"train": src.train, "eval": src.eval, "test": src.test}
+
+
 def make_plan(src: sources.Source, settings: Settings, fmt: str, quality: int, per_shard: int):
   if fmt not in shards_lib.FORMATS:
     raise DatasetError(f"prepare.format must be one of {shards_lib.FORMATS}, got {fmt!r}")
@@ -53,7 +58,7 @@ def make_plan(src: sources.Source, settings: Settings, fmt: str, quality: int, p
   if int(per_shard) < 1:
     raise DatasetError(f"prepare.images_per_shard must be >= 1, got {per_shard}")
   splits = {}
-  for name, split in (("train", src.train), ("eval", src.eval)):
+  for name, split in _splits(src).items():
     if split is None:
       continue
     n = split.num_examples
@@ -271,7 +276,7 @@ def prepare(
   digest = shards_lib.plan_digest(plan)
   todo, skipped = [], []
   for name, entry in plan["splits"].items():
-    split = src.train if name == "train" else src.eval
+    split = _splits(src)[name]
     keys = shards_lib.split_keys(entry)
     if not np.array_equal(keys, np.sort(split.all_keys())):
       raise DatasetError(f"the {name} split of {src.name} changed while it was planned")

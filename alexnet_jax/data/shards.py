@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from alexnet_jax.data import sources
+from alexnet_jax.data import oxford17, sources
 from alexnet_jax.data.preprocess import IMAGE_SIZE
 from alexnet_jax.data.settings import (
     DatasetError,
@@ -85,6 +85,8 @@ def default_location(settings: Settings) -> str:
   name = settings.name
   if name.startswith("folder:"):
     return os.path.join(sources.folder_root(name), ".alexnet_jax_prepared", variant)
+  if name.startswith(oxford17.PREFIX):
+    return oxford17.prepared_location(settings)
   if name == "digits":
     base = settings.data_dir or user_cache_dir()
   else:
@@ -97,6 +99,8 @@ def default_location(settings: Settings) -> str:
 def canonical_name(name: str) -> str:
   if name.startswith("folder:"):
     return "folder:" + sources.folder_root(name)
+  if name.startswith(oxford17.PREFIX):
+    return oxford17.canonical_name(name)
   return name
 
 
@@ -420,4 +424,5 @@ def open_prepared(root: str, settings: Settings, identity: tuple) -> Source:
           + ")"
       ),
       prepared_stats=stats,
+      test=splits.get("test"),
   )

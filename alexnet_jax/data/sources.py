@@ -1,4 +1,5 @@
-"""Where the images come from: the digits, a folder of class subfolders, any TFDS dataset.
+"""Where the images come from: the digits, a folder of class subfolders, Oxford-17, any TFDS
+dataset.
 
 Sources (`dataset.name`):
   imagenet2012   the real TFDS builder; prepared from ILSVRC2012_img_{train,val}.tar found in the
@@ -11,6 +12,9 @@ Sources (`dataset.name`):
                  validation split are required. `dataset.exif_transpose=True` turns JPEGs upright
                  by their EXIF orientation, as PIL's ImageOps.exif_transpose (default False: the
                  paper's and TFDS's pipelines ignore EXIF).
+  oxford17:/path the Oxford 17-category flowers: the published 17flowers.tgz or its extracted
+                 directory; split 1 of the authors' datasplits.mat when present (its test split
+                 is the Source's `test`), else a seeded 80/20 split per class (oxford17.py).
   digits         the 1,797 8x8 handwritten digits that ship inside scikit-learn (no download);
                  fixed split: 1,500 train / 297 validation.
 
@@ -321,6 +325,7 @@ class DatasetInfo:
   num_train: int
   num_eval: int
   class_names: tuple
+  num_test: int = 0  # a held-out test split's size (oxford17 with datasplits.mat), else 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -341,6 +346,7 @@ class Source:
   prepared_stats: str | None = None  # a prepared dataset's statistics file
   settings: Settings | None = None  # the config it was opened with (dataset.open_dataset)
   memo: dict = dataclasses.field(default_factory=dict, repr=False)  # this source's statistics
+  test: Any = None  # a held-out test split, where the dataset has one (evaluate --split=test)
 
   @property
   def info(self) -> DatasetInfo:
@@ -350,6 +356,7 @@ class Source:
         self.train.num_examples,
         self.eval.num_examples if self.eval is not None else 0,
         tuple(self.class_names),
+        self.test.num_examples if self.test is not None else 0,
     )
 
 
@@ -363,6 +370,10 @@ def open_raw(settings: Settings) -> Source:
       src = _digits_source(settings.data_dir, resize)
     elif name.startswith("folder:"):
       src = _folder_source(name[len("folder:") :], resize, settings.exif_transpose)
+    elif name.startswith("oxford17:"):
+      from alexnet_jax.data import oxford17  # pylint: disable=g-import-not-at-top  (imports this)
+
+      src = oxford17.open_source(name, resize, settings.exif_transpose)
     else:
       _refuse_paths(name)
       src = _tfds_source(name, settings.data_dir, settings.manual_dir, resize)
@@ -556,8 +567,9 @@ def _tfds_source(name: str, data_dir, manual_dir, resize) -> Source:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
-        f'unknown dataset {name!r}: use "imagenet2012", "digits", "folder:/path" or the name of a '
-        f"TFDS image-classification dataset ({type(e).__name__}: {e})"
+        f'unknown dataset {name!r}: use "imagenet2012", "digits", "folder:/path", '
+        '"oxford17:/path" or the name of a TFDS image-classification dataset '
+        f"({type(e).__name__}: {e})"
     ) from None
   if not builder.is_prepared():
     base = name.split(":")[0].split("/")[0]
@@ -630,6 +642,13 @@ def cheap_identity(settings: Settings) -> tuple:
         if os.path.isdir(path):
           digest.update(f"{os.path.relpath(path, root)}\0{os.stat(path).st_mtime_ns}\n".encode())
     return tuple(classes), digest.hexdigest()
+  if name.startswith("oxford17:"):
+    from alexnet_jax.data import oxford17  # pylint: disable=g-import-not-at-top  (imports this)
+
+    try:
+      return oxford17.CLASS_NAMES, oxford17.signature(oxford17.layout(name))
+    except FileNotFoundError:
+      return None, None
   try:
     builder = tfds.builder(
         name, data_dir=os.path.expanduser(settings.data_dir or default_tfds_dir())

@@ -33,6 +33,7 @@ from absl import logging
 from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.data.dataset import open_dataset
 from alexnet_jax.data.preprocess import IMAGE_SIZE
+from alexnet_jax.data.settings import DatasetError
 from alexnet_jax.data.shards import PreparedDataError
 from alexnet_jax.data.sources import instruction_keys
 
@@ -314,9 +315,14 @@ def eval_iterator(
 
 
 def _split(src, split: str):
-  if split not in ("train", "eval"):
-    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-  return src.train if split == "train" else src.eval
+  if split not in ("train", "eval", "test"):
+    raise ValueError(f"split must be 'train', 'eval' or 'test', got {split!r}")
+  if split == "test" and src.test is None:
+    raise DatasetError(
+        f"dataset {src.name} has no test split (oxford17: has one with datasplits.mat beside "
+        "the images); evaluate the validation split instead."
+    )
+  return {"train": src.train, "eval": src.eval, "test": src.test}[split]
 
 
 def _covered(split, max_examples) -> int:
@@ -338,7 +344,8 @@ def split_iterator(
     num_shards: int | None = None,
     max_examples: int | None = None,
 ) -> Iterator[dict]:
-  """One pass over a split ('train' or 'eval') in a fixed order, as eval_iterator does it.
+  """One pass over a split ('train', 'eval', or 'test' where the dataset has one) in a fixed
+  order, as eval_iterator does it.
 
   max_examples: cover only that many, spread over the split: evenly spaced keys of
   random-access sources (whose canonical order is class by class), a prefix of TFDS
