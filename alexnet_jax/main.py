@@ -40,7 +40,9 @@ flags.DEFINE_list(
     "allow_config_change",
     [],
     "Keys (or 'prefix.*') a resumed run may change although they change the training, e.g. "
-    "optimizer.learning_rate. Shape- and data-changing keys are refused regardless.",
+    "optimizer.learning_rate. Shape- and data-changing keys are refused regardless. "
+    "'training_data': resume although the training data differ from those the run started "
+    "with (WORKDIR/training_data.json); the run keeps its statistics.",
 )
 flags.DEFINE_bool(
     "verbose",
@@ -152,7 +154,7 @@ def _train(config, workdir) -> int:
   from alexnet_jax import data as data_lib
 
   try:
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, allow=FLAGS.allow_config_change)
   except preemption.Preempted as e:
     logging.warning("%s", e)
     return preemption.EXIT_PREEMPTED
