@@ -193,15 +193,16 @@ def _open(dataset_config, recorded, workdir, allowed) -> data_lib.Source:
   except data_lib.DatasetNotFoundError:
     raise
   except data_lib.DatasetError as e:
+    why = " ".join(str(e).split())  # one line
     if not allowed:
       raise _refusal(
-          workdir, f"it started on {_source_text(recorded)}, which cannot be read now ({e})"
+          workdir, f"it started on {_source_text(recorded)}, which cannot be read now ({why})"
       ) from None
     logging.warning(
         "the run started on %s, which cannot be read now (%s); reading what "
         "dataset.prepared='auto' finds (--allow_config_change=%s).",
         _source_text(recorded),
-        e,
+        why,
         ALLOW,
     )
     return data_lib.open_dataset(settings)
