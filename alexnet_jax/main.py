@@ -6,7 +6,10 @@ r"""Train AlexNet: flags -> config -> train.train_and_evaluate.
 
 Re-running with the same --workdir resumes from its latest checkpoint; overrides that would
 change the parameter shapes or the data are refused (each key's resume rule is declared in
-alexnet_jax/config_schema.py).
+alexnet_jax/config_schema.py). A resume reads the data the run started with and keeps its
+statistics; other data (images added or removed, prepared shards instead of the originals)
+are refused unless --allow_config_change=training_data (WORKDIR/training_data.json,
+alexnet_jax/run_data.py).
 SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
 One trainer per workdir: a second one stops at once naming the holder of WORKDIR/run.lock
 (alexnet_jax/run_lock.py).

@@ -28,7 +28,9 @@ are not checkpoints (checkpoint.py writes CHECKPOINT_DIR; reporting.py the metri
 A run copied to a machine without the dataset restores, predicts and draws its kernels from
 these. Runs written before the statistics, class names and preprocessing were kept still
 restore: `missing(workdir)` names what they lack, and
-analysis.load_run(workdir, from_dataset=True) recomputes it from the dataset.
+analysis.load_run(workdir, from_dataset=True) recomputes it from the dataset. Runs written
+before training_data.json was kept resume as they did (statistics from the data, whatever
+dataset.prepared='auto' finds) and get it at that resume.
 """
 
 from __future__ import annotations
