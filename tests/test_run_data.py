@@ -205,6 +205,18 @@ def test_a_run_started_on_prepared_rows_keeps_them_and_refuses_when_they_are_gon
 
   again = run_data.open_for_run(config, work, resuming=True)
   assert again.dataset.train.prepared and again.keep_stats and not again.changes
+  np.testing.assert_array_equal(again.stats.mean_image, start.stats.mean_image)
+  # The run's statistics replaced in the middle of the run (one mean value off by 1): refused.
+  stats_path = os.path.join(work, run_dir.STATS_FILE)
+  saved = open(stats_path, "rb").read()
+  with np.load(stats_path) as z:
+    fields = {k: z[k] for k in z.files}
+  fields["mean_image"][0, 0, 0] += 1
+  np.savez(stats_path, **fields)
+  with pytest.raises(run_data.DataChangedError, match="statistics .* are not the ones it started"):
+    run_data.open_for_run(config, work, resuming=True)
+  with open(stats_path, "wb") as f:
+    f.write(saved)
 
   off_config = tiny.config(**{"dataset.name": f"folder:{root}", "dataset.prepared": "off"})
   with pytest.raises(run_data.DataChangedError) as e:
