@@ -253,13 +253,14 @@ def open_for_run(config, workdir: str, resuming: bool, allow=()) -> RunData:
     stats = data_lib.dataset_stats(src)
   if changes:
     logging.warning(
-        "resuming %s on other training data (--allow_config_change=%s): %s. The run keeps "
-        "its statistics (%s, %d images) from when it started.",
+        "resuming %s on other training data (--allow_config_change=%s): %s. %s",
         workdir,
         ALLOW,
         "; ".join(changes),
-        run_dir.STATS_FILE,
-        stats.num_images,
+        f"The run keeps its statistics ({run_dir.STATS_FILE}, {stats.num_images} images) from "
+        "when it started."
+        if keep
+        else f"Its {run_dir.STATS_FILE} was missing: the statistics are those of the data now.",
     )
   stats_record = {
       "file": run_dir.STATS_FILE,
