@@ -11,13 +11,21 @@ Kept: the latest `keep_checkpoints` steps and the best one by validation top-1 e
 
 Integrity: each save records, in its JSON `meta` item, two 32-bit checksums of every array
 of the state (`checksums`: the sum of the array's bits, and a position-weighted sum, both
-mod 2^32; exact integer sums, so any mesh computes the same values). A restore recomputes
+mod 2^32; exact integer sums, so any mesh computes the same values), and the SHA-256 of the
+meta item itself (`meta_sha256`, over its canonical JSON without that field: the eval
+metrics, class count, checksums, everything a restore reads from it). A restore recomputes
 them on what it read, and a step whose files are missing, truncated, unreadable or hold
-other bytes than were saved is skipped for the newest one that verifies (`restore_latest`),
-with a warning naming the step and the reason. A run that resumes below such a step moves it
-to `<workdir>/checkpoints_unreadable/` (never deletes it: Orbax would otherwise count it as
-the latest and could delete the good ones). If none verifies, the run stops with
-`UnreadableCheckpointsError` listing them.
+other bytes or values than were saved is skipped for the newest one that verifies
+(`restore_latest`), with a warning naming the step and the reason. A run that resumes below
+such a step moves it to `<workdir>/checkpoints_unreadable/` (never deletes it: Orbax would
+otherwise count it as the latest and could delete the good ones). If none verifies, the run
+stops with `UnreadableCheckpointsError` listing them. `checksum_version` in the meta says
+what is covered: 2 the arrays and the meta; absent (saves before the meta was covered) the
+arrays only, and such steps still restore.
+
+A writer also sets aside, with the same warning, every step entry under `checkpoints/` that
+is not a real directory (a plain file, a symbolic link, a dangling one or a loop) before
+Orbax opens the directory: never deleted, and never in the way of that step's next save.
 
 A save that fails (a full disk: ENOSPC) stops the run with `CheckpointSaveError`, naming the
 directory and the space a checkpoint needs, at the next step boundary that logs (`check`);
@@ -26,6 +34,8 @@ the checkpoints already committed stay as they are.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from typing import NamedTuple
@@ -102,8 +112,43 @@ def checksums(tree) -> dict:
   return {k: [int(a), int(b)] for (k, _), (a, b) in zip(pairs, sums)}
 
 
+# What a save's checksums cover: 2 = the arrays and the meta item (meta_sha256); a meta without
+# the field was saved before the meta was covered (the arrays only).
+CHECKSUM_VERSION = 2
+
+
+def _jsonable(x):
+  if isinstance(x, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(x).tolist()
+  raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+
+def meta_digest(meta: dict) -> str:
+  """SHA-256 of the meta item's canonical JSON, without its own meta_sha256 field."""
+  body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+  text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=_jsonable)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal(meta: dict) -> dict:
+  """`meta` as JSON reads it back, with checksum_version and its meta_sha256."""
+  meta = json.loads(json.dumps(meta, default=_jsonable))
+  meta["checksum_version"] = CHECKSUM_VERSION
+  meta["meta_sha256"] = meta_digest(meta)
+  return meta
+
+
 def verify(state, meta: dict, step: int) -> None:
-  """Raise CorruptCheckpointError if the restored `state` is not what step `step` saved."""
+  """Raise CorruptCheckpointError if the restored `state` or `meta` is not what step `step`
+  saved."""
+  if not isinstance(meta, dict):
+    raise CorruptCheckpointError("its meta item is not a JSON object")
+  if "checksum_version" in meta or "meta_sha256" in meta:
+    if meta.get("meta_sha256") != meta_digest(meta):
+      raise CorruptCheckpointError(
+          "its meta item (eval metrics, class count, checksums) differs from the SHA-256 "
+          "recorded at save time"
+      )
   want = meta.get("checksums")
   if want is None:  # saved before checksums existed: at least refuse non-finite values
     bad = [
@@ -185,6 +230,19 @@ class CheckpointManager:
             ),
         ]
     )
+    self._workdir = os.path.abspath(workdir)
+    if not read_only:  # before Orbax lists the steps (or deletes what it takes for its own)
+      if jax.process_index() == 0:
+        for name, reason in self._not_step_directories():
+          logging.warning(
+              "skipping checkpoint step %s in %s: %s. Trying an older one; the files are kept.",
+              name,
+              self.directory,
+              reason,
+          )
+          self._move_aside(name)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("alexnet_jax: stray checkpoint entries set aside")
     # Look before Orbax does: it deletes temporary directories when it starts.
     incomplete = [] if read_only else self._incomplete_entries()
     if read_only:  # the same function each time: added once
@@ -200,7 +258,6 @@ class CheckpointManager:
             cleanup_tmp_directories=not read_only,
         ),
     )
-    self._workdir = os.path.abspath(workdir)
     self._read_only = read_only
     self._pending = None  # step of a save that may still be in flight
     self._bytes = 0  # the size of the last saved state's arrays
@@ -211,6 +268,41 @@ class CheckpointManager:
           path,
           self._manager.latest_step(),
       )
+
+  def _not_step_directories(self) -> list[tuple[str, str]]:
+    """(name, why) of the step entries (names starting with a digit) that are not real
+    directories: Orbax would skip or delete them, and a save of that step would fail."""
+    if not os.path.isdir(self.directory):
+      return []
+    out = []
+    for name in sorted(os.listdir(self.directory)):
+      path = os.path.join(self.directory, name)
+      if not name[:1].isdigit():
+        continue
+      if os.path.islink(path):
+        try:
+          target = os.readlink(path)
+          os.stat(path)
+          why = f"a symbolic link (to {target}), not a step directory"
+        except OSError as e:
+          why = f"a symbolic link that cannot be followed ({e.strerror or e}), not a step directory"
+      elif not os.path.isdir(path):
+        why = "a file, not a step directory"
+      else:
+        continue
+      out.append((name, why))
+    return out
+
+  def _move_aside(self, name: str) -> str:
+    """Move checkpoints/<name> (the entry itself, never a link's target) to UNREADABLE_DIR."""
+    target = os.path.join(self._workdir, UNREADABLE_DIR)
+    os.makedirs(target, exist_ok=True)
+    dest, n = os.path.join(target, name), 1
+    while os.path.lexists(dest):
+      dest, n = os.path.join(target, f"{name}.{n}"), n + 1
+    os.rename(os.path.join(self.directory, name), dest)
+    logging.warning("moved unreadable checkpoint step %s to %s (kept, not deleted)", name, dest)
+    return dest
 
   def _incomplete_entries(self) -> list[str]:
     """Entries that are not finished steps: Orbax writes `<step>.orbax-checkpoint-tmp-*`
@@ -236,12 +328,14 @@ class CheckpointManager:
         {"top1_error": float(eval_metrics["top1_error"])} if eval_metrics is not None else None
     )
     self._bytes = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
-    meta = {
-        "step": int(step),
-        **(meta or {}),
-        **({"eval": eval_metrics} if eval_metrics else {}),
-        "checksums": checksums(state),
-    }
+    meta = seal(
+        {
+            "step": int(step),
+            **(meta or {}),
+            **({"eval": eval_metrics} if eval_metrics else {}),
+            "checksums": checksums(state),
+        }
+    )
     self._pending = step
     try:
       self._manager.save(
@@ -357,16 +451,9 @@ class CheckpointManager:
     return None
 
   def _set_aside(self, steps):
-    target = os.path.join(self._workdir, UNREADABLE_DIR)
     if jax.process_index() == 0:
-      os.makedirs(target, exist_ok=True)
       for step in steps:
-        dest = os.path.join(target, str(step))
-        n = 1
-        while os.path.exists(dest):
-          dest, n = os.path.join(target, f"{step}.{n}"), n + 1
-        os.rename(os.path.join(self.directory, str(step)), dest)
-        logging.warning("moved unreadable checkpoint step %d to %s (kept, not deleted)", step, dest)
+        self._move_aside(str(step))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("alexnet_jax: unreadable checkpoints set aside")
     self._manager.reload()

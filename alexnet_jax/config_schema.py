@@ -133,7 +133,9 @@ KEYS: tuple[Key, ...] = (
         "how an image becomes 256x256"),
     # 'auto' reads the prepared shards found beside the data when complete and made for this
     # config, else the original images; 'off' never; or the directory to read them from
-    # (refused if made from other data or settings).
+    # (refused if made from other data or settings). Safe on resume: a resumed run reads the
+    # source it started with under 'auto', and a value that reads other data is refused
+    # (run_data.py, training_data.json).
     Key("dataset.prepared", "auto",
         Check(lambda v: isinstance(v, str) and v != "",
               "'auto' (shards found beside the data), 'off' or a directory of prepared shards"),

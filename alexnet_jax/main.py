@@ -6,7 +6,10 @@ r"""Train AlexNet: flags -> config -> train.train_and_evaluate.
 
 Re-running with the same --workdir resumes from its latest checkpoint; overrides that would
 change the parameter shapes or the data are refused (each key's resume rule is declared in
-alexnet_jax/config_schema.py).
+alexnet_jax/config_schema.py). A resume reads the data the run started with and keeps its
+statistics; other data (images added or removed, prepared shards instead of the originals)
+are refused unless --allow_config_change=training_data (WORKDIR/training_data.json,
+alexnet_jax/run_data.py).
 SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
 One trainer per workdir: a second one stops at once naming the holder of WORKDIR/run.lock
 (alexnet_jax/run_lock.py).
@@ -40,7 +43,9 @@ flags.DEFINE_list(
     "allow_config_change",
     [],
     "Keys (or 'prefix.*') a resumed run may change although they change the training, e.g. "
-    "optimizer.learning_rate. Shape- and data-changing keys are refused regardless.",
+    "optimizer.learning_rate. Shape- and data-changing keys are refused regardless. "
+    "'training_data': resume although the training data differ from those the run started "
+    "with (WORKDIR/training_data.json); the run keeps its statistics.",
 )
 flags.DEFINE_bool(
     "verbose",
@@ -152,7 +157,7 @@ def _train(config, workdir) -> int:
   from alexnet_jax import data as data_lib
 
   try:
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, allow=FLAGS.allow_config_change)
   except preemption.Preempted as e:
     logging.warning("%s", e)
     return preemption.EXIT_PREEMPTED

@@ -13,6 +13,9 @@ are not checkpoints (checkpoint.py writes CHECKPOINT_DIR; reporting.py the metri
   dataset_stats.npz     the training split's statistics: the mean image that input.mean
                         'dataset' subtracts and the RGB eigen-basis of the PCA lighting
                         (data_lib.DatasetStats, every field)
+  training_data.json    what identifies the training data (source: originals or which
+                        prepared shards; the dataset's signature and split sizes; the SHA-256
+                        of dataset_stats.npz): a resume on other data is refused (run_data.py)
   class_names.json      the label names in label order: TFDS ClassLabel names, folder names,
                         "0".."9" for digits
   preprocessing.json    the run's InputSpec (input_spec.py) without its mean image, the
@@ -25,7 +28,9 @@ are not checkpoints (checkpoint.py writes CHECKPOINT_DIR; reporting.py the metri
 A run copied to a machine without the dataset restores, predicts and draws its kernels from
 these. Runs written before the statistics, class names and preprocessing were kept still
 restore: `missing(workdir)` names what they lack, and
-analysis.load_run(workdir, from_dataset=True) recomputes it from the dataset.
+analysis.load_run(workdir, from_dataset=True) recomputes it from the dataset. Runs written
+before training_data.json was kept resume as they did (statistics from the data, whatever
+dataset.prepared='auto' finds) and get it at that resume.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 CURVE_FILE = "learning_curve.png"
 STATS_FILE = "dataset_stats.npz"
+DATA_FILE = "training_data.json"
 CLASS_NAMES_FILE = "class_names.json"
 PREPROCESSING_FILE = "preprocessing.json"
 MEAN_IMAGE_FILE = "mean_image.npy"
@@ -71,6 +77,7 @@ TRAINING_NAMES = (
     METRICS_FILE,
     TENSORBOARD_DIR,
     CURVE_FILE,
+    DATA_FILE,
     *FILES,
 )
 
@@ -89,7 +96,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(config_schema.upgrade(json.load(f)))
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
+  """`obj` as indented JSON, written atomically."""
   _write_atomically(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
@@ -99,8 +107,11 @@ def write(
     info: data_lib.DatasetInfo,
     stats: data_lib.DatasetStats,
     spec,
+    *,
+    keep_stats: bool = False,
 ) -> list[str]:
-  """Write FILES into `workdir` (replacing older ones); `spec`: the run's InputSpec.
+  """Write FILES into `workdir` (replacing older ones); `spec`: the run's InputSpec;
+  keep_stats: leave STATS_FILE as it is (a resume uses the run's own statistics).
   Returns their paths."""
   os.makedirs(workdir, exist_ok=True)
   paths = [os.path.join(workdir, name) for name in FILES]
@@ -112,20 +123,21 @@ def write(
       "num_images": np.int64(stats.num_images),
       "bad_files": np.asarray(list(stats.bad_files), dtype=str),
   }
-  _write_atomically(paths[0], lambda f: np.savez(f, **fields))
+  if not keep_stats:
+    _write_atomically(paths[0], lambda f: np.savez(f, **fields))
   write_class_names(workdir, info.class_names)
   write_preprocessing(workdir, spec.to_json(), info.name, config.eval_crops)
   return paths
 
 
 def write_class_names(workdir: str, names) -> None:
-  _write_json(os.path.join(workdir, CLASS_NAMES_FILE), [str(n) for n in names])
+  write_json(os.path.join(workdir, CLASS_NAMES_FILE), [str(n) for n in names])
 
 
 def write_preprocessing(workdir: str, spec_json: dict, dataset: str, eval_crops: int) -> None:
   """preprocessing.json: the InputSpec's fields (InputSpec.to_json()), the dataset's name
   and the number of views evaluation averages (§4.1)."""
-  _write_json(
+  write_json(
       os.path.join(workdir, PREPROCESSING_FILE),
       {"dataset": dataset, **spec_json, "eval_crops": int(eval_crops)},
   )

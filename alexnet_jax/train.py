@@ -21,11 +21,13 @@ from absl import logging
 
 from alexnet_jax import (
     augment,
+    config_checks,
     evaluation,
     fine_tune,
     optim,
     preemption,
     reporting,
+    run_data,
     run_dir,
     sharding,
     train_state,
@@ -50,9 +52,9 @@ def make_mesh(config) -> jax.sharding.Mesh:
 
 
 # ---- Input ----------------------------------------------------------------------------------
-def open_input(config) -> data_lib.Source:
-  """The dataset, checked: it has validation images."""
-  dataset = data_lib.open_dataset(config.dataset)
+def open_input(config, dataset=None) -> data_lib.Source:
+  """The dataset (`dataset`: already opened), checked: it has validation images."""
+  dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
   info = dataset.info
   if info.num_eval == 0:  # evaluation (and the plateau schedule) would fail after training
     raise data_lib.DatasetError(
@@ -67,19 +69,6 @@ def open_input(config) -> data_lib.Source:
         config.batch_size,
     )
   return dataset
-
-
-def training_stats(dataset) -> data_lib.DatasetStats:
-  """The training split's mean image and RGB covariance (§2, §4.1), computed once and cached
-  beside the data."""
-  stats = data_lib.dataset_stats(dataset)
-  if stats.bad_files:
-    logging.warning(
-        "%d training image(s) cannot be decoded and are skipped: %s",
-        len(stats.bad_files),
-        ", ".join(stats.bad_files[:20]),
-    )
-  return stats
 
 
 def schedule_lengths(config, info: data_lib.DatasetInfo) -> tuple[int, int, int]:
@@ -196,21 +185,25 @@ class Run:
       logging.info(msg, *args)
 
 
-def setup_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def setup_run(config: ml_collections.ConfigDict, workdir: str, allow=()) -> Run:
   """Mesh, dataset, input spec, model, schedule lengths and the checkpoint manager; checks
-  what can be checked before any device work."""
+  what can be checked before any device work. `allow`: --allow_config_change."""
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh(config)
-  dataset = open_input(config)
+  # The training data and statistics (§2, §4.1): a resume reads those the run started with,
+  # or stops here, before anything is written (run_data.py).
+  data = run_data.open_for_run(config, workdir, config_checks.has_checkpoints(workdir), allow)
+  dataset = open_input(config, data.dataset)
   info = dataset.info
   manager = ckpt_lib.CheckpointManager(workdir, config)
   if manager.latest_step() is None:  # a new run: check init_from, take its mean image
     fine_tune.prepare_run_dir(config, workdir)
-  stats = training_stats(dataset)
+  stats = data.stats
   spec = InputSpec.from_config(config, stats, workdir)
   if jax.process_index() == 0:
     # What inference needs without the dataset: mean image, class names, preprocessing.
-    run_dir.write(workdir, config, info, stats, spec)
+    run_dir.write(workdir, config, info, stats, spec, keep_stats=data.keep_stats)
+    run_data.record(workdir, data)
   steps_per_epoch, num_steps, eval_every = schedule_lengths(config, info)
   replicated = sharding.replicated(mesh)
   return Run(
@@ -343,10 +336,11 @@ def save(run: Run, step: int, state: train_state.TrainState, eval_metrics: dict 
   )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow=()) -> dict:
   """Train (resuming from `workdir` if it holds a checkpoint) and evaluate; returns the
-  final evaluation metrics."""
-  run = setup_run(config, workdir)
+  final evaluation metrics. `allow`: --allow_config_change (run_data.ALLOW: resume on other
+  training data)."""
+  run = setup_run(config, workdir, allow)
   state = restore_or_create_state(run)
   start, num_steps = int(state.step), run.num_steps
   run.log(

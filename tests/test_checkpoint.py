@@ -157,6 +157,116 @@ def test_no_readable_checkpoint_stops_with_the_list_and_changes_nothing(tmp_path
     checkpoint.restore_run(workdir, train_state.restore_target())
 
 
+def _file(path):
+  path.write_bytes(b"not a checkpoint")
+
+
+def _loop(path):
+  os.symlink(path.name, path)  # checkpoints/6 -> 6: ELOOP
+
+
+def _dangling(path):
+  os.symlink(path.parent / "gone", path)
+
+
+def _link_to_a_step(path):
+  os.symlink(path.parent / "4", path)  # a readable directory, but not this step's own
+
+
+STRAY = {"file": _file, "loop": _loop, "dangling": _dangling, "link": _link_to_a_step}
+
+
+@pytest.mark.parametrize("kind", sorted(STRAY))
+def test_a_step_entry_that_is_not_a_directory_is_set_aside_and_saved_again(
+    tmp_path, caplog, kind, base
+):
+  """checkpoints/6 replaced by a plain file or a symbolic link (a loop, dangling, to another
+  step): a writer warns as for a damaged step, moves the entry itself aside unchanged, resumes
+  from step 4 and saves step 6 again."""
+  workdir = str(tmp_path / "run")
+  config, model, states = _saved_run(workdir, base)
+  entry = tmp_path / "run" / "checkpoints" / "6"
+  shutil.rmtree(entry)
+  STRAY[kind](entry)
+  link = os.readlink(entry) if entry.is_symlink() else None
+  with caplog.at_level(logging.WARNING):
+    manager = checkpoint.CheckpointManager(workdir, config)
+  said = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith("skipping checkpoint step 6 in") for m in said), said
+  aside = tmp_path / "run" / "checkpoints_unreadable" / "6"
+  assert any(f"moved unreadable checkpoint step 6 to {aside}" in m for m in said), said
+  assert not os.path.lexists(entry)
+  if link is not None:  # the link itself, as it was (its target untouched)
+    assert os.readlink(aside) == link
+  else:
+    assert aside.read_bytes() == b"not a checkpoint"
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / "4")
+  abstract = train_state.abstract_state(config, model)
+  state = manager.restore_or(lambda: base[2], train_state.state_shardings(_mesh(), abstract))
+  assert int(state.step) == 4
+  _assert_params(state.params, states[4].params)
+  manager.save(6, state, None, meta={"num_classes": 10})
+  manager.wait()
+  assert sorted(manager.all_steps()) == [2, 4, 6]
+  assert os.path.isdir(entry) and not entry.is_symlink()
+  manager.close()
+
+
+def _metadata(workdir, step):
+  return os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+
+
+def test_a_changed_value_in_the_meta_item_is_detected_and_the_step_skipped(tmp_path, caplog, base):
+  """top1_error 0.79 -> 0.19 in checkpoints/6/meta/metadata: the restore falls back to step 4
+  (the forged value is never returned), naming the meta item."""
+  config, model, state0 = base
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  config_checks.record(config, workdir, {})
+  manager = checkpoint.CheckpointManager(workdir, config)
+  for step in (4, 6):
+    manager.save(
+        step, _variant(state0, step), {"top1_error": 0.79, "top5_error": 0.25}, {"num_classes": 10}
+    )
+    manager.wait()
+  manager.close()
+  text = open(_metadata(workdir, 6)).read()
+  assert '"top1_error": 0.79' in text
+  with open(_metadata(workdir, 6), "w") as f:
+    f.write(text.replace('"top1_error": 0.79', '"top1_error": 0.19'))
+  with caplog.at_level(logging.WARNING):
+    run = checkpoint.restore_run(workdir, train_state.restore_target())
+  assert run.step == 4 and run.meta["eval"]["top1_error"] == 0.79
+  warned = [
+      r.getMessage() for r in caplog.records if "skipping checkpoint step 6" in r.getMessage()
+  ]
+  assert warned and "meta item" in warned[0], warned
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="meta item"):
+    checkpoint.restore_run(workdir, train_state.restore_target(), step=6)
+
+
+def test_a_checkpoint_saved_before_the_meta_was_covered_still_restores(tmp_path, monkeypatch, base):
+  """A save of the earlier format (no checksum_version, no meta_sha256: the meta item as
+  written before it was covered) restores, its arrays still verified."""
+  config, model, state0 = base
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  config_checks.record(config, workdir, {})
+  monkeypatch.setattr(checkpoint, "seal", lambda meta: meta)  # the earlier save
+  manager = checkpoint.CheckpointManager(workdir, config)
+  manager.save(4, _variant(state0, 4), {"top1_error": 0.5, "top5_error": 0.25}, {"num_classes": 10})
+  manager.wait()
+  manager.close()
+  meta = json.load(open(_metadata(workdir, 4)))
+  assert "checksum_version" not in meta and "meta_sha256" not in meta and meta["checksums"]
+  run = checkpoint.restore_run(workdir, train_state.restore_target())
+  assert run.step == 4 and run.meta["eval"]["top1_error"] == 0.5
+  _assert_params(run.variables["params"], jax.device_get(_variant(state0, 4)).params)
+  _garbage(workdir, 4)  # its arrays are still checked
+  with pytest.raises(checkpoint.UnreadableCheckpointsError):
+    checkpoint.restore_run(workdir, train_state.restore_target())
+
+
 def test_checksums_are_the_same_on_any_mesh_and_see_one_flipped_bit(devices, base):
   config, model, one = base
   mesh = sharding.make_mesh(4, 2, devices=devices)

@@ -1,0 +1,278 @@
+"""The data a run trains on are part of the run: recorded when it starts, checked on resume.
+
+run_dir.DATA_FILE (training_data.json) records what identifies the training data:
+
+  source        'originals' (the images themselves) or 'prepared' (python -m alexnet_jax.prepare's
+                shards: their directory, format, JPEG quality and plan digest)
+  fingerprint   the dataset's signature: for folder: the training files' names, sizes and
+                modification times; for TFDS its version and training-split size; the digits'
+                size; prepared shards carry their originals' fingerprint
+  num_train, num_eval, num_classes, class_names_sha256   the splits' sizes and the classes
+  stats         the SHA-256 of the run's statistics (dataset_stats.npz: mean image, RGB
+                covariance and eigen-basis, image count, undecodable files)
+
+A resume (the workdir holds a checkpoint) reads the source the run started with: with
+dataset.prepared='auto' it reads the originals if the run started on them (prepared shards that
+appeared since are not used) and the recorded shards if it started on those (gone or stale: the
+resume is refused). It is refused, before anything is written, with one line naming what
+changed when the data differ, unless --allow_config_change=training_data. The run's statistics
+are never recomputed or replaced in the middle of a run: a resume uses dataset_stats.npz, checked
+against the record (also when other data were allowed). A run directory written before this
+record existed resumes as it did (statistics from the data) and gets the record then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+
+import numpy as np
+from absl import logging
+
+from alexnet_jax import data as data_lib
+from alexnet_jax import run_dir
+from alexnet_jax.config_schema import ConfigError
+
+VERSION = 1
+# The token --allow_config_change takes to resume on other training data.
+ALLOW = "training_data"
+
+
+class DataChangedError(ConfigError):
+  """A resume whose training data (or statistics) would differ from the run's."""
+
+
+# ---- what identifies the data ----------------------------------------------------------------
+def stats_digest(stats: data_lib.DatasetStats) -> str:
+  """SHA-256 of the fields dataset_stats.npz holds (dtypes, shapes and bytes): equal for equal
+  statistics whenever and however the file was written."""
+  h = hashlib.sha256()
+  fields = {
+      "mean_image": np.asarray(stats.mean_image, np.float32),
+      "covariance": np.asarray(stats.covariance, np.float64),
+      "eigval": np.asarray(stats.eigval, np.float32),
+      "eigvec": np.asarray(stats.eigvec, np.float32),
+      "num_images": np.int64(stats.num_images),
+      "bad_files": "\0".join(map(str, stats.bad_files)).encode(),
+  }
+  for name, a in fields.items():
+    a = np.ascontiguousarray(np.asarray(a)) if not isinstance(a, bytes) else np.frombuffer(a, "u1")
+    h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def identity(src: data_lib.Source) -> dict:
+  """What identifies `src`'s data (the record's fields but 'stats')."""
+  info = src.info
+  out = {
+      "version": VERSION,
+      "dataset": src.name,
+      "source": "prepared" if getattr(src.train, "prepared", False) else "originals",
+      "description": src.description,
+      "fingerprint": src.fingerprint,
+      "num_train": info.num_train,
+      "num_eval": info.num_eval,
+      "num_classes": info.num_classes,
+      "class_names_sha256": hashlib.sha256(
+          json.dumps([str(n) for n in info.class_names]).encode()
+      ).hexdigest(),
+  }
+  if out["source"] == "prepared":
+    from alexnet_jax.data import shards  # pylint: disable=g-import-not-at-top
+
+    plan = shards.read_plan(src.train.root)
+    out["prepared"] = {
+        "dir": src.train.root,
+        "format": plan["format"],
+        "jpeg_quality": plan.get("jpeg_quality"),
+        "plan_digest": src.train.digest,
+    }
+  return out
+
+
+def _source_text(d: dict) -> str:
+  if d["source"] == "originals":
+    return f"the original images ({d.get('description', d['dataset'])})"
+  p = d["prepared"]
+  fmt = f"JPEG quality {p['jpeg_quality']}" if p["format"] == "jpeg" else "raw rows"
+  return f"the prepared shards in {p['dir']} ({fmt})"
+
+
+def differences(old: dict, new: dict) -> list[str]:
+  """What differs between two identities, as phrases (empty: the same data)."""
+  out = []
+  same_source = old["source"] == new["source"] and (
+      old["source"] == "originals"
+      or old["prepared"]["plan_digest"] == new["prepared"]["plan_digest"]
+  )
+  if not same_source:
+    out.append(f"it read {_source_text(old)}, now {_source_text(new)}")
+  if (old["num_train"], old["num_classes"]) != (new["num_train"], new["num_classes"]):
+    out.append(
+        f"{old['dataset']} had {old['num_train']} training images in {old['num_classes']} "
+        f"classes, now {new['num_train']} in {new['num_classes']}"
+    )
+  elif old["class_names_sha256"] != new["class_names_sha256"]:
+    out.append(f"the class names of {old['dataset']} differ")
+  if old["num_eval"] != new["num_eval"]:
+    out.append(f"{old['num_eval']} validation images, now {new['num_eval']}")
+  if old["fingerprint"] != new["fingerprint"] and old["num_train"] == new["num_train"]:
+    if old["dataset"].startswith("folder:"):
+      out.append("training files were replaced, renamed or modified (names, sizes or times)")
+    else:
+      out.append(f"its signature was {old['fingerprint']!r}, now {new['fingerprint']!r}")
+  return out
+
+
+# ---- the record --------------------------------------------------------------------------------
+def read(workdir: str) -> dict | None:
+  """The run's record, or None (a run started before runs kept one)."""
+  path = os.path.join(workdir, run_dir.DATA_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    if not isinstance(record, dict) or "fingerprint" not in record:
+      raise ValueError("not a record of the training data")
+  except (OSError, ValueError) as e:
+    raise DataChangedError(
+        f"{path} cannot be read ({e}): it records the data the run in {workdir} trains on; "
+        f"restore it, or delete it to resume as if the run predated it."
+    ) from None
+  return record
+
+
+def write(workdir: str, record: dict) -> None:
+  run_dir.write_json(os.path.join(workdir, run_dir.DATA_FILE), record)
+
+
+def _note_in_history(workdir: str, changes: list[str]) -> None:
+  entry = {
+      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "event": f"resumed on other training data (--allow_config_change={ALLOW})",
+      "changes": changes,
+  }
+  with open(os.path.join(workdir, run_dir.HISTORY_FILE), "a") as f:
+    f.write(json.dumps(entry) + "\n")
+
+
+# ---- opening the data of a run -------------------------------------------------------------------
+@dataclasses.dataclass
+class RunData:
+  """The dataset a run reads and the statistics it uses, and what to record."""
+
+  dataset: data_lib.Source
+  stats: data_lib.DatasetStats
+  keep_stats: bool  # the run's dataset_stats.npz is used as it is: not rewritten
+  record: dict
+  changes: list  # what an allowed resume changed (empty otherwise)
+
+
+def _refusal(workdir: str, what: str) -> DataChangedError:
+  return DataChangedError(
+      f"refusing to resume the run in {workdir}: {what}. Resume on the data it started with "
+      f"({os.path.join(workdir, run_dir.DATA_FILE)} names them), start a new --workdir, or pass "
+      f"--allow_config_change={ALLOW} to continue on the data found now (the run keeps its "
+      f"statistics, {run_dir.STATS_FILE})."
+  )
+
+
+def _open(dataset_config, recorded, workdir, allowed) -> data_lib.Source:
+  """The dataset; with a record and dataset.prepared='auto', the source the run started on."""
+  settings = data_lib.Settings.of(dataset_config)
+  if recorded is None or settings.prepared != "auto":
+    return data_lib.open_dataset(settings)
+  pinned = "off" if recorded["source"] == "originals" else recorded["prepared"]["dir"]
+  try:
+    return data_lib.open_dataset(dataclasses.replace(settings, prepared=pinned))
+  except data_lib.DatasetNotFoundError:
+    raise
+  except data_lib.DatasetError as e:
+    why = " ".join(str(e).split())  # one line
+    if not allowed:
+      raise _refusal(
+          workdir, f"it started on {_source_text(recorded)}, which cannot be read now ({why})"
+      ) from None
+    logging.warning(
+        "the run started on %s, which cannot be read now (%s); reading what "
+        "dataset.prepared='auto' finds (--allow_config_change=%s).",
+        _source_text(recorded),
+        why,
+        ALLOW,
+    )
+    return data_lib.open_dataset(settings)
+
+
+def open_for_run(config, workdir: str, resuming: bool, allow=()) -> RunData:
+  """The run's dataset and statistics. A resume (`resuming`: the workdir holds a checkpoint)
+  of a run with a record reads the recorded source and statistics, and raises
+  DataChangedError (one line) if its data differ and ALLOW is not in `allow`; nothing is
+  written here."""
+  allowed = ALLOW in tuple(allow)
+  recorded = read(workdir) if resuming else None
+  src = _open(config.dataset, recorded, workdir, allowed)
+  current = identity(src)
+  changes = differences(recorded, current) if recorded is not None else []
+  if changes and not allowed:
+    raise _refusal(workdir, "the training data changed since it started: " + "; ".join(changes))
+  stats, keep = None, False
+  if recorded is not None and recorded.get("stats"):
+    want = recorded["stats"]["sha256"]
+    stats = run_dir.read_stats(workdir)
+    got = stats_digest(stats) if stats is not None else None
+    if got == want:
+      keep = True
+    elif stats is not None and not allowed:
+      raise _refusal(
+          workdir,
+          f"its statistics {os.path.join(workdir, run_dir.STATS_FILE)} are not the ones it "
+          f"started with (SHA-256 {got[:12]}..., recorded {want[:12]}...)",
+      )
+    elif stats is not None:
+      keep = True
+      logging.warning(
+          "%s differs from the statistics the run started with; using it as it is "
+          "(--allow_config_change=%s).",
+          run_dir.STATS_FILE,
+          ALLOW,
+      )
+    else:  # the file was lost: the data's own statistics, if they are the run's
+      stats = data_lib.dataset_stats(src)
+      if stats_digest(stats) != want and not allowed:
+        raise _refusal(
+            workdir,
+            f"{run_dir.STATS_FILE} is missing and the statistics of the data now differ from "
+            f"the ones it started with",
+        )
+  else:  # a new run, or one started before runs kept a record: as before
+    stats = data_lib.dataset_stats(src)
+  if changes:
+    logging.warning(
+        "resuming %s on other training data (--allow_config_change=%s): %s. %s",
+        workdir,
+        ALLOW,
+        "; ".join(changes),
+        f"The run keeps its statistics ({run_dir.STATS_FILE}, {stats.num_images} images) from "
+        "when it started."
+        if keep
+        else f"Its {run_dir.STATS_FILE} was missing: the statistics are those of the data now.",
+    )
+  stats_record = {
+      "file": run_dir.STATS_FILE,
+      "sha256": stats_digest(stats),
+      "num_images": int(stats.num_images),
+  }
+  return RunData(src, stats, keep, {**current, "stats": stats_record}, changes)
+
+
+def record(workdir: str, run_data: RunData) -> None:
+  """Write the record (process 0, once the check passed); an allowed change goes into
+  config_history.jsonl too."""
+  write(workdir, run_data.record)
+  if run_data.changes:
+    _note_in_history(workdir, run_data.changes)
