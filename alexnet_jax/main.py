@@ -105,14 +105,13 @@ def main(argv):
     # One writer per workdir, held until exit; multi-process: process 0 holds it for the run,
     # and exit_on_error ends every process if it cannot.
     distributed.exit_on_error(_lock, FLAGS.workdir, FLAGS.break_lock)
-    config_checks.record(config, FLAGS.workdir, changes)
   for key, (old, new) in changes.items():
     logging.warning("config changed on resume: %s %r -> %r", key, old, new)
   logging.info("%s", _config_line(FLAGS.workdir))
   if FLAGS.verbose or logging.level_debug():
     logging.info("config:\n%s", config)
   # Multi-process: an exception ends this process at once, so the others stop too.
-  sys.exit(distributed.exit_on_error(_train, config, FLAGS.workdir))
+  sys.exit(distributed.exit_on_error(_train, config, FLAGS.workdir, changes))
 
 
 def _loaded_config():
@@ -151,13 +150,15 @@ def _lock(workdir, break_lock) -> None:
     sys.exit(f"FATAL: {e}")
 
 
-def _train(config, workdir) -> int:
+def _train(config, workdir, changes) -> int:
   """train_and_evaluate -> the exit status; known failures as one FATAL line."""
   from alexnet_jax import checkpoint, preemption, train
   from alexnet_jax import data as data_lib
 
   try:
-    train.train_and_evaluate(config, workdir, allow=FLAGS.allow_config_change)
+    # config.json is written once the training data are accepted (a refused resume writes
+    # nothing).
+    train.train_and_evaluate(config, workdir, allow=FLAGS.allow_config_change, changes=changes)
   except preemption.Preempted as e:
     logging.warning("%s", e)
     return preemption.EXIT_PREEMPTED

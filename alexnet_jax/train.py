@@ -185,14 +185,18 @@ class Run:
       logging.info(msg, *args)
 
 
-def setup_run(config: ml_collections.ConfigDict, workdir: str, allow=()) -> Run:
+def setup_run(config: ml_collections.ConfigDict, workdir: str, allow=(), changes=None) -> Run:
   """Mesh, dataset, input spec, model, schedule lengths and the checkpoint manager; checks
-  what can be checked before any device work. `allow`: --allow_config_change."""
+  what can be checked before any device work. `allow`: --allow_config_change; `changes`:
+  config_checks.resume_changes, recorded in config.json once the data are accepted (None:
+  the caller records the config)."""
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh(config)
   # The training data and statistics (§2, §4.1): a resume reads those the run started with,
   # or stops here, before anything is written (run_data.py).
   data = run_data.open_for_run(config, workdir, config_checks.has_checkpoints(workdir), allow)
+  if changes is not None and jax.process_index() == 0:
+    config_checks.record(config, workdir, changes)
   dataset = open_input(config, data.dataset)
   info = dataset.info
   manager = ckpt_lib.CheckpointManager(workdir, config)
@@ -336,11 +340,13 @@ def save(run: Run, step: int, state: train_state.TrainState, eval_metrics: dict 
   )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow=()) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow=(), changes=None
+) -> dict:
   """Train (resuming from `workdir` if it holds a checkpoint) and evaluate; returns the
   final evaluation metrics. `allow`: --allow_config_change (run_data.ALLOW: resume on other
-  training data)."""
-  run = setup_run(config, workdir, allow)
+  training data); `changes`: the config keys this launch changed, for config.json."""
+  run = setup_run(config, workdir, allow, changes)
   state = restore_or_create_state(run)
   start, num_steps = int(state.step), run.num_steps
   run.log(
