@@ -2,8 +2,11 @@
 alexnet_jax.data.shards reads them. The same stream as the original images, resumable
 preparation, statistics from the same pass, and refusals that name what is wrong."""
 
+import errno
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -465,3 +468,121 @@ def test_shards_of_another_preparation_are_never_mixed_in(tmp_path):
   os.remove(os.path.join(out, "prepared.json"))  # as if only the plan had been deleted
   with pytest.raises(data_lib.DatasetError, match="belongs to another preparation"):
     shard_writer.prepare(cfg, out, fmt="jpeg", jpeg_quality=95, images_per_shard=4, progress=False)
+
+
+# ---- failures: a full disk, a missing shard, a damaged one under the commands' logging ----
+def test_a_full_disk_while_preparing_says_what_is_needed_leaves_no_temporary_and_resumes(
+    tmp_path, monkeypatch
+):
+  root = _small_folder(tmp_path / "data", n=6)  # 11 train images (3 shards of 4), 1 eval
+  cfg, out = _cfg(root, prepared="off"), str(tmp_path / "p")
+  savez, calls = np.savez, []
+
+  def full_at_the_second_index(f, **arrays):
+    calls.append(1)
+    if len(calls) == 2:
+      f.write(b"half an index")
+      raise OSError(errno.ENOSPC, "No space left on device")
+    savez(f, **arrays)
+
+  monkeypatch.setattr(np, "savez", full_at_the_second_index)
+  with pytest.raises(data_lib.DatasetError) as e:
+    shard_writer.prepare(cfg, out, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False)
+  monkeypatch.undo()
+  m = re.fullmatch(
+      r"prepared shard train-00001-of-00003 could not be written: no space left on the device "
+      rf"of {re.escape(out)} \(([\d.]+) MiB free; the 3 shard\(s\) still to write need about "
+      r"([\d.]+) MiB\)\. Free space there \(or prepare elsewhere with --output_dir\) first\. "
+      r"The shards already written are complete and kept; rerun the same command to resume\.",
+      str(e.value),
+  )
+  assert m, str(e.value)
+  assert abs(float(m.group(1)) - shutil.disk_usage(out).free / 2**20) < 200  # others write too
+  assert m.group(2) == f"{(11 - 4 + 1) * 256 * 256 * 3 / 2**20:.1f}"  # raw rows: exactly
+  names = sorted(os.listdir(out))
+  assert not [n for n in names if ".tmp-" in n], names
+  assert names == ["prepared.json", "train-00000-of-00003.index.npz", "train-00000-of-00003.rows"]
+  report = shard_writer.prepare(
+      cfg, out, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False
+  )
+  assert report.skipped == ["train-00000-of-00003"] and report.complete
+  whole = str(tmp_path / "whole")
+  shard_writer.prepare(cfg, whole, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False)
+  for name in os.listdir(whole):
+    if name.endswith(".rows"):
+      with open(os.path.join(out, name), "rb") as a, open(os.path.join(whole, name), "rb") as b:
+        assert a.read() == b.read(), name
+
+
+def test_a_deleted_shard_is_called_missing_and_prepare_rewrites_it(tmp_path):
+  root = _small_folder(tmp_path / "data", n=6)
+  cfg, out = _cfg(root, prepared="off"), str(tmp_path / "p")
+  shard_writer.prepare(cfg, out, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False)
+  rows = shards_lib.rows_path(out, "train", 1, 3)
+  with open(rows, "rb") as f:
+    original = f.read()
+  os.remove(rows)
+  with pytest.raises(data_lib.DatasetError) as e:
+    data_lib.open_dataset(_cfg(root, prepared=out))
+  assert str(e.value) == (
+      f"prepared shard {rows} is missing (its index train-00001-of-00003.index.npz is there): "
+      "run alexnet_jax.prepare again with the same settings; it rewrites the missing shards."
+  )
+  report = shard_writer.prepare(
+      cfg, out, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False
+  )
+  assert report.written == ["train-00001-of-00003"] and report.complete
+  with open(rows, "rb") as f:
+    assert f.read() == original
+  data_lib.open_dataset(_cfg(root, prepared=out))  # whole again
+
+
+# A damaged prepared shard under the commands' setup: the error once, no TensorFlow traceback,
+# and the process ends (a tf.data iterator left to the interpreter's shutdown could hang it).
+_READ_DAMAGED = """
+import sys
+from alexnet_jax import runtime
+runtime.setup()
+from alexnet_jax import data as data_lib
+from tests.data_helpers import dataset_config
+cfg = dataset_config(name="folder:" + sys.argv[1], prepared=sys.argv[2])
+try:
+  it = data_lib.train_iterator(cfg, global_batch_size=4, seed=3, shard_index=0, num_shards=1)
+  for _ in range(12):
+    next(it)
+except data_lib.DatasetError as e:
+  sys.exit(f"FATAL: {e}")
+"""
+
+
+def test_a_damaged_shard_stops_with_one_line_and_no_tensorflow_traceback(tmp_path):
+  root = _small_folder(tmp_path / "data", n=6)
+  out = str(tmp_path / "p")
+  shard_writer.prepare(
+      _cfg(root, prepared="off"),
+      out,
+      fmt="jpeg",
+      jpeg_quality=95,
+      images_per_shard=4,
+      progress=False,
+  )
+  rows = shards_lib.rows_path(out, "train", 1, 3)
+  with open(rows, "r+b") as f:
+    f.seek(os.path.getsize(rows) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x5A]))
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the user's shell
+  r = subprocess.run(
+      [sys.executable, "-c", _READ_DAMAGED, str(root), out],
+      cwd=REPO,
+      env=dict(env, JAX_PLATFORMS="cpu"),
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr and "PyFunc" not in r.stderr, r.stderr[-3000:]
+  lines = [line for line in r.stderr.splitlines() if "train-00001-of-00003.rows" in line]
+  assert lines == [f"FATAL: prepared shard {rows} is damaged: row {lines[0].split('row ')[1]}"]
+  assert "fails its CRC-32" in lines[0]
