@@ -8,8 +8,8 @@ Re-running with the same --workdir resumes from its latest checkpoint; overrides
 change the parameter shapes or the data are refused (each key's resume rule is declared in
 alexnet_jax/config_schema.py).
 SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
-One trainer per workdir: a second one stops at once naming the holder of WORKDIR/run.lock
-(alexnet_jax/run_lock.py).
+One trainer per workdir: a second one stops naming the holder of WORKDIR/run.lock, at once or
+after waiting --lock_wait_s for it (default 120 s in a SLURM job, else 0; alexnet_jax/run_lock.py).
 
 The log starts with one line naming the config file and its overrides; the full config is in
 WORKDIR/config.json (--verbose also logs it, with the libraries' INFO lines). Compiled steps
@@ -56,6 +56,13 @@ flags.DEFINE_bool(
     "stale and you know it is no longer running (a lost node). A live holder on this host "
     "is never overridden.",
 )
+flags.DEFINE_float(
+    "lock_wait_s",
+    None,
+    "Seconds to wait for another live trainer holding WORKDIR/run.lock to finish before "
+    "stopping (default: 120 inside a SLURM job, where a requeue may overlap the previous "
+    "instance's last save; 0 otherwise).",
+)
 flags.DEFINE_bool(
     "compilation_cache",
     None,
@@ -99,7 +106,7 @@ def main(argv):
   if jax.process_index() == 0:
     # One writer per workdir, held until exit; multi-process: process 0 holds it for the run,
     # and exit_on_error ends every process if it cannot.
-    distributed.exit_on_error(_lock, FLAGS.workdir, FLAGS.break_lock)
+    distributed.exit_on_error(_lock, FLAGS.workdir, FLAGS.break_lock, FLAGS.lock_wait_s)
     config_checks.record(config, FLAGS.workdir, changes)
   for key, (old, new) in changes.items():
     logging.warning("config changed on resume: %s %r -> %r", key, old, new)
@@ -137,11 +144,12 @@ def _config_line(workdir) -> str:
 _held = []  # the run's lock, kept open until the process exits
 
 
-def _lock(workdir, break_lock) -> None:
+def _lock(workdir, break_lock, wait_s) -> None:
   from alexnet_jax import run_lock
 
+  wait_s = run_lock.default_wait_s() if wait_s is None else wait_s
   try:
-    _held.append(run_lock.acquire(workdir, break_lock=break_lock))
+    _held.append(run_lock.acquire(workdir, break_lock=break_lock, wait_s=wait_s))
   except run_lock.RunLockedError as e:
     sys.exit(f"FATAL: {e}")
 
