@@ -586,3 +586,71 @@ def test_a_damaged_shard_stops_with_one_line_and_no_tensorflow_traceback(tmp_pat
   lines = [line for line in r.stderr.splitlines() if "train-00001-of-00003.rows" in line]
   assert lines == [f"FATAL: prepared shard {rows} is damaged: row {lines[0].split('row ')[1]}"]
   assert "fails its CRC-32" in lines[0]
+
+
+# The real command on a tmpfs of 1 MiB (a private mount namespace): the plan and two shards
+# of 2 raw rows (768 KiB) fit, the third does not; then the space is freed and it is rerun.
+PREPARE_ON_A_FULL_DISK = """
+set -u
+mount -t tmpfs -o size=1m tmpfs "$MNT" || exit 90
+cd "$REPO"
+"$PY" -m alexnet_jax.prepare $FLAGS --output_dir="$MNT/p" >"$OUT/run1.txt" 2>&1
+echo $? >"$OUT/rc1"
+ls -a "$MNT/p" >"$OUT/ls1"
+mount -o remount,size=64m "$MNT"
+"$PY" -m alexnet_jax.prepare $FLAGS --output_dir="$MNT/p" >"$OUT/run2.txt" 2>&1
+echo $? >"$OUT/rc2"
+ls -a "$MNT/p" >"$OUT/ls2"
+"""
+
+
+def test_prepare_on_a_full_disk_prints_one_fatal_line_and_the_rerun_completes(tmp_path):
+  from tests.test_checkpoint import _namespace_cmd  # pylint: disable=g-import-not-at-top
+
+  ns = _namespace_cmd()
+  if ns is None:
+    pytest.skip("no mount namespace for a size-limited tmpfs (unshare -m / -rm refused)")
+  root = _small_folder(tmp_path / "data", n=6)
+  mnt, out = tmp_path / "mnt", tmp_path / "out"
+  mnt.mkdir()
+  out.mkdir()
+  flags = [
+      "--config=configs/demo.py",
+      f"--config.dataset.name=folder:{root}",
+      "--config.prepare.format=raw",
+      "--config.prepare.images_per_shard=2",
+  ]
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      MNT=str(mnt),
+      OUT=str(out),
+      REPO=REPO,
+      PY=sys.executable,
+      FLAGS=" ".join(flags),
+  )
+  r = subprocess.run(
+      [*ns, "bash", "-c", PREPARE_ON_A_FULL_DISK], env=env, capture_output=True, timeout=300
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  run1 = (out / "run1.txt").read_text()
+  assert (out / "rc1").read_text().strip() == "1", run1[-3000:]
+  assert "Traceback" not in run1, run1[-3000:]
+  fatal = [line for line in run1.splitlines() if "FATAL" in line]
+  assert len(fatal) == 1, run1[-3000:]
+  assert re.fullmatch(
+      r"FATAL: prepared shard train-0000[0-5]-of-00006 could not be written: no space left on "
+      rf"the device of {re.escape(str(mnt))}/p \([\d.]+ MiB free; the \d shard\(s\) still to "
+      r"write need about [\d.]+ MiB\)\. Free space there \(or prepare elsewhere with "
+      r"--output_dir\) first\. The shards already written are complete and kept; rerun the "
+      r"same command to resume\.",
+      fatal[0],
+  ), fatal[0]
+  left = (out / "ls1").read_text().split()
+  assert not [n for n in left if ".tmp" in n], left  # no temporary left behind
+  rows = {n[: -len(".rows")] for n in left if n.endswith(".rows")}
+  assert rows == {n[: -len(".index.npz")] for n in left if n.endswith(".index.npz")}
+  assert 1 <= len(rows) < 6, left
+  run2 = (out / "run2.txt").read_text()
+  assert (out / "rc2").read_text().strip() == "0", run2[-3000:]
+  assert f"wrote {7 - len(rows)} shard(s), {len(rows)} were already there; complete" in run2
