@@ -491,21 +491,25 @@ def test_a_full_disk_while_preparing_says_what_is_needed_leaves_no_temporary_and
   monkeypatch.undo()
   m = re.fullmatch(
       r"prepared shard train-00001-of-00003 could not be written: no space left on the device "
-      rf"of {re.escape(out)} \(([\d.]+) MiB free; the 3 shard\(s\) still to write need about "
-      r"([\d.]+) MiB\)\. Free space there \(or prepare elsewhere with --output_dir\) first\. "
+      rf"of {re.escape(out)} \(([\d.]+) MiB free; the 3 shard\(s\) still to write and the "
+      r"statistics need about ([\d.]+) MiB\)\. Free space there \(or prepare elsewhere with "
+      r"--output_dir\) first\. "
       r"The shards already written are complete and kept; rerun the same command to resume\.",
       str(e.value),
   )
   assert m, str(e.value)
   assert abs(float(m.group(1)) - shutil.disk_usage(out).free / 2**20) < 200  # others write too
-  assert m.group(2) == f"{(11 - 4 + 1) * 256 * 256 * 3 / 2**20:.1f}"  # raw rows: exactly
   names = sorted(os.listdir(out))
   assert not [n for n in names if ".tmp-" in n], names
   assert names == ["prepared.json", "train-00000-of-00003.index.npz", "train-00000-of-00003.rows"]
+  before = {n: os.path.getsize(os.path.join(out, n)) for n in names}
   report = shard_writer.prepare(
       cfg, out, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False
   )
   assert report.skipped == ["train-00000-of-00003"] and report.complete
+  # What the rerun wrote is what the line said it needs (rows, indexes, statistics).
+  wrote = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out)) - sum(before.values())
+  assert abs(float(m.group(2)) * 2**20 / wrote - 1) < 0.1, (m.group(2), wrote / 2**20)
   whole = str(tmp_path / "whole")
   shard_writer.prepare(cfg, whole, fmt="raw", jpeg_quality=95, images_per_shard=4, progress=False)
   for name in os.listdir(whole):
@@ -588,11 +592,12 @@ def test_a_damaged_shard_stops_with_one_line_and_no_tensorflow_traceback(tmp_pat
   assert "fails its CRC-32" in lines[0]
 
 
-# The real command on a tmpfs of 1 MiB (a private mount namespace): the plan and two shards
-# of 2 raw rows (768 KiB) fit, the third does not; then the space is freed and it is rerun.
+# The real command on a tmpfs of 5 MiB (a private mount namespace): the plan and two train
+# shards (2 raw rows, 384 KiB, and an index with its 1.5 MiB sum image) fit, the third does
+# not; then the space is freed and it is rerun.
 PREPARE_ON_A_FULL_DISK = """
 set -u
-mount -t tmpfs -o size=1m tmpfs "$MNT" || exit 90
+mount -t tmpfs -o size=5m tmpfs "$MNT" || exit 90
 cd "$REPO"
 "$PY" -m alexnet_jax.prepare $FLAGS --output_dir="$MNT/p" >"$OUT/run1.txt" 2>&1
 echo $? >"$OUT/rc1"
@@ -641,7 +646,7 @@ def test_prepare_on_a_full_disk_prints_one_fatal_line_and_the_rerun_completes(tm
   assert re.fullmatch(
       r"FATAL: prepared shard train-0000[0-5]-of-00006 could not be written: no space left on "
       rf"the device of {re.escape(str(mnt))}/p \([\d.]+ MiB free; the \d shard\(s\) still to "
-      r"write need about [\d.]+ MiB\)\. Free space there \(or prepare elsewhere with "
+      r"write and the statistics need about [\d.]+ MiB\)\. Free space there \(or prepare elsewhere with "
       r"--output_dir\) first\. The shards already written are complete and kept; rerun the "
       r"same command to resume\.",
       fatal[0],

@@ -276,16 +276,20 @@ def _prepare_split(shards: list, root, fmt, quality, digest, finish, ticks) -> N
 
 def _disk_full_message(root: str, plan: dict, todo: list, written: list) -> str:
   """The one line for a full disk: what is free at `root`, and about what the shards still to
-  write need (raw rows: exactly; JPEG: at the mean row size of the shards written so far)."""
-  digest = shards_lib.plan_digest(plan)
-  rest, failed = [], None
+  write need: their rows (raw: exactly; JPEG: at the mean row size of the shards written so
+  far), their indexes (a train shard's holds its int64 sum image, 1.5 MiB) and the statistics."""
+  sums_bytes = IMAGE_SIZE * IMAGE_SIZE * 3 * 8
+  rows, images, need, failed = 0, 0, sums_bytes / 2, None  # train_stats.npz: a float32 mean
   for name, _, s, count, keys in todo:
     if shards_lib.shard_stem(name, s, count) not in written:
       failed = failed or shards_lib.shard_stem(name, s, count)
-      rest.append(len(keys))
+      images += len(keys)
+      rows += 1
+      need += (sums_bytes if name == "train" else 0) + 4096 + 64 * len(keys)  # the index
   per_image = float(shards_lib.ROW_BYTES)
   if plan["format"] == "jpeg":
     sizes = [0, 0]
+    digest = shards_lib.plan_digest(plan)
     for name, entry in plan["splits"].items():
       for s in range(entry["num_shards"]):
         try:
@@ -296,13 +300,12 @@ def _disk_full_message(root: str, plan: dict, todo: list, written: list) -> str:
           sizes[0] += int(index["data_bytes"])
           sizes[1] += int(np.count_nonzero(index["lengths"]))
     per_image = sizes[0] / sizes[1] if sizes[1] else per_image  # none yet: raw rows' size
-  need = sum(rest) * per_image
+  need += images * per_image
   return disk_space.message(
       f"prepared shard {failed}" if failed else shards_lib.STATS_FILE,
       root,
-      f"the {len(rest)} shard(s) still to write need about {disk_space.megabytes(need)}"
-      if rest
-      else "the training statistics need under 1 MiB",
+      f"the {rows} shard(s) still to write and the statistics need about "
+      f"{disk_space.megabytes(need)}",
       "prepare elsewhere with --output_dir",
       "The shards already written are complete and kept; rerun the same command to resume.",
   )
@@ -366,9 +369,10 @@ def prepare(
       f"quality {jpeg_quality}" if fmt == "jpeg" else "uint8 rows",
   )
   total = sum(len(t[4]) for t in todo)
-  ticks = None
+  ticks = bar = None
   if progress:
-    ticks = iter(reporting.progress(range(total), total=total, desc="preparing", unit="image"))
+    bar = reporting.progress(range(total), total=total, desc="preparing", unit="image")
+    ticks = iter(bar)
   bad_files, written = [], []
 
   def finish(writer, name, split, s, count, keys, done):
@@ -404,6 +408,9 @@ def prepare(
     if disk_space.is_full(e):
       raise DatasetError(_disk_full_message(root, plan, todo, written)) from None
     raise
+  finally:
+    if bar is not None:
+      bar.close()  # ends its line: a FATAL line after it starts a line of its own
   complete = stats_written and all(
       shards_lib.load_index(root, name, s, e["num_shards"], digest, rows_missing_ok=True)
       is not None
