@@ -26,6 +26,7 @@ the checkpoints already committed stay as they are.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 import traceback
@@ -150,9 +151,10 @@ def _not_the_read_only_notice(record) -> bool:
 
 
 def _not_a_full_disk_traceback(record) -> bool:
-  """Orbax logs a background save that fails with its traceback (two per save) before the run
-  stops with CheckpointSaveError; for a full disk, that error's one line says it all."""
-  if "/orbax/" not in record.pathname or not record.exc_info:
+  """Orbax logs a background save that fails with its traceback (two per save), and asyncio
+  logs its writes' tasks ("Task exception was never retrieved") as the process ends; for a
+  full disk, the run's CheckpointSaveError line says it all."""
+  if not record.exc_info or not ("/orbax/" in record.pathname or record.name == "asyncio"):
     return True
   return not disk_space.is_full(record.exc_info[1])
 
@@ -180,6 +182,7 @@ def _unraisable(hook):
 def _quiet_failed_saves() -> None:
   """Once per process: the filters above (a second manager adds nothing)."""
   logging.get_absl_logger().addFilter(_not_a_full_disk_traceback)
+  std_logging.getLogger("asyncio").addFilter(_not_a_full_disk_traceback)
   if not getattr(sys.unraisablehook, "quiets_closed_loops", False):
     sys.unraisablehook = _unraisable(sys.unraisablehook)
 
