@@ -2,6 +2,7 @@
 without its state, garbage bytes) and a disk that fills up during a save (what restores, what
 is said, what is kept), and restoring beside a run in progress (never disturbs it)."""
 
+import asyncio
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -354,3 +356,48 @@ def test_a_reader_is_not_told_that_its_directory_is_read_only(tmp_path, caplog):
   messages = [r.getMessage() for r in caplog.records]
   assert not [m for m in messages if m.startswith("Given directory is read only")], messages
   assert "Given directory is writable" in messages
+
+
+def _raised(e):
+  try:
+    raise e
+  except BaseException as caught:  # pylint: disable=broad-except
+    return caught
+
+
+def test_only_full_disk_tracebacks_of_orbax_and_closed_loop_callbacks_are_quieted():
+  """The filters a writer installs (the slow full-disk test sees them on the real command)."""
+  full = _raised(ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"))
+  other = _raised(ValueError("some other failure"))
+
+  def record(pathname, name, error):
+    exc_info = (type(error), error, error.__traceback__) if error else None
+    return logging.LogRecord(name, logging.ERROR, pathname, 1, "failed", (), exc_info)
+
+  orbax = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+  shown = checkpoint._not_a_full_disk_traceback
+  assert not shown(record(orbax, "absl", full))
+  assert not shown(record("/usr/lib/python3.11/asyncio/base_events.py", "asyncio", full))
+  assert shown(record(orbax, "absl", other))  # other failures keep their traceback
+  assert shown(record("/x/alexnet_jax/train.py", "absl", full))  # and the project's own lines
+  assert shown(record(orbax, "absl", None))
+
+  seen = []
+  hook = checkpoint._unraisable(seen.append)
+  loop = asyncio.new_event_loop()
+  loop.close()
+  closed = _raised_in(lambda: loop.call_soon_threadsafe(print))
+  hook(types.SimpleNamespace(exc_value=closed, exc_traceback=closed.__traceback__))
+  assert seen == []  # TensorStore's late completion on Orbax's closed loop: dropped
+  elsewhere = _raised(RuntimeError("Event loop is closed"))  # not from call_soon_threadsafe
+  for error in (elsewhere, other):
+    hook(types.SimpleNamespace(exc_value=error, exc_traceback=error.__traceback__))
+  assert [u.exc_value for u in seen] == [elsewhere, other]
+
+
+def _raised_in(fn):
+  try:
+    fn()
+  except BaseException as caught:  # pylint: disable=broad-except
+    return caught
+  raise AssertionError("did not raise")
