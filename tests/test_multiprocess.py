@@ -10,6 +10,9 @@ One module fixture runs the demo config for 3 steps, tiny (width 0.125, batch 8)
 The final parameters of all of them must agree to 1e-5 (relative), and the 2-process checkpoint
 must restore in this single process on 1 device and on 8.
 
+A second scenario (its own test, the same mesh and compilation cache): a damaged latest
+checkpoint and two preemptions across three launches of one 2-process command.
+
 Everything is bounded by timeouts and uses loopback only. A persistent compilation cache
 shared by the runs keeps the restarted run from compiling again.
 """
