@@ -80,6 +80,15 @@ class ImageError(ValueError):
 
 
 # ---- images -------------------------------------------------------------------------------
+def quoted(name: str) -> str:
+  """`name` as one printable token for a line of output: as it is when it holds only printable
+  characters without spaces, quotes, backslashes or ": "; else as a JSON string (double quotes,
+  backslash escapes, ASCII), which json.loads reads back. A name holding a newline then cannot
+  split a line, nor a space or ": " the fields after it."""
+  plain = name.isprintable() and ": " not in name and not any(c in name for c in " \"'\\")
+  return name if plain and name else json.dumps(name)
+
+
 def _rgb_array(array: np.ndarray, name: str) -> np.ndarray:
   a = np.asarray(array)
   if a.dtype != np.uint8:
@@ -118,7 +127,7 @@ def load_image(source) -> np.ndarray:
       with open(name, "rb") as f:
         data = f.read()
     except OSError as e:
-      raise ImageError(f"cannot read {name}: {e.strerror or e}") from None
+      raise ImageError(f"cannot read {quoted(name)}: {e.strerror or e}") from None
   if data.startswith(_TF_IMAGE_SIGNATURES) or data[8:12] == b"WEBP":
     try:
       return data_lib.decode_image(data).numpy()
@@ -129,7 +138,7 @@ def load_image(source) -> np.ndarray:
       return np.asarray(im.convert("RGB"))
   except Exception as e:  # pylint: disable=broad-except
     raise ImageError(
-        f"cannot decode {name}: not an image that TensorFlow or PIL can read "
+        f"cannot decode {quoted(name)}: not an image that TensorFlow or PIL can read "
         f"({type(e).__name__})"
     ) from None
 

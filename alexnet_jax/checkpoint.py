@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging as std_logging
 import os
-import shutil
+import sys
+import traceback
 from typing import NamedTuple
 
 import jax
@@ -49,7 +51,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from alexnet_jax import run_dir, train_state
+from alexnet_jax import disk_space, run_dir, train_state
 from alexnet_jax.run_dir import (
     CHECKPOINT_DIR,
     UNREADABLE_DIR,  # steps set aside by a resume (never deleted)
@@ -174,22 +176,6 @@ def _reason(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
-def _is_disk_full(e: BaseException | None) -> bool:
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
-      return True
-    if "No space left on device" in str(e) or "ENOSPC" in str(e):
-      return True
-    e = e.__cause__ or e.__context__
-  return False
-
-
-def _megabytes(n: float) -> str:
-  return f"{n / 2**20:.1f} MiB"
-
-
 class Restored(NamedTuple):
   state: object
   step: int
@@ -207,6 +193,43 @@ def _not_the_read_only_notice(record) -> bool:
   """Orbax warns "Given directory is read only" whenever a manager opens for reading, which
   is what read_only asks for (the directory itself is writable): it tells the user nothing."""
   return not str(record.msg).startswith("Given directory is read only")
+
+
+def _not_a_full_disk_traceback(record) -> bool:
+  """Orbax logs a background save that fails with its traceback (two per save), and asyncio
+  logs its writes' tasks ("Task exception was never retrieved") as the process ends; for a
+  full disk, the run's CheckpointSaveError line says it all."""
+  if not record.exc_info or not ("/orbax/" in record.pathname or record.name == "asyncio"):
+    return True
+  return not disk_space.is_full(record.exc_info[1])
+
+
+def _unraisable(hook):
+  """sys.unraisablehook without "RuntimeError: Event loop is closed" from asyncio's
+  call_soon_threadsafe: when one write of a save fails, Orbax closes its writer thread's event
+  loop while TensorStore still completes that thread's other writes, and each completion that
+  finds the loop closed printed a traceback (dozens per failed save). Nothing is lost: those
+  results belong to the abandoned save, whose failure CheckpointSaveError reports."""
+
+  def quiet(u):
+    if (
+        isinstance(u.exc_value, RuntimeError)
+        and str(u.exc_value) == "Event loop is closed"
+        and any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(u.exc_traceback))
+    ):
+      return
+    hook(u)
+
+  quiet.quiets_closed_loops = True
+  return quiet
+
+
+def _quiet_failed_saves() -> None:
+  """Once per process: the filters above (a second manager adds nothing)."""
+  logging.get_absl_logger().addFilter(_not_a_full_disk_traceback)
+  std_logging.getLogger("asyncio").addFilter(_not_a_full_disk_traceback)
+  if not getattr(sys.unraisablehook, "quiets_closed_loops", False):
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
 
 
 class CheckpointManager:
@@ -247,6 +270,8 @@ class CheckpointManager:
     incomplete = [] if read_only else self._incomplete_entries()
     if read_only:  # the same function each time: added once
       logging.get_absl_logger().addFilter(_not_the_read_only_notice)
+    else:
+      _quiet_failed_saves()
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_names=("state", "meta"),
@@ -372,10 +397,7 @@ class CheckpointManager:
       raise self._save_error(step, None)
 
   def _save_error(self, step, error: BaseException | None) -> CheckpointSaveError:
-    try:
-      free = shutil.disk_usage(self.directory).free
-    except OSError:
-      free = None
+    free = disk_space.free_bytes(self.directory)
     need = self._bytes
     latest = self.latest_step()
     kept = (
@@ -384,12 +406,16 @@ class CheckpointManager:
         if latest is not None
         else "No earlier checkpoint exists."
     )
-    if _is_disk_full(error) or (free is not None and free < need):
+    if disk_space.is_full(error) or (free is not None and free < need):
       return CheckpointSaveError(
-          f"checkpoint step {step} could not be written: no space left on the device of "
-          f"{self.directory} ({_megabytes(free or 0)} free; a checkpoint of this run needs "
-          f"about {_megabytes(need)}, and keep_checkpoints of them are kept). Free space "
-          f"there (or move the workdir) first. {kept}"
+          disk_space.message(
+              f"checkpoint step {step}",
+              self.directory,
+              f"a checkpoint of this run needs about {disk_space.megabytes(need)}, and "
+              "keep_checkpoints of them are kept",
+              "move the workdir",
+              kept,
+          )
       )
     return CheckpointSaveError(
         f"checkpoint step {step} could not be written to {self.directory}: "

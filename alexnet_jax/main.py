@@ -11,8 +11,8 @@ statistics; other data (images added or removed, prepared shards instead of the 
 are refused unless --allow_config_change=training_data (WORKDIR/training_data.json,
 alexnet_jax/run_data.py).
 SIGTERM or Ctrl-C saves the current step and exits with status 75 (alexnet_jax/preemption.py).
-One trainer per workdir: a second one stops at once naming the holder of WORKDIR/run.lock
-(alexnet_jax/run_lock.py).
+One trainer per workdir: a second one stops naming the holder of WORKDIR/run.lock, at once or
+after waiting --lock_wait_s for it (default 120 s in a SLURM job, else 0; alexnet_jax/run_lock.py).
 
 The log starts with one line naming the config file and its overrides; the full config is in
 WORKDIR/config.json (--verbose also logs it, with the libraries' INFO lines). Compiled steps
@@ -61,6 +61,13 @@ flags.DEFINE_bool(
     "stale and you know it is no longer running (a lost node). A live holder on this host "
     "is never overridden.",
 )
+flags.DEFINE_float(
+    "lock_wait_s",
+    None,
+    "Seconds to wait for another live trainer holding WORKDIR/run.lock to finish before "
+    "stopping (default: 120 inside a SLURM job, where a requeue may overlap the previous "
+    "instance's last save; 0 otherwise).",
+)
 flags.DEFINE_bool(
     "compilation_cache",
     None,
@@ -104,7 +111,7 @@ def main(argv):
   if jax.process_index() == 0:
     # One writer per workdir, held until exit; multi-process: process 0 holds it for the run,
     # and exit_on_error ends every process if it cannot.
-    distributed.exit_on_error(_lock, FLAGS.workdir, FLAGS.break_lock)
+    distributed.exit_on_error(_lock, FLAGS.workdir, FLAGS.break_lock, FLAGS.lock_wait_s)
   for key, (old, new) in changes.items():
     logging.warning("config changed on resume: %s %r -> %r", key, old, new)
   logging.info("%s", _config_line(FLAGS.workdir))
@@ -141,11 +148,12 @@ def _config_line(workdir) -> str:
 _held = []  # the run's lock, kept open until the process exits
 
 
-def _lock(workdir, break_lock) -> None:
+def _lock(workdir, break_lock, wait_s) -> None:
   from alexnet_jax import run_lock
 
+  wait_s = run_lock.default_wait_s() if wait_s is None else wait_s
   try:
-    _held.append(run_lock.acquire(workdir, break_lock=break_lock))
+    _held.append(run_lock.acquire(workdir, break_lock=break_lock, wait_s=wait_s))
   except run_lock.RunLockedError as e:
     sys.exit(f"FATAL: {e}")
 

@@ -4,6 +4,8 @@ preprocesses (decode to RGB, shorter side to 256, center 256, mean image, scale,
   python -m alexnet_jax.predict --workdir=runs/demo [--crops=10] [--top=5] IMAGE...
 
 Prints one line per image: `PATH: NAME PROBABILITY, ...`, the most probable class first.
+A PATH with a space, a quote, a backslash, ": " or an unprintable character (a newline) is
+printed as a JSON string ("my photo.jpg"), so that each image keeps one line of output.
 Any size and mode (grayscale, palette, RGBA, CMYK) is read. An image that cannot be read or
 decoded gets one line on stderr naming it; the others are still predicted, and the exit
 status is then 1. Needs only the run directory, not the dataset (run_dir.py).
@@ -50,7 +52,8 @@ def main(argv):
         print(error, file=sys.stderr, flush=True)
         continue
       top = run.top_k(probs[None], FLAGS.top)[0]
-      print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in top), flush=True)
+      line = ", ".join(f"{name} {p:.4f}" for name, p in top)
+      print(f"{analysis.quoted(path)}: {line}", flush=True)
   except (FileNotFoundError, analysis.RunError, ValueError) as e:
     sys.exit(f"FATAL: {e}")
   if failed:

@@ -14,6 +14,14 @@ stops; stale means that trainer looks dead (a lost node), and it stops telling t
 rerun with --break_lock once they know it is. A holder that exits (normally, with a FATAL
 line or preempted) clears the file, so only a killed holder leaves its name behind.
 
+Waiting (`wait_s`, alexnet_jax.main's --lock_wait_s): a trainer that finds a live holder
+waits up to that many seconds for it to exit, logging one line naming it, and takes the
+lock when it is released; after the bound it stops with the same line as without waiting. The
+default (`default_wait_s`) is 0 (stop at once) for a trainer started by hand, and
+SLURM_WAIT_SECONDS (120 s) inside a SLURM job (SLURM_JOB_ID set): a requeued job may start
+while its previous instance is still saving its last checkpoint after SIGTERM. A holder
+that looks dead (a stale heartbeat) is never waited for: it will not release the lock.
+
 Multi-process runs: only process 0 takes the lock (the processes of one run share it); if
 process 0 cannot, it fails inside distributed.exit_on_error, which ends every process.
 Reading a run (evaluate, predict, checkpoint.restore, analysis.load_run) takes no lock.
@@ -42,6 +50,21 @@ STALE_SECONDS = STALE_FACTOR * HEARTBEAT_SECONDS
 
 class RunLockedError(Exception):
   """Another trainer holds the workdir (its message is the one line main.py prints)."""
+
+
+class _HeldByALiveProcess(RunLockedError):
+  """The holder is running (this host's flock, or a fresh heartbeat): worth waiting for."""
+
+
+SLURM_WAIT_SECONDS = 120.0
+_POLL_SECONDS = 0.5
+
+
+def default_wait_s(environ=None) -> float:
+  """How long a trainer waits for a live holder unless told: SLURM_WAIT_SECONDS in a SLURM
+  job (a requeue may overlap its previous instance's last save), else 0."""
+  environ = os.environ if environ is None else environ
+  return SLURM_WAIT_SECONDS if environ.get("SLURM_JOB_ID") else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +156,39 @@ def acquire(
     break_lock: bool = False,
     heartbeat_s: float = HEARTBEAT_SECONDS,
     stale_s: float | None = None,
+    wait_s: float = 0.0,
 ) -> RunLock:
-  """Take WORKDIR/run.lock for this process, or raise RunLockedError naming the holder."""
+  """Take WORKDIR/run.lock for this process, or raise RunLockedError naming the holder; a live
+  holder is waited for up to `wait_s` seconds first."""
+  deadline = time.monotonic() + max(0.0, wait_s)
+  waiting = False
+  while True:
+    try:
+      lock = _acquire_once(workdir, break_lock, heartbeat_s, stale_s)
+    except _HeldByALiveProcess as e:
+      left = deadline - time.monotonic()
+      if left <= 0:
+        text = str(e)
+        if waiting:
+          text = f"{text.rstrip('.')} (waited {wait_s:.0f} s for it, --lock_wait_s)."
+        raise RunLockedError(text) from None
+      if not waiting:
+        h = read_holder(workdir)
+        logging.warning(
+            "%s is in use by %s: waiting up to %.0f s for it to finish (--lock_wait_s)",
+            workdir,
+            h.describe() if h else "another process",
+            wait_s,
+        )
+        waiting = True
+      time.sleep(min(_POLL_SECONDS, left))
+      continue
+    if waiting:
+      logging.info("%s: the previous holder finished; took the lock", workdir)
+    return lock
+
+
+def _acquire_once(workdir, break_lock, heartbeat_s, stale_s) -> RunLock:
   stale_s = STALE_FACTOR * heartbeat_s if stale_s is None else stale_s
   path = os.path.join(workdir, LOCK_FILE)
   host, now = socket.gethostname(), time.time()
@@ -144,7 +198,7 @@ def acquire(
     if flocked is False:  # held by a live process (this host, or another through NFS)
       h = _holder_of(fd)
       who = h.describe() if h else "another process (it has not named itself yet)"
-      raise RunLockedError(
+      raise _HeldByALiveProcess(
           f"{workdir} is in use by another training run: {who} holds {path}; "
           + (_how_to_proceed(h) if h else "wait for it to finish, or stop it, and rerun")
           + "."
@@ -155,7 +209,7 @@ def acquire(
       if h.host == host and not _alive(h.pid):
         pass  # without flock: a dead local holder is known dead
       elif age <= stale_s:
-        raise RunLockedError(
+        raise _HeldByALiveProcess(
             f"{workdir} is in use by another training run: {h.describe()} holds {path} "
             f"(heartbeat {age:.0f} s ago); {_how_to_proceed(h)}."
         )

@@ -11,10 +11,13 @@ holds for all of them:
   (or `--compilation_cache=false` on alexnet_jax.main) turns it off. JAX uses the cache where
   its backend can serialise executables (CPU, GPU, TPU); elsewhere it leaves it unused.
   Delete the directory to reclaim its space; it is rebuilt as commands compile.
-- Quiet logs: TensorFlow's C++ INFO lines, JAX's INFO line for each platform it probes and
-  does not find (`Unable to initialize backend 'tpu'` on a machine without one) and Orbax's
-  INFO lines per checkpoint are dropped; their warnings and errors are kept. `verbose=True`
-  (alexnet_jax.main's `--verbose`, or absl's `-v 1`) keeps everything.
+- Quiet logs: TensorFlow's C++ INFO and WARNING lines (TF_CPP_MIN_LOG_LEVEL=2 unless the
+  user set a level; among them the Python traceback of each tf.data function that fails, e.g.
+  on a damaged prepared shard, which the run reports in one line), JAX's INFO line for each
+  platform it probes and does not find (`Unable to initialize backend 'tpu'` on a machine
+  without one) and Orbax's INFO lines per checkpoint are dropped; JAX's and Orbax's warnings
+  and errors are kept. `verbose=True` (alexnet_jax.main's `--verbose`, or absl's `-v 1`)
+  keeps everything.
 """
 
 import os
@@ -24,6 +27,7 @@ import tempfile
 
 from absl import logging
 
+import alexnet_jax
 from alexnet_jax import distributed as distributed_lib
 
 ENV_COMPILATION_CACHE = "ALEXNET_JAX_COMPILATION_CACHE"
@@ -49,7 +53,9 @@ def setup(distributed=None, *, verbose=False, compilation_cache=None):
   """
   verbose = verbose or logging.get_verbosity() >= logging.DEBUG
   if not verbose:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Not setdefault: JAX has set 1 by now when the user set nothing (alexnet_jax/__init__.py),
+    # and at 1 TensorFlow prints each failed map function's Python traceback as a warning.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = alexnet_jax.TF_LOG_LEVEL_GIVEN or "2"
     _quiet_library_logs()
   tf = import_tensorflow()
 

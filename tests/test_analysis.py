@@ -435,6 +435,8 @@ def test_predict_command_prints_top5_and_names_the_file_it_cannot_decode(folder_
   broken = tmp_path / "broken.png"
   broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
   good = [folder_run["val"]["coffee"], folder_run["val"]["flower"]]
+  odd = str(tmp_path / "a photo\nof: flowers.jpg")  # quoted: still one line, one name
+  shutil.copy(good[1], odd)
   r = _command(
       "alexnet_jax.predict",
       f"--workdir={folder_run['workdir']}",
@@ -442,10 +444,13 @@ def test_predict_command_prints_top5_and_names_the_file_it_cannot_decode(folder_
       good[0],
       str(broken),
       good[1],
+      odd,
   )
   assert r.returncode == 1, r.stderr[-3000:]
   lines = r.stdout.splitlines()
-  assert [line.split(": ")[0] for line in lines] == good
+  assert [line.split(": ")[0] for line in lines[:2]] == good
+  assert len(lines) == 3 and lines[2].startswith(json.dumps(odd) + ": "), lines
+  assert lines[2][len(json.dumps(odd)) :] == lines[1][len(good[1]) :]  # the same image
   probs = analysis.load_run(folder_run["workdir"]).predict(good, crops=10)
   for line, p in zip(lines, probs):
     pairs = [item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", ")]
@@ -477,3 +482,23 @@ def test_evaluate_command_ensembles_several_workdirs(folder_run, tmp_path):
   assert m["top1_error"] == single["top1_error"] and m["num_images"] == 6
   assert m["loss"] == pytest.approx(single["loss"], rel=1e-5)
   assert f"ensemble of 2, 6 images, 1 view(s): top-1 error {single['top1_error']:.4f}" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        ("runs/x/digit_0.png", "runs/x/digit_0.png"),
+        ("my photo.jpg", '"my photo.jpg"'),
+        ("two\nlines.png", '"two\\nlines.png"'),
+        ('say "cheese".jpg', '"say \\"cheese\\".jpg"'),
+        ("a: b.png", '"a: b.png"'),
+        ("caf\u00e9.jpg", "caf\u00e9.jpg"),
+        ("bad\udcff.jpg", '"bad\\udcff.jpg"'),  # undecodable bytes of a file name
+        ("", '""'),
+    ],
+)
+def test_predict_quotes_the_file_names_that_need_it(name, shown):
+  assert analysis.quoted(name) == shown
+  assert "\n" not in shown and shown.isprintable()
+  if shown != name:
+    assert json.loads(shown) == name

@@ -2,6 +2,7 @@
 without its state, garbage bytes) and a disk that fills up during a save (what restores, what
 is said, what is kept), and restoring beside a run in progress (never disturbs it)."""
 
+import asyncio
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -343,6 +345,9 @@ def test_full_disk_stops_the_run_naming_the_space_and_rerun_resumes(tmp_path):
   assert (out / "rc1").read_text().strip() == "1", run1[-3000:]
   fatal = [line for line in run1.splitlines() if line.startswith("FATAL")]
   assert len(fatal) == 1, run1[-3000:]
+  # Orbax's failed writes, quieted: no traceback (there were dozens of "Event loop is closed").
+  assert "Traceback" not in run1 and "Event loop is closed" not in run1, run1[-3000:]
+  assert not [line for line in run1.splitlines() if line.startswith("E")], run1[-3000:]
   assert "no space left on the device of" in fatal[0] and f"{mnt}/w/checkpoints" in fatal[0]
   assert "needs about" in fatal[0], fatal
   kept = int(re.search(r"intact \(latest: step (\d+)\)", fatal[0]).group(1))
@@ -461,3 +466,48 @@ def test_a_reader_is_not_told_that_its_directory_is_read_only(tmp_path, caplog):
   messages = [r.getMessage() for r in caplog.records]
   assert not [m for m in messages if m.startswith("Given directory is read only")], messages
   assert "Given directory is writable" in messages
+
+
+def _raised(e):
+  try:
+    raise e
+  except BaseException as caught:  # pylint: disable=broad-except
+    return caught
+
+
+def test_only_full_disk_tracebacks_of_orbax_and_closed_loop_callbacks_are_quieted():
+  """The filters a writer installs (the slow full-disk test sees them on the real command)."""
+  full = _raised(ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"))
+  other = _raised(ValueError("some other failure"))
+
+  def record(pathname, name, error):
+    exc_info = (type(error), error, error.__traceback__) if error else None
+    return logging.LogRecord(name, logging.ERROR, pathname, 1, "failed", (), exc_info)
+
+  orbax = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+  shown = checkpoint._not_a_full_disk_traceback
+  assert not shown(record(orbax, "absl", full))
+  assert not shown(record("/usr/lib/python3.11/asyncio/base_events.py", "asyncio", full))
+  assert shown(record(orbax, "absl", other))  # other failures keep their traceback
+  assert shown(record("/x/alexnet_jax/train.py", "absl", full))  # and the project's own lines
+  assert shown(record(orbax, "absl", None))
+
+  seen = []
+  hook = checkpoint._unraisable(seen.append)
+  loop = asyncio.new_event_loop()
+  loop.close()
+  closed = _raised_in(lambda: loop.call_soon_threadsafe(print))
+  hook(types.SimpleNamespace(exc_value=closed, exc_traceback=closed.__traceback__))
+  assert seen == []  # TensorStore's late completion on Orbax's closed loop: dropped
+  elsewhere = _raised(RuntimeError("Event loop is closed"))  # not from call_soon_threadsafe
+  for error in (elsewhere, other):
+    hook(types.SimpleNamespace(exc_value=error, exc_traceback=error.__traceback__))
+  assert [u.exc_value for u in seen] == [elsewhere, other]
+
+
+def _raised_in(fn):
+  try:
+    fn()
+  except BaseException as caught:  # pylint: disable=broad-except
+    return caught
+  raise AssertionError("did not raise")

@@ -10,6 +10,9 @@ One module fixture runs the demo config for 3 steps, tiny (width 0.125, batch 8)
 The final parameters of all of them must agree to 1e-5 (relative), and the 2-process checkpoint
 must restore in this single process on 1 device and on 8.
 
+A second scenario (its own test, the same mesh and compilation cache): a damaged latest
+checkpoint and two preemptions across three launches of one 2-process command.
+
 Everything is bounded by timeouts and uses loopback only. A persistent compilation cache
 shared by the runs keeps the restarted run from compiling again.
 """
@@ -90,9 +93,15 @@ def _wait(proc, timeout):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def jax_cache(tmp_path_factory):
+  """One persistent compilation cache for the module's runs (the same mesh compiles once)."""
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, jax_cache):
   root = tmp_path_factory.mktemp("mp")
-  cache = str(root / "jax_cache")
+  cache = jax_cache
   out = {"root": root}
   mp_dir = str(root / "two_procs")
   mp_cmd = [
@@ -383,3 +392,106 @@ def test_unreachable_coordinator_and_missing_process_end_with_clear_errors(tmp_p
   finally:
     for proc, _, _ in procs.values():
       _stop(proc)
+
+
+def _log_steps(text):
+  """{step: loss} of the training lines of a log (4 decimals, as logged)."""
+  return {int(k): v for k, v in re.findall(r"\] step (\d+)/\d+ .*?loss ([\d.]+)", text)}
+
+
+@pytest.mark.slow
+def test_damaged_latest_step_fallback_and_preemption_on_two_processes(jax_cache, tmp_path):
+  """2 processes x 2 devices, three launches of one command:
+  1. SIGTERM once the step-2 checkpoint exists: both save one agreed step and exit 75;
+  2. the latest step damaged (4 KiB of garbage in its largest file), the rerun: both processes
+     skip it for the same older step (which they agree on), set it aside, and are preempted
+     again: both save one agreed step (the damaged one's number may come again);
+  3. the rerun resumes from that save on both processes and finishes.
+  The losses of the steps the first launch trained are those of the finished run."""
+  steps = 40  # room for both preemptions: the processes agree on a step a few steps ahead
+  workdir = str(tmp_path / "w")
+  cmd = [
+      os.path.join(REPO, "launch", "multiprocess_local.sh"),
+      "2",
+      "2",
+      *tiny.flags(num_train_steps=steps, eval_every_steps=steps, checkpoint_every_steps=2),
+      f"--distributed_heartbeat_timeout={HEARTBEAT}",
+      "--distributed_init_timeout=120",
+      f"--workdir={workdir}",
+      "--config.mesh.data=2",
+      "--config.mesh.tower=2",
+  ]
+  ckpts = os.path.join(workdir, "checkpoints")
+
+  def launch(name, stop_when=None):
+    """(exit status, [process 0's log, process 1's log]); SIGTERM once stop_when(log 0)."""
+    logs = str(tmp_path / name)
+    launcher = tmp_path / f"{name}.txt"
+    with open(launcher, "w") as out:
+      proc = _launch(cmd, _env(jax_cache, LOG_DIR=logs), out)
+      try:
+        if stop_when is not None:
+          deadline = time.monotonic() + 300
+          while proc.poll() is None and not stop_when(
+              _tail(os.path.join(logs, "process_0.log"), 10**6)
+          ):
+            assert time.monotonic() < deadline, _tail(launcher)
+            time.sleep(0.05)
+          assert proc.poll() is None, f"{name} ended before SIGTERM:\n{_tail(launcher)}"
+          proc.send_signal(signal.SIGTERM)  # the launcher passes it to both processes
+        rc = _wait(proc, 300)
+      finally:
+        _stop(proc)
+    texts = [_tail(os.path.join(logs, f"process_{i}.log"), 10**6) for i in (0, 1)]
+    assert rc is not None, f"{name} hung:\n{_tail(launcher)}"
+    return rc, texts
+
+  def saved(texts):
+    got = [re.findall(r"stopped by .* after saving step (\d+) in ", t) for t in texts]
+    assert got[0] and got[0] == got[1], (got, texts[0][-3000:])
+    return int(got[0][-1])
+
+  def resumed(texts):
+    got = [re.findall(r"resumed from \S+ at step (\d+)", t) for t in texts]
+    assert got[0] and got[0] == got[1], (got, texts[0][-3000:])
+    return int(got[0][-1])
+
+  # 1. Preempted after its step-2 checkpoint.
+  rc, first = launch("first", lambda _: os.path.isdir(os.path.join(ckpts, "2")))
+  assert rc == 75, first[0][-3000:]
+  first_saved = saved(first)
+  have = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
+  assert have[-1] == first_saved > 2 and len(have) >= 2, have
+  latest, older = have[-1], have[-2]
+
+  # 2. The latest step damaged: both fall back to the same older step; preempted again.
+  big = max(
+      (os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ckpts, str(latest))) for f in fs),
+      key=os.path.getsize,
+  )
+  with open(big, "r+b") as f:
+    f.seek(os.path.getsize(big) // 2)
+    f.write(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  rc, second = launch(
+      "second", lambda log: any(k > older for k in _log_steps(log.split("resumed from")[-1]))
+  )
+  assert rc == 75, second[0][-3000:]
+  assert resumed(second) == older
+  for text in second:  # each process says so (one that read it fine: "another process ...")
+    assert f"skipping checkpoint step {latest} in " in text, text[-3000:]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", str(latest)))
+  second_saved = saved(second)
+  assert second_saved > older
+
+  # 3. Resumes from that save on both processes and finishes.
+  rc, third = launch("third")
+  assert rc == 0, third[0][-3000:]
+  assert resumed(third) == second_saved
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  train = [r for r in rows if r["split"] == "train"]
+  assert [r["step"] for r in train] == list(range(1, steps + 1))  # once each
+  losses = _log_steps(first[0])
+  assert sorted(losses) == list(range(1, first_saved + 1))
+  for r in train[:first_saved]:
+    assert f"{r['loss']:.4f}" == losses[r["step"]], (r, losses)

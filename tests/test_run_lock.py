@@ -135,3 +135,56 @@ def test_a_second_trainer_stops_at_once_naming_the_holder_and_writes_nothing(tmp
   # Nothing written: no config.json, metrics or checkpoints; the lock file as it was.
   assert after == before and set(after) == {run_dir.LOCK_FILE}
   assert took < 60, took  # no dataset, model or compilation first
+
+
+# Takes the lock, says so, releases it after argv[2] seconds (a requeued job's previous instance
+# finishing its save), then lingers.
+HOLD_THEN_RELEASE = (
+    "import sys, time\n"
+    "from alexnet_jax import run_lock\n"
+    "lock = run_lock.acquire(sys.argv[1])\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(float(sys.argv[2]))\n"
+    "lock.release()\n"
+    "print('released', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.mark.parametrize("release_after, wait_s", [(2.0, 30.0), (600.0, 1.5)])
+def test_a_live_holder_is_waited_for_up_to_the_bound(tmp_path, caplog, release_after, wait_s):
+  cmd, kw = _python(HOLD_THEN_RELEASE, tmp_path, stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen(cmd + [str(release_after)], **kw)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    t = time.monotonic()
+    with caplog.at_level("INFO", logger="absl"):
+      if release_after < wait_s:
+        lock = run_lock.acquire(str(tmp_path), wait_s=wait_s)
+        took = time.monotonic() - t
+        assert holder.stdout.readline().strip() == "released"
+        assert run_lock.read_holder(str(tmp_path)).pid == os.getpid()
+        lock.release()
+        assert 1.0 <= took < release_after + 5, took
+      else:
+        with pytest.raises(run_lock.RunLockedError) as e:
+          run_lock.acquire(str(tmp_path), wait_s=wait_s)
+        took = time.monotonic() - t
+        assert wait_s <= took < wait_s + 5, took
+        assert f"process {holder.pid} on host {socket.gethostname()} since " in str(e.value)
+        assert str(e.value).endswith(f"(waited {wait_s:.0f} s for it, --lock_wait_s).")
+        assert "\n" not in str(e.value)
+  finally:
+    holder.kill()
+    holder.wait(timeout=60)
+  waits = [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()]
+  assert len(waits) == 1, waits  # one line, however long it waits
+  assert waits[0].startswith(
+      f"{tmp_path} is in use by process {holder.pid} on host {socket.gethostname()} since "
+  )
+  assert waits[0].endswith(f"waiting up to {wait_s:.0f} s for it to finish (--lock_wait_s)")
+
+
+def test_a_slurm_job_waits_by_default_a_shell_does_not():
+  assert run_lock.default_wait_s({"SLURM_JOB_ID": "4242"}) == run_lock.SLURM_WAIT_SECONDS == 120
+  assert run_lock.default_wait_s({}) == 0

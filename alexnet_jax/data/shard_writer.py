@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_jax import reporting
+from alexnet_jax import disk_space, reporting
 from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import sources
 from alexnet_jax.data import stats as stats_lib
@@ -126,6 +126,7 @@ class _ShardWriter:
     self.offset = 0
     self.sums = stats_lib.Sums() if with_sums else None
     self.digest = digest
+    self.renamed = self.indexed = False
 
   def add(self, key: int, label: int, image: np.ndarray, encoded: bytes):
     data = image.tobytes() if self.fmt == "raw" else encoded
@@ -155,11 +156,29 @@ class _ShardWriter:
     if self.sums is not None:
       index.update(self.sums.as_dict())
     os.replace(self.tmp_rows, self.rows_path)
+    self.renamed = True
     with open(self.tmp_index, "wb") as f:
       np.savez(f, **index)
       f.flush()
       os.fsync(f.fileno())
     os.replace(self.tmp_index, self.index_path)  # last: the shard now counts
+    self.indexed = True
+
+  def abort(self) -> None:
+    """Removes what this shard wrote (after a failure: a full disk); the shard does not count
+    without its index, and the next preparation writes it again."""
+    try:
+      self.f.close()
+    except OSError:  # its buffer cannot be written either: the file is closed all the same
+      pass
+    leftovers = [self.tmp_rows, self.tmp_index]
+    if self.renamed and not self.indexed:
+      leftovers.append(self.rows_path)
+    for path in leftovers:
+      try:
+        os.remove(path)
+      except FileNotFoundError:
+        pass
 
 
 def _decoded(split, keys: np.ndarray, fmt: str, quality: int) -> tf.data.Dataset:
@@ -208,7 +227,9 @@ def write_stats(root: str, plan: dict) -> bool:
   count = entry["num_shards"]
   sums, bad_keys, bad_files, pil = stats_lib.Sums(), [], [], []
   for s in range(count):
-    index = shards_lib.load_index(root, "train", s, count, shards_lib.plan_digest(plan))
+    index = shards_lib.load_index(
+        root, "train", s, count, shards_lib.plan_digest(plan), rows_missing_ok=True
+    )
     if index is None:
       return False
     sums.add_partial(index["sum_image"], index["s1"], index["s2"], index["count"])
@@ -241,16 +262,58 @@ def _prepare_split(shards: list, root, fmt, quality, digest, finish, ticks) -> N
       state["done"] = {}
 
   rows = _decoded(split, np.concatenate([t[4] for t in shards]), fmt, quality)
-  for r in rows.as_numpy_iterator():
-    key = int(r["key"])
-    advance(int(np.searchsorted(first_keys, key, side="right")) - 1)
-    state["writer"].add(key, r["label"], r["image"], r["encoded"])
-    # The record's own name (TFDS: reading it again later would scan its file).
-    state["done"][key] = r["name"].decode() if "name" in r else None
-    if ticks is not None:
-      next(ticks, None)
-  advance(len(shards) - 1)  # shards whose rows all failed
-  finish(state["writer"], *shards[-1], state["done"])
+  try:
+    for r in rows.as_numpy_iterator():
+      key = int(r["key"])
+      advance(int(np.searchsorted(first_keys, key, side="right")) - 1)
+      state["writer"].add(key, r["label"], r["image"], r["encoded"])
+      # The record's own name (TFDS: reading it again later would scan its file).
+      state["done"][key] = r["name"].decode() if "name" in r else None
+      if ticks is not None:
+        next(ticks, None)
+    advance(len(shards) - 1)  # shards whose rows all failed
+    finish(state["writer"], *shards[-1], state["done"])
+  except BaseException:  # a full disk, Ctrl-C: no temporary left behind
+    if state["writer"] is not None and not state["writer"].indexed:
+      state["writer"].abort()
+    raise
+
+
+def _disk_full_message(root: str, plan: dict, todo: list, written: list) -> str:
+  """The one line for a full disk: what is free at `root`, and about what the shards still to
+  write need: their rows (raw: exactly; JPEG: at the mean row size of the shards written so
+  far), their indexes (a train shard's holds its int64 sum image, 1.5 MiB) and the statistics."""
+  sums_bytes = IMAGE_SIZE * IMAGE_SIZE * 3 * 8
+  rows, images, need, failed = 0, 0, sums_bytes / 2, None  # train_stats.npz: a float32 mean
+  for name, _, s, count, keys in todo:
+    if shards_lib.shard_stem(name, s, count) not in written:
+      failed = failed or shards_lib.shard_stem(name, s, count)
+      images += len(keys)
+      rows += 1
+      need += (sums_bytes if name == "train" else 0) + 4096 + 64 * len(keys)  # the index
+  per_image = float(shards_lib.ROW_BYTES)
+  if plan["format"] == "jpeg":
+    sizes = [0, 0]
+    digest = shards_lib.plan_digest(plan)
+    for name, entry in plan["splits"].items():
+      for s in range(entry["num_shards"]):
+        try:
+          index = shards_lib.load_index(root, name, s, entry["num_shards"], digest)
+        except DatasetError:
+          index = None
+        if index is not None:
+          sizes[0] += int(index["data_bytes"])
+          sizes[1] += int(np.count_nonzero(index["lengths"]))
+    per_image = sizes[0] / sizes[1] if sizes[1] else per_image  # none yet: raw rows' size
+  need += images * per_image
+  return disk_space.message(
+      f"prepared shard {failed}" if failed else shards_lib.STATS_FILE,
+      root,
+      f"the {rows} shard(s) still to write and the statistics need about "
+      f"{disk_space.megabytes(need)}",
+      "prepare elsewhere with --output_dir",
+      "The shards already written are complete and kept; rerun the same command to resume.",
+  )
 
 
 def prepare(
@@ -272,7 +335,20 @@ def prepare(
   src = sources.open_raw(settings)
   root = os.path.abspath(output_dir or shards_lib.default_location(settings))
   plan = make_plan(src, settings, fmt, jpeg_quality, images_per_shard)
-  _write_plan(root, plan)
+  try:
+    _write_plan(root, plan)
+  except OSError as e:
+    if disk_space.is_full(e):
+      raise DatasetError(
+          disk_space.message(
+              shards_lib.PLAN_FILE,
+              root,
+              "it needs a few KiB, the shards far more",
+              "prepare elsewhere with --output_dir",
+              "Nothing else was written.",
+          )
+      ) from None
+    raise
   digest = shards_lib.plan_digest(plan)
   todo, skipped = [], []
   for name, entry in plan["splits"].items():
@@ -283,7 +359,7 @@ def prepare(
     count, per = entry["num_shards"], plan["images_per_shard"]
     for s in range(process_index, count, process_count):
       stem = shards_lib.shard_stem(name, s, count)
-      if shards_lib.load_index(root, name, s, count, digest) is not None:
+      if shards_lib.load_index(root, name, s, count, digest, rows_missing_ok=True) is not None:
         skipped.append(stem)
       else:
         todo.append((name, split, s, count, keys[s * per : (s + 1) * per]))
@@ -298,9 +374,10 @@ def prepare(
       f"quality {jpeg_quality}" if fmt == "jpeg" else "uint8 rows",
   )
   total = sum(len(t[4]) for t in todo)
-  ticks = None
+  ticks = bar = None
   if progress:
-    ticks = iter(reporting.progress(range(total), total=total, desc="preparing", unit="image"))
+    bar = reporting.progress(range(total), total=total, desc="preparing", unit="image")
+    ticks = iter(bar)
   bad_files, written = [], []
 
   def finish(writer, name, split, s, count, keys, done):
@@ -323,15 +400,25 @@ def prepare(
     writer.close(keys, names, pil)
     written.append(shards_lib.shard_stem(name, s, count))
 
-  for name in plan["splits"]:
-    shards = [t for t in todo if t[0] == name]
-    if shards:
-      _prepare_split(shards, root, fmt, jpeg_quality, digest, finish, ticks)
-  if ticks is not None:
-    for _ in ticks:
-      pass
-  complete = write_stats(root, plan) and all(
-      shards_lib.load_index(root, name, s, e["num_shards"], digest) is not None
+  try:
+    for name in plan["splits"]:
+      shards = [t for t in todo if t[0] == name]
+      if shards:
+        _prepare_split(shards, root, fmt, jpeg_quality, digest, finish, ticks)
+    if ticks is not None:
+      for _ in ticks:
+        pass
+    stats_written = write_stats(root, plan)
+  except OSError as e:
+    if disk_space.is_full(e):
+      raise DatasetError(_disk_full_message(root, plan, todo, written)) from None
+    raise
+  finally:
+    if bar is not None:
+      bar.close()  # ends its line: a FATAL line after it starts a line of its own
+  complete = stats_written and all(
+      shards_lib.load_index(root, name, s, e["num_shards"], digest, rows_missing_ok=True)
+      is not None
       for name, e in plan["splits"].items()
       for s in range(e["num_shards"])
   )

@@ -146,9 +146,12 @@ def rows_path(root, split, s, count):
   return os.path.join(root, shard_stem(split, s, count) + ".rows")
 
 
-def load_index(root: str, split: str, s: int, count: int, digest: str) -> dict | None:
+def load_index(
+    root: str, split: str, s: int, count: int, digest: str, *, rows_missing_ok: bool = False
+) -> dict | None:
   """A complete shard's index (its rows file present at the size it records, written for the
-  plan whose plan_digest is `digest`), else None."""
+  plan whose plan_digest is `digest`), else None (no index, or with rows_missing_ok, an index
+  whose rows file is gone: what a preparation redoes)."""
   path = index_path(root, split, s, count)
   try:
     with np.load(path, allow_pickle=False) as z:
@@ -166,7 +169,14 @@ def load_index(root: str, split: str, s: int, count: int, digest: str) -> dict |
         "dataset, format or setting): prepare into an empty directory."
     )
   rows = rows_path(root, split, s, count)
-  size = os.path.getsize(rows) if os.path.exists(rows) else -1
+  if not os.path.exists(rows):
+    if rows_missing_ok:
+      return None
+    raise PreparedDataError(
+        f"prepared shard {rows} is missing (its index {os.path.basename(path)} is there): run "
+        "alexnet_jax.prepare again with the same settings; it rewrites the missing shards."
+    )
+  size = os.path.getsize(rows)
   if size != int(index["data_bytes"]):
     raise PreparedDataError(
         f"prepared shard {rows} is damaged: {size} bytes, its index says "

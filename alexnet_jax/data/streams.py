@@ -22,6 +22,7 @@ Stream semantics (what makes runs exactly resumable):
 
 from __future__ import annotations
 
+import gc
 import re
 from typing import Callable, Iterator
 
@@ -79,6 +80,27 @@ def _prepared_error(e: tf.errors.OpError):
   return PreparedDataError(m.group(1)) if m else None
 
 
+def _next(it):
+  """next(it), or the PreparedDataError that a damaged prepared shard raised inside tf.data.
+
+  The error is raised by the caller after it let go of `it` (`_released`): a tf.data iterator
+  whose threads are still in a Python function when the interpreter shuts down (the FATAL
+  exit that follows) can wait on them for ever. Returned, not raised, so that no traceback
+  keeps the iterator alive."""
+  try:
+    return next(it), None
+  except tf.errors.OpError as e:
+    error = _prepared_error(e)
+    if error is None:
+      raise
+  return None, error
+
+
+def _released(error: Exception) -> Exception:
+  gc.collect()  # the iterator the caller dropped: stopped now, while its threads can finish
+  return error
+
+
 class _Batches:
   """Python iterator over a tf.data stream of batches; counts and names dropped examples.
 
@@ -103,10 +125,10 @@ class _Batches:
     return self
 
   def _pull(self) -> dict:
-    try:
-      b = next(self._it)
-    except tf.errors.OpError as e:
-      raise (_prepared_error(e) or e) from None
+    b, error = _next(self._it)
+    if error is not None:
+      self._it = None
+      raise _released(error)
     q = b["q"]
     missing = np.setdiff1d(np.arange(self._next_q, q[-1] + 1), q)
     self._next_q = int(q[-1]) + 1
@@ -274,12 +296,17 @@ def _cached_batches(key_stream: tf.data.Dataset, split, lb: int, pil_keys):
   images = np.zeros([len(keys), IMAGE_SIZE, IMAGE_SIZE, 3], np.uint8)
   labels = np.zeros([len(keys)], np.int32)
   filled = np.zeros([len(keys)], bool)
-  try:
-    for b in split.canonical(None, pil_keys).batch(256).as_numpy_iterator():
-      rows = np.searchsorted(keys, b["key"])
-      images[rows], labels[rows], filled[rows] = b["image"], b["label"], True
-  except tf.errors.OpError as e:
-    raise (_prepared_error(e) or e) from None
+  decoded = split.canonical(None, pil_keys).batch(256).as_numpy_iterator()
+  while True:
+    try:
+      b, error = _next(decoded)
+    except StopIteration:
+      break
+    if error is not None:
+      decoded = None
+      raise _released(error)
+    rows = np.searchsorted(keys, b["key"])
+    images[rows], labels[rows], filled[rows] = b["image"], b["label"], True
   for key in keys[~filled]:
     logging.warning("image failed to decode; its cached copy stays black: %s", split.name_of(key))
   it = key_stream.batch(lb).prefetch(AUTOTUNE).as_numpy_iterator()
@@ -408,9 +435,7 @@ class _EvalBatches:
 
   def __next__(self):
     try:
-      b = next(self._it)
-    except tf.errors.OpError as e:
-      raise (_prepared_error(e) or e) from None
+      b, error = _next(self._it)
     except StopIteration:
       seen = np.concatenate(self._seen) if self._seen else np.zeros([0], np.int64)
       for key in np.setdiff1d(self._expected, seen):
@@ -419,5 +444,8 @@ class _EvalBatches:
         logging.warning("validation image failed to decode and was left out: %s", name)
       self._expected = np.zeros([0], np.int64)
       raise
+    if error is not None:
+      self._it = None
+      raise _released(error)
     self._seen.append(b["q"][b["mask"]])
     return {"image": b["image"], "label": b["label"], "mask": b["mask"]}
