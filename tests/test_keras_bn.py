@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpoint, fine_tune, optim, sharding, train_state
+from alexnet_jax import augment, checkpoint, config_schema, fine_tune, optim, sharding, train_state
 from alexnet_jax import model as model_lib
+from alexnet_jax.input_spec import InputSpec
 from alexnet_jax.model import VARIANTS, AlexNet
 from configs import keras_bn
 from tests import tiny
@@ -402,3 +403,57 @@ def test_keras_preset_trains_updates_batch_stats_and_resumes_exactly(monkeypatch
     np.testing.assert_allclose(step1.batch_stats[bn]["var"], want_var, rtol=1e-5, atol=1e-6)
   for bn in ("bn6", "bn7", "bn8"):
     assert np.abs(step1.batch_stats[bn]["mean"]).max() > 1e-5
+
+
+def test_the_preset_is_the_tutorials_network_and_inputs():
+  c = keras_bn.get_config()
+  config_schema.validate(c)
+  config_schema.validate(keras_bn.get_config("demo"))
+  with pytest.raises(ValueError, match="the only scale is 'demo'"):
+    keras_bn.get_config("paper")
+  m = train_state.create_model(c, 17)
+  assert (m.variant, m.lrn, m.overlapping_pool, m.dropout_rate) == (
+      VARIANTS["keras_bn"],
+      False,
+      False,
+      0.4,
+  )
+  assert model_lib.num_params(sharding.abstract_variables(m)) == 28_096_769
+  assert (c.optimizer.name, c.optimizer.learning_rate, c.batch_size, c.mesh.tower) == (
+      "adam",
+      1e-3,
+      64,
+      1,
+  )
+  # Its views: the whole 256x256 image resized to 224 and scaled to [0, 1] (TF's resize as the
+  # reference), the same in training (no crop, flip or lighting) and at test.
+  spec = InputSpec.from_config(c)
+  lighting = augment.Lighting(jnp.ones(3), jnp.eye(3))
+  images = np.stack([np.asarray(tiny_photo) for tiny_photo in _photos256()])
+  want = tf.image.resize(images, (224, 224), antialias=True).numpy() / 255.0
+  a = c.augment
+  train = augment.train_views(
+      images,
+      augment.example_keys(0, 0, jnp.arange(len(images))),
+      spec,
+      lighting,
+      random_crop=a.random_crop,
+      flip=a.flip,
+      lighting_std=a.lighting_std,
+  )
+  test = augment.eval_views(images, spec, crops=c.eval_crops)[:, 0]
+  np.testing.assert_allclose(train, want, atol=2e-5)
+  np.testing.assert_allclose(test, want, atol=2e-5)
+  assert abs(float(want.max()) - 1.0) < 0.05 and float(want.min()) < 0.05
+
+
+def _photos256():
+  from tests.data_helpers import real_photos  # pylint: disable=import-outside-toplevel
+
+  return [
+      tf.image.resize(p[..., None].repeat(3, -1) if p.ndim == 2 else p[..., :3], (256, 256))
+      .numpy()
+      .round()
+      .astype(np.uint8)
+      for p in real_photos()[:3]
+  ]
