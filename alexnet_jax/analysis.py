@@ -227,6 +227,11 @@ class TrainedRun:
   def describe(self) -> str:
     conv, fc = self.model.layer_widths()
     p = self.config.input
+    views = (
+        f"{self.eval_crops} view(s) of {p.crop_size}"
+        if p.get("view", "crop") == "crop"
+        else f"the image resized to {p.crop_size}x{p.crop_size}"
+    )
     lines = [
         f"{self.workdir}: step {self.step}, {self.meta.get('dataset', self.config.dataset.name)}"
         f", {self.num_classes} classes ({', '.join(self.class_names[:10])}"
@@ -236,11 +241,8 @@ class TrainedRun:
         f"{' (BatchNorm statistics included)' if 'batch_stats' in self.variables else ''}",
         f"preprocessing: shorter side to {data_lib.IMAGE_SIZE} ({self.resize_rule}), center "
         f"{data_lib.IMAGE_SIZE}, {p.mean} mean subtracted"
-        f"{', divided by std' if p.std_rgb else ''}, x {p.scale:g}, {p.channel_order.upper()}, "(
-            f"{self.eval_crops} view(s) of {p.crop_size}"
-            if p.get("view", "crop") == "crop"
-            else f"the image resized to {p.crop_size}x{p.crop_size}"
-        ),
+        f"{', divided by std' if p.std_rgb else ''}, x {p.scale:g}, {p.channel_order.upper()}, "
+        f"{views}",
     ]
     if "eval" in self.meta:
       e = self.meta["eval"]
