@@ -1,6 +1,7 @@
 """The Keras tutorial's BatchNorm AlexNet (model.variant='keras_bn') against Keras itself."""
 
 import os
+import shutil
 from typing import Any
 
 import flax.struct
@@ -12,7 +13,16 @@ import pytest
 import tensorflow as tf
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import augment, checkpoint, config_schema, fine_tune, optim, sharding, train_state
+from alexnet_jax import (
+    augment,
+    checkpoint,
+    config_schema,
+    fine_tune,
+    optim,
+    run_dir,
+    sharding,
+    train_state,
+)
 from alexnet_jax import model as model_lib
 from alexnet_jax.input_spec import InputSpec
 from alexnet_jax.model import VARIANTS, AlexNet
@@ -195,7 +205,7 @@ def test_other_variants_have_no_batch_norm_or_head(name):
 
 def test_glorot_initialiser_is_keras_glorot_uniform():
   m = keras_net(initializer="glorot", width=0.25)
-  p = m.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
+  p = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
   for layer, fans in (("conv2", (11 * 11 * 24, 11 * 11 * 64)), ("fc8", (1024, 250))):
     k = np.asarray(p[layer]["kernel"])
     limit = np.sqrt(6.0 / sum(fans))
@@ -226,7 +236,8 @@ def _train_call(model, mesh, variables, images, labels):
 def test_batch_statistics_are_the_global_batchs_on_every_mesh():
   m = keras_net(num_classes=5, width=0.125)
   v = _random_variables(m, seed=2)
-  # Each quarter of the batch has its own scale, so a quarter's statistics are not the batch's.
+  # Each example has its own scale, so a shard's statistics are far from the whole batch's:
+  # without the average over "data" the meshes would disagree.
   scales = jnp.arange(1.0, 9.0)[:, None, None, None]
   images = jax.random.uniform(jax.random.key(3), (8, 224, 224, 3)) * scales
   labels = jnp.arange(8) % 5
@@ -255,10 +266,6 @@ def test_batch_statistics_are_the_global_batchs_on_every_mesh():
     np.testing.assert_allclose(lg, lg1, rtol=1e-4, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), st, st1)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), grads, grads1)
-  # A device's own quarter of the batch has other statistics: the sync is what makes them equal.
-  _, local = train_apply(v, images[:2])
-  batch_part = lambda s: (s["bn1"]["mean"] - 0.99 * v["batch_stats"]["bn1"]["mean"]) / 0.01  # noqa: E731
-  assert np.abs(batch_part(local["batch_stats"]) - batch_part(got_stats)).max() > 0.1
 
 
 def test_batch_stats_are_replicated_in_the_state():
@@ -355,6 +362,7 @@ def _saved_state(workdir, config, step=None):
   return jax.device_get(state)
 
 
+@pytest.mark.slow  # two short runs of the preset on 8 devices: 25-45 s on 2 CPU cores
 def test_keras_preset_trains_updates_batch_stats_and_resumes_exactly(monkeypatch, tmp_path):
   from alexnet_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from alexnet_jax import train  # pylint: disable=import-outside-toplevel
@@ -363,14 +371,17 @@ def test_keras_preset_trains_updates_batch_stats_and_resumes_exactly(monkeypatch
   fresh_user_cache(monkeypatch, tmp_path)
   root = small_folder(tmp_path / "data", classes="abc", per_class=4, val=1)
   config = _keras_tiny(root, num_train_steps=2)
-  train.train_and_evaluate(config, str(tmp_path / "a"))  # 2 steps, then resumed to 3
-  step1 = _saved_state(tmp_path / "a", config, step=1)
-  train.train_and_evaluate(_keras_tiny(root), str(tmp_path / "a"))
-  train.train_and_evaluate(_keras_tiny(root), str(tmp_path / "b"))  # 3 steps at once
-  resumed, straight = _saved_state(tmp_path / "a", config), _saved_state(tmp_path / "b", config)
-  assert int(resumed.step) == int(straight.step) == 3
+  train.train_and_evaluate(config, str(tmp_path))  # saves steps 1 and 2
+  step1, straight = _saved_state(tmp_path, config, 1), _saved_state(tmp_path, config, 2)
+  # Killed after saving step 1: the rerun restores it and takes step 2 again.
+  shutil.rmtree(tmp_path / run_dir.CHECKPOINT_DIR / "2")
+  train.train_and_evaluate(config, str(tmp_path))
+  resumed = _saved_state(tmp_path, config, 2)
+  assert int(resumed.step) == int(straight.step) == 2
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  assert set(resumed.batch_stats) == {f"bn{i}" for i in range(1, 9)}
   assert isinstance(resumed.opt_state.inner_state, optim.KerasAdamState)  # Adam
+  assert np.abs(straight.batch_stats["bn7"]["var"] - step1.batch_stats["bn7"]["var"]).max() > 0
 
   # Step 1's running averages: 0.99 * (mean 0, variance 1) + 0.01 * the first batch's
   # statistics, the batch fed as the tutorial feeds it (TF's resize to 224, then / 255).
