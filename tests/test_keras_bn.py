@@ -415,6 +415,20 @@ def test_keras_preset_trains_updates_batch_stats_and_resumes_exactly(monkeypatch
   for bn in ("bn6", "bn7", "bn8"):
     assert np.abs(step1.batch_stats[bn]["mean"]).max() > 1e-5
 
+  # A new run on two classes started from this one: the head is new, the rest (fc8 and the
+  # running averages included) is the source's.
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  two = small_folder(tmp_path / "two", classes="ab", per_class=4, val=1)
+  new = _keras_tiny(two, init_from=str(tmp_path))
+  run = train.setup_run(new, str(tmp_path / "new"))
+  try:
+    state = jax.device_get(train.restore_or_create_state(run))
+  finally:
+    run.manager.close()
+  assert state.params["head"]["kernel"].shape == (125, 2)
+  np.testing.assert_array_equal(state.params["fc8"]["kernel"], straight.params["fc8"]["kernel"])
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats, straight.batch_stats)
+
 
 def test_the_preset_is_the_tutorials_network_and_inputs():
   c = keras_bn.get_config()
