@@ -308,9 +308,8 @@ class AlexNet(nn.Module):
     h = self._bn("bn2", self._lrn_and_pool("pool2", h), train)  # §3.3, §3.4
     h = self._conv("conv3", self._gather_towers(h), k3, c2, c3, padding=self._padding(3, k3))
     h = self._bn("bn3", h, train)  # conv3 read both towers (§3.2)
-    h = self._bn(
-        "bn4", self._conv("conv4", h, k4, c3 // t, c4, padding=self._padding(4, k4)), train
-    )
+    h = self._conv("conv4", h, k4, c3 // t, c4, padding=self._padding(4, k4))  # §3.2: own tower
+    h = self._bn("bn4", h, train)
     h = self._conv("conv5", h, k5, c4 // t, c5, padding=self._padding(5, k5))  # §3.2: own tower
     h = self._bn("bn5", self._sow("pool5", self._pool(h)), train)  # §3.4; no LRN after conv5
     g = self._flatten(self._gather_towers(h))  # §3.2: fc6 reads both towers

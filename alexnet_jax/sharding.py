@@ -9,8 +9,8 @@
 - The model runs under `jax.shard_map`: a device runs plain convolutions on the towers it
   holds, and the only collectives in the forward pass are the four all-gathers at the
   paper's cross-tower points (docs/paper.md#how-the-two-towers-map-onto-devices), plus
-  BatchNorm's means over "data" in training (keras_bn). GSPMD on a grouped convolution would instead
-  all-gather kernels and activations and run the whole layer on every device.
+  BatchNorm's means over "data" in training (keras_bn). GSPMD on a grouped convolution would
+  instead all-gather kernels and activations and run the whole layer on every device.
 """
 
 from __future__ import annotations
