@@ -3,9 +3,9 @@ one written by alexnet_jax.convert (torchvision's, Caffe's or the grouped layout
 
 Every parameter (and BatchNorm running average) is copied, except the class layer when the
 class count differs (the model's `classifier`: fc8, or the head after keras_bn's hidden fc8):
-that layer keeps the new run's fresh initialisation. The step, momentum, schedule and RNG start afresh. The new run
-must have the source's architecture (the same model switches), since the weights mean
-something only for the network that learned them.
+that layer keeps the new run's fresh initialisation. The step, optimizer state, schedule and
+RNG start afresh. The new run must have the source's architecture (the same model switches),
+since the weights mean something only for the network that learned them.
 """
 
 from __future__ import annotations

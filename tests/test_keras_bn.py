@@ -34,8 +34,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 def keras_bn_model(num_classes=17, dropout=0.4):
   """The tutorial's network, as its Keras code builds it."""
-  import keras  # pylint: disable=import-outside-toplevel
-  from keras import layers  # pylint: disable=import-outside-toplevel
+  import keras
+  from keras import layers
 
   def conv(n, k, **kw):
     return layers.Conv2D(n, (k, k), padding="valid", activation="relu", **kw)
@@ -364,9 +364,9 @@ def _saved_state(workdir, config, step=None):
 
 @pytest.mark.slow  # two short runs of the preset on 8 devices: 25-45 s on 2 CPU cores
 def test_keras_preset_trains_updates_batch_stats_and_resumes_exactly(monkeypatch, tmp_path):
-  from alexnet_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from alexnet_jax import train  # pylint: disable=import-outside-toplevel
-  from tests.data_helpers import fresh_user_cache, small_folder  # pylint: disable=import-outside-toplevel
+  from alexnet_jax import data as data_lib
+  from alexnet_jax import train
+  from tests.data_helpers import fresh_user_cache, small_folder
 
   fresh_user_cache(monkeypatch, tmp_path)
   root = small_folder(tmp_path / "data", classes="abc", per_class=4, val=1)
@@ -473,7 +473,7 @@ def test_the_preset_is_the_tutorials_network_and_inputs():
 
 
 def _photos256():
-  from tests.data_helpers import real_photos  # pylint: disable=import-outside-toplevel
+  from tests.data_helpers import real_photos
 
   return [
       tf.image.resize(p[..., None].repeat(3, -1) if p.ndim == 2 else p[..., :3], (256, 256))
