@@ -204,14 +204,19 @@ def test_other_variants_have_no_batch_norm_or_head(name):
 
 
 def test_glorot_initialiser_is_keras_glorot_uniform():
-  m = keras_net(initializer="glorot", width=0.25)
-  p = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
-  for layer, fans in (("conv2", (11 * 11 * 24, 11 * 11 * 64)), ("fc8", (1024, 250))):
-    k = np.asarray(p[layer]["kernel"])
-    limit = np.sqrt(6.0 / sum(fans))
+  m = keras_net(initializer="glorot")
+  # The initialisers the model's layers get: a conv (tower axis first) and the hidden fc8.
+  cases = (
+      ("conv2", (1, 11, 11, 24, 64), (1, 2, 3), (11 * 11 * 24, 11 * 11 * 64)),
+      ("fc8", (1024, 250), (0,), (1024, 250)),
+  )
+  for layer, shape, fan_in_axes, (fan_in, fan_out) in cases:
+    kinit, binit = m._init_fns(layer, fan_in_axes)
+    k = np.asarray(kinit(jax.random.key(0), shape))
+    limit = np.sqrt(6.0 / (fan_in + fan_out))  # Keras: sqrt(6 / (fan_in + fan_out))
     assert k.max() <= limit * (1 + 1e-6) and k.min() >= -limit * (1 + 1e-6)
     assert abs(k.std() - limit / np.sqrt(3)) < 0.01 * limit  # U(-l, l) has std l / sqrt(3)
-    assert not np.any(np.asarray(p[layer]["bias"]))
+    assert not np.any(np.asarray(binit(jax.random.key(1), (shape[-1],))))
 
 
 # ---- BatchNorm on the mesh ------------------------------------------------------------------
@@ -300,8 +305,12 @@ def test_a_checkpoint_saved_before_batch_stats_restores(tmp_path):
   config = tiny.config()
   model = train_state.create_model(config, 3)
   mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-  state = train_state.create_train_state(config, model, mesh)
-  state = state.replace(step=jnp.asarray(5, jnp.int32))
+  rng = np.random.default_rng(0)
+  state = jax.tree.map(  # the state's shapes and dtypes, filled with random numbers
+      lambda a: rng.normal(size=a.shape).astype(a.dtype),
+      train_state.abstract_state(config, model),
+  )
+  state = state.replace(step=np.asarray(5, np.int32))
   old = _StateBeforeBatchNorm(state.step, state.params, state.opt_state, state.schedule, state.rng)
   manager = checkpoint.CheckpointManager(str(tmp_path), config)
   manager.save(5, old, meta={"num_classes": 3, "dataset": "x"})
