@@ -130,19 +130,22 @@ def _to_keras(model, variables):
 
 
 def _random_variables(model, seed=0):
-  """Initialised variables with non-trivial BatchNorm parameters and running statistics."""
-  v = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))
+  """Random variables of the model's shapes (nothing compiled): N(0, 0.01) kernels, and
+  non-trivial biases, BatchNorm parameters and running statistics."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
   rng = np.random.default_rng(seed)
 
-  def perturb(path, x):
-    name = path[-1].key
-    if name in ("scale", "var"):
-      return jnp.asarray(rng.uniform(0.5, 2.0, x.shape), x.dtype)
-    if name in ("mean",) or (name == "bias" and path[-2].key.startswith("bn")):
-      return jnp.asarray(rng.normal(0, 0.5, x.shape), x.dtype)
-    return x
+  def fill(path, a):
+    name, layer = path[-1].key, path[-2].key
+    if name == "kernel":  # the paper's scale: BatchNorm's statistics dominate the outputs
+      x = rng.normal(0, 0.01, a.shape)
+    elif name in ("scale", "var"):
+      x = rng.uniform(0.5, 2.0, a.shape)
+    else:  # biases, BatchNorm's offsets and means
+      x = rng.normal(0, 0.5 if layer.startswith("bn") else 0.1, a.shape)
+    return jnp.asarray(x, a.dtype)
 
-  return jax.tree_util.tree_map_with_path(perturb, v)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def test_keras_bn_tree_count_and_forward_match_keras():
@@ -270,7 +273,9 @@ def test_batch_statistics_are_the_global_batchs_on_every_mesh():
     np.testing.assert_allclose(loss, loss1, rtol=1e-5)
     np.testing.assert_allclose(lg, lg1, rtol=1e-4, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), st, st1)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), grads, grads1)
+    # Gradients: summed in another order on each mesh; equal to 1e-3 of each array's scale.
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads1)):
+      assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max() + 1e-7
 
 
 def test_batch_stats_are_replicated_in_the_state():
@@ -406,13 +411,15 @@ def test_keras_preset_trains_updates_batch_stats_and_resumes_exactly(monkeypatch
           config, model, sharding.make_mesh(1, 1, devices=jax.devices()[:1])
       ).variables
   )
-  _, state = model.apply(
-      init,
-      views.astype(np.float32),
-      train=True,
-      rngs={"dropout": jax.random.key(0)},
-      mutable=["intermediates", "batch_stats"],
-  )
+  _, state = jax.jit(
+      lambda v, x: model.apply(
+          v,
+          x,
+          train=True,
+          rngs={"dropout": jax.random.key(0)},
+          mutable=["intermediates", "batch_stats"],
+      )
+  )(init, views.astype(np.float32))
   inputs = {"bn1": "pool1", "bn2": "pool2", "bn3": "conv3_out", "bn4": "conv4_out", "bn5": "pool5"}
   for bn, name in inputs.items():  # (bn6..bn8 read dropout's outputs: not reproduced here)
     x = np.asarray(state["intermediates"][name][0], np.float64)
