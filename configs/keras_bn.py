@@ -16,7 +16,7 @@ split of one folder):
   python -m alexnet_jax.main --config=configs/keras_bn.py --workdir=runs/keras_bn \
       --config.dataset.name=folder:/path/to/photos
 
-At demo scale (a quarter-width network, 300 steps of 32: 2-3 minutes on 2 CPU cores):
+At demo scale (a quarter-width network, 300 steps of 32: about 1.5 minutes on 2 CPU cores):
 
   python -m alexnet_jax.main --config=configs/keras_bn.py:demo --workdir=runs/keras_bn_demo \
       --config.dataset.name=folder:/path/to/photos
