@@ -56,7 +56,7 @@ def evaluate_checkpoint(
   metrics = evaluation.evaluate(
       run.config,
       eval_step,
-      run.variables["params"],
+      run.variables,
       run.input_spec(),
       run.mesh,
       progress=True,
