@@ -79,11 +79,6 @@ TUTORIAL_SIGNATURE = (
 )
 KERAS_BN_MOMENTUM, KERAS_BN_EPSILON = 0.99, 1e-3
 
-WHERE = (
-    "a Keras model is the file its training script saved: model.save('alexnet.keras') or "
-    "model.save_weights('alexnet.weights.h5') (Keras 3), model.save('alexnet.h5') (Keras 2)"
-)
-
 
 class KerasFormatError(ConversionError):
   """The file is not a Keras weights file of the tutorial's network; the message says why."""
@@ -269,8 +264,8 @@ def _layer_signature(layer: dict) -> list[str]:
 
 def check_config(config: dict, name: str) -> None:
   """Raise KerasFormatError unless a saved model's config (config.json, or Keras 2's
-  model_config) computes the tutorial's function: its layers, strides, pooling, padding,
-  activations and BatchNorm epsilon (widths are checked on the weights)."""
+  model_config) computes the tutorial's function at inference: its layers, strides, pooling,
+  padding, activations and BatchNorm epsilon (widths are checked on the weights)."""
   inner = config.get("config", {})
   if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
     layers = inner["layers"]
@@ -279,8 +274,9 @@ def check_config(config: dict, name: str) -> None:
         f"{name}: its model config is a {config.get('class_name')} without a list of layers; "
         f"{expected_description()}"
     )
-  got = [op for layer in layers for op in _layer_signature(layer)]
-  want = list(TUTORIAL_SIGNATURE)
+  # Dropout changes neither the weights nor inference (fine-tuning takes the config's rate).
+  got = [op for layer in layers for op in _layer_signature(layer) if op != "dropout"]
+  want = [op for op in TUTORIAL_SIGNATURE if op != "dropout"]
   if got != want:
     i = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
     g = got[i] if i < len(got) else "the end"
@@ -306,7 +302,7 @@ def write(path: str, layers: dict) -> None:
       top = f.create_group("layers")
       for kind, names in NAMES_OF_KIND.items():
         for i, layer in enumerate(names):
-          group_name = KERAS_GROUP[kind] if i == 0 else f"{KERAS_GROUP[kind]}_{i}"
+          group_name = _group_name(kind, i)
           v = top.create_group(group_name).create_group("vars")
           v.attrs["name"] = group_name
           for j, array in enumerate(layers[layer]):
@@ -317,6 +313,20 @@ def write(path: str, layers: dict) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def dataset_names() -> list[str]:
+  """The datasets `write` creates."""
+  return [
+      f"layers/{_group_name(kind, i)}/vars/{j}"
+      for kind, names in NAMES_OF_KIND.items()
+      for i, layer in enumerate(names)
+      for j in range(4 if kind == "bn" else 2)
+  ]
+
+
+def _group_name(kind: str, i: int) -> str:
+  return KERAS_GROUP[kind] if i == 0 else f"{KERAS_GROUP[kind]}_{i}"
 
 
 # ---- this project's variables --------------------------------------------------------------
