@@ -186,9 +186,10 @@ KEYS: tuple[Key, ...] = (
     # fc6's flatten order: the paper's, or those the published weights that alexnet_jax.convert
     # loads need (alexnet_jax/model.py).
     Key("model.variant", "paper",
-        one_of("paper", "one_gpu", "torchvision", "caffe", "pytorch_grouped"), NEVER,
-        "§3.2, §3.5", "'paper' (two towers), 'one_gpu' (the paper's one-tower net) or a "
-        "published network's layout", role=ARCHITECTURE),
+        one_of("paper", "one_gpu", "torchvision", "caffe", "pytorch_grouped", "keras_bn"), NEVER,
+        "§3.2, §3.5", "'paper' (two towers), 'one_gpu' (the paper's one-tower net), a "
+        "published network's layout, or 'keras_bn' (the Keras tutorial's BatchNorm AlexNet)",
+        role=ARCHITECTURE),
     Key("model.width", 1.0, number(lambda v: v > 0, "a number > 0 (1.0 = the paper)"), NEVER,
         "§3.5", "multiplier on every conv and fc width (0.25 trains on a CPU)",
         role=ARCHITECTURE),
@@ -197,12 +198,13 @@ KEYS: tuple[Key, ...] = (
         role=ARCHITECTURE),
     Key("model.overlapping_pool", True, BOOL, NEVER, "§3.4",
         "3x3 stride-2 pooling; False: 2x2 stride 2", role=ARCHITECTURE),
-    Key("model.initializer", "paper", one_of("paper", "he"), NEVER, "§5",
+    Key("model.initializer", "paper", one_of("paper", "he", "glorot"), NEVER, "§5",
         "'paper': N(0, 0.01) weights, unit biases in conv2, conv4, conv5, fc6, fc7; 'he': "
-        "He-normal weights, zero biases (leaves the initial plateau at once)"),
+        "He-normal weights, zero biases (leaves the initial plateau at once); 'glorot': "
+        "Keras's default (Glorot-uniform weights, zero biases)"),
     Key("model.dropout_rate", 0.5,
         number(lambda v: 0 <= v < 1, "a number in [0, 1) (paper: 0.5)"), NEVER, "§4.2",
-        "dropout on the outputs of fc6 and fc7"),
+        "dropout on the outputs of fc6 and fc7 (and of a hidden fc8: keras_bn)"),
     Key("model.dtype", "float32", one_of("float32", "bfloat16", "float16", "float64"), NEVER,
         "", "compute dtype ('bfloat16' on accelerators); parameters stay float32"),
 

@@ -16,6 +16,15 @@ Parameter layout (T = number of towers, 2 for the paper):
 fc6 reads the pooled conv5 output of both towers, concatenated along channels and
 flattened in (H, W, C) order (a variant's fc6_input_order="chw": PyTorch's and Caffe's).
 
+The "keras_bn" variant (the BatchNorm AlexNet of a widely copied Keras tutorial) adds, with
+T = 1 and no LRN (its config sets model.lrn=False, model.overlapping_pool=False):
+  bn{1..5}, bn{6,7,8}: {scale, bias} [channels] in "params", {mean, var} [channels] in
+    "batch_stats" (Flax BatchNorm; Keras's momentum 0.99 and epsilon 1e-3), after each block
+    as Keras orders it: conv -> ReLU -> [pool] -> BN; dense -> ReLU -> dropout -> BN
+  fc8/kernel  [4096, 1000] (a hidden layer: ReLU, dropout, bn8)   head/kernel [1000, classes]
+Batch statistics are over the global batch: inside `jax.shard_map` they are averaged over
+the data axis (`data_axis`), so every mesh computes the same ones.
+
 The module's own switches are the paper's (width, LRN, overlapping pooling, initialisation,
 dropout). A `Variant` fixes the rest: the paper's two-tower net, its one-GPU ablation, or one
 of the published AlexNets that alexnet_jax.convert loads (torchvision's one-tower net, Caffe's
@@ -44,6 +53,11 @@ PAPER_FC_WIDTHS = (4096, 4096)
 # conv1-conv4; conv5 and the fully-connected layers keep their full size.
 ONE_TOWER_CONV_WIDTHS = (48, 128, 192, 192, 256)
 TORCHVISION_CONV_WIDTHS = (64, 192, 384, 256, 256)
+# Kernel sides of conv1..conv5: the paper's (§3.5), and the Keras tutorial's 11x11 conv2.
+PAPER_CONV_KERNELS = (11, 5, 3, 3, 3)
+KERAS_CONV_KERNELS = (11, 11, 3, 3, 3)
+# Keras's BatchNormalization defaults (Flax's momentum means the same: new = m*old + (1-m)*batch).
+BN_MOMENTUM, BN_EPSILON = 0.99, 1e-3
 
 # Layers whose parameters carry the leading tower axis; fc8 is shared by both towers.
 TOWER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
@@ -71,6 +85,14 @@ class Variant:
       paper's per-tower LRN (each GPU normalised its own maps).
     fc6_input_order: how the pooled conv5 maps are flattened for fc6: "hwc" (this project's
       choice) or "chw" (PyTorch's and Caffe's NCHW flatten).
+    conv_kernels: kernel sides of conv1..conv5: the paper's (11, 5, 3, 3, 3); Keras's
+      tutorial (11, 11, 3, 3, 3).
+    conv_padding: "paper" (conv1 by conv1_padding; conv2..conv5 keep their size: k // 2 on
+      each side) or "valid" (no padding anywhere; conv1_padding must be (0, 0)).
+    batch_norm: BatchNorm (bn1..bn8) after each block, in Keras's order: conv -> ReLU ->
+      [pool] -> BN and dense -> ReLU -> dropout -> BN (one tower only).
+    fc8_width: 0 = fc8 is the class layer (paper); > 0 = fc8 is a hidden layer of this width
+      (before model.width; ReLU, dropout, BatchNorm) and a layer "head" gives the classes.
   """
 
   num_towers: int = 2
@@ -81,6 +103,15 @@ class Variant:
   lrn_after_pool: bool = False
   lrn_across_towers: bool = False
   fc6_input_order: str = "hwc"
+  conv_kernels: tuple[int, ...] = PAPER_CONV_KERNELS
+  conv_padding: str = "paper"
+  batch_norm: bool = False
+  fc8_width: int = 0
+
+  @property
+  def classifier(self) -> str:
+    """The layer that maps features to classes (re-initialised for a new class count)."""
+    return "head" if self.fc8_width else "fc8"
 
   def __post_init__(self):
     if self.num_towers not in (1, 2):
@@ -91,6 +122,16 @@ class Variant:
       raise ValueError(f"conv1_padding is (before, after), got {self.conv1_padding}")
     if self.fc6_input_order not in ("hwc", "chw"):
       raise ValueError(f"fc6_input_order must be 'hwc' or 'chw', got {self.fc6_input_order!r}")
+    if len(self.conv_kernels) != 5:
+      raise ValueError(f"conv_kernels needs 5 sides (conv1..conv5), got {self.conv_kernels}")
+    if self.conv_padding not in ("paper", "valid"):
+      raise ValueError(f"conv_padding must be 'paper' or 'valid', got {self.conv_padding!r}")
+    if self.conv_padding == "valid" and tuple(self.conv1_padding) != (0, 0):
+      raise ValueError("conv_padding='valid' pads nothing: conv1_padding must be (0, 0)")
+    if self.batch_norm and self.num_towers != 1:
+      raise ValueError("batch_norm is for one-tower variants (its statistics span all channels)")
+    if self.fc8_width < 0:
+      raise ValueError(f"fc8_width must be >= 0, got {self.fc8_width}")
 
 
 VARIANTS = {
@@ -116,6 +157,16 @@ VARIANTS = {
         lrn_after_pool=True,
         lrn_across_towers=True,
         fc6_input_order="chw",
+    ),
+    # The Keras tutorial's BatchNorm AlexNet (configs/keras_bn.py also sets model.lrn=False
+    # and model.overlapping_pool=False: no LRN, 2x2/2 pooling after conv1, conv2, conv5).
+    "keras_bn": Variant(
+        num_towers=1,
+        conv1_padding=(0, 0),
+        conv_kernels=KERAS_CONV_KERNELS,
+        conv_padding="valid",
+        batch_norm=True,
+        fc8_width=1000,
     ),
 }
 
@@ -188,6 +239,19 @@ def _switches_of(variant: Variant) -> dict:
   }
 
 
+def _glorot_uniform(fan_in_axes: Sequence[int]):
+  """Keras's default kernel initialiser: U(-l, l), l = sqrt(6 / (fan_in + fan_out)), where a
+  conv's fans are the receptive field times its input or output channels (tower axis aside)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    fan_in = int(np.prod([shape[a] for a in fan_in_axes]))
+    fan_out = fan_in // shape[fan_in_axes[-1]] * shape[-1]
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+  return init
+
+
 def _he_normal(fan_in_axes: Sequence[int]):
   def init(key, shape, dtype=jnp.float32):
     fan_in = int(np.prod([shape[a] for a in fan_in_axes]))
@@ -233,21 +297,30 @@ class AlexNet(nn.Module):
   def __call__(self, images, *, train: bool = False):
     x = self._check(images).astype(self.dtype)
     (c1, c2, c3, c4, c5), (f6, f7) = self.layer_widths()
+    k1, k2, k3, k4, k5 = self.variant.conv_kernels
     t = self.num_towers
     # §3.5 and Figure 2, layer by layer; a ReLU follows every conv and fc layer (§3.1). h is the
-    # list of this device's towers' maps (§3.2); _gather_towers joins every tower's.
-    h = self._conv("conv1", x, 11, 3, c1, stride=4, padding=self.variant.conv1_padding)
-    h = self._lrn_and_pool("pool1", h)  # §3.3 LRN, §3.4 overlapping max-pool
-    h = self._conv("conv2", h, 5, c1 // t, c2, padding=(2, 2))  # §3.2: its own tower's maps
-    h = self._lrn_and_pool("pool2", h)  # §3.3, §3.4
-    h = self._conv("conv3", self._gather_towers(h), 3, c2, c3, padding=(1, 1))  # §3.2: both
-    h = self._conv("conv4", h, 3, c3 // t, c4, padding=(1, 1))  # §3.2: own tower
-    h = self._conv("conv5", h, 3, c4 // t, c5, padding=(1, 1))  # §3.2: own tower
-    h = self._sow("pool5", self._pool(h))  # §3.4; no LRN after conv5
+    # list of this device's towers' maps (§3.2); _gather_towers joins every tower's. _bn is the
+    # identity unless variant.batch_norm.
+    h = self._conv("conv1", x, k1, 3, c1, stride=4, padding=self._padding(1, k1))
+    h = self._bn("bn1", self._lrn_and_pool("pool1", h), train)  # §3.3 LRN, §3.4 max-pool
+    h = self._conv("conv2", h, k2, c1 // t, c2, padding=self._padding(2, k2))  # §3.2: own tower
+    h = self._bn("bn2", self._lrn_and_pool("pool2", h), train)  # §3.3, §3.4
+    h = self._conv("conv3", self._gather_towers(h), k3, c2, c3, padding=self._padding(3, k3))
+    h = self._bn("bn3", h, train)  # conv3 read both towers (§3.2)
+    h = self._bn(
+        "bn4", self._conv("conv4", h, k4, c3 // t, c4, padding=self._padding(4, k4)), train
+    )
+    h = self._conv("conv5", h, k5, c4 // t, c5, padding=self._padding(5, k5))  # §3.2: own tower
+    h = self._bn("bn5", self._sow("pool5", self._pool(h)), train)  # §3.4; no LRN after conv5
     g = self._flatten(self._gather_towers(h))  # §3.2: fc6 reads both towers
-    g = self._gather_towers(self._fc("fc6", g, f6, train))  # §4.2 dropout; §3.2: fc7 reads both
-    g = self._gather_towers(self._fc("fc7", g, f7, train))  # §4.2 dropout; §3.2: fc8 reads both
-    return self._fc8(g)  # 1000-way softmax's logits (§3.5)
+    g = self._fc("fc6", g, f6, train)  # §4.2 dropout
+    g = self._gather_towers(self._bn("bn6", g, train))  # §3.2: fc7 reads both
+    g = self._fc("fc7", g, f7, train)  # §4.2 dropout
+    g = self._gather_towers(self._bn("bn7", g, train))  # §3.2: fc8 reads both
+    if self.variant.fc8_width:
+      return self._classifier("head", self._hidden_fc8(g, train))
+    return self._classifier("fc8", g)  # 1000-way softmax's logits (§3.5)
 
   # ---- static structure -------------------------------------------------------------
   @property
@@ -259,14 +332,25 @@ class AlexNet(nn.Module):
     """(H, W, C) of one input crop."""
     return (self.image_size, self.image_size, 3)
 
+  @property
+  def classifier(self) -> str:
+    """The name of the class layer: "fc8" (paper), or "head" when fc8 is a hidden layer."""
+    return self.variant.classifier
+
+  def _scaled(self, w: int) -> int:
+    t = self.num_towers
+    return max(t, t * round(w * self.width / t))  # divisible by the towers
+
   def layer_widths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(conv widths, fc6/fc7 widths), summed over towers, after the width multiplier."""
-    t = self.num_towers
-    scale = lambda w: max(t, t * round(w * self.width / t))  # divisible by the towers
     return (
-        tuple(scale(w) for w in self.variant.conv_widths),
-        tuple(scale(w) for w in PAPER_FC_WIDTHS),
+        tuple(self._scaled(w) for w in self.variant.conv_widths),
+        tuple(self._scaled(w) for w in PAPER_FC_WIDTHS),
     )
+
+  def fc8_width(self) -> int:
+    """The hidden fc8's width after the width multiplier (0: fc8 is the class layer)."""
+    return self._scaled(self.variant.fc8_width) if self.variant.fc8_width else 0
 
   def _check(self, images):
     shape = self.input_shape
@@ -318,7 +402,11 @@ class AlexNet(nn.Module):
       return nn.initializers.normal(0.01), nn.initializers.constant(bias)
     if self.initializer == "he":
       return _he_normal(fan_in_axes), nn.initializers.zeros
-    raise ValueError(f"model.initializer must be 'paper' or 'he', got {self.initializer!r}")
+    if self.initializer == "glorot":
+      return _glorot_uniform(fan_in_axes), nn.initializers.zeros
+    raise ValueError(
+        f"model.initializer must be 'paper', 'he' or 'glorot', got {self.initializer!r}"
+    )
 
   def _params(self, name: str, kernel_shape: tuple[int, ...], bias_shape: tuple[int, ...]):
     """The kernel and bias of one layer; for a tower layer both lead with the tower axis."""
@@ -335,6 +423,31 @@ class AlexNet(nn.Module):
     return self._params(name, (local, *kernel_shape), (local, kernel_shape[-1]))
 
   # ---- layers ------------------------------------------------------------------------
+  def _padding(self, layer: int, ksize: int) -> tuple[int, int]:
+    """conv{layer}'s zero padding: none for "valid"; else conv1_padding for conv1 and the
+    size-keeping k // 2 for the others (the paper's 2 for conv2, 1 for conv3..conv5)."""
+    if self.variant.conv_padding == "valid":
+      return (0, 0)
+    return tuple(self.variant.conv1_padding) if layer == 1 else (ksize // 2, ksize // 2)
+
+  def _bn(self, name: str, hs: list[jax.Array], train: bool) -> list[jax.Array]:
+    """Keras's BatchNormalization on the (one) tower's maps when variant.batch_norm; training
+    normalises by the global batch's statistics (averaged over the data axis of the mesh)
+    and updates the running averages (mutable "batch_stats"); inference uses those."""
+    if not self.variant.batch_norm:
+      return hs
+    bn = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        axis_name=self.data_axis if train else None,
+        use_fast_variance=False,  # two-pass variance, as Keras computes it
+        dtype=self.dtype,
+        param_dtype=at_least_f32(self.dtype),
+        name=name,
+    )
+    return [bn(h) for h in hs]
+
   def _conv(self, name, xs, ksize, cin, cout, *, stride=1, padding):
     """A convolution + ReLU (§3.1) per tower; xs is one input all towers read, or a list of
     each tower's own input."""
@@ -419,9 +532,20 @@ class AlexNet(nn.Module):
     mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
-  def _fc8(self, g):
-    """fc8, shared by the towers (no tower axis); logits in float32 for the softmax."""
-    k, b = self._params("fc8", (g.shape[-1], self.num_classes), (self.num_classes,))
+  def _hidden_fc8(self, g, train):
+    """fc8 as a hidden layer (variant.fc8_width): ReLU, dropout, BatchNorm; no tower axis."""
+    width = self.fc8_width()
+    k, b = self._params("fc8", (g.shape[-1], width), (width,))
+    y = nn.relu(g @ k.astype(self.dtype) + b.astype(self.dtype))
+    if train and self.dropout_rate > 0:
+      y = self._dropout(y, self.make_rng("dropout"), 0)
+    self.sow("intermediates", "fc8_out", y)
+    return self._bn("bn8", [y], train)[0]
+
+  def _classifier(self, name, g):
+    """The class layer (fc8, or the head after a hidden fc8), shared by the towers (no tower
+    axis); logits in float32 for the softmax."""
+    k, b = self._params(name, (g.shape[-1], self.num_classes), (self.num_classes,))
     logits = g @ k.astype(self.dtype) + b.astype(self.dtype)
     self.sow("intermediates", "logits", logits)
     return logits.astype(at_least_f32(self.dtype))
