@@ -5,6 +5,8 @@ and Keras 2's .h5; the converted run predicts Keras's probabilities, updates its
 statistics as Keras's training call does, and exports a file Keras's load_weights reads."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -208,3 +210,191 @@ def test_not_the_tutorials_network_is_one_clear_line(tmp_path):
   bad.write_bytes(b"not hdf5 at all")
   with pytest.raises(pretrained.ConversionError, match="cannot read cut.weights.h5 as HDF5"):
     keras_h5.read(str(bad))
+
+
+# ---- the converted run against Keras's network ---------------------------------------------
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def _import(path, workdir, num_classes=None):
+  out = pretrained.import_run("keras", path, str(workdir), pretrained.preset_config("keras"))
+  if num_classes is not None:
+    assert out["num_classes"] == num_classes
+  return out
+
+
+def _run_probs(workdir, images224: np.ndarray, float64: bool = False) -> np.ndarray:
+  """The restored run's probabilities of 224x224 uint8 images, normalised by the run's own
+  InputSpec (its preprocessing.json's convention) as evaluation normalises its views."""
+  import jax
+
+  from alexnet_jax import augment, checkpoint, train_state
+  from alexnet_jax.input_spec import InputSpec
+
+  run = checkpoint.restore_run(str(workdir), train_state.restore_target())
+  model = train_state.create_model(run.config, run.meta["num_classes"])
+  spec = InputSpec.from_config(run.config, workdir=str(workdir))
+  if not float64:
+    views = augment.eval_views(images224, spec, crops=1)[:, 0]
+    return np.asarray(jax.nn.softmax(jax.jit(model.apply)(run.variables, views)))
+  with jax.enable_x64(True):
+    cast = lambda a: np.asarray(a, np.float64)
+    views = augment.eval_views(images224, spec, crops=1, dtype=jax.numpy.float64)[:, 0]
+    logits = model.clone(dtype=jax.numpy.float64).apply(jax.tree.map(cast, run.variables), views)
+    return np.asarray(jax.nn.softmax(logits))
+
+
+def _keras_float64_probs(model, images224: np.ndarray) -> np.ndarray:
+  """Keras's inference in float64 on the same (float32) weights."""
+  policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+  keras.config.set_dtype_policy("float64")
+  keras.config.set_floatx("float64")  # keras.Input's dtype: else the input is cast to float32
+  try:
+    m64 = keras_alexnet(model.layers[-2].units)
+  finally:
+    keras.config.set_dtype_policy(policy)
+    keras.config.set_floatx(floatx)
+  assert m64.layers[0].compute_dtype == "float64" and m64.inputs[0].dtype == "float64"
+  m64.set_weights([w.astype(np.float64) for w in model.get_weights()])
+  return np.asarray(m64(images224.astype(np.float64) / 255, training=False))
+
+
+@pytest.mark.parametrize("kind", ["keras", "weights"])
+def test_converted_run_gives_keras_probabilities_on_real_photos(keras_files, tmp_path, kind):
+  """The run restored from the checkpoint, its inputs normalised by its own spec (224x224
+  scaled to [0, 1], no mean), gives Keras's inference-mode probabilities: within 1e-5
+  relative when both compute in float64 (the conversion itself), and within float32's
+  rounding (1e-4 of the largest) as converted."""
+  model, paths = keras_files
+  workdir = tmp_path / "run"
+  out = _import(paths[kind], workdir, num_classes=17)
+  assert out["num_params"] == model.count_params() == 28_096_769
+  images = photos(4, offset=2)
+  want = np.asarray(model(images.astype(np.float32) / 255, training=False))
+  assert want.max() > 0.3 and np.abs(want - want[::-1]).max() > 0.1  # confident, distinct
+  got = _run_probs(workdir, images)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * want.max())
+  want64, got64 = _keras_float64_probs(model, images), _run_probs(workdir, images, float64=True)
+  np.testing.assert_allclose(got64, want64, rtol=1e-9)
+  from alexnet_jax import run_dir
+
+  assert run_dir.read_class_names(str(workdir)) == list(keras_h5.OXFORD17_CLASS_NAMES)
+  assert run_dir.read_class_names(str(workdir))[11] == "Colts' Foot"
+
+
+@pytest.mark.parametrize("num_classes", [17, 5])
+def test_export_loads_into_keras_and_gives_its_predictions(keras_files, tmp_path, num_classes):
+  """.keras -> run -> --to=keras: Keras's load_weights puts back every array bit for bit, so
+  the reloaded model predicts exactly what the original does. A 5-way head works the same
+  (no class names are invented for it)."""
+  from alexnet_jax import run_dir
+
+  model, paths = keras_files
+  src = paths["keras"]
+  if num_classes != 17:
+    keras.utils.set_random_seed(1)
+    model = keras_alexnet(num_classes)
+    calibrate(model, photos(6), seed=1)
+    src = str(tmp_path / "five.weights.h5")
+    model.save_weights(src)
+  workdir = tmp_path / "run"
+  _import(src, workdir, num_classes=num_classes)
+  if num_classes != 17:
+    assert run_dir.read_class_names(str(workdir)) is None
+  dst = str(tmp_path / "back.weights.h5")
+  out = pretrained.export_run("keras", str(workdir), dst, pretrained.preset_config("keras"))
+  assert out["step"] == 0 and out["differences"] == [] and len(out["keys"]) == 50
+  fresh = keras_alexnet(num_classes)
+  fresh.load_weights(dst)
+  assert_same_arrays(keras_arrays(fresh), keras_arrays(model))
+  x = photos(2).astype(np.float32) / 255
+  np.testing.assert_array_equal(fresh(x, training=False), model(x, training=False))
+
+
+def test_command_line_imports_and_the_run_predicts_keras_classes(keras_files, tmp_path):
+  """python -m alexnet_jax.convert --from=keras, then python -m alexnet_jax.predict on photo
+  files (lossless 224x224 PNGs): Oxford-17's names, and Keras's top class and probability."""
+  from PIL import Image
+
+  model, paths = keras_files
+  workdir = str(tmp_path / "run")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  r = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.convert", "--from=keras", f"--src={paths['keras']}"]
+      + [f"--workdir={workdir}"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=env,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "28,096,769 parameters, 17 classes" in r.stdout
+  images = photos(3, offset=1)
+  files = []
+  for i, image in enumerate(images):
+    files.append(str(tmp_path / f"photo{i}.png"))
+    Image.fromarray(image).save(files[-1])
+  r = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.predict", f"--workdir={workdir}", "--top=1"] + files,
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=env,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  want = np.asarray(model(images.astype(np.float32) / 255, training=False))
+  lines = [line for line in r.stdout.splitlines() if line.startswith(str(tmp_path))]
+  assert len(lines) == 3, r.stdout
+  for line, path, p in zip(lines, files, want):
+    name, prob = line[len(path) + 2 :].rsplit(" ", 1)
+    assert name == keras_h5.OXFORD17_CLASS_NAMES[int(np.argmax(p))], (line, p)
+    assert abs(float(prob) - p.max()) < 0.02, (line, p.max())
+
+
+def test_a_training_step_updates_batchnorm_statistics_as_keras_does(keras_files, tmp_path):
+  """One train.py step of the converted run (restored from its checkpoint onto a 2-device
+  data mesh, so the statistics are the global batch's) moves every BatchNorm's running
+  averages as Keras's model(x, training=True) moves moving_mean and moving_variance on the
+  same batch (dropout 0 on both sides, so that bn6..bn8 see the same inputs)."""
+  import jax
+  import jax.numpy as jnp
+
+  from alexnet_jax import augment, checkpoint, evaluation, run_dir, sharding, train, train_state
+  from alexnet_jax.input_spec import InputSpec
+
+  _, paths = keras_files
+  workdir = str(tmp_path / "run")
+  _import(paths["weights"], workdir)
+  config = run_dir.read_config(workdir)
+  config.model.dropout_rate = 0.0
+  mesh = sharding.make_mesh(2, 1, devices=jax.devices()[:2])
+  model = train_state.create_model(config, 17)
+  manager = checkpoint.CheckpointManager(workdir, read_only=True)
+  try:
+    state = manager.restore(*train_state.restore_target(mesh)(config, 17), step=0)
+  finally:
+    manager.close()
+  before = jax.device_get(state.batch_stats)
+  x = photos(4, offset=1).astype(np.float32) / 255
+  batch = {"image": x, "label": np.arange(4, dtype=np.int32)}
+  step = train.make_train_step(config, model, mesh, steps_per_epoch=10, augment_on_device=False)
+  spec = InputSpec.from_config(config, workdir=workdir)
+  lighting = augment.Lighting(jnp.zeros(3), jnp.eye(3))
+  spec, lighting = jax.device_put((spec, lighting), sharding.replicated(mesh))
+  state, _ = step(state, evaluation.global_batch(mesh, batch), spec, lighting)
+  after = jax.device_get(state.batch_stats)
+  net = keras_alexnet(dropout=0.0)
+  net.load_weights(paths["weights"])
+  net(x, training=True)
+  bns = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+  for i, layer in enumerate(bns, 1):
+    for ours, theirs in (("mean", "moving_mean"), ("var", "moving_variance")):
+      old, new = before[f"bn{i}"][ours], after[f"bn{i}"][ours]
+      want = np.asarray(getattr(layer, theirs))
+      np.testing.assert_allclose(new, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+      # The update itself, 0.01 (batch statistic - old), to 1e-3 of its size.
+      assert _rel(new - old, want - old) < 1e-3, (i, ours, _rel(new - old, want - old))
