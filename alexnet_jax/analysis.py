@@ -62,6 +62,7 @@ LAYERS = (
     "pool5",
     "fc6",
     "fc7",
+    "fc8",  # a hidden fc8 only (keras_bn); otherwise fc8's outputs are the logits
     "logits",
 )
 _SOWN = {n: (f"{n}_out" if n.startswith(("conv", "fc")) else n) for n in LAYERS}
@@ -183,7 +184,7 @@ class TrainedRun:
 
   workdir: str
   config: ml_collections.ConfigDict
-  variables: dict  # {"params": ...} on one local device
+  variables: dict  # {"params": ...} (and "batch_stats" with BatchNorm) on one local device
   step: int
   meta: dict  # saved beside the state: num_classes, dataset, eval metrics
   model: model_lib.AlexNet
@@ -234,8 +235,11 @@ class TrainedRun:
         f"{model_lib.num_params(self.variables['params']):,} parameters",
         f"preprocessing: shorter side to {data_lib.IMAGE_SIZE} ({self.resize_rule}), center "
         f"{data_lib.IMAGE_SIZE}, {p.mean} mean subtracted"
-        f"{', divided by std' if p.std_rgb else ''}, x {p.scale:g}, {p.channel_order.upper()}, "
-        f"{self.eval_crops} view(s) of {p.crop_size}",
+        f"{', divided by std' if p.std_rgb else ''}, x {p.scale:g}, {p.channel_order.upper()}, "(
+            f"{self.eval_crops} view(s) of {p.crop_size}"
+            if p.get("view", "crop") == "crop"
+            else f"the image resized to {p.crop_size}x{p.crop_size}"
+        ),
     ]
     if "eval" in self.meta:
       e = self.meta["eval"]
@@ -266,7 +270,7 @@ class TrainedRun:
     """uint8 [B, 256, 256, 3] (already preprocessed) -> probs [B, C] on the device: the
     evaluation's own step (evaluation.view_probs)."""
     step = self._predict_step(self.crops_or_default(crops))
-    return step(self.variables["params"], images256, self.input_spec())
+    return step(self.variables, images256, self.input_spec())
 
   def predict_preprocessed(self, images256: np.ndarray, crops: int | None = None) -> np.ndarray:
     """uint8 [N, 256, 256, 3] -> float32 [N, C]."""
@@ -297,9 +301,9 @@ class TrainedRun:
       model, sown = self.model, _SOWN[layer]
       dtype = evaluation.input_dtype(self.config)  # as the eval step normalises
 
-      def fn(params, images, spec):
+      def fn(variables, images, spec):
         views = augment.eval_views(images, spec, crops=1, dtype=dtype)[:, 0]
-        _, state = model.apply({"params": params}, views, train=False, mutable=["intermediates"])
+        _, state = model.apply(variables, views, train=False, mutable=["intermediates"])
         return state["intermediates"][sown][0]
 
       self._compiled[key] = jax.jit(fn, compiler_options=evaluation.compiler_options())
@@ -308,11 +312,13 @@ class TrainedRun:
   def features_preprocessed(self, images256: np.ndarray, layer: str = "fc7") -> np.ndarray:
     """uint8 [N, 256, 256, 3] -> the layer's activations of their center views."""
     layer = _layer_name(layer)
+    if layer == "fc8" and not self.model.variant.fc8_width:
+      raise ValueError("this network's fc8 is its class layer: ask for layer='logits'")
     fn = self._features_fn(layer)
     images256 = np.asarray(images256, np.uint8)
     out = []
     for start, stop, size in _padded_batches(len(images256), _MAX_BATCH):
-      f = fn(self.variables["params"], _pad(images256[start:stop], size), self.input_spec())
+      f = fn(self.variables, _pad(images256[start:stop], size), self.input_spec())
       out.append(np.asarray(f)[: stop - start])
     return np.concatenate(out)
 

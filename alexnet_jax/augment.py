@@ -105,6 +105,8 @@ def train_views(
   """
   images = jnp.asarray(images)
   b, h, w, c = images.shape
+  if spec.view == "resize":  # one view: the whole image at crop_size (no offsets to draw)
+    h = w = spec.crop_size
   ch = cw = spec.crop_size
   oy, ox, flips, alpha = train_view_params(
       keys, image_shape=(h, w), crop_size=(ch, cw), lighting_std=lighting_std, dtype=dtype
@@ -133,7 +135,7 @@ def train_views(
   # XLA:CPU duplicates the arithmetic into both consumers and runs it in the transpose's
   # strided order; a vmapped dynamic_slice plus where(flip, out[:, ::-1], out) runs 18x
   # slower on CPU (docs/performance.md#augmentation-arithmetic-then-one-gather).
-  x = spec.normalize(images, dtype, shift)
+  x = spec.to_view_size(spec.normalize(images, dtype, shift))
   i, j = jnp.arange(ch), jnp.arange(cw)
   rows = oy[:, None] + i  # [B, ch]
   cols = ox[:, None] + jnp.where(flips[:, None], cw - 1 - j, j)  # [B, cw]
@@ -174,7 +176,7 @@ def eval_views(images, spec: InputSpec, *, crops: int = 1, dtype=jnp.float32) ->
 
   crops=1: the center window. crops=10 (the paper's test views, §4.1): top-left, top-right,
   bottom-left, bottom-right, center, then the horizontal reflections of those five in the same
-  order (EVAL_VIEW_NAMES).
+  order (EVAL_VIEW_NAMES). With spec.view 'resize' every window is the whole resized image.
   """
   if crops not in (1, 10):
     raise ValueError(f"crops must be 1 or 10, got {crops}")
@@ -183,8 +185,8 @@ def eval_views(images, spec: InputSpec, *, crops: int = 1, dtype=jnp.float32) ->
   if h != w:
     raise ValueError(f"eval_views expects square images, got {h}x{w}")
   crop_size = spec.crop_size
-  x = spec.to_channel_order(spec.normalize(images, dtype))
-  offsets = eval_view_offsets(h, crop_size)
+  x = spec.to_channel_order(spec.to_view_size(spec.normalize(images, dtype)))
+  offsets = eval_view_offsets(x.shape[1], crop_size)
   if crops == 1:
     offsets = offsets[4:]
   views = [x[:, y : y + crop_size, c : c + crop_size] for y, c in offsets]

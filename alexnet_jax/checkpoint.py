@@ -30,6 +30,7 @@ import os
 import shutil
 from typing import NamedTuple
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -307,6 +308,19 @@ class CheckpointManager:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     target = _abstract_with_shardings(abstract_state, shardings)
+    try:
+      return self._restore_state(step, target)
+    except ValueError as e:
+      fields = flax.serialization.to_state_dict(target)
+      empty = [k for k, v in fields.items() if isinstance(v, dict) and not jax.tree.leaves(v)]
+      if not empty or "do not match" not in str(e):
+        raise
+      # Saved before a field of the state existed that holds nothing in this run (the
+      # TrainState's batch_stats for a network without BatchNorm): restore the others.
+      rest = self._restore_state(step, {k: v for k, v in fields.items() if k not in empty})
+      return flax.serialization.from_state_dict(target, {**rest, **{k: {} for k in empty}})
+
+  def _restore_state(self, step: int, target):
     out = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     )
@@ -398,7 +412,7 @@ def _num_classes(manager: CheckpointManager) -> int:
 
 class RestoredRun(NamedTuple):
   config: ml_collections.ConfigDict
-  variables: dict  # {"params": ...}
+  variables: dict  # {"params": ...} (and "batch_stats" for a network with BatchNorm)
   step: int
   meta: dict  # what training saved beside the state: num_classes, dataset, eval metrics
 
@@ -425,7 +439,7 @@ def restore_run(workdir: str, target, step: int | None = None) -> RestoredRun:
       verify(state, meta, step)
   finally:
     manager.close()
-  return RestoredRun(config, {"params": state.params}, int(step), meta)
+  return RestoredRun(config, state.variables, int(step), meta)
 
 
 def restore(workdir: str, step: int | None = None, mesh=None):

@@ -176,6 +176,11 @@ KEYS: tuple[Key, ...] = (
         "'bgr': Caffe's networks read blue, green, red", role=INPUT),
     Key("input.scale", 1.0, number(lambda v: v > 0, "a number > 0"), ALLOW, "§2",
         "multiplies the normalised input; the paper feeds pixel units (1.0)"),
+    # 'resize': the Keras tutorial's inputs (the image resized straight to crop_size; with
+    # dataset.resize='warp' it was squeezed to 256x256 first): no crop, random or at test.
+    Key("input.view", "crop", one_of("crop", "resize"), ALLOW, "§4.1",
+        "'crop': crop_size windows of the 256x256 image (random in training, the 1 or 10 "
+        "test views); 'resize': the whole image resized to crop_size", role=INPUT),
     Key("input.crop_size", 224,
         Check(lambda v: _is_int(v) and 1 <= v <= 256, "an integer in [1, 256]"), NEVER,
         "§3.5, §4.1", "side of the square crop: 224 (paper, torchvision, grouped); 227 (Caffe)",
@@ -209,13 +214,23 @@ KEYS: tuple[Key, ...] = (
         "", "compute dtype ('bfloat16' on accelerators); parameters stay float32"),
 
     # ======================================== Optimizer ========================================
+    # 'adam' is keras.optimizers.Adam's rule (alexnet_jax/optim.py); the state's shapes differ,
+    # so a resumed run keeps its optimizer.
+    Key("optimizer.name", "sgd", one_of("sgd", "adam"), NEVER, "§5",
+        "'sgd' (the paper's momentum SGD) or 'adam' (Keras's Adam)"),
     Key("optimizer.learning_rate", 0.01,
         number(lambda v: v > 0, "a number > 0 (paper: 0.01)"), ALLOW, "§5",
-        "the initial learning rate"),
+        "the initial learning rate (Keras's Adam: 1e-3)"),
     Key("optimizer.momentum", 0.9, number(lambda v: 0 <= v < 1, "a number in [0, 1)"), ALLOW,
         "§5", "SGD momentum"),
+    Key("optimizer.b1", 0.9, number(lambda v: 0 <= v < 1, "a number in [0, 1)"), ALLOW, "",
+        "Adam's first-moment decay (Keras's beta_1)"),
+    Key("optimizer.b2", 0.999, number(lambda v: 0 <= v < 1, "a number in [0, 1)"), ALLOW, "",
+        "Adam's second-moment decay (Keras's beta_2)"),
+    Key("optimizer.epsilon", 1e-7, number(lambda v: v > 0, "a number > 0"), ALLOW, "",
+        "Adam's epsilon, added to sqrt(v) as Keras adds it"),
     Key("optimizer.weight_decay", 5e-4, number(lambda v: v >= 0, "a number >= 0"), ALLOW, "§5",
-        "weight decay, in the update"),
+        "weight decay: sgd in the velocity (§5); adam decoupled, w -= lr * wd * w (Keras's)"),
     Key("optimizer.decay_biases", False, BOOL, ALLOW, "§5", "cuda-convnet2 did not decay biases"),
     Key("optimizer.schedule", "plateau", one_of("plateau", "step", "constant"), ALLOW, "§5",
         "'plateau' (the paper's: drop when validation error stops improving), 'step' (at "
@@ -249,7 +264,8 @@ KEYS: tuple[Key, ...] = (
     # ================================ Starting from another run ================================
     Key("init_from", "", Check(lambda v: isinstance(v, str), "a run directory or ''"), NEVER, "",
         "a run directory (trained, or written by alexnet_jax.convert): a new run starts from "
-        "its parameters, fc8 re-initialised when the class count differs; ignored on resume"),
+        "its parameters, the class layer re-initialised when the class count differs; "
+        "ignored on resume"),
 )
 # fmt: on
 BY_NAME = {k.name: k for k in KEYS}
@@ -404,6 +420,13 @@ def upgrade(config_dict: dict) -> dict:
           f"config.json names model.variant={model['variant']!r} but its model switches "
           f"{sorted(switches)} are those of {variant!r}: remove the switches or fix the variant."
       )
+  if "optimizer" in d:  # runs recorded before optimizer.name trained with the paper's SGD
+    for name in keys_with():
+      if name.startswith("optimizer."):
+        default = BY_NAME[name].default
+        d["optimizer"].setdefault(
+            name.split(".")[1], list(default) if isinstance(default, tuple) else default
+        )
   if "dataset" in d:  # runs recorded before the resize rule was a key used this one
     d["dataset"].setdefault("resize", "round")
   section = d.setdefault("input", {})

@@ -41,7 +41,7 @@ def evaluate_checkpoint(workdir: str, crops: int = 10, step: int | None = None) 
   run = analysis.load_run(workdir, step, from_dataset=True)
   eval_step = evaluation.make_eval_step(run.config, run.model, run.mesh, crops=crops)
   metrics = evaluation.evaluate(
-      run.config, eval_step, run.variables["params"], run.input_spec(), run.mesh, progress=True
+      run.config, eval_step, run.variables, run.input_spec(), run.mesh, progress=True
   )
   return {"step": run.step, "crops": crops, **metrics}
 

@@ -57,16 +57,17 @@ def errors(logits, labels):
   return (top5[:, 0] != labels).astype(jnp.float32), 1.0 - hit5.astype(jnp.float32)
 
 
-def view_probs(apply, mesh, params, images, spec: InputSpec, *, crops: int, dtype=jnp.float32):
+def view_probs(apply, mesh, variables, images, spec: InputSpec, *, crops: int, dtype=jnp.float32):
   """uint8 [B, 256, 256, 3] -> float32 [B, C]: the softmax (not the logits) averaged over
   the `crops` views (1: center; 10: corners, center and their reflections, §4.1), each view
-  normalised as in training (augment.eval_views with the run's InputSpec)."""
+  normalised as in training (augment.eval_views with the run's InputSpec). variables:
+  {"params", "batch_stats"} (BatchNorm runs on the running averages), or bare parameters."""
   views = augment.eval_views(images, spec, crops=crops, dtype=dtype)
   b, v = views.shape[:2]
   views = jax.lax.with_sharding_constraint(
       views.reshape(b * v, *views.shape[2:]), sharding.batch_sharding(mesh)
   )
-  logits = apply({"params": params}, views, train=False)
+  logits = apply(variables, views, train=False)
   return jax.nn.softmax(logits).reshape(b, v, -1).mean(axis=1)
 
 
@@ -97,14 +98,14 @@ def metrics_from_sums(sums) -> dict:
 
 
 def make_eval_step(config, model, mesh, crops: int | None = None):
-  """Jitted `(params, batch, spec) -> sums` over the paper's views (view_probs, eval_sums;
+  """Jitted `(variables, batch, spec) -> sums` over the paper's views (view_probs, eval_sums;
   crops: config.eval_crops unless given). Padding examples (mask False) count nowhere."""
   crops = config.eval_crops if crops is None else crops
   apply = sharding.sharded_apply(model, mesh)
   dtype = input_dtype(config)
 
-  def eval_step(params, batch, spec):
-    probs = view_probs(apply, mesh, params, batch["image"], spec, crops=crops, dtype=dtype)
+  def eval_step(variables, batch, spec):
+    probs = view_probs(apply, mesh, variables, batch["image"], spec, crops=crops, dtype=dtype)
     return eval_sums(probs, batch["label"], batch["mask"])
 
   return jax.jit(
@@ -113,13 +114,13 @@ def make_eval_step(config, model, mesh, crops: int | None = None):
 
 
 def make_predict_step(config, model, mesh, *, crops: int):
-  """Jitted `(params, images, spec) -> probs [B, C]`: the eval step's probabilities
+  """Jitted `(variables, images, spec) -> probs [B, C]`: the eval step's probabilities
   (view_probs) of uint8 [B, 256, 256, 3] images, B a multiple of the mesh's data axis."""
   apply = sharding.sharded_apply(model, mesh)
   dtype = input_dtype(config)
 
-  def predict_step(params, images, spec):
-    return view_probs(apply, mesh, params, images, spec, crops=crops, dtype=dtype)
+  def predict_step(variables, images, spec):
+    return view_probs(apply, mesh, variables, images, spec, crops=crops, dtype=dtype)
 
   return jax.jit(
       predict_step, out_shardings=sharding.replicated(mesh), compiler_options=compiler_options()
@@ -130,7 +131,7 @@ def make_predict_step(config, model, mesh, *, crops: int):
 def evaluate(
     config,
     eval_step,
-    params,
+    variables,
     spec: InputSpec,
     mesh,
     *,
@@ -140,7 +141,8 @@ def evaluate(
 ) -> dict:
   """Top-1/top-5 error over the whole validation split (every image once: the last batch is
   padded, and padding counts nowhere); progress: a progress bar with an ETA on stderr;
-  dataset: the Source data_lib.open_dataset made of config.dataset (opened here when None)."""
+  dataset: the Source data_lib.open_dataset made of config.dataset (opened here when None);
+  variables: the model's {"params", "batch_stats"} (or bare parameters)."""
   sums = None
   shard_index, num_shards = sharding.process_data_shard(mesh)
   dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
@@ -157,6 +159,6 @@ def evaluate(
   for i, batch in enumerate(it):
     if 0 < max_batches <= i:
       break
-    out = eval_step(params, global_batch(mesh, batch), spec)
+    out = eval_step(variables, global_batch(mesh, batch), spec)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   return metrics_from_sums(sums)

@@ -1,8 +1,9 @@
 """Start a new run from another run's parameters (`--config.init_from=W`): a trained run, or
 one written by alexnet_jax.convert (torchvision's, Caffe's or the grouped layout's weights).
 
-Every parameter is copied, except fc8 when the class count differs: that layer keeps the new
-run's fresh initialisation. The step, momentum, schedule and RNG start afresh. The new run
+Every parameter (and BatchNorm running average) is copied, except the class layer when the
+class count differs (the model's `classifier`: fc8, or the head after keras_bn's hidden fc8):
+that layer keeps the new run's fresh initialisation. The step, momentum, schedule and RNG start afresh. The new run
 must have the source's architecture (the same model switches), since the weights mean
 something only for the network that learned them.
 """
@@ -95,21 +96,24 @@ def prepare_run_dir(config, workdir: str) -> None:
     run_dir.copy_mean_image(source, workdir)
 
 
-def merge_params(source_params, fresh_params) -> tuple[dict, list[str]]:
-  """(params, notes): the source's arrays in the fresh tree's structure; fc8 stays fresh when
-  its shape differs. Any other missing, extra or differently shaped array is an error that
-  names each offending key with both shapes."""
+def merge_params(
+    source_params, fresh_params, classifier: str | None = "fc8"
+) -> tuple[dict, list[str]]:
+  """(params, notes): the source's arrays in the fresh tree's structure; the `classifier`
+  layer stays fresh when its shape differs (None: no layer may). Any other missing, extra or
+  differently shaped array is an error that names each offending key with both shapes."""
   src = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(source_params)}
   new = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(fresh_params)}
-  problems, notes, fc8_fresh = [], [], False
+  head = f"['{classifier}']" if classifier else None
+  problems, notes, head_fresh = [], [], False
   for key in sorted(set(src) | set(new)):
     if key not in src:
       problems.append(f"{key} missing from the source (this run: {tuple(new[key].shape)})")
     elif key not in new:
       problems.append(f"{key} only in the source ({tuple(src[key].shape)})")
     elif tuple(src[key].shape) != tuple(new[key].shape):
-      if key.startswith("['fc8']"):
-        fc8_fresh = True
+      if head and key.startswith(head):
+        head_fresh = True
       else:
         problems.append(f"{key}: source {tuple(src[key].shape)}, this run {tuple(new[key].shape)}")
   if problems:
@@ -119,34 +123,40 @@ def merge_params(source_params, fresh_params) -> tuple[dict, list[str]]:
         + ". Use the config the source was made with (configs/torchvision.py, "
         "configs/caffe.py, configs/pytorch_grouped.py or the source run's own)."
     )
-  if fc8_fresh:
-    bias = "['fc8']['bias']"
+  if head_fresh:
+    bias = f"{head}['bias']"
     notes.append(
-        f"fc8 re-initialised: the source has {src[bias].shape[0]} classes, this run "
+        f"{classifier} re-initialised: the source has {src[bias].shape[0]} classes, this run "
         f"{new[bias].shape[0]}"
     )
 
   def pick(path, fresh):
     key = jax.tree_util.keystr(path)
-    if fc8_fresh and key.startswith("['fc8']"):
+    if head_fresh and key.startswith(head):
       return fresh
     return np.asarray(src[key], np.float32)
 
   return jax.tree_util.tree_map_with_path(pick, fresh_params), notes
 
 
-def params_from_run(config, fresh_params, shardings):
-  """The new run's initial parameters on `shardings`: config.init_from's, merged into the
-  freshly initialised `fresh_params` (see merge_params)."""
+def variables_from_run(config, model, fresh_state, shardings) -> tuple[dict, dict]:
+  """The new run's initial (params, batch_stats) on `shardings` (a TrainState of shardings):
+  config.init_from's, merged into the freshly initialised state (see merge_params; the
+  class layer is `model.classifier`)."""
   source_dir = config.init_from
   check_source(config)
   source = checkpoint.restore_run(source_dir, train_state.restore_target())
   for d in input_differences(config, source.config):
     logging.warning("init_from=%s: input convention differs from the source's: %s", source_dir, d)
-  # Only shapes are read from the fresh parameters (a re-initialised fc8 stays where it is):
-  # nothing is gathered, so this works on any mesh and number of processes.
-  params, notes = merge_params(jax.device_get(source.variables["params"]), fresh_params)
+  # Only shapes are read from the fresh state (a re-initialised class layer stays where it
+  # is): nothing is gathered, so this works on any mesh and number of processes.
+  src = jax.device_get(source.variables)
+  params, notes = merge_params(src["params"], fresh_state.params, model.classifier)
+  batch_stats, _ = merge_params(src.get("batch_stats", {}), fresh_state.batch_stats, None)
   logging.info(
       "initialised from %s (step %d)%s", source_dir, source.step, "".join(f"; {n}" for n in notes)
   )
-  return jax.device_put(params, shardings)
+  return (
+      jax.device_put(params, shardings.params),
+      jax.device_put(batch_stats, shardings.batch_stats),
+  )

@@ -3,7 +3,8 @@
 An image reaches conv1 as (docs/paper.md#preprocessing): decoded to RGB, its shorter side
 resized to 256 by `resize` and the central 256x256 kept (the data layer), the mean
 subtracted (§2: the training split's mean image; or a mean pixel; or the run's own mean
-image), divided by `std` when given, times `scale`, cut to crop_size views (§4.1) and, for
+image), divided by `std` when given, times `scale`, cut to crop_size views (§4.1; or, with
+view='resize', the whole image resized to crop_size: the Keras tutorial's inputs) and, for
 networks trained in Caffe, its channels reversed to BGR. Training, evaluation, prediction,
 fine-tuning and the converters all read these fields from one InputSpec, so a new input
 convention is one edit here and one config section.
@@ -20,6 +21,7 @@ import os
 from typing import Any
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,7 +47,11 @@ JSON_KEYS = (
     "channel_order",
     "scale",
     "crop_size",
+    "view",
 )
+# Fields a preprocessing.json written before they existed lacks (their defaults apply).
+_LATER_JSON_KEYS = {"view": "crop"}
+VIEWS = ("crop", "resize")
 
 
 @flax.struct.dataclass
@@ -60,6 +66,8 @@ class InputSpec:
   scale: factor after mean subtraction and std division (1.0: the paper's pixel units).
   crop_size: side of the square views: 224 (paper), 227 (Caffe).
   resize: how the data layer made the 256x256 images (config.dataset.resize).
+  view: 'crop' (crop_size windows of the 256x256 image, §4.1) or 'resize' (the whole image
+    resized to crop_size, bilinear with antialiasing, after the normalisation: one view).
   """
 
   mean: Any
@@ -69,6 +77,7 @@ class InputSpec:
   scale: float = flax.struct.field(pytree_node=False, default=1.0)
   crop_size: int = flax.struct.field(pytree_node=False, default=224)
   resize: str = flax.struct.field(pytree_node=False, default="round")
+  view: str = flax.struct.field(pytree_node=False, default="crop")
 
   # ---- applying it (inside jit) -----------------------------------------------------------
   def normalize(self, images, dtype=jnp.float32, shift=None) -> Any:
@@ -86,6 +95,15 @@ class InputSpec:
   def to_channel_order(self, views) -> Any:
     """[..., 3] RGB -> the network's channel order."""
     return views[..., ::-1] if self.channel_order == "bgr" else views
+
+  def to_view_size(self, x) -> Any:
+    """Normalised whole images [B, H, W, 3] -> what the views are cut from: themselves
+    (view 'crop'), or resized to crop_size x crop_size (view 'resize')."""
+    if self.view == "crop":
+      return x
+    b, _, _, c = x.shape
+    size = (b, self.crop_size, self.crop_size, c)
+    return jax.image.resize(x, size, "linear", antialias=True).astype(x.dtype)
 
   # ---- building it --------------------------------------------------------------------
   @classmethod
@@ -117,6 +135,7 @@ class InputSpec:
         scale=inp.scale,
         crop_size=inp.crop_size,
         resize=config.dataset.resize,
+        view=inp.get("view", "crop"),
     )
 
   @classmethod
@@ -131,6 +150,8 @@ class InputSpec:
     order = static.get("channel_order", "rgb")
     if order not in CHANNEL_ORDERS:
       raise ValueError(f"input.channel_order must be one of {CHANNEL_ORDERS}, got {order!r}")
+    if static.get("view", "crop") not in VIEWS:
+      raise ValueError(f"input.view must be one of {VIEWS}, got {static['view']!r}")
     if "scale" in static:
       static["scale"] = float(static["scale"])
     if "crop_size" in static:
@@ -150,6 +171,7 @@ class InputSpec:
         "channel_order": self.channel_order,
         "scale": self.scale,
         "crop_size": self.crop_size,
+        "view": self.view,
     }
 
   @classmethod
@@ -173,6 +195,7 @@ class InputSpec:
         scale=d["scale"],
         crop_size=d["crop_size"],
         resize=d["resize"],
+        view=d.get("view", _LATER_JSON_KEYS["view"]),
     )
 
 
@@ -189,13 +212,14 @@ def json_of_config(config) -> dict:
       "channel_order": inp.channel_order,
       "scale": float(inp.scale),
       "crop_size": int(inp.crop_size),
+      "view": inp.get("view", "crop"),
   }
 
 
 def is_complete(saved: dict | None) -> bool:
   """Whether a preprocessing.json holds a whole spec (runs from before InputSpec hold only
   image_size, crop_size, scale and eval_crops: their spec comes from config.json)."""
-  return saved is not None and all(k in saved for k in JSON_KEYS)
+  return saved is not None and all(k in saved for k in JSON_KEYS if k not in _LATER_JSON_KEYS)
 
 
 def load(workdir: str, config, stats=None) -> InputSpec:

@@ -568,6 +568,12 @@ class _KernelBias(nn.Module):
     )
 
 
+def as_variables(tree) -> dict:
+  """{"params": ..., "batch_stats": ...} as Flax's apply takes them, from such a dict or
+  from a bare parameter tree (whose top level holds layer names, never "params")."""
+  return dict(tree) if "params" in tree else {"params": tree}
+
+
 def num_params(params) -> int:
   return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
 

@@ -1,4 +1,5 @@
-"""The paper's SGD rule (§5) and its step-down learning-rate schedules.
+"""The optimizers: the paper's SGD rule (§5, optimizer.name='sgd'), Keras's Adam ('adam'), and
+the step-down learning-rate schedules both run under.
 
     v <- momentum * v - weight_decay * eps * w - eps * dL/dw
     w <- w + v
@@ -6,6 +7,16 @@
 The learning rate eps sits INSIDE the velocity, so a learning-rate drop only scales new
 contributions; optax.chain(add_decayed_weights, sgd(momentum=0.9)) would instead scale the
 whole accumulated velocity at once (it multiplies eps outside the buffer).
+
+Adam is Keras 3's (keras.optimizers.Adam, learning rate 1e-3, beta 0.9 / 0.999, epsilon
+1e-7 by default), written out because Keras adds epsilon to sqrt(v), the uncorrected second
+moment (optax.adam adds it to sqrt(v_hat): a 1 / sqrt(1 - b2^t) times larger epsilon early on):
+
+    m <- m + (1 - b1) (g - m);  v <- v + (1 - b2) (g^2 - v)
+    w <- w - lr * wd * w - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+The decay term is Keras's decoupled weight decay (its weight_decay argument, off by default;
+here optimizer.weight_decay, kernels only unless decay_biases: configs/keras_bn.py sets 0).
 
 Schedules express the learning rate as base * factor ** drops. The number of drops is a
 function of the step for `step` (drops at fixed epochs), and lives in the train state for
@@ -57,14 +68,77 @@ def paper_sgd(
   return optax.GradientTransformation(init, update)
 
 
+class KerasAdamState(NamedTuple):
+  count: jax.Array  # updates so far (Keras's `iterations`)
+  mu: Any  # first moments
+  nu: Any  # second moments
+
+
+def keras_adam(
+    learning_rate: float = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-7,
+    weight_decay: float = 0.0,
+    decay_biases: bool = False,
+) -> optax.GradientTransformation:
+  """keras.optimizers.Adam's update (the module docstring's formula) as an optax
+  transformation; `weight_decay` is Keras's decoupled decay, on kernels only unless
+  `decay_biases`. Wrap with `optax.inject_hyperparams` to change the learning rate per step."""
+
+  def init(params):
+    return KerasAdamState(
+        count=jnp.zeros((), jnp.int32),
+        mu=jax.tree.map(jnp.zeros_like, params),
+        nu=jax.tree.map(jnp.zeros_like, params),
+    )
+
+  def update(grads, state, params):
+    if params is None:
+      raise ValueError("keras_adam needs params (weight decay): call tx.update(g, s, params)")
+    count = state.count + 1
+    mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, grads)
+    nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, grads)
+
+    def step(path, m, v, w):
+      # In the parameter's dtype, as Keras computes it.
+      t, dt = count.astype(w.dtype), w.dtype
+      lr, beta1, beta2 = (jnp.asarray(x, dt) for x in (learning_rate, b1, b2))
+      alpha = lr * jnp.sqrt(1 - beta2**t) / (1 - beta1**t)
+      is_kernel = getattr(path[-1], "key", None) == "kernel"
+      wd = weight_decay if (is_kernel or decay_biases) else 0.0
+      return -lr * jnp.asarray(wd, dt) * w - alpha * m / (jnp.sqrt(v) + jnp.asarray(eps, dt))
+
+    updates = jax.tree_util.tree_map_with_path(step, mu, nu, params)
+    return updates, KerasAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
 def make_optimizer(opt_config) -> optax.GradientTransformation:
-  """`config.optimizer` -> paper_sgd whose learning rate the train step sets each step."""
-  return optax.inject_hyperparams(paper_sgd, static_args=("decay_biases",))(
-      learning_rate=opt_config.learning_rate,
-      momentum=opt_config.momentum,
-      weight_decay=opt_config.weight_decay,
-      decay_biases=opt_config.decay_biases,
-  )
+  """`config.optimizer` -> paper_sgd (name 'sgd') or keras_adam ('adam'), whose learning rate
+  the train step sets each step (inject_hyperparams)."""
+  name = opt_config.get("name", "sgd")
+  if name == "sgd":
+    return optax.inject_hyperparams(paper_sgd, static_args=("decay_biases",))(
+        learning_rate=opt_config.learning_rate,
+        momentum=opt_config.momentum,
+        weight_decay=opt_config.weight_decay,
+        decay_biases=opt_config.decay_biases,
+    )
+  if name == "adam":
+    return optax.inject_hyperparams(keras_adam, static_args=("decay_biases",))(
+        learning_rate=opt_config.learning_rate,
+        b1=opt_config.b1,
+        b2=opt_config.b2,
+        eps=opt_config.epsilon,
+        weight_decay=opt_config.weight_decay,
+        decay_biases=opt_config.decay_biases,
+    )
+  raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {name!r}")
 
 
 @flax.struct.dataclass

@@ -149,31 +149,51 @@ def init_variables(model: model_lib.AlexNet, mesh: Mesh, rng: jax.Array) -> Any:
 
 
 def sharded_apply(model: model_lib.AlexNet, mesh: Mesh):
-  """`apply(variables, images, *, train, dropout_rng=None) -> logits` on global arrays.
+  """`apply(variables, images, *, train, dropout_rng=None, with_batch_stats=False) -> logits`
+  on global arrays; with_batch_stats: `(logits, batch_stats)`, the running averages a training
+  call updates (BatchNorm variants; {} for the others; unchanged when not training).
 
-  images [B, 224, 224, 3] split over "data"; logits [B, num_classes] split over "data".
+  variables: {"params": ..., "batch_stats": ...} (or a bare parameter tree). images
+  [B, 224, 224, 3] split over "data"; logits [B, num_classes] split over "data". BatchNorm's
+  batch statistics are averaged over "data": the global batch's, whatever the mesh.
   Call it inside `jax.jit` (and under `jax.grad`): autodiff through shard_map turns each
   forward all-gather into a reduce-scatter of the cotangents.
   """
   check_towers(mesh, model)
   spmd_model = model.clone(tower_axis=TOWER, data_axis=DATA)
 
-  def apply(variables, images, *, train: bool, dropout_rng=None):
+  def apply(variables, images, *, train: bool, dropout_rng=None, with_batch_stats=False):
     check_batch(mesh, images.shape[0])
+    variables = model_lib.as_variables(variables)
+    stats = variables.get("batch_stats") or {}
+    update = bool(train and stats)
 
     def body(variables, images, rng):
       rngs = {"dropout": rng} if train else {}
-      logits = spmd_model.apply(variables, images, train=train, rngs=rngs)
+      if update:
+        logits, new = spmd_model.apply(
+            variables, images, train=True, rngs=rngs, mutable=["batch_stats"]
+        )
+        new_stats = new["batch_stats"]
+      else:
+        logits, new_stats = spmd_model.apply(variables, images, train=train, rngs=rngs), {}
       # The towers compute identical logits. Returning them stacked over "tower" and
       # keeping one copy outside is what makes autodiff correct: only one copy's
-      # cotangent is non-zero, and the all-gathers transpose to reduce-scatters.
-      return logits[None]
+      # cotangent is non-zero, and the all-gathers transpose to reduce-scatters. The batch
+      # statistics (averaged over "data" by BatchNorm) come back the same way.
+      return logits[None], jax.tree.map(lambda x: x[None], new_stats)
 
     if dropout_rng is None:
       dropout_rng = jax.random.key(0)
     fn = jax.shard_map(
-        body, mesh=mesh, in_specs=(param_specs(variables), P(DATA), P()), out_specs=P(TOWER, DATA)
+        body,
+        mesh=mesh,
+        in_specs=(param_specs(variables), P(DATA), P()),
+        out_specs=(P(TOWER, DATA), jax.tree.map(lambda _: P(TOWER), stats) if update else {}),
     )
-    return fn(variables, images, dropout_rng)[0]
+    logits, new_stats = fn(variables, images, dropout_rng)
+    if with_batch_stats:
+      return logits[0], jax.tree.map(lambda x: x[0], new_stats) if update else stats
+    return logits[0]
 
   return apply

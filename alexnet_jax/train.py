@@ -135,16 +135,19 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
       )
 
     def loss_fn(params):
-      logits = apply(
-          {"params": params},
+      # BatchNorm variants: normalised by this batch's statistics, which also update the
+      # running averages ({} otherwise).
+      logits, batch_stats = apply(
+          train_state.model_variables(params, state.batch_stats),
           images,
           train=True,
           dropout_rng=jax.random.fold_in(dropout_rng, state.step),
+          with_batch_stats=True,
       )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, logits
+      return loss, (logits, batch_stats)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     lr = optim.learning_rate(config.optimizer, state.step, state.schedule, steps_per_epoch)
     opt_state = state.opt_state
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -158,7 +161,10 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
         "learning_rate": lr,
         "grad_norm": optax.global_norm(grads),
     }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
+    )
+    return new, metrics
 
   shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
   data = sharding.batch_sharding(mesh)
@@ -242,7 +248,8 @@ def restore_or_create_state(run: Run) -> train_state.TrainState:
 
   if config.get("init_from") and run.manager.latest_step() is None:
     state = create()
-    return state.replace(params=fine_tune.params_from_run(config, state.params, shardings.params))
+    params, batch_stats = fine_tune.variables_from_run(config, model, state, shardings)
+    return state.replace(params=params, batch_stats=batch_stats)
   return run.manager.restore_or(create, shardings)
 
 
@@ -253,7 +260,7 @@ def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
   m = evaluation.evaluate(
       config,
       eval_step,
-      state.params,
+      state.variables,
       run.spec,
       run.mesh,
       max_batches=config.max_eval_batches,
@@ -329,7 +336,7 @@ def summarize_window(run: Run, step: int, window: list[dict], seconds: float) ->
 
 def save(run: Run, step: int, state: train_state.TrainState, eval_metrics: dict | None):
   # The update can overflow one step before the loss shows it: never save that.
-  if not bool(_all_finite(state.params)):
+  if not bool(_all_finite(state.variables)):
     raise NonFiniteLossError(
         f"parameters became non-finite at step {step}; stopping without saving. "
         f"{_last_good(run.manager, run.workdir)} Lower --config.optimizer.learning_rate or "
@@ -359,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       run.info.num_train,
       run.info.num_eval,
       run.info.num_classes,
-      model_lib.num_params(state.params),
+      model_lib.num_params(state.variables),
       start,
       num_steps,
       run.steps_per_epoch,

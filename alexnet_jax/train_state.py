@@ -26,6 +26,19 @@ class TrainState:
   opt_state: Any
   schedule: optim.PlateauState
   rng: jax.Array  # raw uint32[2] base key; per-step keys fold in the step
+  # BatchNorm's running averages ({bn_i: {mean, var}}) for variants with BatchNorm; {} for the
+  # others (and for runs saved before it existed: an empty tree has nothing to restore).
+  batch_stats: Any = flax.struct.field(default_factory=dict)
+
+  @property
+  def variables(self) -> dict:
+    """What the model applies: {"params": ...}, plus "batch_stats" when it has any."""
+    return model_variables(self.params, self.batch_stats)
+
+
+def model_variables(params, batch_stats=None) -> dict:
+  """{"params": params} plus {"batch_stats": batch_stats} when non-empty."""
+  return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
 def create_model(config, num_classes: int) -> model_lib.AlexNet:
@@ -34,11 +47,11 @@ def create_model(config, num_classes: int) -> model_lib.AlexNet:
 
 
 def _init_state(config, model, rng) -> TrainState:
-  params = model.init(rng, jnp.zeros((1, *model.input_shape)), train=False)["params"]
-  return _state_around(config, params)
+  variables = model.init(rng, jnp.zeros((1, *model.input_shape)), train=False)
+  return _state_around(config, variables["params"], variables.get("batch_stats", {}))
 
 
-def _state_around(config, params) -> TrainState:
+def _state_around(config, params, batch_stats) -> TrainState:
   tx = optim.make_optimizer(config.optimizer)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -46,6 +59,17 @@ def _state_around(config, params) -> TrainState:
       opt_state=tx.init(params),
       schedule=optim.PlateauState.create(),
       rng=jax.random.key_data(jax.random.key(config.seed)),
+      batch_stats=batch_stats,
+  )
+
+
+def initial_batch_stats(model) -> dict:
+  """BatchNorm's running averages before any training (mean 0, variance 1); {} without
+  BatchNorm. Computed from the shapes alone."""
+  abstract = sharding.abstract_variables(model).get("batch_stats", {})
+  return jax.tree_util.tree_map_with_path(
+      lambda path, a: (jnp.ones if path[-1].key == "var" else jnp.zeros)(a.shape, a.dtype),
+      abstract,
   )
 
 
@@ -55,7 +79,7 @@ def abstract_state(config, model) -> TrainState:
 
 def state_shardings(mesh, abstract: TrainState) -> TrainState:
   """The one sharding rule (sharding.param_specs) applied to the whole state: parameters
-  and their velocities split by tower, scalars replicated."""
+  and their velocities split by tower; scalars and BatchNorm statistics replicated."""
   return sharding.tree_shardings(mesh, sharding.param_specs(abstract))
 
 
@@ -69,13 +93,19 @@ def create_train_state(config, model, mesh, rng=None) -> TrainState:
   return init(rng)
 
 
-def train_state_from_params(config, model, mesh, params) -> TrainState:
+def train_state_from_params(config, model, mesh, params, batch_stats=None) -> TrainState:
   """A new run's state (step 0, zero momentum, fresh schedule) around given parameters, such
-  as converted ones; no random initialisation is computed."""
+  as converted ones, and BatchNorm running averages (None: initial_batch_stats); no random
+  initialisation is computed."""
   sharding.check_towers(mesh, model)
   shardings = state_shardings(mesh, abstract_state(config, model))
   params = jax.device_put(params, shardings.params)
-  return jax.jit(functools.partial(_state_around, config), out_shardings=shardings)(params)
+  if batch_stats is None:
+    batch_stats = initial_batch_stats(model)
+  batch_stats = jax.device_put(batch_stats, shardings.batch_stats)
+  return jax.jit(functools.partial(_state_around, config), out_shardings=shardings)(
+      params, batch_stats
+  )
 
 
 def restore_target(mesh=None):
