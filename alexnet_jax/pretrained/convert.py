@@ -206,9 +206,7 @@ def _export_keras(workdir: str, dst: str, preset_config, step: int | None) -> di
   model = model_for(run.config, num_classes)
   _check_keras_network(model, f"{workdir} (model.variant={run.config.model.variant!r})")
   layers = keras_h5.from_variables(run.variables)
-  want = keras_h5.keras_shapes(
-      sharding.abstract_variables(model_for(preset_config, num_classes))
-  )
+  want = keras_h5.keras_shapes(sharding.abstract_variables(model_for(preset_config, num_classes)))
   keras_h5.check_shapes(layers, want, workdir, num_classes)
   keras_h5.write(dst, layers)
   differences = fine_tune.architecture_differences(preset_config, run.config)
