@@ -4,9 +4,12 @@ moving statistics calibrated on real photos and then perturbed, saved as .keras,
 and Keras 2's .h5; the converted run predicts Keras's probabilities, updates its BatchNorm
 statistics as Keras's training call does, and exports a file Keras's load_weights reads."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -183,33 +186,71 @@ def test_written_weights_are_keras_own_file_and_load_into_keras(keras_files, tmp
   assert_same_arrays(keras_arrays(fresh), keras_arrays(model))
 
 
-def test_not_the_tutorials_network_is_one_clear_line(tmp_path):
+def _edited_keras(src: str, dst: str, edit) -> str:
+  """A copy of the .keras zip `src` whose config.json's layer list `edit` changed."""
+  with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+    for name in z.namelist():
+      data = z.read(name)
+      if name == "config.json":
+        config = json.loads(data)
+        edit(config["config"]["layers"])
+        data = json.dumps(config).encode()
+      out.writestr(name, data)
+  return dst
+
+
+def test_not_the_tutorials_network_is_one_clear_line_and_writes_nothing(keras_files, tmp_path):
+  _, paths = keras_files
+  preset = pretrained.preset_config("keras")
+  workdir = str(tmp_path / "run")
+
+  def error(src, config=preset) -> str:
+    with pytest.raises(pretrained.ConversionError) as e:
+      pretrained.import_run("keras", src, workdir, config)
+    assert "\n" not in str(e.value) and not os.path.exists(workdir)
+    assert not [n for n in os.listdir(tmp_path) if "converting" in n]
+    return str(e.value)
+
   L = keras.layers
   small = keras.Sequential(
       [keras.Input((32, 32, 3)), L.Conv2D(8, 3), L.BatchNormalization(), L.Flatten(), L.Dense(5)]
   )
-  path = str(tmp_path / "small.weights.h5")
-  small.save_weights(path)
-  with pytest.raises(pretrained.ConversionError) as e:
-    keras_h5.read(path)
-  msg = str(e.value)
-  assert "\n" not in msg
+  small.save_weights(str(tmp_path / "small.weights.h5"))
+  msg = error(str(tmp_path / "small.weights.h5"))
   assert "1 Conv2D (conv2d (3, 3, 3, 8))" in msg and "1 Dense (dense (7200, 5))" in msg
   assert "expected the tutorial's BatchNorm AlexNet: 5 Conv2D (96 11x11" in msg
-  # .keras: the architecture is named from config.json.
-  same_path = str(tmp_path / "padded.keras")
-  padded = keras_alexnet()
-  padded.layers[0].padding = "same"  # weights of the same shapes, another function
-  padded.save(same_path)
-  with pytest.raises(
-      pretrained.ConversionError,
-      match=r"operation 1: conv 11x11/4 same, expected conv 11x11/4 valid",
-  ):
-    keras_h5.read(same_path)
+  # The right layers with other widths: every array that differs is named.
+  narrow = str(tmp_path / "narrow.weights.h5")
+  shutil.copy(paths["weights"], narrow)
+  with h5py.File(narrow, "r+") as f:
+    for i, shape in enumerate([(11, 11, 3, 64), (64,)]):
+      del f[f"layers/conv2d/vars/{i}"]
+      f[f"layers/conv2d/vars/{i}"] = np.zeros(shape, np.float32)
+  msg = error(narrow)
+  assert "conv1 kernel is (11, 11, 3, 64), expected (11, 11, 3, 96)" in msg
+  assert "conv1 bias is (64,), expected (96,)" in msg and "conv2 kernel" not in msg
+
+  # .keras: the architecture is checked on config.json, where the weights cannot tell.
+  def pad(layers):
+    layers[1]["config"]["padding"] = "same"
+
+  msg = error(_edited_keras(paths["keras"], str(tmp_path / "padded.keras"), pad))
+  assert "operation 1: conv 11x11/4 same, expected conv 11x11/4 valid" in msg
+
+  # A Lambda layer (code in the file) is named, never run.
+  def add_lambda(layers):
+    layers.insert(2, {"class_name": "Lambda", "config": {"function": "os.system('x')"}})
+
+  msg = error(_edited_keras(paths["keras"], str(tmp_path / "lambda.keras"), add_lambda))
+  assert "operation 2: Lambda, expected relu" in msg
+  # Another preset's network for the run.
+  from configs import torchvision
+
+  msg = error(paths["weights"], torchvision.get_config())
+  assert "not the Keras tutorial's BatchNorm AlexNet" in msg and "configs/keras_bn.py" in msg
   bad = tmp_path / "cut.weights.h5"
   bad.write_bytes(b"not hdf5 at all")
-  with pytest.raises(pretrained.ConversionError, match="cannot read cut.weights.h5 as HDF5"):
-    keras_h5.read(str(bad))
+  assert "cannot read cut.weights.h5 as HDF5" in error(str(bad))
 
 
 # ---- the converted run against Keras's network ---------------------------------------------
@@ -264,7 +305,19 @@ def converted(keras_files, tmp_path_factory):
   test_reading_... shows are the same, is imported by the training-step test)."""
   _, paths = keras_files
   workdir = str(tmp_path_factory.mktemp("converted") / "run")
-  out = _import(paths["keras"], workdir, num_classes=17)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("the conversion must not load the file with Keras")
+
+  with pytest.MonkeyPatch.context() as mp:  # h5py only: Keras's loaders would run its code
+    for owner, name in [
+        (keras.models, "load_model"),
+        (keras.saving, "load_model"),
+        (keras.Model, "load_weights"),
+        (keras.Sequential, "from_config"),
+    ]:
+      mp.setattr(owner, name, refuse)
+    out = _import(paths["keras"], workdir, num_classes=17)
   return workdir, out
 
 
