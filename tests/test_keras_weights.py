@@ -152,11 +152,28 @@ def keras_files(tmp_path_factory):
   model.save(paths["keras"])
   model.save_weights(paths["weights"])
   model.save(paths["legacy"])  # Keras 3 writes Keras 2's HDF5 layout for .h5
+  paths["keras2_weights"] = str(d / "keras2.h5")
+  _write_keras2_weights(model, paths["keras2_weights"])
   return model, paths
 
 
+def _write_keras2_weights(model, path):
+  """Keras 2's model.save_weights('x.h5'), written by hand: `layer_names` in model order
+  (names from an earlier session: numbered from 7), each group's `weight_names` ending :0."""
+  names = [f"{type(layer).__name__.lower()}_{7 + i}" for i, layer in enumerate(model.layers)]
+  with h5py.File(path, "w") as f:
+    f.attrs["layer_names"] = np.array([n.encode() for n in names])
+    f.attrs["keras_version"] = b"2.15.0"
+    for name, layer in zip(names, model.layers):
+      g = f.create_group(name)
+      weight_names = [f"{name}/{w.path.rsplit('/', 1)[-1]}:0" for w in layer.weights]
+      g.attrs["weight_names"] = np.array([w.encode() for w in weight_names])
+      for w, array in zip(weight_names, layer.get_weights()):
+        g.create_dataset(w, data=array)
+
+
 # ---- reading and writing Keras's files -----------------------------------------------------
-@pytest.mark.parametrize("kind", ["keras", "weights", "legacy"])
+@pytest.mark.parametrize("kind", ["keras", "weights", "legacy", "keras2_weights"])
 def test_reading_gives_keras_own_arrays_in_model_order(keras_files, kind):
   model, paths = keras_files
   layers = keras_h5.read(paths[kind])
