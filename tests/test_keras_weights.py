@@ -265,9 +265,19 @@ def test_not_the_tutorials_network_is_one_clear_line_and_writes_nothing(keras_fi
 
   msg = error(paths["weights"], torchvision.get_config())
   assert "not the Keras tutorial's BatchNorm AlexNet" in msg and "configs/keras_bn.py" in msg
-  bad = tmp_path / "cut.weights.h5"
+  bad = tmp_path / "junk.weights.h5"
   bad.write_bytes(b"not hdf5 at all")
-  assert "cannot read cut.weights.h5 as HDF5" in error(str(bad))
+  assert "cannot read junk.weights.h5 as HDF5" in error(str(bad))
+  cut = tmp_path / "cut.weights.h5"
+  cut.write_bytes(open(paths["weights"], "rb").read()[:20_000_000])
+  assert "cannot read cut.weights.h5 as HDF5 or as a .keras zip (" in error(str(cut))
+  assert "truncated file" in error(str(cut))
+  with zipfile.ZipFile(paths["keras"]) as z, zipfile.ZipFile(tmp_path / "cut.keras", "w") as out:
+    for name in z.namelist():
+      out.writestr(name, z.read(name)[:20_000_000])
+  assert "cannot read cut.keras as a Keras weights file (OSError" in error(
+      str(tmp_path / "cut.keras")
+  )
 
 
 # ---- the converted run against Keras's network ---------------------------------------------

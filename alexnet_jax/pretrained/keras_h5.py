@@ -89,9 +89,23 @@ def read(path: str) -> dict:
   """{conv1..conv5, fc6, fc7, fc8, head: (kernel, bias); bn1..bn8: (gamma, beta, moving_mean,
   moving_variance)} (float32, Keras's layouts) of a .keras, .weights.h5 or Keras 2 .h5 file;
   a .keras file's config.json must describe the tutorial's layers."""
+  name = os.path.basename(path)
+  try:
+    return _assign(_read_layers(path, name), name)
+  except KerasFormatError:
+    raise
+  except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+    # A damaged file, or one with Keras's top-level layout but not its insides.
+    reason = str(e).splitlines()[0] if str(e) else ""
+    raise KerasFormatError(
+        f"cannot read {name} as a Keras weights file ({type(e).__name__}: {reason}): a "
+        "truncated, damaged or non-Keras file?"
+    ) from None
+
+
+def _read_layers(path: str, name: str) -> dict:
   import h5py  # noqa: PLC0415  (only conversion needs h5py)
 
-  name = os.path.basename(path)
   if zipfile.is_zipfile(path):
     with zipfile.ZipFile(path) as z:
       members = set(z.namelist())
@@ -120,7 +134,7 @@ def read(path: str) -> dict:
         config = json.loads(config.decode() if isinstance(config, bytes) else config)
         check_config(config, name)
       layers = _weighted_layers(f, name)
-  return _assign(layers, name)
+  return layers
 
 
 def _weighted_layers(f, name: str) -> dict:
@@ -269,6 +283,8 @@ def check_config(config: dict, name: str) -> None:
   inner = config.get("config", {})
   if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
     layers = inner["layers"]
+  elif isinstance(inner, list):  # Keras 2.0 and 2.1 wrote a Sequential's config as its layers
+    layers = inner
   else:
     raise KerasFormatError(
         f"{name}: its model config is a {config.get('class_name')} without a list of layers; "
