@@ -232,7 +232,8 @@ class TrainedRun:
         f", {self.num_classes} classes ({', '.join(self.class_names[:10])}"
         f"{', ...' if self.num_classes > 10 else ''})",
         f"model: {self.model.num_towers} tower(s), conv widths {conv}, fc widths {fc}, "
-        f"{model_lib.num_params(self.variables['params']):,} parameters",
+        f"{model_lib.num_params(self.variables):,} parameters"
+        f"{' (BatchNorm statistics included)' if 'batch_stats' in self.variables else ''}",
         f"preprocessing: shorter side to {data_lib.IMAGE_SIZE} ({self.resize_rule}), center "
         f"{data_lib.IMAGE_SIZE}, {p.mean} mean subtracted"
         f"{', divided by std' if p.std_rgb else ''}, x {p.scale:g}, {p.channel_order.upper()}, "(

@@ -3,9 +3,11 @@
 This module knows the state only as the pytree it is given: saving takes the state, and
 restoring takes the abstract target (train_state.restore_target gives the TrainState's).
 
-A checkpoint holds everything needed to continue exactly: parameters, the momentum
-buffers, the plateau-schedule state, the step (which is also the data position: the input
-pipeline resumes at `start_step`) and the RNG. Orbax writes each step into a temporary
+A checkpoint holds everything needed to continue exactly: parameters, the optimizer's
+buffers, BatchNorm's running averages (variants with BatchNorm), the plateau-schedule state,
+the step (which is also the data position: the input pipeline resumes at `start_step`) and the
+RNG. A state saved before a field existed that is empty here (batch_stats of a network without
+BatchNorm) restores as before. Orbax writes each step into a temporary
 directory and renames it when complete, so a run killed mid-save keeps the previous one.
 Kept: the latest `keep_checkpoints` steps and the best one by validation top-1 error.
 

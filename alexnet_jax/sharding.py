@@ -3,10 +3,13 @@
 - Tower parameters (leading axis of size 2) are split over "tower" and replicated over
   "data"; fc8 is replicated everywhere. `param_specs` holds that rule; every sharding of
   parameters, optimizer state and checkpoints is derived from it.
-- Batches are split over "data".
+- BatchNorm's parameters and running averages (one-tower variants) are replicated.
+- Batches are split over "data"; BatchNorm's batch statistics are averaged over "data" inside
+  the model, so they are the global batch's on any mesh.
 - The model runs under `jax.shard_map`: a device runs plain convolutions on the towers it
   holds, and the only collectives in the forward pass are the four all-gathers at the
-  paper's cross-tower points (docs/paper.md#how-the-two-towers-map-onto-devices). GSPMD on a grouped convolution would instead
+  paper's cross-tower points (docs/paper.md#how-the-two-towers-map-onto-devices), plus
+  BatchNorm's means over "data" in training (keras_bn). GSPMD on a grouped convolution would instead
   all-gather kernels and activations and run the whole layer on every device.
 """
 

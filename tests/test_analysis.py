@@ -125,6 +125,7 @@ def test_training_writes_what_inference_needs_into_the_run(folder_run):
         "channel_order": "rgb",
         "scale": 1 / 128,
         "crop_size": 224,
+        "view": "crop",
         "eval_crops": 1,
     }
   images, _ = _split_images(config, "train")

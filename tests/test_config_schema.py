@@ -7,7 +7,7 @@ import json
 import pytest
 
 from alexnet_jax import config_checks, config_schema
-from configs import ablations, caffe, default, demo, paper, pytorch_grouped, torchvision
+from configs import ablations, caffe, default, demo, keras_bn, paper, pytorch_grouped, torchvision
 
 # config.json as the previous configs/default.py wrote it (written out by hand: tuples are
 # JSON lists, the None-able keys null).
@@ -167,7 +167,7 @@ def _as_json(config) -> dict:
 
 def test_every_default_key_has_exactly_one_declaration_with_its_default():
   declared = [k.name for k in config_schema.KEYS]
-  assert len(declared) == len(set(declared)) == 53
+  assert len(declared) == len(set(declared)) == 58
   defaults = config_schema.flat(config_schema.default_config())
   assert sorted(defaults) == sorted(declared)
   for key in config_schema.KEYS:
@@ -223,7 +223,7 @@ def test_none_able_keys_are_typed_references():
             "model.variant",
             "vgg",
             "config.model.variant='vgg' is impossible: it must be one of "
-            "'paper', 'one_gpu', 'torchvision', 'caffe', 'pytorch_grouped'.",
+            "'paper', 'one_gpu', 'torchvision', 'caffe', 'pytorch_grouped', 'keras_bn'.",
         ),
         ("input.scale", 0.0, "config.input.scale=0.0 is impossible: it must be a number > 0."),
         ("max_eval_batches", 0, "config.max_eval_batches=0 is impossible: it must be -1 or > 0."),
@@ -274,6 +274,7 @@ def test_resume_rules_and_roles_are_derived_from_the_declarations():
       "input.mean",
       "input.std_rgb",
       "input.channel_order",
+      "input.view",
   )
   assert config_schema.keys_with(resume="never", role="architecture") == config_schema.keys_with(
       role="architecture"
@@ -318,13 +319,14 @@ def test_upgrade_of_the_one_gpu_ablation_and_of_the_oldest_layout():
       "mean_rgb": [0.0, 0.0, 0.0],
       "std_rgb": [],
       "channel_order": "rgb",
+      "view": "crop",
       "crop_size": 224,
   }
   assert up["model"]["variant"] == "paper"
 
 
 def test_upgrade_is_idempotent_on_every_shipped_config():
-  for module in (default, paper, demo, ablations, torchvision, caffe, pytorch_grouped):
+  for module in (default, paper, demo, ablations, torchvision, caffe, pytorch_grouped, keras_bn):
     d = _as_json(module.get_config())
     assert config_schema.upgrade(d) == d, module.__name__
 
@@ -405,3 +407,16 @@ def test_the_old_model_switches_are_the_models_own_list():
   from alexnet_jax import model as model_lib
 
   assert config_schema._VARIANT_SWITCHES == model_lib.SWITCH_KEYS
+
+
+def test_a_config_json_from_before_optimizer_name_trained_with_sgd():
+  old = json.loads(json.dumps(OLD_DEFAULT))
+  assert "name" not in old["optimizer"]
+  up = config_schema.upgrade(old)
+  assert up["optimizer"]["name"] == "sgd"
+  assert (up["optimizer"]["b1"], up["optimizer"]["b2"], up["optimizer"]["epsilon"]) == (
+      0.9,
+      0.999,
+      1e-7,
+  )
+  assert config_schema.BY_NAME["optimizer.name"].resume == "never"  # Adam's state differs

@@ -136,6 +136,7 @@ def test_an_old_run_directory_reads_the_same_spec(tmp_path):
       "std_rgb": [],
       "channel_order": "rgb",
       "scale": 1.0,
+      "view": "crop",
       "crop_size": 224,
   }
 

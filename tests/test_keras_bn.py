@@ -1,14 +1,23 @@
 """The Keras tutorial's BatchNorm AlexNet (model.variant='keras_bn') against Keras itself."""
 
 import os
+from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+import tensorflow as tf
+from jax.sharding import PartitionSpec as P
 
+from alexnet_jax import augment, checkpoint, config_schema, fine_tune, optim, sharding, train_state
 from alexnet_jax import model as model_lib
+from alexnet_jax.input_spec import InputSpec
 from alexnet_jax.model import VARIANTS, AlexNet
+from configs import keras_bn
+from tests import tiny
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -112,7 +121,7 @@ def _to_keras(model, variables):
 
 def _random_variables(model, seed=0):
   """Initialised variables with non-trivial BatchNorm parameters and running statistics."""
-  v = model.init(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)), train=False)
+  v = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))
   rng = np.random.default_rng(seed)
 
   def perturb(path, x):
@@ -193,3 +202,258 @@ def test_glorot_initialiser_is_keras_glorot_uniform():
     assert k.max() <= limit * (1 + 1e-6) and k.min() >= -limit * (1 + 1e-6)
     assert abs(k.std() - limit / np.sqrt(3)) < 0.01 * limit  # U(-l, l) has std l / sqrt(3)
     assert not np.any(np.asarray(p[layer]["bias"]))
+
+
+# ---- BatchNorm on the mesh ------------------------------------------------------------------
+def _train_call(model, mesh, variables, images, labels):
+  apply = sharding.sharded_apply(model, mesh)
+
+  def loss_fn(params):
+    logits, stats = apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        images,
+        train=True,
+        dropout_rng=jax.random.key(7),
+        with_batch_stats=True,
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits, stats)
+
+  fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  return jax.device_get(fn(variables["params"]))
+
+
+def test_batch_statistics_are_the_global_batchs_on_every_mesh():
+  m = keras_net(num_classes=5, width=0.125)
+  v = _random_variables(m, seed=2)
+  # Each quarter of the batch has its own scale, so a quarter's statistics are not the batch's.
+  scales = jnp.arange(1.0, 9.0)[:, None, None, None]
+  images = jax.random.uniform(jax.random.key(3), (8, 224, 224, 3)) * scales
+  labels = jnp.arange(8) % 5
+  results = {}
+  for data in (1, 2, 4):
+    mesh = sharding.make_mesh(data, 1, devices=jax.devices()[:data])
+    results[data] = _train_call(m, mesh, v, images, labels)
+  # (1, 1) is the plain module on the whole batch (the same dropout masks).
+  train_apply = jax.jit(
+      lambda v, x: m.apply(
+          v, x, train=True, rngs={"dropout": jax.random.key(7)}, mutable=["batch_stats"]
+      )
+  )
+  logits, state = train_apply(v, images)
+  (_, (got_logits, got_stats)), _ = results[1]
+  np.testing.assert_allclose(got_logits, logits, rtol=1e-5, atol=1e-5)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      got_stats,
+      jax.device_get(state["batch_stats"]),
+  )
+  for data in (2, 4):
+    (loss, (lg, st)), grads = results[data]
+    (loss1, (lg1, st1)), grads1 = results[1]
+    np.testing.assert_allclose(loss, loss1, rtol=1e-5)
+    np.testing.assert_allclose(lg, lg1, rtol=1e-4, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), st, st1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), grads, grads1)
+  # A device's own quarter of the batch has other statistics: the sync is what makes them equal.
+  _, local = train_apply(v, images[:2])
+  batch_part = lambda s: (s["bn1"]["mean"] - 0.99 * v["batch_stats"]["bn1"]["mean"]) / 0.01  # noqa: E731
+  assert np.abs(batch_part(local["batch_stats"]) - batch_part(got_stats)).max() > 0.1
+
+
+def test_batch_stats_are_replicated_in_the_state():
+  config = keras_bn.get_config("demo")
+  model = train_state.create_model(config, 17)
+  abstract = train_state.abstract_state(config, model)
+  mesh = sharding.make_mesh(2, 1, devices=jax.devices()[:2])
+  shardings = train_state.state_shardings(mesh, abstract)
+  specs = jax.tree.leaves(
+      jax.tree.map(lambda s: s.spec, shardings.batch_stats), is_leaf=lambda x: isinstance(x, P)
+  )
+  assert len(specs) == 16 and all(s == P() for s in specs)
+  assert shardings.params["conv1"]["kernel"].spec == P("tower")
+  initial = train_state.initial_batch_stats(model)
+  assert float(initial["bn3"]["var"].sum()) == 96 and float(initial["bn3"]["mean"].sum()) == 0
+  paper = train_state.create_model(tiny.config(), 3)
+  assert train_state.abstract_state(tiny.config(), paper).batch_stats == {}
+
+
+@flax.struct.dataclass
+class _StateBeforeBatchNorm:
+  """The TrainState's fields as runs saved them before batch_stats existed."""
+
+  step: Any
+  params: Any
+  opt_state: Any
+  schedule: Any
+  rng: Any
+
+
+def test_a_checkpoint_saved_before_batch_stats_restores(tmp_path):
+  config = tiny.config()
+  model = train_state.create_model(config, 3)
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  state = train_state.create_train_state(config, model, mesh)
+  state = state.replace(step=jnp.asarray(5, jnp.int32))
+  old = _StateBeforeBatchNorm(state.step, state.params, state.opt_state, state.schedule, state.rng)
+  manager = checkpoint.CheckpointManager(str(tmp_path), config)
+  manager.save(5, old, meta={"num_classes": 3, "dataset": "x"})
+  manager.wait()
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  run = checkpoint.restore_run(str(tmp_path), train_state.restore_target())
+  assert run.step == 5 and set(run.variables) == {"params"}
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      jax.device_get(run.variables["params"]),
+      jax.device_get(state.params),
+  )
+  abstract = train_state.abstract_state(config, model)
+  restored = manager.restore_latest(abstract, train_state.state_shardings(mesh, abstract))
+  assert restored.state.batch_stats == {} and int(restored.state.step) == 5
+
+
+def test_fine_tuning_replaces_the_head_and_keeps_fc8_and_the_statistics():
+  fresh = {"fc8": {"kernel": np.zeros((8, 4)), "bias": np.zeros(4)}}
+  fresh["head"] = {"kernel": np.zeros((4, 3)), "bias": np.zeros(3)}
+  source = jax.tree.map(np.ones_like, fresh)
+  source["head"] = {"kernel": np.ones((4, 17)), "bias": np.ones(17)}
+  merged, notes = fine_tune.merge_params(source, fresh, keras_net().classifier)
+  assert notes == ["head re-initialised: the source has 17 classes, this run 3"]
+  assert merged["fc8"]["kernel"].sum() == 32 and merged["head"]["kernel"].sum() == 0
+  with pytest.raises(ValueError, match=r"\['head'\]\['kernel'\]: source \(4, 17\)"):
+    fine_tune.merge_params(source, fresh)  # the paper's classifier: fc8
+
+
+# ---- the preset, end to end ------------------------------------------------------------------
+def _keras_tiny(root, **overrides):
+  """configs/keras_bn.py at width 0.125 on batches of 8 of a small folder."""
+  c = keras_bn.get_config("demo")
+  c.dataset.name = f"folder:{root}"
+  settings = dict(
+      width=0.125,
+      batch_size=8,
+      eval_batch_size=8,
+      num_train_steps=3,
+      eval_every_steps=100,
+      checkpoint_every_steps=1,
+      log_every_steps=1,
+      max_eval_batches=1,
+  )
+  c.model.width = settings.pop("width")
+  c.mesh.data = -1  # 8 devices: BatchNorm synced over 8 shards of the batch
+  c.update({**settings, **overrides})
+  return c
+
+
+def _saved_state(workdir, config, step=None):
+  model = train_state.create_model(config, 3)
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  abstract = train_state.abstract_state(config, model)
+  manager = checkpoint.CheckpointManager(str(workdir), config, read_only=True)
+  step = manager.latest_step() if step is None else step
+  state = manager.restore(abstract, train_state.state_shardings(mesh, abstract), step)
+  return jax.device_get(state)
+
+
+def test_keras_preset_trains_updates_batch_stats_and_resumes_exactly(monkeypatch, tmp_path):
+  from alexnet_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from alexnet_jax import train  # pylint: disable=import-outside-toplevel
+  from tests.data_helpers import fresh_user_cache, small_folder  # pylint: disable=import-outside-toplevel
+
+  fresh_user_cache(monkeypatch, tmp_path)
+  root = small_folder(tmp_path / "data", classes="abc", per_class=4, val=1)
+  config = _keras_tiny(root, num_train_steps=2)
+  train.train_and_evaluate(config, str(tmp_path / "a"))  # 2 steps, then resumed to 3
+  step1 = _saved_state(tmp_path / "a", config, step=1)
+  train.train_and_evaluate(_keras_tiny(root), str(tmp_path / "a"))
+  train.train_and_evaluate(_keras_tiny(root), str(tmp_path / "b"))  # 3 steps at once
+  resumed, straight = _saved_state(tmp_path / "a", config), _saved_state(tmp_path / "b", config)
+  assert int(resumed.step) == int(straight.step) == 3
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  assert isinstance(resumed.opt_state.inner_state, optim.KerasAdamState)  # Adam
+
+  # Step 1's running averages: 0.99 * (mean 0, variance 1) + 0.01 * the first batch's
+  # statistics, the batch fed as the tutorial feeds it (TF's resize to 224, then / 255).
+  batch = next(
+      data_lib.train_iterator(
+          data_lib.open_dataset(config.dataset), global_batch_size=8, seed=config.seed
+      )
+  )
+  views = tf.image.resize(batch["image"], (224, 224), antialias=True).numpy() / 255.0
+  model = train_state.create_model(config, 3)
+  init = jax.device_get(
+      train_state.create_train_state(
+          config, model, sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+      ).variables
+  )
+  _, state = model.apply(
+      init,
+      views.astype(np.float32),
+      train=True,
+      rngs={"dropout": jax.random.key(0)},
+      mutable=["intermediates", "batch_stats"],
+  )
+  inputs = {"bn1": "pool1", "bn2": "pool2", "bn3": "conv3_out", "bn4": "conv4_out", "bn5": "pool5"}
+  for bn, name in inputs.items():  # (bn6..bn8 read dropout's outputs: not reproduced here)
+    x = np.asarray(state["intermediates"][name][0], np.float64)
+    x = x.reshape(-1, x.shape[-1])
+    want_mean = 0.01 * x.mean(0)
+    want_var = 0.99 + 0.01 * ((x - x.mean(0)) ** 2).mean(0)
+    np.testing.assert_allclose(step1.batch_stats[bn]["mean"], want_mean, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(step1.batch_stats[bn]["var"], want_var, rtol=1e-5, atol=1e-6)
+  for bn in ("bn6", "bn7", "bn8"):
+    assert np.abs(step1.batch_stats[bn]["mean"]).max() > 1e-5
+
+
+def test_the_preset_is_the_tutorials_network_and_inputs():
+  c = keras_bn.get_config()
+  config_schema.validate(c)
+  config_schema.validate(keras_bn.get_config("demo"))
+  with pytest.raises(ValueError, match="the only scale is 'demo'"):
+    keras_bn.get_config("paper")
+  m = train_state.create_model(c, 17)
+  assert (m.variant, m.lrn, m.overlapping_pool, m.dropout_rate) == (
+      VARIANTS["keras_bn"],
+      False,
+      False,
+      0.4,
+  )
+  assert model_lib.num_params(sharding.abstract_variables(m)) == 28_096_769
+  assert (c.optimizer.name, c.optimizer.learning_rate, c.batch_size, c.mesh.tower) == (
+      "adam",
+      1e-3,
+      64,
+      1,
+  )
+  # Its views: the whole 256x256 image resized to 224 and scaled to [0, 1] (TF's resize as the
+  # reference), the same in training (no crop, flip or lighting) and at test.
+  spec = InputSpec.from_config(c)
+  lighting = augment.Lighting(jnp.ones(3), jnp.eye(3))
+  images = np.stack([np.asarray(tiny_photo) for tiny_photo in _photos256()])
+  want = tf.image.resize(images, (224, 224), antialias=True).numpy() / 255.0
+  a = c.augment
+  train = augment.train_views(
+      images,
+      augment.example_keys(0, 0, jnp.arange(len(images))),
+      spec,
+      lighting,
+      random_crop=a.random_crop,
+      flip=a.flip,
+      lighting_std=a.lighting_std,
+  )
+  test = augment.eval_views(images, spec, crops=c.eval_crops)[:, 0]
+  np.testing.assert_allclose(train, want, atol=2e-5)
+  np.testing.assert_allclose(test, want, atol=2e-5)
+  assert abs(float(want.max()) - 1.0) < 0.05 and float(want.min()) < 0.05
+
+
+def _photos256():
+  from tests.data_helpers import real_photos  # pylint: disable=import-outside-toplevel
+
+  return [
+      tf.image.resize(p[..., None].repeat(3, -1) if p.ndim == 2 else p[..., :3], (256, 256))
+      .numpy()
+      .round()
+      .astype(np.uint8)
+      for p in real_photos()[:3]
+  ]

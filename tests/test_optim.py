@@ -131,3 +131,91 @@ def test_plateau_min_delta():
 def test_unknown_schedule_is_named():
   with pytest.raises(ValueError, match="cosine"):
     optim.learning_rate(_opt_config(schedule="cosine"), 0, optim.PlateauState.create(), 1)
+
+
+# ---- Adam (optimizer.name='adam'): Keras 3's rule ---------------------------------------------
+def _adam_config(**kw):
+  base = dict(name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, epsilon=1e-7, weight_decay=0.0)
+  return _opt_config(**{**base, **kw})
+
+
+def _adam_run(cfg, params, grads_seq, lrs):
+  tx = optim.make_optimizer(cfg)
+  p, state, out = jax.tree.map(jnp.asarray, params), tx.init(params), []
+  for g, lr in zip(grads_seq, lrs):
+    state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+    out.append(jax.tree.map(np.asarray, p))
+  return out
+
+
+def _adam_problem(seed=1, steps=8):
+  rng = np.random.default_rng(seed)
+  params = {
+      "conv": {
+          "kernel": rng.normal(size=(3, 4)).astype(np.float32),
+          "bias": rng.normal(size=(4,)).astype(np.float32),
+      }
+  }
+  # Gradients of mixed scales (tiny ones make epsilon's placement show).
+  grads = [
+      jax.tree.map(
+          lambda p: (rng.normal(size=p.shape) * 10.0 ** rng.uniform(-6, 0, p.shape)).astype(
+              np.float32
+          ),
+          params,
+      )
+      for _ in range(steps)
+  ]
+  return params, grads
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_equals_numpy_keras_formula_across_a_learning_rate_drop(weight_decay):
+  params, grads = _adam_problem()
+  lrs = [1e-3] * 4 + [1e-4] * 4
+  b1, b2, eps = 0.9, 0.999, 1e-7
+  # NumPy in float64, Keras 3's update_step verbatim (decoupled decay first, kernels only).
+  w = {k: v.astype(np.float64) for k, v in params["conv"].items()}
+  m = {k: np.zeros_like(v) for k, v in w.items()}
+  v = {k: np.zeros_like(x) for k, x in w.items()}
+  want = []
+  for t, (g, lr) in enumerate(zip(grads, lrs), 1):
+    for k in w:
+      if k == "kernel":
+        w[k] = w[k] - w[k] * weight_decay * lr
+      m[k] += (g["conv"][k] - m[k]) * (1 - b1)
+      v[k] += (np.square(g["conv"][k].astype(np.float64)) - v[k]) * (1 - b2)
+      alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+      w[k] = w[k] - alpha * m[k] / (np.sqrt(v[k]) + eps)
+    want.append({k: x.copy() for k, x in w.items()})
+  got = _adam_run(_adam_config(weight_decay=weight_decay), params, grads, lrs)
+  for i in range(len(lrs)):
+    for k in ("kernel", "bias"):
+      np.testing.assert_allclose(got[i]["conv"][k], want[i][k], rtol=1e-6, atol=1e-7)
+  # optax.adam adds eps to sqrt(v_hat): with these small gradients it moves elsewhere.
+  if weight_decay == 0.0:
+    ref = optax.adam(1e-3, b1=b1, b2=b2, eps=eps)
+    q, s = jax.tree.map(jnp.asarray, params), ref.init(params)
+    u, s = ref.update(grads[0], s, q)
+    q = optax.apply_updates(q, u)
+    assert np.abs(q["conv"]["bias"] - got[0]["conv"]["bias"]).max() > 1e-6
+
+
+def test_adam_equals_keras_adam_on_the_same_gradients():
+  import keras  # pylint: disable=import-outside-toplevel
+
+  params, grads = _adam_problem(seed=2, steps=5)
+  got = _adam_run(_adam_config(), params, grads, [1e-3] * 5)
+  variables = [keras.Variable(params["conv"][k]) for k in ("kernel", "bias")]
+  opt = keras.optimizers.Adam()  # Keras's defaults: 1e-3, 0.9, 0.999, 1e-7
+  for i, g in enumerate(grads):
+    opt.apply_gradients([(g["conv"]["kernel"], variables[0]), (g["conv"]["bias"], variables[1])])
+    for k, var in zip(("kernel", "bias"), variables):
+      np.testing.assert_allclose(got[i]["conv"][k], np.asarray(var), rtol=1e-6, atol=1e-7)
+
+
+def test_optimizer_name_is_checked():
+  with pytest.raises(ValueError, match=r"optimizer.name must be one of \('sgd', 'adam'\)"):
+    optim.make_optimizer(_opt_config(name="rmsprop"))
