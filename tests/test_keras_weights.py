@@ -478,5 +478,5 @@ def test_a_training_step_updates_batchnorm_statistics_as_keras_does(keras_files,
       old, new = before[f"bn{i}"][ours], after[f"bn{i}"][ours]
       want = np.asarray(getattr(layer, theirs))
       np.testing.assert_allclose(new, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-      # The update itself, 0.01 (batch statistic - old), to 1e-3 of its size.
-      assert _rel(new - old, want - old) < 1e-3, (i, ours, _rel(new - old, want - old))
+      # The update itself, 0.01 (batch statistic - old), to 2e-4 of its size (measured 3e-5).
+      assert _rel(new - old, want - old) < 2e-4, (i, ours, _rel(new - old, want - old))
