@@ -1,5 +1,6 @@
 """The Keras tutorials' BatchNorm AlexNet in and out of Keras's weight files, read and written
-with h5py and zipfile only: nothing from the file is executed and Keras is never imported.
+with h5py, zipfile and json only: no Keras loader is called and nothing in the file runs (a
+.keras file's config.json is read as data and compared with the tutorial's layers).
 
 The network (configs/keras_bn.py; a Keras Sequential, channels last, 224x224x3 input):
   conv1 96 11x11/4, conv2 256 11x11/1, conv3 384 3x3, conv4 384 3x3, conv5 256 3x3 ("valid"),
