@@ -136,7 +136,7 @@ def assert_same_arrays(a: list, b: list):
 
 @pytest.fixture(scope="module")
 def keras_files(tmp_path_factory):
-  """The tutorial's network with calibrated statistics, saved three ways. Another model is
+  """The tutorial's network with calibrated statistics, saved four ways. Another model is
   built first, so that this one's layers are named conv2d_5, ... (not what files number)."""
   keras.utils.set_random_seed(0)
   keras_alexnet()
