@@ -6,12 +6,17 @@ r"""Published AlexNets in and out of run directories.
       [--mean_file=ilsvrc_2012_mean.binaryproto] --workdir=runs/caffe
   python -m alexnet_jax.convert --from=pytorch_grouped --src=grouped.pth --workdir=runs/grouped
   python -m alexnet_jax.convert --to=pytorch_grouped --workdir=runs/paper --dst=paper.pth
+  python -m alexnet_jax.convert --from=keras --src=alexnet.keras --workdir=runs/keras
+  python -m alexnet_jax.convert --to=keras --workdir=runs/keras_bn --dst=alexnet.weights.h5
 
 Import writes a run directory (config.json, a checkpoint, class_names.json, the mean image)
 that evaluates and fine-tunes (--config.init_from) like a trained run; its config is the
-format's preset, configs/<format>.py, or --config=FILE with --config.KEY=VALUE overrides.
-Export writes the run's parameters as a state_dict that the format's PyTorch module loads.
-Nothing is downloaded. PyTorch files need torch (pip install torch==2.13.0).
+format's preset, configs/<format>.py (keras: configs/keras_bn.py), or --config=FILE with
+--config.KEY=VALUE overrides. Export writes the run's parameters as a state_dict that the
+format's PyTorch module loads, or (keras) a .weights.h5 that the Keras tutorial's model reads
+with model.load_weights. Keras files (.keras, .weights.h5, Keras 2's .h5) are read with h5py:
+no code in them runs and Keras is not used. Nothing is downloaded. PyTorch files need torch
+(pip install torch==2.13.0).
 """
 
 import sys
@@ -21,10 +26,12 @@ from ml_collections import config_flags
 
 from alexnet_jax import cli
 
-flags.DEFINE_enum("from", None, ["torchvision", "caffe", "pytorch_grouped"], "Import this format.")
-flags.DEFINE_enum("to", None, ["torchvision", "pytorch_grouped"], "Export to this format.")
-flags.DEFINE_string("src", None, "The file to import (.pth or .caffemodel).")
-flags.DEFINE_string("dst", None, "The .pth file to export to.")
+flags.DEFINE_enum(
+    "from", None, ["torchvision", "caffe", "pytorch_grouped", "keras"], "Import this format."
+)
+flags.DEFINE_enum("to", None, ["torchvision", "pytorch_grouped", "keras"], "Export to this format.")
+flags.DEFINE_string("src", None, "The file to import (.pth, .caffemodel, .keras, .h5).")
+flags.DEFINE_string("dst", None, "The file to export to (.pth; keras: .weights.h5).")
 flags.DEFINE_string("workdir", None, "The run directory to write (import) or read (export).")
 flags.DEFINE_string("class_names", None, "Import: a text file with one class name per line.")
 flags.DEFINE_string("mean_file", None, "Caffe import: its mean image (.binaryproto).")
@@ -36,6 +43,7 @@ FLAGS = flags.FLAGS
 USAGE = """\
 usage: python -m alexnet_jax.convert --from=FORMAT --src=FILE --workdir=DIR
        python -m alexnet_jax.convert --to=FORMAT --workdir=DIR --dst=FILE.pth
+       (FORMAT: torchvision, caffe (import only), pytorch_grouped, keras (--dst=FILE.weights.h5))
 
   python -m alexnet_jax.convert --from=torchvision --src=alexnet-owt-7be5be79.pth \\
       --workdir=runs/torchvision
@@ -87,8 +95,9 @@ def main(argv):
       if out["differences"]:
         print(
             f"note: the weights fit the {dst_fmt} layout, but this run's network differs from "
-            f"configs/{dst_fmt}.py in {'; '.join(out['differences'])} (run value -> preset "
-            "value): a PyTorch module computes this run's function only with the run's settings."
+            f"configs/{pretrained.PRESETS.get(dst_fmt, dst_fmt)}.py in "
+            f"{'; '.join(out['differences'])} (run value -> preset value): the "
+            f"{dst_fmt} model computes this run's function only with the run's settings."
         )
   except (pretrained.ConversionError, FileNotFoundError, FileExistsError) as e:
     sys.exit(f"FATAL: {e}")

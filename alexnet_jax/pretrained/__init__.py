@@ -3,10 +3,12 @@
 formats.py     the formats (torchvision, pytorch_grouped, caffe): their keys, the layouts'
                conversions to and from this project's parameter tree, the file readers
 caffemodel.py  Caffe's .caffemodel / .binaryproto read from the protobuf wire format
-convert.py     import_run (a file -> a run directory), export_run (a run -> a .pth)
+keras_h5.py    the Keras tutorial's BatchNorm AlexNet: .keras / .weights.h5 / .h5 via h5py
+convert.py     import_run (a file -> a run directory), export_run (a run -> a .pth or a
+               Keras .weights.h5)
 """
 
-from alexnet_jax.pretrained import caffemodel
+from alexnet_jax.pretrained import caffemodel, keras_h5
 from alexnet_jax.pretrained.convert import (
     export_run,
     import_run,
@@ -17,6 +19,7 @@ from alexnet_jax.pretrained.convert import (
 from alexnet_jax.pretrained.formats import (
     FORMATS,
     LAYERS,
+    PRESETS,
     PYTORCH_FORMATS,
     ConversionError,
     Format,
@@ -34,6 +37,7 @@ from alexnet_jax.pretrained.formats import (
 __all__ = [
     "FORMATS",
     "LAYERS",
+    "PRESETS",
     "PYTORCH_FORMATS",
     "ConversionError",
     "Format",
@@ -44,6 +48,7 @@ __all__ = [
     "export_run",
     "from_framework",
     "import_run",
+    "keras_h5",
     "layers_from_caffemodel",
     "layers_from_state_dict",
     "load_state_dict",

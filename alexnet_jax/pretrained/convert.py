@@ -1,6 +1,6 @@
 """The library side of `python -m alexnet_jax.convert`: a published network's file into a run
 directory that restores, evaluates and fine-tunes like a trained one, and a run's parameters
-back out as a PyTorch state_dict.
+back out as a PyTorch state_dict or a Keras .weights.h5.
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ import numpy as np
 
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import fine_tune, input_spec, run_dir, sharding, train_state
-from alexnet_jax.pretrained import formats
-from alexnet_jax.pretrained.formats import FORMATS, PYTORCH_FORMATS, ConversionError
+from alexnet_jax.pretrained import formats, keras_h5
+from alexnet_jax.pretrained.formats import FORMATS, PRESETS, PYTORCH_FORMATS, ConversionError
 
 
 def preset_config(fmt: str):
-  """configs/<fmt>.py's config (the repository's configs package, from its root)."""
+  """The format's preset, configs/<fmt>.py (keras: configs/keras_bn.py), from the
+  repository's configs package (run from its root)."""
+  name = PRESETS.get(fmt, fmt)
   try:
-    return importlib.import_module(f"configs.{fmt}").get_config()
+    return importlib.import_module(f"configs.{name}").get_config()
   except ImportError as e:
     raise SystemExit(
-        f"cannot import configs/{fmt}.py ({e}): run from the repository's root, or pass "
-        f"--config=path/to/configs/{fmt}.py"
+        f"cannot import configs/{name}.py ({e}): run from the repository's root, or pass "
+        f"--config=path/to/configs/{name}.py"
     ) from None
 
 
@@ -42,16 +44,19 @@ def write_run(
     *,
     class_names=None,
     mean_image=None,
+    batch_stats=None,
     meta: dict | None = None,
 ) -> None:
   """A run directory that restores, evaluates and fine-tunes like a trained one: config.json,
-  a step-0 checkpoint of the same TrainState a training run saves, class_names.json and the
-  mean image. Written in a temporary directory beside `workdir` and renamed at the end, so a
+  a step-0 checkpoint of the same TrainState a training run saves (with `batch_stats`, the
+  BatchNorm running averages, for a network that has them), class_names.json and the mean
+  image. Written in a temporary directory beside `workdir` and renamed at the end, so a
   failure leaves nothing at `workdir`."""
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
     raise FileExistsError(f"{workdir} already exists and is not empty: choose a new --workdir")
-  num_classes = int(np.shape(params["fc8"]["bias"])[0])
+  classifier = "head" if "head" in params else "fc8"  # a hidden fc8 (keras_bn) feeds "head"
+  num_classes = int(np.shape(params[classifier]["bias"])[0])
   if class_names is not None and len(class_names) != num_classes:
     raise ConversionError(
         f"{len(class_names)} class names for a network with {num_classes} outputs"
@@ -64,7 +69,9 @@ def write_run(
       f.write(config.to_json_best_effort(indent=2))
     model = model_for(config, num_classes)
     mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
-    state = train_state.train_state_from_params(config, model, mesh, params)
+    state = train_state.train_state_from_params(
+        config, model, mesh, params, batch_stats=batch_stats
+    )
     manager = ckpt_lib.CheckpointManager(tmp, config)
     try:
       manager.save(0, state, meta={"num_classes": num_classes, "dataset": "", **(meta or {})})
@@ -107,6 +114,8 @@ def import_run(
     )
   if mean_file and not os.path.exists(mean_file):
     raise formats.missing_file(mean_file, "caffe")
+  if fmt == "keras":
+    return _import_keras(src, workdir, config, class_names_file)
   if fmt == "caffe":
     # The class count is fc8's: read it from the file before building the model.
     probe = model_for(config, 1000)
@@ -123,12 +132,7 @@ def import_run(
   model = model_for(config, num_classes)
   formats.check_shapes(layers, model, describe)
   params = formats.from_framework(layers, model)
-  if class_names_file:
-    if not os.path.exists(class_names_file):
-      raise FileNotFoundError(f"--class_names={class_names_file} does not exist")
-    class_names = run_dir.read_names_file(class_names_file)
-  else:
-    class_names = formats.default_class_names(num_classes)
+  class_names = _class_names(class_names_file, formats.default_class_names(num_classes))
   mean_image = None
   if mean_file:
     mean_image = formats.read_caffe_mean(mean_file)
@@ -148,14 +152,78 @@ def import_run(
   }
 
 
+def _class_names(class_names_file: str | None, default):
+  if not class_names_file:
+    return default
+  if not os.path.exists(class_names_file):
+    raise FileNotFoundError(f"--class_names={class_names_file} does not exist")
+  return run_dir.read_names_file(class_names_file)
+
+
+def _check_keras_network(model, what: str) -> None:
+  """The Keras layout holds the tutorial's BatchNorm AlexNet: model.variant 'keras_bn'."""
+  v = model.variant
+  if not (v.batch_norm and v.fc8_width and v.num_towers == 1 and v.fc6_input_order == "hwc"):
+    raise ConversionError(
+        f"{what} is not the Keras tutorial's BatchNorm AlexNet (one tower, BatchNorm, a hidden "
+        "fc8 and a head): use configs/keras_bn.py (model.variant='keras_bn')"
+    )
+
+
+def _import_keras(src: str, workdir: str, config, class_names_file: str | None) -> dict:
+  """A Keras file (keras_h5.read) -> a run directory of `config` (configs/keras_bn.py), its
+  BatchNorm moving statistics as the run's batch_stats; Oxford-17's class names for a
+  17-way head."""
+  layers = keras_h5.read(src)
+  num_classes = int(np.shape(layers["head"][1])[0])
+  model = model_for(config, num_classes)
+  _check_keras_network(model, f"the config's network (model.variant={config.model.variant!r})")
+  want = keras_h5.keras_shapes(sharding.abstract_variables(model))
+  keras_h5.check_shapes(layers, want, os.path.basename(src), num_classes)
+  variables = keras_h5.to_variables(layers)
+  default_names = list(keras_h5.OXFORD17_CLASS_NAMES) if num_classes == 17 else None
+  write_run(
+      workdir,
+      config,
+      variables["params"],
+      batch_stats=variables["batch_stats"],
+      class_names=_class_names(class_names_file, default_names),
+      meta={"converted_from": {"format": "keras", "file": os.path.abspath(src)}},
+  )
+  return {
+      "num_classes": num_classes,
+      "num_params": sum(int(np.size(x)) for x in jax.tree.leaves(variables)),
+  }
+
+
+def _export_keras(workdir: str, dst: str, preset_config, step: int | None) -> dict:
+  if not dst.endswith(".weights.h5"):
+    raise ConversionError(
+        f"--dst={dst}: Keras's load_weights reads files named *.weights.h5; name it so"
+    )
+  run = ckpt_lib.restore_run(workdir, train_state.restore_target(), step)
+  num_classes = int(run.meta["num_classes"])
+  model = model_for(run.config, num_classes)
+  _check_keras_network(model, f"{workdir} (model.variant={run.config.model.variant!r})")
+  layers = keras_h5.from_variables(run.variables)
+  want = keras_h5.keras_shapes(sharding.abstract_variables(model_for(preset_config, num_classes)))
+  keras_h5.check_shapes(layers, want, workdir, num_classes)
+  keras_h5.write(dst, layers)
+  differences = fine_tune.architecture_differences(preset_config, run.config)
+  return {"step": run.step, "keys": keras_h5.dataset_names(), "differences": differences}
+
+
 def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | None = None) -> dict:
-  """A run's parameters as a `fmt` state_dict, torch.save'd to `dst`. The run must have the
+  """A run's parameters as a `fmt` state_dict, torch.save'd to `dst` (keras: a .weights.h5
+  with the BatchNorm statistics, that Keras's load_weights reads). The run must have the
   shapes of the format's network (`preset_config`, with the run's class count). Returns
   {'step', 'keys', 'differences'}: the architecture switches in which the run differs from
   the format's preset (same weights' shapes, but a PyTorch module computes the run's function
   only if it also has these)."""
+  if fmt == "keras":
+    return _export_keras(workdir, dst, preset_config, step)
   if fmt not in PYTORCH_FORMATS:
-    raise ConversionError(f"--to must be one of {list(PYTORCH_FORMATS)}, got {fmt!r}")
+    raise ConversionError(f"--to must be one of {list(PYTORCH_FORMATS)} or keras, got {fmt!r}")
   torch = formats.import_torch()
   run = ckpt_lib.restore_run(workdir, train_state.restore_target(), step)
   num_classes = run.meta["num_classes"]

@@ -7,6 +7,8 @@ Formats (each with a preset in configs/ that describes its network and its input
                     features.{0,4,8,10,12} convs (LRN modules at 3 and 7), classifier.{1,4,6}.
   caffe             Caffe's bvlc_alexnet.caffemodel: layers conv1..conv5, fc6..fc8, two blobs
                     each (weights, bias); conv2/4/5 grouped.
+  keras             the Keras tutorials' BatchNorm AlexNet (model.variant 'keras_bn'): .keras,
+                    .weights.h5 or Keras 2 .h5, read and written by keras_h5.py.
 
 PyTorch and Caffe store conv weights [out, in/groups, kh, kw] and fc weights [out, in]; a
 grouped layer's output channels are tower 0's then tower 1's, which is exactly how the towers
@@ -100,8 +102,30 @@ FORMATS = {
             "image as ilsvrc_2012_mean.binaryproto (data/ilsvrc12/get_ilsvrc_aux.sh)"
         ),
     ),
+    "keras": Format(
+        "keras",
+        # Keras 3's weight groups (keras_h5.py); bn1..bn8 and head are keras_h5's too.
+        {
+            "conv1": "conv2d",
+            "conv2": "conv2d_1",
+            "conv3": "conv2d_2",
+            "conv4": "conv2d_3",
+            "conv5": "conv2d_4",
+            "fc6": "dense",
+            "fc7": "dense_1",
+            "fc8": "dense_2",
+        },
+        towers=1,
+        where=(
+            "a Keras model's weights are the file its training script saved: "
+            "model.save('alexnet.keras') or model.save_weights('alexnet.weights.h5') (Keras 3), "
+            "model.save('alexnet.h5') (Keras 2)"
+        ),
+    ),
 }
 PYTORCH_FORMATS = ("torchvision", "pytorch_grouped")
+# configs/<preset>.py of each format, where it is not the format's own name.
+PRESETS = {"keras": "keras_bn"}
 
 
 class ConversionError(ValueError):

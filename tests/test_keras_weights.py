@@ -1,0 +1,482 @@
+"""Keras weights in and out (alexnet_jax.convert --from=keras / --to=keras) against Keras itself
+(Keras 3, tensorflow-cpu): the tutorial's BatchNorm AlexNet built with keras.Sequential, with
+moving statistics calibrated on real photos and then perturbed, saved as .keras, .weights.h5
+and Keras 2's .h5; the converted run predicts Keras's probabilities, updates its BatchNorm
+statistics as Keras's training call does, and exports a file Keras's load_weights reads."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import skimage.data  # noqa: E402
+import skimage.transform  # noqa: E402
+from sklearn.datasets import load_sample_images  # noqa: E402
+
+from alexnet_jax import pretrained  # noqa: E402
+from alexnet_jax.pretrained import keras_h5  # noqa: E402
+
+keras = pytest.importorskip("keras")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- Keras's own network -------------------------------------------------------------------
+def keras_alexnet(num_classes: int = 17, dropout: float = 0.4):
+  """The tutorial's model, layer by layer (channels last, 224x224x3)."""
+  L = keras.layers
+  relu = lambda: L.Activation("relu")
+  pool = lambda: L.MaxPooling2D(pool_size=(2, 2), strides=(2, 2), padding="valid")
+  return keras.Sequential(
+      [
+          keras.Input((224, 224, 3)),
+          L.Conv2D(96, (11, 11), strides=(4, 4), padding="valid"),
+          relu(),
+          pool(),
+          L.BatchNormalization(),
+          L.Conv2D(256, (11, 11), strides=(1, 1), padding="valid"),
+          relu(),
+          pool(),
+          L.BatchNormalization(),
+          L.Conv2D(384, (3, 3), strides=(1, 1), padding="valid"),
+          relu(),
+          L.BatchNormalization(),
+          L.Conv2D(384, (3, 3), strides=(1, 1), padding="valid"),
+          relu(),
+          L.BatchNormalization(),
+          L.Conv2D(256, (3, 3), strides=(1, 1), padding="valid"),
+          relu(),
+          pool(),
+          L.BatchNormalization(),
+          L.Flatten(),
+          L.Dense(4096),
+          relu(),
+          L.Dropout(dropout),
+          L.BatchNormalization(),
+          L.Dense(4096),
+          relu(),
+          L.Dropout(dropout),
+          L.BatchNormalization(),
+          L.Dense(1000),
+          relu(),
+          L.Dropout(dropout),
+          L.BatchNormalization(),
+          L.Dense(num_classes),
+          L.Activation("softmax"),
+      ]
+  )
+
+
+def photos(n: int = 4, offset: int = 0) -> np.ndarray:
+  """Real photos (scikit-learn's and scikit-image's), warped to 224x224 uint8."""
+  china, flower = load_sample_images().images
+  every = [
+      china,
+      flower,
+      skimage.data.astronaut(),
+      skimage.data.chelsea(),
+      skimage.data.coffee(),
+      skimage.data.rocket(),
+  ]
+  out = [
+      (skimage.transform.resize(p, (224, 224), anti_aliasing=True) * 255).round().astype(np.uint8)
+      for p in (every * 2)[offset : offset + n]
+  ]
+  return np.stack(out)
+
+
+def calibrate(model, images: np.ndarray, seed: int = 0) -> None:
+  """Non-trivial BatchNorm state: each layer's moving mean and variance are its input's
+  statistics on `images`, perturbed (mean + 0.3 std N(0,1), variance x U(0.5, 2)), gamma
+  U(0.5, 1.5), beta N(0, 0.3): every BatchNorm matters, and the logits are O(1)."""
+  rng = np.random.default_rng(seed)
+  x = images.astype(np.float32) / 255
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      axes = tuple(range(x.ndim - 1))
+      mean, std = x.mean(axes), x.std(axes)
+      c = mean.shape[0]
+      layer.set_weights(
+          [
+              rng.uniform(0.5, 1.5, c).astype(np.float32),
+              rng.normal(0, 0.3, c).astype(np.float32),
+              (mean + 0.3 * std * rng.normal(size=c)).astype(np.float32),
+              (std**2 * rng.uniform(0.5, 2, c) + 1e-4).astype(np.float32),
+          ]
+      )
+    x = np.asarray(layer(x, training=False))
+
+
+def keras_arrays(model) -> list:
+  """Each layer with weights, in model order: its arrays (Keras's order)."""
+  return [[np.asarray(w) for w in layer.weights] for layer in model.layers if layer.weights]
+
+
+def ours_in_model_order(layers: dict) -> list:
+  """keras_h5.read's layers in the Sequential's order (conv1, bn1, ..., head)."""
+  order = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "conv5", "bn5"]
+  order += ["fc6", "bn6", "fc7", "bn7", "fc8", "bn8", "head"]
+  return [list(layers[n]) for n in order]
+
+
+def assert_same_arrays(a: list, b: list):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert len(x) == len(y)
+    for u, v in zip(x, y):
+      assert u.shape == v.shape
+      np.testing.assert_array_equal(u, v)
+
+
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory):
+  """The tutorial's network with calibrated statistics, saved four ways. Another model is
+  built first, so that this one's layers are named conv2d_5, ... (not what files number)."""
+  keras.utils.set_random_seed(0)
+  keras_alexnet()
+  model = keras_alexnet()
+  assert model.layers[0].name != "conv2d"
+  calibrate(model, photos(6))
+  d = tmp_path_factory.mktemp("keras")
+  paths = {
+      "keras": str(d / "alexnet.keras"),
+      "weights": str(d / "alexnet.weights.h5"),
+      "legacy": str(d / "alexnet.h5"),
+  }
+  model.save(paths["keras"])
+  model.save_weights(paths["weights"])
+  model.save(paths["legacy"])  # Keras 3 writes Keras 2's HDF5 layout for .h5
+  paths["keras2_weights"] = str(d / "keras2.h5")
+  _write_keras2_weights(model, paths["keras2_weights"])
+  return model, paths
+
+
+def _write_keras2_weights(model, path):
+  """Keras 2's model.save_weights('x.h5'), written by hand: `layer_names` in model order
+  (names from an earlier session: numbered from 7), each group's `weight_names` ending :0."""
+  names = [f"{type(layer).__name__.lower()}_{7 + i}" for i, layer in enumerate(model.layers)]
+  with h5py.File(path, "w") as f:
+    f.attrs["layer_names"] = np.array([n.encode() for n in names])
+    f.attrs["keras_version"] = b"2.15.0"
+    for name, layer in zip(names, model.layers):
+      g = f.create_group(name)
+      weight_names = [f"{name}/{w.path.rsplit('/', 1)[-1]}:0" for w in layer.weights]
+      g.attrs["weight_names"] = np.array([w.encode() for w in weight_names])
+      for w, array in zip(weight_names, layer.get_weights()):
+        g.create_dataset(w, data=array)
+
+
+# ---- reading and writing Keras's files -----------------------------------------------------
+@pytest.mark.parametrize("kind", ["keras", "weights", "legacy", "keras2_weights"])
+def test_reading_gives_keras_own_arrays_in_model_order(keras_files, kind):
+  model, paths = keras_files
+  layers = keras_h5.read(paths[kind])
+  assert_same_arrays(ours_in_model_order(layers), keras_arrays(model))
+  # The statistics are the calibrated ones, not Keras's defaults.
+  assert np.abs(layers["bn3"][2]).max() > 0.01 and np.abs(layers["bn3"][3] - 1).max() > 0.01
+
+
+def test_written_weights_are_keras_own_file_and_load_into_keras(keras_files, tmp_path):
+  """read -> write reproduces Keras's save_weights file bit for bit in every weight dataset,
+  and Keras's load_weights puts every array back."""
+  model, paths = keras_files
+  out = str(tmp_path / "back.weights.h5")
+  keras_h5.write(out, keras_h5.read(paths["weights"]))
+  with h5py.File(paths["weights"]) as want, h5py.File(out) as got:
+    datasets = []
+    want.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
+    assert len(datasets) == 17 * 2 + 8 * 2  # 9 (kernel, bias) + 8 x 4 statistics
+    for name in datasets:
+      assert got[name].dtype == want[name].dtype
+      np.testing.assert_array_equal(got[name][()], want[name][()])
+    mine = []
+    got.visititems(lambda n, o: mine.append(n) if isinstance(o, h5py.Dataset) else None)
+    assert sorted(mine) == sorted(datasets)
+  fresh = keras_alexnet()
+  fresh.load_weights(out)
+  assert_same_arrays(keras_arrays(fresh), keras_arrays(model))
+
+
+def _edited_keras(src: str, dst: str, edit) -> str:
+  """A copy of the .keras zip `src` whose config.json's layer list `edit` changed."""
+  with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+    for name in z.namelist():
+      data = z.read(name)
+      if name == "config.json":
+        config = json.loads(data)
+        edit(config["config"]["layers"])
+        data = json.dumps(config).encode()
+      out.writestr(name, data)
+  return dst
+
+
+def test_not_the_tutorials_network_is_one_clear_line_and_writes_nothing(keras_files, tmp_path):
+  _, paths = keras_files
+  preset = pretrained.preset_config("keras")
+  workdir = str(tmp_path / "run")
+
+  def error(src, config=preset) -> str:
+    with pytest.raises(pretrained.ConversionError) as e:
+      pretrained.import_run("keras", src, workdir, config)
+    assert "\n" not in str(e.value) and not os.path.exists(workdir)
+    assert not [n for n in os.listdir(tmp_path) if "converting" in n]
+    return str(e.value)
+
+  L = keras.layers
+  small = keras.Sequential(
+      [keras.Input((32, 32, 3)), L.Conv2D(8, 3), L.BatchNormalization(), L.Flatten(), L.Dense(5)]
+  )
+  small.save_weights(str(tmp_path / "small.weights.h5"))
+  msg = error(str(tmp_path / "small.weights.h5"))
+  assert "1 Conv2D (conv2d (3, 3, 3, 8))" in msg and "1 Dense (dense (7200, 5))" in msg
+  assert "expected the tutorial's BatchNorm AlexNet: 5 Conv2D (96 11x11" in msg
+  # The right layers with other widths: every array that differs is named.
+  narrow = str(tmp_path / "narrow.weights.h5")
+  shutil.copy(paths["weights"], narrow)
+  with h5py.File(narrow, "r+") as f:
+    for i, shape in enumerate([(11, 11, 3, 64), (64,)]):
+      del f[f"layers/conv2d/vars/{i}"]
+      f[f"layers/conv2d/vars/{i}"] = np.zeros(shape, np.float32)
+  msg = error(narrow)
+  assert "conv1 kernel is (11, 11, 3, 64), expected (11, 11, 3, 96)" in msg
+  assert "conv1 bias is (64,), expected (96,)" in msg and "conv2 kernel" not in msg
+
+  # .keras: the architecture is checked on config.json, where the weights cannot tell.
+  def pad(layers):
+    layers[1]["config"]["padding"] = "same"
+
+  msg = error(_edited_keras(paths["keras"], str(tmp_path / "padded.keras"), pad))
+  assert "operation 1: conv 11x11/4 same, expected conv 11x11/4 valid" in msg
+
+  # A Lambda layer (code in the file) is named, never run.
+  def add_lambda(layers):
+    layers.insert(2, {"class_name": "Lambda", "config": {"function": "os.system('x')"}})
+
+  msg = error(_edited_keras(paths["keras"], str(tmp_path / "lambda.keras"), add_lambda))
+  assert "operation 2: Lambda, expected relu" in msg
+  # Another preset's network for the run.
+  from configs import torchvision
+
+  msg = error(paths["weights"], torchvision.get_config())
+  assert "not the Keras tutorial's BatchNorm AlexNet" in msg and "configs/keras_bn.py" in msg
+  bad = tmp_path / "junk.weights.h5"
+  bad.write_bytes(b"not hdf5 at all")
+  assert "cannot read junk.weights.h5 as HDF5" in error(str(bad))
+  cut = tmp_path / "cut.weights.h5"
+  cut.write_bytes(open(paths["weights"], "rb").read()[:20_000_000])
+  assert "cannot read cut.weights.h5 as HDF5 or as a .keras zip (" in error(str(cut))
+  assert "truncated file" in error(str(cut))
+  with zipfile.ZipFile(paths["keras"]) as z, zipfile.ZipFile(tmp_path / "cut.keras", "w") as out:
+    for name in z.namelist():
+      out.writestr(name, z.read(name)[:20_000_000])
+  assert "cannot read cut.keras as a Keras weights file (OSError" in error(
+      str(tmp_path / "cut.keras")
+  )
+
+
+# ---- the converted run against Keras's network ---------------------------------------------
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def _import(path, workdir, num_classes=None):
+  out = pretrained.import_run("keras", path, str(workdir), pretrained.preset_config("keras"))
+  if num_classes is not None:
+    assert out["num_classes"] == num_classes
+  return out
+
+
+def _run_probs_float64(workdir, images224: np.ndarray) -> np.ndarray:
+  """The restored run's probabilities of 224x224 uint8 images in float64, normalised by the
+  run's own InputSpec (its preprocessing.json's convention) as evaluation normalises."""
+  import jax
+
+  from alexnet_jax import augment, checkpoint, train_state
+  from alexnet_jax.input_spec import InputSpec
+
+  run = checkpoint.restore_run(str(workdir), train_state.restore_target())
+  model = train_state.create_model(run.config, run.meta["num_classes"])
+  spec = InputSpec.from_config(run.config, workdir=str(workdir))
+  with jax.enable_x64(True):
+    cast = lambda a: np.asarray(a, np.float64)
+    views = augment.eval_views(images224, spec, crops=1, dtype=jax.numpy.float64)[:, 0]
+    logits = model.clone(dtype=jax.numpy.float64).apply(jax.tree.map(cast, run.variables), views)
+    return np.asarray(jax.nn.softmax(logits))
+
+
+def _keras_float64_probs(model, images224: np.ndarray) -> np.ndarray:
+  """Keras's inference in float64 on the same (float32) weights."""
+  policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+  keras.config.set_dtype_policy("float64")
+  keras.config.set_floatx("float64")  # keras.Input's dtype: else the input is cast to float32
+  try:
+    m64 = keras_alexnet(model.layers[-2].units)
+  finally:
+    keras.config.set_dtype_policy(policy)
+    keras.config.set_floatx(floatx)
+  assert m64.layers[0].compute_dtype == "float64" and m64.inputs[0].dtype == "float64"
+  m64.set_weights([w.astype(np.float64) for w in model.get_weights()])
+  return np.asarray(m64(images224.astype(np.float64) / 255, training=False))
+
+
+@pytest.fixture(scope="module")
+def converted(keras_files, tmp_path_factory):
+  """The .keras file imported into a run directory (the .weights.h5 file, whose arrays
+  test_reading_... shows are the same, is imported by the training-step test)."""
+  _, paths = keras_files
+  workdir = str(tmp_path_factory.mktemp("converted") / "run")
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("the conversion must not load the file with Keras")
+
+  with pytest.MonkeyPatch.context() as mp:  # h5py only: Keras's loaders would run its code
+    for owner, name in [
+        (keras.models, "load_model"),
+        (keras.saving, "load_model"),
+        (keras.Model, "load_weights"),
+        (keras.Sequential, "from_config"),
+    ]:
+      mp.setattr(owner, name, refuse)
+    out = _import(paths["keras"], workdir, num_classes=17)
+  return workdir, out
+
+
+def test_converted_run_gives_keras_probabilities_on_real_photos(keras_files, converted):
+  """The run restored from its checkpoint, its inputs normalised by its own spec (224x224
+  scaled to [0, 1], no mean), gives Keras's inference-mode probabilities to 1e-9 relative
+  when both compute in float64: the conversion itself (in float32 both sides round, and this
+  network amplifies rounding ~300x: test_predict_command_... compares them at 2e-4). Its
+  parameter count is Keras's count_params()."""
+  from alexnet_jax import run_dir
+
+  model, _ = keras_files
+  workdir, out = converted
+  assert out["num_params"] == model.count_params() == 28_096_769
+  images = photos(4, offset=2)
+  want64, got64 = _keras_float64_probs(model, images), _run_probs_float64(workdir, images)
+  assert want64.max() > 0.3 and np.abs(want64 - want64[::-1]).max() > 0.1  # confident, distinct
+  np.testing.assert_allclose(got64, want64, rtol=1e-9)
+  assert run_dir.read_class_names(workdir) == list(keras_h5.OXFORD17_CLASS_NAMES)
+  assert run_dir.read_class_names(workdir)[11] == "Colts' Foot"
+
+
+@pytest.mark.parametrize("num_classes", [17, 5])
+def test_export_loads_into_keras_and_gives_its_predictions(
+    keras_files, converted, tmp_path, num_classes
+):
+  """run -> --to=keras: Keras's load_weights puts back every array bit for bit, so the
+  reloaded model predicts exactly what the original does. A 5-way head (a .weights.h5 of
+  Keras's initial weights) round-trips the same, and gets no invented class names."""
+  from alexnet_jax import run_dir
+
+  model, _ = keras_files
+  workdir = converted[0]
+  if num_classes != 17:
+    model = keras_alexnet(num_classes)
+    src = str(tmp_path / "five.weights.h5")
+    model.save_weights(src)
+    workdir = str(tmp_path / "run")
+    _import(src, workdir, num_classes=num_classes)
+    assert run_dir.read_class_names(workdir) is None
+  dst = str(tmp_path / "back.weights.h5")
+  out = pretrained.export_run("keras", workdir, dst, pretrained.preset_config("keras"))
+  assert out["step"] == 0 and out["differences"] == [] and len(out["keys"]) == 50
+  fresh = keras_alexnet(num_classes)
+  fresh.load_weights(dst)
+  assert_same_arrays(keras_arrays(fresh), keras_arrays(model))
+  if num_classes == 17:
+    x = photos(2).astype(np.float32) / 255
+    np.testing.assert_array_equal(fresh(x, training=False), model(x, training=False))
+  with pytest.raises(pretrained.ConversionError, match="named \\*.weights.h5"):
+    pretrained.export_run(
+        "keras", workdir, str(tmp_path / "x.h5"), pretrained.preset_config("keras")
+    )
+
+
+def test_predict_command_on_the_converted_run(keras_files, converted, tmp_path):
+  """python -m alexnet_jax.predict on photo files gives, with Oxford-17's names, the
+  probabilities Keras's model gives on the run's own views of those files (warped to 256,
+  resized to 224, scaled to [0, 1]): this random network is so sensitive to resampling that
+  only the same pixels give the same classes."""
+  from PIL import Image
+
+  from alexnet_jax import analysis, augment, input_spec, run_dir
+
+  model, _ = keras_files
+  workdir = converted[0]
+  images = photos(3, offset=1)
+  files = []
+  for i, image in enumerate(images):
+    files.append(str(tmp_path / f"photo{i}.png"))
+    Image.fromarray(image).save(files[-1])
+  r = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.predict", f"--workdir={workdir}", "--top=3"] + files,
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  spec = input_spec.InputSpec.from_config(run_dir.read_config(workdir), workdir=workdir)
+  views = augment.eval_views(analysis.preprocess(list(images), "warp"), spec, crops=1)[:, 0]
+  want = np.asarray(model(np.asarray(views), training=False))
+  lines = [line for line in r.stdout.splitlines() if line.startswith(str(tmp_path))]
+  assert len(lines) == 3, r.stdout
+  names = keras_h5.OXFORD17_CLASS_NAMES
+  for line, path, p in zip(lines, files, want):
+    top = [entry.rsplit(" ", 1) for entry in line[len(path) + 2 :].split(", ")]
+    assert [name for name, _ in top] == [names[j] for j in np.argsort(-p)[:3]], (line, p)
+    np.testing.assert_allclose([float(q) for _, q in top], np.sort(p)[::-1][:3], atol=2e-4)
+
+
+def test_a_training_step_updates_batchnorm_statistics_as_keras_does(keras_files, tmp_path):
+  """One train.py step of the converted run (restored from its checkpoint onto a 2-device
+  data mesh, so the statistics are the global batch's) moves every BatchNorm's running
+  averages as Keras's model(x, training=True) moves moving_mean and moving_variance on the
+  same batch (dropout 0 on both sides, so that bn6..bn8 see the same inputs)."""
+  import jax
+  import jax.numpy as jnp
+
+  from alexnet_jax import augment, checkpoint, evaluation, run_dir, sharding, train, train_state
+  from alexnet_jax.input_spec import InputSpec
+
+  _, paths = keras_files
+  workdir = str(tmp_path / "run")
+  _import(paths["weights"], workdir)
+  config = run_dir.read_config(workdir)
+  config.model.dropout_rate = 0.0
+  mesh = sharding.make_mesh(2, 1, devices=jax.devices()[:2])
+  model = train_state.create_model(config, 17)
+  manager = checkpoint.CheckpointManager(workdir, read_only=True)
+  try:
+    state = manager.restore(*train_state.restore_target(mesh)(config, 17), step=0)
+  finally:
+    manager.close()
+  before = jax.device_get(state.batch_stats)
+  x = photos(4, offset=1).astype(np.float32) / 255
+  batch = {"image": x, "label": np.arange(4, dtype=np.int32)}
+  step = train.make_train_step(config, model, mesh, steps_per_epoch=10, augment_on_device=False)
+  spec = InputSpec.from_config(config, workdir=workdir)
+  lighting = augment.Lighting(jnp.zeros(3), jnp.eye(3))
+  spec, lighting = jax.device_put((spec, lighting), sharding.replicated(mesh))
+  state, _ = step(state, evaluation.global_batch(mesh, batch), spec, lighting)
+  after = jax.device_get(state.batch_stats)
+  net = keras_alexnet(dropout=0.0)
+  net.load_weights(paths["weights"])
+  net(x, training=True)
+  bns = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+  for i, layer in enumerate(bns, 1):
+    for ours, theirs in (("mean", "moving_mean"), ("var", "moving_variance")):
+      old, new = before[f"bn{i}"][ours], after[f"bn{i}"][ours]
+      want = np.asarray(getattr(layer, theirs))
+      np.testing.assert_allclose(new, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+      # The update itself, 0.01 (batch statistic - old), to 2e-4 of its size (measured 3e-5).
+      assert _rel(new - old, want - old) < 2e-4, (i, ours, _rel(new - old, want - old))
