@@ -21,6 +21,7 @@ import skimage.transform  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
 from alexnet_jax import pretrained  # noqa: E402
+from alexnet_jax.data import oxford17  # noqa: E402
 from alexnet_jax.pretrained import keras_h5  # noqa: E402
 
 keras = pytest.importorskip("keras")
@@ -363,7 +364,7 @@ def test_converted_run_gives_keras_probabilities_on_real_photos(keras_files, con
   want64, got64 = _keras_float64_probs(model, images), _run_probs_float64(workdir, images)
   assert want64.max() > 0.3 and np.abs(want64 - want64[::-1]).max() > 0.1  # confident, distinct
   np.testing.assert_allclose(got64, want64, rtol=1e-9)
-  assert run_dir.read_class_names(workdir) == list(keras_h5.OXFORD17_CLASS_NAMES)
+  assert run_dir.read_class_names(workdir) == list(oxford17.CLASS_NAMES)
   assert run_dir.read_class_names(workdir)[11] == "Colts' Foot"
 
 
@@ -430,7 +431,7 @@ def test_predict_command_on_the_converted_run(keras_files, converted, tmp_path):
   want = np.asarray(model(np.asarray(views), training=False))
   lines = [line for line in r.stdout.splitlines() if line.startswith(str(tmp_path))]
   assert len(lines) == 3, r.stdout
-  names = keras_h5.OXFORD17_CLASS_NAMES
+  names = oxford17.CLASS_NAMES
   for line, path, p in zip(lines, files, want):
     top = [entry.rsplit(" ", 1) for entry in line[len(path) + 2 :].split(", ")]
     assert [name for name, _ in top] == [names[j] for j in np.argsort(-p)[:3]], (line, p)

@@ -16,6 +16,7 @@ import numpy as np
 
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import fine_tune, input_spec, run_dir, sharding, train_state
+from alexnet_jax.data import oxford17
 from alexnet_jax.pretrained import formats, keras_h5
 from alexnet_jax.pretrained.formats import FORMATS, PRESETS, PYTORCH_FORMATS, ConversionError
 
@@ -181,7 +182,8 @@ def _import_keras(src: str, workdir: str, config, class_names_file: str | None) 
   want = keras_h5.keras_shapes(sharding.abstract_variables(model))
   keras_h5.check_shapes(layers, want, os.path.basename(src), num_classes)
   variables = keras_h5.to_variables(layers)
-  default_names = list(keras_h5.OXFORD17_CLASS_NAMES) if num_classes == 17 else None
+  # A 17-way head: the Oxford-17 flowers' published class names (the tutorial's dataset).
+  default_names = list(oxford17.CLASS_NAMES) if num_classes == 17 else None
   write_run(
       workdir,
       config,

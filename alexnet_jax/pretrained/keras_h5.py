@@ -48,27 +48,6 @@ KERAS_CLASS = {"conv": "Conv2D", "dense": "Dense", "bn": "BatchNormalization"}
 KERAS_GROUP = {"conv": "conv2d", "dense": "dense", "bn": "batch_normalization"}
 NAMES_OF_KIND = {"conv": CONV_LAYERS, "dense": DENSE_LAYERS, "bn": BN_LAYERS}
 
-# The Oxford 17-category flowers' published class list, in label order (80 images each).
-OXFORD17_CLASS_NAMES = (
-    "Daffodil",
-    "Snowdrop",
-    "Lily Valley",
-    "Bluebell",
-    "Crocus",
-    "Iris",
-    "Tigerlily",
-    "Tulip",
-    "Fritillary",
-    "Sunflower",
-    "Daisy",
-    "Colts' Foot",
-    "Dandelion",
-    "Cowslip",
-    "Buttercup",
-    "Windflower",
-    "Pansy",
-)
-
 # The tutorial's layers in order, as _layer_signature describes a .keras config's layers.
 TUTORIAL_SIGNATURE = (
     ["conv 11x11/4 valid", "relu", "maxpool 2x2/2 valid", "batchnorm"]
