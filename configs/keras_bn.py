@@ -5,21 +5,35 @@ BatchNorm after every block (Keras's momentum 0.99, epsilon 1e-3), fc6 and fc7 o
 hidden fc8 of 1000, each with ReLU, dropout 0.4 and BatchNorm, then the class layer
 (28,096,769 parameters and BatchNorm statistics with 17 classes: Keras's count_params()).
 Trained as the tutorial trains it: Adam with Keras's defaults, categorical cross-entropy,
-batch 64, Glorot-uniform initialisation; its inputs are the images resized straight to
-224x224 and scaled to [0, 1] (no mean, no crop, no flip, no PCA lighting). Evaluation uses
-BatchNorm's running averages, which follow the training statistics slowly (momentum 0.99): a
-run of fewer than a few hundred steps evaluates poorly however low its training loss.
+batch 64, Glorot-uniform initialisation; its inputs are the whole images resized to 224x224
+and scaled to [0, 1] (no mean, no crop, no flip, no PCA lighting). The resize takes two
+steps here: every dataset is stored warped to 256x256 (dataset.resize='warp'), and the
+device resizes that to 224 (input.view='resize'), within about 1% of a direct resize's
+pixels. Evaluation uses BatchNorm's running averages, which follow the training statistics
+slowly (momentum 0.99): a run of fewer than a few hundred steps evaluates poorly however low
+its training loss.
 
-Train on a folder of photos (one subfolder per class; train/ and val/ splits, or a seeded
-split of one folder):
+Train on Oxford-17 (17flowers.tgz and datasplits.mat from
+https://www.robots.ox.ac.uk/~vgg/data/flowers/17/ in one directory; the test split scored by
+evaluate --split=test), or on a folder of photos (one subfolder per class):
 
   python -m alexnet_jax.main --config=configs/keras_bn.py --workdir=runs/keras_bn \
+      --config.dataset.name=oxford17:$HOME/flowers17
+  python -m alexnet_jax.evaluate --workdir=runs/keras_bn --split=test
+  python -m alexnet_jax.main --config=configs/keras_bn.py --workdir=runs/keras_bn_photos \
       --config.dataset.name=folder:/path/to/photos
 
-At demo scale (a quarter-width network, 300 steps of 32: about 1.5 minutes on 2 CPU cores):
+At demo scale (a quarter-width network, 300 steps of 32: about 1.5 minutes on 2 CPU cores),
+on a folder of crops of the photos that ship with scikit-learn and scikit-image:
 
+  python -m benchmarks.photo_classes /tmp/photo_classes
   python -m alexnet_jax.main --config=configs/keras_bn.py:demo --workdir=runs/keras_bn_demo \
-      --config.dataset.name=folder:/path/to/photos
+      --config.dataset.name=folder:/tmp/photo_classes
+
+Keras weights in and out (the tutorial's .keras or .weights.h5):
+
+  python -m alexnet_jax.convert --from=keras --src=alexnet.keras --workdir=runs/keras
+  python -m alexnet_jax.convert --to=keras --workdir=runs/keras --dst=alexnet.weights.h5
 """
 
 from configs import default
@@ -48,7 +62,9 @@ def get_config(scale: str | None = None):
   if scale not in (None, "", "demo"):
     raise ValueError(f"configs/keras_bn.py:{scale}: the only scale is 'demo'")
   c = default.get_config()
-  c.dataset.name = "folder:data/photos"
+  # The tutorial's dataset: 17flowers.tgz and datasplits.mat in data/flowers17 (any folder:
+  # dataset works too).
+  c.dataset.name = "oxford17:data/flowers17"
   c.mesh.tower = 1
   c.model.variant = "keras_bn"  # valid convs, 11x11 conv2, BatchNorm, hidden fc8 + head
   c.model.lrn = False
