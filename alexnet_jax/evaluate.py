@@ -74,6 +74,11 @@ def results_file(step: int, crops: int, split: str = "validation") -> str:
   return name if split == "validation" else name[: -len(".json")] + f"_{split}.json"
 
 
+def _split_words() -> str:
+  """', test split' when --split=test; nothing for the validation split (the usual case)."""
+  return "" if FLAGS.split == "validation" else f", {FLAGS.split} split"
+
+
 def _errors(m: dict) -> str:
   return f"top-1 error {m['top1_error']:.4f}, top-5 error {m['top5_error']:.4f}"
 
@@ -97,7 +102,7 @@ def main(argv):
       with open(path, "w") as f:
         json.dump(m, f, indent=2)
       print(
-          f"step {m['step']}, {FLAGS.split} split, {m['num_images']} images, "
+          f"step {m['step']}{_split_words()}, {m['num_images']} images, "
           f"{FLAGS.crops} view(s): "
           f"{_errors(m)}  ({path})"
       )
@@ -108,7 +113,7 @@ def main(argv):
   for member in m["members"]:
     print(f"{member['workdir']} (step {member['step']}): {_errors(member)}")
   print(
-      f"ensemble of {len(workdirs)}, {FLAGS.split} split, {m['num_images']} images, "
+      f"ensemble of {len(workdirs)}{_split_words()}, {m['num_images']} images, "
       f"{FLAGS.crops} view(s): "
       f"{_errors(m)}"
   )

@@ -189,6 +189,25 @@ def test_imagenet2012_process_shards_and_resume(tiny_imagenet):
   assert sum(int(b["mask"].sum()) for e in evals for b in e) == 3
 
 
+def test_a_global_tensorflow_seed_changes_nothing(tiny_imagenet):
+  """tf.random.set_seed (or keras.utils.set_random_seed) in the same process neither breaks
+  the stream (TensorFlow pairs an op seed with a set global one) nor changes its order."""
+  import tensorflow as tf
+
+  cfg, _, _ = tiny_imagenet
+
+  def order():
+    s = data_lib.train_iterator(cfg, global_batch_size=2, seed=3, start_step=1)
+    return [digest(next(s)["image"][0]) for _ in range(5)]
+
+  before = order()
+  tf.random.set_seed(1234)
+  try:
+    assert order() == before
+  finally:
+    tf.random.set_seed(None)
+
+
 # ---------------------------------------------------------------------------------------------
 # A split smaller than one batch.
 

@@ -64,6 +64,27 @@ def _epoch_seed(seed, epoch):
   return (tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64) * 7_919 + 17) % (2**31 - 1)
 
 
+def _shuffle(ds, buffer: int, seed):
+  """ds.shuffle(buffer, seed) with the order this seed alone gives. TensorFlow pairs an op's
+  seed with the global one when one is set (tf.random.set_seed, keras.utils.set_random_seed in
+  the same process): the order would then depend on it, and a traced seed fails outright
+  ("a symbolic tf.Tensor as a Python bool"). So the global seed is hidden while the shuffle
+  takes its seeds."""
+  from tensorflow.python.eager import context  # noqa: PLC0415
+  from tensorflow.python.framework import ops  # noqa: PLC0415
+
+  if tf.executing_eagerly():
+    holder, attr = context.context(), "_seed"
+  else:
+    holder, attr = ops.get_default_graph(), "seed"
+  saved = getattr(holder, attr)
+  setattr(holder, attr, None)
+  try:
+    return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+  finally:
+    setattr(holder, attr, saved)
+
+
 def _is_in(key, sorted_keys: np.ndarray):
   if not len(sorted_keys):
     return tf.constant(False)
@@ -274,7 +295,7 @@ def _tfds_train_stream(settings, split, bad, seed, p, count, q0, by_key):
     ds = split.records(instr, order=order, with_data=not by_key)
     if len(bad):
       ds = ds.filter(lambda r: tf.logical_not(_is_in(r["key"], bad)))
-    return ds.shuffle(buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False)
+    return _shuffle(ds, buffer, _epoch_seed(seed, e))
 
   e0, offset = divmod(q0, length)
   ds = (
