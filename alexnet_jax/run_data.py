@@ -50,16 +50,8 @@ def stats_digest(stats: data_lib.DatasetStats) -> str:
   """SHA-256 of the fields dataset_stats.npz holds (dtypes, shapes and bytes): equal for equal
   statistics whenever and however the file was written."""
   h = hashlib.sha256()
-  fields = {
-      "mean_image": np.asarray(stats.mean_image, np.float32),
-      "covariance": np.asarray(stats.covariance, np.float64),
-      "eigval": np.asarray(stats.eigval, np.float32),
-      "eigvec": np.asarray(stats.eigvec, np.float32),
-      "num_images": np.int64(stats.num_images),
-      "bad_files": "\0".join(map(str, stats.bad_files)).encode(),
-  }
-  for name, a in fields.items():
-    a = np.ascontiguousarray(np.asarray(a)) if not isinstance(a, bytes) else np.frombuffer(a, "u1")
+  for name, a in run_dir.stats_fields(stats).items():
+    a = np.ascontiguousarray(a)
     h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
     h.update(a.tobytes())
   return h.hexdigest()

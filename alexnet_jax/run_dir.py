@@ -115,7 +115,17 @@ def write(
   Returns their paths."""
   os.makedirs(workdir, exist_ok=True)
   paths = [os.path.join(workdir, name) for name in FILES]
-  fields = {
+  if not keep_stats:
+    fields = stats_fields(stats)
+    _write_atomically(paths[0], lambda f: np.savez(f, **fields))
+  write_class_names(workdir, info.class_names)
+  write_preprocessing(workdir, spec.to_json(), info.name, config.eval_crops)
+  return paths
+
+
+def stats_fields(stats) -> dict:
+  """The arrays STATS_FILE holds for a data.DatasetStats, with their dtypes."""
+  return {
       "mean_image": np.asarray(stats.mean_image, np.float32),
       "covariance": np.asarray(stats.covariance, np.float64),
       "eigval": np.asarray(stats.eigval, np.float32),
@@ -123,11 +133,6 @@ def write(
       "num_images": np.int64(stats.num_images),
       "bad_files": np.asarray(list(stats.bad_files), dtype=str),
   }
-  if not keep_stats:
-    _write_atomically(paths[0], lambda f: np.savez(f, **fields))
-  write_class_names(workdir, info.class_names)
-  write_preprocessing(workdir, spec.to_json(), info.name, config.eval_crops)
-  return paths
 
 
 def write_class_names(workdir: str, names) -> None:
