@@ -277,13 +277,7 @@ def extracted(archive: str) -> str:
           f"{archive} cannot be extracted into {parent} ({type(e).__name__}: {e}); if the "
           f"archive is damaged, download {ARCHIVE} again from {URL}."
       ) from None
-    missing = [image_name(i) for i in range(1, NUM_IMAGES + 1) if image_name(i) not in found]
-    if missing:
-      raise DatasetError(
-          f"{archive} lacks {len(missing)} of Oxford-17's {NUM_IMAGES} images "
-          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): download {ARCHIVE} "
-          f"again from {URL}."
-      )
+    _check_all_present(archive, found, f"download {ARCHIVE} again from {URL}.")
     os.chmod(tmp, 0o755)  # mkdtemp's is 0o700: others sharing the data read it too
     try:
       os.rename(tmp, final)
@@ -299,15 +293,22 @@ def extracted(archive: str) -> str:
 # ---- the source -----------------------------------------------------------------------------
 
 
-def _check_images(images: str) -> None:
-  present = set(os.listdir(images))
+def _check_all_present(where: str, present, fix: str) -> None:
+  """DatasetError naming the first images of the 1,360 that `present` lacks, and `fix`."""
   missing = [image_name(i) for i in range(1, NUM_IMAGES + 1) if image_name(i) not in present]
   if missing:
     raise DatasetError(
-        f"{images} lacks {len(missing)} of Oxford-17's {NUM_IMAGES} images "
-        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): extract {ARCHIVE} "
-        f"there again, or point oxford17: at the archive."
+        f"{where} lacks {len(missing)} of Oxford-17's {NUM_IMAGES} images "
+        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): {fix}"
     )
+
+
+def _check_images(images: str) -> None:
+  _check_all_present(
+      images,
+      set(os.listdir(images)),
+      f"extract {ARCHIVE} there again, or point oxford17: at the archive.",
+  )
 
 
 def stats_path(lay: Layout, exif: bool) -> str:
