@@ -39,8 +39,10 @@ from alexnet_jax import (
     augment,
     checkpoint,
     evaluation,
+    facts,
     input_spec,
     reporting,
+    run_data,
     run_dir,
     sharding,
     train_state,
@@ -223,7 +225,7 @@ class TrainedRun:
     if "spec" not in self._compiled:
       if self.stats is None and self.config.input.mean == "dataset":
         raise RunError(
-            f"{self.workdir} has no {run_dir.STATS_FILE} (it was trained before runs kept "
+            f"{self.workdir} has no {facts.STATS_FILE} (it was trained before runs kept "
             f"it), and predicting needs the training mean image: "
             f"analysis.load_run({self.workdir!r}, from_dataset=True) recomputes it from the "
             f"dataset and writes it into the run."
@@ -274,8 +276,8 @@ class TrainedRun:
 
   def crops_or_default(self, crops: int | None) -> int:
     crops = self.eval_crops if crops is None else int(crops)
-    if crops not in (1, 10):
-      raise ValueError(f"crops must be 1 or 10, got {crops}")
+    if crops not in facts.VIEW_COUNTS:
+      raise ValueError(f"crops must be one of {facts.VIEW_COUNTS}, got {crops}")
     return crops
 
   def probs_of_batch(self, images256, crops: int | None = None) -> jax.Array:
@@ -385,7 +387,7 @@ def _from_dataset(workdir: str, config, num_classes: int):
   try:
     spec = input_spec.InputSpec.from_config(config, stats, workdir)
     run_dir.write(workdir, config, info, stats, spec)
-    logging.info("recomputed %s from %s and wrote them into %s", run_dir.FILES, info.name, workdir)
+    logging.info("recomputed %s from %s and wrote them into %s", facts.FILES, info.name, workdir)
   except OSError as e:
     logging.warning("cannot write the run files into %s (%s); using them from memory", workdir, e)
   return info.class_names, stats
@@ -394,7 +396,7 @@ def _from_dataset(workdir: str, config, num_classes: int):
 def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = False) -> TrainedRun:
   """Restore a run (read-only; checkpoint.restore_run) with what inference needs.
 
-  Runs trained before training wrote run_dir.FILES still restore: the missing files are
+  Runs trained before training wrote facts.FILES still restore: the missing files are
   named in a warning and in `.missing`; predict then asks for the mean image. from_dataset:
   recompute what is missing from the run's dataset (if it can be read) and write it into
   the run.
@@ -405,16 +407,14 @@ def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = Fals
   config, meta = restored.config, restored.meta
   num_classes = int(meta["num_classes"])
   model = train_state.create_model(config, num_classes)
-  stats, names = run_dir.read_stats(workdir), run_dir.read_class_names(workdir)
+  stats, names = run_data.read_stats(workdir), run_dir.read_class_names(workdir)
   missing = run_dir.missing(workdir, config)
   if missing and from_dataset:
     names, stats = _from_dataset(workdir, config, num_classes)
     missing = run_dir.missing(workdir, config)
   if missing:
     effects = (
-        [f"predict and features need {run_dir.STATS_FILE}"]
-        if (run_dir.STATS_FILE in missing)
-        else []
+        [f"predict and features need {facts.STATS_FILE}"] if (facts.STATS_FILE in missing) else []
     )
     effects += ["class names are shown as label numbers"] if names is None else []
     logging.warning(
@@ -428,7 +428,7 @@ def load_run(workdir: str, step: int | None = None, *, from_dataset: bool = Fals
   names = tuple(str(i) for i in range(num_classes)) if names is None else tuple(names)
   if len(names) != num_classes:
     raise RunError(
-        f"{os.path.join(workdir, run_dir.CLASS_NAMES_FILE)} holds {len(names)} class names "
+        f"{os.path.join(workdir, facts.CLASS_NAMES_FILE)} holds {len(names)} class names "
         f"but the checkpoint has {num_classes} classes"
     )
   saved = run_dir.read_preprocessing(workdir) or {}

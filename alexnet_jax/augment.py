@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import data as data_lib
+from alexnet_jax.facts import IMAGENET_EIGVAL, IMAGENET_EIGVEC, VIEW_COUNTS
 from alexnet_jax.input_spec import InputSpec
 
 # Top-left offsets (row, col) of the 10 evaluation views at 224 in 256, in output order; views
@@ -45,7 +45,7 @@ class Lighting:
     """augment.eigen 'dataset': the training split's own PCA (stats); 'imagenet': the
     published ImageNet basis (docs/paper.md#pca-lighting)."""
     if augment_config.eigen == "imagenet":
-      eigval, eigvec = data_lib.IMAGENET_EIGVAL, data_lib.IMAGENET_EIGVEC
+      eigval, eigvec = IMAGENET_EIGVAL, IMAGENET_EIGVEC
     elif augment_config.eigen == "dataset":
       eigval, eigvec = stats.eigval, stats.eigvec
     else:
@@ -178,8 +178,8 @@ def eval_views(images, spec: InputSpec, *, crops: int = 1, dtype=jnp.float32) ->
   bottom-left, bottom-right, center, then the horizontal reflections of those five in the same
   order (EVAL_VIEW_NAMES). With spec.view 'resize' every window is the whole resized image.
   """
-  if crops not in (1, 10):
-    raise ValueError(f"crops must be 1 or 10, got {crops}")
+  if crops not in VIEW_COUNTS:
+    raise ValueError(f"crops must be one of {VIEW_COUNTS}, got {crops}")
   images = jnp.asarray(images)
   _, h, w, _ = images.shape
   if h != w:

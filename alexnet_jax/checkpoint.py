@@ -55,7 +55,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from alexnet_jax import disk_space, run_dir, train_state
-from alexnet_jax.run_dir import (
+from alexnet_jax.facts import (
     CHECKPOINT_DIR,
     UNREADABLE_DIR,  # steps set aside by a resume (never deleted)
 )

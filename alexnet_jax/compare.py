@@ -27,15 +27,11 @@ import sys
 from absl import flags, logging
 from matplotlib.figure import Figure
 
-from alexnet_jax import cli, config_schema, run_dir
+from alexnet_jax import cli, config_schema
+from alexnet_jax.facts import CONFIG_FILE, METRICS_FILE, VIEW_COUNTS
 
-# The run directory's files (alexnet_jax/reporting.py writes metrics.jsonl, evaluate.py the
-# eval files); tests/test_compare.py checks that the names agree. Named here rather than
-# imported: reporting imports TensorFlow, seconds of start-up that a table does not need.
-CONFIG_FILE, METRICS_FILE = run_dir.CONFIG_FILE, run_dir.METRICS_FILE
 EVAL_FILE_RE = re.compile(r"eval_(\d+)_(\d+)crop\.json")
 OUTPUT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
-VIEWS = (1, 10)  # evaluate.py's --crops choices
 
 USAGE = """\
 usage: python -m alexnet_jax.compare RUN_DIR [RUN_DIR...] [--out=DIR]
@@ -156,7 +152,7 @@ def _evaluated(workdir: str, train, evals, notes) -> tuple[dict, list]:
       found.setdefault(int(m[2]), {})[int(m[1])] = os.path.join(workdir, name)
   last = max([r["step"] for r in train + evals], default=None)
   out = {}
-  for views in VIEWS:
+  for views in VIEW_COUNTS:
     if views not in found:
       continue
     step = last if last in found[views] else max(found[views])
@@ -206,7 +202,7 @@ def compare(runs: list[Run]) -> Comparison:
   differ = [
       k for k in keys if len({json.dumps(r.config.get(k, missing), default=str) for r in runs}) > 1
   ]
-  views = [v for v in VIEWS if any(v in r.evaluated for r in runs)]
+  views = [v for v in VIEW_COUNTS if any(v in r.evaluated for r in runs)]
   columns = ["run", *differ, "last step", "train time (s)", "images/s"]
   columns += ["top-1 final", "top-1 best", "top-5 final", "top-5 best"]
   columns += [f"top-{k} {v}-view" for v in views for k in (1, 5)]

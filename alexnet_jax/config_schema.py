@@ -22,12 +22,10 @@ from typing import Any, Callable
 
 import ml_collections
 
+from alexnet_jax.facts import MODEL_SWITCH_KEYS, VIEW_COUNTS, ConfigError
+
 SAFE, ALLOW, NEVER = "safe", "allow", "never"
 ARCHITECTURE, INPUT = "architecture", "input"
-
-
-class ConfigError(ValueError):
-  """An impossible config, workdir or config change; the message is meant for the user."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,8 +248,9 @@ KEYS: tuple[Key, ...] = (
         ALLOW, "", "step: the epochs at which the rate drops"),
 
     # ============================ Evaluation, logging, checkpoints ============================
-    Key("eval_crops", 10, Check(lambda v: v in (1, 10), "1 (center crop) or 10 (the paper's views)",
-                                (1, 10)), SAFE, "§4.1", "views per test image"),
+    Key("eval_crops", 10, Check(lambda v: v in VIEW_COUNTS,
+                                "1 (center crop) or 10 (the paper's views)", VIEW_COUNTS), SAFE,
+        "§4.1", "views per test image"),
     Key("eval_batch_size", 128, positive_int(), SAFE, "", "images per evaluation batch (global)"),
     Key("eval_every_steps", -1,
         Check(lambda v: v == -1 or (_is_int(v) and v > 0), "-1 (once per epoch) or > 0"), SAFE,
@@ -335,7 +334,7 @@ def problems(config) -> list[str]:
   for name in flat(config):
     if name not in BY_NAME:
       new = _RENAMED.get(name) or (
-          "model.variant" if name.removeprefix("model.") in _VARIANT_SWITCHES else None
+          "model.variant" if name.removeprefix("model.") in MODEL_SWITCH_KEYS else None
       )
       where = f" (use config.{new})" if new else ""
       out.append(
@@ -375,18 +374,6 @@ _RENAMED = {
     "augment.scale": "input.scale",
     "model.image_size": "input.crop_size",
 }
-# alexnet_jax.model.SWITCH_KEYS, named here without importing JAX: validation runs before any
-# library starts (tests/test_config_schema.py checks that the two agree).
-_VARIANT_SWITCHES = (
-    "one_tower",
-    "conv_widths",
-    "conv1_padding",
-    "lrn_k",
-    "lrn_alpha_per_term",
-    "lrn_after_pool",
-    "lrn_across_towers",
-    "fc6_input_order",
-)
 
 
 def upgrade(config_dict: dict) -> dict:
@@ -406,7 +393,7 @@ def upgrade(config_dict: dict) -> dict:
   model = d.get("model")
   if model is None:
     return d
-  switches = {k: model.pop(k) for k in _VARIANT_SWITCHES if k in model}
+  switches = {k: model.pop(k) for k in MODEL_SWITCH_KEYS if k in model}
   if switches or "variant" not in model:
     from alexnet_jax.model import variant_of  # jax: only for a config.json in the old layout
 

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from alexnet_jax import cli
+from alexnet_jax import cli, facts
 
 SPLITS = ("validation", "test")
 _STREAM_SPLIT = {"validation": "eval", "test": "test"}  # the data layer's names
@@ -47,8 +47,8 @@ def evaluate_checkpoint(
   # After runtime.setup() in main(): importing JAX and TF here keeps them off accelerators.
   from alexnet_jax import analysis, evaluation
 
-  if crops not in (1, 10):
-    raise ValueError(f"--crops must be 1 or 10, got {crops}")
+  if crops not in facts.VIEW_COUNTS:
+    raise ValueError(f"--crops must be one of {facts.VIEW_COUNTS}, got {crops}")
   if split not in SPLITS:
     raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
   run = analysis.load_run(workdir, step, from_dataset=True)
@@ -68,9 +68,7 @@ def evaluate_checkpoint(
 def results_file(step: int, crops: int, split: str = "validation") -> str:
   """Where one run's results go: eval_<step>_<crops>crop.json, with _test for the test split
   (a name compare.py's table of validation results does not take for one)."""
-  from alexnet_jax import run_dir
-
-  name = run_dir.eval_results_file(step, crops)
+  name = facts.eval_results_file(step, crops)
   return name if split == "validation" else name[: -len(".json")] + f"_{split}.json"
 
 

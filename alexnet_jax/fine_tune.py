@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from alexnet_jax import checkpoint, config_schema, run_dir, train_state
+from alexnet_jax import checkpoint, config_schema, facts, run_dir, train_state
 
 # Declared in config_schema: the keys whose values change the function the weights compute
 # (the network and its input size), and the input convention the source's conv1 learned.
@@ -91,7 +91,7 @@ def prepare_run_dir(config, workdir: str) -> None:
     if not run_dir.has_mean_image(source):
       raise FileNotFoundError(
           f"input.mean='run' but neither {workdir} nor init_from={source} holds "
-          f"{run_dir.MEAN_IMAGE_FILE}; use input.mean='pixel' or 'dataset'."
+          f"{facts.MEAN_IMAGE_FILE}; use input.mean='pixel' or 'dataset'."
       )
     run_dir.copy_mean_image(source, workdir)
 

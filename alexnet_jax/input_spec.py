@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import run_dir
-from alexnet_jax.data import IMAGE_SIZE
+from alexnet_jax import facts, run_dir
+from alexnet_jax.facts import IMAGE_SIZE
 
 MEAN_KINDS = ("dataset", "pixel", "run")
 
@@ -233,4 +233,4 @@ def load(workdir: str, config, stats=None) -> InputSpec:
     mean = stats.mean_image
   elif kind == "run":
     mean = run_dir.read_mean_image(workdir)
-  return InputSpec.from_json(saved, mean, os.path.join(workdir, run_dir.PREPROCESSING_FILE))
+  return InputSpec.from_json(saved, mean, os.path.join(workdir, facts.PREPROCESSING_FILE))

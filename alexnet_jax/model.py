@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax.facts import MODEL_SWITCH_KEYS
 from alexnet_jax.layers import at_least_f32, local_response_norm, max_pool
 
 IMAGE_SHAPE = (224, 224, 3)
@@ -170,24 +171,12 @@ VARIANTS = {
     ),
 }
 
-# The config.model keys that held a Variant's fields one by one (run directories written with
-# them name no variant; variant_of finds it).
-SWITCH_KEYS = (
-    "one_tower",
-    "conv_widths",
-    "conv1_padding",
-    "lrn_k",
-    "lrn_alpha_per_term",
-    "lrn_after_pool",
-    "lrn_across_towers",
-    "fc6_input_order",
-)
-
 
 def variant_of(switches: dict) -> str:
-  """The name of the variant that config.model switches (SWITCH_KEYS; others are ignored)
-  describe. Absent keys take the paper's values; conv_widths () means the paper's widths
-  (the one-GPU net's with one_tower). ValueError names the switches when no variant has them."""
+  """The name of the variant that config.model switches (facts.MODEL_SWITCH_KEYS: run
+  directories written with them name no variant; others are ignored) describe. Absent keys
+  take the paper's values; conv_widths () means the paper's widths (the one-GPU net's with
+  one_tower). ValueError names the switches when no variant has them."""
   one_tower = bool(switches.get("one_tower", False))
   paper, reason = VARIANTS["paper"], ""
   try:
@@ -211,7 +200,7 @@ def variant_of(switches: dict) -> str:
   given = ", ".join(
       f"model.{k}={_normalised(switches[k])!r}"
       for k in sorted(switches)
-      if k in SWITCH_KEYS and _normalised(switches[k]) != paper_switches[k]
+      if k in MODEL_SWITCH_KEYS and _normalised(switches[k]) != paper_switches[k]
   )
   raise ValueError(
       f"the model switches {given or 'given'} match no model.variant{reason}; the variants "

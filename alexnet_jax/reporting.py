@@ -12,8 +12,8 @@ import tensorflow as tf  # the TensorBoard writer (TF is already the input pipel
 import tqdm
 from matplotlib.figure import Figure
 
-from alexnet_jax.data import settings
-from alexnet_jax.run_dir import CURVE_FILE, FIGURES_DIR, METRICS_FILE, TENSORBOARD_DIR
+from alexnet_jax.facts import CURVE_FILE, FIGURES_DIR, METRICS_FILE, TENSORBOARD_DIR
+from alexnet_jax.files import write_atomically
 
 
 def format_duration(seconds: float) -> str:
@@ -90,7 +90,7 @@ def drop_after(workdir: str, step: int) -> None:
       if isinstance(row, dict) and int(row.get("step", 0)) <= step:
         keep.append(line)
     if len(keep) != len(lines):
-      settings.write_atomically(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
+      write_atomically(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
   for events in sorted(glob.glob(os.path.join(workdir, TENSORBOARD_DIR, "*tfevents*"))):
     _drop_events_after(events, step)
 

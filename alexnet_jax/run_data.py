@@ -1,6 +1,6 @@
 """The data a run trains on are part of the run: recorded when it starts, checked on resume.
 
-run_dir.DATA_FILE (training_data.json) records what identifies the training data:
+facts.DATA_FILE (training_data.json) records what identifies the training data:
 
   source        'originals' (the images themselves) or 'prepared' (python -m alexnet_jax.prepare's
                 shards: their directory, format, JPEG quality and plan digest)
@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import data as data_lib
-from alexnet_jax import run_dir
+from alexnet_jax import facts, run_dir
 from alexnet_jax.config_schema import ConfigError
 
 VERSION = 1
@@ -55,6 +55,22 @@ def stats_digest(stats: data_lib.DatasetStats) -> str:
     h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
     h.update(a.tobytes())
   return h.hexdigest()
+
+
+def read_stats(workdir: str) -> data_lib.DatasetStats | None:
+  """The run's dataset_stats.npz (run_dir.stats_fields), or None (a run from before it)."""
+  path = os.path.join(workdir, facts.STATS_FILE)
+  if not os.path.exists(path):
+    return None
+  with np.load(path, allow_pickle=False) as z:
+    return data_lib.DatasetStats(
+        mean_image=z["mean_image"],
+        covariance=z["covariance"],
+        eigval=z["eigval"],
+        eigvec=z["eigvec"],
+        num_images=int(z["num_images"]),
+        bad_files=tuple(str(x) for x in z["bad_files"]),
+    )
 
 
 def identity(src: data_lib.Source) -> dict:
@@ -123,7 +139,7 @@ def differences(old: dict, new: dict) -> list[str]:
 # ---- the record --------------------------------------------------------------------------------
 def read(workdir: str) -> dict | None:
   """The run's record, or None (a run started before runs kept one)."""
-  path = os.path.join(workdir, run_dir.DATA_FILE)
+  path = os.path.join(workdir, facts.DATA_FILE)
   if not os.path.exists(path):
     return None
   try:
@@ -140,7 +156,7 @@ def read(workdir: str) -> dict | None:
 
 
 def write(workdir: str, record: dict) -> None:
-  run_dir.write_json(os.path.join(workdir, run_dir.DATA_FILE), record)
+  run_dir.write_json(os.path.join(workdir, facts.DATA_FILE), record)
 
 
 def _note_in_history(workdir: str, changes: list[str]) -> None:
@@ -149,7 +165,7 @@ def _note_in_history(workdir: str, changes: list[str]) -> None:
       "event": f"resumed on other training data (--allow_config_change={ALLOW})",
       "changes": changes,
   }
-  with open(os.path.join(workdir, run_dir.HISTORY_FILE), "a") as f:
+  with open(os.path.join(workdir, facts.HISTORY_FILE), "a") as f:
     f.write(json.dumps(entry) + "\n")
 
 
@@ -168,9 +184,9 @@ class RunData:
 def _refusal(workdir: str, what: str) -> DataChangedError:
   return DataChangedError(
       f"refusing to resume the run in {workdir}: {what}. Resume on the data it started with "
-      f"({os.path.join(workdir, run_dir.DATA_FILE)} names them), start a new --workdir, or pass "
+      f"({os.path.join(workdir, facts.DATA_FILE)} names them), start a new --workdir, or pass "
       f"--allow_config_change={ALLOW} to continue on the data found now (the run keeps its "
-      f"statistics, {run_dir.STATS_FILE})."
+      f"statistics, {facts.STATS_FILE})."
   )
 
 
@@ -215,14 +231,14 @@ def open_for_run(config, workdir: str, resuming: bool, allow=()) -> RunData:
   stats, keep = None, False
   if recorded is not None and recorded.get("stats"):
     want = recorded["stats"]["sha256"]
-    stats = run_dir.read_stats(workdir)
+    stats = read_stats(workdir)
     got = stats_digest(stats) if stats is not None else None
     if got == want:
       keep = True
     elif stats is not None and not allowed:
       raise _refusal(
           workdir,
-          f"its statistics {os.path.join(workdir, run_dir.STATS_FILE)} are not the ones it "
+          f"its statistics {os.path.join(workdir, facts.STATS_FILE)} are not the ones it "
           f"started with (SHA-256 {got[:12]}..., recorded {want[:12]}...)",
       )
     elif stats is not None:
@@ -230,7 +246,7 @@ def open_for_run(config, workdir: str, resuming: bool, allow=()) -> RunData:
       logging.warning(
           "%s differs from the statistics the run started with; using it as it is "
           "(--allow_config_change=%s).",
-          run_dir.STATS_FILE,
+          facts.STATS_FILE,
           ALLOW,
       )
     else:  # the file was lost: the data's own statistics, if they are the run's
@@ -238,7 +254,7 @@ def open_for_run(config, workdir: str, resuming: bool, allow=()) -> RunData:
       if stats_digest(stats) != want and not allowed:
         raise _refusal(
             workdir,
-            f"{run_dir.STATS_FILE} is missing and the statistics of the data now differ from "
+            f"{facts.STATS_FILE} is missing and the statistics of the data now differ from "
             f"the ones it started with",
         )
   else:  # a new run, or one started before runs kept a record: as before
@@ -249,13 +265,13 @@ def open_for_run(config, workdir: str, resuming: bool, allow=()) -> RunData:
         workdir,
         ALLOW,
         "; ".join(changes),
-        f"The run keeps its statistics ({run_dir.STATS_FILE}, {stats.num_images} images) from "
+        f"The run keeps its statistics ({facts.STATS_FILE}, {stats.num_images} images) from "
         "when it started."
         if keep
-        else f"Its {run_dir.STATS_FILE} was missing: the statistics are those of the data now.",
+        else f"Its {facts.STATS_FILE} was missing: the statistics are those of the data now.",
     )
   stats_record = {
-      "file": run_dir.STATS_FILE,
+      "file": facts.STATS_FILE,
       "sha256": stats_digest(stats),
       "num_images": int(stats.num_images),
   }

@@ -1,29 +1,6 @@
-"""Every file a run directory holds, named once, and the reading and writing of those that
-are not checkpoints (checkpoint.py writes CHECKPOINT_DIR; reporting.py the metrics).
-
-  config.json           the launch's config (config_checks.record)
-  config_history.jsonl  every launch that created the run or changed its config
-  run.lock              held by the training run writing here: host, pid, start, heartbeat
-                        (run_lock.py; empty once it exits)
-  checkpoints/          Orbax steps of the TrainState (checkpoint.py)
-  checkpoints_unreadable/  steps a resume set aside because they did not verify
-  metrics.jsonl         one JSON object per logged step (reporting.MetricsWriter)
-  tensorboard/          the same scalars as TensorBoard events
-  learning_curve.png    drawn when the run finishes
-  dataset_stats.npz     the training split's statistics: the mean image that input.mean
-                        'dataset' subtracts and the RGB eigen-basis of the PCA lighting
-                        (data_lib.DatasetStats, every field)
-  training_data.json    what identifies the training data (source: originals or which
-                        prepared shards; the dataset's signature and split sizes; the SHA-256
-                        of dataset_stats.npz): a resume on other data is refused (run_data.py)
-  class_names.json      the label names in label order: TFDS ClassLabel names, folder names,
-                        "0".."9" for digits
-  preprocessing.json    the run's InputSpec (input_spec.py) without its mean image, the
-                        dataset's name and the default number of eval views
-  mean_image.npy        only for input.mean == 'run' (a converted net's own mean, e.g.
-                        Caffe's ilsvrc_2012_mean): float32 [256, 256, 3], RGB, 0..255
-  eval_<step>_<crops>crop.json  python -m alexnet_jax.evaluate's results
-  figures/              python -m alexnet_jax.figures' default --out
+"""The reading and writing of a run directory's files that are not checkpoints (checkpoint.py
+writes facts.CHECKPOINT_DIR; reporting.py the metrics). Their names and what each holds:
+facts.py.
 
 A run copied to a machine without the dataset restores, predicts and draws its kernels from
 these. Runs written before the statistics, class names and preprocessing were kept still
@@ -38,52 +15,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
 
 from alexnet_jax import config_schema
+from alexnet_jax.facts import (
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    FILES,
+    MEAN_IMAGE_FILE,
+    MEAN_IMAGE_SHAPE,
+    PREPROCESSING_FILE,
+    STATS_FILE,
+)
+from alexnet_jax.files import write_atomically
 
 if TYPE_CHECKING:
   from alexnet_jax import data as data_lib
-
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "config_history.jsonl"
-LOCK_FILE = "run.lock"
-CHECKPOINT_DIR = "checkpoints"
-UNREADABLE_DIR = "checkpoints_unreadable"
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-CURVE_FILE = "learning_curve.png"
-STATS_FILE = "dataset_stats.npz"
-DATA_FILE = "training_data.json"
-CLASS_NAMES_FILE = "class_names.json"
-PREPROCESSING_FILE = "preprocessing.json"
-MEAN_IMAGE_FILE = "mean_image.npy"
-FIGURES_DIR = "figures"
-# The data layer's image size (data.IMAGE_SIZE): named here without importing TensorFlow, so
-# that the config checks, which run before any library starts, can name the run's files.
-MEAN_IMAGE_SHAPE = (256, 256, 3)
-# What inference needs without the dataset (training writes them; `missing` checks them).
-FILES = (STATS_FILE, CLASS_NAMES_FILE, PREPROCESSING_FILE)
-# Every name a training run writes at the top of its directory.
-TRAINING_NAMES = (
-    CONFIG_FILE,
-    HISTORY_FILE,
-    LOCK_FILE,
-    CHECKPOINT_DIR,
-    METRICS_FILE,
-    TENSORBOARD_DIR,
-    CURVE_FILE,
-    DATA_FILE,
-    *FILES,
-)
-
-
-def eval_results_file(step: int, crops: int) -> str:
-  return f"eval_{step}_{crops}crop.json"
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -98,7 +48,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def write_json(path: str, obj) -> None:
   """`obj` as indented JSON, written atomically."""
-  _write_atomically(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+  write_atomically(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def write(
@@ -117,7 +67,7 @@ def write(
   paths = [os.path.join(workdir, name) for name in FILES]
   if not keep_stats:
     fields = stats_fields(stats)
-    _write_atomically(paths[0], lambda f: np.savez(f, **fields))
+    write_atomically(paths[0], lambda f: np.savez(f, **fields))
   write_class_names(workdir, info.class_names)
   write_preprocessing(workdir, spec.to_json(), info.name, config.eval_crops)
   return paths
@@ -156,23 +106,6 @@ def missing(workdir: str, config=None) -> list[str]:
   if config is not None and config.input.mean != "dataset":
     needed = tuple(name for name in FILES if name != STATS_FILE)
   return [name for name in needed if not os.path.exists(os.path.join(workdir, name))]
-
-
-def read_stats(workdir: str) -> data_lib.DatasetStats | None:
-  path = os.path.join(workdir, STATS_FILE)
-  if not os.path.exists(path):
-    return None
-  with np.load(path, allow_pickle=False) as z:
-    from alexnet_jax import data as data_lib  # TensorFlow: only once stats are read
-
-    return data_lib.DatasetStats(
-        mean_image=z["mean_image"],
-        covariance=z["covariance"],
-        eigval=z["eigval"],
-        eigvec=z["eigvec"],
-        num_images=int(z["num_images"]),
-        bad_files=tuple(str(x) for x in z["bad_files"]),
-    )
 
 
 def read_class_names(workdir: str) -> list[str] | None:
@@ -230,19 +163,8 @@ def read_mean_image(workdir: str) -> np.ndarray:
 
 
 def copy_mean_image(src_workdir: str, dst_workdir: str) -> None:
-  """Atomic (copy, then rename): every process of a run may do it at once."""
-  fd, tmp = tempfile.mkstemp(dir=dst_workdir, suffix=".npy.tmp")
-  os.close(fd)
-  try:
-    shutil.copyfile(os.path.join(src_workdir, MEAN_IMAGE_FILE), tmp)
-    os.replace(tmp, os.path.join(dst_workdir, MEAN_IMAGE_FILE))
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _write_atomically(path: str, write) -> None:
-  from alexnet_jax.data import settings  # TensorFlow: only once a file is written
-
-  settings.write_atomically(path, write)
+  """Atomic (write_atomically): every process of a run may do it at once."""
+  with open(os.path.join(src_workdir, MEAN_IMAGE_FILE), "rb") as src:
+    write_atomically(
+        os.path.join(dst_workdir, MEAN_IMAGE_FILE), lambda f: shutil.copyfileobj(src, f)
+    )

@@ -41,7 +41,7 @@ import time
 
 from absl import logging
 
-from alexnet_jax.run_dir import LOCK_FILE
+from alexnet_jax.facts import LOCK_FILE
 
 HEARTBEAT_SECONDS = 30.0
 STALE_FACTOR = 10  # a remote holder whose heartbeat is older than 10 intervals looks dead

@@ -29,6 +29,7 @@ from absl import logging
 
 import alexnet_jax
 from alexnet_jax import distributed as distributed_lib
+from alexnet_jax import files
 
 ENV_COMPILATION_CACHE = "ALEXNET_JAX_COMPILATION_CACHE"
 COMPILATION_CACHE_SUBDIR = "jax_compilation_cache"
@@ -70,10 +71,7 @@ def setup(distributed=None, *, verbose=False, compilation_cache=None):
 
 def compilation_cache_dir() -> str:
   """Where the cache lives: a subdirectory of the project's cache (ALEXNET_JAX_CACHE)."""
-  # Imported here: alexnet_jax.data loads TensorFlow, which import_tensorflow() must load.
-  from alexnet_jax.data import settings
-
-  return os.path.join(settings.user_cache_dir(), COMPILATION_CACHE_SUBDIR)
+  return os.path.join(files.user_cache_dir(), COMPILATION_CACHE_SUBDIR)
 
 
 def compilation_cache_requested(enabled=None) -> bool:

@@ -24,8 +24,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import config_schema
 from alexnet_jax import model as model_lib
+from alexnet_jax.facts import ConfigError
 
 DATA, TOWER = "data", "tower"
 
@@ -38,13 +38,13 @@ def make_mesh(data: int = -1, tower: int = 1, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if data == -1 and tower == -1:
-    raise config_schema.ConfigError("at most one of mesh.data and mesh.tower can be -1")
+    raise ConfigError("at most one of mesh.data and mesh.tower can be -1")
   if tower == -1:
     tower = n // data if data > 0 and n % data == 0 else 0
   if data == -1:
     data = n // tower if tower > 0 and n % tower == 0 else 0
   if data <= 0 or tower <= 0 or data * tower != n:  # ConfigErrors: one line from a command
-    raise config_schema.ConfigError(
+    raise ConfigError(
         f"mesh data={data} x tower={tower} does not match the {n} device(s) found: "
         f"{devices}. Choose sizes whose product is {n} (e.g. --config.mesh.data=-1 "
         f"--config.mesh.tower=1), or change the device count (on CPU: XLA_FLAGS="
@@ -119,7 +119,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch(mesh: Mesh, batch_size: int, what: str = "batch_size") -> None:
   n = mesh.shape[DATA]
   if batch_size % n:  # a ConfigError: the commands print it as one line
-    raise config_schema.ConfigError(
+    raise ConfigError(
         f"config.{what}={batch_size} is not divisible by the mesh's data axis (size {n}, "
         f"{mesh.devices.size} device(s)); pick a multiple of {n}, or set --config.mesh.data."
     )
@@ -127,7 +127,7 @@ def check_batch(mesh: Mesh, batch_size: int, what: str = "batch_size") -> None:
 
 def check_towers(mesh: Mesh, model: model_lib.AlexNet) -> None:
   if model.num_towers % mesh.shape[TOWER]:
-    raise config_schema.ConfigError(
+    raise ConfigError(
         f"the model has {model.num_towers} tower(s) but the mesh's tower "
         f"axis has size {mesh.shape[TOWER]}; set mesh.tower to 1"
         f"{'' if model.num_towers == 1 else ' or 2'}."

@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import augment, evaluation, sharding, train, train_state
-from alexnet_jax import data as data_lib
+from alexnet_jax import augment, evaluation, facts, sharding, train, train_state
 from alexnet_jax.input_spec import InputSpec
 
 
@@ -42,9 +41,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   mean = 120.0 + 10.0 * jax.random.uniform(jax.random.key(2), (256, 256, 3))
   spec = jax.device_put(synthetic_spec(cfg, mean), sharding.replicated(mesh))
   lighting = jax.device_put(
-      augment.Lighting(
-          jnp.asarray(data_lib.IMAGENET_EIGVAL), jnp.asarray(data_lib.IMAGENET_EIGVEC)
-      ),
+      augment.Lighting(jnp.asarray(facts.IMAGENET_EIGVAL), jnp.asarray(facts.IMAGENET_EIGVEC)),
       sharding.replicated(mesh),
   )
 

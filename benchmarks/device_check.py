@@ -239,12 +239,11 @@ def part_numerics(args: dict) -> dict:
   parameters to .npz files in args['dir'] and returns the losses."""
   from alexnet_jax import runtime
 
-  runtime.setup()  # before TensorFlow loads (through alexnet_jax.data): TF off accelerators
+  runtime.setup()  # before TensorFlow loads: TF off accelerators
   import jax
   import numpy as np
 
-  from alexnet_jax import augment, sharding, train, train_state
-  from alexnet_jax import data as data_lib
+  from alexnet_jax import augment, facts, sharding, train, train_state
   from benchmarks import contenders
 
   cfg, mesh, model = _jax_mesh_and_model(args["batch_size"], args["width"])
@@ -254,8 +253,8 @@ def part_numerics(args: dict) -> dict:
   spec = jax.device_put(contenders.synthetic_spec(cfg, mean), sharding.replicated(mesh))
   lighting = jax.device_put(
       augment.Lighting(
-          jax.numpy.asarray(data_lib.IMAGENET_EIGVAL, jax.numpy.float32),
-          jax.numpy.asarray(data_lib.IMAGENET_EIGVEC, jax.numpy.float32),
+          jax.numpy.asarray(facts.IMAGENET_EIGVAL, jax.numpy.float32),
+          jax.numpy.asarray(facts.IMAGENET_EIGVEC, jax.numpy.float32),
       ),
       sharding.replicated(mesh),
   )

@@ -16,7 +16,7 @@ import skimage.data
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from alexnet_jax import analysis, evaluate, evaluation, run_dir, train
+from alexnet_jax import analysis, evaluate, evaluation, facts, run_data, run_dir, train
 from alexnet_jax import data as data_lib
 from tests import tiny
 
@@ -197,11 +197,11 @@ def test_restore_and_predict_from_a_copied_run_with_the_dataset_renamed_away(
 def test_an_older_run_restores_says_what_is_missing_and_recomputes_it(folder_run, tmp_path, caplog):
   old = tmp_path / "old_run"
   shutil.copytree(folder_run["workdir"], old)
-  for name in run_dir.FILES:
+  for name in facts.FILES:
     os.remove(old / name)
   with caplog.at_level(logging.WARNING):
     run = analysis.load_run(str(old))
-  assert run.missing == run_dir.FILES
+  assert run.missing == facts.FILES
   assert run.class_names == ("0", "1", "2", "3", "4", "5")
   assert any(
       "dataset_stats.npz" in r.getMessage() and "from_dataset=True" in r.getMessage()
@@ -212,7 +212,7 @@ def test_an_older_run_restores_says_what_is_missing_and_recomputes_it(folder_run
   run = analysis.load_run(str(old), from_dataset=True)
   assert run.missing == () and run_dir.missing(str(old)) == []
   assert run.class_names == CLASSES
-  want = run_dir.read_stats(folder_run["workdir"])
+  want = run_data.read_stats(folder_run["workdir"])
   np.testing.assert_array_equal(run.stats.mean_image, want.mean_image)
 
 

@@ -211,13 +211,6 @@ def test_files_csv_markdown_and_the_curves(runs, tmp_path):
     assert png.format == "PNG" and png.size == (1200, 450)
 
 
-def test_file_names_are_those_the_run_writes():
-  from alexnet_jax import config_checks, reporting
-
-  assert compare.METRICS_FILE == reporting.METRICS_FILE
-  assert compare.CONFIG_FILE == config_checks.CONFIG_FILE
-
-
 def test_an_unreadable_config_is_named(tmp_path):
   (tmp_path / "config.json").write_text('{"seed": ')
   with pytest.raises(compare.NotARunError, match=r"config.json cannot be read \(Expecting value"):

@@ -403,12 +403,6 @@ def test_keys_with_refuses_an_unknown_rule_or_role():
     config_schema.keys_with(role="arch")
 
 
-def test_the_old_model_switches_are_the_models_own_list():
-  from alexnet_jax import model as model_lib
-
-  assert config_schema._VARIANT_SWITCHES == model_lib.SWITCH_KEYS
-
-
 def test_a_config_json_from_before_optimizer_name_trained_with_sgd():
   old = json.loads(json.dumps(OLD_DEFAULT))
   assert "name" not in old["optimizer"]

@@ -10,6 +10,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from alexnet_jax import data as data_lib
+from alexnet_jax import facts
 from tests.data_helpers import (
     dataset_config,
     encode,
@@ -67,10 +68,10 @@ def test_decode_modes_become_rgb():
 
 
 def test_imagenet_constants():
-  np.testing.assert_allclose(data_lib.IMAGENET_EIGVEC[:, 0], [-0.5675, -0.5808, -0.5836])
-  np.testing.assert_allclose(data_lib.IMAGENET_EIGVEC[:, 1], [0.7192, -0.0045, -0.6948])
-  np.testing.assert_allclose(data_lib.IMAGENET_EIGVEC[:, 2], [0.4009, -0.8140, 0.4203])
-  np.testing.assert_allclose(data_lib.IMAGENET_EIGVAL, [0.2175, 0.0188, 0.0045])
+  np.testing.assert_allclose(facts.IMAGENET_EIGVEC[:, 0], [-0.5675, -0.5808, -0.5836])
+  np.testing.assert_allclose(facts.IMAGENET_EIGVEC[:, 1], [0.7192, -0.0045, -0.6948])
+  np.testing.assert_allclose(facts.IMAGENET_EIGVEC[:, 2], [0.4009, -0.8140, 0.4203])
+  np.testing.assert_allclose(facts.IMAGENET_EIGVAL, [0.2175, 0.0188, 0.0045])
 
 
 def test_pil_fallback_never_opens_eps(tmp_path, monkeypatch):

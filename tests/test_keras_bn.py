@@ -17,9 +17,9 @@ from alexnet_jax import (
     augment,
     checkpoint,
     config_schema,
+    facts,
     fine_tune,
     optim,
-    run_dir,
     sharding,
     train_state,
 )
@@ -388,7 +388,7 @@ def test_keras_preset_trains_updates_batch_stats_and_resumes_exactly(monkeypatch
   train.train_and_evaluate(config, str(tmp_path))  # saves steps 1 and 2
   step1, straight = _saved_state(tmp_path, config, 1), _saved_state(tmp_path, config, 2)
   # Killed after saving step 1: the rerun restores it and takes step 2 again.
-  shutil.rmtree(tmp_path / run_dir.CHECKPOINT_DIR / "2")
+  shutil.rmtree(tmp_path / facts.CHECKPOINT_DIR / "2")
   train.train_and_evaluate(config, str(tmp_path))
   resumed = _saved_state(tmp_path, config, 2)
   assert int(resumed.step) == int(straight.step) == 2

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax import analysis, run_data, run_dir
+from alexnet_jax import analysis, facts, run_data, run_dir
 from alexnet_jax import data as data_lib
 from alexnet_jax.data import shard_writer
 from alexnet_jax.data import shards as shards_lib
@@ -41,7 +41,7 @@ def _run(module, *args):
 
 
 def _losses(workdir):
-  rows = [json.loads(line) for line in open(os.path.join(workdir, run_dir.METRICS_FILE))]
+  rows = [json.loads(line) for line in open(os.path.join(workdir, facts.METRICS_FILE))]
   return {(r["step"], r["split"]): r["loss"] for r in rows}
 
 
@@ -52,7 +52,7 @@ def _files(workdir):
     for name in files + [x for x in dirs if os.path.islink(os.path.join(d, x))]:
       path = os.path.join(d, name)
       rel = os.path.relpath(path, workdir)
-      if rel != run_dir.LOCK_FILE:
+      if rel != facts.LOCK_FILE:
         out[rel] = os.readlink(path) if os.path.islink(path) else open(path, "rb").read()
   return out
 
@@ -110,7 +110,7 @@ def test_prepare_then_rerun_keeps_the_originals_and_skips_a_looped_and_a_forged_
   assert f"reading image files under {root}" in log and "reading prepared shards" not in log
   assert str(forged) not in log + r.stdout and "0.19" not in r.stdout
   # Both set aside as they were; both steps saved again.
-  aside = work / run_dir.UNREADABLE_DIR
+  aside = work / facts.UNREADABLE_DIR
   assert os.readlink(aside / "6") == "6"
   assert json.loads((aside / "8" / "meta" / "metadata").read_text())["eval"]["top1_error"] == forged
   assert sorted(os.listdir(ckpts)) == ["4", "6", "8"]
@@ -120,7 +120,7 @@ def test_prepare_then_rerun_keeps_the_originals_and_skips_a_looped_and_a_forged_
   assert sorted(got) == sorted(want)
   for key in want:
     assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), key
-  record = json.load(open(work / run_dir.DATA_FILE))
+  record = json.load(open(work / facts.DATA_FILE))
   assert record["source"] == "originals" and record["num_train"] == 12
 
 
@@ -157,12 +157,12 @@ def test_a_removed_training_image_refuses_the_resume_unless_allowed(trained, tmp
     said = re.search(r"resuming .* on other training data .*", r.stderr)
     assert said and "now 11 in 3" in said[0] and "keeps its statistics" in said[0], r.stderr
     after = _files(work)
-    assert after[run_dir.STATS_FILE] == before[run_dir.STATS_FILE]
+    assert after[facts.STATS_FILE] == before[facts.STATS_FILE]
     assert {s for s, split in _losses(work) if split == "train"} == set(range(1, 11))
-    record = json.loads(after[run_dir.DATA_FILE])
+    record = json.loads(after[facts.DATA_FILE])
     assert record["num_train"] == 11
-    assert record["stats"] == json.loads(before[run_dir.DATA_FILE])["stats"]
-    history = [json.loads(line) for line in open(work / run_dir.HISTORY_FILE)]
+    assert record["stats"] == json.loads(before[facts.DATA_FILE])["stats"]
+    history = [json.loads(line) for line in open(work / facts.HISTORY_FILE)]
     data_change = [f"folder:{root} had 12 training images in 3 classes, now 11 in 3"]
     assert [h["changes"] for h in history if isinstance(h.get("changes"), list)] == [data_change]
   finally:
@@ -172,7 +172,7 @@ def test_a_removed_training_image_refuses_the_resume_unless_allowed(trained, tmp
 # ---- in process: the source a resume reads ----------------------------------------------------
 def _resumable(workdir):
   """A workdir that counts as a run to resume (a step directory)."""
-  os.makedirs(os.path.join(workdir, run_dir.CHECKPOINT_DIR, "2"))
+  os.makedirs(os.path.join(workdir, facts.CHECKPOINT_DIR, "2"))
 
 
 def test_a_run_started_on_prepared_rows_keeps_them_and_refuses_when_they_are_gone(
@@ -207,7 +207,7 @@ def test_a_run_started_on_prepared_rows_keeps_them_and_refuses_when_they_are_gon
   assert again.dataset.train.prepared and again.keep_stats and not again.changes
   np.testing.assert_array_equal(again.stats.mean_image, start.stats.mean_image)
   # The run's statistics replaced in the middle of the run (one mean value off by 1): refused.
-  stats_path = os.path.join(work, run_dir.STATS_FILE)
+  stats_path = os.path.join(work, facts.STATS_FILE)
   saved = open(stats_path, "rb").read()
   with np.load(stats_path) as z:
     fields = {k: z[k] for k in z.files}
@@ -238,7 +238,7 @@ def test_a_run_started_on_prepared_rows_keeps_them_and_refuses_when_they_are_gon
       and not getattr(allowed.dataset.train, "prepared", False)
   )
 
-  os.remove(os.path.join(work, run_dir.DATA_FILE))  # a run from before the record
+  os.remove(os.path.join(work, facts.DATA_FILE))  # a run from before the record
   old = run_data.open_for_run(config, work, resuming=True)
   assert old.record["source"] == "originals" and not old.keep_stats
   np.testing.assert_array_equal(old.stats.mean_image, start.stats.mean_image)  # raw = pixels

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import data as data_lib
-from alexnet_jax import run_dir
+from alexnet_jax import facts, run_data, run_dir
 from alexnet_jax.input_spec import InputSpec
 from tests import tiny
 
@@ -31,23 +31,15 @@ def _info(names):
   )
 
 
-def test_every_name_is_distinct_and_plain():
-  names = [v for k, v in vars(run_dir).items() if k.isupper() and k.endswith(("_FILE", "_DIR"))]
-  assert len(names) == len(set(names)) >= 12
-  assert all(os.sep not in n and n == n.strip() for n in names)
-  assert set(run_dir.FILES) <= set(run_dir.TRAINING_NAMES)
-  assert run_dir.eval_results_file(125, 10) == "eval_125_10crop.json"
-
-
 def test_write_then_read_what_inference_needs(tmp_path):
   workdir, stats = str(tmp_path / "run"), _stats()
   config = tiny.config(eval_crops=10)
   info = _info(["zero", "one"])
   spec = InputSpec.from_config(config, stats)
   paths = run_dir.write(workdir, config, info, stats, spec)
-  assert sorted(os.path.basename(p) for p in paths) == sorted(run_dir.FILES)
+  assert sorted(os.path.basename(p) for p in paths) == sorted(facts.FILES)
   assert run_dir.missing(workdir) == []
-  back = run_dir.read_stats(workdir)
+  back = run_data.read_stats(workdir)
   for field in ("mean_image", "covariance", "eigval", "eigvec"):
     np.testing.assert_array_equal(getattr(back, field), getattr(stats, field))
   assert back.num_images == 24 and back.bad_files == ("a/broken.jpg",)
@@ -58,12 +50,12 @@ def test_write_then_read_what_inference_needs(tmp_path):
 
 def test_missing_names_what_an_older_run_lacks(tmp_path):
   workdir = str(tmp_path)
-  assert run_dir.missing(workdir) == list(run_dir.FILES)
+  assert run_dir.missing(workdir) == list(facts.FILES)
   run_dir.write_class_names(workdir, ["a"])
   pixel = tiny.config(**{"input.mean": "pixel"})
   # A mean pixel needs no statistics: only preprocessing.json is missing.
-  assert run_dir.missing(workdir, pixel) == [run_dir.PREPROCESSING_FILE]
-  assert run_dir.read_stats(workdir) is None and run_dir.read_preprocessing(workdir) is None
+  assert run_dir.missing(workdir, pixel) == [facts.PREPROCESSING_FILE]
+  assert run_data.read_stats(workdir) is None and run_dir.read_preprocessing(workdir) is None
 
 
 def test_mean_image_checked_copied_atomically(tmp_path):
@@ -77,11 +69,11 @@ def test_mean_image_checked_copied_atomically(tmp_path):
   assert run_dir.has_mean_image(str(src)) and not run_dir.has_mean_image(str(dst))
   run_dir.copy_mean_image(str(src), str(dst))
   np.testing.assert_array_equal(run_dir.read_mean_image(str(dst)), mean)
-  assert sorted(os.listdir(dst)) == [run_dir.MEAN_IMAGE_FILE]  # no temporary file left
+  assert sorted(os.listdir(dst)) == [facts.MEAN_IMAGE_FILE]  # no temporary file left
 
 
 def test_class_names_and_names_files(tmp_path):
-  (tmp_path / run_dir.CLASS_NAMES_FILE).write_text(json.dumps({"not": "a list"}))
+  (tmp_path / facts.CLASS_NAMES_FILE).write_text(json.dumps({"not": "a list"}))
   with pytest.raises(ValueError, match="JSON list of class names"):
     run_dir.read_class_names(str(tmp_path))
   (tmp_path / "names.txt").write_text("tench\ngoldfish\n\n")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from alexnet_jax import run_dir, run_lock
+from alexnet_jax import facts, run_lock
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ def test_acquire_refuses_a_second_process_naming_the_holder_then_releases(tmp_pa
   assert f"process {os.getpid()} on host {socket.gethostname()} since " in r.stdout
   assert f"`kill {os.getpid()}` on {socket.gethostname()}" in r.stdout
   lock.release()
-  assert (tmp_path / run_dir.LOCK_FILE).read_text() == ""  # a clean exit names no holder
+  assert (tmp_path / facts.LOCK_FILE).read_text() == ""  # a clean exit names no holder
   r = _try_from_another_process(tmp_path)
   assert (r.returncode, r.stdout.strip()) == (0, "acquired"), r.stderr
 
@@ -84,7 +84,7 @@ def _remote(tmp_path, heartbeat_age):
       "since": now - 3600,
       "heartbeat": now - heartbeat_age,
   }
-  (tmp_path / run_dir.LOCK_FILE).write_text(json.dumps(record))
+  (tmp_path / facts.LOCK_FILE).write_text(json.dumps(record))
 
 
 def test_a_remote_holder_is_judged_by_its_heartbeat(tmp_path):
@@ -133,7 +133,7 @@ def test_a_second_trainer_stops_at_once_naming_the_holder_and_writes_nothing(tmp
   assert f"{os.getpid()} on host {socket.gethostname()}" in fatal[0]
   assert "Traceback" not in r.stderr
   # Nothing written: no config.json, metrics or checkpoints; the lock file as it was.
-  assert after == before and set(after) == {run_dir.LOCK_FILE}
+  assert after == before and set(after) == {facts.LOCK_FILE}
   assert took < 60, took  # no dataset, model or compilation first
 
 

@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import augment, checkpoint, evaluation, run_dir, sharding, train, train_state
+from alexnet_jax import (
+    augment,
+    checkpoint,
+    evaluation,
+    facts,
+    sharding,
+    train,
+    train_state,
+)
 from alexnet_jax.input_spec import InputSpec
 from tests import tiny
 
@@ -81,7 +89,7 @@ def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
 
 def _save_run(workdir, config, state, step, num_classes=10):
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, run_dir.CONFIG_FILE), "w") as f:
+  with open(os.path.join(workdir, facts.CONFIG_FILE), "w") as f:
     f.write(config.to_json_best_effort())
   manager = checkpoint.CheckpointManager(workdir, config)
   manager.save(
@@ -190,7 +198,7 @@ def test_rerunning_a_finished_run_appends_nothing(tmp_path):
   assert again == first
   # run_dir names everything the run wrote (config.json: main.py writes it).
   wrote = set(os.listdir(tmp_path))
-  assert set(run_dir.FILES) <= wrote <= set(run_dir.TRAINING_NAMES) - {run_dir.CONFIG_FILE}
+  assert set(facts.FILES) <= wrote <= set(facts.TRAINING_NAMES) - {facts.CONFIG_FILE}
 
 
 @pytest.mark.slow
@@ -201,7 +209,7 @@ def test_resume_drops_the_rows_logged_past_the_restored_step(tmp_path):
   config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
   train.train_and_evaluate(config, str(tmp_path))
   full = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  shutil.rmtree(tmp_path / run_dir.CHECKPOINT_DIR / "4")
+  shutil.rmtree(tmp_path / facts.CHECKPOINT_DIR / "4")
   with open(tmp_path / "metrics.jsonl", "a") as f:
     f.write('{"step": 4, "split": "tra')  # cut mid-write
   train.train_and_evaluate(config, str(tmp_path))
@@ -213,7 +221,7 @@ def test_resume_drops_the_rows_logged_past_the_restored_step(tmp_path):
       (r["step"], r["split"]): r["loss"] for r in full
   }
   seen = []
-  for path in (tmp_path / run_dir.TENSORBOARD_DIR).iterdir():
+  for path in (tmp_path / facts.TENSORBOARD_DIR).iterdir():
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       seen += [(v.tag, event.step) for v in event.summary.value]
   assert sorted(seen) == sorted(set(seen))  # each scalar once per step
@@ -304,7 +312,7 @@ def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
   killed_at = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
   assert killed_at and killed_at[-1] < 6, killed_at
   # The killed run's lock file still names it; the OS dropped its flock, so the rerun goes on.
-  assert json.loads((tmp_path / "cut" / run_dir.LOCK_FILE).read_text())["pid"] == proc.pid
+  assert json.loads((tmp_path / "cut" / facts.LOCK_FILE).read_text())["pid"] == proc.pid
   resumed = _main(tmp_path / "cut", *TINY)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from" in resumed.stderr
@@ -320,7 +328,7 @@ def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
   assert any("top1_error" in r and "top5_error" in r for r in rows if r["split"] == "eval")
   assert (tmp_path / "full" / "learning_curve.png").stat().st_size > 10_000
   assert json.load(open(tmp_path / "full" / "config.json"))["batch_size"] == 8
-  assert (tmp_path / "full" / run_dir.LOCK_FILE).read_text() == ""  # a clean exit clears it
+  assert (tmp_path / "full" / facts.LOCK_FILE).read_text() == ""  # a clean exit clears it
 
 
 def test_checkpoints_keep_the_latest_k_and_the_best(tmp_path):

@@ -17,9 +17,6 @@ below; each also accepts config.dataset itself and then opens it.
 from alexnet_jax.data.dataset import dataset_info, open_dataset
 from alexnet_jax.data.preprocess import (
     IMAGE_EXTENSIONS,
-    IMAGE_SIZE,
-    IMAGENET_EIGVAL,
-    IMAGENET_EIGVEC,
     PIL_FORMATS,
     RESIZE_RULES,
     apply_orientation,
@@ -37,9 +34,6 @@ from alexnet_jax.data.streams import eval_iterator, split_iterator, split_size, 
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "IMAGE_SIZE",
-    "IMAGENET_EIGVAL",
-    "IMAGENET_EIGVEC",
     "PIL_FORMATS",
     "RESIZE_RULES",
     "DatasetError",

@@ -35,9 +35,9 @@ from alexnet_jax.data.settings import (
     DatasetError,
     Settings,
     sanitise,
-    user_cache_dir,
     writable_dir,
 )
+from alexnet_jax.files import user_cache_dir
 
 PREFIX = "oxford17:"
 ARCHIVE = "17flowers.tgz"

@@ -14,14 +14,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-IMAGE_SIZE = 256
-
-# PCA of ImageNet RGB pixels scaled to [0, 1] (docs/paper.md#pca-lighting). Columns of IMAGENET_EIGVEC are the
-# eigenvectors, in the order of IMAGENET_EIGVAL (descending).
-IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
-IMAGENET_EIGVEC = np.array(
-    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], np.float32
-)
+from alexnet_jax.facts import IMAGE_SIZE
 
 # What the folder source reads (lower-case extensions); anything else is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")

@@ -48,10 +48,6 @@ class Settings:
     return cls(**{k: dataset_config[k] for k in keys})
 
 
-def user_cache_dir() -> str:
-  return os.path.expanduser(os.environ.get("ALEXNET_JAX_CACHE", "~/.cache/alexnet_jax"))
-
-
 def default_tfds_dir() -> str:
   return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
@@ -68,19 +64,3 @@ def writable_dir(path: str) -> bool:
     return True
   except OSError:
     return False
-
-
-def write_atomically(path: str, write) -> None:
-  """write(file) into a temporary file beside `path`, then rename: a reader (or a copy of
-  the directory) never sees half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

@@ -30,8 +30,10 @@ from alexnet_jax import disk_space, reporting
 from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import sources
 from alexnet_jax.data import stats as stats_lib
-from alexnet_jax.data.preprocess import IMAGE_SIZE, resize_and_center_crop
-from alexnet_jax.data.settings import DatasetError, Settings, write_atomically
+from alexnet_jax.data.preprocess import resize_and_center_crop
+from alexnet_jax.data.settings import DatasetError, Settings
+from alexnet_jax.facts import IMAGE_SIZE
+from alexnet_jax.files import write_atomically
 
 
 @dataclasses.dataclass

@@ -25,13 +25,11 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax.data import oxford17, sources
-from alexnet_jax.data.preprocess import IMAGE_SIZE
 from alexnet_jax.data.settings import (
     DatasetError,
     Settings,
     default_tfds_dir,
     sanitise,
-    user_cache_dir,
 )
 from alexnet_jax.data.sources import (
     Source,
@@ -39,6 +37,8 @@ from alexnet_jax.data.sources import (
     instructions_from_lengths,
     record_keys,
 )
+from alexnet_jax.facts import IMAGE_SIZE
+from alexnet_jax.files import user_cache_dir
 
 PLAN_FILE = "prepared.json"
 STATS_FILE = "train_stats.npz"

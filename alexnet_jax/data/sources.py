@@ -53,9 +53,9 @@ from alexnet_jax.data.settings import (
     Settings,
     default_tfds_dir,
     sanitise,
-    user_cache_dir,
     writable_dir,
 )
+from alexnet_jax.files import user_cache_dir
 
 KEY_SHIFT = 32  # TFDS record key = file_index << 32 | record offset in that file.
 NO_KEYS = np.zeros([0], np.int64)

@@ -18,15 +18,15 @@ import tensorflow as tf
 from absl import logging
 
 from alexnet_jax.data.dataset import open_dataset
-from alexnet_jax.data.preprocess import IMAGE_SIZE, resize_and_center_crop
+from alexnet_jax.data.preprocess import resize_and_center_crop
 from alexnet_jax.data.settings import (
     DatasetError,
     Settings,
-    user_cache_dir,
     writable_dir,
-    write_atomically,
 )
 from alexnet_jax.data.sources import Source
+from alexnet_jax.facts import IMAGE_SIZE
+from alexnet_jax.files import user_cache_dir, write_atomically
 
 # Cache version 3: exact integer sums and an HMAC of the content. A cache of another version is
 # recomputed.

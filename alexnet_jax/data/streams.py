@@ -33,10 +33,10 @@ from absl import logging
 
 from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.data.dataset import open_dataset
-from alexnet_jax.data.preprocess import IMAGE_SIZE
 from alexnet_jax.data.settings import DatasetError
 from alexnet_jax.data.shards import PreparedDataError
 from alexnet_jax.data.sources import instruction_keys
+from alexnet_jax.facts import IMAGE_SIZE
 
 AUTOTUNE = tf.data.AUTOTUNE
 

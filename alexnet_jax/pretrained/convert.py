@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from alexnet_jax import checkpoint as ckpt_lib
-from alexnet_jax import fine_tune, input_spec, run_dir, sharding, train_state
+from alexnet_jax import facts, fine_tune, input_spec, run_dir, sharding, train_state
 from alexnet_jax.data import oxford17
 from alexnet_jax.pretrained import formats, keras_h5
 from alexnet_jax.pretrained.formats import FORMATS, PRESETS, PYTORCH_FORMATS, ConversionError
@@ -66,7 +66,7 @@ def write_run(
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.converting-", dir=parent)
   try:
-    with open(os.path.join(tmp, run_dir.CONFIG_FILE), "w") as f:
+    with open(os.path.join(tmp, facts.CONFIG_FILE), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     model = model_for(config, num_classes)
     mesh = sharding.make_mesh(1, 1, devices=jax.local_devices()[:1])
