@@ -22,7 +22,8 @@ import tempfile
 
 from alexnet_jax import config_schema
 from alexnet_jax.config_schema import ConfigError, problems, validate  # noqa: F401 (the API)
-from alexnet_jax.run_dir import CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE
+from alexnet_jax.facts import CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE
+from alexnet_jax.files import write_atomically
 
 SAFE_ON_RESUME = config_schema.keys_with(resume=config_schema.SAFE)
 NEVER_ON_RESUME = config_schema.keys_with(resume=config_schema.NEVER)
@@ -133,20 +134,14 @@ def resume_changes(config, workdir: str, allow=()) -> dict:
   return changed
 
 
-def _write_atomic(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)  # a reader never sees half a config
-
-
 def record(config, workdir: str, changes: dict) -> None:
   """Write config.json (this launch's config) and append to config_history.jsonl: the first
   launch, and every launch that changed a key, with the old and new values."""
   first = not os.path.exists(os.path.join(workdir, CONFIG_FILE))
   if not first and not changes:
     return
-  _write_atomic(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
+  text = config.to_json_best_effort(indent=2)
+  write_atomically(os.path.join(workdir, CONFIG_FILE), lambda f: f.write(text.encode()))
   entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   if first:
     entry["event"] = "created"
