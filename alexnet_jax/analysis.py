@@ -40,7 +40,6 @@ from alexnet_jax import (
     checkpoint,
     evaluation,
     facts,
-    input_spec,
     reporting,
     run_data,
     run_dir,
@@ -220,8 +219,8 @@ class TrainedRun:
     return self._compiled["mesh"]
 
   def input_spec(self) -> InputSpec:
-    """How training normalised its inputs (the run's preprocessing.json; input_spec.load),
-    with its arrays on the device."""
+    """How training normalised its inputs (the run's preprocessing.json:
+    run_dir.read_input_spec), with its arrays on the device."""
     if "spec" not in self._compiled:
       if self.stats is None and self.config.input.mean == "dataset":
         raise RunError(
@@ -231,7 +230,7 @@ class TrainedRun:
             f"dataset and writes it into the run."
         )
       self._compiled["spec"] = jax.device_put(
-          input_spec.load(self.workdir, self.config, self.stats)
+          run_dir.read_input_spec(self.workdir, self.config, self.stats)
       )
     return self._compiled["spec"]
 
@@ -385,7 +384,7 @@ def _from_dataset(workdir: str, config, num_classes: int):
         f"{config.dataset.name!r} now has {info.num_classes}"
     )
   try:
-    spec = input_spec.InputSpec.from_config(config, stats, workdir)
+    spec = run_dir.input_spec_from_config(workdir, config, stats)
     run_dir.write(workdir, config, info, stats, spec)
     logging.info("recomputed %s from %s and wrote them into %s", facts.FILES, info.name, workdir)
   except OSError as e:

@@ -45,7 +45,7 @@ def evaluate_checkpoint(
   """{'step', 'crops', 'split', 'top1_error', 'top5_error', 'loss', 'num_images'} of a
   checkpoint on the validation split, or the dataset's test split (split='test')."""
   # After runtime.setup() in main(): importing JAX and TF here keeps them off accelerators.
-  from alexnet_jax import analysis, evaluation
+  from alexnet_jax import analysis, evaluation, train
 
   if crops not in facts.VIEW_COUNTS:
     raise ValueError(f"--crops must be one of {facts.VIEW_COUNTS}, got {crops}")
@@ -53,7 +53,7 @@ def evaluate_checkpoint(
     raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
   run = analysis.load_run(workdir, step, from_dataset=True)
   eval_step = evaluation.make_eval_step(run.config, run.model, run.mesh, crops=crops)
-  metrics = evaluation.evaluate(
+  metrics = train.evaluate(
       run.config,
       eval_step,
       run.variables,

@@ -1,5 +1,5 @@
 """The paper's test: softmax averaged over 1 or 10 views of each image (§4.1), as jitted steps
-on the mesh, over a whole validation split, and its metrics.
+on the mesh, and its metrics (train.evaluate runs them over a whole validation split).
 
 Evaluation, prediction (analysis.py) and ensembles all go through `view_probs`; the train
 step shares `errors` and `compiler_options`.
@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import augment, reporting, sharding
-from alexnet_jax import data as data_lib
+from alexnet_jax import augment, sharding
 from alexnet_jax.input_spec import InputSpec
 
 # XLA:CPU hands convolutions to YNNPACK fusions by default, and their weight-gradient
@@ -125,43 +124,3 @@ def make_predict_step(config, model, mesh, *, crops: int):
   return jax.jit(
       predict_step, out_shardings=sharding.replicated(mesh), compiler_options=compiler_options()
   )
-
-
-# ---- a whole split ----------------------------------------------------------------------
-def evaluate(
-    config,
-    eval_step,
-    variables,
-    spec: InputSpec,
-    mesh,
-    *,
-    max_batches: int = -1,
-    progress: bool = False,
-    dataset=None,
-    split: str = "eval",
-) -> dict:
-  """Top-1/top-5 error over the whole validation split (every image once: the last batch is
-  padded, and padding counts nowhere); progress: a progress bar with an ETA on stderr;
-  dataset: the Source data_lib.open_dataset made of config.dataset (opened here when None);
-  variables: the model's {"params", "batch_stats"} (or bare parameters).
-  split: 'eval', or 'test' for a dataset with a held-out test split (oxford17)."""
-  sums = None
-  shard_index, num_shards = sharding.process_data_shard(mesh)
-  dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
-  it = data_lib.split_iterator(
-      dataset,
-      split,
-      global_batch_size=config.eval_batch_size,
-      shard_index=shard_index,
-      num_shards=num_shards,
-  )
-  if progress:
-    total = -(-data_lib.split_size(dataset, split) // config.eval_batch_size)
-    total = min(total, max_batches) if max_batches > 0 else total
-    it = reporting.progress(it, total=total, desc="evaluating")
-  for i, batch in enumerate(it):
-    if 0 < max_batches <= i:
-      break
-    out = eval_step(variables, global_batch(mesh, batch), spec)
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  return metrics_from_sums(sums)

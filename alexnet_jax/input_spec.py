@@ -17,7 +17,6 @@ dataset_stats.npz or mean_image.npy).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.struct
@@ -25,8 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import facts, run_dir
-from alexnet_jax.facts import IMAGE_SIZE
+from alexnet_jax.facts import IMAGE_SIZE, PREPROCESSING_FILE
 
 MEAN_KINDS = ("dataset", "pixel", "run")
 
@@ -107,9 +105,10 @@ class InputSpec:
 
   # ---- building it --------------------------------------------------------------------
   @classmethod
-  def from_config(cls, config, stats=None, workdir: str | None = None) -> InputSpec:
+  def from_config(cls, config, stats=None, mean_image=None) -> InputSpec:
     """From config.input and config.dataset.resize; `stats` (data_lib.DatasetStats) gives
-    the mean image for input.mean='dataset', `workdir` its mean_image.npy for 'run'."""
+    the mean image for input.mean='dataset', `mean_image` (the run's own, mean_image.npy:
+    run_dir.input_spec_from_config reads it) for 'run'."""
     inp = config.input
     kind = inp.mean
     if kind == "dataset":
@@ -122,9 +121,9 @@ class InputSpec:
     elif kind == "pixel":
       mean = inp.mean_rgb
     elif kind == "run":
-      if workdir is None:
-        raise ValueError("input.mean='run' needs the run directory that holds the mean image")
-      mean = run_dir.read_mean_image(workdir)
+      if mean_image is None:
+        raise ValueError("input.mean='run' needs the run's mean image (its mean_image.npy)")
+      mean = mean_image
     else:
       raise ValueError(f"input.mean must be one of {MEAN_KINDS}, got {kind!r}")
     return cls.create(
@@ -175,7 +174,7 @@ class InputSpec:
     }
 
   @classmethod
-  def from_json(cls, d: dict, mean_image=None, source: str = "preprocessing.json") -> InputSpec:
+  def from_json(cls, d: dict, mean_image=None, source: str = PREPROCESSING_FILE) -> InputSpec:
     """The spec `to_json` wrote; `mean_image` [256, 256, 3] for the 'dataset' and 'run'
     kinds (their mean is kept beside the file, not in it)."""
     if d.get("image_size", IMAGE_SIZE) != IMAGE_SIZE:
@@ -220,17 +219,3 @@ def is_complete(saved: dict | None) -> bool:
   """Whether a preprocessing.json holds a whole spec (runs from before InputSpec hold only
   image_size, crop_size, scale and eval_crops: their spec comes from config.json)."""
   return saved is not None and all(k in saved for k in JSON_KEYS if k not in _LATER_JSON_KEYS)
-
-
-def load(workdir: str, config, stats=None) -> InputSpec:
-  """A run's spec: its preprocessing.json when complete, else its (upgraded) config.json;
-  the mean image from `stats` ('dataset') or the run's mean_image.npy ('run')."""
-  saved = run_dir.read_preprocessing(workdir)
-  if not is_complete(saved):
-    return InputSpec.from_config(config, stats, workdir)
-  kind, mean = saved["mean"], None
-  if kind == "dataset" and stats is not None:
-    mean = stats.mean_image
-  elif kind == "run":
-    mean = run_dir.read_mean_image(workdir)
-  return InputSpec.from_json(saved, mean, os.path.join(workdir, facts.PREPROCESSING_FILE))

@@ -36,7 +36,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   runtime.setup()
   # After runtime.setup(): TensorFlow reads its log level when first imported.
-  from alexnet_jax.data import DatasetError, shard_writer  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import reporting
+  from alexnet_jax.data import DatasetError, shard_writer
 
   config = FLAGS.config
   problems = config_checks.problems(config)
@@ -51,6 +52,7 @@ def main(argv):
         images_per_shard=config.prepare.images_per_shard,
         process_index=FLAGS.process_index,
         process_count=FLAGS.process_count,
+        progress=reporting.progress,
     )
   except (DatasetError, FileNotFoundError) as e:
     sys.exit(f"FATAL: {e}")

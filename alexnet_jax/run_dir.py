@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import ml_collections
 import numpy as np
 
-from alexnet_jax import config_schema
+from alexnet_jax import config_schema, input_spec
 from alexnet_jax.facts import (
     CLASS_NAMES_FILE,
     CONFIG_FILE,
@@ -31,6 +31,7 @@ from alexnet_jax.facts import (
     STATS_FILE,
 )
 from alexnet_jax.files import write_atomically
+from alexnet_jax.input_spec import InputSpec
 
 if TYPE_CHECKING:
   from alexnet_jax import data as data_lib
@@ -120,7 +121,7 @@ def read_class_names(workdir: str) -> list[str] | None:
 
 
 def read_preprocessing(workdir: str) -> dict | None:
-  """preprocessing.json as written (input_spec.load turns it into the InputSpec)."""
+  """preprocessing.json as written (read_input_spec turns it into the InputSpec)."""
   path = os.path.join(workdir, PREPROCESSING_FILE)
   if not os.path.exists(path):
     return None
@@ -129,6 +130,27 @@ def read_preprocessing(workdir: str) -> dict | None:
   if not isinstance(d, dict):
     raise ValueError(f"{path} must hold a JSON object")
   return d
+
+
+def input_spec_from_config(workdir: str, config, stats=None) -> InputSpec:
+  """The InputSpec `config` describes (InputSpec.from_config), with the run's own mean image
+  (MEAN_IMAGE_FILE) for input.mean='run'."""
+  mean = read_mean_image(workdir) if config.input.mean == "run" else None
+  return InputSpec.from_config(config, stats, mean)
+
+
+def read_input_spec(workdir: str, config, stats=None) -> InputSpec:
+  """A run's spec: its preprocessing.json when complete, else its (upgraded) config.json;
+  the mean image from `stats` ('dataset') or the run's mean_image.npy ('run')."""
+  saved = read_preprocessing(workdir)
+  if not input_spec.is_complete(saved):
+    return input_spec_from_config(workdir, config, stats)
+  kind, mean = saved["mean"], None
+  if kind == "dataset" and stats is not None:
+    mean = stats.mean_image
+  elif kind == "run":
+    mean = read_mean_image(workdir)
+  return InputSpec.from_json(saved, mean, os.path.join(workdir, PREPROCESSING_FILE))
 
 
 def read_names_file(path: str) -> list[str]:

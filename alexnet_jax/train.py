@@ -1,8 +1,10 @@
-"""Training: the update step and the loop of `train_and_evaluate`, read top to bottom:
-Mesh, Input, Model & optimizer (the update step), Setup, Load checkpoint, Evals, Train loop.
+"""Training: the loop of `train_and_evaluate`, where the paper's core (the update step,
+evaluation), the data and the run directory meet, read top to bottom: Mesh, Input, Model &
+optimizer, Setup, Load checkpoint, Evals, Train loop.
 
-Evaluation (the paper's test views, §4.1) is evaluation.py; the input convention
-input_spec.py; the augmentation augment.py; the state and its sharding train_state.py.
+The update step is train_step.py; the evaluation steps (the paper's test views, §4.1)
+evaluation.py; the input convention input_spec.py; the augmentation augment.py; the state and
+its sharding train_state.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
 from alexnet_jax import (
@@ -36,6 +37,7 @@ from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import data as data_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax.input_spec import InputSpec
+from alexnet_jax.train_step import make_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,88 +85,7 @@ def schedule_lengths(config, info: data_lib.DatasetInfo) -> tuple[int, int, int]
   return steps_per_epoch, num_steps, eval_every
 
 
-def augment_batch(
-    augment_config, mesh, aug_rng, step, images, spec: InputSpec, lighting, dtype=jnp.float32
-) -> jax.Array:
-  """The train step's augmentation (§4.1): uint8 [B, 256, 256, 3] -> float [B, crop, crop, 3]
-  split over "data". Keys from (seed, step, position in the global batch): the same views
-  on every mesh."""
-  keys = augment.example_keys(aug_rng, step, jnp.arange(images.shape[0]))
-  views = augment.train_views(
-      images,
-      keys,
-      spec,
-      lighting,
-      random_crop=augment_config.random_crop,
-      flip=augment_config.flip,
-      lighting_std=augment_config.lighting_std,
-      dtype=dtype,
-  )
-  return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
-
-
-# ---- Model & optimizer: the update step (§5: momentum SGD with weight decay) --------------
-def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_device=True):
-  """Jitted `(state, batch, spec, lighting) -> (state, metrics)`; the state is donated.
-
-  batch: {'image': uint8 [B, 256, 256, 3], 'label': int32 [B]} split over "data"
-  (with augment_on_device=False, 'image' is already float32 [B, 224, 224, 3]).
-  """
-  tx = optim.make_optimizer(config.optimizer)
-  apply = sharding.sharded_apply(model, mesh)
-  dtype = evaluation.input_dtype(config)
-
-  def train_step(state: train_state.TrainState, batch, spec: InputSpec, lighting):
-    base = jax.random.wrap_key_data(state.rng)
-    aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
-    images, labels = batch["image"], batch["label"]
-    if augment_on_device:
-      images = augment_batch(
-          config.augment, mesh, aug_rng, state.step, images, spec, lighting, dtype
-      )
-
-    def loss_fn(params):
-      # BatchNorm variants: normalised by this batch's statistics, which also update the
-      # running averages ({} otherwise).
-      logits, batch_stats = apply(
-          train_state.model_variables(params, state.batch_stats),
-          images,
-          train=True,
-          dropout_rng=jax.random.fold_in(dropout_rng, state.step),
-          with_batch_stats=True,
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, (logits, batch_stats)
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    lr = optim.learning_rate(config.optimizer, state.step, state.schedule, steps_per_epoch)
-    opt_state = state.opt_state
-    opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-    updates, opt_state = tx.update(grads, opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    top1, top5 = evaluation.errors(logits, labels)
-    metrics = {
-        "loss": loss,
-        "top1_error": top1.mean(),
-        "top5_error": top5.mean(),
-        "learning_rate": lr,
-        "grad_norm": optax.global_norm(grads),
-    }
-    new = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
-    )
-    return new, metrics
-
-  shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
-  data = sharding.batch_sharding(mesh)
-  replicated = sharding.replicated(mesh)
-  return jax.jit(
-      train_step,
-      donate_argnums=0,
-      in_shardings=(shardings, {"image": data, "label": data}, replicated, replicated),
-      out_shardings=(shardings, replicated),
-      compiler_options=evaluation.compiler_options(),
-  )
+# ---- Model & optimizer: the update step (§5) is train_step.make_train_step ----------------
 
 
 # ---- Setup: everything a run works with, built once ----------------------------------------
@@ -209,7 +130,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, allow=(), changes
   if manager.latest_step() is None:  # a new run: check init_from, take its mean image
     fine_tune.prepare_run_dir(config, workdir)
   stats = data.stats
-  spec = InputSpec.from_config(config, stats, workdir)
+  spec = run_dir.input_spec_from_config(workdir, config, stats)
   if jax.process_index() == 0:
     # What inference needs without the dataset: mean image, class names, preprocessing.
     run_dir.write(workdir, config, info, stats, spec, keep_stats=data.keep_stats)
@@ -251,10 +172,49 @@ def restore_or_create_state(run: Run) -> train_state.TrainState:
 
 
 # ---- Evals ----------------------------------------------------------------------------------
+def evaluate(
+    config,
+    eval_step,
+    variables,
+    spec: InputSpec,
+    mesh,
+    *,
+    max_batches: int = -1,
+    progress: bool = False,
+    dataset=None,
+    split: str = "eval",
+) -> dict:
+  """Top-1/top-5 error over the whole validation split (every image once: the last batch is
+  padded, and padding counts nowhere); progress: a progress bar with an ETA on stderr;
+  dataset: the Source data_lib.open_dataset made of config.dataset (opened here when None);
+  variables: the model's {"params", "batch_stats"} (or bare parameters).
+  split: 'eval', or 'test' for a dataset with a held-out test split (oxford17)."""
+  sums = None
+  shard_index, num_shards = sharding.process_data_shard(mesh)
+  dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
+  it = data_lib.split_iterator(
+      dataset,
+      split,
+      global_batch_size=config.eval_batch_size,
+      shard_index=shard_index,
+      num_shards=num_shards,
+  )
+  if progress:
+    total = -(-data_lib.split_size(dataset, split) // config.eval_batch_size)
+    total = min(total, max_batches) if max_batches > 0 else total
+    it = reporting.progress(it, total=total, desc="evaluating")
+  for i, batch in enumerate(it):
+    if 0 < max_batches <= i:
+      break
+    out = eval_step(variables, evaluation.global_batch(mesh, batch), spec)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  return evaluation.metrics_from_sums(sums)
+
+
 def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
   """Validation errors of `state`, fed to the plateau schedule; returns (state, metrics)."""
   config = run.config
-  m = evaluation.evaluate(
+  m = evaluate(
       config,
       eval_step,
       state.variables,

@@ -7,7 +7,7 @@ Measures, with warm-up (compilation) excluded, the median over --repeats of the 
 time over --steps steps, alternating the contenders inside each repeat so that drift (other
 jobs, thermal) hits all of them alike:
 
-  train_images_per_sec        the project's jitted train step (train.make_train_step: the
+  train_images_per_sec        the project's jitted train step (train_step.make_train_step: the
                               full model, on-device augmentation, paper SGD, donated state)
                               on synthetic device-resident uint8 256x256 batches
   torch_train_images_per_sec  the same grouped network in PyTorch (benchmarks/torch_reference.py),
@@ -28,7 +28,7 @@ jobs, thermal) hits all of them alike:
                               single-step medians, with the augmentation and on ready crops
                               (another phase than train_images_per_sec's: compare the two
                               only with each other)
-  augment_alone_fraction      train.augment_batch (the step's augmentation) jitted alone on
+  augment_alone_fraction      train_step.augment_batch (the step's augmentation) jitted alone on
                               the same batch, its median time (augment_seconds) / the step
                               on ready crops: its cost, resolved to milliseconds
   host_steal_fraction         share of the machine's CPU time the hypervisor gave to others

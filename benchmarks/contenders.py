@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import augment, evaluation, facts, sharding, train, train_state
+from alexnet_jax import augment, evaluation, facts, sharding, train_state, train_step
 from alexnet_jax.input_spec import InputSpec
 
 
@@ -51,7 +51,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   box = {"state": train_state.create_train_state(cfg, model, mesh)}
   steps = (("aug", True, images_u8), ("noaug", False, crops))
   for name, on_device, images in steps if noaug else steps[:1]:
-    step = train.make_train_step(
+    step = train_step.make_train_step(
         cfg, model, mesh, steps_per_epoch=10**6, augment_on_device=on_device
     )
     batch = {"image": images, "label": labels}
@@ -71,7 +71,7 @@ def jax_train_runners(cfg, mesh, model, batch_size, dtype_name, augment_alone=Fa
   # timed to a few ms instead of inside a 5 s step that varies by +-15%. The same compiler
   # options as the step, so that it compiles to the same code.
   augment_jit = jax.jit(
-      functools.partial(train.augment_batch, cfg.augment, mesh),
+      functools.partial(train_step.augment_batch, cfg.augment, mesh),
       compiler_options=evaluation.compiler_options(),
   )
   step0 = jnp.zeros((), jnp.int32)

@@ -243,7 +243,7 @@ def part_numerics(args: dict) -> dict:
   import jax
   import numpy as np
 
-  from alexnet_jax import augment, facts, sharding, train, train_state
+  from alexnet_jax import augment, facts, sharding, train_state, train_step
   from benchmarks import contenders
 
   cfg, mesh, model = _jax_mesh_and_model(args["batch_size"], args["width"])
@@ -267,7 +267,7 @@ def part_numerics(args: dict) -> dict:
       state = train_state.create_train_state(cfg, model, mesh)
       init_file = os.path.join(args["dir"], f"{tag}_{precision}_init.npz")
       np.savez(init_file, **_flat_params(state.params))
-      step = train.make_train_step(cfg, model, mesh, steps_per_epoch=10**6)
+      step = train_step.make_train_step(cfg, model, mesh, steps_per_epoch=10**6)
       losses, grad_norms = [], []
       for i in range(args["steps"]):
         batch = jax.device_put({"image": images[i], "label": labels[i]}, batch_sharding)

@@ -146,7 +146,7 @@ def _evaluate_one_file(run, eval_step, path, label, root):
   shutil.copy(path, os.path.join(root, "val", CLASSES[label]))
   config = run.config.copy_and_resolve_references()
   config.dataset.name = f"folder:{root}"
-  m = evaluation.evaluate(config, eval_step, run.variables["params"], run.input_spec(), run.mesh)
+  m = train.evaluate(config, eval_step, run.variables["params"], run.input_spec(), run.mesh)
   assert m["num_images"] == 1
   return np.exp(-m["loss"]), m["top1_error"]
 

@@ -48,9 +48,11 @@ def test_caffe_run_mean_image_bgr_at_227(tmp_path):
   config = caffe.get_config()
   config.input.mean = "run"
   with pytest.raises(FileNotFoundError, match="mean_image.npy not found"):
-    InputSpec.from_config(config, workdir=str(tmp_path))
+    run_dir.input_spec_from_config(str(tmp_path), config)
+  with pytest.raises(ValueError, match="input.mean='run' needs the run's mean image"):
+    InputSpec.from_config(config)
   run_dir.write_mean_image(str(tmp_path), MEAN_IMAGE)
-  spec = InputSpec.from_config(config, workdir=str(tmp_path))
+  spec = run_dir.input_spec_from_config(str(tmp_path), config)
   assert (spec.mean_kind, spec.channel_order, spec.crop_size, spec.resize) == (
       "run",
       "bgr",
@@ -82,7 +84,7 @@ def test_preprocessing_json_round_trip(tmp_path, preset):
     config = caffe.get_config()
     config.input.mean = "run"
     run_dir.write_mean_image(workdir, MEAN_IMAGE)
-  spec = InputSpec.from_config(config, STATS, workdir)
+  spec = run_dir.input_spec_from_config(workdir, config, STATS)
   # The converters write it from the config alone: the same file.
   assert input_spec.json_of_config(config) == spec.to_json()
   assert tuple(spec.to_json()) == input_spec.JSON_KEYS
@@ -91,7 +93,7 @@ def test_preprocessing_json_round_trip(tmp_path, preset):
   assert saved["dataset"] == "somewhere" and saved["eval_crops"] == 10
   assert "mean_image" not in json.dumps(saved) and len(json.dumps(saved)) < 1000
   # Read back without the config: only the file and the mean image beside it.
-  back = input_spec.load(workdir, None, STATS)
+  back = run_dir.read_input_spec(workdir, None, STATS)
   assert back.to_json() == spec.to_json()
   np.testing.assert_array_equal(back.mean, spec.mean)
   np.testing.assert_array_equal(_fed(back), _fed(spec))
@@ -119,7 +121,7 @@ def test_an_old_run_directory_reads_the_same_spec(tmp_path):
   config = run_dir.read_config(str(tmp_path))
   assert "mean" not in config.augment and config.augment.flip is True
   assert "image_size" not in config.model and config.input.crop_size == 227
-  spec = input_spec.load(str(tmp_path), config)
+  spec = run_dir.read_input_spec(str(tmp_path), config)
   assert (spec.mean_kind, spec.channel_order, spec.crop_size, spec.resize) == (
       "pixel",
       "bgr",
@@ -151,4 +153,4 @@ def test_a_preprocessing_json_of_another_image_size_is_refused(tmp_path):
   spec = InputSpec.from_config(tiny.config(), STATS)
   run_dir.write_preprocessing(str(tmp_path), {**spec.to_json(), "image_size": 512}, "x", 1)
   with pytest.raises(ValueError, match="image_size 512.*preprocesses to 256"):
-    input_spec.load(str(tmp_path), None, STATS)
+    run_dir.read_input_spec(str(tmp_path), None, STATS)

@@ -20,7 +20,10 @@ import skimage.data  # noqa: E402
 import skimage.transform  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
-from alexnet_jax import pretrained  # noqa: E402
+from alexnet_jax import (
+    pretrained,  # noqa: E402
+    train_step,
+)
 from alexnet_jax.data import oxford17  # noqa: E402
 from alexnet_jax.pretrained import keras_h5  # noqa: E402
 
@@ -299,12 +302,11 @@ def _run_probs_float64(workdir, images224: np.ndarray) -> np.ndarray:
   run's own InputSpec (its preprocessing.json's convention) as evaluation normalises."""
   import jax
 
-  from alexnet_jax import augment, checkpoint, train_state
-  from alexnet_jax.input_spec import InputSpec
+  from alexnet_jax import augment, checkpoint, run_dir, train_state
 
   run = checkpoint.restore_run(str(workdir), train_state.restore_target())
   model = train_state.create_model(run.config, run.meta["num_classes"])
-  spec = InputSpec.from_config(run.config, workdir=str(workdir))
+  spec = run_dir.input_spec_from_config(str(workdir), run.config)
   with jax.enable_x64(True):
     cast = lambda a: np.asarray(a, np.float64)
     views = augment.eval_views(images224, spec, crops=1, dtype=jax.numpy.float64)[:, 0]
@@ -408,7 +410,7 @@ def test_predict_command_on_the_converted_run(keras_files, converted, tmp_path):
   only the same pixels give the same classes."""
   from PIL import Image
 
-  from alexnet_jax import analysis, augment, input_spec, run_dir
+  from alexnet_jax import analysis, augment, run_dir
 
   model, _ = keras_files
   workdir = converted[0]
@@ -426,7 +428,7 @@ def test_predict_command_on_the_converted_run(keras_files, converted, tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"},
   )
   assert r.returncode == 0, r.stderr[-3000:]
-  spec = input_spec.InputSpec.from_config(run_dir.read_config(workdir), workdir=workdir)
+  spec = run_dir.input_spec_from_config(workdir, run_dir.read_config(workdir))
   views = augment.eval_views(analysis.preprocess(list(images), "warp"), spec, crops=1)[:, 0]
   want = np.asarray(model(np.asarray(views), training=False))
   lines = [line for line in r.stdout.splitlines() if line.startswith(str(tmp_path))]
@@ -446,8 +448,7 @@ def test_a_training_step_updates_batchnorm_statistics_as_keras_does(keras_files,
   import jax
   import jax.numpy as jnp
 
-  from alexnet_jax import augment, checkpoint, evaluation, run_dir, sharding, train, train_state
-  from alexnet_jax.input_spec import InputSpec
+  from alexnet_jax import augment, checkpoint, evaluation, run_dir, sharding, train_state
 
   _, paths = keras_files
   workdir = str(tmp_path / "run")
@@ -464,8 +465,10 @@ def test_a_training_step_updates_batchnorm_statistics_as_keras_does(keras_files,
   before = jax.device_get(state.batch_stats)
   x = photos(4, offset=1).astype(np.float32) / 255
   batch = {"image": x, "label": np.arange(4, dtype=np.int32)}
-  step = train.make_train_step(config, model, mesh, steps_per_epoch=10, augment_on_device=False)
-  spec = InputSpec.from_config(config, workdir=workdir)
+  step = train_step.make_train_step(
+      config, model, mesh, steps_per_epoch=10, augment_on_device=False
+  )
+  spec = run_dir.input_spec_from_config(workdir, config)
   lighting = augment.Lighting(jnp.zeros(3), jnp.eye(3))
   spec, lighting = jax.device_put((spec, lighting), sharding.replicated(mesh))
   state, _ = step(state, evaluation.global_batch(mesh, batch), spec, lighting)

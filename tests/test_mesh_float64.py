@@ -48,7 +48,7 @@ def _run(dtype: str, data: int, tower: int, steps: int):
   import jax
   import numpy as np
 
-  from alexnet_jax import augment, evaluation, sharding, train, train_state
+  from alexnet_jax import augment, evaluation, sharding, train_state, train_step
   from alexnet_jax import data as data_lib
   from alexnet_jax.input_spec import InputSpec
   from tests import tiny
@@ -58,7 +58,7 @@ def _run(dtype: str, data: int, tower: int, steps: int):
   mesh = sharding.make_mesh(data, tower, devices=jax.devices()[: data * tower])
   model = train_state.create_model(c, 10)
   state = train_state.create_train_state(c, model, mesh)
-  step = train.make_train_step(c, model, mesh, steps_per_epoch=100)
+  step = train_step.make_train_step(c, model, mesh, steps_per_epoch=100)
   stats = data_lib.dataset_stats(c.dataset)
   spec, lighting = jax.device_put(
       (InputSpec.from_config(c, stats), augment.Lighting.from_config(c.augment, stats)),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import data as data_lib
-from alexnet_jax import evaluate, evaluation, sharding, train
+from alexnet_jax import evaluate, sharding, train
 from alexnet_jax.data import oxford17, shard_writer, sources
 from tests import data_helpers, tiny
 from tests.data_helpers import dataset_config, digest
@@ -208,7 +208,7 @@ def test_evaluation_of_the_test_split_reads_exactly_the_mat_test_images(
         "count": batch["mask"].sum(),
     }
 
-  m = evaluation.evaluate(config, eval_step, None, None, mesh, split="test")
+  m = train.evaluate(config, eval_step, None, None, mesh, split="test")
   assert m["num_images"] == 340
   want = sorted((int(i), (int(i) - 1) // 80) for i in oxford17_data["splits"]["tst1"])
   assert sorted(got) == want

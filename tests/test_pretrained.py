@@ -22,7 +22,6 @@ from torch import nn
 
 from alexnet_jax import augment, checkpoint, pretrained, run_dir, sharding, train_state
 from alexnet_jax import data as ip
-from alexnet_jax.input_spec import InputSpec
 from configs import caffe, default, pytorch_grouped, torchvision
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,7 +209,7 @@ def _check_torchvision_conversion(net, path, tmp_path):
   # The run directory carries what evaluation and prediction need.
   names = run_dir.read_class_names(workdir)
   assert len(names) == 1000 and names[0] == "n01440764" and names == sorted(names)
-  spec = InputSpec.from_config(run.config, workdir=workdir)
+  spec = run_dir.input_spec_from_config(workdir, run.config)
   np.testing.assert_allclose(spec.mean, 255 * np.asarray(torchvision.IMAGENET_MEAN_RGB), rtol=1e-6)
   np.testing.assert_allclose(spec.std, 255 * np.asarray(torchvision.IMAGENET_STD_RGB), rtol=1e-6)
 
@@ -538,7 +537,7 @@ def test_caffemodel_gives_bvlc_alexnets_logits(caffe_blobs, tmp_path, v1):
   images = np.stack(
       [ip.resize_and_center_crop(p, rule="warp").numpy() for p in load_sample_images().images]
   )
-  spec = InputSpec.from_config(run.config, workdir=workdir)
+  spec = run_dir.input_spec_from_config(workdir, run.config)
   np.testing.assert_array_equal(spec.mean, mean_bgr[0, ::-1].transpose(1, 2, 0))
   assert (spec.crop_size, spec.channel_order) == (227, "bgr")
   views = augment.eval_views(images, spec, crops=1)[:, 0]

@@ -24,6 +24,7 @@ from alexnet_jax import (
     sharding,
     train,
     train_state,
+    train_step,
 )
 from alexnet_jax.input_spec import InputSpec
 from tests import tiny
@@ -62,7 +63,7 @@ def _inputs(config):
 def _two_steps(config, mesh):
   model = train_state.create_model(config, 10)
   state = train_state.create_train_state(config, model, mesh)
-  step = train.make_train_step(config, model, mesh, steps_per_epoch=10)
+  step = train_step.make_train_step(config, model, mesh, steps_per_epoch=10)
   spec, lighting = jax.device_put(_inputs(config), sharding.replicated(mesh))
   for i in range(2):
     state, metrics = step(state, evaluation.global_batch(mesh, _batch(seed=i)), spec, lighting)

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_jax import disk_space, reporting
+from alexnet_jax import disk_space
 from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import sources
 from alexnet_jax.data import stats as stats_lib
@@ -327,10 +327,11 @@ def prepare(
     images_per_shard: int,
     process_index: int = 0,
     process_count: int = 1,
-    progress: bool = True,
+    progress=None,
 ) -> Report:
   """Prepares every split of `dataset_config`'s dataset into output_dir (default: beside the
-  data, where training finds it); resumes an interrupted preparation."""
+  data, where training finds it); resumes an interrupted preparation. progress: a progress
+  bar (reporting.progress: the prepare command shows one), or None."""
   settings = Settings.of(dataset_config)
   if not 0 <= process_index < process_count:
     raise DatasetError(f"process_index {process_index} not in [0, {process_count})")
@@ -378,7 +379,7 @@ def prepare(
   total = sum(len(t[4]) for t in todo)
   ticks = bar = None
   if progress:
-    bar = reporting.progress(range(total), total=total, desc="preparing", unit="image")
+    bar = progress(range(total), total=total, desc="preparing", unit="image")
     ticks = iter(bar)
   bad_files, written = [], []
 
