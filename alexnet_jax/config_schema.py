@@ -395,7 +395,9 @@ def upgrade(config_dict: dict) -> dict:
     return d
   switches = {k: model.pop(k) for k in MODEL_SWITCH_KEYS if k in model}
   if switches or "variant" not in model:
-    from alexnet_jax.model import variant_of  # jax: only for a config.json in the old layout
+    # Deferred: only a config.json in the old layout needs the model (JAX and Flax), and the
+    # config checks run before a command loads them.
+    from alexnet_jax.model import variant_of
 
     try:
       variant = variant_of(switches)

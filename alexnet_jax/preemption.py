@@ -25,6 +25,7 @@ import threading
 
 import jax
 from absl import logging
+from jax._src import distributed as jax_distributed  # the only place JAX keeps its state
 from jax.experimental import multihost_utils
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry" (requeue).
@@ -45,8 +46,6 @@ class Preempted(Exception):
 
 def _jax_preemption_service():
   """JAX's preemption sync manager, started by jax.distributed.initialize (None if absent)."""
-  from jax._src import distributed as jax_distributed  # the only place JAX keeps it
-
   state = jax_distributed.global_state
   return state.preemption_sync_manager if state.client is not None else None
 

@@ -11,6 +11,7 @@ import sys
 import tensorflow as tf  # the TensorBoard writer (TF is already the input pipeline's)
 import tqdm
 from matplotlib.figure import Figure
+from tensorflow.core.util import event_pb2
 
 from alexnet_jax.facts import CURVE_FILE, FIGURES_DIR, METRICS_FILE, TENSORBOARD_DIR
 from alexnet_jax.files import write_atomically
@@ -99,8 +100,6 @@ def _drop_events_after(path: str, step: int) -> None:
   """Rewrite one events file without its events past `step`. TensorBoard's own purge
   (a SessionLog.START event) is honoured only by some of its loaders; rewriting the file
   makes every reader see one value per step."""
-  from tensorflow.core.util import event_pb2
-
   records, dropped = [], False
   try:
     for record in tf.data.TFRecordDataset(path):

@@ -35,6 +35,7 @@ from absl import logging
 from alexnet_jax import data as data_lib
 from alexnet_jax import facts, run_dir
 from alexnet_jax.config_schema import ConfigError
+from alexnet_jax.data import registry, shards
 
 VERSION = 1
 # The token --allow_config_change takes to resume on other training data.
@@ -90,8 +91,6 @@ def identity(src: data_lib.Source) -> dict:
       ).hexdigest(),
   }
   if out["source"] == "prepared":
-    from alexnet_jax.data import shards  # pylint: disable=g-import-not-at-top
-
     plan = shards.read_plan(src.train.root)
     out["prepared"] = {
         "dir": src.train.root,
@@ -129,10 +128,8 @@ def differences(old: dict, new: dict) -> list[str]:
   if old["num_eval"] != new["num_eval"]:
     out.append(f"{old['num_eval']} validation images, now {new['num_eval']}")
   if old["fingerprint"] != new["fingerprint"] and old["num_train"] == new["num_train"]:
-    if old["dataset"].startswith("folder:"):
-      out.append("training files were replaced, renamed or modified (names, sizes or times)")
-    else:
-      out.append(f"its signature was {old['fingerprint']!r}, now {new['fingerprint']!r}")
+    changed = registry.kind_of(old["dataset"]).changed
+    out.append(changed or f"its signature was {old['fingerprint']!r}, now {new['fingerprint']!r}")
   return out
 
 

@@ -25,6 +25,7 @@ import re
 import sys
 import tempfile
 
+import jax
 from absl import logging
 
 import alexnet_jax
@@ -88,8 +89,6 @@ def enable_compilation_cache(enabled=None) -> str | None:
   enabled: True/False; None: ALEXNET_JAX_COMPILATION_CACHE decides (unset: on). A directory
   the user gave JAX (JAX_COMPILATION_CACHE_DIR) is kept.
   """
-  import jax
-
   if not compilation_cache_requested(enabled):
     jax.config.update("jax_enable_compilation_cache", False)
     return None

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import data as data_lib
-from alexnet_jax.data import shard_writer
+from alexnet_jax.data import registry, shard_writer
 from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import stats as stats_lib
 from tests import data_helpers
@@ -183,7 +183,7 @@ def test_prepared_evaluation_equals_the_raw_one(photo_folder, prepared):
 
 def test_training_finds_prepared_data_beside_the_data(photo_folder, prepared, caplog):
   dirs, _ = prepared
-  beside = shards_lib.default_location(data_lib.Settings.of(_cfg(photo_folder)))
+  beside = registry.default_location(data_lib.Settings.of(_cfg(photo_folder)))
   assert beside.startswith(str(photo_folder))
   try:
     os.makedirs(os.path.dirname(beside))
@@ -451,7 +451,7 @@ def test_prepared_data_of_changed_images_are_refused_and_auto_falls_back(tmp_pat
   _write(root / "b" / "new.jpg", real_photos()[0][:200, :240])
   with pytest.raises(data_lib.DatasetError, match="added, removed or renamed since"):
     data_lib.open_dataset(_cfg(root, prepared=out))
-  beside = shards_lib.default_location(data_lib.Settings.of(cfg))
+  beside = registry.default_location(data_lib.Settings.of(cfg))
   os.makedirs(os.path.dirname(beside))
   os.symlink(out, beside)
   with caplog.at_level("WARNING", logger="absl"):

@@ -16,7 +16,7 @@ import pytest
 
 from alexnet_jax import data as data_lib
 from alexnet_jax import evaluate, sharding, train
-from alexnet_jax.data import oxford17, shard_writer, sources
+from alexnet_jax.data import oxford17, registry, shard_writer
 from tests import data_helpers, tiny
 from tests.data_helpers import dataset_config, digest
 
@@ -139,13 +139,13 @@ def test_the_signature_identifies_the_split_and_the_archive(oxford17_data, tmp_p
   (tmp_path / "d").mkdir()
   shutil.copy(oxford17_data["tgz"], tmp_path / "d" / "17flowers.tgz")
   settings = data_lib.Settings.of(_cfg(tmp_path / "d"))
-  names, seeded = sources.cheap_identity(settings)
+  names, seeded = registry.cheap_identity(settings)
   assert names == CLASS_NAMES and "seeded" in seeded
   shutil.copy(oxford17_data["mat"], tmp_path / "d" / "datasplits.mat")
-  _, split1 = sources.cheap_identity(settings)
+  _, split1 = registry.cheap_identity(settings)
   assert split1 != seeded and "datasplits.mat" in split1
   os.utime(tmp_path / "d" / "17flowers.tgz", (1, 1))  # another archive
-  assert sources.cheap_identity(settings)[1] != split1
+  assert registry.cheap_identity(settings)[1] != split1
 
 
 def test_a_missing_archive_says_in_one_line_what_to_download_and_where(tmp_path):
@@ -165,7 +165,7 @@ def test_a_missing_archive_says_in_one_line_what_to_download_and_where(tmp_path)
         f"put them in {where}",
     ):
       assert part in msg, (part, msg)
-  assert sources.cheap_identity(data_lib.Settings.of(_cfg(tmp_path / "flowers"))) == (None, None)
+  assert registry.cheap_identity(data_lib.Settings.of(_cfg(tmp_path / "flowers"))) == (None, None)
 
 
 def test_a_damaged_or_incomplete_archive_is_named(oxford17_data, tmp_path):
@@ -283,7 +283,7 @@ def test_prepare_writes_the_train_validation_and_test_splits(oxford17_data, tmp_
       "test": 340,
   }
   assert plan["class_names"] == list(CLASS_NAMES)
-  assert plan["signature"] == sources.cheap_identity(data_lib.Settings.of(raw_cfg))[1]
+  assert plan["signature"] == registry.cheap_identity(data_lib.Settings.of(raw_cfg))[1]
   raw = data_lib.open_dataset(raw_cfg)
   prepared = data_lib.open_dataset(_cfg(oxford17_data["tgz"], prepared=str(tmp_path / "prep")))
   assert prepared.train.prepared and prepared.test.prepared

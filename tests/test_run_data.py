@@ -20,8 +20,7 @@ import pytest
 
 from alexnet_jax import analysis, facts, run_data, run_dir
 from alexnet_jax import data as data_lib
-from alexnet_jax.data import shard_writer
-from alexnet_jax.data import shards as shards_lib
+from alexnet_jax.data import registry, shard_writer
 from alexnet_jax.input_spec import InputSpec
 from tests import tiny
 from tests.data_helpers import fresh_user_cache, small_folder
@@ -96,7 +95,7 @@ def test_prepare_then_rerun_keeps_the_originals_and_skips_a_looped_and_a_forged_
 
   r = _run("prepare", "--config=configs/demo.py", f"--config.dataset.name=folder:{root}")
   assert r.returncode == 0, r.stderr[-3000:]
-  beside = shards_lib.default_location(
+  beside = registry.default_location(
       data_lib.Settings.of(tiny.config(**{"dataset.name": f"folder:{root}"}).dataset)
   )
   assert json.load(open(os.path.join(beside, "prepared.json")))["format"] == "jpeg"
@@ -185,7 +184,7 @@ def test_a_run_started_on_prepared_rows_keeps_them_and_refuses_when_they_are_gon
   root = small_folder(tmp_path / "data", per_class=3)
   config = tiny.config(**{"dataset.name": f"folder:{root}"})
   settings = data_lib.Settings.of(config.dataset)
-  beside = shards_lib.default_location(settings)
+  beside = registry.default_location(settings)
   shard_writer.prepare(
       tiny.config(**{"dataset.name": f"folder:{root}", "dataset.prepared": "off"}).dataset,
       beside,

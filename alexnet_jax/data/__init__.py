@@ -2,8 +2,10 @@
 
   preprocess    decode and resize ops (uint8 256x256, eagerly and inside tf.data)
   settings      config.dataset as the layer reads it; DatasetError
-  sources       digits, folder:, TFDS (imagenet2012 included): splits, keys, labels, names
-  oxford17      the oxford17: source: 17flowers.tgz or its extraction, datasplits.mat
+  sources       what every source shares: Source, its splits, SourceKind
+  registry      every source, one line each: digits, folder:, oxford17:, TFDS (imagenet2012
+                included), each declared in its own module (digits, folder, oxford17,
+                tfds_source): name form, opener, signature, prepared location
   shards        reading prepared shards (256x256 JPEG or raw rows, written once)
   dataset       open_dataset: prepared shards when there are any, else the originals
   stats         the training split's mean image and RGB PCA, cached

@@ -6,8 +6,8 @@ import os
 
 from absl import logging
 
+from alexnet_jax.data import registry, sources
 from alexnet_jax.data import shards as shards_lib
-from alexnet_jax.data import sources
 from alexnet_jax.data.settings import DatasetError, Settings
 
 
@@ -30,19 +30,19 @@ def open_dataset(dataset_config) -> sources.Source:
         "a directory of prepared shards."
     )
   if where == "off":
-    src = sources.open_raw(settings)
+    src = registry.open_raw(settings)
   elif where == "auto":
     src = None
-    location = shards_lib.default_location(settings)
+    location = registry.default_location(settings)
     if os.path.exists(os.path.join(location, shards_lib.PLAN_FILE)):
       try:
-        src = shards_lib.open_prepared(location, settings, sources.cheap_identity(settings))
+        src = shards_lib.open_prepared(location, settings, registry.cheap_identity(settings))
       except DatasetError as e:
         logging.warning("not reading the prepared data beside the dataset: %s", e)
     if src is None:
-      src = sources.open_raw(settings)
+      src = registry.open_raw(settings)
   else:
-    src = shards_lib.open_prepared(where, settings, sources.cheap_identity(settings))
+    src = shards_lib.open_prepared(where, settings, registry.cheap_identity(settings))
   src.settings = settings
   # Prepared shards are another source of pixels than the originals: said where it is seen.
   log = logging.warning if getattr(src.train, "prepared", False) else logging.info

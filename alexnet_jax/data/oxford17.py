@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 from absl import logging
+from scipy import io as scipy_io
 
 from alexnet_jax.data import sources
 from alexnet_jax.data.settings import (
@@ -186,8 +187,6 @@ def signature(lay: Layout) -> str:
 
 def read_splits(path: str) -> tuple:
   """(trn1, val1, tst1) of datasplits.mat: sorted 1-based image indices."""
-  from scipy import io as scipy_io  # pylint: disable=g-import-not-at-top  (only with a .mat)
-
   try:
     mat = scipy_io.loadmat(path)
   except Exception as e:  # pylint: disable=broad-except
@@ -324,7 +323,7 @@ def stats_path(lay: Layout, exif: bool) -> str:
 def prepared_location(settings: Settings) -> str:
   """Where prepare writes by default and training looks first: beside the data, one
   directory per split kind (adding datasplits.mat later prepares anew, beside the old)."""
-  variant = settings.resize + ("_exif" if settings.exif_transpose else "")
+  variant = sources.prepared_variant(settings)
   try:
     lay = layout(settings.name)
   except FileNotFoundError:
@@ -334,7 +333,8 @@ def prepared_location(settings: Settings) -> str:
   return os.path.join(lay.base, ".alexnet_jax_prepared", f"oxford17_{split_kind(lay)}_{variant}")
 
 
-def open_source(name: str, resize: str, exif: bool) -> sources.Source:
+def open_source(settings: Settings) -> sources.Source:
+  name, resize, exif = settings.name, settings.resize, settings.exif_transpose
   lay = layout(name)
   images = lay.images or extracted(lay.archive)
   _check_images(images)
@@ -373,3 +373,21 @@ def open_source(name: str, resize: str, exif: bool) -> sources.Source:
       f"Oxford-17 images in {images} ({how})",
       test=split(test) if test is not None else None,
   )
+
+
+def identity(settings: Settings) -> tuple:
+  """(class names, signature) without listing the images; (None, None) where they are not."""
+  try:
+    return CLASS_NAMES, signature(layout(settings.name))
+  except FileNotFoundError:
+    return None, None
+
+
+KIND = sources.SourceKind(
+    form=f'"{PREFIX}/path"',
+    matches=lambda name: name.startswith(PREFIX),
+    open=open_source,
+    identity=identity,
+    prepared_dir=prepared_location,
+    canonical=canonical_name,
+)

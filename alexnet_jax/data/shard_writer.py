@@ -27,8 +27,8 @@ import tensorflow as tf
 from absl import logging
 
 from alexnet_jax import disk_space
+from alexnet_jax.data import registry, sources
 from alexnet_jax.data import shards as shards_lib
-from alexnet_jax.data import sources
 from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.data.preprocess import resize_and_center_crop
 from alexnet_jax.data.settings import DatasetError, Settings
@@ -74,9 +74,9 @@ def make_plan(src: sources.Source, settings: Settings, fmt: str, quality: int, p
     splits[name] = entry
   return {
       "format_version": shards_lib.FORMAT_VERSION,
-      "dataset": shards_lib.canonical_name(src.name),
+      "dataset": registry.canonical_name(src.name),
       "fingerprint": src.fingerprint,
-      "signature": sources.cheap_identity(settings)[1],
+      "signature": registry.cheap_identity(settings)[1],
       "class_names": list(src.class_names),
       "image_size": IMAGE_SIZE,
       "resize": settings.resize,
@@ -335,8 +335,8 @@ def prepare(
   settings = Settings.of(dataset_config)
   if not 0 <= process_index < process_count:
     raise DatasetError(f"process_index {process_index} not in [0, {process_count})")
-  src = sources.open_raw(settings)
-  root = os.path.abspath(output_dir or shards_lib.default_location(settings))
+  src = registry.open_raw(settings)
+  root = os.path.abspath(output_dir or registry.default_location(settings))
   plan = make_plan(src, settings, fmt, jpeg_quality, images_per_shard)
   try:
     _write_plan(root, plan)

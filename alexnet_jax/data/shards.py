@@ -24,12 +24,10 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from alexnet_jax.data import oxford17, sources
+from alexnet_jax.data import registry
 from alexnet_jax.data.settings import (
     DatasetError,
     Settings,
-    default_tfds_dir,
-    sanitise,
 )
 from alexnet_jax.data.sources import (
     Source,
@@ -38,7 +36,6 @@ from alexnet_jax.data.sources import (
     record_keys,
 )
 from alexnet_jax.facts import IMAGE_SIZE
-from alexnet_jax.files import user_cache_dir
 
 PLAN_FILE = "prepared.json"
 STATS_FILE = "train_stats.npz"
@@ -77,31 +74,6 @@ class PreparedDataError(DatasetError):
 
 def shard_stem(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}"
-
-
-def default_location(settings: Settings) -> str:
-  """Where prepare writes by default and training looks first: beside the data."""
-  variant = settings.resize + ("_exif" if settings.exif_transpose else "")
-  name = settings.name
-  if name.startswith("folder:"):
-    return os.path.join(sources.folder_root(name), ".alexnet_jax_prepared", variant)
-  if name.startswith(oxford17.PREFIX):
-    return oxford17.prepared_location(settings)
-  if name == "digits":
-    base = settings.data_dir or user_cache_dir()
-  else:
-    base = settings.data_dir or default_tfds_dir()
-  return os.path.join(
-      os.path.expanduser(base), "alexnet_jax_prepared", f"{sanitise(name)}_{variant}"
-  )
-
-
-def canonical_name(name: str) -> str:
-  if name.startswith("folder:"):
-    return "folder:" + sources.folder_root(name)
-  if name.startswith(oxford17.PREFIX):
-    return oxford17.canonical_name(name)
-  return name
 
 
 def read_plan(root: str) -> dict:
@@ -371,12 +343,12 @@ class PreparedSplit:
 def open_prepared(root: str, settings: Settings, identity: tuple) -> Source:
   """The prepared data at `root` as a Source, refused (PreparedDataError naming the mismatch)
   when they were made from other data or with other settings than `settings`; `identity`:
-  the original data's (class names, signature) where known (sources.cheap_identity)."""
+  the original data's (class names, signature) where known (registry.cheap_identity)."""
   root = os.path.abspath(os.path.expanduser(root))
   plan = read_plan(root)
   class_names, signature = identity
   mismatches = []
-  if plan["dataset"] != canonical_name(settings.name):
+  if plan["dataset"] != registry.canonical_name(settings.name):
     mismatches.append(f"dataset {plan['dataset']!r}, the config reads {settings.name!r}")
   if plan["image_size"] != IMAGE_SIZE:
     mismatches.append(f"image size {plan['image_size']}, this code trains on {IMAGE_SIZE}")

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorflow.python.eager import context
+from tensorflow.python.framework import ops
 
 from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.data.dataset import open_dataset
@@ -70,9 +72,6 @@ def _shuffle(ds, buffer: int, seed):
   the same process): the order would then depend on it, and a traced seed fails outright
   ("a symbolic tf.Tensor as a Python bool"). So the global seed is hidden while the shuffle
   takes its seeds."""
-  from tensorflow.python.eager import context  # noqa: PLC0415
-  from tensorflow.python.framework import ops  # noqa: PLC0415
-
   if tf.executing_eagerly():
     holder, attr = context.context(), "_seed"
   else:

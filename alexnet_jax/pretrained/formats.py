@@ -23,6 +23,7 @@ needs it.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 
 import jax
@@ -364,8 +365,6 @@ def default_class_names(num_classes: int) -> list[str] | None:
   from the list that ships with tensorflow_datasets; None for other class counts."""
   if num_classes != 1000:
     return None
-  import importlib.util  # noqa: PLC0415
-
   spec = importlib.util.find_spec("tensorflow_datasets")
   if spec is None or spec.origin is None:
     return None
