@@ -1,8 +1,10 @@
 """The single declaration of every config key: defaults, checks, resume rules and roles derived
 from it, and config.json files in the previous layout read through `upgrade`."""
 
+import ast
 import copy
 import json
+import os
 
 import pytest
 
@@ -167,7 +169,7 @@ def _as_json(config) -> dict:
 
 def test_every_default_key_has_exactly_one_declaration_with_its_default():
   declared = [k.name for k in config_schema.KEYS]
-  assert len(declared) == len(set(declared)) == 58
+  assert len(declared) == len(set(declared))
   defaults = config_schema.flat(config_schema.default_config())
   assert sorted(defaults) == sorted(declared)
   for key in config_schema.KEYS:
@@ -396,6 +398,118 @@ def test_a_recorded_config_no_variant_matches_is_refused_naming_the_file(tmp_pat
     config_checks.resume_changes(config_schema.default_config(), workdir)
   assert str(e.value).startswith(f"{workdir}/config.json: the model switches model.")
   assert "model.conv1_padding=(1, 1)" in str(e.value)
+
+
+# ---- the keys the library reads ---------------------------------------------------------------
+# Where the library reads config keys: chains from a name `config` (or `x.config`, not JAX's or
+# TensorFlow's) or from a section bound to a name (`inp = config.input`, a parameter
+# `augment_config`, ALIASES), and `.get("key")` on them. config.dataset is read through
+# data.settings.Settings' fields, config.model through model.MODULE_KEYS (and its variant).
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "alexnet_jax")
+SECTIONS = {k.name.split(".")[0] for k in config_schema.KEYS if "." in k.name}
+ALIASES = {"opt_config": "optimizer", "inp": "input"}
+NOT_OUR_CONFIG = ("pretrained/keras_h5.py",)  # a Keras model's config, also named `config`
+
+
+def _section_of(node, aliases) -> str | None:
+  """'' for the config itself, the section's name for one of its sections, else None."""
+  if isinstance(node, ast.Name):
+    return "" if node.id == "config" else aliases.get(node.id)
+  if isinstance(node, ast.Attribute):
+    if node.attr == "config":
+      owner = node.value
+      return None if isinstance(owner, ast.Name) and owner.id in ("jax", "tf") else ""
+    if node.attr in SECTIONS and _section_of(node.value, aliases) == "":
+      return node.attr
+  return None
+
+
+def config_reads(source: str) -> set[str]:
+  """The dotted config keys `source` reads."""
+  tree = ast.parse(source)
+  aliases = dict(ALIASES)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.FunctionDef):
+      for a in node.args.args + node.args.kwonlyargs:
+        if a.arg.endswith("_config") and a.arg[: -len("_config")] in SECTIONS:
+          aliases[a.arg] = a.arg[: -len("_config")]
+    if isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
+      section = _section_of(node.value, aliases)
+      if section:
+        aliases[node.targets[0].id] = section
+  called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+      arg = node.args[0] if node.args else None
+      if node.func.attr == "get" and isinstance(arg, ast.Constant):
+        section = _section_of(node.func.value, aliases)
+        if section is not None:
+          out.add(f"{section}.{arg.value}" if section else arg.value)
+    elif isinstance(node, ast.Attribute) and id(node) not in called:  # not a method call
+      section = _section_of(node.value, aliases)
+      if section is not None and not (section == "" and node.attr in SECTIONS):
+        out.add(f"{section}.{node.attr}" if section else node.attr)
+  return out
+
+
+def _assigned(path: str, name: str):
+  """The literal a module assigns to `name` at its top level."""
+  with open(path) as f:
+    for node in ast.parse(f.read()).body:
+      if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+        return ast.literal_eval(node.value)
+  raise AssertionError(f"{path} assigns no {name}")
+
+
+def _class_fields(path: str, name: str) -> list[str]:
+  with open(path) as f:
+    cls = next(n for n in ast.parse(f.read()).body if getattr(n, "name", None) == name)
+  return [n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)]
+
+
+def test_config_reads_finds_each_way_the_library_reads_a_key():
+  source = """
+def f(config, augment_config, opt_config, tf):
+  inp = config.input
+  jax.config.update("x", 1)
+  tf.config.list_physical_devices()
+  config.update({})
+  return (config.seed, inp.mean, augment_config.flip, opt_config.momentum,
+          config.get("init_from"), run.config.optimizer.learning_rate, config.dataset)
+"""
+  assert config_reads(source) == {
+      "seed",
+      "input.mean",
+      "augment.flip",
+      "optimizer.momentum",
+      "init_from",
+      "optimizer.learning_rate",
+  }
+
+
+def test_the_schema_declares_exactly_the_keys_the_library_reads():
+  """No key the library reads is missing from KEYS (a run would fail on it, or read a key
+  no check, resume rule or default covers), and no declared key is dead."""
+  reads = {}
+  for directory, _, names in os.walk(PACKAGE):
+    for name in names:
+      path = os.path.join(directory, name)
+      rel = os.path.relpath(path, PACKAGE)
+      if name.endswith(".py") and rel != "config_schema.py" and rel not in NOT_OUR_CONFIG:
+        with open(path) as f:
+          for key in config_reads(f.read()):
+            reads.setdefault(key, []).append(rel)
+  settings = _class_fields(os.path.join(PACKAGE, "data", "settings.py"), "Settings")
+  for key in [f"dataset.{k}" for k in settings]:
+    reads.setdefault(key, []).append("data/settings.py (Settings)")
+  module_keys = _assigned(os.path.join(PACKAGE, "model.py"), "MODULE_KEYS")
+  for key in [f"model.{k}" for k in (*module_keys, "variant")]:
+    reads.setdefault(key, []).append("model.py (MODULE_KEYS)")
+  declared = {k.name for k in config_schema.KEYS}
+  undeclared = {k: v for k, v in reads.items() if k not in declared}
+  assert not undeclared, f"read but not declared in config_schema.KEYS: {undeclared}"
+  assert not declared - set(reads), f"declared but never read: {sorted(declared - set(reads))}"
 
 
 def test_keys_with_refuses_an_unknown_rule_or_role():
