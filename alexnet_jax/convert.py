@@ -59,7 +59,7 @@ def main(argv):
     raise app.UsageError("give exactly one of --from (import) and --to (export)")
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  from alexnet_jax import runtime
+  from alexnet_jax import runtime  # here: --help answers without loading JAX
 
   runtime.setup()
   # After runtime.setup(): JAX is imported with the accelerators it is meant to see.

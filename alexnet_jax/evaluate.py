@@ -84,9 +84,10 @@ def _errors(m: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from alexnet_jax import runtime
+  from alexnet_jax import runtime  # here: --help answers without loading JAX
 
   runtime.setup()
+  # After runtime.setup(): TensorFlow and JAX load with its settings.
   from alexnet_jax import analysis
   from alexnet_jax.data import DatasetError
 

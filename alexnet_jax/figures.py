@@ -36,9 +36,10 @@ usage: python -m alexnet_jax.figures --workdir=DIR --out=DIR [--num_queries=5] [
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from alexnet_jax import runtime
+  from alexnet_jax import runtime  # here: --help answers without loading JAX
 
   runtime.setup()
+  # After runtime.setup(): TensorFlow and JAX load with its settings.
   from alexnet_jax import analysis
 
   try:

@@ -30,10 +30,11 @@ environment (launch/multiprocess_local.sh, SLURM, TPU pods) or from flags:
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import cli, config_checks, distributed, runtime
+from alexnet_jax import cli, config_checks, distributed, run_lock, runtime
 
 config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file (configs/*.py).", lock_config=True
@@ -106,8 +107,6 @@ def main(argv):
       verbose=FLAGS.verbose,
       compilation_cache=FLAGS.compilation_cache,
   )
-  import jax
-
   if jax.process_index() == 0:
     # One writer per workdir, held until exit; multi-process: process 0 holds it for the run,
     # and exit_on_error ends every process if it cannot.
@@ -149,8 +148,6 @@ _held = []  # the run's lock, kept open until the process exits
 
 
 def _lock(workdir, break_lock, wait_s) -> None:
-  from alexnet_jax import run_lock
-
   wait_s = run_lock.default_wait_s() if wait_s is None else wait_s
   try:
     _held.append(run_lock.acquire(workdir, break_lock=break_lock, wait_s=wait_s))
@@ -160,6 +157,7 @@ def _lock(workdir, break_lock, wait_s) -> None:
 
 def _train(config, workdir, changes) -> int:
   """train_and_evaluate -> the exit status; known failures as one FATAL line."""
+  # After runtime.setup() in main(): TensorFlow and JAX load with its settings.
   from alexnet_jax import checkpoint, preemption, train
   from alexnet_jax import data as data_lib
 

@@ -37,9 +37,10 @@ def main(argv):
   paths = argv[1:]
   if not paths:
     raise app.UsageError("give one or more image files after the flags")
-  from alexnet_jax import runtime
+  from alexnet_jax import runtime  # here: --help answers without loading JAX
 
   runtime.setup()
+  # After runtime.setup(): TensorFlow and JAX load with its settings.
   from alexnet_jax import analysis
 
   try:

@@ -134,26 +134,26 @@ def import_tensorflow():
   except ValueError:
     min_level = 0
   if min_level <= 0:
-    import tensorflow as tf
+    import tensorflow as tf  # setup() loads TF here, once its log level is set: all shown
 
     return tf
   sys.stderr.flush()
   try:
     captured = tempfile.TemporaryFile()
   except OSError:  # nowhere to hold the lines: TF prints them as it does
-    import tensorflow as tf
+    import tensorflow as tf  # setup() loads TF here, once its log level is set: unfiltered
 
     return tf
   with captured:
     try:
       saved = os.dup(2)
     except OSError:  # no stderr to filter
-      import tensorflow as tf
+      import tensorflow as tf  # setup() loads TF here, once its log level is set: unfiltered
 
       return tf
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow as tf
+      import tensorflow as tf  # setup() loads TF here, once its log level is set: filtered
     finally:
       sys.stderr.flush()
       os.dup2(saved, 2)
