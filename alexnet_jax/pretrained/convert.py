@@ -17,6 +17,7 @@ import numpy as np
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import facts, fine_tune, input_spec, run_dir, sharding, train_state
 from alexnet_jax.data import oxford17
+from alexnet_jax.files import write_atomically
 from alexnet_jax.pretrained import formats, keras_h5
 from alexnet_jax.pretrained.formats import FORMATS, PRESETS, PYTORCH_FORMATS, ConversionError
 
@@ -246,16 +247,7 @@ def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | N
   for name, prefix in FORMATS[fmt].keys.items():
     state[f"{prefix}.weight"] = torch.from_numpy(layers[name][0].copy())
     state[f"{prefix}.bias"] = torch.from_numpy(layers[name][1].copy())
-  d = os.path.dirname(os.path.abspath(dst))
-  fd, tmp = tempfile.mkstemp(dir=d, suffix=".pth.tmp")
-  os.close(fd)
-  try:
-    torch.save(state, tmp)
-    os.replace(tmp, dst)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  write_atomically(dst, lambda f: torch.save(state, f))
   differences = [
       _with_variant_fields(d, model, model_for(preset_config, num_classes))
       for d in fine_tune.architecture_differences(preset_config, run.config)

@@ -30,11 +30,11 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 
 import numpy as np
 
+from alexnet_jax.files import write_atomically
 from alexnet_jax.pretrained.formats import ConversionError
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -290,11 +290,8 @@ def write(path: str, layers: dict) -> None:
   a temporary file beside `path` and renamed."""
   import h5py  # noqa: PLC0415
 
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, suffix=".weights.h5.tmp")
-  os.close(fd)
-  try:
-    with h5py.File(tmp, "w") as f:
+  def write_h5(file):
+    with h5py.File(file, "w") as f:
       top = f.create_group("layers")
       for kind, names in NAMES_OF_KIND.items():
         for i, layer in enumerate(names):
@@ -304,11 +301,8 @@ def write(path: str, layers: dict) -> None:
           for j, array in enumerate(layers[layer]):
             v.create_dataset(str(j), data=np.asarray(array, np.float32))
       f.create_group("vars").attrs["name"] = "sequential"
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+
+  write_atomically(path, write_h5)
 
 
 def dataset_names() -> list[str]:
