@@ -166,7 +166,7 @@ def preprocess(images, rule: str = "round") -> np.ndarray:
 
 
 def _stack(images: list) -> np.ndarray:
-  size = data_lib.IMAGE_SIZE
+  size = facts.IMAGE_SIZE
   return np.stack(images) if images else np.zeros([0, size, size, 3], np.uint8)
 
 
@@ -249,8 +249,8 @@ class TrainedRun:
         f"model: {self.model.num_towers} tower(s), conv widths {conv}, fc widths {fc}, "
         f"{model_lib.num_params(self.variables):,} parameters"
         f"{' (BatchNorm statistics included)' if 'batch_stats' in self.variables else ''}",
-        f"preprocessing: shorter side to {data_lib.IMAGE_SIZE} ({self.resize_rule}), center "
-        f"{data_lib.IMAGE_SIZE}, {p.mean} mean subtracted"
+        f"preprocessing: shorter side to {facts.IMAGE_SIZE} ({self.resize_rule}), center "
+        f"{facts.IMAGE_SIZE}, {p.mean} mean subtracted"
         f"{', divided by std' if p.std_rgb else ''}, x {p.scale:g}, {p.channel_order.upper()}, "
         f"{views}",
     ]
@@ -632,7 +632,7 @@ def nearest_neighbours(
   dist = np.zeros((nq, 0))
   idx = np.zeros((nq, 0), np.int64)
   labels = np.zeros((nq, 0), np.int64)
-  images = np.zeros((nq, 0, data_lib.IMAGE_SIZE, data_lib.IMAGE_SIZE, 3), np.uint8)
+  images = np.zeros((nq, 0, facts.IMAGE_SIZE, facts.IMAGE_SIZE, 3), np.uint8)
   seen = 0
   scan = scan_split(run, "train", max_examples=max_train_images, desc=f"{layer} of training images")
   for batch in scan:
