@@ -17,6 +17,7 @@ dataset_stats.npz or mean_image.npy).
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import flax.struct
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.facts import IMAGE_SIZE, PREPROCESSING_FILE
+from alexnet_jax.facts import IMAGE_SIZE, MEAN_IMAGE_SHAPE, PREPROCESSING_FILE
 
 MEAN_KINDS = ("dataset", "pixel", "run")
 
@@ -199,20 +200,11 @@ class InputSpec:
 
 
 def json_of_config(config) -> dict:
-  """InputSpec.to_json() of the spec config.input describes, without building its mean
-  image (a converted run has no training statistics)."""
-  inp = config.input
-  return {
-      "image_size": IMAGE_SIZE,
-      "resize": config.dataset.resize,
-      "mean": inp.mean,
-      "mean_rgb": _floats(inp.mean_rgb) if inp.mean == "pixel" else None,
-      "std_rgb": _floats(inp.std_rgb) if inp.std_rgb else None,
-      "channel_order": inp.channel_order,
-      "scale": float(inp.scale),
-      "crop_size": int(inp.crop_size),
-      "view": inp.get("view", "crop"),
-  }
+  """InputSpec.to_json() of the spec config.input describes, without its mean image (a
+  converted run has no training statistics, and the file leaves the image out)."""
+  left_out = np.zeros(MEAN_IMAGE_SHAPE, np.float32)
+  stats = types.SimpleNamespace(mean_image=left_out)
+  return InputSpec.from_config(config, stats, mean_image=left_out).to_json()
 
 
 def is_complete(saved: dict | None) -> bool:
