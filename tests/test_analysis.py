@@ -185,7 +185,7 @@ def test_restore_and_predict_from_a_copied_run_with_the_dataset_renamed_away(
   os.rename(folder_run["root"], away)
   try:
     monkeypatch.setattr(
-        data_lib.sources, "open_raw", lambda *a: pytest.fail("the dataset was read")
+        data_lib.registry, "open_raw", lambda *a: pytest.fail("the dataset was read")
     )
     run = analysis.load_run(str(copy))
     assert run.missing == () and run.class_names == CLASSES
