@@ -285,8 +285,10 @@ def test_each_core_module_alone_loads_neither_tensorflow_nor_the_run_layer(modul
   assert _loaded_by(f"import alexnet_jax.{module}") == []
 
 
-def test_the_checker_sees_a_module_that_loads_tensorflow():
-  assert "tensorflow" in _loaded_by("import alexnet_jax.data.preprocess")
+def test_the_checker_sees_what_it_looks_for():
+  planted = "import types; sys.modules['tensorflow.python'] = types.ModuleType('stand-in')"
+  assert _loaded_by(planted) == ["tensorflow.python"]
+  assert _loaded_by("import alexnet_jax.run_lock") == ["alexnet_jax.run_lock"]
 
 
 def test_every_module_imports_without_torch():
