@@ -148,20 +148,26 @@ def evaluate(
   sums = None
   shard_index, num_shards = sharding.process_data_shard(mesh)
   dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
-  it = data_lib.split_iterator(
+  batches = data_lib.split_iterator(
       dataset,
       split,
       global_batch_size=config.eval_batch_size,
       shard_index=shard_index,
       num_shards=num_shards,
   )
+  it = batches
   if progress:
     total = -(-data_lib.split_size(dataset, split) // config.eval_batch_size)
     total = min(total, max_batches) if max_batches > 0 else total
     it = reporting.progress(it, total=total, desc="evaluating")
-  for i, batch in enumerate(it):
-    if 0 < max_batches <= i:
-      break
-    out = eval_step(variables, global_batch(mesh, batch), spec)
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  try:
+    for i, batch in enumerate(it):
+      if 0 < max_batches <= i:
+        break
+      out = eval_step(variables, global_batch(mesh, batch), spec)
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  finally:  # the stream's threads end now, also after max_batches or an error
+    if progress:
+      it.close()
+    getattr(batches, "close", lambda: None)()
   return metrics_from_sums(sums)

@@ -220,6 +220,22 @@ def test_resume_drops_the_rows_logged_past_the_restored_step(tmp_path):
   assert {s for tag, s in seen if tag == "train/loss"} == {1, 2, 3, 4}
 
 
+def _clock(ticks, **kw):
+  """A reporting.TrainClock whose perf_counter returns `ticks` in turn (then the last)."""
+  from alexnet_jax import reporting
+
+  it = iter(ticks)
+  last = [0.0]
+
+  def now():
+    last[0] = next(it, last[0])
+    return last[0]
+
+  return reporting.TrainClock(
+      batch_size=8, clock=now, wall=lambda: 1e9 + last[0], **{"eval_every": 10, **kw}
+  )
+
+
 def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
   """A window of steps 7..10 (resumed runs included) whose second loss is NaN: step 8."""
   run = types.SimpleNamespace(
@@ -231,8 +247,13 @@ def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
       log=lambda *a: None,
   )
   window = [{"loss": v, "learning_rate": 0.01} for v in (2.0, float("nan"), 3.0, 1e30)]
+  clock = _clock([0.0, 1.0], start_step=6, num_steps=20, checkpoint_every=20)
   with pytest.raises(train.NonFiniteLossError, match=r"at step 8;.*checkpoint in .* is step 4"):
-    train.summarize_window(run, 10, window, seconds=1.0)
+    train.summarize_window(run, 10, window, clock)
+  # Steps 9-10 after the window of 7..8: 2 steps x 8 images in 2 s (the clock reads 1, 3).
+  clock = _clock([0.0, 1.0, 3.0, 3.0], start_step=6, num_steps=20, checkpoint_every=20)
+  steps = [{"loss": 1.0, "top1_error": 0.5, "learning_rate": 0.1}] * 2
+  first = train.summarize_window(run, 8, steps, clock)
   m = train.summarize_window(
       run,
       10,
@@ -240,15 +261,96 @@ def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
           {"loss": 2.0, "top1_error": 0.5, "learning_rate": 0.1},
           {"loss": 4.0, "top1_error": 0.0, "learning_rate": 0.01},
       ],
-      seconds=2.0,
+      clock,
   )
+  assert first["warmup"] is True and first["window_s"] == 1.0
   assert m == {
       "loss": 3.0,
       "top1_error": 0.25,
       "learning_rate": 0.01,
       "images_per_sec": 8.0,
       "epoch": 1.0,
+      "window_s": 2.0,
+      "warmup": False,
+      "time": 1e9 + 3.0,
+      "elapsed_s": 3.0,
   }
+
+
+@pytest.mark.slow
+def test_a_slowed_step_reports_the_rate_of_the_wall_clock(tmp_path, monkeypatch):
+  """Every step waits DELAY s on the device (a host callback inside its computation, so the
+  host dispatches ahead of it as it does of a real slow step). Each window after the warm-up
+  must report its images over the wall time between the ends of its last step and the
+  previous window's, as the callback's own clock saw them, and so no more than
+  batch / DELAY images/s."""
+  from jax.experimental import io_callback
+
+  from alexnet_jax import reporting
+
+  delay, ends = 0.5, []
+
+  def slow(x):
+    time.sleep(delay)
+    ends.append(time.perf_counter())
+    return x
+
+  real = train.make_train_step
+
+  def make_slow_step(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    @jax.jit
+    def slowed(state, batch, spec, lighting):
+      state, metrics = step(state, batch, spec, lighting)
+      loss = io_callback(slow, jax.ShapeDtypeStruct((), jnp.float32), metrics["loss"])
+      return state, {**metrics, "loss": loss}
+
+    return slowed
+
+  monkeypatch.setattr(train, "make_train_step", make_slow_step)
+  monkeypatch.setattr(evaluation, "compiler_options", lambda: None)  # the step is nested
+  config = tiny.config(
+      num_train_steps=12,
+      log_every_steps=4,
+      eval_every_steps=12,
+      checkpoint_every_steps=12,
+      **{"mesh.data": -1},
+  )
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [r for r in reporting.read_metrics(str(tmp_path)) if r["split"] == "train"]
+  assert [(r["step"], r["warmup"]) for r in rows] == [(4, True), (8, False), (12, False)]
+  assert len(ends) == 12
+  for prev, r in zip(rows, rows[1:]):
+    wall = ends[r["step"] - 1] - ends[prev["step"] - 1]
+    assert r["window_s"] == pytest.approx(wall, abs=0.15), (r, wall)
+    assert r["images_per_sec"] == pytest.approx(4 * 8 / r["window_s"], rel=1e-9)
+    assert r["images_per_sec"] < 8 / delay
+    assert r["time"] - prev["time"] == pytest.approx(r["window_s"], abs=0.15)
+
+
+def test_eta_is_the_steady_rate_plus_the_evaluations_left_at_their_measured_time():
+  """100 steps of 8 images, evaluated every 25 (4 evaluations) and saved at the end; logged
+  at steps 25, 50 and 75. The warm-up window (60 s) counts in neither the rate nor the ETA."""
+  clock = _clock(
+      [0.0, 60.0, 70.0, 70.0, 75.0, 85.0],  # start, windows 25 and 50, the eval at 50, window 75
+      start_step=0,
+      num_steps=100,
+      eval_every=25,
+      checkpoint_every=100,
+  )
+  assert clock.end_window(25) == {"images_per_sec": 200 / 60, "window_s": 60.0, "warmup": True}
+  assert clock.eta(25) == (None, 0)
+  assert clock.end_window(50) == {"images_per_sec": 20.0, "window_s": 10.0, "warmup": False}
+  # 50 steps x 8 images at 20 img/s; the evaluations at 50, 75 and 100 are not timed yet.
+  assert clock.eta(50) == (20.0, 3)
+  assert clock.eta_text(50) == "ETA 0m20s + 3 evals"
+  with clock.pause("eval"):  # 70 -> 75: out of the next window
+    pass
+  assert clock.end_window(75) == {"images_per_sec": 20.0, "window_s": 10.0, "warmup": False}
+  # 25 steps at 20 img/s, and two evaluations (75, 100) of 5 s each.
+  assert clock.eta(75) == (10.0 + 2 * 5.0, 0)
+  assert clock.steady_rate == 20.0
 
 
 # ---- the command line --------------------------------------------------------------------
