@@ -389,6 +389,66 @@ def test_wrong_typed_override_exits_non_zero_naming_it(tmp_path):
 TINY = tiny.flags(eval_every_steps=2, checkpoint_every_steps=2, num_train_steps=6)
 
 
+def _seconds_after_last_line(cmd) -> tuple[int, str, float]:
+  """Run `cmd` (stdout and stderr on one pipe): (exit status, output, seconds from its last
+  line to the end of the process, when the pipe closes)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  lines, last = [], time.monotonic()
+  for line in p.stdout:
+    last = time.monotonic()
+    lines.append(line.decode(errors="replace"))
+  end = time.monotonic()
+  return p.wait(), "".join(lines), end - last
+
+
+@pytest.mark.slow
+def test_commands_end_within_2s_of_their_last_line_on_busy_cores(tmp_path):
+  """Two busy loops keep both cores loaded. Training, evaluate and predict each end within
+  2 s of their last line (nothing is left to the interpreter's teardown: cli.exit_now), and
+  what the run wrote is complete: the checkpoint committed, every row of metrics.jsonl, the
+  TensorBoard events readable, the lock file cleared."""
+  from PIL import Image
+
+  workdir = tmp_path / "w"
+  image = tmp_path / "digit.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(image)
+  busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+  try:
+    python = [sys.executable, "-m"]
+    runs = {
+        "train": python
+        + ["alexnet_jax.main", f"--workdir={workdir}"]
+        + tiny.flags(num_train_steps=3, eval_every_steps=3, checkpoint_every_steps=3),
+        "evaluate": python + ["alexnet_jax.evaluate", f"--workdir={workdir}", "--crops=1"],
+        "predict": python + ["alexnet_jax.predict", f"--workdir={workdir}", str(image)],
+    }
+    ended = {name: _seconds_after_last_line(cmd) for name, cmd in runs.items()}
+  finally:
+    for b in busy:
+      b.kill()
+      b.wait()
+  for name, (status, out, seconds) in ended.items():
+    assert status == 0, (name, out[-3000:])
+    assert seconds < 2.0, (name, seconds, out[-1000:])
+  assert "in Python:  from alexnet_jax import analysis" in ended["train"][1]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3"]
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [(r["step"], r["split"]) for r in rows] == [
+      (1, "train"),
+      (2, "train"),
+      (3, "train"),
+      (3, "eval"),
+  ]
+  events = list((workdir / run_dir.TENSORBOARD_DIR).glob("*tfevents*"))
+  steps = {
+      e.step for path in events for e in tf.compat.v1.train.summary_iterator(str(path)) if e.step
+  }
+  assert steps == {1, 2, 3}
+  assert (workdir / run_dir.LOCK_FILE).read_text() == ""
+  assert (workdir / "eval_3_1crop.json").exists()
+
+
 @pytest.mark.slow
 def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
   full = _main(tmp_path / "full", *TINY)
