@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+import jax
 import tensorflow as tf  # the TensorBoard writer (TF is already the input pipeline's)
 import tqdm
 from matplotlib.figure import Figure
@@ -85,7 +86,7 @@ class TrainClock:
     self._windows = 0
     self.warmup_s = 0.0
     self.steady_images, self.steady_s = 0, 0.0
-    self.paused_s = {"eval": [], "save": []}
+    self.paused_s = {"eval": [], "save": [], "profile": []}
 
   def stamp(self) -> dict:
     """The clock fields every row carries: wall-clock time and seconds since the start."""
@@ -109,7 +110,8 @@ class TrainClock:
 
   @contextlib.contextmanager
   def pause(self, kind: str):
-    """Time an evaluation ("eval") or a save ("save") and keep it out of the windows."""
+    """Time an evaluation ("eval"), a save ("save") or the profiler's start or end
+    ("profile"), and keep it out of the windows."""
     t = self._clock()
     try:
       yield
@@ -141,8 +143,8 @@ class TrainClock:
       return None, 0
     seconds = (self.num_steps - step) * self.batch_size / rate
     untimed = 0
-    for kind, done in self.paused_s.items():
-      left = self._left(kind, step)
+    for kind in ("eval", "save"):
+      done, left = self.paused_s[kind], self._left(kind, step)
       if done:
         seconds += left * sum(done) / len(done)
       elif kind == "eval":
@@ -168,6 +170,56 @@ class TrainClock:
         + f"; {len(evals)} evaluation(s) {sum(evals):.1f} s, {len(saves)} save(s) "
         f"{sum(saves):.1f} s"
     )
+
+
+class StepTrace:
+  """A jax.profiler trace of `num_steps` training steps into `log_dir`, the run's TensorBoard
+  directory: log_dir/plugins/profile/<time>/<host>.xplane.pb for TensorBoard's profile
+  plugin, and perfetto_trace.json.gz beside it for ui.perfetto.dev. Every step dispatched
+  while tracing is annotated (jax.profiler.StepTraceAnnotation "train", its step number),
+  which the profile plugin's step-time view reads.
+
+  The loop calls `start(step)` once the device has finished `step` (the first window's
+  last), dispatches the traced steps inside `annotate(step)`, and, when `due(step)`, waits
+  for them and calls `close()`. `close` (also on the way out of an error) ends the trace."""
+
+  def __init__(self, log_dir: str, num_steps: int, last_step: int):
+    self.log_dir, self.num_steps, self._run_end = log_dir, num_steps, last_step
+    self.first = self.last = None
+    self.active = False
+    self.written: str | None = None
+
+  def _dirs(self) -> set:
+    return set(glob.glob(os.path.join(self.log_dir, "plugins", "profile", "*")))
+
+  def start(self, step: int) -> bool:
+    """Trace the steps after `step` (the first call only, and only if steps are left)."""
+    if self.num_steps <= 0 or self.first is not None or step >= self._run_end:
+      return False
+    self._before = self._dirs()
+    jax.profiler.start_trace(self.log_dir, create_perfetto_trace=True)
+    self.first, self.last = step + 1, min(step + self.num_steps, self._run_end)
+    self.active = True
+    return True
+
+  def annotate(self, step: int):
+    if self.active:
+      return jax.profiler.StepTraceAnnotation("train", step_num=step)
+    return contextlib.nullcontext()
+
+  def due(self, step: int) -> bool:
+    """The last traced step was dispatched: wait for its outputs, then `close()`."""
+    return self.active and step >= self.last
+
+  def close(self) -> str | None:
+    """End the trace; returns the directory it was written to (None: nothing traced)."""
+    if not self.active:
+      return None
+    self.active = False
+    jax.profiler.stop_trace()
+    new = sorted(self._dirs() - self._before)
+    self.written = new[-1] if new else None
+    return self.written
 
 
 class MetricsWriter:

@@ -428,13 +428,35 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       checkpoint_every=config.checkpoint_every_steps,
       started=started,
   )
+  # config.profile_steps: a trace of the steps after the first (compilation) window.
+  trace = stack.enter_context(
+      contextlib.closing(
+          reporting.StepTrace(
+              os.path.join(workdir, run_dir.TENSORBOARD_DIR), config.profile_steps, run.num_steps
+          )
+      )
+  )
   pending, eval_metrics, stop = [], None, None
   watcher = stack.enter_context(preemption.Watcher())  # SIGTERM/SIGINT: save, then stop
   for step in range(start + 1, run.num_steps + 1):
-    state, metrics = train_step(
-        state, evaluation.global_batch(run.mesh, next(batches)), run.spec, run.lighting
-    )
+    with trace.annotate(step):
+      state, metrics = train_step(
+          state, evaluation.global_batch(run.mesh, next(batches)), run.spec, run.lighting
+      )
     pending.append(metrics)
+    if trace.due(step):
+      jax.block_until_ready(metrics)  # the traced steps, finished on the device
+      with clock.pause("profile"):
+        path = trace.close()
+      run.log(
+          "profile of steps %d-%d written to %s: `tensorboard --logdir=%s` (its Profile "
+          "tab), or open %s in ui.perfetto.dev",
+          trace.first,
+          trace.last,
+          path,
+          os.path.join(workdir, run_dir.TENSORBOARD_DIR),
+          os.path.join(path or "", "perfetto_trace.json.gz"),
+      )
     last = step == run.num_steps
     stop = watcher.reason if watcher.should_stop(step) and not last else None
     evaluate_now = step % run.eval_every == 0 or last
@@ -445,6 +467,9 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       writer.write(step, "train", summarize_window(run, step, jax.device_get(pending), clock))
       pending = []
       run.manager.check()  # a background save that failed stops the run now
+      if config.profile_steps > 0 and trace.first is None:  # after the first window
+        with clock.pause("profile"):
+          trace.start(step)
     if evaluate_now:
       with clock.pause("eval"):
         state, eval_metrics = evaluate_and_schedule(run, eval_step, state)

@@ -329,6 +329,42 @@ def test_a_slowed_step_reports_the_rate_of_the_wall_clock(tmp_path, monkeypatch)
     assert r["time"] - prev["time"] == pytest.approx(r["window_s"], abs=0.15)
 
 
+@pytest.mark.slow
+def test_profile_steps_traces_the_steps_after_the_first_window(tmp_path):
+  """profile_steps=2 with one step a window: steps 2 and 3 are traced into the run's
+  TensorBoard directory, as TensorBoard's profile plugin (the .xplane.pb, read back with
+  jax.profiler.ProfileData) and Perfetto (perfetto_trace.json.gz) read them."""
+  import gzip
+
+  config = tiny.config(
+      num_train_steps=4,
+      eval_every_steps=4,
+      checkpoint_every_steps=4,
+      profile_steps=2,
+      **{"mesh.data": -1},
+  )
+  train.train_and_evaluate(config, str(tmp_path))
+  (traced,) = (tmp_path / run_dir.TENSORBOARD_DIR / "plugins" / "profile").iterdir()
+  (xplane,) = traced.glob("*.xplane.pb")
+  host = jax.profiler.ProfileData.from_file(str(xplane)).find_plane_with_name("/host:CPU")
+  steps = {
+      dict(e.stats)["step_num"]: e.start_ns
+      for line in host.lines
+      for e in line.events
+      if e.name == "train"
+  }
+  assert sorted(steps) == [2, 3]
+  # The device's work: XLA's executor threads ran after step 2 was dispatched.
+  xla = [e.start_ns for line in host.lines if "XLA" in line.name for e in line.events]
+  assert any(t > steps[2] for t in xla)
+  with gzip.open(traced / "perfetto_trace.json.gz") as f:
+    events = json.load(f)["traceEvents"]
+  assert sorted(e["args"]["step_num"] for e in events if e.get("name") == "train") == ["2", "3"]
+  # The traced steps' window is still timed, the profiler's start and end left out.
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+
+
 def test_eta_is_the_steady_rate_plus_the_evaluations_left_at_their_measured_time():
   """100 steps of 8 images, evaluated every 25 (4 evaluations) and saved at the end; logged
   at steps 25, 50 and 75. The warm-up window (60 s) counts in neither the rate nor the ETA."""
