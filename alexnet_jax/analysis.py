@@ -459,14 +459,20 @@ def scan_split(
     desc: str | None = None,
 ):
   """Batches {'image' uint8 [B, 256, 256, 3], 'label', 'mask'} of one pass over a split of
-  the run's dataset (data_lib.split_iterator), with a progress bar and ETA."""
+  the run's dataset (data_lib.split_iterator), with a progress bar and ETA. The stream is
+  closed when the pass ends or the generator is closed (a loop that breaks early)."""
   dataset = data_lib.open_dataset(run.config.dataset)
   bs = batch_size or run.config.eval_batch_size
   total = -(-data_lib.split_size(dataset, split, max_examples) // bs)
   it = data_lib.split_iterator(
       dataset, split, global_batch_size=bs, shard_index=0, num_shards=1, max_examples=max_examples
   )
-  return reporting.progress(it, total=total, desc=desc or f"{split} split")
+  bar = reporting.progress(it, total=total, desc=desc or f"{split} split")
+  try:
+    yield from bar
+  finally:
+    bar.close()
+    getattr(it, "close", lambda: None)()
 
 
 def dataset_images(run: TrainedRun, split: str = "eval", count: int = 5):
@@ -480,9 +486,12 @@ def dataset_images(run: TrainedRun, split: str = "eval", count: int = 5):
       num_shards=1,
       max_examples=count,
   )
-  for batch in it:
-    images.append(batch["image"][batch["mask"]])
-    labels.append(batch["label"][batch["mask"]])
+  try:
+    for batch in it:
+      images.append(batch["image"][batch["mask"]])
+      labels.append(batch["label"][batch["mask"]])
+  finally:  # the stream's threads end now, not when it is collected
+    getattr(it, "close", lambda: None)()
   return np.concatenate(images), np.concatenate(labels)
 
 
@@ -801,10 +810,10 @@ def ensemble_evaluate(
   sums_fn = jax.jit(evaluation.eval_sums)
   member_sums = [None] * len(runs)
   total = None
-  for i, batch in enumerate(
-      scan_split(first, split, batch_size=batch_size, desc=f"ensemble of {len(runs)}")
-  ):
+  scan = scan_split(first, split, batch_size=batch_size, desc=f"ensemble of {len(runs)}")
+  for i, batch in enumerate(scan):
     if 0 < max_batches <= i:
+      scan.close()
       break
     images = jax.device_put(batch["image"])
     probs = [r.probs_of_batch(images, crops) for r in runs]

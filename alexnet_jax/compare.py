@@ -7,7 +7,8 @@ Reads each run directory's config.json, metrics.jsonl and the eval_<step>_<N>cro
 of `python -m alexnet_jax.evaluate`, and prints one row per run: the config keys that differ
 between the runs, the last step, the training time and images/s, the final and best
 validation errors of training's evaluations, and evaluate's 1- and 10-view errors where a run
-has them. Writes the table as comparison.csv and comparison.md, and the train loss and
+has them. The training time and images/s come from the clock times training records in each
+row of metrics.jsonl; for runs logged before those existed they are estimates, marked ~. Writes the table as comparison.csv and comparison.md, and the train loss and
 validation top-1 error of every run against step as comparison.png, into --out (default: the
 run directories' common parent, the sweep's root for a sweep's runs). Patterns are expanded
 here too (quote them for the shell to pass them on); a pattern's matches that are not
@@ -61,6 +62,7 @@ class Run:
   eval: list[dict]  # its eval rows, likewise
   evaluated: dict[int, dict]  # views -> evaluate's results file of the chosen step
   notes: list[str]
+  rows: list[dict] = dataclasses.field(default_factory=list)  # every row, in the file's order
 
 
 @dataclasses.dataclass
@@ -139,7 +141,7 @@ def read_run(workdir: str) -> Run:
     notes.append(f"no {METRICS_FILE} (a converted or unstarted run)")
   train = _rows_by_step([r for r in rows if r.get("split") == "train"])
   evals = _rows_by_step([r for r in rows if r.get("split") == "eval"])
-  return Run(workdir, config, train, evals, *_evaluated(workdir, train, evals, notes))
+  return Run(workdir, config, train, evals, *_evaluated(workdir, train, evals, notes), rows)
 
 
 def _evaluated(workdir: str, train, evals, notes) -> tuple[dict, list]:
@@ -169,10 +171,31 @@ def _last_step(run: Run) -> int | None:
   return max(steps, default=None)
 
 
+class Estimate(float):
+  """A time figure worked out from images_per_sec alone, for a run logged before
+  metrics.jsonl's rows recorded clock times (whose windows read the clock before the device
+  had finished their steps): printed with a leading ~."""
+
+
+def clocked(run: Run) -> bool:
+  """Whether every training row records its window's wall time (window_s)."""
+  return bool(run.train) and all("window_s" in r for r in run.train)
+
+
 def train_seconds(run: Run) -> float | None:
-  """The logged training windows' time: each train row covers the steps since the previous
-  row at its images_per_sec. metrics.jsonl records no clock time; this leaves out what
-  happens between windows (checkpoint saves, restarts)."""
+  """The run's wall-clock time: for each launch (each starts at its warm-up window), the
+  seconds from its start to its last row (elapsed_s), summed over the launches. An Estimate
+  for runs without clock times: each window's steps x batch_size / images_per_sec, summed
+  (compilation partly, saves and evaluations not counted)."""
+  if clocked(run):
+    total, launch = 0.0, 0.0
+    for r in run.rows:
+      if "elapsed_s" not in r:
+        continue
+      if r.get("split") == "train" and r.get("warmup"):
+        total, launch = total + launch, 0.0
+      launch = max(launch, float(r["elapsed_s"]))
+    return total + launch
   batch = run.config.get("batch_size")
   if not run.train or not batch or any(not r.get("images_per_sec") for r in run.train):
     return None
@@ -180,7 +203,20 @@ def train_seconds(run: Run) -> float | None:
   for r in run.train:
     total += (r["step"] - prev) * batch / r["images_per_sec"]
     prev = r["step"]
-  return total
+  return Estimate(total)
+
+
+def images_per_sec(run: Run) -> float | None:
+  """The steady training rate: the images of the windows after each launch's warm-up window
+  over their wall-clock seconds (the warm-up windows when there is nothing else). An
+  Estimate for runs without clock times: the mean of the windows' images_per_sec."""
+  if clocked(run):
+    steady = [r for r in run.train if not r.get("warmup")] or run.train
+    seconds = sum(float(r["window_s"]) for r in steady)
+    images = sum(float(r["images_per_sec"]) * float(r["window_s"]) for r in steady)
+    return images / seconds if seconds > 0 else None
+  mean = _mean([r["images_per_sec"] for r in run.train if "images_per_sec" in r])
+  return None if mean is None else Estimate(mean)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -211,7 +247,7 @@ def compare(runs: list[Run]) -> Comparison:
     row = {"run": name, **{k: run.config.get(k) for k in differ}}
     row["last step"] = _last_step(run)
     row["train time (s)"] = train_seconds(run)
-    row["images/s"] = _mean([r["images_per_sec"] for r in run.train if "images_per_sec" in r])
+    row["images/s"] = images_per_sec(run)
     for k in (1, 5):
       errors = [r[f"top{k}_error"] for r in run.eval if f"top{k}_error" in r]
       row[f"top-{k} final"] = errors[-1] if errors else None
@@ -224,10 +260,27 @@ def compare(runs: list[Run]) -> Comparison:
       "errors are fractions; top-1/top-5 final and best: the validation evaluations during "
       f"training ({METRICS_FILE}; each run's eval_crops views), best taken for each column "
       "on its own",
-      "train time (s): steps x batch_size / images_per_sec summed over the logged training "
-      f"windows ({METRICS_FILE} records no clock time); images/s: the mean of those windows' "
-      "images_per_sec",
+      "train time (s): the wall-clock seconds from the start of training to the last row of "
+      f"{METRICS_FILE} (elapsed_s), summed over a resumed run's launches; images/s: the images "
+      "of the training windows after each launch's first (compilation) window over their "
+      "wall-clock seconds (window_s)",
   ]
+  estimated = [n for n, r in zip(names, runs) if r.train and not clocked(r)]
+  if estimated:
+    notes.append(
+        "~: an estimate, for runs whose metrics.jsonl records no clock time (logged by an "
+        "earlier version): train time = steps x batch_size / images_per_sec summed over the "
+        "windows, images/s = the windows' mean images_per_sec, both from a clock that stopped "
+        "before the device finished: " + ", ".join(estimated)
+    )
+  warmup_only = [
+      n for n, r in zip(names, runs) if clocked(r) and all(t.get("warmup") for t in r.train)
+  ]
+  if warmup_only:
+    notes.append(
+        "images/s includes compilation (only a warm-up window was logged): "
+        + ", ".join(warmup_only)
+    )
   if views:
     notes.append(
         "N-view: python -m alexnet_jax.evaluate --crops=N's results (eval_STEP_Ncrop.json) "
@@ -246,6 +299,8 @@ def compare(runs: list[Run]) -> Comparison:
 def format_cell(column: str, value) -> str:
   if value is None:
     return "-"
+  if isinstance(value, Estimate):
+    return "~" + format_cell(column, float(value))
   if column.startswith("top-"):
     return f"{value:.4f}"
   if column == "train time (s)":

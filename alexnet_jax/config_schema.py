@@ -256,6 +256,10 @@ KEYS: tuple[Key, ...] = (
         Check(lambda v: v == -1 or (_is_int(v) and v > 0), "-1 (once per epoch) or > 0"), SAFE,
         "", "steps between evaluations"),
     Key("log_every_steps", 100, positive_int(), SAFE, "", "steps between logged metrics"),
+    Key("profile_steps", 0, NON_NEGATIVE_INT, SAFE, "",
+        "> 0: trace that many training steps after the first (compilation) window with "
+        "jax.profiler into the run's TensorBoard directory (TensorBoard's profile tab, "
+        "ui.perfetto.dev); 0: off"),
     Key("checkpoint_every_steps", 5_000, positive_int(), SAFE, "", "steps between checkpoints"),
     Key("keep_checkpoints", 3, positive_int(), SAFE, "",
         "the latest K checkpoints are kept, plus the best by validation top-1"),
@@ -420,6 +424,7 @@ def upgrade(config_dict: dict) -> dict:
         )
   if "dataset" in d:  # runs recorded before the resize rule was a key used this one
     d["dataset"].setdefault("resize", "round")
+  d.setdefault("profile_steps", 0)  # runs recorded before the profiler existed traced nothing
   section = d.setdefault("input", {})
   for name in keys_with():
     if name.startswith("input."):

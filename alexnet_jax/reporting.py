@@ -1,13 +1,16 @@
 """What a run leaves for people: metrics.jsonl, TensorBoard events, a learning-curve PNG
-and a closing summary."""
+and a closing summary; and the training loop's wall clock (TrainClock), which times them."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import sys
+import time
 
+import jax
 import tensorflow as tf  # the TensorBoard writer (TF is already the input pipeline's)
 import tqdm
 from matplotlib.figure import Figure
@@ -30,6 +33,194 @@ def progress(iterable, *, total: int | None, desc: str, unit: str = "batch"):
   return tqdm.tqdm(
       iterable, total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, ascii=True
   )
+
+
+# ---- the training clock ----------------------------------------------------------------------
+# Clock fields of metrics.jsonl's rows: every row carries `time` (Unix seconds when it was
+# written) and `elapsed_s` (seconds since this launch of train_and_evaluate started); train rows
+# also `window_s` (the wall time their images_per_sec divides by) and `warmup` (the launch's
+# first window: compilation and other one-off work); eval rows `eval_s`. Not sent to
+# TensorBoard, which records each event's wall time itself.
+CLOCK_FIELDS = ("time", "elapsed_s", "window_s", "warmup", "eval_s")
+
+
+def _multiples(k: int, after: int, upto: int) -> int:
+  """How many multiples of k lie in (after, upto]."""
+  return max(upto // k - after // k, 0)
+
+
+class TrainClock:
+  """The wall clock of one launch of the training loop.
+
+  A window is the steps logged together. It lasts from the end of the previous window's last
+  step to the end of its own last step, read when the device has finished them: call
+  `end_window` right after fetching the window's metrics (jax.device_get waits for the
+  device), so the log line's timestamp and its rate agree. Evaluations and checkpoint saves
+  run inside `pause(...)`, which takes their time out of the window around them.
+
+  The first window of a launch holds compilation (or loading it from the cache) and the
+  input pipeline's start: it is marked `warmup` and kept out of the steady rate and the ETA.
+  The ETA is the steps left at the steady rate (all steady windows' images over their
+  seconds) plus the evaluations and saves left at the mean time of those already done.
+  """
+
+  def __init__(
+      self,
+      *,
+      batch_size: int,
+      start_step: int,
+      num_steps: int,
+      eval_every: int,
+      checkpoint_every: int,
+      started: float | None = None,
+      clock=time.perf_counter,
+      wall=time.time,
+  ):
+    """started: when the launch started (a `clock()` value; default now): `elapsed_s`
+    counts from it, the first window from now."""
+    self._clock, self._wall = clock, wall
+    self.batch_size, self.num_steps = batch_size, num_steps
+    self._every = {"eval": eval_every, "save": checkpoint_every}
+    self._mark = clock()
+    self._start = self._mark if started is None else started
+    self._step = start_step
+    self._windows = 0
+    self.warmup_s = 0.0
+    self.steady_images, self.steady_s = 0, 0.0
+    self.paused_s = {"eval": [], "save": [], "profile": []}
+
+  def stamp(self) -> dict:
+    """The clock fields every row carries: wall-clock time and seconds since the start."""
+    return {"time": self._wall(), "elapsed_s": self._clock() - self._start}
+
+  def end_window(self, step: int) -> dict:
+    """Close the window that ends with `step` (its steps already finished on the device):
+    {"images_per_sec", "window_s", "warmup"}."""
+    now = self._clock()
+    seconds = max(now - self._mark, 1e-9)
+    images = (step - self._step) * self.batch_size
+    warmup = self._windows == 0
+    if warmup:
+      self.warmup_s += seconds
+    else:
+      self.steady_images += images
+      self.steady_s += seconds
+    self._windows += 1
+    self._mark, self._step = now, step
+    return {"images_per_sec": images / seconds, "window_s": seconds, "warmup": warmup}
+
+  @contextlib.contextmanager
+  def pause(self, kind: str):
+    """Time an evaluation ("eval"), a save ("save") or the profiler's start or end
+    ("profile"), and keep it out of the windows."""
+    t = self._clock()
+    try:
+      yield
+    finally:
+      dt = self._clock() - t
+      self.paused_s[kind].append(dt)
+      self._mark += dt
+
+  def last_pause(self, kind: str) -> float:
+    return self.paused_s[kind][-1]
+
+  @property
+  def steady_rate(self) -> float | None:
+    """Images per second over the windows after the warm-up (None before the second)."""
+    return self.steady_images / self.steady_s if self.steady_s > 0 else None
+
+  def _left(self, kind: str, step: int) -> int:
+    """Evaluations or saves still to come after the window ending at `step` (the one at
+    `step` itself included: it runs after the window is logged)."""
+    k = self._every[kind]
+    n = _multiples(k, step - 1, self.num_steps)
+    return n + (1 if self.num_steps % k and step <= self.num_steps else 0)
+
+  def eta(self, step: int) -> tuple[float | None, int]:
+    """(seconds to the end of the run, evaluations left that none done yet can time);
+    seconds None while no steady window has been timed."""
+    rate = self.steady_rate
+    if rate is None:
+      return None, 0
+    seconds = (self.num_steps - step) * self.batch_size / rate
+    untimed = 0
+    for kind in ("eval", "save"):
+      done, left = self.paused_s[kind], self._left(kind, step)
+      if done:
+        seconds += left * sum(done) / len(done)
+      elif kind == "eval":
+        untimed = left
+    return seconds, untimed
+
+  def eta_text(self, step: int) -> str:
+    seconds, untimed = self.eta(step)
+    if seconds is None:
+      return "ETA after the next window"
+    more = f" + {untimed} eval{'s' if untimed > 1 else ''}" if untimed else ""
+    return f"ETA {format_duration(seconds)}{more}"
+
+  def summary(self) -> str:
+    """One line for the end of the launch: its time, the warm-up, the rate, the pauses."""
+    total = self._clock() - self._start
+    rate = self.steady_rate
+    evals, saves = self.paused_s["eval"], self.paused_s["save"]
+    return (
+        f"{format_duration(total)} ({total:.1f} s) since the start: warm-up window "
+        f"{self.warmup_s:.1f} s, "
+        + (f"then {rate:.1f} img/s" if rate is not None else "no steady window")
+        + f"; {len(evals)} evaluation(s) {sum(evals):.1f} s, {len(saves)} save(s) "
+        f"{sum(saves):.1f} s"
+    )
+
+
+class StepTrace:
+  """A jax.profiler trace of `num_steps` training steps into `log_dir`, the run's TensorBoard
+  directory: log_dir/plugins/profile/<time>/<host>.xplane.pb for TensorBoard's profile
+  plugin, and perfetto_trace.json.gz beside it for ui.perfetto.dev. Every step dispatched
+  while tracing is annotated (jax.profiler.StepTraceAnnotation "train", its step number),
+  which the profile plugin's step-time view reads.
+
+  The loop calls `start(step)` once the device has finished `step` (the first window's
+  last), dispatches the traced steps inside `annotate(step)`, and, when `due(step)`, waits
+  for them and calls `close()`. `close` (also on the way out of an error) ends the trace."""
+
+  def __init__(self, log_dir: str, num_steps: int, last_step: int):
+    self.log_dir, self.num_steps, self._run_end = log_dir, num_steps, last_step
+    self.first = self.last = None
+    self.active = False
+    self.written: str | None = None
+
+  def _dirs(self) -> set:
+    return set(glob.glob(os.path.join(self.log_dir, "plugins", "profile", "*")))
+
+  def start(self, step: int) -> bool:
+    """Trace the steps after `step` (the first call only, and only if steps are left)."""
+    if self.num_steps <= 0 or self.first is not None or step >= self._run_end:
+      return False
+    self._before = self._dirs()
+    jax.profiler.start_trace(self.log_dir, create_perfetto_trace=True)
+    self.first, self.last = step + 1, min(step + self.num_steps, self._run_end)
+    self.active = True
+    return True
+
+  def annotate(self, step: int):
+    if self.active:
+      return jax.profiler.StepTraceAnnotation("train", step_num=step)
+    return contextlib.nullcontext()
+
+  def due(self, step: int) -> bool:
+    """The last traced step was dispatched: wait for its outputs, then `close()`."""
+    return self.active and step >= self.last
+
+  def close(self) -> str | None:
+    """End the trace; returns the directory it was written to (None: nothing traced)."""
+    if not self.active:
+      return None
+    self.active = False
+    jax.profiler.stop_trace()
+    new = sorted(self._dirs() - self._before)
+    self.written = new[-1] if new else None
+    return self.written
 
 
 class MetricsWriter:
@@ -56,7 +247,13 @@ class MetricsWriter:
         "step": int(step),
         "split": split,
         **{
-            k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "dtype") else v)
+            k: (
+                v
+                if isinstance(v, bool)
+                else float(v)
+                if isinstance(v, (int, float)) or hasattr(v, "dtype")
+                else v
+            )
             for k, v in metrics.items()
         },
     }
@@ -64,12 +261,13 @@ class MetricsWriter:
     self._file.flush()
     with self._tb.as_default(step=int(step)):
       for k, v in row.items():
-        if k not in ("step", "split") and isinstance(v, float):
+        if k not in ("step", "split", *CLOCK_FIELDS) and isinstance(v, float):
           tf.summary.scalar(f"{split}/{k}", v)
     self._tb.flush()
 
   def close(self):
-    if self.enabled:
+    """Flush and close both files (again: nothing)."""
+    if self.enabled and not self._file.closed:
       self._file.close()
       self._tb.close()
 

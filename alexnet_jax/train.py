@@ -9,6 +9,7 @@ its sharding train_state.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -192,28 +193,35 @@ def evaluate(
   sums = None
   shard_index, num_shards = sharding.process_data_shard(mesh)
   dataset = data_lib.open_dataset(config.dataset if dataset is None else dataset)
-  it = data_lib.split_iterator(
+  batches = data_lib.split_iterator(
       dataset,
       split,
       global_batch_size=config.eval_batch_size,
       shard_index=shard_index,
       num_shards=num_shards,
   )
+  it = batches
   if progress:
     total = -(-data_lib.split_size(dataset, split) // config.eval_batch_size)
     total = min(total, max_batches) if max_batches > 0 else total
     it = reporting.progress(it, total=total, desc="evaluating")
-  for i, batch in enumerate(it):
-    if 0 < max_batches <= i:
-      break
-    out = eval_step(variables, evaluation.global_batch(mesh, batch), spec)
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  try:
+    for i, batch in enumerate(it):
+      if 0 < max_batches <= i:
+        break
+      out = eval_step(variables, evaluation.global_batch(mesh, batch), spec)
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  finally:  # the stream's threads end now, also after max_batches or an error
+    if progress:
+      it.close()
+    getattr(batches, "close", lambda: None)()
   return evaluation.metrics_from_sums(sums)
 
 
 def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
   """Validation errors of `state`, fed to the plateau schedule; returns (state, metrics)."""
   config = run.config
+  t = time.perf_counter()
   m = evaluate(
       config,
       eval_step,
@@ -224,12 +232,13 @@ def evaluate_and_schedule(run: Run, eval_step, state: train_state.TrainState):
       dataset=run.dataset,
   )
   run.log(
-      "eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s))",
+      "eval step %d: top-1 error %.4f  top-5 error %.4f  (%d images, %d view(s), %.1f s)",
       int(state.step),
       m["top1_error"],
       m["top5_error"],
       m["num_images"],
       config.eval_crops,
+      time.perf_counter() - t,
   )
   if config.optimizer.schedule == "plateau":
     state = state.replace(
@@ -262,9 +271,12 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def summarize_window(run: Run, step: int, window: list[dict], seconds: float) -> dict:
-  """One logging window's metrics (the mean of its steps; the learning rate now), raising
-  NonFiniteLossError at the first non-finite loss."""
+def summarize_window(run: Run, step: int, window: list[dict], clock: reporting.TrainClock) -> dict:
+  """One logging window's metrics (the mean of its steps; the learning rate now; its rate and
+  wall time from `clock`), raising NonFiniteLossError at the first non-finite loss. `window`:
+  the steps' metrics already fetched from the device, so the clock reads the end of its last
+  step."""
+  timing = clock.end_window(step)
   for i, w in enumerate(window):
     if not math.isfinite(w["loss"]):
       raise NonFiniteLossError(
@@ -274,21 +286,23 @@ def summarize_window(run: Run, step: int, window: list[dict], seconds: float) ->
       )
   m = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
   m["learning_rate"] = float(window[-1]["learning_rate"])
-  m["images_per_sec"] = len(window) * run.config.batch_size / seconds
+  m["images_per_sec"] = timing["images_per_sec"]
   m["epoch"] = step / run.steps_per_epoch
-  eta = (run.num_steps - step) * run.config.batch_size / max(m["images_per_sec"], 1e-9)
+  if timing["warmup"]:  # compilation, the input pipeline's start: not the training's pace
+    pace = f"warm-up {timing['window_s']:.1f} s (compilation; not in img/s or ETA)"
+  else:
+    pace = f"{m['images_per_sec']:.1f} img/s  {clock.eta_text(step)}"
   run.log(
-      "step %d/%d  epoch %.2f  loss %.4f  top-1 err %.3f  lr %.2g  %.1f img/s  ETA %s",
+      "step %d/%d  epoch %.2f  loss %.4f  top-1 err %.3f  lr %.2g  %s",
       step,
       run.num_steps,
       m["epoch"],
       m["loss"],
       m["top1_error"],
       m["learning_rate"],
-      m["images_per_sec"],
-      reporting.format_duration(eta),
+      pace,
   )
-  return m
+  return {**m, **timing, **clock.stamp()}
 
 
 def save(run: Run, step: int, state: train_state.TrainState, eval_metrics: dict | None):
@@ -312,76 +326,129 @@ def train_and_evaluate(
 ) -> dict:
   """Train (resuming from `workdir` if it holds a checkpoint) and evaluate; returns the
   final evaluation metrics. `allow`: --allow_config_change (run_data.ALLOW: resume on other
-  training data); `changes`: the config keys this launch changed, for config.json."""
+  training data); `changes`: the config keys this launch changed, for config.json.
+
+  Everything the run opens (the checkpoint manager, the metrics files, the input stream) is
+  closed here, in order, before it returns or raises: the last save committed first."""
+  started = time.perf_counter()
   run = setup_run(config, workdir, allow, changes)
-  state = restore_or_create_state(run)
-  start, num_steps = int(state.step), run.num_steps
-  run.log(
-      "mesh %s on %d device(s), %d process(es); %s: %d train / %d eval images, %d "
-      "classes; %d parameters; steps %d -> %d (%d per epoch)",
-      dict(run.mesh.shape),
-      run.mesh.size,
-      jax.process_count(),
-      run.info.name,
-      run.info.num_train,
-      run.info.num_eval,
-      run.info.num_classes,
-      model_lib.num_params(state.variables),
-      start,
-      num_steps,
-      run.steps_per_epoch,
-  )
-  if start >= num_steps:
-    return _finished_run(run, state)
-
-  # Rows past the restored step (written before a kill) are dropped: one row per step.
-  writer = reporting.MetricsWriter(workdir, enabled=run.lead, start_step=start)
-  train_step = make_train_step(config, run.model, run.mesh, run.steps_per_epoch)
-  eval_step = evaluation.make_eval_step(config, run.model, run.mesh)
-  shard_index, num_shards = sharding.process_data_shard(run.mesh)
-  batches = data_lib.train_iterator(
-      run.dataset,
-      global_batch_size=config.batch_size,
-      seed=config.seed,
-      start_step=start,
-      shard_index=shard_index,
-      num_shards=num_shards,
-  )
-
-  pending, t_window, eval_metrics = [], time.perf_counter(), None
-  with preemption.Watcher() as watcher:  # SIGTERM/SIGINT: save this step, then stop
-    for step in range(start + 1, num_steps + 1):
-      state, metrics = train_step(
-          state, evaluation.global_batch(run.mesh, next(batches)), run.spec, run.lighting
-      )
-      pending.append(metrics)
-      last = step == num_steps
-      stop = watcher.should_stop(step) and not last
-      evaluate_now = step % run.eval_every == 0 or last
-      save_now = step % config.checkpoint_every_steps == 0 or last or stop
-      if step % config.log_every_steps == 0 or evaluate_now or save_now:
-        # Fetching metrics syncs with the device: done only here, so steps stay async.
-        now = time.perf_counter()
-        writer.write(
-            step, "train", summarize_window(run, step, jax.device_get(pending), now - t_window)
-        )
-        pending, t_window = [], now
-        run.manager.check()  # a background save that failed stops the run now
-      if evaluate_now:
-        state, eval_metrics = evaluate_and_schedule(run, eval_step, state)
-        writer.write(step, "eval", eval_metrics)
-      if save_now:
-        save(run, step, state, eval_metrics if evaluate_now else None)
-        t_window = time.perf_counter()  # saving is not training time
-      if stop:
-        break
-    run.manager.wait()  # committed (or raises) before the process may end
-  writer.close()
+  with contextlib.ExitStack() as stack:
+    stack.callback(run.manager.close)  # last: after the final save is committed
+    state = restore_or_create_state(run)
+    start, num_steps = int(state.step), run.num_steps
+    run.log(
+        "mesh %s on %d device(s), %d process(es); %s: %d train / %d eval images, %d "
+        "classes; %d parameters; steps %d -> %d (%d per epoch)",
+        dict(run.mesh.shape),
+        run.mesh.size,
+        jax.process_count(),
+        run.info.name,
+        run.info.num_train,
+        run.info.num_eval,
+        run.info.num_classes,
+        model_lib.num_params(state.variables),
+        start,
+        num_steps,
+        run.steps_per_epoch,
+    )
+    if start >= num_steps:
+      return _finished_run(run, state)
+    eval_metrics, stop, step, clock = _train_loop(run, state, stack, started)
+  # Closed: the input stream, metrics.jsonl and TensorBoard files, the checkpoint manager.
   if stop:
-    raise preemption.Preempted(step, watcher.reason, workdir)
+    raise preemption.Preempted(step, stop, workdir)
+  run.log("trained steps %d -> %d: %s", start, step, clock.summary())
   if run.lead:
     reporting.finish(workdir, config, eval_metrics)
   return eval_metrics
+
+
+def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
+  """Steps start+1 .. num_steps (or up to a preemption); what they open goes on `stack`.
+  Returns (final eval metrics, the preemption signal's name or None, last step, clock)."""
+  config, workdir, start = run.config, run.workdir, int(state.step)
+  # Rows past the restored step (written before a kill) are dropped: one row per step.
+  writer = stack.enter_context(
+      contextlib.closing(reporting.MetricsWriter(workdir, enabled=run.lead, start_step=start))
+  )
+  train_step = make_train_step(config, run.model, run.mesh, run.steps_per_epoch)
+  eval_step = evaluation.make_eval_step(config, run.model, run.mesh)
+  shard_index, num_shards = sharding.process_data_shard(run.mesh)
+  batches = stack.enter_context(
+      contextlib.closing(
+          data_lib.train_iterator(
+              run.dataset,
+              global_batch_size=config.batch_size,
+              seed=config.seed,
+              start_step=start,
+              shard_index=shard_index,
+              num_shards=num_shards,
+          )
+      )
+  )
+  clock = reporting.TrainClock(
+      batch_size=config.batch_size,
+      start_step=start,
+      num_steps=run.num_steps,
+      eval_every=run.eval_every,
+      checkpoint_every=config.checkpoint_every_steps,
+      started=started,
+  )
+  # config.profile_steps: a trace of the steps after the first (compilation) window.
+  trace = stack.enter_context(
+      contextlib.closing(
+          reporting.StepTrace(
+              os.path.join(workdir, run_dir.TENSORBOARD_DIR), config.profile_steps, run.num_steps
+          )
+      )
+  )
+  pending, eval_metrics, stop = [], None, None
+  watcher = stack.enter_context(preemption.Watcher())  # SIGTERM/SIGINT: save, then stop
+  for step in range(start + 1, run.num_steps + 1):
+    with trace.annotate(step):
+      state, metrics = train_step(
+          state, evaluation.global_batch(run.mesh, next(batches)), run.spec, run.lighting
+      )
+    pending.append(metrics)
+    if trace.due(step):
+      jax.block_until_ready(metrics)  # the traced steps, finished on the device
+      with clock.pause("profile"):
+        path = trace.close()
+      run.log(
+          "profile of steps %d-%d written to %s: `tensorboard --logdir=%s` (its Profile "
+          "tab), or open %s in ui.perfetto.dev",
+          trace.first,
+          trace.last,
+          path,
+          os.path.join(workdir, run_dir.TENSORBOARD_DIR),
+          os.path.join(path or "", "perfetto_trace.json.gz"),
+      )
+    last = step == run.num_steps
+    stop = watcher.reason if watcher.should_stop(step) and not last else None
+    evaluate_now = step % run.eval_every == 0 or last
+    save_now = step % config.checkpoint_every_steps == 0 or last or stop
+    if step % config.log_every_steps == 0 or evaluate_now or save_now:
+      # Fetching the metrics waits for the device: done only here, so steps stay async,
+      # and before the clock is read, so a window ends when its last step has.
+      writer.write(step, "train", summarize_window(run, step, jax.device_get(pending), clock))
+      pending = []
+      run.manager.check()  # a background save that failed stops the run now
+      if config.profile_steps > 0 and trace.first is None:  # after the first window
+        with clock.pause("profile"):
+          trace.start(step)
+    if evaluate_now:
+      with clock.pause("eval"):
+        state, eval_metrics = evaluate_and_schedule(run, eval_step, state)
+      writer.write(
+          step, "eval", {**eval_metrics, **clock.stamp(), "eval_s": clock.last_pause("eval")}
+      )
+    if save_now:
+      with clock.pause("save"):  # saving is not training time
+        save(run, step, state, eval_metrics if evaluate_now else None)
+    if stop:
+      break
+  run.manager.wait()  # committed (or raises) before the process may end
+  return eval_metrics, stop, step, clock
 
 
 def _finished_run(run: Run, state: train_state.TrainState) -> dict:

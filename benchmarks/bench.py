@@ -86,6 +86,12 @@ repeat, the order rotating:
 The per-core rates are noisy on a shared VM (bimodal between runs, e.g. 265 vs 405 images/s for
 the bare decode): compare figures of one run, and prefer several repeats.
 
+--profile_steps=N traces N train steps (with augmentation, after compilation) with
+jax.profiler into --profile_dir (default runs/bench_profile; `tensorboard --logdir=DIR`, its
+Profile tab, or DIR/plugins/profile/*/perfetto_trace.json.gz in ui.perfetto.dev) and prints
+the XLA operations' time per step from the trace (benchmarks/tracing.py); the JSON gets
+profile_dir and profile_ops_ms_per_step (the 40 slowest instructions).
+
 Prints a table, then the same figures as ONE JSON object on the last line (--only=input: the
 input table and figures, with device, batch_size, repeats and versions).
 
@@ -141,6 +147,19 @@ flags.DEFINE_enum(
     "default, evaluation.compiler_options()); ynn: jaxlib's default YNNPACK "
     "convolution fusions (sets ALEXNET_JAX_YNN_CONVS=1). Unset: as "
     "ALEXNET_JAX_YNN_CONVS says. A ynn option in XLA_FLAGS overrides both.",
+)
+flags.DEFINE_integer(
+    "profile_steps",
+    0,
+    "> 0: trace that many train steps (with augmentation) with jax.profiler into "
+    "--profile_dir before timing, and print the XLA operations' time per step from it.",
+    lower_bound=0,
+)
+flags.DEFINE_string(
+    "profile_dir",
+    "runs/bench_profile",
+    "Where --profile_steps writes its trace (tensorboard --logdir=DIR; or DIR/plugins/"
+    "profile/*/perfetto_trace.json.gz in ui.perfetto.dev).",
 )
 flags.DEFINE_bool("dry_run", False, "Print what would be measured and exit.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch contender (needs requirements-bench.txt).")
@@ -239,6 +258,8 @@ def run_benchmark(
     input_pipeline=True,
     bf16="auto",
     overhead_pairs=16,
+    profile_steps=0,
+    profile_dir="runs/bench_profile",
     log=print,
 ) -> dict:
   """Runs every measurement; returns the JSON-able results (see the module docstring)."""
@@ -279,6 +300,12 @@ def run_benchmark(
       cfg, msh, model, batch_size, "float32", augment_alone=True
   )
   augment_alone = contenders["augment_alone"]
+  traced = None
+  if profile_steps > 0:
+    from benchmarks import tracing
+
+    log(f"tracing {profile_steps} train step(s) with jax.profiler into {profile_dir}...")
+    traced = tracing.trace_steps(contenders["aug"], profile_steps, profile_dir)
   jax_steps = {"jax": contenders["aug"], "jax_noaug": contenders["noaug"]}
   contenders = {"jax": contenders["aug"]}
   torch_note = "skipped (--notorch)"
@@ -352,6 +379,11 @@ def run_benchmark(
   r["augment_seconds"] = augment_s["augment"]
   r["augment_alone_fraction"] = augment_s["augment"] / paired.median["jax_noaug"]
   r["eval_10crop_images_per_sec"] = eval_batch_size / other_s["eval10"]
+  r["profile_dir"], r["profile_ops_ms_per_step"] = traced, None
+  if traced:
+    ops = tracing.op_times(traced, profile_steps)
+    log(tracing.format_ops(ops, step_s["jax"]))
+    r["profile_ops_ms_per_step"] = {op: round(ms, 3) for op, ms in ops[:40]}
 
   from benchmarks import inputs
 
@@ -594,6 +626,8 @@ def plan() -> str:
   ]
   if FLAGS.torch:
     parts.append("PyTorch" + (" eager and torch.compile" if FLAGS.torch_compile else " eager"))
+  if FLAGS.profile_steps:
+    parts.append(f"a jax.profiler trace of {FLAGS.profile_steps} step(s) into {FLAGS.profile_dir}")
   parts += ["the augmentation's overhead", "the 10-view eval step", "the matmul peak"]
   if FLAGS.input_pipeline:
     parts.append("the input stream")
@@ -649,6 +683,8 @@ def main(argv):
       input_pipeline=FLAGS.input_pipeline,
       bf16=FLAGS.bf16,
       overhead_pairs=FLAGS.overhead_pairs,
+      profile_steps=FLAGS.profile_steps,
+      profile_dir=FLAGS.profile_dir,
       log=log,
   )
   print(format_table(r), flush=True)

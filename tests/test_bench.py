@@ -56,7 +56,7 @@ def test_training_flops_are_the_papers():
 
 
 @pytest.mark.slow
-def test_benchmark_runs_end_to_end_on_a_tiny_model():
+def test_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
   """`python -m benchmarks.bench` in quick mode: a table, then one JSON object whose
   figures are all positive (the PyTorch ones only when PyTorch is installed)."""
   env = dict(os.environ)
@@ -81,6 +81,8 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
       "--mesh=1,1",
       "--bf16=on",
       "--overhead_pairs=5",
+      "--profile_steps=2",
+      f"--profile_dir={tmp_path / 'profile'}",
   ]
   if not with_torch:
     cmd.append("--notorch")
@@ -129,6 +131,49 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model():
     assert 0.0 <= result["host_steal_fraction"] < 1.0
   # The CPU convolution choice reaches the steps as their compiler options, not XLA_FLAGS.
   assert result["compiler_options"] and "ynn_fusion_type" not in result["xla_flags"]
+  # --profile_steps: the trace of two steps, where TensorBoard and Perfetto read it, and the
+  # time of the step's convolutions in it.
+  (traced,) = (tmp_path / "profile" / "plugins" / "profile").iterdir()
+  assert result["profile_dir"] == str(traced)
+  assert list(traced.glob("*.xplane.pb")) and (traced / "perfetto_trace.json.gz").exists()
+  ops = result["profile_ops_ms_per_step"]
+  assert ops and all(ms > 0 for ms in ops.values())
+  assert any(op.startswith("convolution") for op in ops)
+  assert "XLA thunks, summed over threads" in out.stderr
+
+
+def test_op_times_from_a_perfetto_trace_written_by_hand(tmp_path):
+  """Two steps: convolution.1 took 1 ms and 3 ms, fusion.2 0.5 ms on each of two threads in
+  one step; another module's thunk and the executor's own events do not count."""
+  import gzip
+
+  from benchmarks import tracing
+
+  def thunk(op, dur_us, tid=1, module="jit_train_step"):
+    return {
+        "ph": "X",
+        "tid": tid,
+        "dur": dur_us,
+        "name": op,
+        "args": {"hlo_module": module, "hlo_op": op},
+    }
+
+  events = [
+      thunk("convolution.1", 1000.0),
+      thunk("convolution.1", 3000.0),
+      thunk("fusion.2", 500.0, tid=1),
+      thunk("fusion.2", 500.0, tid=2),
+      thunk("convolution.1", 9000.0, module="jit_eval_step"),
+      {"ph": "X", "tid": 1, "dur": 7000.0, "name": "ThunkExecutor::Execute", "args": {}},
+      {"ph": "M", "name": "thread_name", "tid": 1, "args": {"name": "tf_XLAEigen"}},
+  ]
+  with gzip.open(tmp_path / "perfetto_trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  ops = tracing.op_times(str(tmp_path), steps=2)
+  assert ops == [("convolution.1", 2.0), ("fusion.2", 0.5)]
+  table = tracing.format_ops(ops, step_s=0.01)
+  assert "2.5 ms per step" in table
+  assert "convolution" in table and "0.200 of the step" in table
 
 
 # The input benchmark's figures, and its per-core ratios to the bare decode (ratio, figure).

@@ -166,11 +166,45 @@ def test_table_against_hand_computed_values(runs):
   _check_rows(c.rows)
   assert "a: its 1-view errors are of step 20, not of its last step 30" in c.notes
   assert f"b: 1 unreadable line(s) of {compare.METRICS_FILE} skipped" in c.notes
-  assert any("records no clock time" in n for n in c.notes)
+  assert any(n.startswith("~: an estimate") and n.endswith(": a, b") for n in c.notes)
+  for r in c.rows:
+    assert isinstance(r["train time (s)"], compare.Estimate)
+    assert isinstance(r["images/s"], compare.Estimate)
   assert (
       "training's evaluations saw different numbers of validation images (max_eval_batches): "
       "a 64, b 32"
   ) in c.notes
+
+
+def _clocked(step, ips, window_s, elapsed_s, warmup=False):
+  return {**_train(step, 1.0, ips), "window_s": window_s, "elapsed_s": elapsed_s, "warmup": warmup}
+
+
+def test_clocked_runs_take_time_and_rate_from_the_recorded_clock(tmp_path):
+  """A run launched twice (killed after its step-20 checkpoint, resumed): each launch's time
+  is its last row's elapsed_s; the rate leaves out each launch's warm-up window."""
+  rows = [
+      _clocked(10, 8.0, 10.0, 12.0, warmup=True),  # 80 images in 10 s, 2 s of setup before
+      _clocked(20, 40.0, 2.0, 14.5),  # 80 images in 2 s
+      {**_eval(20, 0.5, 0.2), "elapsed_s": 16.0, "eval_s": 1.5},
+      _clocked(30, 10.0, 8.0, 9.0, warmup=True),  # the second launch: compiles again
+      _clocked(40, 20.0, 4.0, 13.5),  # 80 images in 4 s
+      {**_eval(40, 0.4, 0.1), "elapsed_s": 15.0, "eval_s": 1.0},
+  ]
+  _write_run(tmp_path / "r", CONFIG_A, rows)
+  warm = [_clocked(10, 4.0, 20.0, 21.0, warmup=True)]  # one window: compilation included
+  _write_run(tmp_path / "w", CONFIG_A, warm)
+  c = compare.compare([compare.read_run(str(tmp_path / n)) for n in ("r", "w")])
+  r, w = c.rows
+  assert r["train time (s)"] == pytest.approx(16.0 + 15.0)
+  assert r["images/s"] == pytest.approx((80 + 80) / (2.0 + 4.0))
+  assert w["train time (s)"] == pytest.approx(21.0) and w["images/s"] == pytest.approx(4.0)
+  for row in c.rows:
+    assert not isinstance(row["train time (s)"], compare.Estimate)
+    assert not isinstance(row["images/s"], compare.Estimate)
+  assert not any(n.startswith("~") for n in c.notes)
+  assert "images/s includes compilation (only a warm-up window was logged): w" in c.notes
+  assert compare.text_table(c).splitlines()[2].split()[1:4] == ["40", "31", "26.7"]
 
 
 def test_files_csv_markdown_and_the_curves(runs, tmp_path):
@@ -194,7 +228,8 @@ def test_files_csv_markdown_and_the_curves(runs, tmp_path):
   header = "| " + " | ".join(c.columns) + " |"
   table_rows = md[md.index(header) + 2 :]
   assert [r.split(" | ")[0] for r in table_rows] == ["| a", "| b"]
-  assert table_rows[1].startswith("| b | runs/x | false | 0.02 | 20 | 3 | 60.0 | 0.5500 |")
+  # Logged without clock times: the time figures are estimates, marked ~.
+  assert table_rows[1].startswith("| b | runs/x | false | 0.02 | 20 | ~3 | ~60.0 | 0.5500 |")
 
   # Two lines per panel, one per run, carrying the runs' own numbers and the same colour.
   fig = compare.plot(c)
@@ -245,15 +280,16 @@ def test_command_on_a_glob_writes_into_the_runs_parent(runs):
   lines = r.stdout.splitlines()
   header = next(i for i, line in enumerate(lines) if line.startswith("run "))
   assert lines[header].split()[:4] == ["run", "init_from", "model.lrn", "optimizer.learning_rate"]
-  assert lines[header + 2].split()[:8] == ["a", "-", "true", "0.01", "30", "4", "66.7", "0.5000"]
+  # Rows written without clock times: estimated time figures (~).
+  assert lines[header + 2].split()[:8] == ["a", "-", "true", "0.01", "30", "~4", "~66.7", "0.5000"]
   assert lines[header + 3].split()[:8] == [
       "b",
       "runs/x",
       "false",
       "0.02",
       "20",
-      "3",
-      "60.0",
+      "~3",
+      "~60.0",
       "0.5500",
   ]
   # The directory without config.json: one line naming it and what a run directory holds.

@@ -229,6 +229,22 @@ def test_resume_drops_the_rows_logged_past_the_restored_step(tmp_path):
   assert {s for tag, s in seen if tag == "train/loss"} == {1, 2, 3, 4}
 
 
+def _clock(ticks, **kw):
+  """A reporting.TrainClock whose perf_counter returns `ticks` in turn (then the last)."""
+  from alexnet_jax import reporting
+
+  it = iter(ticks)
+  last = [0.0]
+
+  def now():
+    last[0] = next(it, last[0])
+    return last[0]
+
+  return reporting.TrainClock(
+      batch_size=8, clock=now, wall=lambda: 1e9 + last[0], **{"eval_every": 10, **kw}
+  )
+
+
 def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
   """A window of steps 7..10 (resumed runs included) whose second loss is NaN: step 8."""
   run = types.SimpleNamespace(
@@ -240,8 +256,13 @@ def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
       log=lambda *a: None,
   )
   window = [{"loss": v, "learning_rate": 0.01} for v in (2.0, float("nan"), 3.0, 1e30)]
+  clock = _clock([0.0, 1.0], start_step=6, num_steps=20, checkpoint_every=20)
   with pytest.raises(train.NonFiniteLossError, match=r"at step 8;.*checkpoint in .* is step 4"):
-    train.summarize_window(run, 10, window, seconds=1.0)
+    train.summarize_window(run, 10, window, clock)
+  # Steps 9-10 after the window of 7..8: 2 steps x 8 images in 2 s (the clock reads 1, 3).
+  clock = _clock([0.0, 1.0, 3.0, 3.0], start_step=6, num_steps=20, checkpoint_every=20)
+  steps = [{"loss": 1.0, "top1_error": 0.5, "learning_rate": 0.1}] * 2
+  first = train.summarize_window(run, 8, steps, clock)
   m = train.summarize_window(
       run,
       10,
@@ -249,15 +270,132 @@ def test_non_finite_loss_names_the_step_where_it_happened(tmp_path):
           {"loss": 2.0, "top1_error": 0.5, "learning_rate": 0.1},
           {"loss": 4.0, "top1_error": 0.0, "learning_rate": 0.01},
       ],
-      seconds=2.0,
+      clock,
   )
+  assert first["warmup"] is True and first["window_s"] == 1.0
   assert m == {
       "loss": 3.0,
       "top1_error": 0.25,
       "learning_rate": 0.01,
       "images_per_sec": 8.0,
       "epoch": 1.0,
+      "window_s": 2.0,
+      "warmup": False,
+      "time": 1e9 + 3.0,
+      "elapsed_s": 3.0,
   }
+
+
+@pytest.mark.slow
+def test_a_slowed_step_reports_the_rate_of_the_wall_clock(tmp_path, monkeypatch):
+  """Every step waits DELAY s on the device (a host callback inside its computation, so the
+  host dispatches ahead of it as it does of a real slow step). Each window after the warm-up
+  must report its images over the wall time between the ends of its last step and the
+  previous window's, as the callback's own clock saw them, and so no more than
+  batch / DELAY images/s."""
+  from jax.experimental import io_callback
+
+  from alexnet_jax import reporting
+
+  delay, ends = 0.5, []
+
+  def slow(x):
+    time.sleep(delay)
+    ends.append(time.perf_counter())
+    return x
+
+  real = train.make_train_step
+
+  def make_slow_step(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    @jax.jit
+    def slowed(state, batch, spec, lighting):
+      state, metrics = step(state, batch, spec, lighting)
+      loss = io_callback(slow, jax.ShapeDtypeStruct((), jnp.float32), metrics["loss"])
+      return state, {**metrics, "loss": loss}
+
+    return slowed
+
+  monkeypatch.setattr(train, "make_train_step", make_slow_step)
+  monkeypatch.setattr(evaluation, "compiler_options", lambda: None)  # the step is nested
+  config = tiny.config(
+      num_train_steps=12,
+      log_every_steps=4,
+      eval_every_steps=12,
+      checkpoint_every_steps=12,
+      **{"mesh.data": -1},
+  )
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [r for r in reporting.read_metrics(str(tmp_path)) if r["split"] == "train"]
+  assert [(r["step"], r["warmup"]) for r in rows] == [(4, True), (8, False), (12, False)]
+  assert len(ends) == 12
+  for prev, r in zip(rows, rows[1:]):
+    wall = ends[r["step"] - 1] - ends[prev["step"] - 1]
+    assert r["window_s"] == pytest.approx(wall, abs=0.15), (r, wall)
+    assert r["images_per_sec"] == pytest.approx(4 * 8 / r["window_s"], rel=1e-9)
+    assert r["images_per_sec"] < 8 / delay
+    assert r["time"] - prev["time"] == pytest.approx(r["window_s"], abs=0.15)
+
+
+@pytest.mark.slow
+def test_profile_steps_traces_the_steps_after_the_first_window(tmp_path):
+  """profile_steps=2 with one step a window: steps 2 and 3 are traced into the run's
+  TensorBoard directory, as TensorBoard's profile plugin (the .xplane.pb, read back with
+  jax.profiler.ProfileData) and Perfetto (perfetto_trace.json.gz) read them."""
+  import gzip
+
+  config = tiny.config(
+      num_train_steps=4,
+      eval_every_steps=4,
+      checkpoint_every_steps=4,
+      profile_steps=2,
+      **{"mesh.data": -1},
+  )
+  train.train_and_evaluate(config, str(tmp_path))
+  (traced,) = (tmp_path / run_dir.TENSORBOARD_DIR / "plugins" / "profile").iterdir()
+  (xplane,) = traced.glob("*.xplane.pb")
+  host = jax.profiler.ProfileData.from_file(str(xplane)).find_plane_with_name("/host:CPU")
+  steps = {
+      dict(e.stats)["step_num"]: e.start_ns
+      for line in host.lines
+      for e in line.events
+      if e.name == "train"
+  }
+  assert sorted(steps) == [2, 3]
+  # The device's work: XLA's executor threads ran after step 2 was dispatched.
+  xla = [e.start_ns for line in host.lines if "XLA" in line.name for e in line.events]
+  assert any(t > steps[2] for t in xla)
+  with gzip.open(traced / "perfetto_trace.json.gz") as f:
+    events = json.load(f)["traceEvents"]
+  assert sorted(e["args"]["step_num"] for e in events if e.get("name") == "train") == ["2", "3"]
+  # The traced steps' window is still timed, the profiler's start and end left out.
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+
+
+def test_eta_is_the_steady_rate_plus_the_evaluations_left_at_their_measured_time():
+  """100 steps of 8 images, evaluated every 25 (4 evaluations) and saved at the end; logged
+  at steps 25, 50 and 75. The warm-up window (60 s) counts in neither the rate nor the ETA."""
+  clock = _clock(
+      [0.0, 60.0, 70.0, 70.0, 75.0, 85.0],  # start, windows 25 and 50, the eval at 50, window 75
+      start_step=0,
+      num_steps=100,
+      eval_every=25,
+      checkpoint_every=100,
+  )
+  assert clock.end_window(25) == {"images_per_sec": 200 / 60, "window_s": 60.0, "warmup": True}
+  assert clock.eta(25) == (None, 0)
+  assert clock.end_window(50) == {"images_per_sec": 20.0, "window_s": 10.0, "warmup": False}
+  # 50 steps x 8 images at 20 img/s; the evaluations at 50, 75 and 100 are not timed yet.
+  assert clock.eta(50) == (20.0, 3)
+  assert clock.eta_text(50) == "ETA 0m20s + 3 evals"
+  with clock.pause("eval"):  # 70 -> 75: out of the next window
+    pass
+  assert clock.end_window(75) == {"images_per_sec": 20.0, "window_s": 10.0, "warmup": False}
+  # 25 steps at 20 img/s, and two evaluations (75, 100) of 5 s each.
+  assert clock.eta(75) == (10.0 + 2 * 5.0, 0)
+  assert clock.steady_rate == 20.0
 
 
 # ---- the command line --------------------------------------------------------------------
@@ -294,6 +432,66 @@ def test_wrong_typed_override_exits_non_zero_naming_it(tmp_path):
 
 
 TINY = tiny.flags(eval_every_steps=2, checkpoint_every_steps=2, num_train_steps=6)
+
+
+def _seconds_after_last_line(cmd) -> tuple[int, str, float]:
+  """Run `cmd` (stdout and stderr on one pipe): (exit status, output, seconds from its last
+  line to the end of the process, when the pipe closes)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  lines, last = [], time.monotonic()
+  for line in p.stdout:
+    last = time.monotonic()
+    lines.append(line.decode(errors="replace"))
+  end = time.monotonic()
+  return p.wait(), "".join(lines), end - last
+
+
+@pytest.mark.slow
+def test_commands_end_within_2s_of_their_last_line_on_busy_cores(tmp_path):
+  """Two busy loops keep both cores loaded. Training, evaluate and predict each end within
+  2 s of their last line (nothing is left to the interpreter's teardown: cli.exit_now), and
+  what the run wrote is complete: the checkpoint committed, every row of metrics.jsonl, the
+  TensorBoard events readable, the lock file cleared."""
+  from PIL import Image
+
+  workdir = tmp_path / "w"
+  image = tmp_path / "digit.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(image)
+  busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+  try:
+    python = [sys.executable, "-m"]
+    runs = {
+        "train": python
+        + ["alexnet_jax.main", f"--workdir={workdir}"]
+        + tiny.flags(num_train_steps=3, eval_every_steps=3, checkpoint_every_steps=3),
+        "evaluate": python + ["alexnet_jax.evaluate", f"--workdir={workdir}", "--crops=1"],
+        "predict": python + ["alexnet_jax.predict", f"--workdir={workdir}", str(image)],
+    }
+    ended = {name: _seconds_after_last_line(cmd) for name, cmd in runs.items()}
+  finally:
+    for b in busy:
+      b.kill()
+      b.wait()
+  for name, (status, out, seconds) in ended.items():
+    assert status == 0, (name, out[-3000:])
+    assert seconds < 2.0, (name, seconds, out[-1000:])
+  assert "in Python:  from alexnet_jax import analysis" in ended["train"][1]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3"]
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [(r["step"], r["split"]) for r in rows] == [
+      (1, "train"),
+      (2, "train"),
+      (3, "train"),
+      (3, "eval"),
+  ]
+  events = list((workdir / run_dir.TENSORBOARD_DIR).glob("*tfevents*"))
+  steps = {
+      e.step for path in events for e in tf.compat.v1.train.summary_iterator(str(path)) if e.step
+  }
+  assert steps == {1, 2, 3}
+  assert (workdir / run_dir.LOCK_FILE).read_text() == ""
+  assert (workdir / "eval_3_1crop.json").exists()
 
 
 @pytest.mark.slow
