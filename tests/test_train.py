@@ -353,7 +353,7 @@ def test_profile_steps_traces_the_steps_after_the_first_window(tmp_path):
       **{"mesh.data": -1},
   )
   train.train_and_evaluate(config, str(tmp_path))
-  (traced,) = (tmp_path / run_dir.TENSORBOARD_DIR / "plugins" / "profile").iterdir()
+  (traced,) = (tmp_path / facts.TENSORBOARD_DIR / "plugins" / "profile").iterdir()
   (xplane,) = traced.glob("*.xplane.pb")
   host = jax.profiler.ProfileData.from_file(str(xplane)).find_plane_with_name("/host:CPU")
   steps = {
@@ -485,12 +485,12 @@ def test_commands_end_within_2s_of_their_last_line_on_busy_cores(tmp_path):
       (3, "train"),
       (3, "eval"),
   ]
-  events = list((workdir / run_dir.TENSORBOARD_DIR).glob("*tfevents*"))
+  events = list((workdir / facts.TENSORBOARD_DIR).glob("*tfevents*"))
   steps = {
       e.step for path in events for e in tf.compat.v1.train.summary_iterator(str(path)) if e.step
   }
   assert steps == {1, 2, 3}
-  assert (workdir / run_dir.LOCK_FILE).read_text() == ""
+  assert (workdir / facts.LOCK_FILE).read_text() == ""
   assert (workdir / "eval_3_1crop.json").exists()
 
 
