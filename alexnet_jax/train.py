@@ -25,6 +25,7 @@ from alexnet_jax import (
     augment,
     config_checks,
     evaluation,
+    facts,
     fine_tune,
     optim,
     preemption,
@@ -398,7 +399,7 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
   trace = stack.enter_context(
       contextlib.closing(
           reporting.StepTrace(
-              os.path.join(workdir, run_dir.TENSORBOARD_DIR), config.profile_steps, run.num_steps
+              os.path.join(workdir, facts.TENSORBOARD_DIR), config.profile_steps, run.num_steps
           )
       )
   )
@@ -420,7 +421,7 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
           trace.first,
           trace.last,
           path,
-          os.path.join(workdir, run_dir.TENSORBOARD_DIR),
+          os.path.join(workdir, facts.TENSORBOARD_DIR),
           os.path.join(path or "", "perfetto_trace.json.gz"),
       )
     last = step == run.num_steps
