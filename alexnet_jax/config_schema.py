@@ -96,6 +96,16 @@ KEYS: tuple[Key, ...] = (
         "every random stream (init, data order, augmentation, dropout) derives from it"),
     Key("batch_size", 128, positive_int("a positive integer (the global batch)"), NEVER, "§5",
         "global, over all processes and devices"),
+    # Micro-batch b of K holds the global batch's rows b, b + K, b + 2K, ...: each device's own
+    # rows, so nothing moves between devices, and the same rows on every mesh. Without
+    # BatchNorm the update is the whole batch's (to float rounding; every example keeps its
+    # augmentation and dropout keys); with BatchNorm each micro-batch is normalised by its own
+    # statistics and updates the running averages once (K times a step), as in Goyal et al.
+    # and big_vision. 'allow' on resume: with BatchNorm it changes the training.
+    Key("gradient_accumulation", 1,
+        positive_int("a positive integer that divides batch_size"), ALLOW, "",
+        "K: each step's global batch runs as K micro-batches of batch_size / K (one after "
+        "the other, inside the jitted step), and their mean gradient makes one update"),
     Key("num_epochs", 90.0, number(lambda v: True, "a number"), SAFE, "§5",
         "passes over the training split (used when num_train_steps <= 0)"),
     Key("num_train_steps", -1, INT, SAFE, "", "> 0 overrides num_epochs"),
@@ -214,10 +224,11 @@ KEYS: tuple[Key, ...] = (
         "", "compute dtype ('bfloat16' on accelerators); parameters stay float32"),
 
     # ======================================== Optimizer ========================================
-    # 'adam' is keras.optimizers.Adam's rule (alexnet_jax/optim.py); the state's shapes differ,
-    # so a resumed run keeps its optimizer.
-    Key("optimizer.name", "sgd", one_of("sgd", "adam"), NEVER, "§5",
-        "'sgd' (the paper's momentum SGD) or 'adam' (Keras's Adam)"),
+    # 'adam' is keras.optimizers.Adam's rule, 'lars' You et al.'s (alexnet_jax/optim.py); the
+    # state's shapes differ, so a resumed run keeps its optimizer.
+    Key("optimizer.name", "sgd", one_of("sgd", "adam", "lars"), NEVER, "§5",
+        "'sgd' (the paper's momentum SGD), 'adam' (Keras's Adam) or 'lars' (You et al. 2017: "
+        "momentum SGD with a learning rate per layer; biases and BatchNorm excluded)"),
     Key("optimizer.learning_rate", 0.01,
         number(lambda v: v > 0, "a number > 0 (paper: 0.01)"), ALLOW, "§5",
         "the initial learning rate (Keras's Adam: 1e-3)"),
@@ -230,11 +241,21 @@ KEYS: tuple[Key, ...] = (
     Key("optimizer.epsilon", 1e-7, number(lambda v: v > 0, "a number > 0"), ALLOW, "",
         "Adam's epsilon, added to sqrt(v) as Keras adds it"),
     Key("optimizer.weight_decay", 5e-4, number(lambda v: v >= 0, "a number >= 0"), ALLOW, "§5",
-        "weight decay: sgd in the velocity (§5); adam decoupled, w -= lr * wd * w (Keras's)"),
-    Key("optimizer.decay_biases", False, BOOL, ALLOW, "§5", "cuda-convnet2 did not decay biases"),
-    Key("optimizer.schedule", "plateau", one_of("plateau", "step", "constant"), ALLOW, "§5",
-        "'plateau' (the paper's: drop when validation error stops improving), 'step' (at "
-        "drop_epochs) or 'constant'"),
+        "weight decay: sgd and lars in the velocity (§5); adam decoupled, w -= lr * wd * w "
+        "(Keras's)"),
+    Key("optimizer.decay_biases", False, BOOL, ALLOW, "§5",
+        "cuda-convnet2 did not decay biases (sgd, adam; lars never decays them)"),
+    Key("optimizer.trust_coefficient", 0.001,
+        number(lambda v: v > 0, "a number > 0 (You et al.: 0.001)"), ALLOW, "",
+        "lars: eta, the layer's update over its weights' norm: eta ||w|| / (||g|| + wd ||w||)"),
+    Key("optimizer.schedule", "plateau", one_of("plateau", "step", "constant", "poly"), ALLOW,
+        "§5", "'plateau' (the paper's: drop when validation error stops improving), 'step' (at "
+        "drop_epochs), 'constant' or 'poly' (lr * (1 - step / steps) ** power, You et al.)"),
+    Key("optimizer.power", 2.0, number(lambda v: v > 0, "a number > 0 (You et al.: 2)"),
+        ALLOW, "", "poly: the exponent of the decay to 0 at the last step"),
+    Key("optimizer.warmup_epochs", 0.0, number(lambda v: v >= 0, "a number >= 0"), ALLOW, "",
+        "> 0: the schedule's rate times step / warmup steps until then (linear from 0; Goyal "
+        "et al., You et al.), for any optimizer and schedule"),
     Key("optimizer.drop_factor", 0.1, number(lambda v: 0 < v <= 1, "a number in (0, 1]"),
         ALLOW, "§5", "what a drop multiplies the learning rate by"),
     Key("optimizer.patience", 2, NON_NEGATIVE_INT, ALLOW, "",
@@ -351,6 +372,12 @@ def problems(config) -> list[str]:
       continue  # absent: partial configs belong to other checks
     if not key.check.ok(value):
       out.append(f"config.{key.name}={value!r} is impossible: it must be {key.check.phrase}.")
+  batch, k = _get(config, "batch_size"), _get(config, "gradient_accumulation")
+  if _is_int(batch) and _is_int(k) and batch > 0 and k > 0 and batch % k:
+    out.append(
+        f"config.gradient_accumulation={k} does not divide config.batch_size={batch}: pick a "
+        f"K that divides the global batch (micro-batches of batch_size / K)."
+    )
   steps, epochs = _get(config, "num_train_steps"), _get(config, "num_epochs")
   if _is_int(steps) and steps <= 0 and not (_is_number(epochs) and epochs > 0):
     out.append(
@@ -422,6 +449,8 @@ def upgrade(config_dict: dict) -> dict:
         d["optimizer"].setdefault(
             name.split(".")[1], list(default) if isinstance(default, tuple) else default
         )
+  if "batch_size" in d:  # runs recorded before gradient accumulation ran whole batches
+    d.setdefault("gradient_accumulation", 1)
   if "dataset" in d:  # runs recorded before the resize rule was a key used this one
     d["dataset"].setdefault("resize", "round")
   d.setdefault("profile_steps", 0)  # runs recorded before the profiler existed traced nothing

@@ -283,7 +283,10 @@ class AlexNet(nn.Module):
   data_axis: str | None = None
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, example_index=None):
+    """Logits of `images`; example_index: int [B], the rows' positions in the global batch
+    that dropout keys its masks by (None: this batch is the global batch, split over the
+    data axis in order; a micro-batch of gradient accumulation passes its rows' own)."""
     x = self._check(images).astype(self.dtype)
     (c1, c2, c3, c4, c5), (f6, f7) = self.layer_widths()
     k1, k2, k3, k4, k5 = self.variant.conv_kernels
@@ -302,12 +305,12 @@ class AlexNet(nn.Module):
     h = self._conv("conv5", h, k5, c4 // t, c5, padding=self._padding(5, k5))  # §3.2: own tower
     h = self._bn("bn5", self._sow("pool5", self._pool(h)), train)  # §3.4; no LRN after conv5
     g = self._flatten(self._gather_towers(h))  # §3.2: fc6 reads both towers
-    g = self._fc("fc6", g, f6, train)  # §4.2 dropout
+    g = self._fc("fc6", g, f6, train, example_index)  # §4.2 dropout
     g = self._gather_towers(self._bn("bn6", g, train))  # §3.2: fc7 reads both
-    g = self._fc("fc7", g, f7, train)  # §4.2 dropout
+    g = self._fc("fc7", g, f7, train, example_index)  # §4.2 dropout
     g = self._gather_towers(self._bn("bn7", g, train))  # §3.2: fc8 reads both
     if self.variant.fc8_width:
-      return self._classifier("head", self._hidden_fc8(g, train))
+      return self._classifier("head", self._hidden_fc8(g, train, example_index))
     return self._classifier("fc8", g)  # 1000-way softmax's logits (§3.5)
 
   # ---- static structure -------------------------------------------------------------
@@ -490,7 +493,7 @@ class AlexNet(nn.Module):
       x = jnp.transpose(x, (0, 3, 1, 2))
     return x.reshape(x.shape[0], -1)
 
-  def _fc(self, name, g, width, train):
+  def _fc(self, name, g, width, train, example_index=None):
     """A fully-connected tower layer + ReLU (§3.1) reading g, the gathered towers; dropout
     (§4.2) on its output while training."""
     local = self._local_towers()
@@ -505,28 +508,31 @@ class AlexNet(nn.Module):
     if train and self.dropout_rate > 0:
       rng = self.make_rng("dropout")  # once per layer: the same on every mesh
       first = self._first_global_tower()
-      hs = [self._dropout(hs[i], rng, first + i) for i in range(local)]
+      hs = [self._dropout(hs[i], rng, first + i, example_index) for i in range(local)]
     return self._sow(f"{name}_out", hs)
 
-  def _dropout(self, x, rng, tower: jax.Array | int):
+  def _dropout(self, x, rng, tower: jax.Array | int, example_index=None):
     """Inverted dropout whose mask depends only on (layer rng, tower, example index),
-    so it is the same whatever the mesh: independent across towers and examples, and
-    across steps through the rng the caller folds the step into."""
+    so it is the same whatever the mesh or the micro-batch an example is in: independent
+    across towers and examples, and across steps through the rng the caller folds the step
+    into. example_index: this device's rows' positions in the global batch (None: in order)."""
     rng = jax.random.fold_in(rng, tower)
     batch = x.shape[0]
-    start = 0 if self.data_axis is None else jax.lax.axis_index(self.data_axis) * batch
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, start + jnp.arange(batch))
+    if example_index is None:
+      start = 0 if self.data_axis is None else jax.lax.axis_index(self.data_axis) * batch
+      example_index = start + jnp.arange(batch)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, example_index)
     keep = 1.0 - self.dropout_rate
     mask = jax.vmap(lambda k: jax.random.bernoulli(k, keep, x.shape[1:]))(keys)
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
-  def _hidden_fc8(self, g, train):
+  def _hidden_fc8(self, g, train, example_index=None):
     """fc8 as a hidden layer (variant.fc8_width): ReLU, dropout, BatchNorm; no tower axis."""
     width = self.fc8_width()
     k, b = self._params("fc8", (g.shape[-1], width), (width,))
     y = nn.relu(g @ k.astype(self.dtype) + b.astype(self.dtype))
     if train and self.dropout_rate > 0:
-      y = self._dropout(y, self.make_rng("dropout"), 0)
+      y = self._dropout(y, self.make_rng("dropout"), 0, example_index)
     self.sow("intermediates", "fc8_out", y)
     return self._bn("bn8", [y], train)[0]
 

@@ -152,9 +152,11 @@ def init_variables(model: model_lib.AlexNet, mesh: Mesh, rng: jax.Array) -> Any:
 
 
 def sharded_apply(model: model_lib.AlexNet, mesh: Mesh):
-  """`apply(variables, images, *, train, dropout_rng=None, with_batch_stats=False) -> logits`
-  on global arrays; with_batch_stats: `(logits, batch_stats)`, the running averages a training
-  call updates (BatchNorm variants; {} for the others; unchanged when not training).
+  """`apply(variables, images, *, train, dropout_rng=None, with_batch_stats=False,
+  example_index=None) -> logits` on global arrays; with_batch_stats: `(logits, batch_stats)`,
+  the running averages a training call updates (BatchNorm variants; {} for the others;
+  unchanged when not training); example_index: int [B] split over "data", the rows'
+  positions in the global batch that dropout keys by (None: images is the global batch).
 
   variables: {"params": ..., "batch_stats": ...} (or a bare parameter tree). images
   [B, 224, 224, 3] split over "data"; logits [B, num_classes] split over "data". BatchNorm's
@@ -165,21 +167,31 @@ def sharded_apply(model: model_lib.AlexNet, mesh: Mesh):
   check_towers(mesh, model)
   spmd_model = model.clone(tower_axis=TOWER, data_axis=DATA)
 
-  def apply(variables, images, *, train: bool, dropout_rng=None, with_batch_stats=False):
+  def apply(
+      variables,
+      images,
+      *,
+      train: bool,
+      dropout_rng=None,
+      with_batch_stats=False,
+      example_index=None,
+  ):
     check_batch(mesh, images.shape[0])
     variables = model_lib.as_variables(variables)
     stats = variables.get("batch_stats") or {}
     update = bool(train and stats)
 
-    def body(variables, images, rng):
+    def body(variables, images, rng, *index):
       rngs = {"dropout": rng} if train else {}
+      kwargs = {"example_index": index[0]} if index else {}
       if update:
         logits, new = spmd_model.apply(
-            variables, images, train=True, rngs=rngs, mutable=["batch_stats"]
+            variables, images, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs
         )
         new_stats = new["batch_stats"]
       else:
-        logits, new_stats = spmd_model.apply(variables, images, train=train, rngs=rngs), {}
+        logits = spmd_model.apply(variables, images, train=train, rngs=rngs, **kwargs)
+        new_stats = {}
       # The towers compute identical logits. Returning them stacked over "tower" and
       # keeping one copy outside is what makes autodiff correct: only one copy's
       # cotangent is non-zero, and the all-gathers transpose to reduce-scatters. The batch
@@ -188,13 +200,14 @@ def sharded_apply(model: model_lib.AlexNet, mesh: Mesh):
 
     if dropout_rng is None:
       dropout_rng = jax.random.key(0)
+    index = () if example_index is None else (example_index,)
     fn = jax.shard_map(
         body,
         mesh=mesh,
-        in_specs=(param_specs(variables), P(DATA), P()),
+        in_specs=(param_specs(variables), P(DATA), P(), *(P(DATA) for _ in index)),
         out_specs=(P(TOWER, DATA), jax.tree.map(lambda _: P(TOWER), stats) if update else {}),
     )
-    logits, new_stats = fn(variables, images, dropout_rng)
+    logits, new_stats = fn(variables, images, dropout_rng, *index)
     if with_batch_stats:
       return logits[0], jax.tree.map(lambda x: x[0], new_stats) if update else stats
     return logits[0]

@@ -38,6 +38,7 @@ from alexnet_jax import (
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import data as data_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax import train_step as train_step_lib
 from alexnet_jax.input_spec import InputSpec
 from alexnet_jax.train_step import make_train_step
 
@@ -48,11 +49,24 @@ class NonFiniteLossError(RuntimeError):
 
 # ---- Mesh -----------------------------------------------------------------------------------
 def make_mesh(config) -> jax.sharding.Mesh:
-  """The ("data", "tower") mesh; both batch sizes must split over its data axis."""
+  """The ("data", "tower") mesh; both batch sizes, and gradient accumulation's micro-batches,
+  must split over its data axis."""
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.tower)
   sharding.check_batch(mesh, config.batch_size)
   sharding.check_batch(mesh, config.eval_batch_size, "eval_batch_size")
+  check_micro_batch(mesh, config)
   return mesh
+
+
+def check_micro_batch(mesh, config) -> None:
+  """batch_size / gradient_accumulation rows per micro-batch, a multiple of the data axis."""
+  k, n = config.get("gradient_accumulation", 1), mesh.shape[sharding.DATA]
+  if k > 1 and (config.batch_size % k or (config.batch_size // k) % n):
+    raise config_checks.ConfigError(
+        f"config.batch_size={config.batch_size} / config.gradient_accumulation={k} does not "
+        f"give micro-batches that split over the mesh's data axis (size {n}): pick a batch "
+        f"size that is a multiple of {k * n}, or another gradient_accumulation."
+    )
 
 
 # ---- Input ----------------------------------------------------------------------------------
@@ -78,11 +92,7 @@ def open_input(config, dataset=None) -> data_lib.Source:
 def schedule_lengths(config, info: data_lib.DatasetInfo) -> tuple[int, int, int]:
   """(steps per epoch, steps in all, steps between evaluations)."""
   steps_per_epoch = max(info.num_train // config.batch_size, 1)
-  num_steps = (
-      config.num_train_steps
-      if config.num_train_steps > 0
-      else int(math.ceil(config.num_epochs * steps_per_epoch))
-  )
+  num_steps = train_step_lib.total_steps(config, steps_per_epoch)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
   return steps_per_epoch, num_steps, eval_every
 
@@ -372,7 +382,9 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
   writer = stack.enter_context(
       contextlib.closing(reporting.MetricsWriter(workdir, enabled=run.lead, start_step=start))
   )
-  train_step = make_train_step(config, run.model, run.mesh, run.steps_per_epoch)
+  train_step = make_train_step(
+      config, run.model, run.mesh, run.steps_per_epoch, num_steps=run.num_steps
+  )
   eval_step = evaluation.make_eval_step(config, run.model, run.mesh)
   shard_index, num_shards = sharding.process_data_shard(run.mesh)
   batches = stack.enter_context(

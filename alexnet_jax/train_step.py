@@ -5,6 +5,8 @@ feeds it batches and saves its state is train.py.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -13,13 +15,30 @@ from alexnet_jax import augment, evaluation, optim, sharding, train_state
 from alexnet_jax.input_spec import InputSpec
 
 
+def total_steps(config, steps_per_epoch: int) -> int:
+  """The run's length: num_train_steps, or num_epochs of steps_per_epoch."""
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
 def augment_batch(
-    augment_config, mesh, aug_rng, step, images, spec: InputSpec, lighting, dtype=jnp.float32
+    augment_config,
+    mesh,
+    aug_rng,
+    step,
+    images,
+    spec: InputSpec,
+    lighting,
+    dtype=jnp.float32,
+    example_index=None,
 ) -> jax.Array:
   """The train step's augmentation (§4.1): uint8 [B, 256, 256, 3] -> float [B, crop, crop, 3]
   split over "data". Keys from (seed, step, position in the global batch): the same views
-  on every mesh."""
-  keys = augment.example_keys(aug_rng, step, jnp.arange(images.shape[0]))
+  on every mesh. example_index: the rows' positions (None: images is the global batch)."""
+  if example_index is None:
+    example_index = jnp.arange(images.shape[0])
+  keys = augment.example_keys(aug_rng, step, example_index)
   views = augment.train_views(
       images,
       keys,
@@ -33,52 +52,123 @@ def augment_batch(
   return jax.lax.with_sharding_constraint(views, sharding.batch_sharding(mesh))
 
 
-def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_device=True):
+def micro_batch(mesh, x, k: int, b) -> jax.Array:
+  """Micro-batch b of k: rows b, b + k, b + 2k, ... of x [B, ...] split over "data". Each
+  device's block of B / n rows holds its B / (n k) of them (B / n a multiple of k), so
+  nothing moves between devices, and the micro-batch is the same rows on every mesh."""
+  data = sharding.batch_sharding(mesh)
+  x = jax.lax.with_sharding_constraint(x.reshape(x.shape[0] // k, k, *x.shape[1:]), data)
+  return jax.lax.with_sharding_constraint(jax.lax.dynamic_index_in_dim(x, b, 1, False), data)
+
+
+def accumulate_gradients(mesh, gradients, k: int, images, labels, batch_stats):
+  """`gradients(images, labels, example_index, batch_stats) -> (grads, batch_stats, metrics)`
+  over the k micro-batches of (images, labels), one after the other (lax.scan: one
+  micro-batch's activations live at a time): their mean gradients and metrics, and the
+  running averages after the k micro-batches updated them in turn."""
+  rows = images.shape[0] // k
+
+  def body(carry, b):
+    total, stats, sums = carry
+    index = jax.lax.with_sharding_constraint(
+        b + k * jnp.arange(rows), sharding.batch_sharding(mesh)
+    )
+    grads, stats, metrics = gradients(
+        micro_batch(mesh, images, k, b), micro_batch(mesh, labels, k, b), index, stats
+    )
+    return (_tree_add(total, grads), stats, _tree_add(sums, metrics)), None
+
+  grads, _, metrics = jax.eval_shape(
+      gradients,
+      micro_batch(mesh, images, k, 0),
+      micro_batch(mesh, labels, k, 0),
+      jnp.arange(rows),
+      batch_stats,
+  )
+  zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)  # noqa: E731
+  (grads, batch_stats, metrics), _ = jax.lax.scan(
+      body, (zeros(grads), batch_stats, zeros(metrics)), jnp.arange(k)
+  )
+  mean = lambda tree: jax.tree.map(lambda a: a / k, tree)  # noqa: E731
+  return mean(grads), batch_stats, mean(metrics)
+
+
+def _tree_add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def make_train_step(
+    config, model, mesh, steps_per_epoch: int, *, augment_on_device=True, num_steps=None
+):
   """Jitted `(state, batch, spec, lighting) -> (state, metrics)`; the state is donated.
 
   batch: {'image': uint8 [B, 256, 256, 3], 'label': int32 [B]} split over "data"
-  (with augment_on_device=False, 'image' is already float32 [B, 224, 224, 3]).
+  (with augment_on_device=False, 'image' is already float32 [B, 224, 224, 3]). With
+  config.gradient_accumulation K > 1 the batch runs as K micro-batches (micro_batch) and
+  one update. num_steps: the run's length, for optimizer.schedule='poly' (None: from the
+  config, as train_and_evaluate counts it).
   """
   tx = optim.make_optimizer(config.optimizer)
   apply = sharding.sharded_apply(model, mesh)
   dtype = evaluation.input_dtype(config)
+  k = config.get("gradient_accumulation", 1)
+  if num_steps is None:
+    num_steps = total_steps(config, steps_per_epoch)
 
   def train_step(state: train_state.TrainState, batch, spec: InputSpec, lighting):
     base = jax.random.wrap_key_data(state.rng)
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
-    images, labels = batch["image"], batch["label"]
-    if augment_on_device:
-      images = augment_batch(
-          config.augment, mesh, aug_rng, state.step, images, spec, lighting, dtype
-      )
 
-    def loss_fn(params):
-      # BatchNorm variants: normalised by this batch's statistics, which also update the
-      # running averages ({} otherwise).
-      logits, batch_stats = apply(
-          train_state.model_variables(params, state.batch_stats),
-          images,
-          train=True,
-          dropout_rng=jax.random.fold_in(dropout_rng, state.step),
-          with_batch_stats=True,
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, (logits, batch_stats)
+    def gradients(images, labels, example_index, batch_stats):
+      # Keys from (seed, step, the rows' positions in the global batch): a micro-batch's
+      # examples get the views and dropout masks the whole batch would give them.
+      if augment_on_device:
+        images = augment_batch(
+            config.augment,
+            mesh,
+            aug_rng,
+            state.step,
+            images,
+            spec,
+            lighting,
+            dtype,
+            example_index,
+        )
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    lr = optim.learning_rate(config.optimizer, state.step, state.schedule, steps_per_epoch)
+      def loss_fn(params):
+        # BatchNorm variants: normalised by this (micro-)batch's statistics, which also
+        # update the running averages ({} otherwise).
+        logits, new_stats = apply(
+            train_state.model_variables(params, batch_stats),
+            images,
+            train=True,
+            dropout_rng=jax.random.fold_in(dropout_rng, state.step),
+            with_batch_stats=True,
+            example_index=example_index,
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, new_stats)
+
+      (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      top1, top5 = evaluation.errors(logits, labels)
+      return grads, new_stats, {"loss": loss, "top1_error": top1.mean(), "top5_error": top5.mean()}
+
+    if k == 1:
+      grads, batch_stats, metrics = gradients(
+          batch["image"], batch["label"], None, state.batch_stats
+      )
+    else:
+      grads, batch_stats, metrics = accumulate_gradients(
+          mesh, gradients, k, batch["image"], batch["label"], state.batch_stats
+      )
+    lr = optim.learning_rate(
+        config.optimizer, state.step, state.schedule, steps_per_epoch, num_steps
+    )
     opt_state = state.opt_state
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    top1, top5 = evaluation.errors(logits, labels)
-    metrics = {
-        "loss": loss,
-        "top1_error": top1.mean(),
-        "top5_error": top5.mean(),
-        "learning_rate": lr,
-        "grad_norm": optax.global_norm(grads),
-    }
+    metrics = {**metrics, "learning_rate": lr, "grad_norm": optax.global_norm(grads)}
     new = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
     )

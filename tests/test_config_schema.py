@@ -9,7 +9,17 @@ import os
 import pytest
 
 from alexnet_jax import config_checks, config_schema
-from configs import ablations, caffe, default, demo, keras_bn, paper, pytorch_grouped, torchvision
+from configs import (
+    ablations,
+    caffe,
+    default,
+    demo,
+    keras_bn,
+    lars,
+    paper,
+    pytorch_grouped,
+    torchvision,
+)
 
 # config.json as the previous configs/default.py wrote it (written out by hand: tuples are
 # JSON lists, the None-able keys null).
@@ -328,7 +338,17 @@ def test_upgrade_of_the_one_gpu_ablation_and_of_the_oldest_layout():
 
 
 def test_upgrade_is_idempotent_on_every_shipped_config():
-  for module in (default, paper, demo, ablations, torchvision, caffe, pytorch_grouped, keras_bn):
+  for module in (
+      default,
+      paper,
+      demo,
+      ablations,
+      torchvision,
+      caffe,
+      pytorch_grouped,
+      keras_bn,
+      lars,
+  ):
     d = _as_json(module.get_config())
     assert config_schema.upgrade(d) == d, module.__name__
 

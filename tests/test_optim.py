@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import optim
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim, sharding
 
 
 def _opt_config(**kw):
@@ -217,5 +218,143 @@ def test_adam_equals_keras_adam_on_the_same_gradients():
 
 
 def test_optimizer_name_is_checked():
-  with pytest.raises(ValueError, match=r"optimizer.name must be one of \('sgd', 'adam'\)"):
+  with pytest.raises(ValueError, match=r"optimizer.name must be one of \('sgd', 'adam', 'lars'\)"):
     optim.make_optimizer(_opt_config(name="rmsprop"))
+
+
+# ---- LARS (You, Gitman & Ginsburg 2017, Algorithm 1) and the schedules it runs under -------
+def _lars_config(**kw):
+  return _opt_config(name="lars", trust_coefficient=0.001, weight_decay=5e-4, **kw)
+
+
+def _lars_problem(seed=0, steps=4):
+  """A two-tower conv, a dense layer and a BatchNorm, with gradients of realistic relative size."""
+  rng = np.random.default_rng(seed)
+  params = {
+      "conv1": {
+          "kernel": rng.normal(0, 0.05, (2, 3, 3, 3, 4)).astype(np.float32),
+          "bias": rng.normal(0, 0.1, (2, 4)).astype(np.float32),
+      },
+      "bn1": {
+          "scale": (1 + rng.normal(0, 0.1, (8,))).astype(np.float32),
+          "bias": rng.normal(0, 0.1, (8,)).astype(np.float32),
+      },
+      "fc8": {
+          "kernel": rng.normal(0, 0.01, (8, 5)).astype(np.float32),
+          "bias": np.zeros((5,), np.float32),
+      },
+  }
+  grads = [
+      jax.tree.map(lambda p: rng.normal(0, 0.02, p.shape).astype(np.float32), params)
+      for _ in range(steps)
+  ]
+  return params, grads
+
+
+def test_lars_update_equals_algorithm_1_in_numpy():
+  params, grads = _lars_problem()
+  lrs = [2.0, 5.0, 14.0, 9.0]  # a warmup, then a decay: the base rate of the 8K recipe
+  eta, beta, m = 0.001, 5e-4, 0.9
+  # NumPy, Algorithm 1 verbatim for kernels (a tower layer's kernel is one layer: both
+  # towers' weights in one norm, as Caffe's grouped layer held them); biases and BatchNorm
+  # parameters: momentum SGD at the global rate, no decay.
+  w = jax.tree.map(lambda x: x.astype(np.float64), params)
+  v = jax.tree.map(np.zeros_like, w)
+  want = []
+  for g, gamma in zip(grads, lrs):
+    for layer in w:
+      for name in w[layer]:
+        gl, wl = g[layer][name].astype(np.float64), w[layer][name]
+        if name == "kernel":
+          local = eta * np.linalg.norm(wl) / (np.linalg.norm(gl) + beta * np.linalg.norm(wl))
+          step = gamma * local * (gl + beta * wl)
+        else:
+          step = gamma * gl
+        v[layer][name] = m * v[layer][name] + step
+        w[layer][name] = wl - v[layer][name]
+    want.append(jax.tree.map(np.copy, w))
+
+  tx = optim.make_optimizer(_lars_config())
+  p, state = jax.tree.map(jnp.asarray, params), tx.init(params)
+  for i, (g, lr) in enumerate(zip(grads, lrs)):
+    state.hyperparams["learning_rate"] = jnp.asarray(lr)
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(p):
+      ref = dict(jax.tree_util.tree_leaves_with_path(want[i]))[path]
+      np.testing.assert_allclose(leaf, ref, rtol=2e-5, atol=1e-7, err_msg=str(path))
+  # The kernels really moved by the local rate: far less than the global rate would move them.
+  moved = np.linalg.norm(np.asarray(p["fc8"]["kernel"]) - params["fc8"]["kernel"])
+  assert 1e-4 < moved < 0.1 * np.linalg.norm(grads[0]["fc8"]["kernel"]) * sum(lrs)
+
+
+def test_lars_without_weight_decay_is_optax_lars_and_differs_with_it():
+  params, grads = _lars_problem(seed=3, steps=2)
+  mask = optim.lars_adapted(params)
+
+  def run(tx):
+    p, s = jax.tree.map(jnp.asarray, params), tx.init(params)
+    for g in grads:
+      u, s = tx.update(g, s, p)
+      p = optax.apply_updates(p, u)
+    return p
+
+  ours = lambda wd: optim.lars(3.0, momentum=0.9, weight_decay=wd)  # noqa: E731
+  theirs = lambda wd: optax.lars(  # noqa: E731
+      3.0,
+      weight_decay=wd,
+      weight_decay_mask=mask,
+      trust_coefficient=0.001,
+      trust_ratio_mask=mask,
+      momentum=0.9,
+  )
+  for a, b in zip(jax.tree.leaves(run(ours(0.0))), jax.tree.leaves(run(theirs(0.0)))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+  # With decay, optax.lars's ratio eta ||w|| / ||g + wd w|| is not the paper's.
+  a, b = run(ours(5e-2))["conv1"]["kernel"], run(theirs(5e-2))["conv1"]["kernel"]
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-5
+
+
+def test_lars_masks_pick_exactly_the_biases_and_batchnorm_parameters():
+  for variant in ("keras_bn", "paper"):
+    keras = variant == "keras_bn"  # 2x2 pooling: its valid convs leave 1x1 maps at conv5
+    net = model_lib.AlexNet(
+        num_classes=17, variant=model_lib.VARIANTS[variant], width=0.125, overlapping_pool=not keras
+    )
+    params = sharding.abstract_variables(net)["params"]
+    adapted = optim.lars_adapted(params)
+    excluded = {
+        jax.tree_util.keystr(path)
+        for path, flag in jax.tree_util.tree_leaves_with_path(adapted)
+        if not flag
+    }
+    # Independently: every layer's bias, and everything a BatchNorm (bn1..bn8) holds.
+    want = set()
+    for layer, leaves in params.items():
+      for name in leaves:
+        if name == "bias" or layer.startswith("bn"):
+          want.add(
+              jax.tree_util.keystr((jax.tree_util.DictKey(layer), jax.tree_util.DictKey(name)))
+          )
+    assert excluded == want, variant
+    assert len(want) < len(jax.tree.leaves(params))
+    bns = {k for k in params if k.startswith("bn")}
+    assert (len(bns) == 8) == keras
+
+
+def test_poly_schedule_with_warmup_against_its_formula():
+  cfg = _opt_config(learning_rate=14.0, schedule="poly", power=2.0, warmup_epochs=5.0)
+  steps_per_epoch, total = 4, 40  # warmup: 20 steps
+  got = [
+      float(optim.learning_rate(cfg, t, optim.PlateauState.create(), steps_per_epoch, total))
+      for t in range(total + 3)
+  ]
+  want = [14.0 * (1 - min(t, total) / total) ** 2 * min(1.0, t / 20) for t in range(total + 3)]
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert got[0] == 0.0 and got[-1] == 0.0 and got[20] == pytest.approx(14.0 * 0.5**2, rel=1e-6)
+  # Warmup multiplies any schedule: the step drops, from the first step at 0.
+  step = _opt_config(warmup_epochs=0.25)  # 0.01, / 10 at epoch 0.5; warmup 1 step of 4
+  got = [float(optim.learning_rate(step, t, optim.PlateauState.create(), 4)) for t in range(4)]
+  np.testing.assert_allclose(got, [0.0, 0.01, 0.001, 0.001], rtol=1e-6)
+  with pytest.raises(ValueError, match="needs the run's length"):
+    optim.learning_rate(cfg, 0, optim.PlateauState.create(), 4)
