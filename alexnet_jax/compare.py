@@ -45,7 +45,7 @@ usage: python -m alexnet_jax.compare RUN_DIR [RUN_DIR...] [--out=DIR]
 
 A RUN_DIR is a training run's --workdir (it holds config.json and metrics.jsonl).
 Writes comparison.csv, comparison.md and comparison.png into --out (default: the runs'
-common parent). --help for more.
+common parent).
 """
 
 FLAGS = flags.FLAGS
@@ -343,9 +343,8 @@ def _show(path: str) -> str:
 
 def main(argv):
   workdirs = expand(argv[1:])
-  if not workdirs:
-    sys.stderr.write(USAGE)
-    sys.exit(2)
+  if not workdirs:  # flags but no run (--out=DIR alone): as a bare run
+    cli.exit_with_usage(USAGE)
   runs = []
   for w in workdirs:
     try:
