@@ -856,5 +856,29 @@ def ensemble_evaluate(
   }
 
 
+def ensemble_runs(workdir: str) -> list[str]:
+  """`workdir` and the runs beside it (its parent's other run directories, by name) trained
+  on the same dataset with the same classes: what an ensemble of `workdir` can average, e.g.
+  runs/demo and runs/demo_seed1. Only `workdir` when it has no such neighbour."""
+  workdir = os.path.normpath(workdir)
+  parent = os.path.dirname(os.path.abspath(workdir))
+
+  def key(w):
+    try:
+      return (run_dir.read_config(w).dataset.to_dict(), run_dir.read_class_names(w))
+    except (OSError, ValueError):
+      return None
+
+  own = key(workdir)
+  found = [workdir]
+  for name in sorted(os.listdir(parent)):
+    w = os.path.join(os.path.dirname(workdir), name)
+    if os.path.samefile(w, workdir):
+      continue
+    if os.path.isdir(os.path.join(w, run_dir.CHECKPOINT_DIR)) and own is not None and key(w) == own:
+      found.append(w)
+  return found
+
+
 def _head(names: Sequence[str]) -> str:
   return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")

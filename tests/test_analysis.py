@@ -325,6 +325,33 @@ def test_ensemble_of_two_equals_the_mean_of_their_softmaxes_by_hand(folder_run):
     assert member["loss"] == pytest.approx(lo, rel=1e-4)
 
 
+def test_ensemble_runs_are_the_neighbours_trained_on_the_same_data(tmp_path):
+  """The notebook's ensemble: the run and the runs beside it of the same dataset and
+  classes (runs/demo, runs/demo_seed1), else the run alone (the notebook then skips)."""
+
+  def write(name, dataset="digits", classes=("0", "1"), checkpoints=True):
+    w = tmp_path / "runs" / name
+    w.mkdir(parents=True)
+    (w / "config.json").write_text(json.dumps({"dataset": {"name": dataset}}))
+    (w / "class_names.json").write_text(json.dumps(list(classes)))
+    if checkpoints:
+      (w / "checkpoints").mkdir()
+    return str(w)
+
+  demo = write("demo")
+  assert analysis.ensemble_runs(demo) == [demo]
+  write("flowers", dataset="folder:/photos")  # other data
+  write("digits_3", classes=("0", "1", "2"))  # other classes
+  write("unstarted", checkpoints=False)  # nothing to restore
+  (tmp_path / "runs" / "notes").mkdir()  # not a run
+  assert analysis.ensemble_runs(demo) == [demo]
+  seed1 = write("demo_seed1")
+  assert analysis.ensemble_runs(demo) == [demo, seed1]
+  assert analysis.ensemble_runs(seed1) == [seed1, demo]
+  rel = os.path.relpath(demo)  # as the notebook names it (../runs/demo)
+  assert analysis.ensemble_runs(rel) == [rel, os.path.join(os.path.dirname(rel), "demo_seed1")]
+
+
 def test_ensemble_of_runs_with_different_class_sets_is_a_clear_error(folder_run, tmp_path):
   other = tmp_path / "other"
   shutil.copytree(folder_run["workdir"], other)
