@@ -1,7 +1,7 @@
 r"""A table and the learning curves of several runs, e.g. the points of a sweep.
 
   python -m alexnet_jax.compare runs/demo runs/demo_seed1
-  python -m alexnet_jax.compare 'runs/ablations/*' [--out=DIR]
+  python -m alexnet_jax.compare 'runs/ablations/*' --out=runs/ablations
 
 Reads each run directory's config.json, metrics.jsonl and the eval_<step>_<N>crop.json files
 of `python -m alexnet_jax.evaluate`, and prints one row per run: the config keys that differ

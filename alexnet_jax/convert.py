@@ -55,6 +55,7 @@ USAGE = """\
 usage: python -m alexnet_jax.convert --from=FORMAT --src=FILE --workdir=DIR
        python -m alexnet_jax.convert --to=FORMAT --workdir=DIR --dst=FILE.pth
        (FORMAT: torchvision, caffe (import only), pytorch_grouped, keras (--dst=FILE.weights.h5))
+       python -m alexnet_jax.convert --from=init --config=FILE --workdir=DIR   (initial weights)
 
   python -m alexnet_jax.convert --from=torchvision --src=alexnet-owt-7be5be79.pth \\
       --workdir=runs/torchvision

@@ -35,9 +35,9 @@ def test_the_readme_installs_what_the_notebook_needs():
     assert "-e .[notebook]" in f.read().splitlines()
   with open(os.path.join(REPO, "README.md")) as f:
     readme = f.read()
-  paragraph = readme[readme.index("**The notebook**") :].split("\n\n")[0]
-  assert 'pip install -e ".[notebook]"' in paragraph
-  assert "jupyter lab notebooks/explore_a_run.ipynb" in paragraph
+  paragraph = readme[readme.index("**The notebook**") : readme.index("## Pretrained weights")]
+  assert '\n    pip install -e ".[notebook]"\n' in paragraph
+  assert "\n    jupyter lab notebooks/explore_a_run.ipynb\n" in paragraph
 
 
 @pytest.mark.slow
