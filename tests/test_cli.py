@@ -49,7 +49,8 @@ def test_help_exits_0_with_one_line_per_flag_help(command):
 
 def _examples(text, command):
   """The first line of each example command in `text` (continuation lines follow a \\)."""
-  return re.findall(rf"^  (python -m alexnet_jax\.{command} .*)$", text, re.M)
+  lines = re.findall(rf"^  (python -m alexnet_jax\.{command} .*)$", text, re.M)
+  return [line.removesuffix("\\").rstrip() for line in lines]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
