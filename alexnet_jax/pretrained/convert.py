@@ -182,8 +182,12 @@ def _import_keras(src: str, workdir: str, config, class_names_file: str | None) 
   want = keras_h5.keras_shapes(sharding.abstract_variables(model))
   keras_h5.check_shapes(layers, want, os.path.basename(src), num_classes)
   variables = keras_h5.to_variables(layers)
-  # A 17-way head: the Oxford-17 flowers' published class names (the tutorial's dataset).
-  default_names = list(oxford17.CLASS_NAMES) if num_classes == 17 else None
+  # A 17-way head: the Oxford-17 flowers' published class names (the tutorial's dataset);
+  # 1000: ImageNet's, as for the other formats.
+  if num_classes == 17:
+    default_names = list(oxford17.CLASS_NAMES)
+  else:
+    default_names = formats.default_class_names(num_classes)
   write_run(
       workdir,
       config,
