@@ -148,7 +148,7 @@ def make_train_step(config, model, mesh, steps_per_epoch: int, *, augment_on_dev
         "top1_error": top1.mean(),
         "top5_error": top5.mean(),
         "learning_rate": lr,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),  # global_norm is deprecated: the same function
     }
     new = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
