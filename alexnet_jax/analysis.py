@@ -279,6 +279,18 @@ class TrainedRun:
       raise ValueError(f"crops must be one of {facts.VIEW_COUNTS}, got {crops}")
     return crops
 
+  def views_used(self, crops: int | None = None, asked: str = "--crops") -> str:
+    """How every command says which views it averaged: the run's own eval_crops unless
+    `crops` (the command's `asked`, e.g. --crops) says otherwise."""
+    n = self.crops_or_default(crops)
+    return f"{n} view(s), " + ("the run's eval_crops" if crops is None else f"from {asked}")
+
+  def dataset(self):
+    """The run's dataset, opened once (data_lib.open_dataset logs which data it reads)."""
+    if "dataset" not in self._compiled:
+      self._compiled["dataset"] = data_lib.open_dataset(self.config.dataset)
+    return self._compiled["dataset"]
+
   def probs_of_batch(self, images256, crops: int | None = None) -> jax.Array:
     """uint8 [B, 256, 256, 3] (already preprocessed) -> probs [B, C] on the device: the
     evaluation's own step (evaluation.view_probs)."""
@@ -461,7 +473,7 @@ def scan_split(
   """Batches {'image' uint8 [B, 256, 256, 3], 'label', 'mask'} of one pass over a split of
   the run's dataset (data_lib.split_iterator), with a progress bar and ETA. The stream is
   closed when the pass ends or the generator is closed (a loop that breaks early)."""
-  dataset = data_lib.open_dataset(run.config.dataset)
+  dataset = run.dataset()
   bs = batch_size or run.config.eval_batch_size
   total = -(-data_lib.split_size(dataset, split, max_examples) // bs)
   it = data_lib.split_iterator(
@@ -479,7 +491,7 @@ def dataset_images(run: TrainedRun, split: str = "eval", count: int = 5):
   """(uint8 [n, 256, 256, 3], labels [n]): `count` images spread over a split, e.g. queries."""
   images, labels = [], []
   it = data_lib.split_iterator(
-      run.config.dataset,
+      run.dataset(),
       split,
       global_batch_size=count,
       shard_index=0,
@@ -743,7 +755,7 @@ def write_figures(
 
   save(conv1_kernels_figure(run.variables), "fig3_conv1_kernels.png")
   try:
-    data_lib.open_dataset(run.config.dataset)
+    run.dataset()
   except (OSError, ValueError) as e:
     need = (
         f"the training and validation images of {run.config.dataset.name!r}, which cannot be "
@@ -779,13 +791,19 @@ def write_figures(
         indent=2,
     )
   top1 = float(1.0 - cm.trace() / max(cm.sum(), 1))
-  return {"paths": paths, "skipped": {}, "top1_error": top1, "num_images": int(cm.sum())}
+  return {
+      "paths": paths,
+      "skipped": {},
+      "top1_error": top1,
+      "num_images": int(cm.sum()),
+      "views": run.views_used(crops),
+  }
 
 
 # ---- ensembles ------------------------------------------------------------------------------
 def ensemble_evaluate(
     runs: Sequence[Any],
-    crops: int = 10,
+    crops: int | None = None,
     *,
     batch_size: int | None = None,
     max_batches: int = -1,
@@ -794,8 +812,10 @@ def ensemble_evaluate(
   """Top-1/top-5 error and loss over the whole validation split (split='test': a dataset's
   held-out test split) of the softmax averaged over several runs (§6: the 5-CNN ensemble), each
   run preprocessing as its own evaluation does; padding counts nowhere. runs: workdirs or
-  TrainedRuns; they must share one class list. Also returns each member's own errors on the
-  same images."""
+  TrainedRuns; they must share one class list. crops: the views of every run (None: each
+  run's own eval_crops). Also returns each member's own errors on the same images, with
+  `same_data`: whether the member was trained on the first run's dataset (its errors are then
+  those of its own evaluation)."""
   runs = [_as_run(r) for r in runs]
   if not runs:
     raise RunError("an ensemble needs at least one run")
@@ -816,7 +836,7 @@ def ensemble_evaluate(
       scan.close()
       break
     images = jax.device_put(batch["image"])
-    probs = [r.probs_of_batch(images, crops) for r in runs]
+    probs = [r.probs_of_batch(images, crops) for r in runs]  # None: each run's eval_crops
     for m, p in enumerate(probs):
       s = sums_fn(p, batch["label"], batch["mask"])
       member_sums[m] = (
@@ -827,14 +847,45 @@ def ensemble_evaluate(
   if total is None:
     which = "test" if split == "test" else "validation"
     raise RunError(f"the {which} split of {first.config.dataset.name!r} is empty")
+  views = sorted({r.crops_or_default(crops) for r in runs})
   return {
-      "crops": crops,
+      "crops": views[0] if len(views) == 1 else None,  # None: the runs' own, not all equal
       **evaluation.metrics_from_sums(total),
       "members": [
-          {"workdir": r.workdir, "step": r.step, **evaluation.metrics_from_sums(s)}
+          {
+              "workdir": r.workdir,
+              "step": r.step,
+              "crops": r.crops_or_default(crops),
+              "same_data": r.config.dataset.to_dict() == first.config.dataset.to_dict(),
+              **evaluation.metrics_from_sums(s),
+          }
           for r, s in zip(runs, member_sums)
       ],
   }
+
+
+def ensemble_runs(workdir: str) -> list[str]:
+  """`workdir` and the runs beside it (its parent's other run directories, by name) trained
+  on the same dataset with the same classes: what an ensemble of `workdir` can average, e.g.
+  runs/demo and runs/demo_seed1. Only `workdir` when it has no such neighbour."""
+  workdir = os.path.normpath(workdir)
+  parent = os.path.dirname(os.path.abspath(workdir))
+
+  def key(w):
+    try:
+      return (run_dir.read_config(w).dataset.to_dict(), run_dir.read_class_names(w))
+    except (OSError, ValueError):
+      return None
+
+  own = key(workdir)
+  found = [workdir]
+  for name in sorted(os.listdir(parent)):
+    w = os.path.join(os.path.dirname(workdir), name)
+    if os.path.samefile(w, workdir):
+      continue
+    if os.path.isdir(os.path.join(w, run_dir.CHECKPOINT_DIR)) and own is not None and key(w) == own:
+      found.append(w)
+  return found
 
 
 def _head(names: Sequence[str]) -> str:

@@ -36,12 +36,14 @@ the checkpoints already committed stay as they are.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging as std_logging
 import os
 import sys
 import traceback
+import warnings
 from typing import NamedTuple
 
 import flax.serialization
@@ -221,10 +223,41 @@ def _unraisable(hook):
         and any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(u.exc_traceback))
     ):
       return
+    if _abandoned_read(u):
+      return
     hook(u)
 
   quiet.quiets_closed_loops = True
   return quiet
+
+
+# Orbax reads a step's arrays as one coroutine per array; when one read fails (a damaged
+# checkpoint), the restore raises and the others are abandoned, some never started.
+_READ_COROUTINE = "_read_array_index_and_device_put"
+
+
+def _abandoned_read(u) -> bool:
+  """An unraisable exception of an abandoned read: closed mid-read when collected, Orbax's
+  coroutine turns the GeneratorExit into an Exception quoting the array's whole TensorStore
+  spec (80 lines each, dozens per damaged step)."""
+  code = getattr(getattr(u, "object", None), "cr_code", None)
+  return getattr(code, "co_name", None) == _READ_COROUTINE
+
+
+def _collect_abandoned_reads() -> None:
+  """After a restore failed: the abandoned reads collected now, quietly, rather than printed
+  whenever the garbage collector finds them ("coroutine ... was never awaited", or the
+  traceback of _abandoned_read). The failure itself is reported once, by restore_latest."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda u: None if _abandoned_read(u) else hook(u)
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings(
+          "ignore", f"coroutine '{_READ_COROUTINE}' was never awaited", RuntimeWarning
+      )
+      gc.collect()
+  finally:
+    sys.unraisablehook = hook
 
 
 def _quiet_failed_saves() -> None:
@@ -477,6 +510,8 @@ class CheckpointManager:
           self._set_aside([s for s, _ in skipped])
         return Restored(state, int(step), meta, skipped)
       skipped.append((int(step), _reason(error)))
+      error = None  # its traceback holds the abandoned reads
+      _collect_abandoned_reads()
       logging.warning(
           "skipping checkpoint step %d in %s: %s. Trying an older one; the files are kept.",
           step,

@@ -1,8 +1,8 @@
 """How every `python -m alexnet_jax.COMMAND` starts: absl's app.run, with
 
 - run bare (no argument at all): the command's short usage on stderr, exit status 2;
-- --help / -h / --helpshort / --helpfull: the usage, the command's description and its flags on
-  stdout, exit status 0
+- --help / -h / --helpshort / --helpfull: the usage's synopsis, the command's description (its
+  docstring, with the examples) and its flags on stdout, exit status 0
   (it answered what was asked), each flag's help on one line;
 - a flag that does not parse, or a misspelt --config.KEY: one line and the usage, status 2;
 - the end: the process exits as soon as its work is done (`exit_now`), without the
@@ -23,6 +23,7 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 EXIT_USAGE = 2
+HELP_HINT = "--help lists every flag."
 
 
 def run(main: Callable, usage: str, *, bare_ok: bool = False) -> None:
@@ -72,8 +73,7 @@ def parse(argv: list[str], usage: str, *, bare_ok: bool = False) -> list[str]:
   usage = usage.strip("\n") + "\n"
   head = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
   if not argv[1:] and not bare_ok:
-    sys.stderr.write(usage + "\n--help lists every flag.\n")
-    sys.exit(EXIT_USAGE)
+    exit_with_usage(usage)
   for a in head:
     if a in HELP_FLAGS:
       _fold_help()
@@ -81,7 +81,8 @@ def parse(argv: list[str], usage: str, *, bare_ok: bool = False) -> list[str]:
       text = FLAGS.get_help() if full else FLAGS.main_module_help()
       more = "" if full else "\n--helpfull adds the flags of the libraries.\n"
       doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip("\n")
-      sys.stdout.write(f"{usage}\n{doc}\n\nflags:\n{text}\n{more}")
+      # The usage's synopsis only: the docstring holds its examples (tests/test_cli.py).
+      sys.stdout.write(f"{synopsis(usage)}\n{doc}\n\nflags:\n{text}\n{more}")
       sys.exit(0)
   try:
     return FLAGS(resolve_config_paths(argv))
@@ -90,6 +91,17 @@ def parse(argv: list[str], usage: str, *, bare_ok: bool = False) -> list[str]:
   except (AttributeError, KeyError) as e:  # ml_collections: --config.KEY is not in the config
     _usage_error(_unknown_key(e), usage)
   raise AssertionError("unreachable")
+
+
+def synopsis(usage: str) -> str:
+  """The usage's first paragraph: its `usage: ...` line(s), without the examples."""
+  return usage.strip("\n").split("\n\n", 1)[0] + "\n"
+
+
+def exit_with_usage(usage: str) -> None:
+  """What a bare command prints (stderr), with the one hint to --help; exit status 2."""
+  sys.stderr.write(usage.strip("\n") + "\n\n" + HELP_HINT + "\n")
+  sys.exit(EXIT_USAGE)
 
 
 # ---- --config=NAME ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 r"""A table and the learning curves of several runs, e.g. the points of a sweep.
 
   python -m alexnet_jax.compare runs/demo runs/demo_seed1
-  python -m alexnet_jax.compare 'runs/ablations/*' [--out=DIR]
+  python -m alexnet_jax.compare 'runs/ablations/*' --out=runs/ablations
 
 Reads each run directory's config.json, metrics.jsonl and the eval_<step>_<N>crop.json files
 of `python -m alexnet_jax.evaluate`, and prints one row per run: the config keys that differ
@@ -13,12 +13,17 @@ validation top-1 error of every run against step as comparison.png, into --out (
 run directories' common parent, the sweep's root for a sweep's runs). Patterns are expanded
 here too (quote them for the shell to pass them on); a pattern's matches that are not
 directories (this command's own outputs) are passed over.
+
+Order: the runs as the arguments name them; a pattern's runs in the order they were created
+(config_history.jsonl's first line, written by the run's first launch), so that a sweep's
+runs keep the sweep's order, its baseline (the first point) first.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import glob
 import json
 import os
@@ -29,7 +34,7 @@ from absl import flags, logging
 from matplotlib.figure import Figure
 
 from alexnet_jax import cli, config_schema
-from alexnet_jax.facts import CONFIG_FILE, METRICS_FILE, VIEW_COUNTS
+from alexnet_jax.facts import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, VIEW_COUNTS
 
 EVAL_FILE_RE = re.compile(r"eval_(\d+)_(\d+)crop\.json")
 OUTPUT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
@@ -42,7 +47,7 @@ usage: python -m alexnet_jax.compare RUN_DIR [RUN_DIR...] [--out=DIR]
 
 A RUN_DIR is a training run's --workdir (it holds config.json and metrics.jsonl).
 Writes comparison.csv, comparison.md and comparison.png into --out (default: the runs'
-common parent). --help for more.
+common parent).
 """
 
 FLAGS = flags.FLAGS
@@ -86,14 +91,32 @@ def flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def created(workdir: str) -> tuple[float, float, str]:
+  """A sort key: when the run was created (the time on the first line of its
+  config_history.jsonl; else its config.json's modification time), then its config.json's
+  modification time, then its path. A directory without config.json sorts last."""
+  config = os.path.join(workdir, CONFIG_FILE)
+  try:
+    mtime = os.stat(config).st_mtime
+  except OSError:
+    return (float("inf"), float("inf"), workdir)
+  when = mtime
+  try:
+    with open(os.path.join(workdir, HISTORY_FILE)) as f:
+      when = datetime.datetime.fromisoformat(json.loads(f.readline())["time"]).timestamp()
+  except (OSError, ValueError, KeyError, TypeError):
+    pass  # no history (a converted run, an older one): config.json's time
+  return (when, mtime, workdir)
+
+
 def expand(patterns: list[str]) -> list[str]:
-  """The run directories the arguments name: a pattern with *, ? or [ ] gives its matching
-  directories (sorted), anything else itself. A pattern that matches nothing is kept, so that
-  reading it names it."""
+  """The run directories the arguments name, in their order: a pattern with *, ? or [ ] gives
+  its matching directories in the order their runs were created (`created`), anything else
+  itself. A pattern that matches nothing is kept, so that reading it names it."""
   out = []
   for p in patterns:
     if glob.has_magic(p):
-      matches = sorted(m for m in glob.glob(p) if os.path.isdir(m))
+      matches = sorted((m for m in glob.glob(p) if os.path.isdir(m)), key=created)
       out.extend(matches or [p])
     else:
       out.append(p)
@@ -348,18 +371,20 @@ def write_csv(c: Comparison, path: str) -> None:
 
 def plot(c: Comparison) -> Figure:
   """Train loss (left) and validation top-1 error (right) against step, one line per run
-  that has them, a run keeping its colour in both."""
+  that has them, a run keeping its colour in both; one legend for both, below the panels,
+  where it covers no point."""
   # A bare Figure (no pyplot): rendered by Agg, no GUI backend needed.
   fig = Figure(figsize=(12, 4.5))
   ax_loss, ax_err = fig.subplots(1, 2)
+  handles = {}
   for i, (name, run) in enumerate(zip(c.names, c.runs)):
     color = f"C{i % 10}"
     if run.train:
-      ax_loss.plot(
+      (handles[name],) = ax_loss.plot(
           [r["step"] for r in run.train], [r["loss"] for r in run.train], color=color, label=name
       )
     if run.eval:
-      ax_err.plot(
+      (handles[name],) = ax_err.plot(
           [r["step"] for r in run.eval],
           [r["top1_error"] for r in run.eval],
           "o-",
@@ -370,9 +395,20 @@ def plot(c: Comparison) -> Figure:
   ax_err.set(xlabel="step", ylabel="error (fraction)", title="validation top-1 error")
   for ax in (ax_loss, ax_err):
     ax.grid(alpha=0.3)
-    if ax.get_lines():
-      ax.legend(fontsize="small")
-  fig.tight_layout()
+  rows = 0
+  if handles:
+    ncol = min(len(handles), 4)
+    rows = -(-len(handles) // ncol)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=ncol,
+        fontsize="small",
+        frameon=False,
+    )
+  # The panels above the legend's rows (about 0.3 inch each, of the figure's 4.5).
+  fig.tight_layout(rect=(0, min(0.06 * rows + 0.01, 0.5), 1, 1))
   return fig
 
 
@@ -394,9 +430,8 @@ def _show(path: str) -> str:
 
 def main(argv):
   workdirs = expand(argv[1:])
-  if not workdirs:
-    sys.stderr.write(USAGE)
-    sys.exit(2)
+  if not workdirs:  # flags but no run (--out=DIR alone): as a bare run
+    cli.exit_with_usage(USAGE)
   runs = []
   for w in workdirs:
     try:

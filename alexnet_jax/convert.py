@@ -8,6 +8,8 @@ r"""Published AlexNets in and out of run directories.
   python -m alexnet_jax.convert --to=pytorch_grouped --workdir=runs/paper --dst=paper.pth
   python -m alexnet_jax.convert --from=keras --src=alexnet.keras --workdir=runs/keras
   python -m alexnet_jax.convert --to=keras --workdir=runs/keras_bn --dst=alexnet.weights.h5
+  python -m alexnet_jax.convert --from=init --config=configs/pytorch_grouped.py \
+      --workdir=runs/interop/pytorch_grouped
 
 Import writes a run directory (config.json, a checkpoint, class_names.json, the mean image)
 that evaluates and fine-tunes (--config.init_from) like a trained run; its config is the
@@ -17,6 +19,11 @@ format's PyTorch module loads, or (keras) a .weights.h5 that the Keras tutorial'
 with model.load_weights. Keras files (.keras, .weights.h5, Keras 2's .h5) are read with h5py:
 no code in them runs and Keras is not used. Nothing is downloaded. PyTorch files need torch
 (pip install torch==2.13.0).
+
+--from=init writes a run of --config's network with its initial weights (config.seed; no
+--src): a format's layout tried offline, in seconds. A run whose arrays do not fit the
+format's layout is refused in one line naming the first array that differs, what it holds,
+what the layout needs and the config whose runs fit.
 """
 
 import sys
@@ -27,7 +34,10 @@ from ml_collections import config_flags
 from alexnet_jax import cli
 
 flags.DEFINE_enum(
-    "from", None, ["torchvision", "caffe", "pytorch_grouped", "keras"], "Import this format."
+    "from",
+    None,
+    ["torchvision", "caffe", "pytorch_grouped", "keras", "init"],
+    "Import this format (init: --config's network with its initial weights, no --src).",
 )
 flags.DEFINE_enum("to", None, ["torchvision", "pytorch_grouped", "keras"], "Export to this format.")
 flags.DEFINE_string("src", None, "The file to import (.pth, .caffemodel, .keras, .h5).")
@@ -36,6 +46,7 @@ flags.DEFINE_string("workdir", None, "The run directory to write (import) or rea
 flags.DEFINE_string("class_names", None, "Import: a text file with one class name per line.")
 flags.DEFINE_string("mean_file", None, "Caffe import: its mean image (.binaryproto).")
 flags.DEFINE_integer("step", None, "Export: the checkpoint step (default: latest).")
+flags.DEFINE_integer("num_classes", 1000, "--from=init: the network's class count.")
 config_flags.DEFINE_config_file(
     "config", None, "Import: the config to write (default: configs/<format>.py).", lock_config=True
 )
@@ -44,6 +55,7 @@ USAGE = """\
 usage: python -m alexnet_jax.convert --from=FORMAT --src=FILE --workdir=DIR
        python -m alexnet_jax.convert --to=FORMAT --workdir=DIR --dst=FILE.pth
        (FORMAT: torchvision, caffe (import only), pytorch_grouped, keras (--dst=FILE.weights.h5))
+       python -m alexnet_jax.convert --from=init --config=FILE --workdir=DIR   (initial weights)
 
   python -m alexnet_jax.convert --from=torchvision --src=alexnet-owt-7be5be79.pth \\
       --workdir=runs/torchvision
@@ -59,6 +71,8 @@ def main(argv):
     raise app.UsageError("give exactly one of --from (import) and --to (export)")
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
+  if src_fmt == "init" and FLAGS.config is None:
+    sys.exit("FATAL: --from=init needs --config=FILE, the network to write (e.g. --config=demo)")
   from alexnet_jax import runtime  # here: --help answers without loading JAX
 
   runtime.setup()
@@ -66,7 +80,13 @@ def main(argv):
   from alexnet_jax import pretrained
 
   try:
-    if src_fmt:
+    if src_fmt == "init":
+      out = pretrained.init_run(FLAGS.workdir, FLAGS.config, FLAGS.num_classes)
+      print(
+          f"initial weights (seed {FLAGS.config.seed}) -> {FLAGS.workdir}: "
+          f"{out['num_params']:,} parameters, {out['num_classes']} classes"
+      )
+    elif src_fmt:
       if not FLAGS.src:
         raise app.UsageError("--from needs --src=FILE")
       config = FLAGS.config if FLAGS.config is not None else pretrained.preset_config(src_fmt)

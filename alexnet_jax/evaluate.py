@@ -2,13 +2,19 @@
 validation split (--split=test: the held-out test split of a dataset that has one, oxford17
 with datasplits.mat).
 
+  python -m alexnet_jax.evaluate --workdir=runs/demo
   python -m alexnet_jax.evaluate --workdir=runs/demo --crops=10
-  python -m alexnet_jax.evaluate --workdir=runs/a --workdir=runs/b --crops=10 [--out=F.json]
+  python -m alexnet_jax.evaluate --workdir=runs/a --workdir=runs/b --crops=10 --out=runs/ens.json
+  python -m alexnet_jax.evaluate --workdir=runs/oxford17 --split=test
 
+Views: the run's own eval_crops (config.eval_crops: 1 in the demo, 10 in the paper's config)
+unless --crops says otherwise; the output says which.
 One --workdir: prints the errors and writes them to WORKDIR/eval_<step>_<crops>crop.json
 (eval_<step>_<crops>crop_test.json for the test split).
 Several: the softmax averaged over the runs (§6's 5-CNN ensemble; the runs must share one
-class list), printed with each run's own errors, and written to --out if given.
+class list), printed with each run's own errors on the same images, which are also written
+into each run trained on the same dataset as the first (its eval file, as above, for
+`python -m alexnet_jax.compare`); the ensemble's errors go to --out if given.
 """
 
 import json
@@ -22,7 +28,9 @@ from alexnet_jax import cli, facts
 SPLITS = ("validation", "test")
 _STREAM_SPLIT = {"validation": "eval", "test": "test"}  # the data layer's names
 flags.DEFINE_multi_string("workdir", None, "A run's --workdir; repeat it for an ensemble.")
-flags.DEFINE_integer("crops", 10, "1 = center crop; 10 = the paper's ten views.")
+flags.DEFINE_integer(
+    "crops", None, "1 = center crop; 10 = the paper's ten views (default: the run's eval_crops)."
+)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest; one --workdir only).")
 flags.DEFINE_string("out", None, "Ensembles: also write the results to this JSON file.")
 flags.DEFINE_enum(
@@ -33,25 +41,29 @@ FLAGS = flags.FLAGS
 USAGE = """\
 usage: python -m alexnet_jax.evaluate --workdir=DIR [--workdir=DIR2 ...] [--crops=1|10]
 
+  python -m alexnet_jax.evaluate --workdir=runs/demo
   python -m alexnet_jax.evaluate --workdir=runs/demo --crops=10
-  python -m alexnet_jax.evaluate --workdir=runs/a --workdir=runs/b --crops=10 --out=ens.json
+  python -m alexnet_jax.evaluate --workdir=runs/a --workdir=runs/b --crops=10 --out=runs/ens.json
   python -m alexnet_jax.evaluate --workdir=runs/oxford17 --split=test
 """
 
 
 def evaluate_checkpoint(
-    workdir: str, crops: int = 10, step: int | None = None, split: str = "validation"
+    workdir: str, crops: int | None = None, step: int | None = None, split: str = "validation"
 ) -> dict:
-  """{'step', 'crops', 'split', 'top1_error', 'top5_error', 'loss', 'num_images'} of a
-  checkpoint on the validation split, or the dataset's test split (split='test')."""
+  """{'step', 'crops', 'split', 'top1_error', 'top5_error', 'loss', 'num_images', 'views'} of
+  a checkpoint on the validation split, or the dataset's test split (split='test'); crops:
+  1 or 10 views, None: the run's eval_crops ('views' says which was used, in words)."""
   # After runtime.setup() in main(): importing JAX and TF here keeps them off accelerators.
   from alexnet_jax import analysis, evaluation, train
 
-  if crops not in facts.VIEW_COUNTS:
+  if crops is not None and crops not in facts.VIEW_COUNTS:
     raise ValueError(f"--crops must be one of {facts.VIEW_COUNTS}, got {crops}")
   if split not in SPLITS:
     raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
   run = analysis.load_run(workdir, step, from_dataset=True)
+  views = run.views_used(crops)
+  crops = run.crops_or_default(crops)
   eval_step = evaluation.make_eval_step(run.config, run.model, run.mesh, crops=crops)
   metrics = train.evaluate(
       run.config,
@@ -62,7 +74,7 @@ def evaluate_checkpoint(
       progress=True,
       split=_STREAM_SPLIT[split],
   )
-  return {"step": run.step, "crops": crops, "split": split, **metrics}
+  return {"step": run.step, "crops": crops, "split": split, **metrics, "views": views}
 
 
 def results_file(step: int, crops: int, split: str = "validation") -> str:
@@ -70,6 +82,15 @@ def results_file(step: int, crops: int, split: str = "validation") -> str:
   (a name compare.py's table of validation results does not take for one)."""
   name = facts.eval_results_file(step, crops)
   return name if split == "validation" else name[: -len(".json")] + f"_{split}.json"
+
+
+def write_results(workdir: str, m: dict, split: str = "validation") -> str:
+  """One run's results file (results_file) in its workdir; returns its path."""
+  path = os.path.join(workdir, results_file(m["step"], m["crops"], split))
+  keys = ("step", "crops", "split", "top1_error", "top5_error", "loss", "num_images")
+  with open(path, "w") as f:
+    json.dump({"split": split, **{k: m[k] for k in keys if k in m}}, f, indent=2)
+  return path
 
 
 def _split_words() -> str:
@@ -97,12 +118,9 @@ def main(argv):
   try:
     if len(workdirs) == 1:
       m = evaluate_checkpoint(workdirs[0], FLAGS.crops, FLAGS.step, FLAGS.split)
-      path = os.path.join(workdirs[0], results_file(m["step"], FLAGS.crops, FLAGS.split))
-      with open(path, "w") as f:
-        json.dump(m, f, indent=2)
+      path = write_results(workdirs[0], m, FLAGS.split)
       print(
-          f"step {m['step']}{_split_words()}, {m['num_images']} images, "
-          f"{FLAGS.crops} view(s): "
+          f"step {m['step']}{_split_words()}, {m['num_images']} images, {m['views']}: "
           f"{_errors(m)}  ({path})"
       )
       return
@@ -110,10 +128,20 @@ def main(argv):
   except (FileNotFoundError, DatasetError, analysis.RunError) as e:
     sys.exit(f"FATAL: {e}")
   for member in m["members"]:
-    print(f"{member['workdir']} (step {member['step']}): {_errors(member)}")
+    if member["same_data"]:  # its own split: the result compare shows for it
+      where = f"  ({write_results(member['workdir'], member, FLAGS.split)})"
+    else:
+      where = "  (not saved: trained on another dataset than the first run)"
+    views = f", {member['crops']} view(s)" if m["crops"] is None else ""
+    print(f"{member['workdir']} (step {member['step']}{views}): {_errors(member)}{where}")
+  if FLAGS.crops is not None:
+    views = f"{FLAGS.crops} view(s), from --crops"
+  elif m["crops"] is not None:
+    views = f"{m['crops']} view(s), each run's eval_crops"
+  else:
+    views = "each run's own eval_crops views"
   print(
-      f"ensemble of {len(workdirs)}{_split_words()}, {m['num_images']} images, "
-      f"{FLAGS.crops} view(s): "
+      f"ensemble of {len(workdirs)}{_split_words()}, {m['num_images']} images, {views}: "
       f"{_errors(m)}"
   )
   if FLAGS.out:

@@ -9,6 +9,10 @@ Writes into --out:
                           Euclidean distance of fc7 features (scans up to --max_train_images)
   confusion.png           the validation split's confusion matrix
   per_class_errors.json   each class's top-1 error and image count on the validation split
+
+The confusion matrix and the errors average the run's own eval_crops views unless --crops
+says otherwise; the last line says which. Fig. 3 of a short run on few, grey images (the demo:
+125 steps on digits) is colour noise: the kernels have barely moved from their random start.
 """
 
 import sys
@@ -60,7 +64,7 @@ def main(argv):
     reasons = sorted(set(r["skipped"].values()))
     logging.warning("skipped %s: they need %s", ", ".join(r["skipped"]), "; ".join(reasons))
   else:
-    print(f"validation: {r['num_images']} images, top-1 error {r['top1_error']:.4f}")
+    print(f"validation: {r['num_images']} images, {r['views']}: top-1 error {r['top1_error']:.4f}")
 
 
 if __name__ == "__main__":

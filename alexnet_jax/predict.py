@@ -1,8 +1,11 @@
 """The top classes of image files under a trained run, preprocessed exactly as its evaluation
 preprocesses (decode to RGB, shorter side to 256, center 256, mean image, scale, views).
 
-  python -m alexnet_jax.predict --workdir=runs/demo [--crops=10] [--top=5] IMAGE...
+  python -m alexnet_jax.predict --workdir=runs/demo my_digit.png
+  python -m alexnet_jax.predict --workdir=runs/torchvision --crops=10 photos/*.jpg
 
+Views: the run's own eval_crops unless --crops says otherwise; the first line on stderr says
+which (`runs/demo, step 125: 1 view(s), the run's eval_crops`).
 Prints one line per image: `PATH: NAME PROBABILITY, ...`, the most probable class first.
 A PATH with a space, a quote, a backslash, ": " or an unprintable character (a newline) is
 printed as a JSON string ("my photo.jpg"), so that each image keeps one line of output.
@@ -45,6 +48,7 @@ def main(argv):
 
   try:
     run = analysis.load_run(FLAGS.workdir, FLAGS.step, from_dataset=True)
+    print(f"{FLAGS.workdir}, step {run.step}: {run.views_used(FLAGS.crops)}", file=sys.stderr)
     results = analysis.predict_files(run, paths, FLAGS.crops)
     failed = 0
     for path, probs, error in results:

@@ -1,5 +1,7 @@
 r"""Writes a dataset once as the paper's 256x256 images, in shards that training reads fast.
 
+  python -m alexnet_jax.prepare --config=configs/paper.py
+  python -m alexnet_jax.prepare --config=configs/demo.py --config.prepare.format=raw
   python -m alexnet_jax.prepare --config=configs/paper.py [--config.dataset.name=...]
       [--config.prepare.format=raw] [--output_dir=DIR] [--process_index=I --process_count=N]
 

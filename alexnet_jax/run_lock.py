@@ -12,7 +12,8 @@ So a trainer that gets the flock but finds the file naming ANOTHER host also rea
 heartbeat: fresh (younger than STALE_SECONDS) means that host's trainer is alive and it
 stops; stale means that trainer looks dead (a lost node), and it stops telling the user to
 rerun with --break_lock once they know it is. A holder that exits (normally, with a FATAL
-line or preempted) clears the file, so only a killed holder leaves its name behind.
+line or preempted) removes the file, so only a killed holder leaves it (and its name) behind;
+a trainer that took the flock of a file removed meanwhile opens the new one again.
 
 Waiting (`wait_s`, alexnet_jax.main's --lock_wait_s): a trainer that finds a live holder
 waits up to that many seconds for it to exit, logging one line naming it, and takes the
@@ -100,7 +101,7 @@ def read_holder(workdir: str) -> Holder | None:
 
 
 class RunLock:
-  """A held lock; `release` (also run at exit) clears the file and unlocks it."""
+  """A held lock; `release` (also run at exit) removes the file and unlocks it."""
 
   def __init__(self, path: str, fd: int, holder: Holder, heartbeat_s: float):
     self.path, self.holder = path, holder
@@ -138,7 +139,12 @@ class RunLock:
       if self._fd < 0:
         return
       try:
-        os.ftruncate(self._fd, 0)  # a clean exit names no holder
+        # Removed while still locked (a launch that failed before training leaves no file);
+        # a trainer that opened it meanwhile finds it removed and opens the path again.
+        if _names(self.path, self._fd):
+          os.unlink(self.path)
+        else:
+          os.ftruncate(self._fd, 0)  # not ours to remove: at least it names no holder
       except OSError:
         pass
       os.close(self._fd)  # drops the flock
@@ -192,9 +198,8 @@ def _acquire_once(workdir, break_lock, heartbeat_s, stale_s) -> RunLock:
   stale_s = STALE_FACTOR * heartbeat_s if stale_s is None else stale_s
   path = os.path.join(workdir, LOCK_FILE)
   host, now = socket.gethostname(), time.time()
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  fd, flocked = _open_and_flock(path)
   try:
-    flocked = _try_flock(fd, path)
     if flocked is False:  # held by a live process (this host, or another through NFS)
       h = _holder_of(fd)
       who = h.describe() if h else "another process (it has not named itself yet)"
@@ -225,6 +230,31 @@ def _acquire_once(workdir, break_lock, heartbeat_s, stale_s) -> RunLock:
   except BaseException:
     os.close(fd)
     raise
+
+
+def _open_and_flock(path: str) -> tuple[int, bool | None]:
+  """(fd, _try_flock's answer) for the file `path` names: a holder removes the file when it
+  exits, so a flock taken on a file removed since it was opened is dropped and the path
+  opened again (else two trainers could each hold a file of the same name)."""
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      flocked = _try_flock(fd, path)
+      if flocked is not True or _names(path, fd):
+        return fd, flocked
+    except BaseException:
+      os.close(fd)
+      raise
+    os.close(fd)
+
+
+def _names(path: str, fd: int) -> bool:
+  """Whether `path` still names the open file `fd`."""
+  try:
+    a, b = os.stat(path), os.fstat(fd)
+  except OSError:
+    return False
+  return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _try_flock(fd: int, path: str) -> bool | None:

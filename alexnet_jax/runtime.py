@@ -21,16 +21,13 @@ holds for all of them:
 """
 
 import os
-import re
-import sys
-import tempfile
 
 import jax
 from absl import logging
 
 import alexnet_jax
 from alexnet_jax import distributed as distributed_lib
-from alexnet_jax import files
+from alexnet_jax import files, tf_logs
 
 ENV_COMPILATION_CACHE = "ALEXNET_JAX_COMPILATION_CACHE"
 COMPILATION_CACHE_SUBDIR = "jax_compilation_cache"
@@ -113,69 +110,10 @@ def enable_compilation_cache(enabled=None) -> str | None:
   return path
 
 
-# TensorFlow's shared libraries log from their load-time initialisers through absl's C++
-# logging before TensorFlow applies TF_CPP_MIN_LOG_LEVEL: each of its two libraries prints
-# absl's preamble and the oneDNN INFO notice whatever the level. Lines in absl's format
-# ("I0000 00:00:1796419729.229971   29741 port.cc:153] ...": before absl is initialised the
-# date and time are zero and the seconds count from the epoch), severity I/W/E/F = 0..3.
-_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
-_CPP_LOG_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ ]+:\d+\] ")
-_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
-
-
-def import_tensorflow():
-  """`import tensorflow`, with the C++ lines TF prints while loading filtered by
-  TF_CPP_MIN_LOG_LEVEL (which TF itself applies only to later lines); any other output of
-  the import (Python warnings, errors) reaches stderr unchanged."""
-  if "tensorflow" in sys.modules:
-    return sys.modules["tensorflow"]
-  try:
-    min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-  except ValueError:
-    min_level = 0
-  if min_level <= 0:
-    import tensorflow as tf  # setup() loads TF here, once its log level is set: all shown
-
-    return tf
-  sys.stderr.flush()
-  try:
-    captured = tempfile.TemporaryFile()
-  except OSError:  # nowhere to hold the lines: TF prints them as it does
-    import tensorflow as tf  # setup() loads TF here, once its log level is set: unfiltered
-
-    return tf
-  with captured:
-    try:
-      saved = os.dup(2)
-    except OSError:  # no stderr to filter
-      import tensorflow as tf  # setup() loads TF here, once its log level is set: unfiltered
-
-      return tf
-    os.dup2(captured.fileno(), 2)
-    try:
-      import tensorflow as tf  # setup() loads TF here, once its log level is set: filtered
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      kept = _tf_lines_kept(captured.read().decode(errors="replace"), min_level)
-      if kept:
-        os.write(2, kept.encode())
-  return tf
-
-
-def _tf_lines_kept(text: str, min_level: int) -> str:
-  """`text` without absl's preamble and the C++ log lines below `min_level`."""
-  kept = []
-  for line in text.splitlines(keepends=True):
-    if line.startswith(_ABSL_PREAMBLE):
-      continue
-    m = _CPP_LOG_LINE.match(line)
-    if m and _SEVERITY[m.group(1)] < min_level:
-      continue
-    kept.append(line)
-  return "".join(kept)
+# TensorFlow's load-time C++ lines (absl's preamble, the oneDNN notice) filtered by
+# TF_CPP_MIN_LOG_LEVEL: alexnet_jax/tf_logs.py.
+import_tensorflow = tf_logs.import_tensorflow
+_tf_lines_kept = tf_logs.lines_kept
 
 
 def _library_record_shown(record) -> bool:

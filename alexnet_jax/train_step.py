@@ -168,7 +168,7 @@ def make_train_step(
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "learning_rate": lr, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "learning_rate": lr, "grad_norm": optax.tree.norm(grads)}
     new = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
     )

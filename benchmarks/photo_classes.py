@@ -1,7 +1,9 @@
 r"""A folder of real photos to train on without a download: one class per photograph that
-ships with scikit-learn and scikit-image (requirements-dev.txt), each class random square
-crops of its photo (train/ and val/ subfolders, 160x160 JPEGs, seeded).
+ships with scikit-learn and scikit-image, each class random square crops of its photo (train/
+and val/ subfolders, 160x160 JPEGs, seeded). scikit-image is not in requirements.txt: it comes
+with requirements-dev.txt, or alone with `pip install -e ".[photos]"` (the same pin).
 
+  pip install scikit-image==0.26.0
   python -m benchmarks.photo_classes /tmp/photo_classes
   python -m alexnet_jax.main --config=configs/keras_bn.py:demo --workdir=runs/keras_bn_demo \
       --config.dataset.name=folder:/tmp/photo_classes
@@ -55,7 +57,21 @@ def write(root: str, train: int = 48, val: int = 12, size: int = 160, seed: int 
   return n
 
 
-if __name__ == "__main__":
-  if len(sys.argv) != 2:
+SKIMAGE = "scikit-image==0.26.0"  # pyproject.toml's photos extra and requirements-dev.txt
+
+
+def main(argv) -> None:
+  if len(argv) != 2:
     sys.exit(f"usage: python -m benchmarks.photo_classes DIR\n\n{__doc__}")
-  print(f"{sys.argv[1]}: {write(sys.argv[1])} images")
+  try:
+    import skimage.data  # noqa: F401
+  except ImportError:
+    sys.exit(
+        f"FATAL: the photos come from scikit-image, which is not installed: pip install "
+        f'{SKIMAGE} (or pip install -e ".[photos]")'
+    )
+  print(f"{argv[1]}: {write(argv[1])} images")
+
+
+if __name__ == "__main__":
+  main(sys.argv)

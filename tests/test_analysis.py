@@ -16,7 +16,7 @@ import skimage.data
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from alexnet_jax import analysis, evaluate, evaluation, facts, run_data, run_dir, train
+from alexnet_jax import analysis, compare, evaluate, evaluation, facts, run_data, run_dir, train
 from alexnet_jax import data as data_lib
 from tests import tiny
 
@@ -325,6 +325,33 @@ def test_ensemble_of_two_equals_the_mean_of_their_softmaxes_by_hand(folder_run):
     assert member["loss"] == pytest.approx(lo, rel=1e-4)
 
 
+def test_ensemble_runs_are_the_neighbours_trained_on_the_same_data(tmp_path):
+  """The notebook's ensemble: the run and the runs beside it of the same dataset and
+  classes (runs/demo, runs/demo_seed1), else the run alone (the notebook then skips)."""
+
+  def write(name, dataset="digits", classes=("0", "1"), checkpoints=True):
+    w = tmp_path / "runs" / name
+    w.mkdir(parents=True)
+    (w / "config.json").write_text(json.dumps({"dataset": {"name": dataset}}))
+    (w / "class_names.json").write_text(json.dumps(list(classes)))
+    if checkpoints:
+      (w / "checkpoints").mkdir()
+    return str(w)
+
+  demo = write("demo")
+  assert analysis.ensemble_runs(demo) == [demo]
+  write("flowers", dataset="folder:/photos")  # other data
+  write("digits_3", classes=("0", "1", "2"))  # other classes
+  write("unstarted", checkpoints=False)  # nothing to restore
+  (tmp_path / "runs" / "notes").mkdir()  # not a run
+  assert analysis.ensemble_runs(demo) == [demo]
+  seed1 = write("demo_seed1")
+  assert analysis.ensemble_runs(demo) == [demo, seed1]
+  assert analysis.ensemble_runs(seed1) == [seed1, demo]
+  rel = os.path.relpath(demo)  # as the notebook names it (../runs/demo)
+  assert analysis.ensemble_runs(rel) == [rel, os.path.join(os.path.dirname(rel), "demo_seed1")]
+
+
 def test_ensemble_of_runs_with_different_class_sets_is_a_clear_error(folder_run, tmp_path):
   other = tmp_path / "other"
   shutil.copytree(folder_run["workdir"], other)
@@ -373,8 +400,13 @@ def test_an_undecodable_file_is_named_and_the_others_still_predicted(folder_run,
   np.testing.assert_array_equal(np.stack([out[0][1], out[3][1]]), want)
 
 
-def test_figures_writes_the_three_pngs_and_the_per_class_errors(folder_run, tmp_path):
-  r = analysis.write_figures(folder_run["workdir"], str(tmp_path / "fig"), num_queries=3, k=2)
+def test_figures_writes_the_three_pngs_and_the_per_class_errors(folder_run, tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    r = analysis.write_figures(folder_run["workdir"], str(tmp_path / "fig"), num_queries=3, k=2)
+  # The dataset opened once for the three figures that read it: its line logged once.
+  opened = [m for m in caplog.messages if m.startswith("dataset folder:")]
+  assert len(opened) == 1, caplog.messages
+  assert r["views"] == "1 view(s), the run's eval_crops"
   for name in ("fig3_conv1_kernels.png", "fig4_neighbours.png", "confusion.png"):
     with Image.open(tmp_path / "fig" / name) as im:
       assert im.size[0] > 300 and im.size[1] > 200, name
@@ -458,6 +490,7 @@ def test_predict_command_prints_top5_and_names_the_file_it_cannot_decode(folder_
     order = np.argsort(-p)[:5]
     assert [name for name, _ in pairs] == [CLASSES[j] for j in order]
     np.testing.assert_allclose([float(v) for _, v in pairs], p[order], atol=6e-5)
+  assert f"{folder_run['workdir']}, step 2: 10 view(s), from --crops" in r.stderr.splitlines()
   named = [line for line in r.stderr.splitlines() if str(broken) in line]
   assert len(named) == 1 and named[0].startswith("cannot decode"), r.stderr[-3000:]
   bad = _command("alexnet_jax.predict", f"--workdir={tmp_path}", good[0])
@@ -466,15 +499,12 @@ def test_predict_command_prints_top5_and_names_the_file_it_cannot_decode(folder_
 
 @pytest.mark.slow
 def test_evaluate_command_ensembles_several_workdirs(folder_run, tmp_path):
-  copy = tmp_path / "copy"
-  shutil.copytree(folder_run["workdir"], copy)
+  runs = [tmp_path / "a", tmp_path / "b"]
+  for w in runs:
+    shutil.copytree(folder_run["workdir"], w)
   out = tmp_path / "ensemble.json"
   r = _command(
-      "alexnet_jax.evaluate",
-      f"--workdir={folder_run['workdir']}",
-      f"--workdir={copy}",
-      "--crops=1",
-      f"--out={out}",
+      "alexnet_jax.evaluate", *(f"--workdir={w}" for w in runs), "--crops=1", f"--out={out}"
   )
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(out))
@@ -482,7 +512,30 @@ def test_evaluate_command_ensembles_several_workdirs(folder_run, tmp_path):
   # Two copies of one run: the ensemble is that run.
   assert m["top1_error"] == single["top1_error"] and m["num_images"] == 6
   assert m["loss"] == pytest.approx(single["loss"], rel=1e-5)
-  assert f"ensemble of 2, 6 images, 1 view(s): top-1 error {single['top1_error']:.4f}" in r.stdout
+  assert (
+      f"ensemble of 2, 6 images, 1 view(s), from --crops: top-1 error "
+      f"{single['top1_error']:.4f}" in r.stdout
+  )
+  # Each run's own result is saved in it, where compare finds it.
+  for w in runs:
+    saved = json.load(open(w / "eval_2_1crop.json"))
+    assert saved["top1_error"] == single["top1_error"] and saved["num_images"] == 6
+    assert f"{w} (step 2): top-1 error" in r.stdout
+    assert compare.read_run(str(w)).evaluated[1]["top1_error"] == single["top1_error"]
+
+
+def test_evaluate_uses_the_runs_own_views_unless_told(folder_run):
+  """One rule for views: None means the run's eval_crops (1 here), and says so."""
+  w = folder_run["workdir"]
+  assert analysis.load_run(w).eval_crops == 1
+  default = evaluate.evaluate_checkpoint(w)
+  assert default["crops"] == 1 and default["views"] == "1 view(s), the run's eval_crops"
+  one = evaluate.evaluate_checkpoint(w, crops=1)
+  assert (one["top1_error"], one["loss"]) == (default["top1_error"], default["loss"])
+  assert one["views"] == "1 view(s), from --crops"
+  ensemble = analysis.ensemble_evaluate([w])
+  assert ensemble["crops"] == 1 and ensemble["members"][0]["crops"] == 1
+  assert ensemble["top1_error"] == default["top1_error"]
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,29 @@ def test_help_exits_0_with_one_line_per_flag_help(command):
   assert doc in r.stdout
 
 
+def _examples(text, command):
+  """The first line of each example command in `text` (continuation lines follow a \\)."""
+  lines = re.findall(rf"^  (python -m alexnet_jax\.{command} .*)$", text, re.M)
+  return [line.removesuffix("\\").rstrip() for line in lines]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_prints_each_example_once(command):
+  """--help: the usage's synopsis, then the docstring, which holds the usage's examples: each
+  example once (the bare command's usage shows them without the docstring)."""
+  bare = _run(f"alexnet_jax.{command}")
+  usage_examples = _examples(bare.stderr, command)
+  assert usage_examples, bare.stderr
+  r = _run(f"alexnet_jax.{command}", "--help")
+  assert r.returncode == 0, r.stderr
+  shown = _examples(r.stdout, command)
+  for example in usage_examples:
+    assert shown.count(example) == 1, (example, r.stdout)
+  assert len(shown) == len(set(shown)), r.stdout
+  # A bare command: one hint to --help.
+  assert bare.stderr.count("--help") == 1 and bare.stderr.endswith("\n--help lists every flag.\n")
+
+
 def test_helpfull_lists_the_libraries_flags():
   r = _run("alexnet_jax.main", "--helpfull")
   assert r.returncode == 0

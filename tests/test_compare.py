@@ -262,6 +262,39 @@ def test_glob_expansion(runs):
   assert compare.expand([str(runs / "z*")]) == [str(runs / "z*")]  # named when read
 
 
+def test_a_patterns_runs_come_in_the_order_they_were_created(tmp_path):
+  """A sweep's points are created in its order (baseline first) whatever their names sort
+  to; config_history.jsonl's first line (written at a run's first launch) says when."""
+  root = tmp_path / "sweep"
+  created = {
+      "default": "2026-01-02T10:00:00+00:00",
+      "model.lrn=False": "2026-01-02T10:01:30+00:00",
+      "augment.lighting_std=0.0": "2026-01-02T10:03:00+00:00",
+  }
+  for name, when in reversed(created.items()):  # written in the opposite order
+    _write_run(root / name, CONFIG_A, ROWS_A)
+    lines = [{"time": when, "event": "created"}, {"time": "2026-02-01T00:00:00+00:00"}]
+    (root / name / "config_history.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+  _write_run(root / "converted", CONFIG_B, ROWS_B)  # no history: config.json's time, newest
+  (root / "scratch").mkdir()  # no run: last
+  want = [str(root / n) for n in [*created, "converted", "scratch"]]
+  assert compare.expand([str(root / "*")]) == want
+  # Named one by one, the runs keep the command line's order.
+  assert compare.expand([want[2], want[0]]) == [want[2], want[0]]
+  assert compare.expand([want[1], str(root / "*")]) == [want[1], want[0], *want[2:]]
+
+
+def test_the_legend_covers_no_point(runs):
+  c = compare.compare([compare.read_run(str(runs / n)) for n in ("a", "b")])
+  fig = compare.plot(c)
+  fig.canvas.draw()  # Agg: the legend's and the panels' places in pixels
+  (legend,) = fig.legends
+  assert [t.get_text() for t in legend.get_texts()] == ["a", "b"]
+  box = legend.get_window_extent()
+  for ax in fig.axes:
+    assert not box.overlaps(ax.get_window_extent()), (box, ax.get_window_extent())
+
+
 def _compare(*args, cwd=REPO):
   env = {**os.environ, "PYTHONPATH": REPO}
   return subprocess.run(
@@ -313,7 +346,10 @@ def test_bare_command_prints_usage_and_exits_2():
   assert r.returncode == 2
   assert r.stderr.startswith("usage: python -m alexnet_jax.compare RUN_DIR [RUN_DIR...]")
   assert "python -m alexnet_jax.compare 'runs/ablations/*' --out=runs/ablations" in r.stderr
-  assert _compare("--out=x").returncode == 2  # flags but no run
+  # One hint to --help, the one every command gives.
+  assert r.stderr.count("--help") == 1 and r.stderr.endswith("\n--help lists every flag.\n")
+  no_run = _compare("--out=x")  # flags but no run: as a bare run
+  assert no_run.returncode == 2 and no_run.stderr == r.stderr
   bad = _compare("--outt=x", "runs/a")
   assert bad.returncode == 2 and "usage:" in bad.stderr
 

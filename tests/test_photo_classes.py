@@ -1,11 +1,16 @@
 """benchmarks/photo_classes.py: the folder of real photos the keras_bn demo trains on."""
 
 import os
+import subprocess
+import sys
+import tomllib
 
 import numpy as np
 from PIL import Image
 
 from benchmarks import photo_classes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_each_class_is_crops_of_its_own_photo(tmp_path):
@@ -31,3 +36,29 @@ def test_each_class_is_crops_of_its_own_photo(tmp_path):
     others = min(e for n, e in err.items() if n != name)
     assert err[name] < 8 and err[name] < others / 3, (name, split, i, err)
     assert open(path, "rb").read() == open(path.replace("/a/", "/b/"), "rb").read()
+
+
+def test_without_scikit_image_one_line_names_the_install(tmp_path):
+  """requirements.txt alone (no scikit-image): one line with the pip command, nothing written."""
+  code = (
+      "import sys; sys.modules['skimage'] = None; from benchmarks import photo_classes; "
+      "photo_classes.main(sys.argv)"
+  )
+  r = subprocess.run(
+      [sys.executable, "-c", code, str(tmp_path / "photos")],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert r.returncode == 1 and r.stdout == "", r.stderr
+  assert r.stderr.splitlines() == [
+      "FATAL: the photos come from scikit-image, which is not installed: pip install "
+      'scikit-image==0.26.0 (or pip install -e ".[photos]")'
+  ]
+  assert not (tmp_path / "photos").exists()
+  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+  with open(os.path.join(REPO, "requirements-dev.txt")) as f:
+    dev = f.read().split()
+  assert extras["photos"] == [photo_classes.SKIMAGE] and photo_classes.SKIMAGE in dev

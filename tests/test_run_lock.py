@@ -54,7 +54,7 @@ def test_acquire_refuses_a_second_process_naming_the_holder_then_releases(tmp_pa
   assert f"process {os.getpid()} on host {socket.gethostname()} since " in r.stdout
   assert f"`kill {os.getpid()}` on {socket.gethostname()}" in r.stdout
   lock.release()
-  assert (tmp_path / facts.LOCK_FILE).read_text() == ""  # a clean exit names no holder
+  assert not (tmp_path / facts.LOCK_FILE).exists()  # a clean exit leaves no lock file
   r = _try_from_another_process(tmp_path)
   assert (r.returncode, r.stdout.strip()) == (0, "acquired"), r.stderr
 
@@ -104,6 +104,53 @@ def test_a_remote_holder_is_judged_by_its_heartbeat(tmp_path):
   later = run_lock.read_holder(str(tmp_path))
   assert later.since == first.since and later.heartbeat > first.heartbeat + 0.1
   lock.release()
+
+
+def test_a_lock_file_removed_between_open_and_flock_is_opened_again(tmp_path, monkeypatch):
+  """A holder exiting removes run.lock: a trainer that opened it just before and then took
+  the flock of the removed file must not count as holding the run (a third trainer would
+  create a new run.lock beside it)."""
+  path = tmp_path / facts.LOCK_FILE
+  path.write_text("")
+  calls, real = [], run_lock._try_flock
+
+  def holder_exits_first(fd, p):
+    if not calls:
+      os.unlink(p)  # the holder's release, between this trainer's open and its flock
+    calls.append(os.fstat(fd).st_ino)
+    return real(fd, p)
+
+  monkeypatch.setattr(run_lock, "_try_flock", holder_exits_first)
+  lock = run_lock.acquire(str(tmp_path))
+  try:
+    assert len(calls) == 2  # opened again (the number may be the freed inode's, reused)
+    assert os.stat(path).st_ino == calls[1] == os.fstat(lock._fd).st_ino
+    assert run_lock.read_holder(str(tmp_path)).pid == os.getpid()
+  finally:
+    lock.release()
+
+
+def test_a_run_that_fails_before_training_leaves_no_lock_file(tmp_path):
+  workdir = tmp_path / "w"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  r = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "alexnet_jax.main",
+          f"--workdir={workdir}",
+          *tiny.flags(),
+          f"--config.dataset.name=folder:{tmp_path / 'no_such_dataset'}",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  assert r.stderr.strip().splitlines()[-1].startswith("FATAL: dataset folder"), r.stderr[-3000:]
+  assert not (workdir / facts.LOCK_FILE).exists(), os.listdir(workdir)
 
 
 def test_a_second_trainer_stops_at_once_naming_the_holder_and_writes_nothing(tmp_path):

@@ -187,6 +187,35 @@ def test_import_tensorflow_filters_only_the_load_time_lines(tmp_path, level):
     assert lines[1:] == ['  warnings.warn("raised by the import")', error, "written by Python"]
 
 
+def test_tensorflow_imported_after_alexnet_jax_is_filtered_at_the_default_level(tmp_path):
+  """A notebook's `import tensorflow` (or the data layer's) after `import alexnet_jax`, with
+  no level set: INFO lines and absl's preamble dropped, as JAX's default level 1 would."""
+  (tmp_path / "tensorflow").mkdir()
+  (tmp_path / "tensorflow" / "__init__.py").write_text(_FAKE_TF)
+  code = "import alexnet_jax, tensorflow; print(tensorflow.__loader__.__class__.__name__)"
+  env = _env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+  proc = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+  )
+  assert proc.returncode == 0 and proc.stdout == "SourceFileLoader\n", proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert lines[0].endswith("UserWarning: raised by the import"), lines
+  error = "E0000 00:00:1796419456.300000   27654 loader.cc:9] an error"
+  assert lines[1:] == ['  warnings.warn("raised by the import")', error, "written by Python"]
+
+
+@pytest.mark.parametrize("module", ["alexnet_jax", "alexnet_jax.analysis"])
+def test_importing_the_library_prints_nothing(module):
+  """The real TensorFlow, its oneDNN notice forced on (TF_ENABLE_ONEDNN_OPTS=1: the CPUs
+  where it prints it by default print it twice, with absl's preamble)."""
+  env = _env(PYTHONPATH=REPO, TF_ENABLE_ONEDNN_OPTS="1")
+  proc = subprocess.run(
+      [sys.executable, "-c", f"import {module}"], cwd="/", env=env, capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout + proc.stderr == ""
+
+
 def _record(name, level, msg, pathname="/x/module.py"):
   return std_logging.LogRecord(name, level, pathname, 1, msg, (), None)
 

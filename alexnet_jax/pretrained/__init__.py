@@ -12,6 +12,7 @@ from alexnet_jax.pretrained import caffemodel, keras_h5
 from alexnet_jax.pretrained.convert import (
     export_run,
     import_run,
+    init_run,
     model_for,
     preset_config,
     write_run,
@@ -48,6 +49,7 @@ __all__ = [
     "export_run",
     "from_framework",
     "import_run",
+    "init_run",
     "keras_h5",
     "layers_from_caffemodel",
     "layers_from_state_dict",

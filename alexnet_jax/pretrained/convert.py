@@ -183,8 +183,12 @@ def _import_keras(src: str, workdir: str, config, class_names_file: str | None) 
   want = keras_h5.keras_shapes(sharding.abstract_variables(model))
   keras_h5.check_shapes(layers, want, os.path.basename(src), num_classes)
   variables = keras_h5.to_variables(layers)
-  # A 17-way head: the Oxford-17 flowers' published class names (the tutorial's dataset).
-  default_names = list(oxford17.CLASS_NAMES) if num_classes == 17 else None
+  # A 17-way head: the Oxford-17 flowers' published class names (the tutorial's dataset);
+  # 1000: ImageNet's, as for the other formats.
+  if num_classes == 17:
+    default_names = list(oxford17.CLASS_NAMES)
+  else:
+    default_names = formats.default_class_names(num_classes)
   write_run(
       workdir,
       config,
@@ -210,9 +214,9 @@ def _export_keras(workdir: str, dst: str, preset_config, step: int | None) -> di
   _check_keras_network(model, f"{workdir} (model.variant={run.config.model.variant!r})")
   layers = keras_h5.from_variables(run.variables)
   want = keras_h5.keras_shapes(sharding.abstract_variables(model_for(preset_config, num_classes)))
-  keras_h5.check_shapes(layers, want, workdir, num_classes)
-  keras_h5.write(dst, layers)
   differences = fine_tune.architecture_differences(preset_config, run.config)
+  _refuse_if_unfit(workdir, "keras", keras_h5.mismatches(layers, want), differences)
+  keras_h5.write(dst, layers)
   return {"step": run.step, "keys": keras_h5.dataset_names(), "differences": differences}
 
 
@@ -238,11 +242,10 @@ def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | N
         f"{FORMATS[fmt].towers}-tower ones: use --to={other}"
     )
   layers = formats.to_framework(run.variables["params"], model)
-  formats.check_shapes(
-      layers,
-      model_for(preset_config, num_classes),
-      lambda name, i: f"{name} {('weight', 'bias')[i]} of {workdir}",
+  bad = formats.mismatches(
+      layers, model_for(preset_config, num_classes), lambda name, i: FORMATS[fmt].state_key(name, i)
   )
+  _refuse_if_unfit(workdir, fmt, bad, fine_tune.architecture_differences(preset_config, run.config))
   state = {}
   for name, prefix in FORMATS[fmt].keys.items():
     state[f"{prefix}.weight"] = torch.from_numpy(layers[name][0].copy())
@@ -253,6 +256,43 @@ def export_run(fmt: str, workdir: str, dst: str, preset_config, *, step: int | N
       for d in fine_tune.architecture_differences(preset_config, run.config)
   ]
   return {"step": run.step, "keys": list(state), "differences": differences}
+
+
+def _refuse_if_unfit(workdir: str, fmt: str, bad: list, differences: list[str]) -> None:
+  """One line for a run whose arrays do not fit the format's layout: the first array that
+  differs, what it holds, what the layout needs, and the config whose runs fit."""
+  if not bad:
+    return
+  name, got, want = bad[0]
+  more = f" ({len(bad) - 1} more arrays differ)" if len(bad) > 1 else ""
+  keys = [d for d in differences if not d.startswith("model.variant:")] or differences
+  why = f"; this run differs in {'; '.join(keys)} (run -> preset)" if keys else ""
+  raise ConversionError(
+      f"{workdir} does not fit the {fmt} layout: its {name} is {got}, the layout needs "
+      f"{want}{more}. A run of configs/{PRESETS.get(fmt, fmt)}.py fits it{why}."
+  )
+
+
+def init_run(workdir: str, config, num_classes: int = 1000) -> dict:
+  """A run directory of `config`'s network with its initial weights (config.seed and the
+  config's initializer): a format's layout tried with no file to download. Returns
+  {'num_classes', 'num_params'} as import_run does."""
+  model = model_for(config, num_classes)
+  images = jax.numpy.zeros((1, *model.input_shape), jax.numpy.float32)
+  variables = jax.jit(lambda rng: model.init(rng, images, train=False))(jax.random.key(config.seed))
+  variables = jax.device_get(variables)
+  write_run(
+      workdir,
+      config,
+      variables["params"],
+      batch_stats=variables.get("batch_stats"),
+      class_names=formats.default_class_names(num_classes),
+      meta={"converted_from": {"format": "init", "seed": int(config.seed)}},
+  )
+  return {
+      "num_classes": num_classes,
+      "num_params": sum(int(np.size(x)) for x in jax.tree.leaves(variables)),
+  }
 
 
 def _with_variant_fields(difference: str, run_model, preset_model) -> str:

@@ -207,16 +207,23 @@ def expected_shapes(model) -> dict:
   return out
 
 
-def check_shapes(layers: dict, model, describe) -> None:
-  """Raise ConversionError naming every layer whose arrays do not have `model`'s shapes;
-  describe(layer, i) names array i (0 weight, 1 bias) in the file's own terms."""
+def mismatches(layers: dict, model, describe) -> list[tuple[str, tuple, tuple]]:
+  """(name, shape held, shape `model` needs) of every array of `layers` that differs, in the
+  network's order; describe(layer, i) names array i (0 weight, 1 bias)."""
   want = expected_shapes(model)
   bad = []
   for name in LAYERS:
     for i in (0, 1):
       got = tuple(np.shape(layers[name][i]))
       if got != want[name][i]:
-        bad.append(f"{describe(name, i)} is {got}, expected {want[name][i]}")
+        bad.append((describe(name, i), got, tuple(want[name][i])))
+  return bad
+
+
+def check_shapes(layers: dict, model, describe) -> None:
+  """Raise ConversionError naming every layer whose arrays do not have `model`'s shapes;
+  describe(layer, i) names array i (0 weight, 1 bias) in the file's own terms."""
+  bad = [f"{d} is {got}, expected {want}" for d, got, want in mismatches(layers, model, describe)]
   if bad:
     raise ConversionError(
         "the weights are not this network's: "

@@ -372,14 +372,21 @@ def keras_shapes(variables: dict) -> dict:
   return shapes
 
 
-def check_shapes(layers: dict, want: dict, name: str, num_classes: int) -> None:
-  """Raise KerasFormatError naming every array whose shape is not `want`'s (keras_shapes)."""
+def mismatches(layers: dict, want: dict) -> list[tuple[str, tuple, tuple]]:
+  """(array, shape held, shape wanted) of every array whose shape is not `want`'s
+  (keras_shapes), in the network's order."""
   bad = []
   for layer in LAYERS:
     labels = BN_VARS if layer in BN_LAYERS else ("kernel", "bias")
     for label, array, shape in zip(labels, layers[layer], want[layer]):
       if tuple(np.shape(array)) != tuple(shape):
-        bad.append(f"{layer} {label} is {tuple(np.shape(array))}, expected {tuple(shape)}")
+        bad.append((f"{layer} {label}", tuple(np.shape(array)), tuple(shape)))
+  return bad
+
+
+def check_shapes(layers: dict, want: dict, name: str, num_classes: int) -> None:
+  """Raise KerasFormatError naming every array whose shape is not `want`'s (keras_shapes)."""
+  bad = [f"{d} is {got}, expected {shape}" for d, got, shape in mismatches(layers, want)]
   if bad:
     raise KerasFormatError(
         f"{name} is not the tutorial's network: {'; '.join(bad)} "
