@@ -54,7 +54,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from alexnet_jax import disk_space, run_dir, train_state
+from alexnet_jax import disk_space, run_dir, run_lock, train_state
 from alexnet_jax.run_dir import (
     CHECKPOINT_DIR,
     UNREADABLE_DIR,  # steps set aside by a resume (never deleted)
@@ -351,6 +351,7 @@ class CheckpointManager:
 
   def save(self, step: int, state, eval_metrics: dict | None = None, meta: dict | None = None):
     """Start an asynchronous save of `state` as `step` (errors: at `check` or `wait`)."""
+    run_lock.check_held()  # another trainer took run.lock: write nothing more
     self.wait()  # Orbax waits for the previous save anyway; its failure is reported first
     metrics = (
         {"top1_error": float(eval_metrics["top1_error"])} if eval_metrics is not None else None
@@ -376,7 +377,9 @@ class CheckpointManager:
       raise self._save_error(step, e) from e
 
   def check(self):
-    """Raise CheckpointSaveError if a background save has finished and failed."""
+    """Raise CheckpointSaveError if a background save has finished and failed, and
+    run_lock.RunLockLostError if another trainer took this run's lock."""
+    run_lock.check_held()
     if self._pending is not None and not self._manager.is_saving_in_progress():
       self._finish_pending()
 

@@ -54,15 +54,15 @@ def _kind(mode: int) -> str:
   return "not a regular file"
 
 
-def check_regular(path, what: str = "file", error=BadFileError) -> os.stat_result:
+def check_regular(path, what: str = "file", error=BadFileError, fix: str = "") -> os.stat_result:
   """os.stat of `path` (a symbolic link to a regular file counts as one), or `error` (one
-  line) when it is a FIFO, a device, a socket or a directory: nothing has opened it, so a
-  FIFO cannot block. FileNotFoundError and other OSErrors pass through."""
+  line, ending with `fix`) when it is a FIFO, a device, a socket or a directory: nothing has
+  opened it, so a FIFO cannot block. FileNotFoundError and other OSErrors pass through."""
   st = os.stat(path)
   if not stat.S_ISREG(st.st_mode):
     raise error(
-        f"{printable(os.fspath(path))} is {_kind(st.st_mode)}, not a regular file: give a "
-        f"{what} that is a file"
+        f"{printable(os.fspath(path))} is {_kind(st.st_mode)}, not a regular file: "
+        + (fix or f"give a {what} that is a file")
     )
   return st
 

@@ -160,7 +160,7 @@ def _lock(workdir, break_lock, wait_s) -> None:
 
 def _train(config, workdir, changes) -> int:
   """train_and_evaluate -> the exit status; known failures as one FATAL line."""
-  from alexnet_jax import checkpoint, preemption, train
+  from alexnet_jax import checkpoint, preemption, run_lock, train
   from alexnet_jax import data as data_lib
 
   try:
@@ -175,6 +175,7 @@ def _train(config, workdir, changes) -> int:
       checkpoint.UnreadableCheckpointsError,
       config_checks.ConfigError,
       data_lib.DatasetError,
+      run_lock.RunLockLostError,
       train.NonFiniteLossError,
   ) as e:
     sys.exit(f"FATAL: {e}")

@@ -12,6 +12,7 @@ import tensorflow as tf  # the TensorBoard writer (TF is already the input pipel
 import tqdm
 from matplotlib.figure import Figure
 
+from alexnet_jax import run_lock
 from alexnet_jax.data import settings
 from alexnet_jax.run_dir import CURVE_FILE, FIGURES_DIR, METRICS_FILE, TENSORBOARD_DIR
 
@@ -51,6 +52,7 @@ class MetricsWriter:
   def write(self, step: int, split: str, metrics: dict):
     if not self.enabled:
       return
+    run_lock.check_held()  # another trainer took run.lock: no row beside its rows
     row = {
         "step": int(step),
         "split": split,
