@@ -73,6 +73,11 @@ class CheckpointSaveError(RuntimeError):
   """A save failed (e.g. a full disk); the earlier checkpoints are intact."""
 
 
+class NewerCheckpointError(UnreadableCheckpointsError):
+  """A checkpoint written by a newer alexnet_jax (a format or checksum version above this
+  one's): refused, never skipped or set aside, since the newer code reads it."""
+
+
 # ---- checksums -----------------------------------------------------------------------------
 _WEIGHT = np.uint32(0x9E3779B1)  # odd: every position weight below is odd, so invertible
 
@@ -120,6 +125,10 @@ def checksums(tree) -> dict:
 # What a save's checksums cover: 2 = the arrays and the meta item (meta_sha256); a meta without
 # the field was saved before the meta was covered (the arrays only).
 CHECKSUM_VERSION = 2
+# The layout of a step (items "state" and "meta"); absent in saves before it was recorded,
+# which have this layout too. A newer one is refused (NewerCheckpointError).
+FORMAT_VERSION = 1
+_VERSIONS = {"format_version": FORMAT_VERSION, "checksum_version": CHECKSUM_VERSION}
 
 
 def _jsonable(x):
@@ -138,6 +147,7 @@ def meta_digest(meta: dict) -> str:
 def seal(meta: dict) -> dict:
   """`meta` as JSON reads it back, with checksum_version and its meta_sha256."""
   meta = json.loads(json.dumps(meta, default=_jsonable))
+  meta["format_version"] = FORMAT_VERSION
   meta["checksum_version"] = CHECKSUM_VERSION
   meta["meta_sha256"] = meta_digest(meta)
   return meta
@@ -148,6 +158,7 @@ def verify(state, meta: dict, step: int) -> None:
   saved."""
   if not isinstance(meta, dict):
     raise CorruptCheckpointError("its meta item is not a JSON object")
+  check_versions(meta, step)
   if "checksum_version" in meta or "meta_sha256" in meta:
     if meta.get("meta_sha256") != meta_digest(meta):
       raise CorruptCheckpointError(
@@ -172,6 +183,24 @@ def verify(state, meta: dict, step: int) -> None:
         f"{len(bad)} array(s) differ from the checksums recorded at save time "
         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
     )
+
+
+def check_versions(meta: dict, step: int, directory: str = "") -> None:
+  """NewerCheckpointError for a step written by a newer alexnet_jax; CorruptCheckpointError
+  for a version that is not a positive integer."""
+  for field, ours in _VERSIONS.items():
+    v = meta.get(field)
+    if v is None:
+      continue
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise CorruptCheckpointError(f"its meta item's {field} is {v!r}, not a version number")
+    if v > ours:
+      where = f" in {directory}" if directory else ""
+      raise NewerCheckpointError(
+          f"checkpoint step {step}{where} was written by a newer alexnet_jax ({field} {v}; "
+          f"this one reads up to {ours}): update alexnet_jax to read or resume it. Nothing "
+          "was changed."
+      )
 
 
 def _reason(e: BaseException) -> str:
@@ -257,6 +286,15 @@ class CheckpointManager:
         ]
     )
     self._workdir = os.path.abspath(workdir)
+    if os.path.isdir(self.directory):  # Orbax's listing would end in a traceback
+      try:
+        os.listdir(self.directory)
+      except OSError as e:
+        raise UnreadableCheckpointsError(
+            f"{self.directory} cannot be read ({e.strerror or e}): give this user access to "
+            "it (and its steps), or move it away to start the run from scratch. Nothing was "
+            "changed."
+        ) from None
     if not read_only:  # before Orbax lists the steps (or deletes what it takes for its own)
       if jax.process_index() == 0:
         for name, reason in self._not_step_directories():
@@ -466,6 +504,8 @@ class CheckpointManager:
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         meta = self.restore_meta(step)
+        if isinstance(meta, dict):  # before the state: a newer layout may not restore
+          check_versions(meta, step, self.directory)
         state = self.restore(abstract_state, shardings, step)
         verify(state, meta, step)
         error = None
@@ -475,6 +515,8 @@ class CheckpointManager:
         ok = multihost_utils.process_allgather(np.asarray(error is None))
         if error is None and not np.all(ok):
           error = RuntimeError("another process could not restore it")
+      if isinstance(error, NewerCheckpointError):  # not damaged: for newer code to read
+        raise error
       if error is None:
         if skipped and not self._read_only:
           self._set_aside([s for s, _ in skipped])
@@ -551,10 +593,21 @@ def restore_run(workdir: str, target, step: int | None = None) -> RestoredRun:
         )
       state, step, meta, _ = manager.restore_latest(*target(config, _num_classes(manager)))
     else:
-      meta = manager.restore_meta(step)
-      abstract, shardings = target(config, int(meta["num_classes"]))
-      state = manager.restore(abstract, shardings, step)
-      verify(state, meta, step)
+      try:
+        meta = manager.restore_meta(step)
+        if isinstance(meta, dict):
+          check_versions(meta, step, manager.directory)
+        abstract, shardings = target(config, int(meta["num_classes"]))
+        state = manager.restore(abstract, shardings, step)
+        verify(state, meta, step)
+      except NewerCheckpointError:
+        raise
+      except FileNotFoundError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (damaged or unreadable: one line)
+        raise UnreadableCheckpointsError(
+            f"checkpoint step {step} in {manager.directory} cannot be restored: {_reason(e)}"
+        ) from None
   finally:
     manager.close()
   return RestoredRun(config, state.variables, int(step), meta)

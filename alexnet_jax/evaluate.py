@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from alexnet_jax import cli
+from alexnet_jax import cli, files
 
 SPLITS = ("validation", "test")
 _STREAM_SPLIT = {"validation": "eval", "test": "test"}  # the data layer's names
@@ -99,6 +99,7 @@ def main(argv):
     if len(workdirs) == 1:
       m = evaluate_checkpoint(workdirs[0], FLAGS.crops, FLAGS.step, FLAGS.split)
       path = os.path.join(workdirs[0], results_file(m["step"], FLAGS.crops, FLAGS.split))
+      files.replace_symlink(path)  # a run's own file: never written through a link
       with open(path, "w") as f:
         json.dump(m, f, indent=2)
       print(
@@ -108,7 +109,13 @@ def main(argv):
       )
       return
     m = analysis.ensemble_evaluate(workdirs, FLAGS.crops, split=_STREAM_SPLIT[FLAGS.split])
-  except (FileNotFoundError, DatasetError, analysis.RunError) as e:
+  except (
+      FileNotFoundError,
+      DatasetError,
+      analysis.RunError,
+      analysis.checkpoint.UnreadableCheckpointsError,
+      analysis.run_dir.RunFileError,
+  ) as e:
     sys.exit(f"FATAL: {e}")
   for member in m["members"]:
     print(f"{member['workdir']} (step {member['step']}): {_errors(member)}")

@@ -6,6 +6,7 @@ preprocesses (decode to RGB, shorter side to 256, center 256, mean image, scale,
 Prints one line per image: `PATH: NAME PROBABILITY, ...`, the most probable class first.
 A PATH with a space, a quote, a backslash, ": " or an unprintable character (a newline) is
 printed as a JSON string ("my photo.jpg"), so that each image keeps one line of output.
+Class names (the run's class_names.json) are printed with control characters escaped.
 Any size and mode (grayscale, palette, RGBA, CMYK) is read. An image that cannot be read or
 decoded gets one line on stderr naming it; the others are still predicted, and the exit
 status is then 1. Needs only the run directory, not the dataset (run_dir.py).
@@ -15,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from alexnet_jax import cli
+from alexnet_jax import cli, files
 
 flags.DEFINE_string("workdir", None, "The run's --workdir.")
 flags.DEFINE_integer(
@@ -52,9 +53,14 @@ def main(argv):
         print(error, file=sys.stderr, flush=True)
         continue
       top = run.top_k(probs[None], FLAGS.top)[0]
-      line = ", ".join(f"{name} {p:.4f}" for name, p in top)
+      line = ", ".join(f"{files.printable(name)} {p:.4f}" for name, p in top)
       print(f"{analysis.quoted(path)}: {line}", flush=True)
-  except (FileNotFoundError, analysis.RunError, ValueError) as e:
+  except (
+      FileNotFoundError,
+      analysis.RunError,
+      analysis.checkpoint.UnreadableCheckpointsError,
+      ValueError,
+  ) as e:
     sys.exit(f"FATAL: {e}")
   if failed:
     sys.exit(1)

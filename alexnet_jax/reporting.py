@@ -10,9 +10,10 @@ import sys
 
 import tensorflow as tf  # the TensorBoard writer (TF is already the input pipeline's)
 import tqdm
+from absl import logging
 from matplotlib.figure import Figure
 
-from alexnet_jax import run_lock
+from alexnet_jax import files, run_dir, run_lock
 from alexnet_jax.data import settings
 from alexnet_jax.run_dir import CURVE_FILE, FIGURES_DIR, METRICS_FILE, TENSORBOARD_DIR
 
@@ -46,7 +47,9 @@ class MetricsWriter:
       os.makedirs(workdir, exist_ok=True)
       if start_step is not None:
         drop_after(workdir, start_step)
-      self._file = open(os.path.join(workdir, METRICS_FILE), "a")
+      self._file = files.open_for_append(
+          os.path.join(workdir, METRICS_FILE), "metrics", run_dir.RunFileError
+      )
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
 
   def write(self, step: int, split: str, metrics: dict):
@@ -81,17 +84,15 @@ def drop_after(workdir: str, step: int) -> None:
   atomically. A half-written last row (a kill mid-write) goes too."""
   path = os.path.join(workdir, METRICS_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      lines = f.read().splitlines()
+    data = files.read_bytes(path, "metrics file", run_dir.MAX_METRICS_BYTES, run_dir.RunFileError)
+    lines = data.decode("utf-8", errors="replace").splitlines()
     keep = []
     for line in lines:
-      try:
-        row = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+      row = run_dir.metrics_row(line)  # not a row (half a line, other text): dropped
+      if row is not None and row["step"] <= step:
         keep.append(line)
     if len(keep) != len(lines):
+      files.replace_symlink(path)
       settings.write_atomically(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
   for events in sorted(glob.glob(os.path.join(workdir, TENSORBOARD_DIR, "*tfevents*"))):
     _drop_events_after(events, step)
@@ -124,8 +125,14 @@ def _drop_events_after(path: str, step: int) -> None:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """metrics.jsonl's rows (run_dir.read_metrics); lines that are not rows are skipped with
+  a warning naming the file."""
+  rows, bad = run_dir.read_metrics(workdir)
+  if bad:
+    logging.warning(
+        "%s: skipped %d line(s) that are not metrics rows", os.path.join(workdir, METRICS_FILE), bad
+    )
+  return rows
 
 
 def plot_learning_curve(workdir: str) -> str:
@@ -160,6 +167,7 @@ def plot_learning_curve(workdir: str) -> str:
     ax.legend()
   fig.tight_layout()
   path = os.path.join(workdir, CURVE_FILE)
+  files.replace_symlink(path)
   fig.savefig(path, dpi=100)
   return path
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 import zlib
 from typing import Any
 
@@ -39,6 +40,7 @@ from sklearn.datasets import load_digits
 
 from alexnet_jax.data.preprocess import (
     IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
     RESIZE_RULES,
     apply_orientation,
     decode_image,
@@ -72,6 +74,7 @@ class RandomAccessSplit:
     self.names = names
     self.num_examples = len(self.labels)
     self.resize = resize  # dataset.resize
+    self.max_pixels = MAX_IMAGE_PIXELS  # dataset.max_image_pixels (decoded splits)
 
   def all_keys(self) -> np.ndarray:
     return np.arange(self.num_examples, dtype=np.int64)
@@ -114,8 +117,17 @@ class ArraySplit(RandomAccessSplit):
 class FileSplit(RandomAccessSplit):
   """Image files on disk (folder:); decoded by TF, or by PIL for keys flagged by the stats pass."""
 
-  def __init__(self, paths: list, labels: np.ndarray, root: str, resize: str, exif: bool):
+  def __init__(
+      self,
+      paths: list,
+      labels: np.ndarray,
+      root: str,
+      resize: str,
+      exif: bool,
+      max_pixels: int = MAX_IMAGE_PIXELS,
+  ):
     super().__init__(labels, [os.path.relpath(p, root) for p in paths], resize)
+    self.max_pixels = int(max_pixels)
     self.paths = np.asarray(paths, dtype=object)
     # Bytes of the file system's encoding (os.fsencode): non-ASCII names included.
     self._path_bytes = np.asarray([os.fsencode(p) for p in paths], dtype=object)
@@ -126,11 +138,11 @@ class FileSplit(RandomAccessSplit):
     path = tf.gather(tf.constant(self._path_bytes, tf.string), key)
 
     def with_pil():
-      image = tf.py_function(pil_load, [path], tf.uint8)
+      image = tf.py_function(lambda p: pil_load(p, self.max_pixels), [path], tf.uint8)
       image.set_shape([None, None, 3])
       return image
 
-    with_tf = lambda: decode_image(tf.io.read_file(path))  # noqa: E731
+    with_tf = lambda: decode_image(tf.io.read_file(path), self.max_pixels)  # noqa: E731
     if len(pil_keys):  # formats only PIL reads (TIFF, ...), found by the statistics pass
       image = tf.cond(tf.reduce_any(tf.equal(tf.constant(pil_keys), key)), with_pil, with_tf)
     else:
@@ -144,7 +156,7 @@ class FileSplit(RandomAccessSplit):
 
   def python_fallback(self, key):
     try:
-      image = pil_load(self.paths[int(key)])
+      image = pil_load(self.paths[int(key)], self.max_pixels)
     except Exception:  # pylint: disable=broad-except
       return None
     if self.orientations is not None and image.size:
@@ -157,8 +169,17 @@ class TfdsSplit:
 
   random_access = False
 
-  def __init__(self, builder, split: str, image_key: str, label_key: str, resize: str):
+  def __init__(
+      self,
+      builder,
+      split: str,
+      image_key: str,
+      label_key: str,
+      resize: str,
+      max_pixels: int = MAX_IMAGE_PIXELS,
+  ):
     self.resize = resize  # dataset.resize
+    self.max_pixels = int(max_pixels)  # dataset.max_image_pixels
     self.builder = builder
     self.split = split
     self.image_key = image_key
@@ -235,7 +256,9 @@ class TfdsSplit:
         serialized, decoders={self.image_key: _skip_decoding()}
     )
     out = {
-        "image": preprocess_encoded(ex[self.image_key], rule=self.resize),
+        "image": preprocess_encoded(
+            ex[self.image_key], rule=self.resize, max_pixels=self.max_pixels
+        ),
         "label": tf.cast(ex[self.label_key], tf.int32),
     }
     if with_name:
@@ -385,6 +408,9 @@ def open_raw(settings: Settings) -> Source:
     raise DatasetError(str(e)) from None
   if resize != "round":  # other pixels, other statistics
     src.stats_path = src.stats_path[: -len(".npz")] + f"_{resize}.npz"
+  for split in (src.train, src.eval, src.test):  # the limit its decoding checks
+    if split is not None:
+      split.max_pixels = int(settings.max_image_pixels)
   return src
 
 
@@ -414,15 +440,25 @@ def list_classes(root: str) -> list:
 
 
 def _list_files(class_dir: str) -> tuple[list, list]:
-  """(image files, other files) under class_dir, sorted; hidden ones skipped."""
+  """(image files, other files) under class_dir, sorted; hidden ones skipped. Only regular
+  files (a symbolic link to one counts) are images: a FIFO, device or socket with an image's
+  name is an other file, never opened (a FIFO would block the reader)."""
   images, other = [], []
   for dirpath, dirnames, filenames in os.walk(class_dir):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     for f in sorted(filenames):
       if not f.startswith("."):
-        is_image = os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        (images if is_image else other).append(os.path.join(dirpath, f))
+        path = os.path.join(dirpath, f)
+        is_image = os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and _is_file(path)
+        (images if is_image else other).append(path)
   return images, other
+
+
+def _is_file(path: str) -> bool:
+  try:
+    return stat.S_ISREG(os.stat(path).st_mode)
+  except OSError:  # a dangling link: not an image to read
+    return False
 
 
 def folder_root(name: str) -> str:
@@ -489,7 +525,8 @@ def _folder_source(path: str, resize: str, exif: bool) -> Source:
     )
   if ignored:
     logging.warning(
-        "ignoring %d file(s) that are not images (by extension) under %s: %s%s",
+        "ignoring %d file(s) that are not images (by extension, or not regular files: "
+        "FIFOs, devices, sockets) under %s: %s%s",
         len(ignored),
         root,
         ", ".join(os.path.relpath(f, root) for f in ignored[:5]),
