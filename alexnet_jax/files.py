@@ -40,7 +40,8 @@ def printable(text: str) -> str:
   return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
-def _kind(mode: int) -> str:
+def describe_kind(mode: int) -> str:
+  """'a FIFO (named pipe)', 'a directory', ... for an st_mode that is not a regular file's."""
   for test, name in (
       (stat.S_ISFIFO, "a FIFO (named pipe)"),
       (stat.S_ISCHR, "a character device"),
@@ -61,7 +62,7 @@ def check_regular(path, what: str = "file", error=BadFileError, fix: str = "") -
   st = os.stat(path)
   if not stat.S_ISREG(st.st_mode):
     raise error(
-        f"{printable(os.fspath(path))} is {_kind(st.st_mode)}, not a regular file: "
+        f"{printable(os.fspath(path))} is {describe_kind(st.st_mode)}, not a regular file: "
         + (fix or f"give a {what} that is a file")
     )
   return st
@@ -77,7 +78,9 @@ def open_regular(path, what: str = "file", max_bytes: int | None = None, error=B
   try:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-      raise error(f"{printable(os.fspath(path))} is {_kind(st.st_mode)}, not a regular file")
+      raise error(
+          f"{printable(os.fspath(path))} is {describe_kind(st.st_mode)}, not a regular file"
+      )
     _check_size(path, st.st_size, what, max_bytes, error)
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
@@ -156,6 +159,29 @@ def read_json(
   return value
 
 
+def check_zip_entries(f, max_entries: int, error=BadFileError, name: str = "") -> None:
+  """`error` when the zip file `f` (seekable, binary) declares more than `max_entries`
+  entries in its end-of-central-directory record: zipfile would otherwise build an object
+  for each before anything can be checked. A file without the record is left to zipfile."""
+  f.seek(0, os.SEEK_END)
+  size = f.tell()
+  f.seek(max(0, size - (1 << 16) - 22))
+  tail = f.read()
+  f.seek(0)
+  at = tail.rfind(b"PK\x05\x06")
+  if at < 0 or at + 22 > len(tail):
+    return
+  entries = int.from_bytes(tail[at + 10 : at + 12], "little")
+  if entries == 0xFFFF:  # Zip64: the count is in the Zip64 record
+    at64 = tail.rfind(b"PK\x06\x06")
+    entries = int.from_bytes(tail[at64 + 32 : at64 + 40], "little") if at64 >= 0 else entries
+  if entries > max_entries:
+    raise error(
+        f"{name or 'the zip file'} declares {entries:,} entries, more than such a file holds "
+        f"({max_entries:,}); refused before reading them"
+    )
+
+
 def replace_symlink(path) -> bool:
   """Before a run writes its own file at `path`: a symbolic link there is removed (never its
   target), with a warning, so the write makes a regular file. True if there was one."""
@@ -187,7 +213,7 @@ def open_for_append(path, what: str = "file", error=BadFileError):
     fd = os.open(path, flags, 0o644)
   except OSError as e:
     if os.path.islink(path) or os.path.exists(path) and not os.path.isfile(path):
-      kind = "a symbolic link" if os.path.islink(path) else _kind(os.stat(path).st_mode)
+      kind = "a symbolic link" if os.path.islink(path) else describe_kind(os.stat(path).st_mode)
       raise error(
           f"{printable(path)} is {kind}, not a regular file: a run writes its {what} only "
           "into a file of its own; remove it and rerun"
@@ -197,7 +223,7 @@ def open_for_append(path, what: str = "file", error=BadFileError):
   if not stat.S_ISREG(st.st_mode):
     os.close(fd)
     raise error(
-        f"{printable(path)} is {_kind(st.st_mode)}, not a regular file: a run writes its "
+        f"{printable(path)} is {describe_kind(st.st_mode)}, not a regular file: a run writes its "
         f"{what} only into a file of its own; remove it and rerun"
     )
   os.set_blocking(fd, True)

@@ -149,15 +149,22 @@ def _webp_pixels(data: bytes) -> int:
   return 0
 
 
+def too_many_pixels(pixels: int, limit: int) -> str:
+  """What is wrong with an image above the limit, and what to do."""
+  return (
+      f"its header declares {pixels:,} pixels, more than the {limit:,} decoded at most (PIL's "
+      "decompression-bomb limit), so it is not decoded; if it is a real photo, raise the "
+      "limit (predict's --max_image_pixels, config dataset.max_image_pixels)"
+  )
+
+
 def check_pixels(pixels: int, max_pixels: int | None, name: str) -> None:
   """ImageTooLargeError, one line naming the image, when `pixels` exceeds the limit."""
   limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
   if pixels > limit:
-    raise ImageTooLargeError(
-        f"{name} declares {pixels:,} pixels, more than the {limit:,} decoded at most (PIL's "
-        "decompression-bomb limit): not decoded; raise the limit with --max_image_pixels "
-        "(predict) or dataset.max_image_pixels if it is a real photo"
-    )
+    e = ImageTooLargeError(f"{name}: {too_many_pixels(pixels, limit)}")
+    e.pixels, e.limit = pixels, limit
+    raise e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,7 +281,9 @@ def pil_open(source, name: str, max_pixels: int | None = None):
   try:
     im = Image.open(source, formats=PIL_FORMATS)
   except Image.DecompressionBombError as e:  # PIL's own check, at twice its limit
-    raise ImageTooLargeError(f"{name}: {e}") from None
+    error = ImageTooLargeError(f"{name}: {e}")
+    error.pixels, error.limit = 0, MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    raise error from None
   try:
     check_pixels(im.size[0] * im.size[1], max_pixels, name)
   except BaseException:
