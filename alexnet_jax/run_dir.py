@@ -124,6 +124,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def upgrade_config(d: dict, path: str, fix: str = "") -> dict:
   """config_schema.upgrade of config.json's object, or RunFileError naming the file (an
   object whose sections are not what a config holds)."""
+  sections = {k.split(".")[0] for k in config_schema.keys_with() if "." in k}
+  wrong = sorted(k for k in sections if k in d and not isinstance(d[k], dict))
+  if wrong:
+    raise RunFileError(
+        f"{files.printable(path)} is not a run config: {', '.join(wrong)} must be JSON objects"
+        f"{'; ' + fix if fix else ''}"
+    )
   try:
     return config_schema.upgrade(d)
   except config_schema.ConfigError as e:
