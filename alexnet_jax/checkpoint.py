@@ -11,6 +11,13 @@ BatchNorm) restores as before. Orbax writes each step into a temporary
 directory and renames it when complete, so a run killed mid-save keeps the previous one.
 Kept: the latest `keep_checkpoints` steps and the best one by validation top-1 error.
 
+Versions: each save records `format_version` (FORMAT_VERSION, the layout of its items) and
+`checksum_version` in its meta item; a step declaring a version above this code's is refused
+with NewerCheckpointError (it is newer, not damaged: never skipped or set aside), and a
+version that is not a positive integer makes the step damaged. A step or checkpoints/ that
+this user cannot read is handled like a damaged step (skipped, set aside by a writer), and
+an unreadable checkpoints/ or a step asked for by number that does not restore is one line.
+
 Integrity: each save records, in its JSON `meta` item, two 32-bit checksums of every array
 of the state (`checksums`: the sum of the array's bits, and a position-weighted sum, both
 mod 2^32; exact integer sums, so any mesh computes the same values), and the SHA-256 of the
@@ -71,6 +78,10 @@ class CorruptCheckpointError(ValueError):
 
 class CheckpointSaveError(RuntimeError):
   """A save failed (e.g. a full disk); the earlier checkpoints are intact."""
+
+
+class UnreadableStepError(CorruptCheckpointError, UnreadableCheckpointsError):
+  """A step asked for by number that cannot be restored (damaged, unreadable); one line."""
 
 
 class NewerCheckpointError(UnreadableCheckpointsError):
@@ -605,7 +616,7 @@ def restore_run(workdir: str, target, step: int | None = None) -> RestoredRun:
       except FileNotFoundError:
         raise
       except Exception as e:  # pylint: disable=broad-except  (damaged or unreadable: one line)
-        raise UnreadableCheckpointsError(
+        raise UnreadableStepError(
             f"checkpoint step {step} in {manager.directory} cannot be restored: {_reason(e)}"
         ) from None
   finally:
