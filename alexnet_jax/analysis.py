@@ -148,7 +148,7 @@ def load_image(source, max_pixels: int | None = None) -> np.ndarray:
             f"{limit:,} pixels can be ({most:,}; --max_image_pixels)"
         )
       with files.open_regular(name, "image", most, ImageError) as f:
-        data = f.read(most + 1)
+        data = f.read(min(st.st_size, most) + 1)
     except files.BadFileError as e:
       raise ImageError(f"cannot read {quoted(name)}: {e}") from None
     except OSError as e:

@@ -100,7 +100,9 @@ def _check_size(path, size: int, what: str, max_bytes: int | None, error) -> Non
 def read_bytes(path, what: str = "file", max_bytes: int = MAX_JSON_BYTES, error=BadFileError):
   """The bytes of a regular file of at most `max_bytes` (open_regular), read once."""
   with open_regular(path, what, max_bytes, error) as f:
-    data = f.read(max_bytes + 1)
+    # Its size and one byte more (a file growing past the bound shows it): a read of
+    # max_bytes would allocate that much whatever the file holds.
+    data = f.read(min(os.fstat(f.fileno()).st_size, max_bytes) + 1)
   _check_size(path, len(data), what, max_bytes, error)  # it grew after the stat
   return data
 

@@ -35,6 +35,7 @@ import os
 import posixpath
 import re
 import shutil
+import struct
 import tarfile
 import tempfile
 import time
@@ -213,7 +214,7 @@ def read_splits(path: str) -> tuple:
   try:
     # The shapes from the variables' headers first: nothing is allocated for a variable
     # that claims more than Oxford-17's images.
-    shapes = {n: shape for n, shape, _ in scipy_io.whosmat(io.BytesIO(data))}
+    shapes = _mat_shapes(data)
     for var in names:
       if var in shapes and int(np.prod(shapes[var], dtype=object)) > NUM_IMAGES:
         raise DatasetError(
@@ -254,6 +255,40 @@ def read_splits(path: str) -> tuple:
         f"from {URL}."
     )
   return tuple(parts)
+
+
+def _mat_shapes(data: bytes) -> dict:
+  """{name: shape} of a MATLAB 5 file's variables, from their headers alone (a compressed
+  variable: its first kilobytes inflated): what loading one would allocate is known before."""
+  if len(data) < 128 or data[126:128] not in (b"IM", b"MI"):
+    raise ValueError("not a MATLAB 5 file")
+  end = "<" if data[126:128] == b"IM" else ">"
+  shapes, pos = {}, 128
+  while pos + 8 <= len(data):
+    kind, size = struct.unpack(end + "II", data[pos : pos + 8])
+    body = data[pos + 8 : pos + 8 + size]
+    pos += 8 + size + (-size % 8 if kind != 15 else 0)
+    if kind == 15:  # miCOMPRESSED: a zlib stream of one element
+      body = zlib.decompressobj().decompress(body, 1 << 16)
+      if len(body) < 8:
+        continue
+      kind, _ = struct.unpack(end + "II", body[:8])
+      body = body[8:]
+    if kind != 14 or len(body) < 16:  # not an miMATRIX
+      continue
+    sub = 16  # after the array flags
+    dims_kind, dims_size = struct.unpack(end + "II", body[sub : sub + 8])
+    dims = struct.unpack(end + "%di" % (dims_size // 4), body[sub + 8 : sub + 8 + dims_size])
+    sub += 8 + dims_size + (-dims_size % 8)
+    tag = struct.unpack(end + "I", body[sub : sub + 4])[0]
+    if tag >> 16:  # the small element format: size in the upper half, data in 4 bytes
+      name = body[sub + 4 : sub + 4 + (tag >> 16)]
+    else:
+      size = struct.unpack(end + "I", body[sub + 4 : sub + 8])[0]
+      name = body[sub + 8 : sub + 8 + size]
+    if dims_kind == 5:  # miINT32
+      shapes[name.decode("latin-1")] = tuple(dims)
+  return shapes
 
 
 def seeded_split() -> tuple:

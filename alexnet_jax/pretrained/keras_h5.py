@@ -166,7 +166,7 @@ def _member(z, info, limit: int, name: str) -> bytes:
         f"than a Keras AlexNet's can ({limit:,}); refused before reading it"
     )
   with z.open(info) as member:
-    data = member.read(limit + 1)
+    data = member.read(info.file_size + 1)  # zipfile stops at the size it declares
   if len(data) > limit:
     raise KerasFormatError(f"{name}: {files.printable(info.filename)} is larger than it claims")
   return data
