@@ -143,7 +143,7 @@ def _check_shape(shape: tuple, count: int) -> None:
 def parse_blob(buf) -> np.ndarray:
   """BlobProto -> float32 array in its shape (`shape.dim`, else num x channels x height x
   width with the unset leading ones dropped)."""
-  data_f, data_d, shape_msg, legacy = [], [], None, {}
+  data_f, data_d, shape_msgs, legacy = [], [], [], {}
   for number, wire, value in iter_fields(buf):
     if number == 5:
       data_f.append((wire, value))
@@ -152,21 +152,23 @@ def parse_blob(buf) -> np.ndarray:
     elif number == 7:
       if wire != _LEN:
         raise CaffeFormatError(f"a blob shape of wire type {wire}")
-      shape_msg = value
+      shape_msgs.append(value)  # repeated, a message field merges: its dims add up
     elif number in (1, 2, 3, 4):
       if wire != _VARINT:
         raise CaffeFormatError(f"a blob dimension of wire type {wire}")
       legacy[number] = value
   data = _numbers(data_f, "<f4", 4, _I32)
   if not data.size and data_d:
-    data = _numbers(data_d, "<f8", 8, _I64).astype(np.float32)
-  if shape_msg is not None:
+    with np.errstate(over="ignore"):  # beyond float32: inf, as Caffe's cast gives
+      data = _numbers(data_d, "<f8", 8, _I64).astype(np.float32)
+  if shape_msgs:
     dims = []
-    for number, wire, value in iter_fields(shape_msg):
-      if number == 1:
-        dims += _dims(value, wire)
-        if len(dims) > MAX_AXES:
-          raise CaffeFormatError(f"a blob of more than {MAX_AXES} axes")
+    for shape_msg in shape_msgs:
+      for number, wire, value in iter_fields(shape_msg):
+        if number == 1:
+          dims += _dims(value, wire)
+          if len(dims) > MAX_AXES:
+            raise CaffeFormatError(f"a blob of more than {MAX_AXES} axes")
     shape = tuple(dims)
   else:
     shape = tuple(legacy.get(f, 0) for f in (1, 2, 3, 4))
