@@ -182,3 +182,11 @@ def write_file(path, data: bytes) -> str:
   with open(path, "wb") as f:
     f.write(data)
   return os.fspath(path)
+
+
+def rss_kb() -> int:
+  """The process's peak resident memory so far (kB): a bound on what C libraries allocate,
+  which tracemalloc does not see (HDF5, zlib)."""
+  import resource
+
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

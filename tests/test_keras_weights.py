@@ -601,3 +601,45 @@ def test_a_fifo_as_a_keras_file_is_refused_without_blocking(tmp_path):
   t.start()
   t.join(30)
   assert not t.is_alive() and "is a FIFO (named pipe), not a regular file" in out["e"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["weights.h5", "keras2.h5", "keras"])
+def test_fuzz_keras_readers_end_in_their_error_or_the_files_arrays(tmp_path, layout):
+  """Mutations of a small valid .weights.h5, Keras 2 .h5 (under model_weights/) and .keras:
+  keras_h5.read raises KerasFormatError (one line) or returns arrays of the tutorial's
+  layout; where the mutation spared the arrays' bytes they are the written ones. Peak of
+  tracked memory: a few times the file."""
+  import hypothesis
+
+  from tests import fuzz
+
+  layers = fuzz.keras_layers()
+  path = str(tmp_path / "valid")
+  if layout == "keras2.h5":
+    fuzz.write_keras2_h5(path, layers, under_model_weights=True)
+  else:
+    keras_h5.write(path, layers)
+  valid = fuzz.read_file(path)
+  if layout == "keras":
+    valid = fuzz.keras_zip(valid)
+  target = str(tmp_path / f"mutated.{layout}")
+  assert fuzz.same_layers(keras_h5.read(fuzz.write_file(target, valid)), layers)
+
+  def read(data):
+    fuzz.write_file(target, data)
+    return keras_h5.read(target)
+
+  @fuzz.settings(examples=150)
+  @hypothesis.given(data=fuzz.mutated(valid))
+  def run(data):
+    out = fuzz.check(
+        lambda: read(data), keras_h5.KerasFormatError, max_peak=(4 << 20) + 8 * len(data)
+    )
+    if isinstance(out, dict):
+      assert set(out) == set(keras_h5.LAYERS)
+      assert all(a.dtype == np.float32 for arrays in out.values() for a in arrays)
+
+  before = fuzz.rss_kb()
+  run()
+  assert fuzz.rss_kb() - before < 512 * 1024  # HDF5's own allocations stayed small too

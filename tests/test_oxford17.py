@@ -414,3 +414,57 @@ def test_a_fifo_in_place_of_an_extracted_image_is_refused_naming_it(oxford17_dat
   with pytest.raises(data_lib.DatasetError) as e:
     data_lib.open_dataset(_cfg(tmp_path, prepared="off"))
   assert str(e.value).startswith(f"{images / 'image_0007.jpg'} is a FIFO (named pipe), not a")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compressed", [False, True], ids=["tar", "tgz"])
+def test_fuzz_the_archive_reader_ends_in_its_error_or_extracts_what_the_archive_holds(
+    tmp_path, compressed
+):
+  """Mutations of a valid archive (1,360 small members and files.txt; plain and gzipped):
+  extracted() raises DatasetError (one line) or extracts exactly the images and files.txt
+  that Python's tarfile reads from the same bytes; peak of tracked memory bounded."""
+  import gzip
+
+  import hypothesis
+
+  from tests import fuzz
+
+  raw = io.BytesIO()
+  with tarfile.open(fileobj=raw, mode="w") as tar:
+    for i in range(1, oxford17.NUM_IMAGES + 1):
+      data = f"jpeg {i}".encode()
+      info = _info(f"jpg/{oxford17.image_name(i)}", len(data))
+      tar.addfile(info, io.BytesIO(data))
+    tar.addfile(_info("jpg/files.txt", 5), io.BytesIO(b"list\n"))
+  valid = gzip.compress(raw.getvalue(), compresslevel=1) if compressed else raw.getvalue()
+  counter = iter(range(10**6))
+
+  def reference(data):
+    """{name: bytes} of the members extracted() writes, read by tarfile from memory."""
+    out = {}
+    opened = gzip.GzipFile(fileobj=io.BytesIO(data)) if compressed else io.BytesIO(data)
+    with tarfile.open(fileobj=opened, mode="r:") as tar:
+      for m in tar:
+        base = os.path.basename(m.name)
+        if m.isfile() and (re.fullmatch(r"image_\d{4}\.jpg", base) or base == "files.txt"):
+          out[base] = tar.extractfile(m).read()
+    return out
+
+  def extract(data):
+    d = tmp_path / str(next(counter))
+    d.mkdir()
+    archive = fuzz.write_file(d / "17flowers.tgz", data)
+    images = oxford17.extracted(archive)
+    return {n: fuzz.read_file(os.path.join(images, n)) for n in os.listdir(images)}
+
+  assert extract(valid) == reference(valid)
+
+  @fuzz.settings(examples=60)
+  @hypothesis.given(data=fuzz.mutated(valid))
+  def run(data):
+    out = fuzz.check(lambda: extract(data), data_lib.DatasetError, max_peak=16 << 20)
+    if isinstance(out, dict):
+      assert out == reference(data)
+
+  run()

@@ -273,3 +273,95 @@ def test_a_run_file_is_never_written_through_a_symbolic_link(tmp_path, caplog):
   history = (workdir / run_dir.HISTORY_FILE).read_text().splitlines()
   assert history[0] == "precious" and json.loads(history[1])["event"] == "resumed with changes"
   assert caplog.text.count("was a symbolic link") >= len(names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        run_dir.CONFIG_FILE,
+        run_dir.CLASS_NAMES_FILE,
+        run_dir.PREPROCESSING_FILE,
+        run_dir.DATA_FILE,
+        run_dir.STATS_FILE,
+        run_dir.METRICS_FILE,
+    ],
+)
+def test_fuzz_run_file_readers_end_in_their_error_or_what_the_file_holds(tmp_path, name):
+  """Mutations of each run file a reader reads: one line naming the file (RunFileError, or
+  run_data's DataChangedError), or the values an independent reading of the same bytes
+  gives (json.loads, np.load); peak of tracked memory bounded."""
+  import hypothesis
+
+  from alexnet_jax import config_checks, run_data
+  from tests import fuzz
+
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  stats, config = _stats(), tiny.config()
+  run_dir.write(
+      str(workdir), config, _info(["zero", "one"]), stats, InputSpec.from_config(config, stats)
+  )
+  config_checks.record(config, str(workdir), {})
+  record = {
+      "version": 1,
+      "dataset": "digits",
+      "source": "originals",
+      "description": "digits",
+      "fingerprint": "digits:1500",
+      "num_train": 1500,
+      "num_eval": 297,
+      "num_classes": 10,
+      "class_names_sha256": "0" * 64,
+      "stats": {"file": run_dir.STATS_FILE, "sha256": "1" * 64, "num_images": 1500},
+  }
+  run_data.write(str(workdir), record)
+  rows = [
+      {"step": s, "split": "train", "loss": 2.0 / s, "learning_rate": 0.01} for s in (1, 2, 3)
+  ] + [{"step": 3, "split": "eval", "top1_error": 0.5, "top5_error": 0.1}]
+  (workdir / run_dir.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+  path = workdir / name
+  valid = path.read_bytes()
+
+  def json_of(data):
+    try:
+      return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+      return None
+
+  w = str(workdir)
+  readers = {
+      run_dir.CONFIG_FILE: (lambda: run_dir.read_config(w).to_dict(), dict),
+      run_dir.CLASS_NAMES_FILE: (lambda: run_dir.read_class_names(w), list),
+      run_dir.PREPROCESSING_FILE: (lambda: run_dir.read_preprocessing(w), dict),
+      run_dir.DATA_FILE: (lambda: run_data.read(w), dict),
+      run_dir.STATS_FILE: (lambda: run_dir.read_stats(w), None),
+      run_dir.METRICS_FILE: (lambda: run_dir.read_metrics(w), None),
+  }
+  reader, kind = readers[name]
+  error = run_data.DataChangedError if name == run_dir.DATA_FILE else run_dir.RunFileError
+
+  def agrees(out, data):
+    if kind is not None:  # a JSON file: json.loads reads the same kind of value
+      ref = json_of(data)
+      assert isinstance(ref, kind)
+      if name in (run_dir.CLASS_NAMES_FILE, run_dir.PREPROCESSING_FILE, run_dir.DATA_FILE):
+        assert out == ref
+    elif name == run_dir.STATS_FILE:  # NumPy's own reading of the bytes
+      with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        for field in ("mean_image", "covariance", "eigval", "eigvec"):
+          np.testing.assert_array_equal(getattr(out, field), z[field])
+        assert out.num_images == int(z["num_images"])
+    else:  # metrics: each row one of the file's lines, as JSON reads it
+      lines = [json_of(x.encode()) for x in data.decode("utf-8", "replace").splitlines()]
+      assert all(r in lines for r in out[0]) and len(out[0]) + out[1] <= len(lines)
+
+  @fuzz.settings(examples=120)
+  @hypothesis.given(data=fuzz.mutated(valid))
+  def run(data):
+    path.write_bytes(data)
+    out = fuzz.check(reader, error, max_peak=(2 << 20) + 20 * len(data))
+    if not isinstance(out, Exception):
+      agrees(out, data)
+
+  run()
