@@ -95,7 +95,8 @@ def drop_after(workdir: str, step: int) -> None:
       files.replace_symlink(path)
       settings.write_atomically(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
   for events in sorted(glob.glob(os.path.join(workdir, TENSORBOARD_DIR, "*tfevents*"))):
-    _drop_events_after(events, step)
+    if os.path.isfile(events):  # a FIFO or device of that name would block the reader
+      _drop_events_after(events, step)
 
 
 def _drop_events_after(path: str, step: int) -> None:
