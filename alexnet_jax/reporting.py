@@ -144,23 +144,26 @@ def plot_learning_curve(workdir: str) -> str:
   # A bare Figure (no pyplot): no GUI backend, and a notebook's backend is left alone.
   fig = Figure(figsize=(11, 4))
   ax_loss, ax_err = fig.subplots(1, 2)
+  nan = float("nan")  # a metric a row lacks (run_dir.metrics_row requires only the first)
   if train:
     steps = [r["step"] for r in train]
     ax_loss.plot(steps, [r["loss"] for r in train], label="train loss")
-    ax_err.plot(steps, [r["top1_error"] for r in train], label="train top-1 (batch)", alpha=0.6)
+    ax_err.plot(
+        steps, [r.get("top1_error", nan) for r in train], label="train top-1 (batch)", alpha=0.6
+    )
     drops = [
         b["step"]
         for a, b in zip(train, train[1:])
-        if b["learning_rate"] < a["learning_rate"] * 0.99
+        if b.get("learning_rate", nan) < a.get("learning_rate", nan) * 0.99
     ]
     for ax in (ax_loss, ax_err):
       for i, s in enumerate(drops):
         ax.axvline(s, color="grey", ls="--", lw=1, label="lr / 10" if i == 0 else None)
   if evals:
     steps = [r["step"] for r in evals]
-    ax_loss.plot(steps, [r["loss"] for r in evals], "o-", label="val loss")
+    ax_loss.plot(steps, [r.get("loss", nan) for r in evals], "o-", label="val loss")
     ax_err.plot(steps, [r["top1_error"] for r in evals], "o-", label="val top-1")
-    ax_err.plot(steps, [r["top5_error"] for r in evals], "s-", label="val top-5")
+    ax_err.plot(steps, [r.get("top5_error", nan) for r in evals], "s-", label="val top-5")
   ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss")
   ax_err.set(xlabel="step", ylabel="error (fraction)", title="error", ylim=(0, 1))
   for ax in (ax_loss, ax_err):

@@ -307,13 +307,15 @@ def read_preprocessing(workdir: str) -> dict | None:
 
 # metrics.jsonl: a row per logged step, a few hundred bytes each.
 MAX_METRICS_BYTES = 256 << 20
-# What every row of a split carries (the metrics contract), as numbers.
-METRICS_FIELDS = {"train": ("loss", "learning_rate"), "eval": ("top1_error", "top5_error")}
+# What every row of a split carries, as a number; the other metrics, where a row has them.
+METRICS_FIELDS = {"train": ("loss",), "eval": ("top1_error",)}
+NUMERIC_METRICS = ("loss", "learning_rate", "top1_error", "top5_error", "images_per_sec")
 
 
 def metrics_row(line: str) -> dict | None:
   """A line of metrics.jsonl as its row: an object with an integer step and a split (text);
-  a 'train' or 'eval' row also carries that split's metrics (METRICS_FIELDS) as numbers.
+  a 'train' row carries its loss, an 'eval' row its top-1 error, and every metric of
+  NUMERIC_METRICS it has is a number.
   None for anything else (half a line left by a kill, or text that is not a row)."""
   try:
     row = json.loads(line)
@@ -325,6 +327,8 @@ def metrics_row(line: str) -> dict | None:
   if not _is_number(step) or not np.isfinite(step) or step != int(step):
     return None
   if not all(_is_number(row.get(k)) for k in METRICS_FIELDS.get(row["split"], ())):
+    return None
+  if not all(_is_number(row[k]) for k in NUMERIC_METRICS if k in row):
     return None
   return {**row, "step": int(step)}
 
