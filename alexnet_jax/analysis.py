@@ -24,6 +24,7 @@ import dataclasses
 import io
 import json
 import os
+import stat
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import jax
@@ -40,6 +41,7 @@ from alexnet_jax import (
     checkpoint,
     evaluation,
     facts,
+    files,
     reporting,
     run_data,
     run_dir,
@@ -110,14 +112,22 @@ def _rgb_array(array: np.ndarray, name: str) -> np.ndarray:
   return a[..., :3]  # RGBA: alpha dropped, as decoding does
 
 
-def load_image(source) -> np.ndarray:
+def load_image(source, max_pixels: int | None = None) -> np.ndarray:
   """A path, encoded bytes, a PIL image or a uint8 array -> uint8 [H, W, 3] RGB.
 
   Files and bytes are decoded as the input pipeline decodes them (data_lib.decode_image:
   grayscale, palette, RGBA and CMYK become RGB), with PIL for formats TF does not read (as
-  the pipeline's fallback). Raises ImageError, naming the image, for anything else.
+  the pipeline's fallback). Raises ImageError, naming the image, for anything else: a path
+  that is not a regular file (a FIFO, a device: refused before it is opened), a file larger
+  than an image of the pixel limit can be, and an image whose header declares more than
+  `max_pixels` (default data_lib.MAX_IMAGE_PIXELS, PIL's bomb limit; checked before decoding).
   """
+  limit = data_lib.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
   if isinstance(source, Image.Image):
+    try:
+      data_lib.check_pixels(source.size[0] * source.size[1], limit, "the PIL image")
+    except data_lib.ImageTooLargeError as e:
+      raise ImageError(str(e)) from None
     return np.asarray(source.convert("RGB"))
   if isinstance(source, np.ndarray):
     return _rgb_array(source, "array")
@@ -126,23 +136,46 @@ def load_image(source) -> np.ndarray:
   else:
     name = os.fspath(source)
     try:
-      with open(name, "rb") as f:
-        data = f.read()
+      st = os.stat(name)
+      if not stat.S_ISREG(st.st_mode):  # refused before any open: a FIFO would block
+        raise ImageError(
+            f"cannot read {quoted(name)}: it is {files.describe_kind(st.st_mode)}, not a "
+            "regular file"
+        )
+      most = data_lib.max_image_bytes(limit)
+      if st.st_size > most:
+        raise ImageError(
+            f"cannot read {quoted(name)}: {st.st_size:,} bytes, more than an image of "
+            f"{limit:,} pixels can be ({most:,}; --max_image_pixels)"
+        )
+      with files.open_regular(name, "image", most, ImageError) as f:
+        data = f.read(min(st.st_size, most) + 1)
+    except files.BadFileError as e:
+      raise ImageError(f"cannot read {quoted(name)}: {e}") from None
     except OSError as e:
       raise ImageError(f"cannot read {quoted(name)}: {e.strerror or e}") from None
-  if data.startswith(_TF_IMAGE_SIGNATURES) or data[8:12] == b"WEBP":
+  pixels = data_lib.image_pixels(data)
+  if pixels > limit and not data.startswith(b"GIF"):  # a GIF's frames: PIL reads only one
+    raise ImageError(_too_large(name, pixels, limit))
+  if (data.startswith(_TF_IMAGE_SIGNATURES) or data[8:12] == b"WEBP") and pixels <= limit:
     try:
-      return data_lib.decode_image(data).numpy()
+      return data_lib.decode_image(data, limit).numpy()
     except (tf.errors.OpError, ValueError):
       pass
   try:
-    with Image.open(io.BytesIO(data)) as im:
+    with data_lib.pil_open(io.BytesIO(data), quoted(name), limit) as im:
       return np.asarray(im.convert("RGB"))
+  except data_lib.ImageTooLargeError as e:
+    raise ImageError(_too_large(name, e.pixels or pixels, limit)) from None
   except Exception as e:  # pylint: disable=broad-except
     raise ImageError(
         f"cannot decode {quoted(name)}: not an image that TensorFlow or PIL can read "
         f"({type(e).__name__})"
     ) from None
+
+
+def _too_large(name: str, pixels: int, limit: int) -> str:
+  return f"cannot decode {quoted(name)}: {data_lib.too_many_pixels(pixels, limit)}"
 
 
 def _image_list(images) -> list:
@@ -153,13 +186,13 @@ def _image_list(images) -> list:
   return list(images)
 
 
-def preprocess(images, rule: str = "round") -> np.ndarray:
+def preprocess(images, rule: str = "round", max_pixels: int | None = None) -> np.ndarray:
   """Images (one, a list, or a uint8 [N, H, W, C] batch; see load_image) -> uint8
   [N, 256, 256, 3]: the shorter side resized to 256, the center kept, as the input pipeline
   does (data_lib.resize_and_center_crop; `rule`: the run's dataset.resize)."""
   return _stack(
       [
-          data_lib.resize_and_center_crop(load_image(x), rule=rule).numpy()
+          data_lib.resize_and_center_crop(load_image(x, max_pixels), rule=rule).numpy()
           for x in _image_list(images)
       ]
   )
@@ -355,17 +388,22 @@ class TrainedRun:
 
 
 def predict_files(
-    run: TrainedRun, paths: Sequence[str], crops: int | None = None, chunk: int = _MAX_BATCH
+    run: TrainedRun,
+    paths: Sequence[str],
+    crops: int | None = None,
+    chunk: int = _MAX_BATCH,
+    max_pixels: int | None = None,
 ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
   """(path, probs [C], None) for each image file in order, or (path, None, one-line error)
-  for one that cannot be read or decoded; the others are still predicted. Decodes `chunk`
-  files at a time, so any number of files fits in memory."""
+  for one that cannot be read or decoded (a FIFO or device, an image above `max_pixels`:
+  load_image); the others are still predicted. Decodes `chunk` files at a time, so any number
+  of files fits in memory."""
   for start in range(0, len(paths), chunk):
     part = paths[start : start + chunk]
     images, errors = [], {}
     for path in part:
       try:
-        images.append(data_lib.resize_and_center_crop(load_image(path)).numpy())
+        images.append(data_lib.resize_and_center_crop(load_image(path, max_pixels)).numpy())
       except ImageError as e:
         errors[path] = str(e)
     probs = iter(run.predict_preprocessed(_stack(images), crops))
@@ -883,7 +921,7 @@ def ensemble_runs(workdir: str) -> list[str]:
     w = os.path.join(os.path.dirname(workdir), name)
     if os.path.samefile(w, workdir):
       continue
-    if os.path.isdir(os.path.join(w, run_dir.CHECKPOINT_DIR)) and own is not None and key(w) == own:
+    if os.path.isdir(os.path.join(w, facts.CHECKPOINT_DIR)) and own is not None and key(w) == own:
       found.append(w)
   return found
 

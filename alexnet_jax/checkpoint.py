@@ -11,6 +11,13 @@ BatchNorm) restores as before. Orbax writes each step into a temporary
 directory and renames it when complete, so a run killed mid-save keeps the previous one.
 Kept: the latest `keep_checkpoints` steps and the best one by validation top-1 error.
 
+Versions: each save records `format_version` (FORMAT_VERSION, the layout of its items) and
+`checksum_version` in its meta item; a step declaring a version above this code's is refused
+with NewerCheckpointError (it is newer, not damaged: never skipped or set aside), and a
+version that is not a positive integer makes the step damaged. A step or checkpoints/ that
+this user cannot read is handled like a damaged step (skipped, set aside by a writer), and
+an unreadable checkpoints/ or a step asked for by number that does not restore is one line.
+
 Integrity: each save records, in its JSON `meta` item, two 32-bit checksums of every array
 of the state (`checksums`: the sum of the array's bits, and a position-weighted sum, both
 mod 2^32; exact integer sums, so any mesh computes the same values), and the SHA-256 of the
@@ -56,7 +63,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from alexnet_jax import disk_space, run_dir, train_state
+from alexnet_jax import disk_space, run_dir, run_lock, train_state
 from alexnet_jax.facts import (
     CHECKPOINT_DIR,
     UNREADABLE_DIR,  # steps set aside by a resume (never deleted)
@@ -73,6 +80,15 @@ class CorruptCheckpointError(ValueError):
 
 class CheckpointSaveError(RuntimeError):
   """A save failed (e.g. a full disk); the earlier checkpoints are intact."""
+
+
+class UnreadableStepError(CorruptCheckpointError, UnreadableCheckpointsError):
+  """A step asked for by number that cannot be restored (damaged, unreadable); one line."""
+
+
+class NewerCheckpointError(UnreadableCheckpointsError):
+  """A checkpoint written by a newer alexnet_jax (a format or checksum version above this
+  one's): refused, never skipped or set aside, since the newer code reads it."""
 
 
 # ---- checksums -----------------------------------------------------------------------------
@@ -122,6 +138,10 @@ def checksums(tree) -> dict:
 # What a save's checksums cover: 2 = the arrays and the meta item (meta_sha256); a meta without
 # the field was saved before the meta was covered (the arrays only).
 CHECKSUM_VERSION = 2
+# The layout of a step (items "state" and "meta"); absent in saves before it was recorded,
+# which have this layout too. A newer one is refused (NewerCheckpointError).
+FORMAT_VERSION = 1
+_VERSIONS = {"format_version": FORMAT_VERSION, "checksum_version": CHECKSUM_VERSION}
 
 
 def _jsonable(x):
@@ -140,6 +160,7 @@ def meta_digest(meta: dict) -> str:
 def seal(meta: dict) -> dict:
   """`meta` as JSON reads it back, with checksum_version and its meta_sha256."""
   meta = json.loads(json.dumps(meta, default=_jsonable))
+  meta["format_version"] = FORMAT_VERSION
   meta["checksum_version"] = CHECKSUM_VERSION
   meta["meta_sha256"] = meta_digest(meta)
   return meta
@@ -150,6 +171,7 @@ def verify(state, meta: dict, step: int) -> None:
   saved."""
   if not isinstance(meta, dict):
     raise CorruptCheckpointError("its meta item is not a JSON object")
+  check_versions(meta, step)
   if "checksum_version" in meta or "meta_sha256" in meta:
     if meta.get("meta_sha256") != meta_digest(meta):
       raise CorruptCheckpointError(
@@ -174,6 +196,24 @@ def verify(state, meta: dict, step: int) -> None:
         f"{len(bad)} array(s) differ from the checksums recorded at save time "
         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
     )
+
+
+def check_versions(meta: dict, step: int, directory: str = "") -> None:
+  """NewerCheckpointError for a step written by a newer alexnet_jax; CorruptCheckpointError
+  for a version that is not a positive integer."""
+  for field, ours in _VERSIONS.items():
+    v = meta.get(field)
+    if v is None:
+      continue
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise CorruptCheckpointError(f"its meta item's {field} is {v!r}, not a version number")
+    if v > ours:
+      where = f" in {directory}" if directory else ""
+      raise NewerCheckpointError(
+          f"checkpoint step {step}{where} was written by a newer alexnet_jax ({field} {v}; "
+          f"this one reads up to {ours}): update alexnet_jax to read or resume it. Nothing "
+          "was changed."
+      )
 
 
 def _reason(e: BaseException) -> str:
@@ -290,6 +330,15 @@ class CheckpointManager:
         ]
     )
     self._workdir = os.path.abspath(workdir)
+    if os.path.isdir(self.directory):  # Orbax's listing would end in a traceback
+      try:
+        os.listdir(self.directory)
+      except OSError as e:
+        raise UnreadableCheckpointsError(
+            f"{self.directory} cannot be read ({e.strerror or e}): give this user access to "
+            "it (and its steps), or move it away to start the run from scratch. Nothing was "
+            "changed."
+        ) from None
     if not read_only:  # before Orbax lists the steps (or deletes what it takes for its own)
       if jax.process_index() == 0:
         for name, reason in self._not_step_directories():
@@ -384,6 +433,7 @@ class CheckpointManager:
 
   def save(self, step: int, state, eval_metrics: dict | None = None, meta: dict | None = None):
     """Start an asynchronous save of `state` as `step` (errors: at `check` or `wait`)."""
+    run_lock.check_held()  # another trainer took run.lock: write nothing more
     self.wait()  # Orbax waits for the previous save anyway; its failure is reported first
     metrics = (
         {"top1_error": float(eval_metrics["top1_error"])} if eval_metrics is not None else None
@@ -409,7 +459,9 @@ class CheckpointManager:
       raise self._save_error(step, e) from e
 
   def check(self):
-    """Raise CheckpointSaveError if a background save has finished and failed."""
+    """Raise CheckpointSaveError if a background save has finished and failed, and
+    run_lock.RunLockLostError if another trainer took this run's lock."""
+    run_lock.check_held()
     if self._pending is not None and not self._manager.is_saving_in_progress():
       self._finish_pending()
 
@@ -496,6 +548,8 @@ class CheckpointManager:
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         meta = self.restore_meta(step)
+        if isinstance(meta, dict):  # before the state: a newer layout may not restore
+          check_versions(meta, step, self.directory)
         state = self.restore(abstract_state, shardings, step)
         verify(state, meta, step)
         error = None
@@ -505,6 +559,8 @@ class CheckpointManager:
         ok = multihost_utils.process_allgather(np.asarray(error is None))
         if error is None and not np.all(ok):
           error = RuntimeError("another process could not restore it")
+      if isinstance(error, NewerCheckpointError):  # not damaged: for newer code to read
+        raise error
       if error is None:
         if skipped and not self._read_only:
           self._set_aside([s for s, _ in skipped])
@@ -583,10 +639,21 @@ def restore_run(workdir: str, target, step: int | None = None) -> RestoredRun:
         )
       state, step, meta, _ = manager.restore_latest(*target(config, _num_classes(manager)))
     else:
-      meta = manager.restore_meta(step)
-      abstract, shardings = target(config, int(meta["num_classes"]))
-      state = manager.restore(abstract, shardings, step)
-      verify(state, meta, step)
+      try:
+        meta = manager.restore_meta(step)
+        if isinstance(meta, dict):
+          check_versions(meta, step, manager.directory)
+        abstract, shardings = target(config, int(meta["num_classes"]))
+        state = manager.restore(abstract, shardings, step)
+        verify(state, meta, step)
+      except NewerCheckpointError:
+        raise
+      except FileNotFoundError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (damaged or unreadable: one line)
+        raise UnreadableStepError(
+            f"checkpoint step {step} in {manager.directory} cannot be restored: {_reason(e)}"
+        ) from None
   finally:
     manager.close()
   return RestoredRun(config, state.variables, int(step), meta)

@@ -20,6 +20,8 @@ from typing import Callable, NoReturn
 
 from absl import app, flags, logging
 
+from alexnet_jax import files
+
 FLAGS = flags.FLAGS
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 EXIT_USAGE = 2
@@ -139,6 +141,11 @@ def resolve_config_paths(argv: list[str]) -> list[str]:
 def resolve_config_path(value: str) -> str:
   path, sep, arg = value.partition(":")  # ml_collections: FILE:ARGUMENT
   if os.path.exists(path):
+    if not os.path.isfile(path):  # a FIFO or device would block the loader: never opened
+      raise flags.Error(
+          f"--config={value}: {files.printable(path)} is {files.describe_kind(os.stat(path).st_mode)}, "
+          "not a config file"
+      )
     return value
   name = os.path.basename(path)
   name = name[:-3] if name.endswith(".py") else name

@@ -33,7 +33,7 @@ import sys
 from absl import flags, logging
 from matplotlib.figure import Figure
 
-from alexnet_jax import cli, config_schema
+from alexnet_jax import cli, files, run_dir
 from alexnet_jax.facts import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, VIEW_COUNTS
 
 EVAL_FILE_RE = re.compile(r"eval_(\d+)_(\d+)crop\.json")
@@ -143,24 +143,19 @@ def read_run(workdir: str) -> Run:
         f"by python -m alexnet_jax.main --workdir=DIR){hint}"
     )
   try:
-    with open(path) as f:
-      # Today's key names, so a run recorded with older ones compares key for key.
-      config = flatten(config_schema.upgrade(json.load(f)))
-  except (OSError, ValueError) as e:
-    raise NotARunError(f"{path} cannot be read ({e})") from None
-  notes, rows = [], []
-  metrics = os.path.join(workdir, METRICS_FILE)
-  if os.path.exists(metrics):
-    with open(metrics) as f:
-      lines = [line for line in f if line.strip()]
-    for line in lines:
-      try:
-        rows.append(json.loads(line))
-      except ValueError:
-        pass  # a run killed while writing leaves half a line: the others still count
-    if len(rows) < len(lines):
-      notes.append(f"{len(lines) - len(rows)} unreadable line(s) of {METRICS_FILE} skipped")
-  else:
+    # Today's key names, so a run recorded with older ones compares key for key. Text read
+    # from the file is escaped: it is printed.
+    config = _printable(flatten(run_dir.upgrade_config(run_dir.read_json(path, dict), path)))
+    # A run killed while writing leaves half a line: the other rows still count.
+    rows, bad = run_dir.read_metrics(workdir)
+  except (OSError, run_dir.RunFileError) as e:
+    raise NotARunError(
+        f"{path} cannot be read ({e})" if isinstance(e, OSError) else str(e)
+    ) from None
+  notes = []
+  if bad:
+    notes.append(f"{bad} unreadable line(s) of {METRICS_FILE} skipped")
+  if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
     notes.append(f"no {METRICS_FILE} (a converted or unstarted run)")
   train = _rows_by_step([r for r in rows if r.get("split") == "train"])
   evals = _rows_by_step([r for r in rows if r.get("split") == "eval"])
@@ -181,11 +176,31 @@ def _evaluated(workdir: str, train, evals, notes) -> tuple[dict, list]:
     if views not in found:
       continue
     step = last if last in found[views] else max(found[views])
-    with open(found[views][step]) as f:
-      out[views] = json.load(f)
+    try:
+      out[views] = _eval_results(found[views][step])
+    except run_dir.RunFileError as e:
+      notes.append(f"its {views}-view results are skipped: {e}")
+      continue
     if step != last:
       notes.append(f"its {views}-view errors are of step {step}, not of its last step {last}")
   return out, notes
+
+
+def _eval_results(path: str) -> dict:
+  """An evaluate results file: an object whose step is an integer and errors are numbers."""
+  r = run_dir.read_json(path, dict)
+  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+  if not all(number(r.get(k)) for k in ("top1_error", "top5_error")) or (
+      "step" in r and not isinstance(r["step"], int)
+  ):
+    raise run_dir.RunFileError(f"{files.printable(path)} is not evaluate's results")
+  return r
+
+
+def _printable(config: dict) -> dict:
+  """Keys and text values as they print safely (files.printable)."""
+  show = lambda v: files.printable(v) if isinstance(v, str) else v  # noqa: E731
+  return {files.printable(k): show(v) for k, v in config.items()}
 
 
 def _last_step(run: Run) -> int | None:

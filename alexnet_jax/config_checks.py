@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 
-from alexnet_jax import config_schema
+from alexnet_jax import config_schema, files, run_dir
 from alexnet_jax.config_schema import ConfigError, problems, validate  # noqa: F401 (the API)
 from alexnet_jax.facts import CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE
 from alexnet_jax.files import write_atomically
@@ -82,18 +82,8 @@ def recorded_config(workdir: str) -> dict | None:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
-  try:
-    with open(path) as f:
-      recorded = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ConfigError(
-        f"{path} cannot be read ({e}): it records the run in {workdir}; restore it, or use "
-        f"another --workdir."
-    ) from None
-  try:
-    return config_schema.upgrade(recorded)
-  except ConfigError as e:
-    raise ConfigError(f"{path}: {e}") from None
+  fix = f"it records the run in {workdir}: restore it, or use another --workdir"
+  return run_dir.upgrade_config(run_dir.read_json(path, dict, fix), path, fix)
 
 
 def resume_changes(config, workdir: str, allow=()) -> dict:
@@ -148,5 +138,5 @@ def record(config, workdir: str, changes: dict) -> None:
   else:
     entry["event"] = "resumed with changes"
     entry["changes"] = {k: {"from": old, "to": new} for k, (old, new) in changes.items()}
-  with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
+  with files.open_for_append(os.path.join(workdir, HISTORY_FILE), "history", ConfigError) as f:
     f.write(json.dumps(entry) + "\n")

@@ -139,6 +139,10 @@ KEYS: tuple[Key, ...] = (
     # sides to 256, aspect ratio lost: how Caffe's ImageNet databases were made).
     Key("dataset.resize", "round", one_of("round", "torchvision", "warp"), NEVER, "§2",
         "how an image becomes 256x256"),
+    # Read from each image's header before it is decoded (a GIF counts every frame); larger
+    # images are skipped with the undecodable ones. PIL's decompression-bomb limit.
+    Key("dataset.max_image_pixels", 89_478_485, positive_int(), NEVER, "",
+        "the most pixels an image may declare to be decoded"),
     # 'auto' reads the prepared shards found beside the data when complete and made for this
     # config, else the original images; 'off' never; or the directory to read them from
     # (refused if made from other data or settings). Safe on resume: a resumed run reads the
@@ -453,6 +457,7 @@ def upgrade(config_dict: dict) -> dict:
     d.setdefault("gradient_accumulation", 1)
   if "dataset" in d:  # runs recorded before the resize rule was a key used this one
     d["dataset"].setdefault("resize", "round")
+    d["dataset"].setdefault("max_image_pixels", BY_NAME["dataset.max_image_pixels"].default)
   d.setdefault("profile_steps", 0)  # runs recorded before the profiler existed traced nothing
   section = d.setdefault("input", {})
   for name in keys_with():

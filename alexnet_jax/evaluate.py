@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags
 
-from alexnet_jax import cli, facts
+from alexnet_jax import cli, facts, files
 
 SPLITS = ("validation", "test")
 _STREAM_SPLIT = {"validation": "eval", "test": "test"}  # the data layer's names
@@ -88,8 +88,9 @@ def write_results(workdir: str, m: dict, split: str = "validation") -> str:
   """One run's results file (results_file) in its workdir; returns its path."""
   path = os.path.join(workdir, results_file(m["step"], m["crops"], split))
   keys = ("step", "crops", "split", "top1_error", "top5_error", "loss", "num_images")
-  with open(path, "w") as f:
-    json.dump({"split": split, **{k: m[k] for k in keys if k in m}}, f, indent=2)
+  result = {"split": split, **{k: m[k] for k in keys if k in m}}
+  # A run's own file: written whole, never through a symbolic link.
+  files.write_atomically(path, lambda f: f.write(json.dumps(result, indent=2).encode()))
   return path
 
 
@@ -125,7 +126,13 @@ def main(argv):
       )
       return
     m = analysis.ensemble_evaluate(workdirs, FLAGS.crops, split=_STREAM_SPLIT[FLAGS.split])
-  except (FileNotFoundError, DatasetError, analysis.RunError) as e:
+  except (
+      FileNotFoundError,
+      DatasetError,
+      analysis.RunError,
+      analysis.checkpoint.UnreadableCheckpointsError,
+      analysis.run_dir.RunFileError,
+  ) as e:
     sys.exit(f"FATAL: {e}")
   for member in m["members"]:
     if member["same_data"]:  # its own split: the result compare shows for it

@@ -56,7 +56,12 @@ def main(argv):
         k=FLAGS.k,
         max_train_images=FLAGS.max_train_images,
     )
-  except (FileNotFoundError, analysis.RunError) as e:
+  except (
+      FileNotFoundError,
+      analysis.RunError,
+      analysis.checkpoint.UnreadableCheckpointsError,
+      analysis.run_dir.RunFileError,
+  ) as e:
     sys.exit(f"FATAL: {e}")
   for path in r["paths"].values():
     print(path)

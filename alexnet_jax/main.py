@@ -34,7 +34,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import cli, config_checks, distributed, run_lock, runtime
+from alexnet_jax import cli, config_checks, distributed, files, run_lock, runtime
 
 config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file (configs/*.py).", lock_config=True
@@ -112,7 +112,7 @@ def main(argv):
     # and exit_on_error ends every process if it cannot.
     distributed.exit_on_error(_lock, FLAGS.workdir, FLAGS.break_lock, FLAGS.lock_wait_s)
   for key, (old, new) in changes.items():
-    logging.warning("config changed on resume: %s %r -> %r", key, old, new)
+    logging.warning("config changed on resume: %s %r -> %r", files.printable(key), old, new)
   logging.info("%s", _config_line(FLAGS.workdir))
   if FLAGS.verbose or logging.level_debug():
     logging.info("config:\n%s", config)
@@ -173,6 +173,7 @@ def _train(config, workdir, changes) -> int:
       checkpoint.UnreadableCheckpointsError,
       config_checks.ConfigError,
       data_lib.DatasetError,
+      run_lock.RunLockLostError,
       train.NonFiniteLossError,
   ) as e:
     sys.exit(f"FATAL: {e}")

@@ -13,11 +13,12 @@ import time
 import jax
 import tensorflow as tf  # the TensorBoard writer (TF is already the input pipeline's)
 import tqdm
+from absl import logging
 from matplotlib.figure import Figure
 from tensorflow.core.util import event_pb2
 
+from alexnet_jax import files, run_dir, run_lock
 from alexnet_jax.facts import CURVE_FILE, FIGURES_DIR, METRICS_FILE, TENSORBOARD_DIR
-from alexnet_jax.files import write_atomically
 
 
 def format_duration(seconds: float) -> str:
@@ -237,12 +238,15 @@ class MetricsWriter:
       os.makedirs(workdir, exist_ok=True)
       if start_step is not None:
         drop_after(workdir, start_step)
-      self._file = open(os.path.join(workdir, METRICS_FILE), "a")
+      self._file = files.open_for_append(
+          os.path.join(workdir, METRICS_FILE), "metrics", run_dir.RunFileError
+      )
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
 
   def write(self, step: int, split: str, metrics: dict):
     if not self.enabled:
       return
+    run_lock.check_held()  # another trainer took run.lock: no row beside its rows
     row = {
         "step": int(step),
         "split": split,
@@ -278,20 +282,18 @@ def drop_after(workdir: str, step: int) -> None:
   atomically. A half-written last row (a kill mid-write) goes too."""
   path = os.path.join(workdir, METRICS_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      lines = f.read().splitlines()
+    data = files.read_bytes(path, "metrics file", run_dir.MAX_METRICS_BYTES, run_dir.RunFileError)
+    lines = data.decode("utf-8", errors="replace").splitlines()
     keep = []
     for line in lines:
-      try:
-        row = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+      row = run_dir.metrics_row(line)  # not a row (half a line, other text): dropped
+      if row is not None and row["step"] <= step:
         keep.append(line)
     if len(keep) != len(lines):
-      write_atomically(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
+      files.write_atomically(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
   for events in sorted(glob.glob(os.path.join(workdir, TENSORBOARD_DIR, "*tfevents*"))):
-    _drop_events_after(events, step)
+    if os.path.isfile(events):  # a FIFO or device of that name would block the reader
+      _drop_events_after(events, step)
 
 
 def _drop_events_after(path: str, step: int) -> None:
@@ -319,8 +321,14 @@ def _drop_events_after(path: str, step: int) -> None:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """metrics.jsonl's rows (run_dir.read_metrics); lines that are not rows are skipped with
+  a warning naming the file."""
+  rows, bad = run_dir.read_metrics(workdir)
+  if bad:
+    logging.warning(
+        "%s: skipped %d line(s) that are not metrics rows", os.path.join(workdir, METRICS_FILE), bad
+    )
+  return rows
 
 
 def plot_learning_curve(workdir: str) -> str:
@@ -331,23 +339,26 @@ def plot_learning_curve(workdir: str) -> str:
   # A bare Figure (no pyplot): no GUI backend, and a notebook's backend is left alone.
   fig = Figure(figsize=(11, 4))
   ax_loss, ax_err = fig.subplots(1, 2)
+  nan = float("nan")  # a metric a row lacks (run_dir.metrics_row requires only the first)
   if train:
     steps = [r["step"] for r in train]
     ax_loss.plot(steps, [r["loss"] for r in train], label="train loss")
-    ax_err.plot(steps, [r["top1_error"] for r in train], label="train top-1 (batch)", alpha=0.6)
+    ax_err.plot(
+        steps, [r.get("top1_error", nan) for r in train], label="train top-1 (batch)", alpha=0.6
+    )
     drops = [
         b["step"]
         for a, b in zip(train, train[1:])
-        if b["learning_rate"] < a["learning_rate"] * 0.99
+        if b.get("learning_rate", nan) < a.get("learning_rate", nan) * 0.99
     ]
     for ax in (ax_loss, ax_err):
       for i, s in enumerate(drops):
         ax.axvline(s, color="grey", ls="--", lw=1, label="lr / 10" if i == 0 else None)
   if evals:
     steps = [r["step"] for r in evals]
-    ax_loss.plot(steps, [r["loss"] for r in evals], "o-", label="val loss")
+    ax_loss.plot(steps, [r.get("loss", nan) for r in evals], "o-", label="val loss")
     ax_err.plot(steps, [r["top1_error"] for r in evals], "o-", label="val top-1")
-    ax_err.plot(steps, [r["top5_error"] for r in evals], "s-", label="val top-5")
+    ax_err.plot(steps, [r.get("top5_error", nan) for r in evals], "s-", label="val top-5")
   ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss")
   ax_err.set(xlabel="step", ylabel="error (fraction)", title="error", ylim=(0, 1))
   for ax in (ax_loss, ax_err):
@@ -355,6 +366,7 @@ def plot_learning_curve(workdir: str) -> str:
     ax.legend()
   fig.tight_layout()
   path = os.path.join(workdir, CURVE_FILE)
+  files.replace_symlink(path)
   fig.savefig(path, dpi=100)
   return path
 

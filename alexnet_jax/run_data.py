@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import data as data_lib
-from alexnet_jax import facts, run_dir
+from alexnet_jax import facts, files, run_dir
 from alexnet_jax.config_schema import ConfigError
 from alexnet_jax.data import registry, shards
 
@@ -59,19 +59,36 @@ def stats_digest(stats: data_lib.DatasetStats) -> str:
 
 
 def read_stats(workdir: str) -> data_lib.DatasetStats | None:
-  """The run's dataset_stats.npz (run_dir.stats_fields), or None (a run from before it)."""
+  """dataset_stats.npz (None: no file), or RunFileError naming it: truncated, not an npz,
+  a field missing or of another shape or type. Each array's header is checked against its
+  expected shape before anything is allocated."""
   path = os.path.join(workdir, facts.STATS_FILE)
   if not os.path.exists(path):
     return None
-  with np.load(path, allow_pickle=False) as z:
-    return data_lib.DatasetStats(
-        mean_image=z["mean_image"],
-        covariance=z["covariance"],
-        eigval=z["eigval"],
-        eigvec=z["eigvec"],
-        num_images=int(z["num_images"]),
-        bad_files=tuple(str(x) for x in z["bad_files"]),
-    )
+  shapes = {
+      "mean_image": facts.MEAN_IMAGE_SHAPE,
+      "covariance": (3, 3),
+      "eigval": (3,),
+      "eigvec": (3, 3),
+  }
+  shapes.update(num_images=(), bad_files=None)
+  fix = (
+      "restore it, or delete it: a resume then recomputes it from the dataset and checks it "
+      f"against {facts.DATA_FILE}"
+  )
+  z = run_dir.read_npz(path, shapes, run_dir.MAX_STATS_BYTES, fix)
+  if z["bad_files"].ndim != 1 or z["bad_files"].dtype.kind != "U":
+    raise run_dir.RunFileError(f"{path}: bad_files is not a list of names; {fix}")
+  if not np.issubdtype(z["num_images"].dtype, np.integer):
+    raise run_dir.RunFileError(f"{path}: num_images is not an integer; {fix}")
+  return data_lib.DatasetStats(
+      mean_image=z["mean_image"],
+      covariance=z["covariance"],
+      eigval=z["eigval"],
+      eigvec=z["eigvec"],
+      num_images=int(z["num_images"]),
+      bad_files=tuple(str(x) for x in z["bad_files"]),
+  )
 
 
 def identity(src: data_lib.Source) -> dict:
@@ -102,11 +119,12 @@ def identity(src: data_lib.Source) -> dict:
 
 
 def _source_text(d: dict) -> str:
+  """What a record's source was, its text escaped (a record is a file: text from it is)."""
   if d["source"] == "originals":
-    return f"the original images ({d.get('description', d['dataset'])})"
+    return f"the original images ({files.printable(d.get('description', d['dataset']))})"
   p = d["prepared"]
-  fmt = f"JPEG quality {p['jpeg_quality']}" if p["format"] == "jpeg" else "raw rows"
-  return f"the prepared shards in {p['dir']} ({fmt})"
+  fmt = f"JPEG quality {p.get('jpeg_quality')}" if p["format"] == "jpeg" else "raw rows"
+  return f"the prepared shards in {files.printable(p['dir'])} ({fmt})"
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -118,13 +136,14 @@ def differences(old: dict, new: dict) -> list[str]:
   )
   if not same_source:
     out.append(f"it read {_source_text(old)}, now {_source_text(new)}")
+  name = files.printable(old["dataset"])
   if (old["num_train"], old["num_classes"]) != (new["num_train"], new["num_classes"]):
     out.append(
-        f"{old['dataset']} had {old['num_train']} training images in {old['num_classes']} "
+        f"{name} had {old['num_train']} training images in {old['num_classes']} "
         f"classes, now {new['num_train']} in {new['num_classes']}"
     )
   elif old["class_names_sha256"] != new["class_names_sha256"]:
-    out.append(f"the class names of {old['dataset']} differ")
+    out.append(f"the class names of {name} differ")
   if old["num_eval"] != new["num_eval"]:
     out.append(f"{old['num_eval']} validation images, now {new['num_eval']}")
   if old["fingerprint"] != new["fingerprint"] and old["num_train"] == new["num_train"]:
@@ -139,17 +158,50 @@ def read(workdir: str) -> dict | None:
   path = os.path.join(workdir, facts.DATA_FILE)
   if not os.path.exists(path):
     return None
-  try:
-    with open(path) as f:
-      record = json.load(f)
-    if not isinstance(record, dict) or "fingerprint" not in record:
-      raise ValueError("not a record of the training data")
-  except (OSError, ValueError) as e:
-    raise DataChangedError(
-        f"{path} cannot be read ({e}): it records the data the run in {workdir} trains on; "
-        f"restore it, or delete it to resume as if the run predated it."
-    ) from None
+  fix = (
+      f"it records the data the run in {workdir} trains on; restore it, or delete it to "
+      "resume as if the run predated it."
+  )
+  record = files.read_json(path, dict, what="record of training data", fix=fix, error=_Unreadable)
+  wrong = _record_problem(record)
+  if wrong:
+    raise DataChangedError(f"{files.printable(path)} cannot be read ({wrong}): {fix}")
   return record
+
+
+class _Unreadable(DataChangedError):
+  pass
+
+
+# The record's fields that a resume reads, with their JSON types.
+_FIELDS = {
+    "source": str,
+    "dataset": str,
+    "fingerprint": str,
+    "num_train": int,
+    "num_eval": int,
+    "num_classes": int,
+    "class_names_sha256": str,
+}
+
+
+def _record_problem(record: dict) -> str:
+  """What makes `record` not a record of the training data ('' when it is one)."""
+  for key, kind in _FIELDS.items():
+    if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+      return f"not a record of the training data: {key!r} is missing or not a {kind.__name__}"
+  if record["source"] not in ("originals", "prepared"):
+    return f"source {files.printable(record['source'])!r} is neither originals nor prepared"
+  if record["source"] == "prepared":
+    p = record.get("prepared")
+    if not isinstance(p, dict) or not all(
+        isinstance(p.get(k), str) for k in ("dir", "format", "plan_digest")
+    ):
+      return "its 'prepared' entry lacks the directory, format or plan digest"
+  stats = record.get("stats")
+  if stats is not None and not (isinstance(stats, dict) and isinstance(stats.get("sha256"), str)):
+    return "its 'stats' entry has no SHA-256"
+  return ""
 
 
 def write(workdir: str, record: dict) -> None:
@@ -162,7 +214,8 @@ def _note_in_history(workdir: str, changes: list[str]) -> None:
       "event": f"resumed on other training data (--allow_config_change={ALLOW})",
       "changes": changes,
   }
-  with open(os.path.join(workdir, facts.HISTORY_FILE), "a") as f:
+  path = os.path.join(workdir, facts.HISTORY_FILE)
+  with files.open_for_append(path, "history", DataChangedError) as f:
     f.write(json.dumps(entry) + "\n")
 
 

@@ -2,6 +2,11 @@
 writes facts.CHECKPOINT_DIR; reporting.py the metrics). Their names and what each holds:
 facts.py.
 
+Every reader here fails with RunFileError, one line naming the file and what is wrong (not
+JSON, another kind of value, a damaged or implausible array file, a FIFO or a device in its
+place), never a traceback; reads are bounded before they start (files.py). A run's own files
+are never written through a symbolic link (one found is replaced, with a warning).
+
 A run copied to a machine without the dataset restores, predicts and draws its kernels from
 these. Runs written before the statistics, class names and preprocessing were kept still
 restore: `missing(workdir)` names what they lack, and
@@ -15,18 +20,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
 
-from alexnet_jax import config_schema, input_spec
+from alexnet_jax import config_schema, files, input_spec
 from alexnet_jax.facts import (
     CLASS_NAMES_FILE,
     CONFIG_FILE,
     FILES,
     MEAN_IMAGE_FILE,
     MEAN_IMAGE_SHAPE,
+    METRICS_FILE,
     PREPROCESSING_FILE,
     STATS_FILE,
 )
@@ -36,6 +43,24 @@ from alexnet_jax.input_spec import InputSpec
 if TYPE_CHECKING:
   from alexnet_jax import data as data_lib
 
+# dataset_stats.npz holds a 256x256x3 mean image and the names of undecodable files: 256 MiB
+# is far more than any dataset's (ImageNet's: 0.8 MB).
+MAX_STATS_BYTES = 256 << 20
+# mean_image.npy: 256x256x3 float32 (0.8 MB), or float64 at most.
+MAX_MEAN_IMAGE_BYTES = 4 << 20
+
+
+class RunFileError(config_schema.ConfigError):
+  """A run file that is not what it should be; the message (one line) names it and says
+  what is wrong and what to do."""
+
+
+def read_json(path: str, kind: type = dict, fix: str = ""):
+  """A run's JSON file holding a `kind` (files.read_json), or RunFileError naming it."""
+  return files.read_json(
+      path, kind, what=f"run's {os.path.basename(path)}", fix=fix, error=RunFileError
+  )
+
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config.json in today's layout (config_schema.upgrade: runs written with the
@@ -43,8 +68,29 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a run?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(config_schema.upgrade(json.load(f)))
+  fix = f"it records the run in {workdir}: restore it, or use another --workdir"
+  return ml_collections.ConfigDict(upgrade_config(read_json(path, dict, fix), path, fix))
+
+
+def upgrade_config(d: dict, path: str, fix: str = "") -> dict:
+  """config_schema.upgrade of config.json's object, or RunFileError naming the file (an
+  object whose sections are not what a config holds)."""
+  sections = {k.split(".")[0] for k in config_schema.keys_with() if "." in k}
+  wrong = sorted(k for k in sections if k in d and not isinstance(d[k], dict))
+  if wrong:
+    raise RunFileError(
+        f"{files.printable(path)} is not a run config: {', '.join(wrong)} must be JSON objects"
+        f"{'; ' + fix if fix else ''}"
+    )
+  try:
+    return config_schema.upgrade(d)
+  except config_schema.ConfigError as e:
+    raise RunFileError(f"{files.printable(path)}: {e}") from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise RunFileError(
+        f"{files.printable(path)} is not a run config ({type(e).__name__}: "
+        f"{files.printable(str(e))[:200]}){'; ' + fix if fix else ''}"
+    ) from None
 
 
 def write_json(path: str, obj) -> None:
@@ -109,14 +155,64 @@ def missing(workdir: str, config=None) -> list[str]:
   return [name for name in needed if not os.path.exists(os.path.join(workdir, name))]
 
 
+def read_npz(path: str, shapes: dict, max_bytes: int, fix: str) -> dict:
+  """{name: array} of an .npz holding (at least) the arrays named in `shapes` (None: any
+  1-D shape), without pickles; each header is read and checked (shape, a numeric or text
+  type, a size within what its member holds) before its array is allocated. RunFileError
+  (one line naming the file) for anything else."""
+  name = files.printable(path)
+  try:
+    with files.open_regular(path, "statistics file", max_bytes, RunFileError) as f:
+      with zipfile.ZipFile(f) as z:
+        members = {i.filename: i for i in z.infolist()}
+        out = {}
+        for key, shape in shapes.items():
+          info = members.get(f"{key}.npy")
+          if info is None:
+            raise RunFileError(f"{name} has no array {key!r}; {fix}")
+          if info.file_size > max_bytes:
+            raise RunFileError(f"{name}: {key} claims {info.file_size:,} bytes; {fix}")
+          with z.open(info) as member:
+            out[key] = _read_npy(member, key, shape, info.file_size, name, fix)
+        return out
+  except RunFileError:
+    raise
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+    raise RunFileError(
+        f"{name} cannot be read ({type(e).__name__}: {files.printable(str(e))[:200]}); {fix}"
+    ) from None
+
+
+def _read_npy(f, key: str, shape, size: int, name: str, fix: str) -> np.ndarray:
+  fmt = np.lib.format
+  version = fmt.read_magic(f)
+  read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+  if version not in read_header:
+    raise RunFileError(f"{name}: {key} is a .npy of version {version}; {fix}")
+  got, fortran, dtype = read_header[version](f, max_header_size=10_000)
+  if dtype.hasobject or dtype.kind not in "biufU":
+    raise RunFileError(f"{name}: {key} has type {dtype}, not numbers or text; {fix}")
+  if (shape is None and len(got) != 1) or (shape is not None and tuple(got) != shape):
+    want = "a list" if shape is None else str(shape)
+    raise RunFileError(f"{name}: {key} has shape {tuple(got)}, not {want}; {fix}")
+  count = int(np.prod(got, dtype=object))
+  if count * dtype.itemsize > size:  # more than its member holds: damaged
+    raise RunFileError(f"{name}: {key} is truncated; {fix}")
+  data = f.read(count * dtype.itemsize)
+  if len(data) != count * dtype.itemsize:
+    raise RunFileError(f"{name}: {key} is truncated; {fix}")
+  a = np.frombuffer(data, dtype).reshape(got, order="F" if fortran else "C")
+  return a.copy()
+
+
 def read_class_names(workdir: str) -> list[str] | None:
   path = os.path.join(workdir, CLASS_NAMES_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    names = json.load(f)
-  if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-    raise ValueError(f"{path} must hold a JSON list of class names (strings)")
+  fix = "it must hold a JSON list of class names (strings), in label order"
+  names = read_json(path, list, fix)
+  if not all(isinstance(n, str) for n in names):
+    raise RunFileError(f"{files.printable(path)} holds a list that is not all strings; {fix}")
   return names
 
 
@@ -125,11 +221,58 @@ def read_preprocessing(workdir: str) -> dict | None:
   path = os.path.join(workdir, PREPROCESSING_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    d = json.load(f)
-  if not isinstance(d, dict):
-    raise ValueError(f"{path} must hold a JSON object")
-  return d
+  return read_json(path, dict, "it must hold a JSON object (the run's InputSpec)")
+
+
+# metrics.jsonl: a row per logged step, a few hundred bytes each.
+MAX_METRICS_BYTES = 256 << 20
+# What every row of a split carries, as a number; the other metrics, where a row has them.
+METRICS_FIELDS = {"train": ("loss",), "eval": ("top1_error",)}
+NUMERIC_METRICS = ("loss", "learning_rate", "top1_error", "top5_error", "images_per_sec")
+
+
+def metrics_row(line: str) -> dict | None:
+  """A line of metrics.jsonl as its row: an object with an integer step and a split (text);
+  a 'train' row carries its loss, an 'eval' row its top-1 error, and every metric of
+  NUMERIC_METRICS it has is a number.
+  None for anything else (half a line left by a kill, or text that is not a row)."""
+  try:
+    row = json.loads(line)
+  except (ValueError, RecursionError):
+    return None
+  if not isinstance(row, dict) or not isinstance(row.get("split"), str):
+    return None
+  step = row.get("step")
+  if not _is_number(step) or not np.isfinite(step) or step != int(step):
+    return None
+  if not all(_is_number(row.get(k)) for k in METRICS_FIELDS.get(row["split"], ())):
+    return None
+  if not all(_is_number(row[k]) for k in NUMERIC_METRICS if k in row):
+    return None
+  return {**row, "step": int(step)}
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_metrics(workdir: str) -> tuple[list[dict], int]:
+  """metrics.jsonl's rows in file order, and how many non-empty lines are not rows
+  (metrics_row); ([], 0) without the file. RunFileError when it is not a regular file or
+  implausibly large."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return [], 0
+  data = files.read_bytes(path, "metrics file", MAX_METRICS_BYTES, RunFileError)
+  rows, bad = [], 0
+  for line in data.decode("utf-8", errors="replace").splitlines():
+    if line.strip():
+      row = metrics_row(line)
+      if row is None:
+        bad += 1
+      else:
+        rows.append(row)
+  return rows, bad
 
 
 def input_spec_from_config(workdir: str, config, stats=None) -> InputSpec:
@@ -154,16 +297,25 @@ def read_input_spec(workdir: str, config, stats=None) -> InputSpec:
 
 
 def read_names_file(path: str) -> list[str]:
-  """One name per line (a trailing empty line is not a name)."""
-  with open(path, encoding="utf-8") as f:
-    return f.read().splitlines()
+  """One name per line (a trailing empty line is not a name); RunFileError for a file that
+  is not regular, not UTF-8 or implausibly large."""
+  data = files.read_bytes(path, "class names file", files.MAX_JSON_BYTES, RunFileError)
+  try:
+    return data.decode("utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    raise RunFileError(
+        f"{files.printable(path)} is not UTF-8 text (byte {e.start}): give one class name per "
+        "line"
+    ) from None
 
 
 def write_mean_image(workdir: str, mean: np.ndarray) -> None:
   mean = np.asarray(mean, np.float32)
   if mean.shape != MEAN_IMAGE_SHAPE:
     raise ValueError(f"a mean image must be {MEAN_IMAGE_SHAPE} RGB, got {mean.shape}")
-  np.save(os.path.join(workdir, MEAN_IMAGE_FILE), mean, allow_pickle=False)
+  path = os.path.join(workdir, MEAN_IMAGE_FILE)
+  files.replace_symlink(path)
+  np.save(path, mean, allow_pickle=False)
 
 
 def has_mean_image(workdir: str) -> bool:
@@ -178,15 +330,24 @@ def read_mean_image(workdir: str) -> np.ndarray:
         "run directory (alexnet_jax.convert --mean_file writes it; a run started with "
         "--config.init_from copies its source's). Use input.mean='pixel' or 'dataset' instead."
     )
-  mean = np.load(path, allow_pickle=False)
-  if mean.shape != MEAN_IMAGE_SHAPE:
-    raise ValueError(f"{path} holds an array of shape {mean.shape}, not {MEAN_IMAGE_SHAPE}")
+  fix = "restore it from the run it came from (alexnet_jax.convert --mean_file writes it)"
+  try:
+    with files.open_regular(path, "mean image", MAX_MEAN_IMAGE_BYTES, RunFileError) as f:
+      size = os.fstat(f.fileno()).st_size
+      mean = _read_npy(f, "the mean image", MEAN_IMAGE_SHAPE, size, files.printable(path), fix)
+  except (OSError, EOFError, ValueError) as e:
+    if isinstance(e, RunFileError):
+      raise
+    raise RunFileError(f"{files.printable(path)} cannot be read ({e}); {fix}") from None
+  if mean.dtype.kind not in "iuf":
+    raise RunFileError(f"{files.printable(path)} holds {mean.dtype}, not numbers; {fix}")
   return mean.astype(np.float32)
 
 
 def copy_mean_image(src_workdir: str, dst_workdir: str) -> None:
   """Atomic (write_atomically): every process of a run may do it at once."""
-  with open(os.path.join(src_workdir, MEAN_IMAGE_FILE), "rb") as src:
+  src = os.path.join(src_workdir, MEAN_IMAGE_FILE)
+  with files.open_regular(src, "mean image", MAX_MEAN_IMAGE_BYTES, RunFileError) as src:
     write_atomically(
         os.path.join(dst_workdir, MEAN_IMAGE_FILE), lambda f: shutil.copyfileobj(src, f)
     )

@@ -267,3 +267,24 @@ def oxford17_references(jpegs: dict) -> dict:
   refs = {digest(im): i for im, i in zip(images, ids)}
   assert len(refs) == len(ids), "the crops must all differ"
   return refs
+
+
+def png_bomb(side: int = 16000) -> bytes:
+  """A valid PNG of side x side black RGB pixels, compressed to well under a megabyte (the
+  rows are compressed as they are made: 768 MB of pixels never exist here)."""
+  import struct
+  import zlib
+
+  def chunk(kind, payload):
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+  z = zlib.compressobj(9)
+  row = b"\0" * (3 * side + 1)  # filter byte 0, then the pixels
+  idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+  ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -556,3 +556,73 @@ def test_predict_quotes_the_file_names_that_need_it(name, shown):
   assert "\n" not in shown and shown.isprintable()
   if shown != name:
     assert json.loads(shown) == name
+
+
+# ---- hostile input: FIFOs, devices, bombs; text from the run's files ----------------------------
+def test_predict_refuses_a_fifo_a_device_and_a_bomb_and_predicts_the_good_image_beside_them(
+    folder_run, tmp_path
+):
+  """Each bad file gets one line (a FIFO is refused by stat before any open: it would block
+  forever; the 16000 x 16000 PNG by its header: never decoded); the good one is predicted as
+  load_run's predict does."""
+  import threading
+
+  from tests import data_helpers
+
+  fifo = tmp_path / "pipe.jpg"
+  os.mkfifo(fifo)
+  bomb = tmp_path / "bomb.png"
+  bomb.write_bytes(data_helpers.png_bomb(16000))
+  good = folder_run["val"]["coffee"]
+  run = analysis.load_run(folder_run["workdir"])
+  out = {}
+  t = threading.Thread(
+      target=lambda: out.update(
+          r=list(analysis.predict_files(run, [str(fifo), "/dev/zero", str(bomb), good]))
+      ),
+      daemon=True,
+  )
+  t.start()
+  t.join(120)
+  assert not t.is_alive(), "predict blocked on a FIFO or a device"
+  (p0, probs0, e0), (p1, probs1, e1), (p2, probs2, e2), (p3, probs3, e3) = out["r"]
+  assert e0 == f"cannot read {fifo}: it is a FIFO (named pipe), not a regular file"
+  assert e1 == "cannot read /dev/zero: it is a character device, not a regular file"
+  assert e2.startswith(f"cannot decode {bomb}: its header declares 256,000,000 pixels, more than")
+  assert "--max_image_pixels" in e2 and probs0 is probs1 is probs2 is None
+  assert e3 is None
+  np.testing.assert_allclose(probs3, run.predict([good])[0], atol=1e-6)
+  # The limit is the caller's: an image above a lowered one is named too.
+  [(_, none, error)] = analysis.predict_files(run, [good], max_pixels=1000)
+  assert none is None and "more than the 1,000 decoded at most" in error
+
+
+@pytest.mark.slow
+def test_predict_command_beside_a_fifo_and_a_bomb_prints_escaped_class_names(folder_run, tmp_path):
+  """The command: a FIFO and a 16000 x 16000 PNG named before a good photo get one line each
+  on stderr (exit status 1), the photo is predicted; class_names.json holding a terminal
+  escape sequence and a newline: the line stays one printable line."""
+  from tests import data_helpers
+
+  copy = tmp_path / "copy"
+  shutil.copytree(folder_run["workdir"], copy)
+  names = json.load(open(copy / run_dir.CLASS_NAMES_FILE))
+  names[names.index("coffee")] = "cof\x1b[2Jfee\nrm -rf"
+  (copy / run_dir.CLASS_NAMES_FILE).write_text(json.dumps(names))
+  fifo = tmp_path / "pipe.jpg"
+  os.mkfifo(fifo)
+  bomb = tmp_path / "bomb.png"
+  bomb.write_bytes(data_helpers.png_bomb(16000))
+  good = folder_run["val"]["coffee"]
+  r = _command("alexnet_jax.predict", f"--workdir={copy}", "--top=6", str(fifo), str(bomb), good)
+  assert r.returncode == 1, r.stderr[-3000:]
+  [line] = r.stdout.splitlines()
+  assert line.startswith(f"{good}: ") and line.isprintable(), line
+  assert "cof\\x1b[2Jfee\\nrm -rf" in line, line
+  named = [x for x in r.stderr.splitlines() if str(fifo) in x or str(bomb) in x]
+  assert named == [
+      f"cannot read {fifo}: it is a FIFO (named pipe), not a regular file",
+      f"cannot decode {bomb}: "
+      + data_lib.too_many_pixels(16000 * 16000, data_lib.MAX_IMAGE_PIXELS),
+  ], r.stderr[-3000:]
+  assert "Traceback" not in r.stderr

@@ -511,3 +511,82 @@ def _raised_in(fn):
   except BaseException as caught:  # pylint: disable=broad-except
     return caught
   raise AssertionError("did not raise")
+
+
+# ---- hostile input: newer versions, steps this user cannot read ------------------------------
+@pytest.mark.parametrize("field", ["checksum_version", "format_version"])
+def test_a_checkpoint_from_a_newer_version_is_refused_saying_so(tmp_path, base, field):
+  """Not skipped for an older step, nor set aside: refused, naming the step and the version,
+  by a reader and by a trainer's manager; nothing is moved."""
+  config, _, _ = base
+  workdir = str(tmp_path / "run")
+  _saved_run(workdir, base)
+  meta = json.load(open(_metadata(workdir, 6)))
+  meta[field] = 99
+  meta["meta_sha256"] = checkpoint.meta_digest(meta)  # a consistent, newer meta
+  json.dump(meta, open(_metadata(workdir, 6), "w"))
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  for step in (None, 6):
+    with pytest.raises(checkpoint.NewerCheckpointError) as e:
+      checkpoint.restore_run(workdir, train_state.restore_target(), step=step)
+    text = str(e.value)
+    assert "\n" not in text and f"({field} 99; this one reads up to " in text, text
+    assert text.startswith(f"checkpoint step 6 in {workdir}/checkpoints was written by a newer")
+  manager = checkpoint.CheckpointManager(workdir, config)
+  abstract = jax.eval_shape(lambda: base[2])
+  with pytest.raises(checkpoint.NewerCheckpointError):
+    manager.restore_latest(abstract, jax.tree.map(lambda x: x.sharding, base[2]))
+  manager.close()
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
+  meta[field] = "2"  # not a version number: a damaged step, skipped
+  meta["meta_sha256"] = checkpoint.meta_digest(meta)
+  json.dump(meta, open(_metadata(workdir, 6), "w"))
+  assert checkpoint.restore_run(workdir, train_state.restore_target()).step == 4
+
+
+def _without_root_override(cmd):
+  """cmd as run by a user that file permissions apply to: as it is when not root; as root,
+  without the capabilities that bypass them (setpriv), or None where that is not possible."""
+  if os.geteuid() != 0:
+    return cmd
+  if shutil.which("setpriv") is None:
+    return None
+  return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", "--", *cmd]
+
+
+READ_RUN = (
+    "import sys\n"
+    "from alexnet_jax import checkpoint\n"
+    "try:\n"
+    "  config, variables = checkpoint.restore(sys.argv[1])\n"
+    "  print('restored')\n"
+    "except checkpoint.UnreadableCheckpointsError as e:\n"
+    "  print('FATAL:', e); sys.exit(3)\n"
+)
+
+
+def test_a_step_or_checkpoints_this_user_cannot_read_is_handled_like_a_damaged_one(tmp_path, base):
+  workdir = str(tmp_path / "run")
+  _saved_run(workdir, base)
+  cmd = _without_root_override([sys.executable, "-c", READ_RUN, workdir])
+  if cmd is None:
+    pytest.skip("root without setpriv: permissions cannot be taken away")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  os.chmod(os.path.join(workdir, "checkpoints", "6"), 0)
+  try:
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  finally:
+    os.chmod(os.path.join(workdir, "checkpoints", "6"), 0o755)
+  assert r.returncode == 0 and "restored" in r.stdout, r.stderr[-3000:]
+  assert "skipping checkpoint step 6" in r.stderr and "Permission denied" in r.stderr
+  assert "Traceback" not in r.stderr
+  os.chmod(os.path.join(workdir, "checkpoints"), 0)
+  try:
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  finally:
+    os.chmod(os.path.join(workdir, "checkpoints"), 0o755)
+  assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  line = r.stdout.strip()
+  assert line.startswith(f"FATAL: {workdir}/checkpoints cannot be read (Permission denied)"), line
+  assert "\n" not in line

@@ -145,3 +145,15 @@ def test_a_mesh_the_devices_cannot_form_is_one_fatal_line(tmp_path):
   assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith("FATAL: mesh data=3 x tower=1 does not match the 8 device(s) found")
+
+
+@pytest.mark.parametrize("command", ["main", "prepare", "convert"])
+def test_a_fifo_as_the_config_file_is_one_line_never_opened(tmp_path, command):
+  """A FIFO would block the config loader forever: refused by stat, status 2."""
+  fifo = tmp_path / "config.py"
+  os.mkfifo(fifo)
+  r = _run(f"alexnet_jax.{command}", f"--config={fifo}", f"--workdir={tmp_path / 'w'}", timeout=60)
+  assert r.returncode == 2, r.stderr[-2000:]
+  first = r.stderr.splitlines()[0]
+  assert first == f"FATAL: --config={fifo}: {fifo} is a FIFO (named pipe), not a config file"
+  assert "Traceback" not in r.stderr

@@ -248,7 +248,9 @@ def test_files_csv_markdown_and_the_curves(runs, tmp_path):
 
 def test_an_unreadable_config_is_named(tmp_path):
   (tmp_path / "config.json").write_text('{"seed": ')
-  with pytest.raises(compare.NotARunError, match=r"config.json cannot be read \(Expecting value"):
+  with pytest.raises(
+      compare.NotARunError, match=r"config.json is not valid JSON \(Expecting value"
+  ):
     compare.read_run(str(tmp_path))
 
 

@@ -233,3 +233,47 @@ def test_digits_is_embedded_and_split_fixed(tmp_path):
   assert digits.target[idx] == evals[0]["label"][0]
   labels = np.concatenate([b["label"][b["mask"]] for b in evals])
   assert set(labels.tolist()) == set(range(10))
+
+
+def test_an_oversized_image_is_skipped_as_undecodable_and_a_fifo_never_opened(
+    tmp_path, monkeypatch, caplog
+):
+  """A folder dataset holding a 16000 x 16000 PNG (a bomb: 256 million pixels in 0.8 MB), a
+  TIFF above a lowered limit (PIL's path) and a FIFO named like a photo: the statistics pass
+  and the training stream skip the images with the undecodable files' warning, the FIFO is
+  ignored as not a file; python -m alexnet_jax.prepare leaves the images out too."""
+  from alexnet_jax.data import shard_writer
+
+  fresh_user_cache(monkeypatch, tmp_path)
+  root = small_folder(tmp_path / "photos", classes="ab", per_class=3, val=1)
+  (root / "train" / "a" / "bomb.png").write_bytes(data_helpers.png_bomb(16000))
+  os.mkfifo(root / "train" / "b" / "pipe.jpg")
+  cfg = dataset_config(name=f"folder:{root}")
+  with caplog.at_level(logging.WARNING):
+    info = data_lib.dataset_info(cfg)
+    stats = data_lib.dataset_stats(cfg)
+  assert info.num_train == 7  # 6 photos and the bomb; the FIFO is not an image file
+  assert stats.bad_files == (os.path.join("train", "a", "bomb.png"),) and stats.num_images == 6
+  assert "train/b/pipe.jpg" in caplog.text and "not regular files" in caplog.text
+  assert "declaring more than dataset.max_image_pixels) and are skipped: train/a/bomb.png" in (
+      caplog.text
+  )
+  it = data_lib.train_iterator(cfg, global_batch_size=3, seed=0, shard_index=0, num_shards=1)
+  images = np.concatenate([next(it)["image"] for _ in range(2)])  # one epoch of the 6 good ones
+  assert images.shape == (6, 256, 256, 3) and it.skipped == []
+  report = shard_writer.prepare(
+      cfg,
+      str(tmp_path / "prepared"),
+      fmt="raw",
+      jpeg_quality=95,
+      images_per_shard=4,
+      progress=False,
+  )
+  assert report.bad_files == [os.path.join("train", "a", "bomb.png")]
+  # A lowered limit (dataset.max_image_pixels) applies to PIL's path too: a TIFF of 200 x 200
+  # among photos of 90 x 120.
+  os.remove(root / "train" / "a" / "bomb.png")
+  Image.fromarray(real_photos()[0][:200, :200]).save(root / "train" / "a" / "big.tif")
+  low = dataset_config(name=f"folder:{root}", max_image_pixels=39_999)
+  assert data_lib.dataset_stats(low).bad_files[-1:] == (os.path.join("train", "a", "big.tif"),)
+  assert data_lib.dataset_stats(cfg).bad_files == ()  # the default limit: decoded by PIL

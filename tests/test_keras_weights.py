@@ -6,6 +6,7 @@ statistics as Keras's training call does, and exports a file Keras's load_weight
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -484,3 +485,164 @@ def test_a_training_step_updates_batchnorm_statistics_as_keras_does(keras_files,
       np.testing.assert_allclose(new, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
       # The update itself, 0.01 (batch statistic - old), to 2e-4 of its size (measured 3e-5).
       assert _rel(new - old, want - old) < 2e-4, (i, ours, _rel(new - old, want - old))
+
+
+# ---- hostile input: links, compression, sizes -----------------------------------------------
+# Small files of the tutorial's layout (tests/fuzz.py): the reader's checks come before the
+# converter's shape check, so tiny arrays exercise them in milliseconds.
+def _tiny(tmp_path, name="tiny.weights.h5"):
+  from tests import fuzz
+
+  layers = fuzz.keras_layers()
+  path = str(tmp_path / name)
+  keras_h5.write(path, layers)
+  return path, layers
+
+
+def _refused(path, match):
+  with pytest.raises(keras_h5.KerasFormatError) as e:
+    keras_h5.read(str(path))
+  text = str(e.value)
+  assert "\n" not in text and re.search(match, text), text
+  return text
+
+
+def test_an_hdf5_external_link_is_refused_and_the_other_file_never_read(tmp_path):
+  path, layers = _tiny(tmp_path)
+  other = str(tmp_path / "other.h5")
+  with h5py.File(other, "w") as f:
+    f.create_dataset("x", data=np.full((2, 2, 1, 2), 7.0, np.float32))
+  with h5py.File(path, "a") as f:
+    del f["layers/conv2d/vars/0"]
+    f["layers/conv2d/vars/0"] = h5py.ExternalLink(other, "/x")
+  _refused(path, r"layers/conv2d/vars/0 is an external link \(to /x in .*other.h5\)")
+
+
+def test_soft_links_leaving_the_weights_group_or_looping_are_refused_inside_it_followed(tmp_path):
+  from tests import fuzz
+
+  layers = fuzz.keras_layers()
+  path = str(tmp_path / "keras2.h5")
+  fuzz.write_keras2_h5(path, layers, under_model_weights=True)  # the weights group: model_weights
+  with h5py.File(path, "a") as f:
+    f.create_dataset("elsewhere", data=np.zeros((2, 2, 1, 2), np.float32))
+    g = f["model_weights/conv_0/conv_0"]
+    del g["kernel:0"]
+    g["kernel:0"] = h5py.SoftLink("/elsewhere")
+  _refused(path, r"conv_0/kernel:0 is a soft link to /elsewhere, outside the weights group")
+  with h5py.File(path, "a") as f:
+    g = f["model_weights/conv_0/conv_0"]
+    del g["kernel:0"]
+    g["kernel:0"] = h5py.SoftLink("kernel:0")  # itself
+  _refused(path, r"is a soft link to .*kernel:0, which is a link again \(a chain or a loop\)")
+  with h5py.File(path, "a") as f:
+    g = f["model_weights/conv_0/conv_0"]
+    del g["kernel:0"]
+    g.create_dataset("real", data=layers["conv1"][0])
+    g["kernel:0"] = h5py.SoftLink("/model_weights/conv_0/conv_0/real")  # inside: followed
+  assert fuzz.same_layers(keras_h5.read(path), layers)
+
+
+def test_compressed_or_oversized_datasets_are_refused_before_reading(tmp_path):
+  path, _ = _tiny(tmp_path)
+  with h5py.File(path, "a") as f:
+    data = f["layers/dense/vars/0"][()]
+    del f["layers/dense/vars/0"]
+    f.create_dataset("layers/dense/vars/0", data=data, compression="gzip")
+  _refused(path, r"layers/dense/vars/0 is compressed or filtered, which Keras never writes")
+  path, _ = _tiny(tmp_path, "big.weights.h5")
+  with h5py.File(path, "a") as f:
+    del f["layers/dense/vars/0"]
+    f.create_dataset("layers/dense/vars/0", shape=(300_000, 1000), dtype=np.float32)  # no data
+  _refused(path, r"layers/dense/vars/0 \(300000, 1000\) would take 2,400,000,000 bytes, more")
+
+
+def test_a_keras_zip_member_claiming_gigabytes_or_too_many_entries_is_refused(tmp_path):
+  import struct
+  import tracemalloc
+
+  from tests import fuzz
+
+  path, _ = _tiny(tmp_path)
+  data = bytearray(fuzz.keras_zip(fuzz.read_file(path)))
+  # The central directory's uncompressed size of model.weights.h5: 2 GiB (its local header too).
+  for sig, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
+    at = data.rfind(sig)
+    while at >= 0:
+      name_at = at + (46 if sig == b"PK\x01\x02" else 30)
+      if data[name_at : name_at + 16] == b"model.weights.h5":
+        data[at + offset : at + offset + 4] = struct.pack("<I", 2**31)
+      at = data.rfind(sig, 0, at)
+  bomb = fuzz.write_file(tmp_path / "bomb.keras", bytes(data))
+  tracemalloc.start()
+  try:
+    _refused(bomb, r"model.weights.h5 claims 2,147,483,648 bytes, more than a Keras AlexNet")
+    assert tracemalloc.get_traced_memory()[1] < 16 << 20
+  finally:
+    tracemalloc.stop()
+  many = tmp_path / "many.keras"
+  with zipfile.ZipFile(many, "w") as z:
+    for i in range(keras_h5.MAX_ZIP_MEMBERS + 1):
+      z.writestr(f"x{i}", b"")
+  _refused(many, r"declares 1,001 entries, more than such a file holds")
+
+
+def test_a_fifo_as_a_keras_file_is_refused_without_blocking(tmp_path):
+  import threading
+
+  fifo = tmp_path / "alexnet.keras"
+  os.mkfifo(fifo)
+  out = {}
+
+  def read():
+    try:
+      keras_h5.read(str(fifo))
+    except keras_h5.KerasFormatError as e:
+      out["e"] = str(e)
+
+  t = threading.Thread(target=read, daemon=True)
+  t.start()
+  t.join(30)
+  assert not t.is_alive() and "is a FIFO (named pipe), not a regular file" in out["e"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["weights.h5", "keras2.h5", "keras"])
+def test_fuzz_keras_readers_end_in_their_error_or_the_files_arrays(tmp_path, layout):
+  """Mutations of a small valid .weights.h5, Keras 2 .h5 (under model_weights/) and .keras:
+  keras_h5.read raises KerasFormatError (one line) or returns arrays of the tutorial's
+  layout; where the mutation spared the arrays' bytes they are the written ones. Peak of
+  tracked memory: a few times the file."""
+  import hypothesis
+
+  from tests import fuzz
+
+  layers = fuzz.keras_layers()
+  path = str(tmp_path / "valid")
+  if layout == "keras2.h5":
+    fuzz.write_keras2_h5(path, layers, under_model_weights=True)
+  else:
+    keras_h5.write(path, layers)
+  valid = fuzz.read_file(path)
+  if layout == "keras":
+    valid = fuzz.keras_zip(valid)
+  target = str(tmp_path / f"mutated.{layout}")
+  assert fuzz.same_layers(keras_h5.read(fuzz.write_file(target, valid)), layers)
+
+  def read(data):
+    fuzz.write_file(target, data)
+    return keras_h5.read(target)
+
+  @fuzz.settings(examples=150)
+  @hypothesis.given(data=fuzz.mutated(valid))
+  def run(data):
+    out = fuzz.check(
+        lambda: read(data), keras_h5.KerasFormatError, max_peak=(4 << 20) + 8 * len(data)
+    )
+    if isinstance(out, dict):
+      assert set(out) == set(keras_h5.LAYERS)
+      assert all(a.dtype == np.float32 for arrays in out.values() for a in arrays)
+
+  before = fuzz.rss_kb()
+  run()
+  assert fuzz.rss_kb() - before < 512 * 1024  # HDF5's own allocations stayed small too

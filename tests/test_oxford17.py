@@ -3,6 +3,7 @@ authors' layout): labels by the 80-per-class rule, the .mat's split 1 (its test 
 evaluate --split=test), the seeded fallback, the archive extracted once, the one-line error,
 training, evaluation and preparation on it."""
 
+import io
 import json
 import os
 import re
@@ -297,3 +298,173 @@ def test_prepare_writes_the_train_validation_and_test_splits(oxford17_data, tmp_
   np.testing.assert_array_equal(got["label"], want["label"])
   diff = np.abs(got["image"].astype(int) - want["image"].astype(int))
   assert diff.mean() < 1.5, diff.mean()  # re-encoded as JPEG: close, not identical
+
+
+# ---- hostile input: archives and splits bounded before anything is read ----------------------
+def _tgz_with(path, members):
+  """A .tgz holding `members`: (TarInfo, data bytes or None) each; a header may claim more
+  bytes than follow it (only its header is what a reader must look at)."""
+  import gzip
+
+  raw = io.BytesIO()
+  for info, data in members:
+    raw.write(info.tobuf(tarfile.GNU_FORMAT))
+    if data:
+      raw.write(data + b"\0" * (-len(data) % tarfile.BLOCKSIZE))
+  raw.write(b"\0" * tarfile.RECORDSIZE)
+  with gzip.open(path, "wb", compresslevel=1) as f:
+    f.write(raw.getvalue())
+  return path
+
+
+def _info(name, size, kind=tarfile.REGTYPE):
+  info = tarfile.TarInfo(name)
+  info.size, info.type = size, kind
+  return info
+
+
+def _refused(archive, match):
+  """extracted() refuses `archive` with one line, quickly and within bounded memory, leaving
+  nothing extracted beside it."""
+  import tracemalloc
+
+  tracemalloc.start()
+  t = time.monotonic()
+  try:
+    with pytest.raises(data_lib.DatasetError) as e:
+      oxford17.extracted(str(archive))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  text = str(e.value)
+  assert "\n" not in text and str(archive) in text and re.search(match, text), text
+  assert peak < 64 << 20, peak
+  assert time.monotonic() - t < 60
+  cache = archive.parent / ".alexnet_jax_oxford17"
+  assert not cache.exists() or os.listdir(cache) == [], os.listdir(cache)
+
+
+def test_an_archive_member_claiming_a_gigabyte_is_refused_before_it_is_read(tmp_path):
+  archive = _tgz_with(
+      tmp_path / "17flowers.tgz", [(_info("jpg/image_0001.jpg", 1 << 30), b"\xff\xd8" * 1000)]
+  )
+  _refused(archive, r"holds a member of 1,073,741,824 bytes \(jpg/image_0001.jpg\), more than")
+
+
+def test_a_real_deflate_bomb_member_is_refused_from_its_header(tmp_path):
+  """A valid archive whose files.txt inflates to 100 MB of zeros (100 KB compressed)."""
+  archive = tmp_path / "17flowers.tgz"
+
+  class Zeros:
+
+    def read(self, n):
+      return b"\0" * n
+
+  with tarfile.open(archive, "w:gz", compresslevel=9) as tar:
+    tar.addfile(_info("jpg/files.txt", 100 << 20), Zeros())
+  assert os.path.getsize(archive) < 1 << 20
+  _refused(archive, r"holds a member of 104,857,600 bytes")
+
+
+def test_a_long_name_header_claiming_a_gigabyte_is_never_read(tmp_path):
+  """tarfile reads a GNU long name whole, at the size its header claims: refused first."""
+  archive = _tgz_with(
+      tmp_path / "17flowers.tgz",
+      [(_info("././@LongLink", 1 << 30, tarfile.GNUTYPE_LONGNAME), b"x" * 4096)],
+  )
+  _refused(archive, r"asks for a read of 1,073,741,824 bytes at once")
+
+
+def test_an_archive_of_too_many_entries_is_refused(tmp_path):
+  members = [(_info(f"jpg/x{i}", 0), None) for i in range(oxford17.MAX_MEMBERS + 1)]
+  archive = _tgz_with(tmp_path / "17flowers.tgz", members)
+  _refused(archive, r"holds more than 20,000 entries")
+
+
+def test_a_splits_file_whose_variables_claim_too_much_is_refused_before_loading(tmp_path):
+  import tracemalloc
+
+  from scipy import io as scipy_io
+
+  path = tmp_path / oxford17.SPLITS_FILE
+  big = np.zeros((1, 5_000_000))  # 40 MB of float64, a few kB compressed
+  scipy_io.savemat(
+      path, {"trn1": big, "val1": big[:, :10], "tst1": big[:, :10]}, do_compression=True
+  )
+  del big
+  assert os.path.getsize(path) < 1 << 20
+  tracemalloc.start()
+  try:
+    with pytest.raises(data_lib.DatasetError, match=r"trn1 has shape \(1, 5000000\), more than"):
+      oxford17.read_splits(str(path))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 16 << 20, peak
+  path.write_bytes(b"\0" * (oxford17.MAX_SPLITS_BYTES + 1))
+  with pytest.raises(data_lib.DatasetError, match=r"more than a datasplits.mat can be"):
+    oxford17.read_splits(str(path))
+
+
+def test_a_fifo_in_place_of_an_extracted_image_is_refused_naming_it(oxford17_data, tmp_path):
+  images = tmp_path / "jpg"
+  shutil.copytree(oxford17_data["extracted"] / "jpg", images)
+  os.remove(images / "image_0007.jpg")
+  os.mkfifo(images / "image_0007.jpg")
+  with pytest.raises(data_lib.DatasetError) as e:
+    data_lib.open_dataset(_cfg(tmp_path, prepared="off"))
+  assert str(e.value).startswith(f"{images / 'image_0007.jpg'} is a FIFO (named pipe), not a")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compressed", [False, True], ids=["tar", "tgz"])
+def test_fuzz_the_archive_reader_ends_in_its_error_or_extracts_what_the_archive_holds(
+    tmp_path, compressed
+):
+  """Mutations of a valid archive (1,360 small members and files.txt; plain and gzipped):
+  extracted() raises DatasetError (one line) or extracts exactly the images and files.txt
+  that Python's tarfile reads from the same bytes; peak of tracked memory bounded."""
+  import gzip
+
+  import hypothesis
+
+  from tests import fuzz
+
+  raw = io.BytesIO()
+  with tarfile.open(fileobj=raw, mode="w") as tar:
+    for i in range(1, oxford17.NUM_IMAGES + 1):
+      data = f"jpeg {i}".encode()
+      info = _info(f"jpg/{oxford17.image_name(i)}", len(data))
+      tar.addfile(info, io.BytesIO(data))
+    tar.addfile(_info("jpg/files.txt", 5), io.BytesIO(b"list\n"))
+  valid = gzip.compress(raw.getvalue(), compresslevel=1) if compressed else raw.getvalue()
+  counter = iter(range(10**6))
+
+  def reference(data):
+    """{name: bytes} of the members extracted() writes, read by tarfile from memory."""
+    out = {}
+    opened = gzip.GzipFile(fileobj=io.BytesIO(data)) if compressed else io.BytesIO(data)
+    with tarfile.open(fileobj=opened, mode="r:") as tar:
+      for m in tar:
+        base = os.path.basename(m.name)
+        if m.isfile() and (re.fullmatch(r"image_\d{4}\.jpg", base) or base == "files.txt"):
+          out[base] = tar.extractfile(m).read()
+    return out
+
+  def extract(data):
+    d = tmp_path / str(next(counter))
+    d.mkdir()
+    archive = fuzz.write_file(d / "17flowers.tgz", data)
+    images = oxford17.extracted(archive)
+    return {n: fuzz.read_file(os.path.join(images, n)) for n in os.listdir(images)}
+
+  assert extract(valid) == reference(valid)
+
+  @fuzz.settings(examples=60)
+  @hypothesis.given(data=fuzz.mutated(valid))
+  def run(data):
+    out = fuzz.check(lambda: extract(data), data_lib.DatasetError, max_peak=16 << 20)
+    if isinstance(out, dict):
+      assert out == reference(data)
+
+  run()

@@ -367,7 +367,7 @@ def caffe_messages():
       f = m.field.add(name=fname, number=number, type=ftype, label=label)
       if type_name:
         f.type_name = type_name
-      if label == rep and ftype in (T.TYPE_FLOAT, T.TYPE_INT64):
+      if label == rep and ftype in (T.TYPE_FLOAT, T.TYPE_DOUBLE, T.TYPE_INT64):
         f.options.packed = True  # [packed = true] in caffe.proto
     return m
 
@@ -381,6 +381,7 @@ def caffe_messages():
       ("data", 5, T.TYPE_FLOAT, rep, None),
       ("diff", 6, T.TYPE_FLOAT, rep, None),
       ("shape", 7, T.TYPE_MESSAGE, opt, ".caffe.BlobShape"),
+      ("double_data", 8, T.TYPE_DOUBLE, rep, None),
   )
   message(
       "LayerParameter",
@@ -690,3 +691,172 @@ def test_command_line(torchvision_pth, tmp_path):
   )
   assert r.returncode != 0 and "dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel" in r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith("FATAL:")
+
+
+# ---- hostile input: lengths, dimensions and sizes checked before they cost memory -----------
+def _varint(v):
+  out = bytearray()
+  while True:
+    b, v = v & 0x7F, v >> 7
+    out.append(b | (0x80 if v else 0))
+    if not v:
+      return bytes(out)
+
+
+def _ld(number, payload):
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        (_varint(100 << 3 | 2) + _varint(2**32) + b"\0" * 12, "claims 4,294,967,296 bytes, 12 are"),
+        (_varint(100 << 3 | 2) + _varint(2**62) + b"abc", "claims 4,611,686,018,427,387,904 bytes"),
+        (
+            _ld(100, _ld(7, _ld(7, _varint(8) + _varint(2**32) + _varint(8) + _varint(2**32)))),
+            "above Caffe's limit",
+        ),
+        (
+            _ld(100, _ld(7, _varint(8) + _varint(2**32) + _varint(16) + _varint(2**32))),
+            "above Caffe's limit",
+        ),
+        (
+            _ld(100, _ld(7, _ld(7, _varint(8) + _varint(2**32) + _varint(8) + _varint(0)))),
+            "above Caffe's limit",
+        ),
+        (_ld(100, _ld(7, _varint(5 << 3) + _varint(3))), "a numeric array field of wire type 0"),
+        (_ld(100, _ld(7, _ld(7, (_varint(8) + _varint(1)) * 40))), "more than 32 axes"),
+    ],
+    ids=[
+        "len 2^32",
+        "len 2^62",
+        "dims 2^32",
+        "legacy 2^32",
+        "dims 2^32 x 0",
+        "data varint",
+        "axes",
+    ],
+)
+def test_a_hostile_caffemodel_of_a_few_bytes_is_one_line_and_allocates_nothing(
+    tmp_path, data, says
+):
+  """The issue's probes and their neighbours: a few bytes claiming gigabytes."""
+  from tests import fuzz
+
+  assert len(data) < 100
+  e = fuzz.check(
+      lambda: pretrained.caffemodel.read_net(data),
+      pretrained.caffemodel.CaffeFormatError,
+      max_peak=1 << 20,
+  )
+  assert says in str(e), str(e)
+  src = tmp_path / "hostile.caffemodel"
+  src.write_bytes(data)
+  with pytest.raises(pretrained.ConversionError) as c:
+    pretrained.import_run("caffe", str(src), str(tmp_path / "w"), caffe.get_config())
+  assert "\n" not in str(c.value) and says in str(c.value)
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_caffemodel_beyond_a_plausible_size_or_a_fifo_is_refused_before_reading(tmp_path):
+  big = tmp_path / "big.caffemodel"
+  with open(big, "wb") as f:
+    f.truncate(pretrained.formats.MAX_CAFFEMODEL_BYTES + 1)  # sparse
+  with pytest.raises(
+      pretrained.ConversionError, match=r"is 1,073,741,825 bytes: more than a .caffemodel can be"
+  ):
+    pretrained.import_run("caffe", str(big), str(tmp_path / "w"), caffe.get_config())
+  fifo = tmp_path / "fifo.caffemodel"
+  os.mkfifo(fifo)
+  with pytest.raises(
+      pretrained.ConversionError, match=r"is a FIFO \(named pipe\), not a regular file"
+  ):
+    pretrained.import_run("caffe", str(fifo), str(tmp_path / "w"), caffe.get_config())
+
+
+def _small_net() -> bytes:
+  """A NetParameter with a current layer (BlobShape dims), a V1 layer (the old 4-D shape) and
+  one of double values: small, valid, each path of the reader."""
+  msgs = caffe_messages()
+  net = msgs["NetParameter"](name="CaffeNet")
+  conv = net.layer.add(name="conv1", type="Convolution")
+  w = conv.blobs.add()
+  w.shape.dim.extend([2, 1, 2, 2])
+  w.data.extend(np.linspace(-1, 1, 8).tolist())
+  b = conv.blobs.add()
+  b.shape.dim.extend([2])
+  b.double_data.extend([0.5, -0.25])
+  fc = net.layers.add(name="fc8", type=msgs["V1LayerParameter"].LayerType.Value("INNER_PRODUCT"))
+  v = fc.blobs.add()
+  v.num, v.channels, v.height, v.width = 1, 1, 3, 2
+  v.data.extend(np.arange(6, dtype=np.float32).tolist())
+  return net.SerializeToString()
+
+
+def _protobuf_reading(data: bytes):
+  """The protobuf runtime's reading of `data`, as read_net gives it (layer name, blobs as
+  (shape, float32 values)), sorted: the reference; None where protobuf refuses the bytes."""
+  from google.protobuf.message import DecodeError
+
+  msgs = caffe_messages()
+  net = msgs["NetParameter"]()
+  try:
+    net.ParseFromString(data)
+    layers = list(net.layer) + list(net.layers)
+    out = []
+    for layer in layers:
+      blobs = []
+      for blob in layer.blobs:
+        with np.errstate(over="ignore"):
+          values = np.asarray(blob.data or blob.double_data, np.float64).astype(np.float32)
+        if blob.HasField("shape"):
+          shape = tuple(blob.shape.dim)
+        else:
+          shape = (blob.num, blob.channels, blob.height, blob.width)
+          while len(shape) > 1 and shape[0] == 0:
+            shape = shape[1:]
+          if shape == (0,):
+            shape = (values.size,)
+        blobs.append((shape, values.view(np.uint32).tobytes()))
+      out.append((layer.name, blobs))
+    return sorted(out)
+  except (DecodeError, UnicodeDecodeError, ValueError):
+    return None
+
+
+@pytest.mark.slow
+def test_fuzz_caffemodel_reader_ends_in_its_error_or_protobufs_reading():
+  """Mutations of a valid .caffemodel: read_net raises CaffeFormatError (one line) or reads
+  what the protobuf runtime reads from the same bytes, within a bounded memory peak."""
+  import hypothesis
+
+  from tests import fuzz
+
+  valid = _small_net()
+  assert _ours(valid) == _protobuf_reading(valid) is not None
+
+  @fuzz.settings(examples=600)
+  @hypothesis.given(data=fuzz.mutated(valid))
+  def run(data):
+    out = fuzz.check(
+        lambda: _ours(data),
+        pretrained.caffemodel.CaffeFormatError,
+        max_peak=(1 << 20) + 50 * len(data),
+    )
+    if not isinstance(out, Exception):
+      ref = _protobuf_reading(data)
+      if ref is not None and "\ufffd" not in repr(out):
+        assert out == ref
+
+  run()
+
+
+def _ours(data):
+  _, layers = pretrained.caffemodel.read_net(data)
+  out = []
+  for layer in layers:
+    blobs = [
+        (tuple(b.shape), np.asarray(b, np.float32).view(np.uint32).tobytes()) for b in layer.blobs
+    ]
+    out.append((layer.name, blobs))
+  return sorted(out)

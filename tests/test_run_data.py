@@ -241,3 +241,36 @@ def test_a_run_started_on_prepared_rows_keeps_them_and_refuses_when_they_are_gon
   old = run_data.open_for_run(config, work, resuming=True)
   assert old.record["source"] == "originals" and not old.keep_stats
   np.testing.assert_array_equal(old.stats.mean_image, start.stats.mean_image)  # raw = pixels
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b'{"fingerprint": ', "is not valid JSON"),
+        (b'["fingerprint"]', "holds a JSON list, not a JSON object"),
+        (b'{"fingerprint": "x"}', "'source' is missing or not a str"),
+        (
+            json.dumps(
+                {
+                    "source": "prepared",
+                    "dataset": "digits",
+                    "fingerprint": "f",
+                    "num_train": 1,
+                    "num_eval": 1,
+                    "num_classes": 2,
+                    "class_names_sha256": "s",
+                    "prepared": "not an object",
+                }
+            ).encode(),
+            "lacks the directory, format or plan digest",
+        ),
+    ],
+)
+def test_a_damaged_record_of_the_training_data_is_one_line_naming_it(tmp_path, content, says):
+  path = tmp_path / facts.DATA_FILE
+  path.write_bytes(content)
+  with pytest.raises(run_data.DataChangedError) as e:
+    run_data.read(str(tmp_path))
+  text = str(e.value)
+  assert "\n" not in text and str(path) in text and says in text, text
+  assert "restore it, or delete it" in text

@@ -235,3 +235,187 @@ def test_a_live_holder_is_waited_for_up_to_the_bound(tmp_path, caplog, release_a
 def test_a_slurm_job_waits_by_default_a_shell_does_not():
   assert run_lock.default_wait_s({"SLURM_JOB_ID": "4242"}) == run_lock.SLURM_WAIT_SECONDS == 120
   assert run_lock.default_wait_s({}) == 0
+
+
+# ---- hostile input: run.lock deleted, replaced, a link or a FIFO ------------------------------
+# Holds the lock; argv[2] == "nodirlock": as on a filesystem without directory locks. Prints
+# "locked", then "lost: <reason>" once check_held raises.
+HOLD_AND_WATCH = (
+    "import sys, time\n"
+    "from alexnet_jax import run_lock\n"
+    "if sys.argv[2] == 'nodirlock':\n"
+    "  run_lock._lock_directory = lambda workdir, path: None\n"
+    "lock = run_lock.acquire(sys.argv[1], heartbeat_s=float(sys.argv[3]))\n"
+    "print('locked', flush=True)\n"
+    "while True:\n"
+    "  try:\n"
+    "    run_lock.check_held()\n"
+    "  except run_lock.RunLockLostError as e:\n"
+    "    print('lost:', e, flush=True); break\n"
+    "  time.sleep(0.05)\n"
+    "time.sleep(600)\n"
+)
+
+
+def _hold(tmp_path, mode="dirlock", heartbeat_s=30.0):
+  cmd, kw = _python(HOLD_AND_WATCH, tmp_path, stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen(cmd + [mode, str(heartbeat_s)], **kw)
+  assert holder.stdout.readline().strip() == "locked"
+  return holder
+
+
+def _wait_for(predicate, timeout=10.0):
+  t = time.monotonic()
+  while time.monotonic() - t < timeout:
+    if predicate():
+      return time.monotonic() - t
+    time.sleep(0.05)
+  raise AssertionError("timed out")
+
+
+def _names_pid(tmp_path, pid):
+  h = run_lock.read_holder(str(tmp_path))
+  return h is not None and h.pid == pid and not os.path.islink(tmp_path / facts.LOCK_FILE)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced", "symlink"])
+def test_a_deleted_or_replaced_run_lock_is_taken_back_and_no_second_trainer_starts(tmp_path, how):
+  """The holder keeps a lock on the directory: a second process stops although run.lock is
+  gone or another file; the holder puts its own run.lock back within a check interval
+  (CHECK_SECONDS, well within a heartbeat of 30 s), and a link's target is never written."""
+  lock_path = tmp_path / facts.LOCK_FILE
+  outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+  outside.write_text("not the run's")
+  holder = _hold(tmp_path)
+  try:
+    if how == "deleted":
+      os.remove(lock_path)
+    elif how == "replaced":
+      (tmp_path / "other").write_text("")
+      os.replace(tmp_path / "other", lock_path)
+    else:
+      os.symlink(outside, tmp_path / "link")
+      os.replace(tmp_path / "link", lock_path)
+    r = _try_from_another_process(tmp_path)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"{tmp_path} is in use by another training run" in r.stdout
+    took = _wait_for(lambda: _names_pid(tmp_path, holder.pid))
+    assert took < 3 * run_lock.CHECK_SECONDS + 2, took
+    r = _try_from_another_process(tmp_path)
+    assert r.returncode == 3 and f"process {holder.pid} on host " in r.stdout, r.stdout
+    assert outside.read_text() == "not the run's"
+  finally:
+    holder.kill()
+    holder.wait(timeout=60)
+  assert run_lock.read_holder(str(tmp_path)).pid == holder.pid
+  lock = run_lock.acquire(str(tmp_path))  # the killed holder blocks nothing
+  lock.release()
+
+
+def test_a_second_trainer_never_starts_beside_a_holder_whose_run_lock_was_deleted(tmp_path):
+  """The real command: run.lock deleted under a holder, a trainer started at once stops with
+  one FATAL line and writes nothing."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  holder = _hold(workdir)
+  try:
+    os.remove(workdir / facts.LOCK_FILE)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.main", f"--workdir={workdir}", *tiny.flags()],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    names = {p.name for p in workdir.iterdir()}
+  finally:
+    holder.kill()
+    holder.wait(timeout=60)
+  fatal = [line for line in r.stderr.splitlines() if "FATAL" in line]
+  assert r.returncode != 0 and len(fatal) == 1, r.stderr[-3000:]
+  assert fatal[0].startswith(f"FATAL: {workdir} is in use by another training run: ")
+  assert names <= {facts.LOCK_FILE}, names  # no config.json, metrics or checkpoints
+
+
+def test_without_directory_locks_the_holder_stops_writing_once_another_trainer_took_run_lock(
+    tmp_path, monkeypatch
+):
+  """Where the filesystem has no directory locks, a trainer started while run.lock was gone
+  takes a new one; the holder notices within a check interval and its writers stop
+  (check_held raises RunLockLostError before a metrics row), so one writer remains."""
+  from alexnet_jax import reporting
+
+  monkeypatch.setattr(run_lock, "_lock_directory", lambda workdir, path: None)
+  lock = run_lock.acquire(str(tmp_path), heartbeat_s=30.0)
+  writer = reporting.MetricsWriter(str(tmp_path))
+  writer.write(1, "train", {"loss": 1.0})
+  os.remove(tmp_path / facts.LOCK_FILE)
+  other = _hold(tmp_path, "nodirlock")  # took the new run.lock before the holder looked
+  try:
+    _wait_for(lambda: lock.lost is not None)
+    with pytest.raises(run_lock.RunLockLostError, match=rf"process {other.pid} on host "):
+      writer.write(2, "train", {"loss": 0.5})
+    rows = (tmp_path / facts.METRICS_FILE).read_text().splitlines()
+    assert [json.loads(x)["step"] for x in rows] == [1]
+    assert run_lock.read_holder(str(tmp_path)).pid == other.pid  # left alone
+    assert other.poll() is None
+  finally:
+    writer.close()
+    lock.release()
+    other.kill()
+    other.wait(timeout=60)
+
+
+def test_without_directory_locks_the_newcomer_stops_when_the_holder_takes_run_lock_back(
+    tmp_path, monkeypatch
+):
+  """The other order, both sides real: the holder puts its run.lock back over a newcomer's
+  file (the newcomer came in the moment before); the newcomer's check sees a file another
+  process holds and stops writing, the holder goes on."""
+  monkeypatch.setattr(run_lock, "_lock_directory", lambda workdir, path: None)
+  lock = run_lock.acquire(str(tmp_path), heartbeat_s=600.0)  # checks every 600 s: by hand here
+  os.remove(tmp_path / facts.LOCK_FILE)
+  newcomer = _hold(tmp_path, "nodirlock")
+  try:
+    lock._take_back("was deleted")  # pylint: disable=protected-access
+    line = newcomer.stdout.readline()
+    assert line.startswith(
+        f"lost: {tmp_path / facts.LOCK_FILE} was replaced by another file "
+    ), line
+    assert f"process {os.getpid()} on host " in line
+    assert run_lock.read_holder(str(tmp_path)).pid == os.getpid()
+    run_lock.check_held()  # the holder is not lost
+  finally:
+    newcomer.kill()
+    newcomer.wait(timeout=60)
+    lock.release()
+
+
+def test_a_symbolic_link_as_run_lock_is_replaced_and_its_target_left_alone(tmp_path, caplog):
+  outside = tmp_path.parent / f"{tmp_path.name}-victim.txt"
+  outside.write_text("precious\n")
+  os.symlink(outside, tmp_path / facts.LOCK_FILE)
+  lock = run_lock.acquire(str(tmp_path))
+  try:
+    assert outside.read_text() == "precious\n"
+    assert not os.path.islink(tmp_path / facts.LOCK_FILE)
+    assert run_lock.read_holder(str(tmp_path)).pid == os.getpid()
+    assert "was a symbolic link" in caplog.text
+  finally:
+    lock.release()
+  assert outside.read_text() == "precious\n"
+
+
+def test_a_fifo_or_directory_as_run_lock_is_refused_with_one_line(tmp_path):
+  os.mkfifo(tmp_path / facts.LOCK_FILE)
+  with pytest.raises(run_lock.RunLockedError) as e:
+    run_lock.acquire(str(tmp_path))
+  assert str(e.value).startswith(f"{tmp_path / facts.LOCK_FILE} is a FIFO (named pipe), not a")
+  assert "remove it and rerun" in str(e.value) and "\n" not in str(e.value)
+  assert run_lock.read_holder(str(tmp_path)) is None  # a reader never blocks on it either
+  os.remove(tmp_path / facts.LOCK_FILE)
+  os.mkdir(tmp_path / facts.LOCK_FILE)
+  with pytest.raises(run_lock.RunLockedError, match=r"is a directory, not a regular file"):
+    run_lock.acquire(str(tmp_path))

@@ -19,14 +19,21 @@ below; each also accepts config.dataset itself and then opens it.
 from alexnet_jax.data.dataset import dataset_info, open_dataset
 from alexnet_jax.data.preprocess import (
     IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
     PIL_FORMATS,
     RESIZE_RULES,
+    ImageTooLargeError,
     apply_orientation,
+    check_pixels,
     decode_image,
     exif_orientation,
+    image_pixels,
+    max_image_bytes,
     pil_load,
+    pil_open,
     preprocess_encoded,
     resize_and_center_crop,
+    too_many_pixels,
 )
 from alexnet_jax.data.settings import DatasetError, DatasetNotFoundError, Settings
 from alexnet_jax.data.shards import PreparedDataError
@@ -36,6 +43,13 @@ from alexnet_jax.data.streams import eval_iterator, split_iterator, split_size, 
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "ImageTooLargeError",
+    "check_pixels",
+    "image_pixels",
+    "max_image_bytes",
+    "pil_open",
+    "too_many_pixels",
     "PIL_FORMATS",
     "RESIZE_RULES",
     "DatasetError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import zlib
 
 from absl import logging
@@ -30,15 +31,25 @@ def list_classes(root: str) -> list:
 
 
 def _list_files(class_dir: str) -> tuple[list, list]:
-  """(image files, other files) under class_dir, sorted; hidden ones skipped."""
+  """(image files, other files) under class_dir, sorted; hidden ones skipped. Only regular
+  files (a symbolic link to one counts) are images: a FIFO, device or socket with an image's
+  name is an other file, never opened (a FIFO would block the reader)."""
   images, other = [], []
   for dirpath, dirnames, filenames in os.walk(class_dir):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     for f in sorted(filenames):
       if not f.startswith("."):
-        is_image = os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        (images if is_image else other).append(os.path.join(dirpath, f))
+        path = os.path.join(dirpath, f)
+        is_image = os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and _is_file(path)
+        (images if is_image else other).append(path)
   return images, other
+
+
+def _is_file(path: str) -> bool:
+  try:
+    return stat.S_ISREG(os.stat(path).st_mode)
+  except OSError:  # a dangling link: not an image to read
+    return False
 
 
 def folder_root(name: str) -> str:
@@ -106,7 +117,8 @@ def open_source(settings: Settings) -> sources.Source:
     )
   if ignored:
     logging.warning(
-        "ignoring %d file(s) that are not images (by extension) under %s: %s%s",
+        "ignoring %d file(s) that are not images (by extension, or not regular files: "
+        "FIFOs, devices, sockets) under %s: %s%s",
         len(ignored),
         root,
         ", ".join(os.path.relpath(f, root) for f in ignored[:5]),

@@ -9,6 +9,14 @@ split 1 is used: train = trn1 (40 per class), eval = val1 (20), test = tst1 (20;
 `python -m alexnet_jax.evaluate --split=test`). Without it, a fixed seeded 80/20 split of each
 class: 64 train, 16 eval, no test split.
 
+A hostile or damaged archive is refused with one line (DatasetError) before it costs memory
+or disk: every member's size is checked from its header before its data are read or skipped
+(MAX_MEMBER_BYTES each, MAX_ARCHIVE_BYTES in all, MAX_MEMBERS of them), and no single read
+of the decompressed stream (a tar header's long name or pax data included) exceeds
+MAX_MEMBER_BYTES. Members are written under names of our own; links and other entries are
+ignored. datasplits.mat is read only if small (MAX_SPLITS_BYTES) and its three variables'
+shapes, read from their headers, are Oxford-17's.
+
 The archive is extracted once, into a directory keyed by the archive's path, size and
 modification time (beside it, else in the user's cache), and read from there: TF reads files
 in parallel, while a member of a .tgz can only be reached by decompressing the stream up to it
@@ -17,20 +25,27 @@ in parallel, while a member of a .tgz can only be reached by decompressing the s
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
 import hashlib
+import io
+import lzma
 import os
 import posixpath
 import re
 import shutil
+import struct
 import tarfile
 import tempfile
 import time
+import zlib
 
 import numpy as np
 from absl import logging
 from scipy import io as scipy_io
 
+from alexnet_jax import files
 from alexnet_jax.data import sources
 from alexnet_jax.data.settings import (
     DatasetError,
@@ -70,6 +85,12 @@ FALLBACK_SEED = 0  # the seeded 80/20 split without datasplits.mat: fixed, never
 FALLBACK_TRAIN = 64  # of each class's 80
 _IMAGE_RE = re.compile(r"image_(\d{4})\.jpg")
 _CACHE_DIR = ".alexnet_jax_oxford17"
+# The published archive holds 1,361 files (1,360 JPEGs of 5 to 250 KB, files.txt): 60 MB.
+# Far more than any of it, and refused before a byte of it is read:
+MAX_MEMBER_BYTES = 32 << 20  # one member (an image, files.txt, a header's long name)
+MAX_ARCHIVE_BYTES = 1 << 30  # every member's bytes together, the ones not extracted too
+MAX_MEMBERS = 20_000
+MAX_SPLITS_BYTES = 16 << 20  # datasplits.mat: 15 KB
 _STALE_S = 3600  # an extraction takes seconds: an older temporary one was killed
 
 
@@ -159,8 +180,8 @@ def split_kind(lay: Layout) -> str:
 
 
 def _file_digest(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha1(f.read()).hexdigest()[:16]
+  data = files.read_bytes(path, SPLITS_FILE, MAX_SPLITS_BYTES, DatasetError)
+  return hashlib.sha1(data).hexdigest()[:16]
 
 
 def split_identity(lay: Layout) -> str:
@@ -187,22 +208,39 @@ def signature(lay: Layout) -> str:
 
 def read_splits(path: str) -> tuple:
   """(trn1, val1, tst1) of datasplits.mat: sorted 1-based image indices."""
+  names = ("trn1", "val1", "tst1")
+  data = files.read_bytes(path, SPLITS_FILE, MAX_SPLITS_BYTES, DatasetError)
   try:
-    mat = scipy_io.loadmat(path)
+    # The shapes from the variables' headers first: nothing is allocated for a variable
+    # that claims more than Oxford-17's images.
+    shapes = _mat_shapes(data)
+    for var in names:
+      if var in shapes and int(np.prod(shapes[var], dtype=object)) > NUM_IMAGES:
+        raise DatasetError(
+            f"{path}: {var} has shape {shapes[var]}, more than Oxford-17's {NUM_IMAGES} "
+            f"images; download {SPLITS_FILE} again from {URL}."
+        )
+    mat = scipy_io.loadmat(io.BytesIO(data), variable_names=[n for n in names if n in shapes])
+  except DatasetError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise DatasetError(
-        f"{path} cannot be read as a MATLAB file ({type(e).__name__}: {e}): download "
-        f"{SPLITS_FILE} again from {URL}, or remove it to use a seeded 80/20 split."
+        f"{path} cannot be read as a MATLAB file ({type(e).__name__}: "
+        f"{files.printable(str(e))[:200]}): download {SPLITS_FILE} again from {URL}, or remove "
+        "it to use a seeded 80/20 split."
     ) from None
   parts = []
-  for var in ("trn1", "val1", "tst1"):
+  for var in names:
     if var not in mat:
-      has = ", ".join(sorted(k for k in mat if not k.startswith("__"))) or "none"
+      has = ", ".join(sorted(files.printable(k) for k in shapes)) or "none"
       raise DatasetError(
           f"{path} has no variable {var!r} (its variables: {has}): it is not Oxford-17's "
           f"{SPLITS_FILE}; download it again from {URL}."
       )
-    a = np.asarray(mat[var], np.float64).ravel()
+    try:
+      a = np.asarray(mat[var], np.float64).ravel()
+    except (TypeError, ValueError):
+      a = np.zeros([0])
     if not len(a) or np.any(a != np.round(a)) or a.min() < 1 or a.max() > NUM_IMAGES:
       raise DatasetError(
           f"{path}: {var} must hold image indices 1..{NUM_IMAGES}; download {SPLITS_FILE} "
@@ -216,6 +254,40 @@ def read_splits(path: str) -> tuple:
         f"from {URL}."
     )
   return tuple(parts)
+
+
+def _mat_shapes(data: bytes) -> dict:
+  """{name: shape} of a MATLAB 5 file's variables, from their headers alone (a compressed
+  variable: its first kilobytes inflated): what loading one would allocate is known before."""
+  if len(data) < 128 or data[126:128] not in (b"IM", b"MI"):
+    raise ValueError("not a MATLAB 5 file")
+  end = "<" if data[126:128] == b"IM" else ">"
+  shapes, pos = {}, 128
+  while pos + 8 <= len(data):
+    kind, size = struct.unpack(end + "II", data[pos : pos + 8])
+    body = data[pos + 8 : pos + 8 + size]
+    pos += 8 + size + (-size % 8 if kind != 15 else 0)
+    if kind == 15:  # miCOMPRESSED: a zlib stream of one element
+      body = zlib.decompressobj().decompress(body, 1 << 16)
+      if len(body) < 8:
+        continue
+      kind, _ = struct.unpack(end + "II", body[:8])
+      body = body[8:]
+    if kind != 14 or len(body) < 16:  # not an miMATRIX
+      continue
+    sub = 16  # after the array flags
+    dims_kind, dims_size = struct.unpack(end + "II", body[sub : sub + 8])
+    dims = struct.unpack(end + "%di" % (dims_size // 4), body[sub + 8 : sub + 8 + dims_size])
+    sub += 8 + dims_size + (-dims_size % 8)
+    tag = struct.unpack(end + "I", body[sub : sub + 4])[0]
+    if tag >> 16:  # the small element format: size in the upper half, data in 4 bytes
+      name = body[sub + 4 : sub + 4 + (tag >> 16)]
+    else:
+      size = struct.unpack(end + "I", body[sub + 4 : sub + 8])[0]
+      name = body[sub + 8 : sub + 8 + size]
+    if dims_kind == 5:  # miINT32
+      shapes[name.decode("latin-1")] = tuple(dims)
+  return shapes
 
 
 def seeded_split() -> tuple:
@@ -263,18 +335,17 @@ def extracted(archive: str) -> str:
     os.makedirs(os.path.join(tmp, "jpg"))
     found = set()
     try:
-      with tarfile.open(archive, "r:*") as tar:
-        for member in tar:  # one pass over the stream
-          base = posixpath.basename(member.name)
-          # Written under names of our own: nothing in the archive chooses a path.
-          if member.isfile() and (_IMAGE_RE.fullmatch(base) or base == "files.txt"):
-            with tar.extractfile(member) as src, open(os.path.join(tmp, "jpg", base), "wb") as dst:
-              shutil.copyfileobj(src, dst)
-            found.add(base)
-    except (tarfile.TarError, EOFError, OSError) as e:
+      with files.open_regular(archive, "Oxford-17 archive", error=DatasetError) as raw:
+        stream = _Bounded(_decompressed(raw), archive)
+        with tarfile.open(fileobj=stream, mode="r:") as tar:
+          _extract_members(tar, archive, os.path.join(tmp, "jpg"), found)
+    except DatasetError:
+      raise
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as e:
       raise DatasetError(
-          f"{archive} cannot be extracted into {parent} ({type(e).__name__}: {e}); if the "
-          f"archive is damaged, download {ARCHIVE} again from {URL}."
+          f"{archive} cannot be extracted into {parent} ({type(e).__name__}: "
+          f"{files.printable(str(e))[:200]}); if the archive is damaged, download {ARCHIVE} "
+          f"again from {URL}."
       ) from None
     _check_all_present(archive, found, f"download {ARCHIVE} again from {URL}.")
     os.chmod(tmp, 0o755)  # mkdtemp's is 0o700: others sharing the data read it too
@@ -287,6 +358,98 @@ def extracted(archive: str) -> str:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
   return os.path.join(final, "jpg")
+
+
+def _decompressed(raw):
+  """The tar stream of a .tgz, .tar.bz2, .tar.xz or plain .tar file object."""
+  head = raw.read(6)
+  raw.seek(0)
+  if head[:2] == b"\x1f\x8b":
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+  if head[:3] == b"BZh":
+    return bz2.BZ2File(raw, "rb")
+  if head == b"\xfd7zXZ\x00":
+    return lzma.LZMAFile(raw, "rb")
+  return raw
+
+
+class _Bounded(io.RawIOBase):
+  """The decompressed stream, refusing any read (or skip) past MAX_ARCHIVE_BYTES and any
+  single read larger than MAX_MEMBER_BYTES (tarfile reads a GNU long name or pax header
+  whole, at the size its header claims)."""
+
+  def __init__(self, stream, archive: str):
+    super().__init__()
+    self._stream, self._archive, self._pos = stream, archive, 0
+
+  def _refuse(self, what: str):
+    return DatasetError(
+        f"{self._archive} {what}: not Oxford-17's {ARCHIVE} (refused before reading it); "
+        f"download it again from {URL}."
+    )
+
+  def readable(self):
+    return True
+
+  def seekable(self):
+    return True
+
+  def tell(self):
+    return self._pos
+
+  def read(self, size=-1):
+    if size is None or size < 0 or size > MAX_MEMBER_BYTES:
+      raise self._refuse(f"asks for a read of {size:,} bytes at once")
+    if self._pos + size > MAX_ARCHIVE_BYTES + tarfile.RECORDSIZE:
+      raise self._refuse(f"holds more than {MAX_ARCHIVE_BYTES:,} bytes")
+    data = self._stream.read(size)
+    self._pos += len(data)
+    return data
+
+  def readinto(self, b):
+    data = self.read(len(b))
+    b[: len(data)] = data
+    return len(data)
+
+  def seek(self, offset, whence=io.SEEK_SET):
+    target = {io.SEEK_SET: offset, io.SEEK_CUR: self._pos + offset}.get(whence)
+    if target is None:
+      raise OSError("only forward seeks in an archive stream")
+    if target > MAX_ARCHIVE_BYTES + tarfile.RECORDSIZE:
+      raise self._refuse(f"holds more than {MAX_ARCHIVE_BYTES:,} bytes")
+    self._pos = self._stream.seek(target)
+    return self._pos
+
+
+def _extract_members(tar, archive: str, dest: str, found: set) -> None:
+  """One pass over the stream: each member's size checked from its header before its data
+  are read or skipped; the images and files.txt written under names of our own (nothing in
+  the archive chooses a path)."""
+  total = 0
+  for n, member in enumerate(tar):
+    if n >= MAX_MEMBERS:
+      raise DatasetError(
+          f"{archive} holds more than {MAX_MEMBERS:,} entries: not Oxford-17's {ARCHIVE}; "
+          f"download it again from {URL}."
+      )
+    total += max(member.size, 0)
+    if member.size > MAX_MEMBER_BYTES or total > MAX_ARCHIVE_BYTES:
+      what = (
+          f"a member of {member.size:,} bytes ({files.printable(member.name)[:100]})"
+          if member.size > MAX_MEMBER_BYTES
+          else f"more than {MAX_ARCHIVE_BYTES:,} bytes in all"
+      )
+      raise DatasetError(
+          f"{archive} holds {what}, more than Oxford-17's {ARCHIVE} can (at most "
+          f"{MAX_MEMBER_BYTES:,} a member, {MAX_ARCHIVE_BYTES:,} in all): refused before "
+          f"reading it; download {ARCHIVE} again from {URL}."
+      )
+    tar.members = []  # tarfile keeps every header it has read: none is needed again
+    base = posixpath.basename(member.name)
+    if member.isfile() and (_IMAGE_RE.fullmatch(base) or base == "files.txt"):
+      with tar.extractfile(member) as src, open(os.path.join(dest, base), "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 16)
+      found.add(base)
 
 
 # ---- the source -----------------------------------------------------------------------------
@@ -360,7 +523,11 @@ def open_source(settings: Settings) -> sources.Source:
   digest = hashlib.sha1(signature(lay).encode())
   if lay.images:  # the files themselves (the archive's identity is in its signature)
     for i in range(1, NUM_IMAGES + 1):
-      st = os.stat(os.path.join(images, image_name(i)))
+      st = files.check_regular(  # a FIFO in its place would block the reader
+          os.path.join(images, image_name(i)),
+          error=DatasetError,
+          fix=f"put Oxford-17's image there, or point oxford17: at {ARCHIVE}",
+      )
       digest.update(f"{i}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
   suffix = "_exif" if exif else ""
   return sources.Source(

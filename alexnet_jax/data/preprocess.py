@@ -23,22 +23,181 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".
 PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
 
+# The most pixels an image may have to be decoded: PIL's decompression-bomb limit
+# (PIL.Image.MAX_IMAGE_PIXELS, 89,478,485: 0.25 GB as RGB bytes, 1 GB as the float32 the
+# resize computes on). Read from the image's header before anything is decoded; a GIF counts
+# every frame (TF decodes them all). Larger images are not decoded: a training set skips them
+# with the undecodable files, predict names them. dataset.max_image_pixels raises it for a
+# dataset, predict's --max_image_pixels for its images.
+MAX_IMAGE_PIXELS = 89_478_485
+# An encoded image holds at most 4 bytes a pixel (uncompressed RGBA), plus its metadata:
+# files larger than that for the limit are refused before they are read (predict).
+MAX_METADATA_BYTES = 16 << 20
+
+
+class ImageTooLargeError(ValueError):
+  """An image whose header declares more pixels than the limit; the message says how many."""
+
+
+def max_image_bytes(max_pixels: int = MAX_IMAGE_PIXELS) -> int:
+  """The largest encoded image file read for `max_pixels`."""
+  return 4 * int(max_pixels) + MAX_METADATA_BYTES
+
+
+def image_pixels(data: bytes) -> int:
+  """The pixels decoding `data` allocates, from its header alone: width x height (a GIF: of
+  every frame); 0 when it is not a JPEG, PNG, GIF, BMP or WebP header (or too short to say),
+  for other decoders to check (pil_load)."""
+  data = bytes(data)
+  if data[:3] == b"\xff\xd8\xff":
+    return _jpeg_pixels(data)
+  if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+    return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+  if data[:6] in (b"GIF87a", b"GIF89a"):
+    return _gif_pixels(data)
+  if data[:2] == b"BM" and len(data) >= 26:
+    if int.from_bytes(data[14:18], "little") == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+      return int.from_bytes(data[18:20], "little") * int.from_bytes(data[20:22], "little")
+    w = int.from_bytes(data[18:22], "little", signed=True)
+    h = int.from_bytes(data[22:26], "little", signed=True)  # negative: stored top-down
+    return abs(w) * abs(h)
+  if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+    return _webp_pixels(data)
+  return 0
+
+
+def _jpeg_pixels(data: bytes) -> int:
+  """Width x height of a JPEG's first frame header (SOF0..SOF15 but DHT, JPG, DAC)."""
+  pos = 2
+  while pos + 4 <= len(data):
+    if data[pos] != 0xFF:
+      return 0
+    marker = data[pos + 1]
+    if marker == 0xFF:  # fill byte
+      pos += 1
+      continue
+    if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+      pos += 2
+      continue
+    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+      if pos + 9 > len(data):
+        return 0
+      return int.from_bytes(data[pos + 5 : pos + 7], "big") * int.from_bytes(
+          data[pos + 7 : pos + 9], "big"
+      )
+    if marker == 0xDA or length < 2:  # scan data before any frame header: not a JPEG
+      return 0
+    pos += 2 + length
+  return 0
+
+
+def _gif_pixels(data: bytes) -> int:
+  """The canvas (or a larger frame) times every frame of a GIF, walking its blocks."""
+  if len(data) < 13:
+    return 0
+  canvas = int.from_bytes(data[6:8], "little") * int.from_bytes(data[8:10], "little")
+  pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+  total, frames = 0, 0
+  while pos < len(data):
+    block = data[pos]
+    if block == 0x3B:  # trailer
+      break
+    if block == 0x21:  # extension: label, then sub-blocks
+      pos = _skip_sub_blocks(data, pos + 2)
+    elif block == 0x2C:  # image descriptor
+      if pos + 10 > len(data):
+        break
+      w = int.from_bytes(data[pos + 5 : pos + 7], "little")
+      h = int.from_bytes(data[pos + 7 : pos + 9], "little")
+      flags = data[pos + 9]
+      pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+      pos = _skip_sub_blocks(data, pos + 1)  # after the LZW minimum code size
+      total += max(canvas, w * h)
+      frames += 1
+    else:
+      break
+  return total if frames else canvas
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+  while pos < len(data) and data[pos]:
+    pos += data[pos] + 1
+  return pos + 1
+
+
+def _webp_pixels(data: bytes) -> int:
+  chunk = data[12:16]
+  if chunk == b"VP8X":  # extended: the canvas
+    w = int.from_bytes(data[24:27], "little") + 1
+    h = int.from_bytes(data[27:30], "little") + 1
+    return w * h
+  if chunk == b"VP8L":  # lossless: 14-bit width - 1 and height - 1 after a signature byte
+    bits = int.from_bytes(data[21:25], "little")
+    return ((bits & 0x3FFF) + 1) * (((bits >> 14) & 0x3FFF) + 1)
+  if chunk == b"VP8 ":  # lossy: 14-bit width and height after the start code
+    w = int.from_bytes(data[26:28], "little") & 0x3FFF
+    h = int.from_bytes(data[28:30], "little") & 0x3FFF
+    return w * h
+  return 0
+
+
+def too_many_pixels(pixels: int, limit: int) -> str:
+  """What is wrong with an image above the limit, and what to do."""
+  return (
+      f"its header declares {pixels:,} pixels, more than the {limit:,} decoded at most (PIL's "
+      "decompression-bomb limit), so it is not decoded; if it is a real photo, raise the "
+      "limit (predict's --max_image_pixels, config dataset.max_image_pixels)"
+  )
+
+
+def check_pixels(pixels: int, max_pixels: int | None, name: str) -> None:
+  """ImageTooLargeError, one line naming the image, when `pixels` exceeds the limit."""
+  limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+  if pixels > limit:
+    e = ImageTooLargeError(f"{name}: {too_many_pixels(pixels, limit)}")
+    e.pixels, e.limit = pixels, limit
+    raise e
+
+
 # ----------------------------------------------------------------------------------------------
 # Preprocessing ops (each works eagerly and inside tf.data; tests check both).
 
 
-def decode_image(data: tf.Tensor) -> tf.Tensor:
+def _header_pixels(data: tf.Tensor) -> tf.Tensor:
+  """image_pixels inside the graph: TF's own JPEG header parser, Python for the others."""
+
+  def py_pixels(d):
+    return np.int64(image_pixels(d.numpy()))
+
+  return tf.cond(
+      tf.io.is_jpeg(data),
+      lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)),
+      lambda: tf.reshape(tf.py_function(py_pixels, [data], tf.int64), []),
+  )
+
+
+def decode_image(data: tf.Tensor, max_pixels: int | None = None) -> tf.Tensor:
   """Encoded image bytes (JPEG, PNG, GIF, BMP, WebP) -> uint8 [H, W, 3] RGB.
 
   Grayscale, palette, RGBA (alpha dropped) and CMYK JPEGs all come out as RGB. JPEGs use the
   accurate integer IDCT, as PIL/libjpeg do by default (TF's default is the fast, less exact one).
+  An image whose header declares more than `max_pixels` (default MAX_IMAGE_PIXELS) is not
+  decoded: InvalidArgumentError (inside tf.data, an image that fails).
   """
+  limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
   data = tf.convert_to_tensor(data, tf.string)
-  image = tf.cond(
-      tf.io.is_jpeg(data),
-      lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-      lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+  check = tf.debugging.assert_less_equal(
+      _header_pixels(data),
+      tf.constant(limit, tf.int64),
+      message=f"the image declares more than {limit} pixels (max_image_pixels): not decoded",
   )
+  with tf.control_dependencies([check]):
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
   image.set_shape([None, None, 3])
   return image
 
@@ -102,19 +261,38 @@ def resize_and_center_crop(
   return out
 
 
-def preprocess_encoded(data: tf.Tensor, size: int = IMAGE_SIZE, rule: str = "round") -> tf.Tensor:
+def preprocess_encoded(
+    data: tf.Tensor, size: int = IMAGE_SIZE, rule: str = "round", max_pixels: int | None = None
+) -> tf.Tensor:
   """Encoded bytes -> uint8 [size, size, 3] (decode, shorter side to size, center crop)."""
-  return resize_and_center_crop(decode_image(data), size, rule)
+  return resize_and_center_crop(decode_image(data, max_pixels), size, rule)
 
 
-def pil_load(path) -> np.ndarray:
+def pil_open(source, name: str, max_pixels: int | None = None):
+  """PIL's image of a path or file object (PIL_FORMATS only), its size checked against the
+  limit (check_pixels) before any pixel is decoded; PIL reads one frame."""
+  try:
+    im = Image.open(source, formats=PIL_FORMATS)
+  except Image.DecompressionBombError as e:  # PIL's own check, at twice its limit
+    error = ImageTooLargeError(f"{name}: {e}")
+    error.pixels, error.limit = 0, MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    raise error from None
+  try:
+    check_pixels(im.size[0] * im.size[1], max_pixels, name)
+  except BaseException:
+    im.close()
+    raise
+  return im
+
+
+def pil_load(path, max_pixels: int | None = None) -> np.ndarray:
   """Fallback for formats TF cannot decode (TIFF, ...); used only for files the stats pass
-  flagged, and only for PIL_FORMATS."""
+  flagged, and only for PIL_FORMATS and images within the pixel limit."""
   if isinstance(path, tf.Tensor):
     path = path.numpy()
   if isinstance(path, bytes):
     path = os.fsdecode(path)
-  with Image.open(path, formats=PIL_FORMATS) as im:
+  with pil_open(path, path, max_pixels) as im:
     return np.asarray(im.convert("RGB"), np.uint8)
 
 

@@ -48,6 +48,9 @@ def open_raw(settings: Settings) -> sources.Source:
     raise DatasetError(str(e)) from None
   if resize != "round":  # other pixels, other statistics
     src.stats_path = src.stats_path[: -len(".npz")] + f"_{resize}.npz"
+  for split in (src.train, src.eval, src.test):  # the limit its decoding checks
+    if split is not None:
+      split.max_pixels = int(settings.max_image_pixels)
   return src
 
 

@@ -33,12 +33,18 @@ class Settings:
   exif_transpose: bool
   resize: str
   prepared: str
+  # The most pixels an image may declare to be decoded (preprocess.MAX_IMAGE_PIXELS, PIL's
+  # bomb limit); larger ones are skipped as undecodable. A default: configs written before
+  # the key read the same.
+  max_image_pixels: int = 89_478_485
 
   @classmethod
   def of(cls, dataset_config) -> Settings:
     if isinstance(dataset_config, Settings):
       return dataset_config
     keys = [f.name for f in dataclasses.fields(cls)]
+    optional = [f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
+    keys = [k for k in keys if k not in optional or k in dataset_config]
     missing = [k for k in keys if k not in dataset_config]
     if missing:
       raise DatasetError(

@@ -30,7 +30,7 @@ from alexnet_jax import disk_space
 from alexnet_jax.data import registry, sources
 from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import stats as stats_lib
-from alexnet_jax.data.preprocess import resize_and_center_crop
+from alexnet_jax.data.preprocess import MAX_IMAGE_PIXELS, resize_and_center_crop
 from alexnet_jax.data.settings import DatasetError, Settings
 from alexnet_jax.facts import IMAGE_SIZE
 from alexnet_jax.files import write_atomically
@@ -81,6 +81,13 @@ def make_plan(src: sources.Source, settings: Settings, fmt: str, quality: int, p
       "image_size": IMAGE_SIZE,
       "resize": settings.resize,
       "exif_transpose": bool(settings.exif_transpose),
+      # Only when not PIL's default: the images it left out (a plan made before the key reads
+      # the same).
+      **(
+          {"max_image_pixels": int(settings.max_image_pixels)}
+          if settings.max_image_pixels != MAX_IMAGE_PIXELS
+          else {}
+      ),
       "format": fmt,
       "jpeg_quality": int(quality) if fmt == "jpeg" else None,
       "images_per_shard": int(per_shard),

@@ -24,7 +24,9 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax import files
 from alexnet_jax.data import registry
+from alexnet_jax.data.preprocess import MAX_IMAGE_PIXELS
 from alexnet_jax.data.settings import (
     DatasetError,
     Settings,
@@ -79,8 +81,15 @@ def shard_stem(split: str, index: int, count: int) -> str:
 def read_plan(root: str) -> dict:
   path = os.path.join(root, PLAN_FILE)
   try:
-    with open(path) as f:
-      plan = json.load(f)
+    plan = files.read_json(
+        path,
+        dict,
+        what="plan of prepared data",
+        fix="run alexnet_jax.prepare again.",
+        error=PreparedDataError,
+    )
+  except PreparedDataError:
+    raise
   except FileNotFoundError:
     raise PreparedDataError(
         f"no prepared data at {root} (no {PLAN_FILE}): write them with\n"
@@ -354,6 +363,11 @@ def open_prepared(root: str, settings: Settings, identity: tuple) -> Source:
     mismatches.append(f"image size {plan['image_size']}, this code trains on {IMAGE_SIZE}")
   if plan["resize"] != settings.resize:
     mismatches.append(f"dataset.resize {plan['resize']!r}, the config says {settings.resize!r}")
+  limit = plan.get("max_image_pixels", MAX_IMAGE_PIXELS)
+  if limit != settings.max_image_pixels:
+    mismatches.append(
+        f"dataset.max_image_pixels {limit}, the config says {settings.max_image_pixels}"
+    )
   if plan["exif_transpose"] != bool(settings.exif_transpose):
     mismatches.append(
         f"dataset.exif_transpose {plan['exif_transpose']}, the config says "

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax.data.preprocess import (
+    MAX_IMAGE_PIXELS,
     apply_orientation,
     decode_image,
     exif_orientation,
@@ -42,6 +43,7 @@ class RandomAccessSplit:
     self.names = names
     self.num_examples = len(self.labels)
     self.resize = resize  # dataset.resize
+    self.max_pixels = MAX_IMAGE_PIXELS  # dataset.max_image_pixels (decoded splits)
 
   def all_keys(self) -> np.ndarray:
     return np.arange(self.num_examples, dtype=np.int64)
@@ -68,8 +70,17 @@ class RandomAccessSplit:
 class FileSplit(RandomAccessSplit):
   """Image files on disk (folder:); decoded by TF, or by PIL for keys flagged by the stats pass."""
 
-  def __init__(self, paths: list, labels: np.ndarray, root: str, resize: str, exif: bool):
+  def __init__(
+      self,
+      paths: list,
+      labels: np.ndarray,
+      root: str,
+      resize: str,
+      exif: bool,
+      max_pixels: int = MAX_IMAGE_PIXELS,
+  ):
     super().__init__(labels, [os.path.relpath(p, root) for p in paths], resize)
+    self.max_pixels = int(max_pixels)
     self.paths = np.asarray(paths, dtype=object)
     # Bytes of the file system's encoding (os.fsencode): non-ASCII names included.
     self._path_bytes = np.asarray([os.fsencode(p) for p in paths], dtype=object)
@@ -80,11 +91,11 @@ class FileSplit(RandomAccessSplit):
     path = tf.gather(tf.constant(self._path_bytes, tf.string), key)
 
     def with_pil():
-      image = tf.py_function(pil_load, [path], tf.uint8)
+      image = tf.py_function(lambda p: pil_load(p, self.max_pixels), [path], tf.uint8)
       image.set_shape([None, None, 3])
       return image
 
-    with_tf = lambda: decode_image(tf.io.read_file(path))  # noqa: E731
+    with_tf = lambda: decode_image(tf.io.read_file(path), self.max_pixels)  # noqa: E731
     if len(pil_keys):  # formats only PIL reads (TIFF, ...), found by the statistics pass
       image = tf.cond(tf.reduce_any(tf.equal(tf.constant(pil_keys), key)), with_pil, with_tf)
     else:
@@ -98,7 +109,7 @@ class FileSplit(RandomAccessSplit):
 
   def python_fallback(self, key):
     try:
-      image = pil_load(self.paths[int(key)])
+      image = pil_load(self.paths[int(key)], self.max_pixels)
     except Exception:  # pylint: disable=broad-except
       return None
     if self.orientations is not None and image.size:

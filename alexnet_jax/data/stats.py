@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from alexnet_jax.data.dataset import open_dataset
-from alexnet_jax.data.preprocess import resize_and_center_crop
+from alexnet_jax.data.preprocess import MAX_IMAGE_PIXELS, resize_and_center_crop
 from alexnet_jax.data.settings import (
     DatasetError,
     Settings,
@@ -201,6 +201,9 @@ def _stats_locations(src: Source, max_images) -> list:
 def _load_or_compute(src: Source, max_images) -> dict:
   locations = _stats_locations(src, max_images)
   meta = f"v{STATS_VERSION}:{src.name}:{src.fingerprint}:{max_images}"
+  limit = getattr(src.train, "max_pixels", MAX_IMAGE_PIXELS)
+  if limit != MAX_IMAGE_PIXELS:  # other images skipped, other statistics
+    meta += f":max_image_pixels={limit}"
   key = _stats_key()
   for path in locations:
     if not os.path.exists(path):
@@ -278,7 +281,8 @@ def dataset_stats(dataset) -> DatasetStats:
   s = source_stats(src, src.settings)
   if len(s["bad_files"]):
     logging.warning(
-        "%d training files cannot be decoded and are skipped: %s",
+        "%d training files cannot be decoded (damaged, not images, or declaring more than "
+        "dataset.max_image_pixels) and are skipped: %s",
         len(s["bad_files"]),
         ", ".join(map(str, s["bad_files"])),
     )

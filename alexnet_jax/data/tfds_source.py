@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from alexnet_jax.data import sources
-from alexnet_jax.data.preprocess import preprocess_encoded
+from alexnet_jax.data.preprocess import MAX_IMAGE_PIXELS, preprocess_encoded
 from alexnet_jax.data.settings import (
     DatasetError,
     DatasetNotFoundError,
@@ -30,8 +30,17 @@ class TfdsSplit:
 
   random_access = False
 
-  def __init__(self, builder, split: str, image_key: str, label_key: str, resize: str):
+  def __init__(
+      self,
+      builder,
+      split: str,
+      image_key: str,
+      label_key: str,
+      resize: str,
+      max_pixels: int = MAX_IMAGE_PIXELS,
+  ):
     self.resize = resize  # dataset.resize
+    self.max_pixels = int(max_pixels)  # dataset.max_image_pixels
     self.builder = builder
     self.split = split
     self.image_key = image_key
@@ -108,7 +117,9 @@ class TfdsSplit:
         serialized, decoders={self.image_key: _skip_decoding()}
     )
     out = {
-        "image": preprocess_encoded(ex[self.image_key], rule=self.resize),
+        "image": preprocess_encoded(
+            ex[self.image_key], rule=self.resize, max_pixels=self.max_pixels
+        ),
         "label": tf.cast(ex[self.label_key], tf.int32),
     }
     if with_name:

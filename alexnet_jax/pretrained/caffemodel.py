@@ -26,6 +26,16 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 V1_LAYER_TYPES = {4: "Convolution", 14: "InnerProduct", 15: "LRN", 17: "Pooling", 18: "ReLU"}
 
 
+# Bounds of a plausible Caffe net (bvlc_alexnet: 25 layers, 16 blobs, 4-D shapes), checked as
+# the bytes are walked: a hostile file fails with CaffeFormatError, one line, before its
+# lengths and dimensions cost memory. Every length is checked against the bytes left in its
+# message; a blob's dimensions against Caffe's own limits and the values it holds.
+MAX_LAYERS = 10_000
+MAX_BLOBS = 100_000
+MAX_AXES = 32  # caffe::kMaxBlobAxes
+MAX_DIM = 2**31 - 1  # Caffe counts a blob's elements in an int
+
+
 class CaffeFormatError(ValueError):
   """The bytes are not the Caffe message they should be (truncated, or another format)."""
 
@@ -52,11 +62,12 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
       raise CaffeFormatError("varint longer than 10 bytes")
 
 
-def fields(buf) -> list[tuple[int, int, object]]:
-  """(field number, wire type, value) of one message: an int for varints, a memoryview of
-  the payload for length-delimited and fixed-size fields."""
+def iter_fields(buf):
+  """(field number, wire type, value) of one message, one at a time: an int for varints, a
+  memoryview of the payload (never a copy) for length-delimited and fixed-size fields. A
+  length that runs past the end of the message is an error before anything is read."""
   buf = memoryview(buf)
-  out, pos, n = [], 0, len(buf)
+  pos, n = 0, len(buf)
   while pos < n:
     key, pos = _varint(buf, pos)
     number, wire = key >> 3, key & 7
@@ -64,81 +75,128 @@ def fields(buf) -> list[tuple[int, int, object]]:
       raise CaffeFormatError(f"field number 0 at byte {pos}")
     if wire == _VARINT:
       value, pos = _varint(buf, pos)
-    elif wire in (_I64, _I32):
-      size = 8 if wire == _I64 else 4
-      value, pos = buf[pos : pos + size], pos + size
-    elif wire == _LEN:
-      size, pos = _varint(buf, pos)
+    elif wire in (_I64, _I32, _LEN):
+      if wire == _LEN:
+        size, pos = _varint(buf, pos)
+      else:
+        size = 8 if wire == _I64 else 4
+      if size > n - pos:
+        raise CaffeFormatError(
+            f"truncated: field {number} claims {size:,} bytes, {n - pos:,} are left in its "
+            "message"
+        )
       value, pos = buf[pos : pos + size], pos + size
     else:
       raise CaffeFormatError(f"unsupported wire type {wire} (field {number}) at byte {pos}")
-    if pos > n:
-      raise CaffeFormatError(f"truncated: field {number} runs past the end of its message")
-    out.append((number, wire, value))
-  return out
+    yield number, wire, value
 
 
-def _repeated(items, dtype, wire_size: int) -> np.ndarray:
-  """A repeated numeric field: packed (one length-delimited run) and/or one value per field."""
-  parts = []
+def fields(buf) -> list[tuple[int, int, object]]:
+  """iter_fields as a list (a small message's)."""
+  return list(iter_fields(buf))
+
+
+def _numbers(items, dtype, wire_size: int, wire_fixed: int) -> np.ndarray:
+  """A repeated numeric field: packed (length-delimited runs) and/or one value per field,
+  gathered as bytes (no object per value)."""
+  out = bytearray()
   for wire, value in items:
     if wire == _LEN:
       if len(value) % wire_size:
         raise CaffeFormatError("packed array length is not a multiple of its element size")
-      parts.append(np.frombuffer(value, dtype))
-    else:
-      parts.append(np.frombuffer(value, dtype, count=1))
-  return np.concatenate(parts) if parts else np.zeros([0], dtype)
+    elif wire != wire_fixed:
+      raise CaffeFormatError(f"a numeric array field of wire type {wire}")
+    out += value
+  return np.frombuffer(out, dtype)  # writable: the bytearray is the array's own
 
 
-def _packed_varints(value) -> list[int]:
+def _dims(value, wire) -> list[int]:
+  """BlobShape.dim values: packed or not, each checked against Caffe's limits."""
   out, pos = [], 0
-  while pos < len(value):
-    v, pos = _varint(value, pos)
-    out.append(v)
+  if wire == _VARINT:
+    out.append(value)
+  elif wire == _LEN:
+    while pos < len(value):
+      v, pos = _varint(value, pos)
+      out.append(v)
+      if len(out) > MAX_AXES:
+        break
+  else:
+    raise CaffeFormatError(f"a blob dimension of wire type {wire}")
   return out
+
+
+def _check_shape(shape: tuple, count: int) -> None:
+  if len(shape) > MAX_AXES:
+    raise CaffeFormatError(f"a blob of more than {MAX_AXES} axes")
+  if any(d > MAX_DIM for d in shape):
+    raise CaffeFormatError(
+        f"blob dimensions {shape[:8]}: above Caffe's limit of {MAX_DIM:,} per axis"
+    )
+  total = 1
+  for d in shape:  # exact (Python integers): no overflow can make it match
+    total *= d
+  if total != count:
+    raise CaffeFormatError(f"blob of shape {shape[:8]} holds {count} values")
 
 
 def parse_blob(buf) -> np.ndarray:
   """BlobProto -> float32 array in its shape (`shape.dim`, else num x channels x height x
   width with the unset leading ones dropped)."""
-  by_number: dict[int, list] = {}
-  for number, wire, value in fields(buf):
-    by_number.setdefault(number, []).append((wire, value))
-  data = _repeated(by_number.get(5, []), "<f4", 4)
-  if not data.size and 8 in by_number:
-    data = _repeated(by_number[8], "<f8", 8).astype(np.float32)
-  if 7 in by_number:
+  data_f, data_d, shape_msgs, legacy = [], [], [], {}
+  for number, wire, value in iter_fields(buf):
+    if number == 5:
+      data_f.append((wire, value))
+    elif number == 8:
+      data_d.append((wire, value))
+    elif number == 7:
+      if wire != _LEN:
+        raise CaffeFormatError(f"a blob shape of wire type {wire}")
+      shape_msgs.append(value)  # repeated, a message field merges: its dims add up
+    elif number in (1, 2, 3, 4):
+      if wire != _VARINT:
+        raise CaffeFormatError(f"a blob dimension of wire type {wire}")
+      legacy[number] = value
+  data = _numbers(data_f, "<f4", 4, _I32)
+  if not data.size and data_d:
+    with np.errstate(over="ignore"):  # beyond float32: inf, as Caffe's cast gives
+      data = _numbers(data_d, "<f8", 8, _I64).astype(np.float32)
+  if shape_msgs:
     dims = []
-    for number, wire, value in fields(by_number[7][-1][1]):
-      if number == 1:
-        dims += _packed_varints(value) if wire == _LEN else [value]
+    for shape_msg in shape_msgs:
+      for number, wire, value in iter_fields(shape_msg):
+        if number == 1:
+          dims += _dims(value, wire)
+          if len(dims) > MAX_AXES:
+            raise CaffeFormatError(f"a blob of more than {MAX_AXES} axes")
     shape = tuple(dims)
   else:
-    legacy = [by_number[f][-1][1] if f in by_number else 0 for f in (1, 2, 3, 4)]
-    shape = tuple(legacy)
+    shape = tuple(legacy.get(f, 0) for f in (1, 2, 3, 4))
     while len(shape) > 1 and shape[0] == 0:
       shape = shape[1:]
     if shape == (0,):
       shape = (data.size,)
-  if int(np.prod(shape)) != data.size:
-    raise CaffeFormatError(f"blob of shape {shape} holds {data.size} values")
+  _check_shape(shape, data.size)
   return data.reshape(shape)
 
 
-def _layer(buf, v1: bool) -> Layer:
+def _layer(buf, v1: bool, budget: list) -> Layer:
   name_f, type_f, blobs_f = (4, 5, 6) if v1 else (1, 2, 7)
   name, kind, blobs = "", "", []
-  for number, wire, value in fields(buf):
+  for number, wire, value in iter_fields(buf):
     if number == name_f and wire == _LEN:
       name = bytes(value).decode("utf-8", "replace")
     elif number == type_f:
-      kind = (
-          V1_LAYER_TYPES.get(value, f"V1 type {value}")
-          if v1
-          else bytes(value).decode("utf-8", "replace")
-      )
+      if v1 and wire == _VARINT:
+        kind = V1_LAYER_TYPES.get(value, f"V1 type {value}")
+      elif not v1 and wire == _LEN:
+        kind = bytes(value).decode("utf-8", "replace")
+      else:
+        raise CaffeFormatError(f"a layer type of wire type {wire}")
     elif number == blobs_f and wire == _LEN:
+      budget[0] -= 1
+      if budget[0] < 0:
+        raise CaffeFormatError(f"more than {MAX_BLOBS:,} blobs: not a Caffe AlexNet")
       blobs.append(parse_blob(value))
   return Layer(name, kind, blobs)
 
@@ -146,12 +204,14 @@ def _layer(buf, v1: bool) -> Layer:
 def read_net(data: bytes) -> tuple[str, list[Layer]]:
   """(net name, layers in file order) of a serialized NetParameter, from `layer` (current)
   or `layers` (V1) entries."""
-  name, layers = "", []
-  for number, wire, value in fields(data):
+  name, layers, budget = "", [], [MAX_BLOBS]
+  for number, wire, value in iter_fields(data):
     if number == 1 and wire == _LEN:
       name = bytes(value).decode("utf-8", "replace")
     elif number in (2, 100) and wire == _LEN:
-      layers.append(_layer(value, v1=number == 2))
+      if len(layers) >= MAX_LAYERS:
+        raise CaffeFormatError(f"more than {MAX_LAYERS:,} layers: not a Caffe AlexNet")
+      layers.append(_layer(value, number == 2, budget))
   if not layers:
     raise CaffeFormatError("no layers: not a Caffe NetParameter")
   return name, layers

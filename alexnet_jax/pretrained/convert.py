@@ -159,7 +159,10 @@ def _class_names(class_names_file: str | None, default):
     return default
   if not os.path.exists(class_names_file):
     raise FileNotFoundError(f"--class_names={class_names_file} does not exist")
-  return run_dir.read_names_file(class_names_file)
+  try:
+    return run_dir.read_names_file(class_names_file)
+  except run_dir.RunFileError as e:
+    raise ConversionError(f"--class_names: {e}") from None
 
 
 def _check_keras_network(model, what: str) -> None:

@@ -25,12 +25,19 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import zipfile
 
 import jax
 import numpy as np
 
-from alexnet_jax import run_dir, sharding
+from alexnet_jax import files, run_dir, sharding
 from alexnet_jax.pretrained import caffemodel
+
+# Plausible sizes, checked before a file is read: bvlc_alexnet.caffemodel is 233 MB (float32;
+# 466 MB as doubles), its mean file 0.8 MB, torchvision's .pth 233 MB.
+MAX_CAFFEMODEL_BYTES = 1 << 30
+MAX_MEAN_BYTES = 16 << 20
+MAX_PTH_BYTES = 2 << 30
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 FC_LAYERS = ("fc6", "fc7", "fc8")
@@ -262,8 +269,19 @@ def missing_file(path: str, fmt: str) -> FileNotFoundError:
 
 def load_state_dict(path: str) -> dict:
   """A .pth state_dict as {key: float32 ndarray}, read with torch.load(weights_only=True)
-  (tensors and plain containers only: no pickled code runs)."""
+  (tensors and plain containers only: no pickled code runs). A FIFO or device is refused
+  before any open; the file and its zip records' sizes are checked before torch reads them."""
   torch = import_torch()
+  with files.open_regular(path, ".pth file", MAX_PTH_BYTES, ConversionError) as f:
+    if zipfile.is_zipfile(f):
+      files.check_zip_entries(f, 100_000, ConversionError, path)
+      with zipfile.ZipFile(f) as z:
+        claimed = sum(i.file_size for i in z.infolist())
+      if claimed > MAX_PTH_BYTES:
+        raise ConversionError(
+            f"{path}: its records claim {claimed:,} bytes, more than a PyTorch AlexNet's "
+            f"({MAX_PTH_BYTES:,}); refused before reading them"
+        )
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
@@ -311,9 +329,9 @@ def layers_from_state_dict(state: dict, fmt: str, model) -> dict:
 
 def layers_from_caffemodel(path: str, model) -> dict:
   """{layer: (weight, bias)} of a .caffemodel, each blob reshaped to the layout `model` needs
-  (Caffe's V1 files store fc weights as 1 x 1 x out x in)."""
-  with open(path, "rb") as f:
-    data = f.read()
+  (Caffe's V1 files store fc weights as 1 x 1 x out x in). The file's size is checked before
+  it is read (MAX_CAFFEMODEL_BYTES), and a FIFO or device is refused before any open."""
+  data = files.read_bytes(path, ".caffemodel", MAX_CAFFEMODEL_BYTES, ConversionError)
   try:
     _, layers = caffemodel.read_net(data)
   except caffemodel.CaffeFormatError as e:
@@ -322,18 +340,22 @@ def layers_from_caffemodel(path: str, model) -> dict:
   missing = [n for n in LAYERS if n not in with_blobs]
   extra = [n for n in with_blobs if n not in LAYERS]
   if missing or extra:
-    shapes = lambda n: [tuple(b.shape) for b in with_blobs[n].blobs]
+    shapes = lambda n: [tuple(b.shape) for b in with_blobs[n].blobs][:4]  # noqa: E731
+    show = lambda n: files.printable(n)[:100]  # noqa: E731  (text from the file)
     raise ConversionError(
         f"{path} is not bvlc_alexnet: "
         + (f"no layer with weights named {missing}" if missing else "")
         + ("; " if missing and extra else "")
         + (
-            f"other layers with weights: {', '.join(f'{n} {shapes(n)}' for n in extra)}"
+            f"other layers with weights: {', '.join(f'{show(n)} {shapes(n)}' for n in extra[:8])}"
             if extra
             else ""
         )
-        + f" (layers with weights: {list(with_blobs)})"
+        + f" (layers with weights: {[show(n) for n in list(with_blobs)[:30]]})"
     )
+  fc8_bias = with_blobs["fc8"].blobs[1:2]
+  if not fc8_bias or fc8_bias[0].size < 1 or fc8_bias[0].size != max(fc8_bias[0].shape, default=0):
+    raise ConversionError(f"{path}: fc8's bias is not a vector of class scores")
   want = expected_shapes(model)
   out = {}
   for name in LAYERS:
@@ -355,8 +377,7 @@ def layers_from_caffemodel(path: str, model) -> dict:
 
 def read_caffe_mean(path: str) -> np.ndarray:
   """ilsvrc_2012_mean.binaryproto (1 x 3 x 256 x 256, BGR) -> float32 [256, 256, 3] RGB."""
-  with open(path, "rb") as f:
-    data = f.read()
+  data = files.read_bytes(path, "Caffe mean file", MAX_MEAN_BYTES, ConversionError)
   try:
     blob = caffemodel.parse_blob(data)
   except caffemodel.CaffeFormatError as e:

@@ -29,11 +29,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import posixpath
 import re
 import zipfile
 
 import numpy as np
 
+from alexnet_jax import files
 from alexnet_jax.files import write_atomically
 from alexnet_jax.pretrained.formats import ConversionError
 
@@ -64,31 +66,68 @@ class KerasFormatError(ConversionError):
   """The file is not a Keras weights file of the tutorial's network; the message says why."""
 
 
+# Bounds checked before anything is read (the tutorial's network: 28M float32 parameters, a
+# 110 MB file): a weights file, a .keras member and all arrays together; a config; the
+# entries of a group and of a zip.
+MAX_WEIGHTS_BYTES = 1 << 30
+MAX_CONFIG_BYTES = 16 << 20
+MAX_ENTRIES = 10_000
+MAX_ZIP_MEMBERS = 1_000
+
+
 # ---- reading -------------------------------------------------------------------------------
 def read(path: str) -> dict:
   """{conv1..conv5, fc6, fc7, fc8, head: (kernel, bias); bn1..bn8: (gamma, beta, moving_mean,
   moving_variance)} (float32, Keras's layouts) of a .keras, .weights.h5 or Keras 2 .h5 file;
-  a .keras file's config.json must describe the tutorial's layers."""
-  name = os.path.basename(path)
+  a .keras file's config.json must describe the tutorial's layers.
+
+  A hostile file fails with one line (KerasFormatError) before it costs memory: the file and
+  a .keras file's members are bounded (MAX_WEIGHTS_BYTES, MAX_CONFIG_BYTES), every array's
+  size is checked from its header before it is read, and compressed, external or virtual
+  datasets are refused (Keras writes none). No HDF5 link is followed that the format does
+  not need: external links, soft links that leave the weights group, chains and loops of
+  soft links are refused."""
+  name = files.printable(os.path.basename(path))
   try:
-    return _assign(_read_layers(path, name), name)
+    files.check_regular(path, "Keras weights file", KerasFormatError)
+    with files.open_regular(path, "Keras weights file", MAX_WEIGHTS_BYTES, KerasFormatError) as f:
+      return _assign(_read_layers(f, name), name)
   except KerasFormatError:
     raise
-  except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (a damaged or hostile file: one line)
     # A damaged file, or one with Keras's top-level layout but not its insides.
-    reason = str(e).splitlines()[0] if str(e) else ""
+    reason = files.printable(str(e).splitlines()[0])[:200] if str(e) else ""
     raise KerasFormatError(
         f"cannot read {name} as a Keras weights file ({type(e).__name__}: {reason}): a "
         "truncated, damaged or non-Keras file?"
     ) from None
 
 
-def _read_layers(path: str, name: str) -> dict:
+class _Budget:
+  """What the arrays read so far take: refused past MAX_WEIGHTS_BYTES, before reading."""
+
+  def __init__(self, name: str):
+    self.name, self.left = name, MAX_WEIGHTS_BYTES
+
+  def take(self, nbytes: int, what: str) -> None:
+    if nbytes > self.left:
+      raise KerasFormatError(
+          f"{self.name}: {what} would take {nbytes:,} bytes, more than the "
+          f"{MAX_WEIGHTS_BYTES:,} a Keras AlexNet's weights can (refused before reading it)"
+      )
+    self.left -= nbytes
+
+
+def _read_layers(f, name: str) -> dict:
   import h5py  # noqa: PLC0415  (only conversion needs h5py)
 
-  if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as z:
-      members = set(z.namelist())
+  if zipfile.is_zipfile(f):
+    f.seek(0)
+    files.check_zip_entries(f, MAX_ZIP_MEMBERS, KerasFormatError, name)
+    with zipfile.ZipFile(f) as z:
+      members = {i.filename: i for i in z.infolist()}
       if "model.weights.h5" not in members:
         raise KerasFormatError(
             f"{name} is a zip without model.weights.h5 ({sorted(members)[:6]}): not a Keras 3 "
@@ -96,85 +135,222 @@ def _read_layers(path: str, name: str) -> dict:
             "model.save('alexnet.keras') or model.save_weights('alexnet.weights.h5'))"
         )
       if "config.json" in members:
-        check_config(json.loads(z.read("config.json")), name)
-      data = z.read("model.weights.h5")
-    with h5py.File(io.BytesIO(data), "r") as f:
-      layers = _weighted_layers(f, name)
+        text = _member(z, members["config.json"], MAX_CONFIG_BYTES, name)
+        check_config(json.loads(text), name)
+      data = _member(z, members["model.weights.h5"], MAX_WEIGHTS_BYTES, name)
+    with h5py.File(io.BytesIO(data), "r") as h5:
+      layers = _weighted_layers(h5, name)
   else:
+    f.seek(0)
     try:
-      f = h5py.File(path, "r")
+      h5 = h5py.File(f, "r")
     except OSError as e:
       raise KerasFormatError(
           f"cannot read {name} as HDF5 or as a .keras zip ({str(e).splitlines()[0]}): "
           "a truncated or non-Keras file?"
       ) from None
-    with f:
-      config = f.attrs.get("model_config")  # Keras 2's model.save: the architecture
+    with h5:
+      config = _attr(h5, "model_config", name)  # Keras 2's model.save: the architecture
       if config is not None:
         config = json.loads(config.decode() if isinstance(config, bytes) else config)
         check_config(config, name)
-      layers = _weighted_layers(f, name)
+      layers = _weighted_layers(h5, name)
   return layers
+
+
+def _member(z, info, limit: int, name: str) -> bytes:
+  """A zip member's bytes, its declared size checked first and the read bounded by it."""
+  if info.file_size > limit:
+    raise KerasFormatError(
+        f"{name}: its {files.printable(info.filename)} claims {info.file_size:,} bytes, more "
+        f"than a Keras AlexNet's can ({limit:,}); refused before reading it"
+    )
+  with z.open(info) as member:
+    data = member.read(info.file_size + 1)  # zipfile stops at the size it declares
+  if len(data) > limit:
+    raise KerasFormatError(f"{name}: {files.printable(info.filename)} is larger than it claims")
+  return data
+
+
+def _attr(obj, key: str, name: str):
+  """An attribute's value (None if absent), its stored size checked before it is read."""
+  if key not in obj.attrs:
+    return None
+  aid = obj.attrs.get_id(key)  # what reading it allocates, from its dataspace and type
+  size = int(np.prod(aid.shape or (), dtype=object)) * aid.dtype.itemsize
+  if size > MAX_CONFIG_BYTES:
+    raise KerasFormatError(
+        f"{name}: attribute {key!r} of {files.printable(obj.name)} takes {size:,} bytes: not "
+        "a Keras file's"
+    )
+  return obj.attrs[key]
+
+
+def _get(f, base, relpath: str, root, name: str):
+  """base[relpath] following only hard links, and soft links whose target is inside `root`
+  (the weights group) and reached through hard links; KerasFormatError for external links,
+  soft links that leave `root`, chains and loops of soft links, and missing entries."""
+  import h5py  # noqa: PLC0415
+
+  obj = base
+  for part in [p for p in relpath.split("/") if p]:
+    if not isinstance(obj, h5py.Group):
+      raise KerasFormatError(f"{name}: {files.printable(obj.name)} is not a group")
+    link = obj.get(part, getlink=True)
+    where = files.printable(posixpath.join(obj.name, part))
+    if link is None:
+      raise KerasFormatError(f"{name} has no {where}: not the tutorial's Keras file")
+    if isinstance(link, h5py.ExternalLink):
+      raise KerasFormatError(
+          f"{name}: {where} is an external link (to {files.printable(link.path)} in "
+          f"{files.printable(link.filename)}): a weights file's values are its own; refused"
+      )
+    if isinstance(link, h5py.SoftLink):
+      target = posixpath.normpath(posixpath.join(obj.name, link.path))
+      inside = root.name == "/" or target == root.name or target.startswith(root.name + "/")
+      if not inside:
+        raise KerasFormatError(
+            f"{name}: {where} is a soft link to {files.printable(target)}, outside the weights "
+            f"group {files.printable(root.name)}; refused"
+        )
+      obj = _hard_path(f, target, name, where)
+    else:
+      obj = obj[part]
+  return obj
+
+
+def _hard_path(f, target: str, name: str, where: str):
+  """The object at an absolute path reached through hard links only."""
+  import h5py  # noqa: PLC0415
+
+  obj = f
+  for part in [p for p in target.split("/") if p]:
+    link = obj.get(part, getlink=True) if isinstance(obj, h5py.Group) else None
+    if not isinstance(link, h5py.HardLink):
+      raise KerasFormatError(
+          f"{name}: {where} is a soft link to {files.printable(target)}, which "
+          + ("does not exist" if link is None else "is a link again (a chain or a loop)")
+          + "; refused"
+      )
+    obj = obj[part]
+  return obj
+
+
+def _names(group, name: str) -> list[str]:
+  """A group's entry names, their number checked first."""
+  if len(group) > MAX_ENTRIES:
+    raise KerasFormatError(
+        f"{name}: {files.printable(group.name)} holds {len(group):,} entries: not a Keras "
+        "AlexNet's weights"
+    )
+  return list(group.keys())
+
+
+def _array(ds, budget: _Budget, name: str) -> np.ndarray:
+  """A dataset as float32, after checking from its header what reading it would take:
+  numbers only, no compression, external or virtual storage, within the budget."""
+  import h5py  # noqa: PLC0415
+
+  where = files.printable(ds.name)
+  if not isinstance(ds, h5py.Dataset):
+    raise KerasFormatError(f"{name}: {where} is a group, not an array")
+  if ds.dtype.kind not in "fiu" or ds.dtype.itemsize > 8:
+    raise KerasFormatError(f"{name}: {where} holds {ds.dtype}, not numbers")
+  if ds.is_virtual or ds.external:
+    raise KerasFormatError(
+        f"{name}: {where} keeps its values in other files (external or virtual storage): a "
+        "weights file's values are its own; refused"
+    )
+  if ds.id.get_create_plist().get_nfilters():
+    raise KerasFormatError(
+        f"{name}: {where} is compressed or filtered, which Keras never writes; refused"
+    )
+  count = int(np.prod(ds.shape, dtype=object)) if ds.shape is not None else 0
+  budget.take(count * (ds.dtype.itemsize + 4), f"{where} {tuple(ds.shape or ())}")
+  if ds.chunks is not None:
+    chunk = int(np.prod(ds.chunks, dtype=object)) * ds.dtype.itemsize
+    if chunk > MAX_WEIGHTS_BYTES:
+      raise KerasFormatError(f"{name}: {where} has chunks of {chunk:,} bytes; refused")
+  return np.asarray(ds[()], np.float32)
 
 
 def _weighted_layers(f, name: str) -> dict:
   """{kind: [(group name, [arrays])] in model order} of the layers with weights."""
-  root = f["model_weights"] if "model_weights" in f else f
+  import h5py  # noqa: PLC0415
+
+  budget = _Budget(name)
+  root = _get(f, f, "model_weights", f, name) if "model_weights" in _names(f, name) else f
+  if not isinstance(root, h5py.Group):
+    raise KerasFormatError(f"{name}: model_weights is not a group")
   if "layer_names" in root.attrs:
-    return _legacy_layers(root)
-  if "layers" not in root or not hasattr(root["layers"], "keys"):
+    return _legacy_layers(f, root, budget, name)
+  entries = _names(root, name)
+  layers = _get(f, root, "layers", root, name) if "layers" in entries else None
+  if not isinstance(layers, h5py.Group):
     raise KerasFormatError(
         f"{name} has no 'layers' group (Keras 3) and no 'layer_names' attribute (Keras 2): "
-        f"not a Keras weights file (top-level entries: {sorted(root.keys())[:8]})"
+        f"not a Keras weights file (top-level entries: "
+        f"{[files.printable(e)[:50] for e in sorted(entries)[:8]]})"
     )
   found = {kind: [] for kind in KERAS_GROUP}
   others = []
-  for group_name, group in root["layers"].items():
-    arrays = _vars_of(group)
+  for group_name in _names(layers, name):
+    group = _get(f, layers, group_name, root, name)
+    arrays = _vars_of(f, group, root, budget, name)
     if not arrays:
       continue
     m = re.fullmatch(r"(.+?)(?:_(\d+))?", group_name)
     kind = next((k for k, g in KERAS_GROUP.items() if g == m.group(1)), None)
     if kind is None:
-      others.append(f"{group_name} {[a.shape for a in arrays]}")
+      others.append(f"{files.printable(group_name)[:100]} {[a.shape for a in arrays]}")
       continue
     found[kind].append((int(m.group(2) or 0), group_name, arrays))
   if others:
     raise KerasFormatError(
         f"{name} has layers with weights that the tutorial's AlexNet does not have: "
-        f"{', '.join(others)}; {expected_description()}"
+        f"{', '.join(others[:8])}; {expected_description()}"
     )
   # The number after a group's class name is its position among that class's layers.
   return {kind: [(g, a) for _, g, a in sorted(items)] for kind, items in found.items()}
 
 
-def _vars_of(group) -> list:
-  if "vars" not in group or not hasattr(group["vars"], "keys"):
+def _vars_of(f, group, root, budget: _Budget, name: str) -> list:
+  import h5py  # noqa: PLC0415
+
+  if not isinstance(group, h5py.Group) or "vars" not in _names(group, name):
     return []
-  v = group["vars"]
-  return [np.asarray(v[str(i)], np.float32) for i in range(len(v))]
+  v = _get(f, group, "vars", root, name)
+  if not isinstance(v, h5py.Group):
+    return []
+  return [_array(_get(f, v, str(i), root, name), budget, name) for i in range(len(_names(v, name)))]
 
 
-def _legacy_layers(root) -> dict:
+def _legacy_layers(f, root, budget: _Budget, name: str) -> dict:
   """Keras 2's layout: `layer_names` in model order, each group's `weight_names`."""
   found = {kind: [] for kind in KERAS_GROUP}
-  for layer_name in root.attrs["layer_names"]:
+  layer_names = _attr(root, "layer_names", name)
+  if len(layer_names) > MAX_ENTRIES:
+    raise KerasFormatError(f"{name}: {len(layer_names):,} layer names: not a Keras AlexNet's")
+  for layer_name in layer_names:
     layer_name = layer_name.decode() if isinstance(layer_name, bytes) else str(layer_name)
-    group = root[layer_name]
+    group = _get(f, root, layer_name, root, name)
+    weight_names = _attr(group, "weight_names", name)
     weight_names = [
-        w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs.get("weight_names", [])
+        w.decode() if isinstance(w, bytes) else str(w)
+        for w in (weight_names if weight_names is not None else [])
     ]
     if not weight_names:
       continue
-    arrays = [np.asarray(group[w], np.float32) for w in weight_names]
+    arrays = [_array(_get(f, group, w, root, name), budget, name) for w in weight_names]
     short = [w.rsplit("/", 1)[-1].split(":")[0] for w in weight_names]
     if short == ["kernel", "bias"] and arrays[0].ndim in (2, 4):
       kind = "conv" if arrays[0].ndim == 4 else "dense"
     elif short == list(BN_VARS):
       kind = "bn"
     else:
+      shown = [(files.printable(n)[:50], a.shape) for n, a in zip(short, arrays)]
       raise KerasFormatError(
-          f"layer {layer_name} holds {list(zip(short, [a.shape for a in arrays]))}, which no "
+          f"layer {files.printable(layer_name)[:100]} holds {shown[:8]}, which no "
           f"layer of the tutorial's AlexNet has; {expected_description()}"
       )
     found[kind].append((layer_name, arrays))
@@ -195,7 +371,9 @@ def _assign(found: dict, name: str) -> dict:
   want = {kind: len(NAMES_OF_KIND[kind]) for kind in KERAS_GROUP}
   if counts != want:
     have = "; ".join(
-        f"{counts[k]} {KERAS_CLASS[k]} ({', '.join(f'{g} {a[0].shape}' for g, a in found[k])})"
+        f"{counts[k]} {KERAS_CLASS[k]} ("
+        + ", ".join(f"{files.printable(g)[:100]} {a[0].shape}" for g, a in found[k][:20])
+        + ")"
         for k in KERAS_GROUP
     )
     raise KerasFormatError(
@@ -208,7 +386,7 @@ def _assign(found: dict, name: str) -> dict:
       n = 4 if kind == "bn" else 2
       if len(arrays) != n:
         raise KerasFormatError(
-            f"{name}: {group_name} ({layer}) holds {len(arrays)} arrays "
+            f"{name}: {files.printable(group_name)[:100]} ({layer}) holds {len(arrays)} arrays "
             f"{[a.shape for a in arrays]}, expected {n} "
             + ("(gamma, beta, moving_mean, moving_variance)" if kind == "bn" else "(kernel, bias)")
         )
@@ -260,6 +438,8 @@ def check_config(config: dict, name: str) -> None:
   """Raise KerasFormatError unless a saved model's config (config.json, or Keras 2's
   model_config) computes the tutorial's function at inference: its layers, strides, pooling,
   padding, activations and BatchNorm epsilon (widths are checked on the weights)."""
+  if not isinstance(config, dict):
+    raise KerasFormatError(f"{name}: its model config is not a JSON object")
   inner = config.get("config", {})
   if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
     layers = inner["layers"]
@@ -267,19 +447,23 @@ def check_config(config: dict, name: str) -> None:
     layers = inner
   else:
     raise KerasFormatError(
-        f"{name}: its model config is a {config.get('class_name')} without a list of layers; "
-        f"{expected_description()}"
+        f"{name}: its model config is a {files.printable(str(config.get('class_name')))[:100]} "
+        f"without a list of layers; {expected_description()}"
     )
   # Dropout changes neither the weights nor inference (fine-tuning takes the config's rate).
+  if not all(isinstance(layer, dict) for layer in layers):
+    raise KerasFormatError(f"{name}: its model config lists layers that are not JSON objects")
   got = [op for layer in layers for op in _layer_signature(layer) if op != "dropout"]
   want = [op for op in TUTORIAL_SIGNATURE if op != "dropout"]
   if got != want:
     i = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
     g = got[i] if i < len(got) else "the end"
     w = want[i] if i < len(want) else "the end"
+    shown = files.printable(", ".join(got[:40]) + (", ..." if len(got) > 40 else ""))
     raise KerasFormatError(
-        f"{name} holds a {config.get('class_name')} that differs from the tutorial's AlexNet at "
-        f"operation {i + 1}: {g}, expected {w} (its operations: {', '.join(got)})"
+        f"{name} holds a {files.printable(str(config.get('class_name')))[:100]} that differs "
+        f"from the tutorial's AlexNet at operation {i + 1}: {files.printable(g)[:100]}, "
+        f"expected {w} (its operations: {shown[:2000]})"
     )
 
 
