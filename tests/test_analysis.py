@@ -16,7 +16,17 @@ import skimage.data
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from alexnet_jax import analysis, compare, evaluate, evaluation, facts, run_data, run_dir, train
+from alexnet_jax import (
+    analysis,
+    compare,
+    evaluate,
+    evaluation,
+    facts,
+    run_data,
+    run_dir,
+    train,
+    train_state,
+)
 from alexnet_jax import data as data_lib
 from tests import tiny
 
@@ -323,6 +333,31 @@ def test_ensemble_of_two_equals_the_mean_of_their_softmaxes_by_hand(folder_run):
     t1, t5, lo = errors(p)
     assert (member["top1_error"], member["top5_error"]) == (t1, t5)
     assert member["loss"] == pytest.approx(lo, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_fig3_of_a_run_on_grey_digits_shows_its_random_start(tmp_path):
+  """The README's note on the demo's Fig. 3 (colour noise): a grey image gives each colour
+  channel of conv1 the same gradient, so training moves the kernels almost only in grey, and
+  the colour in the figure is the random start's."""
+  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
+  workdir = tmp_path / "digits"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config.to_json_best_effort())
+  train.train_and_evaluate(config, str(workdir))
+  run = analysis.load_run(str(workdir))
+  start = train_state.create_train_state(config, run.model, run.mesh).params["conv1"]["kernel"]
+  start = np.asarray(start, np.float64)  # [tower, 11, 11, rgb, out]
+  change = np.asarray(run.variables["params"]["conv1"]["kernel"], np.float64) - start
+
+  def colour_share(w):  # the part that differs between r, g and b, of the whole
+    return np.linalg.norm(w - w.mean(axis=3, keepdims=True)) / np.linalg.norm(w)
+
+  assert np.linalg.norm(change) > 1e-3 * np.linalg.norm(start)  # it trained
+  assert colour_share(start) > 0.7 and colour_share(change) < 0.15, (
+      colour_share(start),
+      colour_share(change),
+  )
 
 
 def test_ensemble_runs_are_the_neighbours_trained_on_the_same_data(tmp_path):
