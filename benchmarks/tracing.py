@@ -6,7 +6,9 @@ jax.profiler, one StepTraceAnnotation per step, into log_dir (open it with
 perfetto_trace.json.gz in ui.perfetto.dev). op_times reads the Perfetto trace back: the
 time of each XLA operation (thunk) the executor ran, per step, summed over the threads
 that ran it (XLA:CPU runs independent thunks side by side, so the sum can exceed the
-step's wall time).
+step's wall time). XLA:CPU's own (Eigen) convolutions run asynchronously on its intra-op
+threads: their events last only as long as their launch, and their time is the part of the
+step that no synchronous thunk accounts for.
 """
 
 from __future__ import annotations
@@ -67,7 +69,10 @@ def format_ops(ops: list[tuple[str, float]], step_s: float | None = None, top: i
     share = f"  {ms / 1e3 / step_s:6.3f} of the step" if step_s else ""
     return f"  {name:<48} {ms:9.1f} ms{share}"
 
-  lines = [f"XLA thunks, summed over threads: {summed:.1f} ms per step; by kind:"]
+  lines = [
+      f"XLA thunks, summed over threads: {summed:.1f} ms per step (the convolutions, run "
+      "asynchronously, show only their launch); by kind:"
+  ]
   lines += [line(k, ms) for k, ms in by_kind.most_common(12)]
   lines.append(f"the {top} slowest instructions:")
   lines += [line(op, ms) for op, ms in ops[:top]]

@@ -51,6 +51,20 @@ def test_resize_center_crop_matches_pil_on_real_photos():
     assert np.abs(full.astype(int) - pil_reference(decoded).astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("rule", ["round", "torchvision", "warp"])
+def test_grayscale_is_resized_as_its_rgb_copy(rule):
+  """A one-channel image (the digits) gives the bytes of its three-channel copy, eagerly and
+  inside tf.data, up- and downscaled."""
+  rng = np.random.default_rng(0)
+  for shape in [(8, 8), (13, 7), (300, 200)]:
+    gray = rng.integers(0, 256, (*shape, 1), np.uint8)
+    rgb = data_lib.resize_and_center_crop(np.repeat(gray, 3, axis=-1), rule=rule).numpy()
+    for image in (gray, gray[..., 0]):
+      np.testing.assert_array_equal(data_lib.resize_and_center_crop(image, rule=rule).numpy(), rgb)
+    graph = _in_tf_data(lambda x: data_lib.resize_and_center_crop(x, rule=rule), gray)
+    np.testing.assert_array_equal(graph.numpy(), rgb)
+
+
 def test_decode_modes_become_rgb():
   photo = skimage.data.coffee()[:60, :90]
   for mode, fmt in [
