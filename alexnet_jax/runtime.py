@@ -21,6 +21,7 @@ holds for all of them:
 """
 
 import os
+import sys
 
 import jax
 from absl import logging
@@ -112,7 +113,22 @@ def enable_compilation_cache(enabled=None) -> str | None:
 
 # TensorFlow's load-time C++ lines (absl's preamble, the oneDNN notice) filtered by
 # TF_CPP_MIN_LOG_LEVEL: alexnet_jax/tf_logs.py.
-import_tensorflow = tf_logs.import_tensorflow
+def import_tensorflow():
+  """`import tensorflow` with its load-time C++ lines (absl's preamble, the oneDNN notice)
+  filtered at TF_CPP_MIN_LOG_LEVEL (tf_logs; unset: shown as they are)."""
+  if "tensorflow" in sys.modules:
+    return sys.modules["tensorflow"]
+
+  def load():
+    import tensorflow as tf  # setup() loads TF here, once its log level is set
+
+    return tf
+
+  if any(isinstance(f, tf_logs.QuietTensorFlowFinder) for f in sys.meta_path):
+    return load()  # the finder filters it
+  return tf_logs.filtered(load, tf_logs.min_level())
+
+
 _tf_lines_kept = tf_logs.lines_kept
 
 

@@ -113,18 +113,3 @@ def install() -> None:
     return
   if not any(isinstance(f, QuietTensorFlowFinder) for f in sys.meta_path):
     sys.meta_path.insert(0, QuietTensorFlowFinder())
-
-
-def import_tensorflow():
-  """`import tensorflow` under `filtered` at TF_CPP_MIN_LOG_LEVEL (unset: as is)."""
-  if "tensorflow" in sys.modules:
-    return sys.modules["tensorflow"]
-
-  def load():
-    import tensorflow as tf
-
-    return tf
-
-  if any(isinstance(f, QuietTensorFlowFinder) for f in sys.meta_path):
-    return load()  # the finder filters it
-  return filtered(load, min_level())
