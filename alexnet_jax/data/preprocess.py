@@ -164,17 +164,60 @@ def check_pixels(pixels: int, max_pixels: int | None, name: str) -> None:
 # Preprocessing ops (each works eagerly and inside tf.data; tests check both).
 
 
+def _field_weights() -> np.ndarray:
+  """Rows that read the header fields out of an image's first 32 bytes as one product:
+  PNG width and height (big-endian 32 bits at 16, 20), BMP header size, 16-bit and 32-bit
+  width and height (little-endian at 14, 18, 20, 18, 22), WebP VP8X canvas (24-bit at 24, 27),
+  VP8L bits (32 at 21) and VP8 width and height (16 at 26, 28)."""
+  fields = [(16, 4, "big"), (20, 4, "big"), (14, 4, "little"), (18, 2, "little")]
+  fields += [(20, 2, "little"), (18, 4, "little"), (22, 4, "little"), (24, 3, "little")]
+  fields += [(27, 3, "little"), (21, 4, "little"), (26, 2, "little"), (28, 2, "little")]
+  w = np.zeros([len(fields), 32], np.float64)
+  for row, (at, n, order) in enumerate(fields):
+    for k in range(n):
+      w[row, at + k] = 256.0 ** (k if order == "little" else n - 1 - k)
+  return w
+
+
+_FIELDS = _field_weights()
+
+
 def _header_pixels(data: tf.Tensor) -> tf.Tensor:
-  """image_pixels inside the graph: TF's own JPEG header parser, Python for the others."""
-
-  def py_pixels(d):
-    return np.int64(image_pixels(d.numpy()))
-
+  """image_pixels inside the graph (float64, exact far past any limit): TF's JPEG header
+  parser, else _other_header_pixels."""
   return tf.cond(
       tf.io.is_jpeg(data),
-      lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)),
-      lambda: tf.reshape(tf.py_function(py_pixels, [data], tf.int64), []),
+      lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.float64)),
+      lambda: _other_header_pixels(data),
   )
+
+
+def _other_header_pixels(data: tf.Tensor) -> tf.Tensor:
+  """The pixels a PNG, BMP or WebP header declares, from its first 32 bytes with a handful of
+  ops (one product reads every field); a GIF's in Python (py_function), its frames counted
+  by walking its blocks; 0 for anything else (its decoder fails on it)."""
+  head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 32), "\0" * 32]), 0, 32)
+  f = tf.unstack(tf.linalg.matvec(_FIELDS, tf.cast(tf.io.decode_raw(head, tf.uint8), tf.float64)))
+  starts = lambda i, text: tf.equal(tf.strings.substr(head, i, len(text)), text)  # noqa: E731
+  signed = lambda v: tf.abs(tf.where(v >= 2.0**31, v - 2.0**32, v))  # noqa: E731
+  mod14 = lambda v: tf.math.floormod(v, 2.0**14)  # noqa: E731
+  bmp = tf.where(tf.equal(f[2], 12.0), f[3] * f[4], signed(f[5]) * signed(f[6]))
+  pixels = tf.where(
+      starts(0, b"\x89PNG\r\n\x1a\n") & starts(12, "IHDR"),
+      f[0] * f[1],
+      tf.where(starts(0, "BM"), bmp, 0.0),
+  )
+  webp = starts(0, "RIFF") & starts(8, "WEBP")
+  pixels = tf.where(webp & starts(12, "VP8X"), (f[7] + 1) * (f[8] + 1), pixels)
+  vp8l = (mod14(f[9]) + 1) * (mod14(tf.math.floordiv(f[9], 2.0**14)) + 1)
+  pixels = tf.where(webp & starts(12, "VP8L"), vp8l, pixels)
+  pixels = tf.where(webp & starts(12, "VP8 "), mod14(f[10]) * mod14(f[11]), pixels)
+
+  def gif():
+    py = lambda d: np.float64(image_pixels(d.numpy()))  # noqa: E731
+    return tf.reshape(tf.py_function(py, [data], tf.float64), [])
+
+  return tf.cond(starts(0, "GIF8"), gif, lambda: pixels)
 
 
 def decode_image(data: tf.Tensor, max_pixels: int | None = None) -> tf.Tensor:
@@ -187,17 +230,30 @@ def decode_image(data: tf.Tensor, max_pixels: int | None = None) -> tf.Tensor:
   """
   limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
   data = tf.convert_to_tensor(data, tf.string)
-  check = tf.debugging.assert_less_equal(
-      _header_pixels(data),
-      tf.constant(limit, tf.int64),
-      message=f"the image declares more than {limit} pixels (max_image_pixels): not decoded",
-  )
-  with tf.control_dependencies([check]):
-    image = tf.cond(
-        tf.io.is_jpeg(data),
-        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+
+  def within(pixels, decode):
+    # The raw op: tf.debugging's asserts guard their message with a cond, which costs as much
+    # as a JPEG's header parse many times over inside tf.data.
+    check = tf.raw_ops.Assert(
+        condition=pixels <= limit,
+        data=[f"the image declares more than {limit} pixels (max_image_pixels): not decoded"],
+    )
+    with tf.control_dependencies([check]):
+      return decode()
+
+  def jpeg():
+    pixels = tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.float64))
+    return within(
+        pixels, lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+    )
+
+  def other():
+    return within(
+        _other_header_pixels(data),
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
     )
+
+  image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
   image.set_shape([None, None, 3])
   return image
 
