@@ -818,6 +818,8 @@ def _protobuf_reading(data: bytes):
           if shape == (0,):
             shape = (values.size,)
         blobs.append((shape, values.view(np.uint32).tobytes()))
+      if not isinstance(layer.name, str):  # not UTF-8: protobuf keeps the bytes
+        return None
       out.append((layer.name, blobs))
     return sorted(out)
   except (DecodeError, UnicodeDecodeError, ValueError):
