@@ -104,8 +104,9 @@ KEYS: tuple[Key, ...] = (
     # and big_vision. 'allow' on resume: with BatchNorm it changes the training.
     Key("gradient_accumulation", 1,
         positive_int("a positive integer that divides batch_size"), ALLOW, "",
-        "K: each step's global batch runs as K micro-batches of batch_size / K (one after "
-        "the other, inside the jitted step), and their mean gradient makes one update"),
+        "K: each step's global batch runs as K micro-batches of batch_size / K, one after "
+        "the other (a lax.scan in the jitted step; on CPU a jitted call each), and their "
+        "mean gradient makes one update"),
     Key("num_epochs", 90.0, number(lambda v: True, "a number"), SAFE, "§5",
         "passes over the training split (used when num_train_steps <= 0)"),
     Key("num_train_steps", -1, INT, SAFE, "", "> 0 overrides num_epochs"),

@@ -5,10 +5,13 @@ feeds it batches and saves its state is train.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from alexnet_jax import augment, evaluation, optim, sharding, train_state
@@ -61,23 +64,23 @@ def micro_batch(mesh, x, k: int, b) -> jax.Array:
   return jax.lax.with_sharding_constraint(jax.lax.dynamic_index_in_dim(x, b, 1, False), data)
 
 
-def accumulate_gradients(mesh, gradients, k: int, images, labels, batch_stats):
-  """`gradients(images, labels, example_index, batch_stats) -> (grads, batch_stats, metrics)`
-  over the k micro-batches of (images, labels), one after the other (lax.scan: one
-  micro-batch's activations live at a time): their mean gradients and metrics, and the
-  running averages after the k micro-batches updated them in turn."""
+def add_micro_batch(mesh, gradients, k: int, images, labels, b, carry):
+  """carry (gradient sum, running averages, metric sums) with micro-batch b of (images,
+  labels) added: `gradients(images, labels, example_index, batch_stats) -> (grads,
+  batch_stats, metrics)` of its rows, keyed by their positions in the global batch."""
+  total, stats, sums = carry
+  index = jax.lax.with_sharding_constraint(
+      b + k * jnp.arange(images.shape[0] // k), sharding.batch_sharding(mesh)
+  )
+  grads, stats, metrics = gradients(
+      micro_batch(mesh, images, k, b), micro_batch(mesh, labels, k, b), index, stats
+  )
+  return _tree_add(total, grads), stats, _tree_add(sums, metrics)
+
+
+def zero_carry(mesh, gradients, k: int, images, labels, batch_stats):
+  """add_micro_batch's carry before the first micro-batch: zero sums, the running averages."""
   rows = images.shape[0] // k
-
-  def body(carry, b):
-    total, stats, sums = carry
-    index = jax.lax.with_sharding_constraint(
-        b + k * jnp.arange(rows), sharding.batch_sharding(mesh)
-    )
-    grads, stats, metrics = gradients(
-        micro_batch(mesh, images, k, b), micro_batch(mesh, labels, k, b), index, stats
-    )
-    return (_tree_add(total, grads), stats, _tree_add(sums, metrics)), None
-
   grads, _, metrics = jax.eval_shape(
       gradients,
       micro_batch(mesh, images, k, 0),
@@ -86,27 +89,74 @@ def accumulate_gradients(mesh, gradients, k: int, images, labels, batch_stats):
       batch_stats,
   )
   zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)  # noqa: E731
-  (grads, batch_stats, metrics), _ = jax.lax.scan(
-      body, (zeros(grads), batch_stats, zeros(metrics)), jnp.arange(k)
-  )
+  return zeros(grads), batch_stats, zeros(metrics)
+
+
+def mean_of_carry(carry, k: int):
+  """(mean gradients, running averages, mean metrics) of a carry holding k micro-batches."""
+  total, stats, sums = carry
   mean = lambda tree: jax.tree.map(lambda a: a / k, tree)  # noqa: E731
-  return mean(grads), batch_stats, mean(metrics)
+  return mean(total), stats, mean(sums)
+
+
+def accumulate_gradients(mesh, gradients, k: int, images, labels, batch_stats):
+  """The k micro-batches of (images, labels) one after the other in a lax.scan (one
+  micro-batch's activations live at a time): their mean gradients and metrics, and the
+  running averages after the k micro-batches updated them in turn."""
+  carry = zero_carry(mesh, gradients, k, images, labels, batch_stats)
+  carry, _ = jax.lax.scan(
+      lambda c, b: (add_micro_batch(mesh, gradients, k, images, labels, b, c), None),
+      carry,
+      jnp.arange(k),
+  )
+  return mean_of_carry(carry, k)
+
+
+def accumulation_loop() -> str:
+  """Where the micro-batches loop: 'scan' (accumulate_gradients, inside the one jitted step)
+  off CPU; 'host' on CPU (AccumulatingStep: one jitted call per micro-batch), where XLA
+  rewrites convolutions into the form its fast (Eigen) kernels take only in the entry
+  computation, so those of a loop body run a naive kernel (measured here: a conv's weight
+  gradient 40x slower in a scan, the demo's step 8x). Unrolling the scan instead made XLA
+  keep every micro-batch's activations (the step's temporary memory 8x K=1's at K=8).
+  tests/test_gradient_accumulation.py checks both loops."""
+  return "host" if jax.default_backend() == "cpu" else "scan"
 
 
 def _tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+@dataclasses.dataclass
+class AccumulatingStep:
+  """The train step as K + 2 jitted calls: `start` (zero sums), `micro` once per micro-batch
+  (its gradients added to the sums, which it donates), `finish` (the update; donates the
+  state). Called like the one-call step: `(state, batch, spec, lighting) -> (state,
+  metrics)`; the calls queue on the device without waiting for each other."""
+
+  start: Any
+  micro: Any
+  finish: Any
+  indices: tuple  # 0 .. K - 1 on the mesh, replicated
+
+  def __call__(self, state, batch, spec, lighting):
+    carry = self.start(state, batch, spec, lighting)
+    for b in self.indices:
+      carry = self.micro(state, batch, spec, lighting, b, carry)
+    return self.finish(state, carry)
+
+
 def make_train_step(
-    config, model, mesh, steps_per_epoch: int, *, augment_on_device=True, num_steps=None
+    config, model, mesh, steps_per_epoch: int, *, augment_on_device=True, num_steps=None, loop=None
 ):
   """Jitted `(state, batch, spec, lighting) -> (state, metrics)`; the state is donated.
 
   batch: {'image': uint8 [B, 256, 256, 3], 'label': int32 [B]} split over "data"
   (with augment_on_device=False, 'image' is already float32 [B, 224, 224, 3]). With
   config.gradient_accumulation K > 1 the batch runs as K micro-batches (micro_batch) and
-  one update. num_steps: the run's length, for optimizer.schedule='poly' (None: from the
-  config, as train_and_evaluate counts it).
+  one update, looped as `loop` says ('scan' or 'host'; None: accumulation_loop()).
+  num_steps: the run's length, for optimizer.schedule='poly' (None: from the config, as
+  train_and_evaluate counts it).
   """
   tx = optim.make_optimizer(config.optimizer)
   apply = sharding.sharded_apply(model, mesh)
@@ -115,7 +165,9 @@ def make_train_step(
   if num_steps is None:
     num_steps = total_steps(config, steps_per_epoch)
 
-  def train_step(state: train_state.TrainState, batch, spec: InputSpec, lighting):
+  def gradients_of(state: train_state.TrainState, spec: InputSpec, lighting):
+    """`(images, labels, example_index, batch_stats) -> (grads, batch_stats, metrics)` at
+    the state's parameters and step."""
     base = jax.random.wrap_key_data(state.rng)
     aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(base, 0))
 
@@ -153,14 +205,9 @@ def make_train_step(
       top1, top5 = evaluation.errors(logits, labels)
       return grads, new_stats, {"loss": loss, "top1_error": top1.mean(), "top5_error": top5.mean()}
 
-    if k == 1:
-      grads, batch_stats, metrics = gradients(
-          batch["image"], batch["label"], None, state.batch_stats
-      )
-    else:
-      grads, batch_stats, metrics = accumulate_gradients(
-          mesh, gradients, k, batch["image"], batch["label"], state.batch_stats
-      )
+    return gradients
+
+  def update(state: train_state.TrainState, grads, batch_stats, metrics):
     lr = optim.learning_rate(
         config.optimizer, state.step, state.schedule, steps_per_epoch, num_steps
     )
@@ -174,13 +221,57 @@ def make_train_step(
     )
     return new, metrics
 
+  def train_step(state: train_state.TrainState, batch, spec: InputSpec, lighting):
+    gradients = gradients_of(state, spec, lighting)
+    if k == 1:
+      out = gradients(batch["image"], batch["label"], None, state.batch_stats)
+    else:
+      out = accumulate_gradients(
+          mesh, gradients, k, batch["image"], batch["label"], state.batch_stats
+      )
+    return update(state, *out)
+
   shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
   data = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
-  return jax.jit(
-      train_step,
-      donate_argnums=0,
-      in_shardings=(shardings, {"image": data, "label": data}, replicated, replicated),
-      out_shardings=(shardings, replicated),
-      compiler_options=evaluation.compiler_options(),
+  inputs = (shardings, {"image": data, "label": data}, replicated, replicated)
+  options = evaluation.compiler_options()
+  if k == 1 or (loop or accumulation_loop()) == "scan":
+    return jax.jit(
+        train_step,
+        donate_argnums=0,
+        in_shardings=inputs,
+        out_shardings=(shardings, replicated),
+        compiler_options=options,
+    )
+
+  def start(state, batch, spec, lighting):
+    gradients = gradients_of(state, spec, lighting)
+    return zero_carry(mesh, gradients, k, batch["image"], batch["label"], state.batch_stats)
+
+  def micro(state, batch, spec, lighting, b, carry):
+    gradients = gradients_of(state, spec, lighting)
+    return add_micro_batch(mesh, gradients, k, batch["image"], batch["label"], b, carry)
+
+  def finish(state, carry):
+    return update(state, *mean_of_carry(carry, k))
+
+  carry = (shardings.params, shardings.batch_stats, replicated)
+  return AccumulatingStep(
+      start=jax.jit(start, in_shardings=inputs, out_shardings=carry, compiler_options=options),
+      micro=jax.jit(
+          micro,
+          donate_argnums=5,
+          in_shardings=(*inputs, replicated, carry),
+          out_shardings=carry,
+          compiler_options=options,
+      ),
+      finish=jax.jit(
+          finish,
+          donate_argnums=0,
+          in_shardings=(shardings, carry),
+          out_shardings=(shardings, replicated),
+          compiler_options=options,
+      ),
+      indices=tuple(jax.device_put(np.int32(b), replicated) for b in range(k)),
   )
