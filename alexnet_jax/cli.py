@@ -44,8 +44,8 @@ def exit_now(code=0) -> NoReturn:
   its input stream, metrics files and checkpoint manager, the last save committed, before its
   summary). What is left is the interpreter's finalisation: a garbage collection of every
   object still alive, then the C++ runtimes' destructors (TensorFlow's, XLA's, tf.data
-  iterators, whose destruction waits for their autotuning thread's next wake-up, up to a
-  minute). After a demo run that took 2 to 110 s, growing with the machine's load. So:
+  iterators, whose destruction can wait for their autotuning thread's next wake-up, up to a
+  minute): 3 to 81 s after demo runs on a loaded machine (docs/performance.md). So:
   the standard streams and absl's log are flushed, non-daemon threads are joined, the atexit
   handlers run (the run lock's release, jax.distributed's shutdown, as at a normal exit),
   and os._exit ends the process with the status sys.exit would give (a message: printed,
