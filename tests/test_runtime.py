@@ -17,20 +17,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs `sys.argv[1]` as a script or module with JAX's compilation-cache events counted, and
 # prints the counts as the last stderr line: JAX records a cache hit or miss per compilation
 # that consulted the cache.
+# The counts are printed by an atexit handler: commands end through cli.exit_now, which runs
+# atexit handlers but no `finally` of an outer frame.
 _COUNTED = """
-import collections, json, runpy, sys
+import atexit, collections, json, runpy, sys
 from jax import monitoring
 counts = collections.Counter()
 monitoring.register_event_listener(lambda name, **kw: counts.update([name]))
-try:
-  if sys.argv[1] == "-c":
-    exec(sys.argv[2])
-  else:
-    sys.argv = sys.argv[1:]
-    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-finally:
+@atexit.register
+def _report():
   events = {k.rsplit("/", 1)[1]: v for k, v in counts.items() if "/compilation_cache/" in k}
-  print("EVENTS " + json.dumps(events), file=sys.stderr)
+  print("EVENTS " + json.dumps(events), file=sys.stderr, flush=True)
+if sys.argv[1] == "-c":
+  exec(sys.argv[2])
+else:
+  sys.argv = sys.argv[1:]
+  runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 # A start of a command in miniature: runtime.setup(), then a jitted step.
