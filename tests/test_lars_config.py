@@ -56,7 +56,8 @@ def test_the_demo_is_a_large_batch_of_digits_through_accumulation():
   assert c.dataset.name == "digits" and c.model.variant == "keras_bn"
   assert (c.batch_size, c.gradient_accumulation) == (512, 8)
   assert c.optimizer.learning_rate == 2.0  # Table 3(b)'s batch-512 row
-  assert train_step.total_steps(c, 1500 // c.batch_size) == 40
+  assert train_step.total_steps(c, 1500 // c.batch_size) == 60
+  assert c.optimizer.trust_coefficient == 0.01  # 10x the paper's: 60 steps, not 250,000
 
 
 @pytest.mark.slow
