@@ -8,7 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import config_schema, evaluation, sharding, train, train_state, train_step
+from alexnet_jax import (
+    config_checks,
+    config_schema,
+    evaluation,
+    facts,
+    sharding,
+    train,
+    train_state,
+    train_step,
+)
 from tests import test_train, tiny
 
 
@@ -166,3 +175,16 @@ def test_gradient_accumulation_is_checked_before_any_device_work():
     train.check_micro_batch(test_train._mesh(4, 1), tiny.config(gradient_accumulation=4))
   train.check_micro_batch(test_train._mesh(2, 1), tiny.config(gradient_accumulation=4))
   assert config_schema.BY_NAME["gradient_accumulation"].resume == config_schema.ALLOW
+
+
+def test_changing_gradient_accumulation_on_resume_needs_allowing(tmp_path):
+  """K splits the batch, not the recipe's numbers, yet BatchNorm's statistics follow the
+  micro-batch: a resume that changes K stops unless the user allows it."""
+  (tmp_path / facts.CHECKPOINT_DIR / "2").mkdir(parents=True)
+  config_checks.record(tiny.config(), str(tmp_path), {})
+  with pytest.raises(config_schema.ConfigError, match="allow_config_change=gradient_accumulation"):
+    config_checks.resume_changes(tiny.config(gradient_accumulation=2), str(tmp_path))
+  changes = config_checks.resume_changes(
+      tiny.config(gradient_accumulation=2), str(tmp_path), allow=("gradient_accumulation",)
+  )
+  assert changes == {"gradient_accumulation": (1, 2)}
