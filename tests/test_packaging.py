@@ -91,8 +91,6 @@ def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
   assert r.returncode == 1
   line = r.stderr.strip().splitlines()[-1]
   assert line.startswith("FATAL: cannot load the --config file:") and "configs/nosuch.py" in line
-  assert (
-      f"the shipped configs are in {site / 'configs'}" in line and line.endswith(
-          "names: ablations, caffe, demo, keras_bn, lars, paper, pytorch_grouped, torchvision."
-      )
+  assert f"the shipped configs are in {site / 'configs'}" in line and line.endswith(
+      "names: ablations, caffe, demo, keras_bn, lars, paper, pytorch_grouped, torchvision."
   )
