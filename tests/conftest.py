@@ -31,6 +31,22 @@ def pytest_collection_finish(session):
   gc.freeze()
 
 
+# Test processes (pytest -n 2 --dist loadscope) take whole modules from one queue; the
+# heaviest must start first, or the last one to start runs alone at the end (a slow test
+# costs 30-200 s here, a fast one about 2). pytest.ini turns off xdist's own order (by number
+# of tests), which put few-test heavy modules such as test_preemption.py last.
+_SLOW_WEIGHT, _FAST_WEIGHT = 60, 2
+
+
+def pytest_collection_modifyitems(items):
+  weight = {}
+  for item in items:
+    module = item.nodeid.split("::")[0]
+    slow = item.get_closest_marker("slow") is not None
+    weight[module] = weight.get(module, 0) + (_SLOW_WEIGHT if slow else _FAST_WEIGHT)
+  items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])  # stable: modules stay whole
+
+
 @pytest.fixture(scope="session")
 def devices():
   devs = jax.devices()
