@@ -22,6 +22,7 @@ from alexnet_jax import analysis, facts, run_data, run_dir
 from alexnet_jax import data as data_lib
 from alexnet_jax.data import registry, shard_writer
 from alexnet_jax.input_spec import InputSpec
+from configs import demo
 from tests import tiny
 from tests.data_helpers import fresh_user_cache, small_folder
 
@@ -93,11 +94,20 @@ def test_prepare_then_rerun_keeps_the_originals_and_skips_a_looped_and_a_forged_
   loaded = analysis.load_run(str(work))
   assert loaded.step == 4 and loaded.meta["eval"]["top1_error"] != forged
 
-  r = _run("prepare", "--config=configs/demo.py", f"--config.dataset.name=folder:{root}")
-  assert r.returncode == 0, r.stderr[-3000:]
-  beside = registry.default_location(
-      data_lib.Settings.of(tiny.config(**{"dataset.name": f"folder:{root}"}).dataset)
+  # `python -m alexnet_jax.prepare --config=configs/demo.py --config.dataset.name=folder:ROOT`,
+  # in this process (one Python start fewer): the call the command makes, shards beside the
+  # data. The command itself runs in tests/test_data_shards.py.
+  config = demo.get_config()
+  config.dataset.name = f"folder:{root}"
+  shard_writer.prepare(
+      config.dataset,
+      None,
+      fmt=config.prepare.format,
+      jpeg_quality=config.prepare.jpeg_quality,
+      images_per_shard=config.prepare.images_per_shard,
+      progress=False,
   )
+  beside = registry.default_location(data_lib.Settings.of(config.dataset))
   assert json.load(open(os.path.join(beside, "prepared.json")))["format"] == "jpeg"
 
   r = _run("main", f"--workdir={work}", *_flags(root))

@@ -61,20 +61,22 @@ def _inputs(config):
 
 
 def _two_steps(config, mesh):
+  """(initial state, state after two steps, their metrics), fetched to the host."""
   model = train_state.create_model(config, 10)
   state = train_state.create_train_state(config, model, mesh)
+  init = jax.device_get(state)  # before the step donates it
   step = train_step.make_train_step(config, model, mesh, steps_per_epoch=10)
   spec, lighting = jax.device_put(_inputs(config), sharding.replicated(mesh))
   for i in range(2):
     state, metrics = step(state, evaluation.global_batch(mesh, _batch(seed=i)), spec, lighting)
-  return jax.device_get(state), jax.device_get(metrics)
+  return init, jax.device_get(state), jax.device_get(metrics)
 
 
 @pytest.mark.slow
 def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
   config = tiny.config(**{"model.dropout_rate": 0.5})  # He init: well-scaled gradients
-  want_state, want_m = _two_steps(config, _mesh(1, 1))
-  got_state, got_m = _two_steps(config, _mesh(2, 2))
+  init, want_state, want_m = _two_steps(config, _mesh(1, 1))
+  _, got_state, got_m = _two_steps(config, _mesh(2, 2))
   assert int(got_state.step) == 2
   for k in ("loss", "top1_error", "learning_rate", "grad_norm"):
     assert got_m[k] == pytest.approx(want_m[k], rel=1e-5), k
@@ -82,9 +84,6 @@ def test_train_step_on_a_2x2_mesh_equals_the_single_device_step():
   for path, leaf in jax.tree_util.tree_leaves_with_path(got_state.params):
     assert _rel(leaf, flat_want[path]) < 1e-5, jax.tree_util.keystr(path)
   # The step really trains: parameters moved, and the velocity holds the last update.
-  init = jax.device_get(
-      train_state.create_train_state(config, train_state.create_model(config, 10), _mesh(1, 1))
-  )
   assert _rel(got_state.params["fc8"]["kernel"], init.params["fc8"]["kernel"]) > 1e-4
 
 
@@ -185,36 +184,48 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # untouched
 
 
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory):
+  """(config, workdir, what it returned) of an uninterrupted 4-step run (evaluated and saved
+  at 2 and 4): trained once, copied by the tests that rerun it."""
+  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
+  workdir = tmp_path_factory.mktemp("four_steps")
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
 @pytest.mark.slow
-def test_rerunning_a_finished_run_appends_nothing(tmp_path):
-  config = tiny.config(num_train_steps=2, eval_every_steps=2, **{"mesh.data": -1})
-  first = train.train_and_evaluate(config, str(tmp_path))
-  metrics = (tmp_path / "metrics.jsonl").read_text()
-  events = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
-  again = train.train_and_evaluate(config, str(tmp_path))
-  assert (tmp_path / "metrics.jsonl").read_text() == metrics
-  assert [json.loads(line)["split"] for line in metrics.splitlines()].count("eval") == 1
-  assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == events
+def test_rerunning_a_finished_run_appends_nothing(four_steps, tmp_path):
+  config, run, first = four_steps
+  shutil.copytree(run, tmp_path / "run")
+  workdir = tmp_path / "run"
+  metrics = (workdir / "metrics.jsonl").read_text()
+  events = sorted(p.name for p in (workdir / "tensorboard").iterdir())
+  again = train.train_and_evaluate(config, str(workdir))
+  assert (workdir / "metrics.jsonl").read_text() == metrics
+  rows = [json.loads(line) for line in metrics.splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "eval"] == [2, 4]
+  assert sorted(p.name for p in (workdir / "tensorboard").iterdir()) == events
   # The final evaluation is the one the last checkpoint recorded, not a re-run.
   assert again == first
   # run_dir names everything the run wrote (config.json: main.py writes it).
-  wrote = set(os.listdir(tmp_path))
+  wrote = set(os.listdir(workdir))
   assert set(facts.FILES) <= wrote <= set(facts.TRAINING_NAMES) - {facts.CONFIG_FILE}
 
 
 @pytest.mark.slow
-def test_resume_drops_the_rows_logged_past_the_restored_step(tmp_path):
+def test_resume_drops_the_rows_logged_past_the_restored_step(four_steps, tmp_path):
   """A kill after step 4 was logged but before it was saved (here: its checkpoint removed,
   and half a row appended): the rerun restores step 2 and metrics.jsonl and TensorBoard
   end with one row per (step, split), the uninterrupted run's losses."""
-  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
-  train.train_and_evaluate(config, str(tmp_path))
-  full = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  shutil.rmtree(tmp_path / facts.CHECKPOINT_DIR / "4")
-  with open(tmp_path / "metrics.jsonl", "a") as f:
+  config, run, _ = four_steps
+  full = [json.loads(line) for line in open(run / "metrics.jsonl")]
+  shutil.copytree(run, tmp_path / "run")
+  workdir = tmp_path / "run"
+  shutil.rmtree(workdir / facts.CHECKPOINT_DIR / "4")
+  with open(workdir / "metrics.jsonl", "a") as f:
     f.write('{"step": 4, "split": "tra')  # cut mid-write
-  train.train_and_evaluate(config, str(tmp_path))
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  train.train_and_evaluate(config, str(workdir))
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   keys = [(r["step"], r["split"]) for r in rows]
   assert sorted(keys) == sorted((r["step"], r["split"]) for r in full)
   assert len(set(keys)) == len(keys) == 6  # train 1-4, eval 2 and 4
@@ -222,7 +233,7 @@ def test_resume_drops_the_rows_logged_past_the_restored_step(tmp_path):
       (r["step"], r["split"]): r["loss"] for r in full
   }
   seen = []
-  for path in (tmp_path / facts.TENSORBOARD_DIR).iterdir():
+  for path in (workdir / facts.TENSORBOARD_DIR).iterdir():
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       seen += [(v.tag, event.step) for v in event.summary.value]
   assert sorted(seen) == sorted(set(seen))  # each scalar once per step
