@@ -1,6 +1,8 @@
 """SIGTERM and Ctrl-C (SIGINT) sent to real training processes: they save the step they are
 in, exit 75, and rerunning the command ends with exactly the parameters of an uninterrupted
-run. Multi-process: the processes agree on the step. SLURM: the batch script requeues."""
+run. SLURM: the batch script requeues. Multi-process (SIGTERM to one of two processes, and to
+the launcher: both save one agreed step, exit 75, and the rerun resumes from it): tests/
+test_multiprocess.py::test_damaged_latest_step_fallback_and_preemption_on_two_processes."""
 
 import json
 import os
@@ -113,61 +115,6 @@ def test_sigterm_then_ctrl_c_then_rerun_equals_the_uninterrupted_run(tmp_path):
   with open(os.path.join(cut, "metrics.jsonl")) as f:
     steps = [json.loads(x)["step"] for x in f if '"train"' in x]
   assert steps == list(range(1, STEPS + 1))
-
-
-def _launcher_statuses(text):
-  m = re.findall(r"exit statuses:((?: process_\d+=\d+)+)", text)
-  assert m, text[-3000:]
-  return {int(k): int(v) for k, v in re.findall(r"process_(\d+)=(\d+)", m[-1])}
-
-
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_sigterm_to_one_of_two_processes_saves_one_agreed_step(tmp_path):
-  workdir = str(tmp_path / "mp")
-  cmd = [
-      os.path.join(REPO, "launch", "multiprocess_local.sh"),
-      "2",
-      "1",
-      *RUN,
-      f"--workdir={workdir}",
-      "--config.mesh.data=2",
-      "--config.mesh.tower=1",
-      "--distributed_heartbeat_timeout=20",
-      "--distributed_init_timeout=120",
-  ]
-  env = dict(_env(), PYTHON=sys.executable, QUIET="1", GRACE_SECONDS="120")
-  env.pop("XLA_FLAGS")
-  logs = os.path.join(workdir, "logs")
-  with open(tmp_path / "launcher.txt", "w") as out:
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-      deadline = time.monotonic() + 300
-      while _last_logged_step(workdir) < 2 and proc.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-      with open(os.path.join(logs, "process_1.pid")) as f:
-        os.kill(int(f.read()), signal.SIGTERM)  # process 1 only: the notice must spread
-      rc = proc.wait(timeout=180)
-    finally:
-      if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-  launcher = (tmp_path / "launcher.txt").read_text()
-  assert rc == preemption.EXIT_PREEMPTED, launcher
-  assert _launcher_statuses(launcher) == {0: 75, 1: 75}
-  saved = {
-      i: re.findall(r"after saving step (\d+)", open(os.path.join(logs, f"process_{i}.log")).read())
-      for i in (0, 1)
-  }
-  assert saved[0] and saved[0] == saved[1], saved
-  step = int(saved[0][-1])
-  assert list(checkpoint.CheckpointManager(workdir, read_only=True).all_steps()) == [step]
-  with open(tmp_path / "launcher2.txt", "w") as out:
-    rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=400)
-  assert rc.returncode == 0, (tmp_path / "launcher2.txt").read_text()
-  assert f"at step {step}" in open(os.path.join(logs, "process_0.log")).read()
 
 
 def _fake(path, body):
