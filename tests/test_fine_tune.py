@@ -41,8 +41,10 @@ def test_init_from_copies_every_parameter_but_a_resized_fc8(tmp_path, source_cla
   source = _source_run(tmp_path / "src", source_classes)
   config = _config(init_from=str(tmp_path / "src"))  # digits: 10 classes
   run, state = _initial_state(config, tmp_path / "new")
-  # create_train_state's initialisation (key(seed)); the same values on any mesh.
-  fresh = jax.jit(run.model.init)(jax.random.key(config.seed), jnp.zeros((1, 224, 224, 3)))
+  # create_train_state's initialisation (key(seed)); the same values on any mesh. Compiled
+  # only where fc8 is re-initialised.
+  if source_classes != 10:
+    fresh = jax.jit(run.model.init)(jax.random.key(config.seed), jnp.zeros((1, 224, 224, 3)))
   assert int(state.step) == 0
   for layer in source:
     for name in ("kernel", "bias"):
@@ -61,10 +63,10 @@ def test_init_from_copies_every_parameter_but_a_resized_fc8(tmp_path, source_cla
 @pytest.mark.slow
 def test_a_resumed_run_ignores_init_from(tmp_path):
   source = _source_run(tmp_path / "src", 10)
-  config = _config(init_from=str(tmp_path / "src"), num_train_steps=2)
+  config = _config(init_from=str(tmp_path / "src"), num_train_steps=1)
   train.train_and_evaluate(config, str(tmp_path / "new"))
   _, state = _initial_state(config, tmp_path / "new")
-  assert int(state.step) == 2  # its own checkpoint, not a new start from the source
+  assert int(state.step) == 1  # its own checkpoint, not a new start from the source
   assert not np.array_equal(state.params["conv1"]["kernel"], source["conv1"]["kernel"])
 
 

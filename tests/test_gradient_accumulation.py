@@ -36,11 +36,11 @@ def _run_steps(config, mesh, batches, **step_kw):
 
 @pytest.mark.slow
 def test_four_micro_batches_on_any_mesh_make_the_whole_batch_update():
-  """Three steps of the tiny demo (random crops, flips, PCA lighting, dropout 0.5): K=4 on
+  """Two steps of the tiny demo (random crops, flips, PCA lighting, dropout 0.5): K=4 on
   one device (scan) and on a 2-device data axis (host loop) give the losses and parameters of
   K=1, so every example kept its augmentation and dropout keys (other masks move the loss by
   ~1e-2)."""
-  batches = [test_train._batch(n=16, seed=i) for i in range(3)]
+  batches = [test_train._batch(n=16, seed=i) for i in range(2)]
   base = {"batch_size": 16, "model.dropout_rate": 0.5}  # the demo's learning rate, 0.01
   want_state, want = _run_steps(tiny.config(**base), test_train._mesh(1, 1), batches)
   for k, data, loop in ((4, 1, "scan"), (4, 2, "host")):
@@ -53,8 +53,8 @@ def test_four_micro_batches_on_any_mesh_make_the_whole_batch_update():
     flat = dict(jax.tree_util.tree_leaves_with_path(want_state.params))
     for path, leaf in jax.tree_util.tree_leaves_with_path(got_state.params):
       assert test_train._rel(leaf, flat[path]) < 1e-4, (k, data, jax.tree_util.keystr(path))
-  # The steps trained: the loss moved between the first and the third batch's update.
-  assert want[0]["loss"] - want[2]["loss"] > 0.1
+  # The steps trained: the first update moved the second batch's loss (4.20 -> 3.77).
+  assert want[0]["loss"] - want[1]["loss"] > 0.1
 
 
 def _keras_bn(**kw):
@@ -82,13 +82,15 @@ def _views(n=8, seed=0):
 
 @pytest.mark.slow
 def test_batchnorm_micro_batches_use_their_own_statistics_on_any_mesh():
+  """Both loops on 4 devices, where each micro-batch's 4 rows are split one per device: its
+  statistics are still the whole micro-batch's (one device would not show a missing sync)."""
   batch = _views()
   config = _keras_bn(gradient_accumulation=2)
   got = {
       (data, loop): _run_steps(
           config, test_train._mesh(data, 1), [batch], augment_on_device=False, loop=loop
       )[0]
-      for data, loop in ((1, "host"), (4, "host"), (4, "scan"))
+      for data, loop in ((4, "host"), (4, "scan"))
   }
   # Unsharded reference: micro-batch b holds rows b, b + 2, ... (0, 2, 4, 6 then 1, 3, 5, 7),
   # each normalised by its own statistics, the running averages updated after each in turn.
@@ -137,11 +139,15 @@ def _temp_bytes(config, micro: int, loop: str) -> tuple[int, int]:
   }
   step = train.make_train_step(config, model, mesh, steps_per_epoch=10, loop=loop)
   inputs = (abstract, batch, *test_train._inputs(config))
+  # Buffer assignment (the temp size) precedes LLVM's code generation, whose optimisations
+  # take half of each compilation here: off, the same bytes, twice as fast.
+  fast = {"xla_backend_optimization_level": 0}
   if isinstance(step, train_step.AccumulatingStep):
     carry = jax.eval_shape(step.start, *inputs)
-    compiled = step.micro.lower(*inputs, jax.ShapeDtypeStruct((), jnp.int32), carry).compile()
+    lowered = step.micro.lower(*inputs, jax.ShapeDtypeStruct((), jnp.int32), carry)
   else:
-    compiled = step.lower(*inputs).compile()
+    lowered = step.lower(*inputs)
+  compiled = lowered.compile(fast)
   params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params))
   return compiled.memory_analysis().temp_size_in_bytes, params
 
@@ -149,17 +155,17 @@ def _temp_bytes(config, micro: int, loop: str) -> tuple[int, int]:
 @pytest.mark.slow
 def test_step_memory_does_not_grow_with_the_number_of_micro_batches():
   """Micro-batches of 8: K=8 (a global batch of 64) needs the temporary memory of K=1 plus
-  one parameter-sized gradient sum, and K=2 as much as K=8, in either loop; 64 images at once
-  need about 7 times K=1's."""
-  temp = {}
+  one parameter-sized gradient sum, in either loop (K=1 is the same one-call step for both);
+  64 images at once need about 7 times K=1's. A K=2 compilation adds nothing: anything kept
+  per micro-batch shows at K=8, 7 times over, and the bound leaves 1.2 MB beyond the sum
+  (measured: K=1 19.3 MB, K=8 22.6 MB, parameters 3.6 MB), less than one micro-batch's uint8
+  images (1.6 MB)."""
+  one, params = _temp_bytes(tiny.config(), 8, "scan")
   for loop in ("scan", "host"):
-    for k in (1, 2, 8):
-      config = tiny.config(gradient_accumulation=k, batch_size=8 * k)
-      temp[loop, k], params = _temp_bytes(config, 8, loop)
-    assert temp[loop, 8] <= temp[loop, 1] + 1.25 * params, temp
-    assert temp[loop, 8] <= 1.02 * temp[loop, 2], temp
+    eight, _ = _temp_bytes(tiny.config(gradient_accumulation=8, batch_size=64), 8, loop)
+    assert eight <= one + 1.25 * params, (loop, eight, one, params)
   whole, _ = _temp_bytes(tiny.config(batch_size=64), 64, "scan")
-  assert whole > 3 * temp["scan", 1], (whole, temp)
+  assert whole > 3 * one, (whole, one)
 
 
 def test_gradient_accumulation_is_checked_before_any_device_work():

@@ -250,7 +250,9 @@ def test_batch_statistics_are_the_global_batchs_on_every_mesh():
   images = jax.random.uniform(jax.random.key(3), (8, 224, 224, 3)) * scales
   labels = jnp.arange(8) % 5
   results = {}
-  for data in (1, 2, 4):
+  # 4 shards of 2 rows: the most a shard's statistics can differ from the batch's (2 shards
+  # would add a compilation and nothing 4 does not show).
+  for data in (1, 4):
     mesh = sharding.make_mesh(data, 1, devices=jax.devices()[:data])
     results[data] = _train_call(m, mesh, v, images, labels)
   # (1, 1) is the plain module on the whole batch (the same dropout masks).
@@ -267,7 +269,7 @@ def test_batch_statistics_are_the_global_batchs_on_every_mesh():
       got_stats,
       jax.device_get(state["batch_stats"]),
   )
-  for data in (2, 4):
+  for data in (4,):
     (loss, (lg, st)), grads = results[data]
     (loss1, (lg1, st1)), grads1 = results[1]
     np.testing.assert_allclose(loss, loss1, rtol=1e-5)
