@@ -279,10 +279,67 @@ def test_the_core_loads_neither_tensorflow_nor_the_run_data_or_config_modules():
   assert _loaded_by("; ".join(f"import alexnet_jax.{m}" for m in LAYERS["core"])) == []
 
 
+# Importing each module alone, in a fresh interpreter per module, cost ~5 s each (TensorFlow
+# and JAX again every time). One interpreter loads the third-party libraries once, then forks
+# a child per module, which imports alexnet_jax.<module> into a process that holds none of the
+# package: an import that works only after another of the package's modules still fails, and
+# what the child loaded is still the module's own doing (the preloads never include what is
+# checked for).
+_IMPORT_EACH = """
+import importlib, json, os, sys, traceback
+for name in json.loads(sys.argv[1]):
+  importlib.import_module(name)
+forbidden = json.loads(sys.argv[3])
+results = {}
+for module in json.loads(sys.argv[2]):
+  r, w = os.pipe()
+  pid = os.fork()
+  if pid == 0:
+    os.close(r)
+    try:
+      importlib.import_module("alexnet_jax." + module)
+      out = {"loaded": sorted(m for m in sys.modules if any(
+          m == f or m.startswith(f + ".") for f in forbidden))}
+    except BaseException:
+      out = {"error": traceback.format_exc()[-2000:]}
+    with os.fdopen(w, "w") as f:
+      f.write(json.dumps(out))
+    os._exit(0)
+  os.close(w)
+  with os.fdopen(r) as f:
+    text = f.read()
+  os.waitpid(pid, 0)
+  results[module] = json.loads(text) if text else {"error": "the child died"}
+print(json.dumps(results))
+"""
+
+
+def _import_each(modules, preload, forbidden) -> dict:
+  """{module: {"loaded": [forbidden modules it loaded]} or {"error": traceback}}."""
+  import json
+
+  r = subprocess.run(
+      [sys.executable, "-c", _IMPORT_EACH]
+      + [json.dumps(list(x)) for x in (preload, modules, forbidden)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def core_alone():
+  # Preloads: what the core may use; never TensorFlow or the package.
+  return _import_each(LAYERS["core"], ("numpy", "jax", "flax.linen", "optax"), CORE_FORBIDDEN)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("module", LAYERS["core"])
-def test_each_core_module_alone_loads_neither_tensorflow_nor_the_run_layer(module):
-  assert _loaded_by(f"import alexnet_jax.{module}") == []
+def test_each_core_module_alone_loads_neither_tensorflow_nor_the_run_layer(module, core_alone):
+  assert core_alone[module] == {"loaded": []}
 
 
 def test_the_checker_sees_what_it_looks_for():
@@ -303,16 +360,27 @@ def test_every_module_imports_without_torch():
   assert r.returncode == 0, r.stderr[-2000:]
 
 
+ALONE = [m for m in MODULES if "." not in m]  # a package: its modules
+
+
+@pytest.fixture(scope="module")
+def each_alone():
+  preload = ("numpy", "jax", "flax.linen", "optax", "orbax.checkpoint", "tensorflow")
+  return _import_each(ALONE, preload, ("torch", "benchmarks"))
+
+
+def test_import_each_sees_a_failing_import_and_a_forbidden_load():
+  got = _import_each(["nosuch_module", "facts"], ("numpy",), ("alexnet_jax.facts",))
+  assert "No module named 'alexnet_jax.nosuch_module'" in got["nosuch_module"]["error"]
+  assert got["facts"] == {"loaded": ["alexnet_jax.facts"]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("module", [m for m in MODULES if "." not in m])  # a package: its modules
-def test_every_module_imports_alone_without_torch(module):
-  """A fresh interpreter per module: each imports on its own (no reliance on an import
-  order), and none pulls in torch or the benchmark."""
-  code = f"import sys, alexnet_jax.{module}; {NO_TORCH}"
-  r = subprocess.run(
-      [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
-  )
-  assert r.returncode == 0, r.stderr[-2000:]
+@pytest.mark.parametrize("module", ALONE)
+def test_every_module_imports_alone_without_torch(module, each_alone):
+  """Each module imports on its own (no reliance on an import order), and none pulls in
+  torch or the benchmark."""
+  assert each_alone[module] == {"loaded": []}
 
 
 @pytest.mark.parametrize("installed", [True, False])
