@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import data as data_lib
+from alexnet_jax.data import stats
 from tests import data_helpers
 from tests.data_helpers import dataset_config, fresh_user_cache
 
@@ -74,3 +75,18 @@ def test_stats_cache_with_altered_content_is_not_trusted(tmp_path, monkeypatch, 
   # The untouched cache is read back without a pass (the HMAC verifies).
   monkeypatch.setattr(data_lib.stats, "stats_pass", lambda *a: pytest.fail("cache not used"))
   np.testing.assert_array_equal(data_lib.dataset_stats(cfg).mean_image, first.mean_image)
+
+
+def test_pixel_moments_are_exact_at_the_uint8_extremes():
+  """The sums behind the PCA lighting use uint16 products: exact up to 255 * 255, checked
+  against int64 arithmetic on pixels at 0, 255 and random values."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, size=(3, 256, 256, 3), dtype=np.uint8)
+  x[0] = 255  # the largest products: 65025 each, 196608 of them per channel pair
+  x[1, :, :, 1] = 0
+  sums = stats.Sums()
+  sums.add(x)
+  px = x.reshape(-1, 3).astype(np.int64)
+  np.testing.assert_array_equal(sums.s1, px.sum(0))
+  np.testing.assert_array_equal(sums.s2, px.T @ px)
+  np.testing.assert_array_equal(sums.image, x.sum(0, dtype=np.int64))
