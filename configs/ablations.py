@@ -5,8 +5,9 @@ full paper run with one switch flipped.
   python launch/sweep.py --config=configs/ablations.py --workdir=runs/ablations --mode=slurm \
       --sbatch=--gpus-per-node=2
 
-At demo scale (configs/demo.py's digits and quarter-width net, 5 runs of about a minute each
-on 2 CPU cores, then their table and curves from python -m alexnet_jax.compare):
+At demo scale (configs/demo.py:sgd: the demo's digits and quarter-width net with the paper's
+optimizer and dropout; 5 runs of about a minute each on 2 CPU cores, then their table and
+curves from python -m alexnet_jax.compare):
 
   python launch/sweep.py --config=configs/ablations.py:demo --workdir=runs/ablations_demo \
       --mode=local
@@ -22,7 +23,7 @@ def get_config(scale: str | None = None):
   """scale 'demo' (--config=configs/ablations.py:demo): the same switches on the demo."""
   if scale not in (None, "", "paper", "demo"):
     raise ValueError(f"configs/ablations.py:{scale}: the scales are 'paper' and 'demo'")
-  return demo.get_config() if scale == "demo" else paper.get_config()
+  return demo.get_config("sgd") if scale == "demo" else paper.get_config()
 
 
 def sweep():
