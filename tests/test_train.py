@@ -147,50 +147,48 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
   )
 
 
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory):
+  """(config, workdir, what it returned) of an uninterrupted 4-step run (evaluated and saved
+  at 2 and 4): trained once, copied by the tests that rerun or resume it."""
+  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
+  workdir = tmp_path_factory.mktemp("four_steps")
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
 @pytest.mark.slow
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-  good = tiny.config(
-      num_train_steps=2,
-      checkpoint_every_steps=1,
-      eval_every_steps=100,
-      **{"mesh.data": -1, "optimizer.schedule": "constant"},
-  )
-  train.train_and_evaluate(good, str(tmp_path))
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(four_steps, tmp_path):
+  """The finished 4-step run (four_steps, copied) resumed with a learning rate that explodes
+  it: the run stops naming its last good checkpoint, and every checkpoint holds finite
+  parameters, step 4's untouched."""
+  good, run, _ = four_steps
+  shutil.copytree(run, tmp_path / "run")
+  workdir = str(tmp_path / "run")
   mesh = _mesh(8, 1)
   model = train_state.create_model(good, 10)
   abstract = train_state.abstract_state(good, model)
-  manager = checkpoint.CheckpointManager(str(tmp_path), good)
-  assert manager.latest_step() == 2
-  before = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 2)
-  # Resume the same run with a learning rate that explodes it.
+  manager = checkpoint.CheckpointManager(workdir, good)
+  assert manager.latest_step() == 4
+  before = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 4)
   bad = tiny.config(
       num_train_steps=12,
       checkpoint_every_steps=1,
       eval_every_steps=100,
-      **{"mesh.data": -1, "optimizer.schedule": "constant", "optimizer.learning_rate": 1e12},
+      **{"mesh.data": -1, "optimizer.learning_rate": 1e12},
   )
   with pytest.raises(
       train.NonFiniteLossError, match=r"non-finite.*last good checkpoint in .* is step"
   ):
-    train.train_and_evaluate(bad, str(tmp_path))
-  manager = checkpoint.CheckpointManager(str(tmp_path), good)
+    train.train_and_evaluate(bad, workdir)
+  manager = checkpoint.CheckpointManager(workdir, good)
   steps = manager.all_steps()
-  assert 2 in steps and max(steps) < 12
+  assert 4 in steps and max(steps) < 12
   for s in steps:  # every checkpoint that was written holds finite parameters
     st = manager.restore(abstract, train_state.state_shardings(mesh, abstract), s)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st.params))
-  again = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 2)
+  again = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 4)
   for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(before.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # untouched
-
-
-@pytest.fixture(scope="module")
-def four_steps(tmp_path_factory):
-  """(config, workdir, what it returned) of an uninterrupted 4-step run (evaluated and saved
-  at 2 and 4): trained once, copied by the tests that rerun it."""
-  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
-  workdir = tmp_path_factory.mktemp("four_steps")
-  return config, workdir, train.train_and_evaluate(config, str(workdir))
 
 
 @pytest.mark.slow
