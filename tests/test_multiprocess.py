@@ -427,7 +427,7 @@ def test_damaged_latest_step_fallback_and_preemption_on_two_processes(
   3. the rerun resumes from that save on both processes and finishes.
   The losses of the steps the first launch trained are those of the finished run."""
   # Room for both preemptions (the processes agree on a step a few steps ahead: the second
-  # save is about step 8); every step past them is trained and saved again by launch 3.
+  # save was step 5 at load 5.6, the first step 4); launch 3 trains and saves every step left.
   steps = 20
   workdir = str(tmp_path / "w")
   cmd = [
