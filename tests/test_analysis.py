@@ -340,7 +340,7 @@ def test_fig3_of_a_run_on_grey_digits_shows_its_random_start(tmp_path):
   """The README's note on the demo's Fig. 3 (colour noise): a grey image gives each colour
   channel of conv1 the same gradient, so training moves the kernels almost only in grey, and
   the colour in the figure is the random start's."""
-  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
+  config = tiny.config(num_train_steps=2, **{"mesh.data": -1})  # trained, evaluated, saved once
   workdir = tmp_path / "digits"
   workdir.mkdir()
   (workdir / "config.json").write_text(config.to_json_best_effort())

@@ -37,6 +37,7 @@ def test_ten_crop_eval_equals_averaging_softmax_by_hand():
 
   # By hand: slice the ten windows with NumPy, run the plain model, average softmaxes.
   p = jax.device_get(params)
+  plain = jax.jit(model.apply)  # the plain model, compiled once for the ten views
   probs = np.zeros((4, 10))
   offsets = [(0, 0), (0, 32), (32, 0), (32, 32), (16, 16)]
   for flip in (False, True):
@@ -45,7 +46,7 @@ def test_ten_crop_eval_equals_averaging_softmax_by_hand():
       view = view * config.input.scale
       if flip:
         view = view[:, :, ::-1]
-      logits = np.asarray(model.apply({"params": p}, jnp.asarray(view)), np.float64)
+      logits = np.asarray(plain({"params": p}, jnp.asarray(view)), np.float64)
       probs += _softmax(logits) / 10
   top1 = (probs.argmax(-1) != labels)[:3].sum()
   top5 = np.array([labels[i] not in np.argsort(-probs[i])[:5] for i in range(3)]).sum()

@@ -83,9 +83,11 @@ def test_parameter_count_is_the_papers():
 
 
 def test_every_layer_has_the_papers_output_shape():
+  # Shapes only: traced (jax.eval_shape), not computed, on the full-width network.
   m = AlexNet()
-  variables = _init(m)
-  _, state = m.apply(variables, jnp.zeros((2, *IMG)), mutable=["intermediates"])
+  _, state = jax.eval_shape(
+      lambda: m.apply(_init(m), jnp.zeros((1, *IMG)), mutable=["intermediates"])
+  )
   got = {k: v[0].shape[1:] for k, v in state["intermediates"].items()}
   assert got == {  # docs/paper.md#architecture, "output (both towers)"
       "conv1_out": (55, 55, 96),
@@ -106,7 +108,7 @@ def test_every_layer_has_the_papers_output_shape():
 def test_lrn_does_not_cross_the_tower_boundary():
   m = AlexNet(num_classes=10, width=0.25)
   variables = _init(m)
-  images = jax.random.normal(jax.random.key(1), (2, *IMG)) * 60
+  images = jax.random.normal(jax.random.key(1), (1, *IMG)) * 60  # LRN is per pixel
   _, state = m.apply(variables, images, mutable=["intermediates"])
   conv1 = np.asarray(state["intermediates"]["conv1_out"][0])  # post-ReLU, pre-LRN, 24 ch
   pool1 = np.asarray(state["intermediates"]["pool1"][0])
@@ -215,9 +217,11 @@ def test_he_initialisation():
 
 @pytest.mark.slow
 def test_dropout_masks_are_independent_and_scaled():
-  m = AlexNet(num_classes=10, width=0.5)
+  # Quarter width (the other tests' network, its operations compiled once) on 16 images:
+  # 16 x 1024 fc6 units, as many samples as half width on 8.
+  m = AlexNet(num_classes=10, width=0.25)
   variables = _init(m)
-  images = jax.random.normal(jax.random.key(0), (8, *IMG)) * 50
+  images = jax.random.normal(jax.random.key(0), (16, *IMG)) * 50
   logits, clean = m.apply(variables, images, mutable=["intermediates"])
 
   def fc6(rng):

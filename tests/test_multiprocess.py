@@ -426,7 +426,9 @@ def test_damaged_latest_step_fallback_and_preemption_on_two_processes(
      step (the damaged one's number may come again);
   3. the rerun resumes from that save on both processes and finishes.
   The losses of the steps the first launch trained are those of the finished run."""
-  steps = 40  # room for both preemptions: the processes agree on a step a few steps ahead
+  # Room for both preemptions (the processes agree on a step a few steps ahead: the second
+  # save was step 5 at load 5.6, the first step 4); launch 3 trains and saves every step left.
+  steps = 20
   workdir = str(tmp_path / "w")
   cmd = [
       os.path.join(REPO, "launch", "multiprocess_local.sh"),

@@ -115,8 +115,9 @@ def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(leaf), dict(jax.tree_util.tree_leaves_with_path(want))[path]
     )
-  # The notebook can run the model on what it restored.
-  logits = train_state.create_model(restored_config, 10).apply(
+  # The notebook can run the model on what it restored (jitted: one compile, not one per
+  # operation).
+  logits = jax.jit(train_state.create_model(restored_config, 10).apply)(
       variables, jnp.zeros((1, 224, 224, 3))
   )
   assert logits.shape == (1, 10) and np.all(np.isfinite(logits))
@@ -147,50 +148,48 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
   )
 
 
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory):
+  """(config, workdir, what it returned) of an uninterrupted 4-step run (evaluated and saved
+  at 2 and 4): trained once, copied by the tests that rerun or resume it."""
+  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
+  workdir = tmp_path_factory.mktemp("four_steps")
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
 @pytest.mark.slow
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-  good = tiny.config(
-      num_train_steps=2,
-      checkpoint_every_steps=1,
-      eval_every_steps=100,
-      **{"mesh.data": -1, "optimizer.schedule": "constant"},
-  )
-  train.train_and_evaluate(good, str(tmp_path))
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(four_steps, tmp_path):
+  """The finished 4-step run (four_steps, copied) resumed with a learning rate that explodes
+  it: the run stops naming its last good checkpoint, and every checkpoint holds finite
+  parameters, step 4's untouched."""
+  good, run, _ = four_steps
+  shutil.copytree(run, tmp_path / "run")
+  workdir = str(tmp_path / "run")
   mesh = _mesh(8, 1)
   model = train_state.create_model(good, 10)
   abstract = train_state.abstract_state(good, model)
-  manager = checkpoint.CheckpointManager(str(tmp_path), good)
-  assert manager.latest_step() == 2
-  before = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 2)
-  # Resume the same run with a learning rate that explodes it.
+  manager = checkpoint.CheckpointManager(workdir, good)
+  assert manager.latest_step() == 4
+  before = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 4)
   bad = tiny.config(
       num_train_steps=12,
       checkpoint_every_steps=1,
       eval_every_steps=100,
-      **{"mesh.data": -1, "optimizer.schedule": "constant", "optimizer.learning_rate": 1e12},
+      **{"mesh.data": -1, "optimizer.learning_rate": 1e12},
   )
   with pytest.raises(
       train.NonFiniteLossError, match=r"non-finite.*last good checkpoint in .* is step"
   ):
-    train.train_and_evaluate(bad, str(tmp_path))
-  manager = checkpoint.CheckpointManager(str(tmp_path), good)
+    train.train_and_evaluate(bad, workdir)
+  manager = checkpoint.CheckpointManager(workdir, good)
   steps = manager.all_steps()
-  assert 2 in steps and max(steps) < 12
+  assert 4 in steps and max(steps) < 12
   for s in steps:  # every checkpoint that was written holds finite parameters
     st = manager.restore(abstract, train_state.state_shardings(mesh, abstract), s)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st.params))
-  again = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 2)
+  again = manager.restore(abstract, train_state.state_shardings(mesh, abstract), 4)
   for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(before.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # untouched
-
-
-@pytest.fixture(scope="module")
-def four_steps(tmp_path_factory):
-  """(config, workdir, what it returned) of an uninterrupted 4-step run (evaluated and saved
-  at 2 and 4): trained once, copied by the tests that rerun it."""
-  config = tiny.config(num_train_steps=4, **{"mesh.data": -1})
-  workdir = tmp_path_factory.mktemp("four_steps")
-  return config, workdir, train.train_and_evaluate(config, str(workdir))
 
 
 @pytest.mark.slow
@@ -445,6 +444,42 @@ def test_wrong_typed_override_exits_non_zero_naming_it(tmp_path):
 TINY = tiny.flags(eval_every_steps=2, checkpoint_every_steps=2, num_train_steps=6)
 
 
+@pytest.mark.slow
+def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
+  full = _main(tmp_path / "full", *TINY)
+  assert full.returncode == 0, full.stderr[-3000:]
+  # Kill -9 the second run once its first checkpoint exists, then start it again.
+  proc = _main(tmp_path / "cut", *TINY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = tmp_path / "cut" / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (
+      ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())
+  ):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  assert killed_at and killed_at[-1] < 6, killed_at
+  # The killed run's lock file still names it; the OS dropped its flock, so the rerun goes on.
+  assert json.loads((tmp_path / "cut" / facts.LOCK_FILE).read_text())["pid"] == proc.pid
+  resumed = _main(tmp_path / "cut", *TINY)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from" in resumed.stderr
+  _, want = checkpoint.restore(str(tmp_path / "full"))
+  _, got = checkpoint.restore(str(tmp_path / "cut"))
+  flat = dict(jax.tree_util.tree_leaves_with_path(want["params"]))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(got["params"]):
+    np.testing.assert_allclose(np.asarray(leaf), np.asarray(flat[path]), rtol=1e-6, atol=1e-7)
+  # And the run wrote what the README promises.
+  rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+  assert {r["split"] for r in rows} == {"train", "eval"}
+  assert {"loss", "learning_rate", "images_per_sec"} <= set(rows[0])
+  assert any("top1_error" in r and "top5_error" in r for r in rows if r["split"] == "eval")
+  assert (tmp_path / "full" / "learning_curve.png").stat().st_size > 10_000
+  assert json.load(open(tmp_path / "full" / "config.json"))["batch_size"] == 8
+  assert not (tmp_path / "full" / facts.LOCK_FILE).exists()  # a clean exit removes it
+
+
 def _seconds_after_last_line(cmd) -> tuple[int, str, float]:
   """Run `cmd` (stdout and stderr on one pipe): (exit status, output, seconds from its last
   line to the end of the process, when the pipe closes)."""
@@ -503,42 +538,6 @@ def test_commands_end_within_2s_of_their_last_line_on_busy_cores(tmp_path):
   assert steps == {1, 2, 3}
   assert not (workdir / facts.LOCK_FILE).exists()  # a clean exit removes it
   assert (workdir / "eval_3_1crop.json").exists()
-
-
-@pytest.mark.slow
-def test_resume_after_kill_ends_with_the_uninterrupted_parameters(tmp_path):
-  full = _main(tmp_path / "full", *TINY)
-  assert full.returncode == 0, full.stderr[-3000:]
-  # Kill -9 the second run once its first checkpoint exists, then start it again.
-  proc = _main(tmp_path / "cut", *TINY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpts = tmp_path / "cut" / "checkpoints"
-  deadline = time.time() + 240
-  while time.time() < deadline and not (
-      ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())
-  ):
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
-  assert killed_at and killed_at[-1] < 6, killed_at
-  # The killed run's lock file still names it; the OS dropped its flock, so the rerun goes on.
-  assert json.loads((tmp_path / "cut" / facts.LOCK_FILE).read_text())["pid"] == proc.pid
-  resumed = _main(tmp_path / "cut", *TINY)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from" in resumed.stderr
-  _, want = checkpoint.restore(str(tmp_path / "full"))
-  _, got = checkpoint.restore(str(tmp_path / "cut"))
-  flat = dict(jax.tree_util.tree_leaves_with_path(want["params"]))
-  for path, leaf in jax.tree_util.tree_leaves_with_path(got["params"]):
-    np.testing.assert_allclose(np.asarray(leaf), np.asarray(flat[path]), rtol=1e-6, atol=1e-7)
-  # And the run wrote what the README promises.
-  rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
-  assert {r["split"] for r in rows} == {"train", "eval"}
-  assert {"loss", "learning_rate", "images_per_sec"} <= set(rows[0])
-  assert any("top1_error" in r and "top5_error" in r for r in rows if r["split"] == "eval")
-  assert (tmp_path / "full" / "learning_curve.png").stat().st_size > 10_000
-  assert json.load(open(tmp_path / "full" / "config.json"))["batch_size"] == 8
-  assert not (tmp_path / "full" / facts.LOCK_FILE).exists()  # a clean exit removes it
 
 
 def test_checkpoints_keep_the_latest_k_and_the_best(tmp_path):
