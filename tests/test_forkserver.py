@@ -1,0 +1,111 @@
+"""tests/forkserver.py: a forked child of the zygote runs a command as a fresh interpreter
+would (its environment, working directory, streams, exit status), and falls back to a real
+process where it cannot."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import forkserver
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+def _run(code, *args, **kw):
+  kw.setdefault("timeout", 120)
+  return forkserver.run([PY, "-c", code, *args], capture_output=True, text=True, **kw)
+
+
+def test_the_child_sees_its_environment_jax_options_included():
+  code = (
+      "import os, jax, jax.numpy as jnp; "
+      "print(jnp.zeros(1).dtype, len(jax.devices()), os.environ.get('FORKSERVER_TEST'))"
+  )
+  env = dict(os.environ, JAX_ENABLE_X64="1", FORKSERVER_TEST="given")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+  assert forkserver.forkable([PY, "-c", code], env)
+  r = _run(code, env=env)
+  assert (r.returncode, r.stdout, r.stderr) == (0, "float64 3 given\n", "")
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "FORKSERVER_TEST")}
+  r = _run(code, env=env)  # the next child: the zygote's own (unset) options again
+  assert (r.returncode, r.stdout) == (0, "float32 8 None\n"), r.stderr
+
+
+def test_exit_statuses_and_separate_streams():
+  r = _run("import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)")
+  assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+  r = _run("raise ValueError('planted')")
+  assert r.returncode == 1 and r.stdout == ""
+  assert "Traceback (most recent call last)" in r.stderr
+  assert r.stderr.rstrip().endswith("ValueError: planted")
+  r = _run("import os, sys; sys.stdout.write('flushed? '); sys.stdout.flush(); os._exit(5)")
+  assert (r.returncode, r.stdout) == (5, "flushed? ")
+  r = _run("import sys; sys.exit('a message')")
+  assert (r.returncode, r.stderr) == (1, "a message\n")
+  r = _run("import atexit; atexit.register(print, 'at exit')")
+  assert (r.returncode, r.stdout) == (0, "at exit\n")
+  r = _run("import sys; print(sys.argv, sys.stdin.read())", "a", "b", input="typed")
+  assert r.stdout == "['-c', 'a', 'b'] typed\n"
+
+
+def test_the_timeout_kills_the_child_and_what_it_started(tmp_path):
+  code = (
+      "import subprocess, sys, time; "
+      "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+      "print(p.pid, flush=True); time.sleep(300)"
+  )
+  start = time.monotonic()
+  with pytest.raises(subprocess.TimeoutExpired) as e:
+    _run(code, timeout=3)
+  assert time.monotonic() - start < 60
+  grandchild = int(e.value.output.split()[0])
+  for _ in range(100):  # the kill reaches it at once; its parent (init) reaps it
+    try:
+      os.kill(grandchild, 0)
+    except ProcessLookupError:
+      break
+    time.sleep(0.1)
+  else:
+    raise AssertionError(f"process {grandchild} outlived the timeout")
+  assert _run("print('next')").stdout == "next\n"  # the zygote serves on
+
+
+def test_cwd_module_path_and_merged_stderr(tmp_path):
+  (tmp_path / "planted_module.py").write_text(
+      "import os, sys\nprint(os.getcwd(), __name__, sys.argv[1:])\n"
+      "print('warn', file=sys.stderr)\n"
+  )
+  r = forkserver.run(
+      [PY, "-m", "planted_module", "x"],
+      cwd=tmp_path,
+      stderr=subprocess.STDOUT,
+      text=True,
+      timeout=120,
+  )
+  assert (r.returncode, r.stdout) == (0, f"{tmp_path} __main__ ['x']\nwarn\n")
+
+
+def test_a_command_gives_the_same_output_forked_and_in_a_fresh_process(tmp_path):
+  # evaluate loads the library, TensorFlow and JAX before it finds no run there.
+  args = [PY, "-m", "alexnet_jax.evaluate", f"--workdir={tmp_path}"]
+  forked = forkserver.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+  fresh = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert (forked.returncode, forked.stdout, forked.stderr) == (
+      fresh.returncode,
+      fresh.stdout,
+      fresh.stderr,
+  )
+  assert fresh.returncode == 1 and fresh.stderr.startswith("FATAL: ")
+
+
+def test_what_the_zygote_cannot_mimic_runs_a_real_process():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", PYTHONHASHSEED="7")
+  assert not forkserver.forkable([PY, "-c", "pass"], env)
+  assert not forkserver.forkable([PY, "-u", "-c", "pass"])
+  assert not forkserver.forkable([PY, "-c", "pass"], dict(os.environ, JAX_DEBUG_NANS="1"))
+  r = _run("import os; print(os.environ['PYTHONHASHSEED'], hash('a') == hash('a'))", env=env)
+  assert (r.returncode, r.stdout) == (0, "7 True\n")
