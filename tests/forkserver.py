@@ -102,7 +102,7 @@ def run(
   cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
   args = [os.fspath(a) for a in args]
   server = _server()
-  if server is None or not _forkable(args, env, server.env):
+  if server is None or not server.alive() or not _forkable(args, env, server.env, server.loaded):
     r = _subprocess(args, cwd, env, timeout, input, text, merge)
   else:
     r = server.run(args, cwd, env, timeout, input, text, merge)
@@ -117,7 +117,11 @@ def forkable(args, env=None) -> bool:
   """Whether run(args, env=env) would run in a forked child (not a real process)."""
   server = _server()
   env = dict(os.environ if env is None else env)
-  return server is not None and _forkable(list(map(os.fspath, args)), env, server.env)
+  return (
+      server is not None
+      and server.alive()
+      and _forkable(list(map(os.fspath, args)), env, server.env, server.loaded)
+  )
 
 
 def _subprocess(args, cwd, env, timeout, input, text, merge):  # noqa: A002
@@ -135,7 +139,24 @@ def _subprocess(args, cwd, env, timeout, input, text, merge):  # noqa: A002
   )
 
 
-def _forkable(args, env, zygote_env) -> bool:
+def _pythonpath(value) -> list[str]:
+  return [p for p in (value or "").split(os.pathsep) if p]
+
+
+def _shadows(pythonpath, zygote_pythonpath, loaded) -> bool:
+  """Whether a folder the child's PYTHONPATH adds holds a package the zygote loaded (a
+  stand-in that a fresh interpreter would import instead)."""
+  for folder in set(_pythonpath(pythonpath)) - set(_pythonpath(zygote_pythonpath)):
+    try:
+      names = {n.split(".")[0] for n in os.listdir(folder)}
+    except OSError:
+      continue
+    if names & loaded:
+      return True
+  return False
+
+
+def _forkable(args, env, zygote_env, loaded) -> bool:
   if len(args) < 2 or args[0] != sys.executable:
     return False
   if args[1] in ("-m", "-c"):
@@ -145,6 +166,10 @@ def _forkable(args, env, zygote_env) -> bool:
     return False
   for k in set(env) | set(zygote_env):
     if env.get(k) == zygote_env.get(k):
+      continue
+    if k == "PYTHONPATH":
+      if _shadows(env.get(k), zygote_env.get(k), loaded):
+        return False
       continue
     if k.startswith(IMPORT_TIME) or k in IMPORT_TIME_NAMES:
       return False
@@ -174,6 +199,7 @@ class _Server:
         cwd="/",
     )
     self.ready = None  # set by the first call: the zygote's "ready" line read
+    self.loaded = set()  # the top-level packages the zygote loaded
 
   def _line(self, timeout):
     """The zygote's next message (a dict), or None on timeout; EOFError if it died."""
@@ -190,8 +216,10 @@ class _Server:
   def alive(self) -> bool:
     if self.ready is None:
       try:
-        self.ready = self._line(600) == {"ready": True}
-      except (EOFError, ValueError):
+        msg = self._line(600)
+        self.ready = msg is not None and msg.get("ready") is True
+        self.loaded = set(msg["loaded"]) if self.ready else set()
+      except (EOFError, ValueError, TypeError, KeyError):
         self.ready = False
     return self.ready and self.proc.poll() is None
 
@@ -284,7 +312,8 @@ def _zygote():
   gc.freeze()  # the preloaded objects stay shared with the children (no copy on write)
   reader = os.fdopen(protocol_in, "rb")
   writer = os.fdopen(protocol_out, "wb", buffering=0)
-  writer.write(b'{"ready": true}\n')
+  loaded = sorted({m.split(".")[0] for m in sys.modules})
+  writer.write(json.dumps({"ready": True, "loaded": loaded}).encode() + b"\n")
   for line in reader:
     request = json.loads(line)
     sys.stdout.flush()
@@ -324,7 +353,7 @@ def _child(request, zygote_env):
     os.environ.update(env)
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     _apply_jax_options(env, zygote_env)
-    status = _main(request["args"])
+    status = _main(request["args"], env, zygote_env)
   except BaseException:  # noqa: BLE001 (the forkserver's own failure: say it, status 1)
     import traceback
 
@@ -349,7 +378,7 @@ def _apply_jax_options(env, zygote_env):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
-def _main(args) -> int:
+def _main(args, env, zygote_env) -> int:
   """Run args[1:] as `python` would in a fresh process; the exit status."""
   import runpy
   import types
@@ -359,6 +388,10 @@ def _main(args) -> int:
   main.__dict__["__builtins__"] = __builtins__
   sys.modules["__main__"] = main
   sys.orig_argv = list(args)
+  # The interpreter's path after its first entry: the child's PYTHONPATH, then the rest.
+  ours = _pythonpath(zygote_env.get("PYTHONPATH"))
+  given = [os.path.abspath(p) for p in _pythonpath(env.get("PYTHONPATH"))]
+  sys.path[1:] = given + [p for p in sys.path[1:] if p not in ours]
   status = 0
   try:
     if kind == "-m":

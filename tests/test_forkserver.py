@@ -102,6 +102,20 @@ def test_a_command_gives_the_same_output_forked_and_in_a_fresh_process(tmp_path)
   assert fresh.returncode == 1 and fresh.stderr.startswith("FATAL: ")
 
 
+def test_pythonpath_comes_first_and_a_stand_in_for_a_preloaded_package_runs_fresh(tmp_path):
+  (tmp_path / "planted_module.py").write_text("WHERE = 'planted'\n")
+  env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+  code = "import sys, planted_module; print(planted_module.WHERE, sys.path[1:3])"
+  assert forkserver.forkable([PY, "-c", code], env)
+  r = _run(code, env=env, cwd="/")
+  assert (r.returncode, r.stdout) == (0, f"planted {[str(tmp_path), REPO]}\n"), r.stderr
+  (tmp_path / "optax").mkdir()  # a package the zygote loaded: the child would use the wrong one
+  (tmp_path / "optax" / "__init__.py").write_text("WHERE = 'stand-in'\n")
+  assert not forkserver.forkable([PY, "-c", code], env)
+  r = _run("import optax; print(optax.WHERE)", env=env, cwd="/")
+  assert (r.returncode, r.stdout) == (0, "stand-in\n"), r.stderr
+
+
 def test_what_the_zygote_cannot_mimic_runs_a_real_process():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", PYTHONHASHSEED="7")
   assert not forkserver.forkable([PY, "-c", "pass"], env)
