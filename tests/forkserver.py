@@ -17,9 +17,13 @@ What the preloaded libraries read from the environment when they load is the cat
 - TensorFlow's and Python's own load-time variables (TF_*, PYTHON*, ...: IMPORT_TIME): a
   difference from the zygote's runs a real process. So does TF_CPP_MIN_LOG_LEVEL=1 given
   explicitly (alexnet_jax/__init__.py takes a 1 for JAX's own default once JAX is loaded).
+- PYTHONPATH: put on the child's sys.path as a fresh interpreter puts it, unless a folder it
+  adds holds a package the zygote loaded (a stand-in: a real process).
 - XLA_FLAGS and the rest are read when a backend starts, in the child: as in a fresh process.
-Without fork, or when the zygote cannot start or dies, every call is a real subprocess.run:
-the tests never depend on the trick for their outcome. Tests whose point is the fresh
+- What a library prints as it loads went to the zygote's stderr (nowhere): tests/
+  test_forkserver.py runs a trainer's start both ways and compares what it printed.
+Without fork, with FORKSERVER=0, or when the zygote cannot start or dies, every call is a real
+subprocess.run: the tests never depend on the trick for their outcome. Tests whose point is the fresh
 process itself (signals, jax.distributed, "a second start loads from the compilation cache",
 "importing prints nothing", resource limits, pip) keep calling subprocess.
 
@@ -33,15 +37,19 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 # What the zygote loads: what the commands import from outside the package (not torch,
 # keras or h5py, which the package loads only when asked: tests/test_imports.py DEFERRABLE).
 PRELOAD = (
+    # Where it is installed, before TensorFlow, as alexnet_jax/__init__.py loads it.
+    "triton",
     "numpy",
     "scipy",
     "PIL.Image",
@@ -76,6 +84,9 @@ IMPORT_TIME_JAX = {
 _TRUE = ("y", "yes", "t", "true", "on", "1")
 _FALSE = ("n", "no", "f", "false", "off", "0")
 _HERE = os.path.abspath(__file__)
+# The environment the zygote starts with: the test process's as it was when the tests were
+# collected (conftest's settings in place), not what the test that happens to start it changed.
+_ENV_AT_IMPORT = dict(os.environ)
 
 
 def run(
@@ -101,7 +112,7 @@ def run(
   env = dict(os.environ if env is None else env)
   cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
   args = [os.fspath(a) for a in args]
-  server = _server()
+  server = _server() if _forkable_args(args) else None
   if server is None or not server.alive() or not _forkable(args, env, server.env, server.loaded):
     r = _subprocess(args, cwd, env, timeout, input, text, merge)
   else:
@@ -115,13 +126,86 @@ def run(
 
 def forkable(args, env=None) -> bool:
   """Whether run(args, env=env) would run in a forked child (not a real process)."""
-  server = _server()
+  args = list(map(os.fspath, args))
+  server = _server() if _forkable_args(args) else None
   env = dict(os.environ if env is None else env)
-  return (
-      server is not None
-      and server.alive()
-      and _forkable(list(map(os.fspath, args)), env, server.env, server.loaded)
-  )
+  return server is not None and server.alive() and _forkable(args, env, server.env, server.loaded)
+
+
+def popen(args, *, cwd=None, env=None, stdout=None, stderr=None, text=False):
+  """subprocess.Popen(args, ...) for what run() takes, in a forked child of the zygote: an
+  object with pid, returncode, poll(), wait(timeout), communicate(timeout), send_signal(),
+  terminate() and kill(), as subprocess.Popen's; a real subprocess.Popen where run() would
+  start a real process. stdout, stderr: subprocess.PIPE (communicate() returns it), DEVNULL,
+  STDOUT (stderr), an open file, or None (this process's own stream)."""
+  env = dict(os.environ if env is None else env)
+  cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
+  args = [os.fspath(a) for a in args]
+  server = _server() if _forkable_args(args) else None
+  if server is not None and server.alive() and _forkable(args, env, server.env, server.loaded):
+    tmp = tempfile.mkdtemp(prefix="forkserver_")
+    out = _target(stdout, 1, os.path.join(tmp, "out"))
+    err = out if stderr == subprocess.STDOUT else _target(stderr, 2, os.path.join(tmp, "err"))
+    try:
+      pid = server.start(args, cwd, env, os.devnull, out, err)
+    except EOFError:
+      shutil.rmtree(tmp, ignore_errors=True)
+    else:
+      pipes = (
+          out if stdout == subprocess.PIPE else None,
+          err if stderr == subprocess.PIPE else None,
+      )
+      return _Forked(server, args, pid, tmp, pipes, text)
+  return subprocess.Popen(args, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text)
+
+
+def _target(stream, fd, pipe_path) -> str:
+  """The path a child opens for `stream` (see popen)."""
+  if stream == subprocess.PIPE:
+    return pipe_path
+  if stream == subprocess.DEVNULL:
+    return os.devnull
+  if stream is None:
+    return f"/proc/{os.getpid()}/fd/{fd}"
+  return f"/proc/{os.getpid()}/fd/{stream.fileno()}"
+
+
+class _Forked:
+  """popen's handle on a forked child (the subset of subprocess.Popen the tests use)."""
+
+  def __init__(self, server, args, pid, tmp, pipes, text):
+    self._server, self.args, self.pid = server, args, pid
+    self._tmp, self._pipes, self._text = tmp, pipes, text
+    self.returncode = None
+
+  def poll(self):
+    if self.returncode is None:
+      self.returncode = self._server.wait(self.pid, 0)
+    return self.returncode
+
+  def wait(self, timeout=None):
+    if self.returncode is None:
+      self.returncode = self._server.wait(self.pid, timeout)
+      if self.returncode is None:
+        raise subprocess.TimeoutExpired(self.args, timeout)
+    return self.returncode
+
+  def communicate(self, input=None, timeout=None):  # noqa: A002
+    assert input is None, "popen's children read /dev/null"
+    self.wait(timeout)
+    got = tuple(None if p is None else _read(p, self._text) for p in self._pipes)
+    shutil.rmtree(self._tmp, ignore_errors=True)
+    return got
+
+  def send_signal(self, sig):
+    if self.poll() is None:
+      os.kill(self.pid, sig)
+
+  def terminate(self):
+    self.send_signal(signal.SIGTERM)
+
+  def kill(self):
+    self.send_signal(signal.SIGKILL)
 
 
 def _subprocess(args, cwd, env, timeout, input, text, merge):  # noqa: A002
@@ -135,7 +219,6 @@ def _subprocess(args, cwd, env, timeout, input, text, merge):  # noqa: A002
       text=text,
       stdout=subprocess.PIPE,
       stderr=err,
-      stdin=None if input is not None else subprocess.DEVNULL,
   )
 
 
@@ -156,13 +239,17 @@ def _shadows(pythonpath, zygote_pythonpath, loaded) -> bool:
   return False
 
 
-def _forkable(args, env, zygote_env, loaded) -> bool:
+def _forkable_args(args) -> bool:
+  """`python -m MODULE ...`, `python -c CODE ...` or `python SCRIPT.py ...`, no option."""
   if len(args) < 2 or args[0] != sys.executable:
     return False
   if args[1] in ("-m", "-c"):
-    if len(args) < 3:
-      return False
-  elif args[1].startswith("-") or not args[1].endswith(".py"):
+    return len(args) >= 3
+  return not args[1].startswith("-") and args[1].endswith(".py")
+
+
+def _forkable(args, env, zygote_env, loaded) -> bool:
+  if not _forkable_args(args):
     return False
   for k in set(env) | set(zygote_env):
     if env.get(k) == zygote_env.get(k):
@@ -184,12 +271,12 @@ def _forkable(args, env, zygote_env, loaded) -> bool:
 
 
 class _Server:
-  """The zygote, as seen from the test process: its pipes and the environment it started
-  with. Calls are serialised (one child at a time)."""
+  """The zygote, as seen from the test process: its pipes, the environment it started with,
+  and the exit statuses it reported. Its children may overlap (popen)."""
 
   def __init__(self):
-    self.env = dict(os.environ)
-    self.lock = threading.Lock()
+    self.env = _ENV_AT_IMPORT
+    self.lock = threading.RLock()
     self.proc = subprocess.Popen(
         [sys.executable, _HERE, "--zygote"],
         stdin=subprocess.PIPE,
@@ -197,73 +284,116 @@ class _Server:
         stderr=subprocess.DEVNULL,
         env=self.env,
         cwd="/",
+        bufsize=0,
     )
     self.ready = None  # set by the first call: the zygote's "ready" line read
     self.loaded = set()  # the top-level packages the zygote loaded
+    self.exits = {}  # pid -> exit status, reported and not yet claimed
+    self._buffer = b""
 
-  def _line(self, timeout):
+  def _message(self, timeout):
     """The zygote's next message (a dict), or None on timeout; EOFError if it died."""
     fd = self.proc.stdout.fileno()
-    if timeout is not None:
-      ready, _, _ = select.select([fd], [], [], max(timeout, 0))
-      if not ready:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while b"\n" not in self._buffer:
+      left = None if deadline is None else max(deadline - time.monotonic(), 0)
+      if not select.select([fd], [], [], left)[0]:
         return None
-    line = self.proc.stdout.readline()
-    if not line:
-      raise EOFError
+      data = os.read(fd, 1 << 16)
+      if not data:
+        raise EOFError
+      self._buffer += data
+    line, self._buffer = self._buffer.split(b"\n", 1)
     return json.loads(line)
 
+  def _next(self, timeout, want):
+    """The next message with key `want`; exit reports met on the way are kept."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+      left = None if deadline is None else max(deadline - time.monotonic(), 0)
+      msg = self._message(left)
+      if msg is None or want in msg:
+        return msg
+      if "exit" in msg:
+        self.exits[msg["exit"]] = msg["status"]
+
   def alive(self) -> bool:
-    if self.ready is None:
+    with self.lock:
+      if self.ready is None:
+        try:
+          msg = self._message(600)
+          self.ready = msg is not None and msg.get("ready") is True
+          self.loaded = set(msg["loaded"]) if self.ready else set()
+        except (EOFError, ValueError, TypeError, KeyError):
+          self.ready = False
+      return bool(self.ready) and self.proc.poll() is None
+
+  def start(self, args, cwd, env, stdin, stdout, stderr) -> int:
+    """Forks a child for args; its pid. OSError/EOFError/ValueError: the zygote is gone."""
+    request = {"args": args, "cwd": cwd, "env": env, "stdin": stdin}
+    request.update(stdout=stdout, stderr=stderr)
+    with self.lock:
       try:
-        msg = self._line(600)
-        self.ready = msg is not None and msg.get("ready") is True
-        self.loaded = set(msg["loaded"]) if self.ready else set()
-      except (EOFError, ValueError, TypeError, KeyError):
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        msg = self._next(60, "pid")
+        if msg is None:
+          raise EOFError
+        return msg["pid"]
+      except (EOFError, OSError, ValueError):
         self.ready = False
-    return self.ready and self.proc.poll() is None
+        raise EOFError from None
+
+  def wait(self, pid, timeout):
+    """The child's exit status, or None past `timeout` (None: no limit)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while pid not in self.exits:
+      left = None if deadline is None else max(deadline - time.monotonic(), 0)
+      with self.lock:
+        if pid in self.exits:
+          break
+        # Short reads, so that another waiter's report is never held up behind this one.
+        msg = self._next(0.2 if left is None else min(left, 0.2), "exit")
+        if msg is not None:
+          self.exits[msg["exit"]] = msg["status"]
+      if msg is None and deadline is not None and time.monotonic() >= deadline:
+        return None
+    return self.exits.pop(pid)
 
   def run(self, args, cwd, env, timeout, input, text, merge):  # noqa: A002
-    with self.lock, tempfile.TemporaryDirectory(prefix="forkserver_") as tmp:
-      if not self.alive():
-        return None
+    with tempfile.TemporaryDirectory(prefix="forkserver_") as tmp:
       paths = {k: os.path.join(tmp, k) for k in ("in", "out", "err")}
       if input is not None:
         with open(paths["in"], "wb") as f:
           f.write(input.encode() if isinstance(input, str) else input)
-      request = {
-          "args": args,
-          "cwd": cwd,
-          "env": env,
-          "stdin": paths["in"] if input is not None else os.devnull,
-          "stdout": paths["out"],
-          "stderr": paths["out"] if merge else paths["err"],
-      }
+      stdin = paths["in"] if input is not None else os.devnull
+      err_path = paths["out"] if merge else paths["err"]
       try:
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        self.proc.stdin.flush()
-        pid = self._line(60)["pid"]
-        msg = self._line(timeout)
-        if msg is None:  # past the timeout: the child and what it started, killed
-          for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, 9)):
-            try:
-              target()
-            except OSError:
-              pass
-          self._line(60)
+        pid = self.start(args, cwd, env, stdin, paths["out"], err_path)
+        status = self.wait(pid, timeout)
+        if status is None:  # past the timeout: the child and what it started, killed
+          _kill_group(pid)
+          self.wait(pid, 60)
           out, err = _read(paths["out"], text), _read(paths["err"], text)
           raise subprocess.TimeoutExpired(args, timeout, output=out, stderr=err)
-      except (EOFError, OSError, TypeError, ValueError):
+      except (EOFError, OSError, ValueError):
         self.ready = False
         return None
       out = _read(paths["out"], text)
       err = None if merge else _read(paths["err"], text)
-      return subprocess.CompletedProcess(args, msg["status"], out, err)
+      return subprocess.CompletedProcess(args, status, out, err)
 
   def close(self):
     if self.proc.poll() is None:
       self.proc.kill()
       self.proc.wait()
+
+
+def _kill_group(pid):
+  for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+    try:
+      kill()
+    except OSError:
+      pass
 
 
 def _read(path, text):
@@ -280,9 +410,10 @@ _SERVER_PID = None
 
 
 def _server() -> _Server | None:
-  """This process's zygote, started at the first call; None without os.fork."""
+  """This process's zygote, started at the first call; None without os.fork, or with
+  FORKSERVER=0 in the environment (every run a real process: to compare, or to rule it out)."""
   global _SERVER, _SERVER_PID
-  if not hasattr(os, "fork"):
+  if not hasattr(os, "fork") or os.environ.get("FORKSERVER") == "0":
     return None
   if _SERVER is None or _SERVER_PID != os.getpid():
     _SERVER, _SERVER_PID = _Server(), os.getpid()
@@ -296,6 +427,7 @@ def _server() -> _Server | None:
 def _zygote():
   import gc
   import importlib
+  import importlib.util
 
   protocol_in, protocol_out = os.dup(0), os.dup(1)
   null = os.open(os.devnull, os.O_RDWR)
@@ -304,32 +436,52 @@ def _zygote():
   os.close(null)
   zygote_env = dict(os.environ)
   for name in PRELOAD:
+    if name == "triton" and importlib.util.find_spec(name) is None:
+      continue
     try:
       importlib.import_module(name)
-    except ImportError:
+    except Exception:  # noqa: BLE001 (a broken optional library: the child imports it as it can)
       pass
   gc.collect()
   gc.freeze()  # the preloaded objects stay shared with the children (no copy on write)
-  reader = os.fdopen(protocol_in, "rb")
-  writer = os.fdopen(protocol_out, "wb", buffering=0)
   loaded = sorted({m.split(".")[0] for m in sys.modules})
-  writer.write(json.dumps({"ready": True, "loaded": loaded}).encode() + b"\n")
-  for line in reader:
-    request = json.loads(line)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-      reader.close()
-      writer.close()
-      _child(request, zygote_env)  # never returns
-    try:
-      os.setpgid(pid, pid)
-    except OSError:  # the child did it first
-      pass
-    writer.write(json.dumps({"pid": pid}).encode() + b"\n")
-    _, status = os.waitpid(pid, 0)
-    writer.write(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+  _send(protocol_out, {"ready": True, "loaded": loaded})
+  children, buffer = set(), b""
+  while True:
+    # Requests as they come; a 0.05 s poll for children's exits while any runs.
+    if select.select([protocol_in], [], [], 0.05 if children else None)[0]:
+      data = os.read(protocol_in, 1 << 16)
+      if not data:  # the test process is gone
+        return
+      buffer += data
+      while b"\n" in buffer:
+        line, buffer = buffer.split(b"\n", 1)
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+          os.close(protocol_in)
+          os.close(protocol_out)
+          _child(request, zygote_env)  # never returns
+        try:
+          os.setpgid(pid, pid)
+        except OSError:  # the child did it first
+          pass
+        children.add(pid)
+        _send(protocol_out, {"pid": pid})
+    while children:
+      pid, status = os.waitpid(-1, os.WNOHANG)
+      if pid == 0:
+        break
+      children.discard(pid)
+      _send(protocol_out, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+
+
+def _send(fd, msg):
+  data = json.dumps(msg).encode() + b"\n"
+  while data:
+    data = data[os.write(fd, data) :]
 
 
 def _child(request, zygote_env):
@@ -352,6 +504,8 @@ def _child(request, zygote_env):
     os.environ.clear()
     os.environ.update(env)
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    if "numpy" in sys.modules:  # NumPy's global generator, seeded afresh as in a new process
+      sys.modules["numpy"].random.seed()
     _apply_jax_options(env, zygote_env)
     status = _main(request["args"], env, zygote_env)
   except BaseException:  # noqa: BLE001 (the forkserver's own failure: say it, status 1)

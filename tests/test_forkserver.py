@@ -3,6 +3,8 @@ would (its environment, working directory, streams, exit status), and falls back
 process where it cannot."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,11 @@ PY = sys.executable
 def _run(code, *args, **kw):
   kw.setdefault("timeout", 120)
   return forkserver.run([PY, "-c", code, *args], capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _forkserver_on(monkeypatch):
+  monkeypatch.delenv("FORKSERVER", raising=False)  # this file tests the fork server itself
 
 
 def test_the_child_sees_its_environment_jax_options_included():
@@ -90,15 +97,23 @@ def test_cwd_module_path_and_merged_stderr(tmp_path):
 
 
 def test_a_command_gives_the_same_output_forked_and_in_a_fresh_process(tmp_path):
-  # evaluate loads the library, TensorFlow and JAX before it finds no run there.
-  args = [PY, "-m", "alexnet_jax.evaluate", f"--workdir={tmp_path}"]
+  # The trainer loads the library, TensorFlow, JAX, Flax and the data pipeline before it
+  # finds that 8 devices make no mesh of 3 (what a library prints as it loads: seen both ways).
+  args = [PY, "-m", "alexnet_jax.main", "--config=demo", f"--workdir={tmp_path}"]
+  args += ["--config.mesh.data=3"]
   forked = forkserver.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
   fresh = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert (forked.returncode, forked.stdout, forked.stderr) == (
+
+  # absl's log lines without their time and thread number, which no two processes share.
+  def same(text):
+    return re.sub(r"^([IWEF])\d{4} [\d:.]+ +\d+ ", r"\1 ", text, flags=re.M)
+
+  assert (forked.returncode, forked.stdout, same(forked.stderr)) == (
       fresh.returncode,
       fresh.stdout,
-      fresh.stderr,
+      same(fresh.stderr),
   )
+  assert "main.py" in same(fresh.stderr)  # a log line was compared
   assert fresh.returncode == 1 and fresh.stderr.startswith("FATAL: ")
 
 
@@ -123,3 +138,28 @@ def test_what_the_zygote_cannot_mimic_runs_a_real_process():
   assert not forkserver.forkable([PY, "-c", "pass"], dict(os.environ, JAX_DEBUG_NANS="1"))
   r = _run("import os; print(os.environ['PYTHONHASHSEED'], hash('a') == hash('a'))", env=env)
   assert (r.returncode, r.stdout) == (0, "7 True\n")
+
+
+def test_popen_children_overlap_and_take_signals(tmp_path):
+  go = tmp_path / "go"
+  code = (
+      "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nprint('went')"
+  )
+  waiter = forkserver.popen(
+      [PY, "-c", code, str(go)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  assert not isinstance(waiter, subprocess.Popen) and waiter.poll() is None
+  assert _run("print('meanwhile')").stdout == "meanwhile\n"  # a second child beside it
+  with pytest.raises(subprocess.TimeoutExpired):
+    waiter.wait(timeout=0.5)
+  go.touch()
+  assert waiter.communicate(timeout=60) == ("went\n", None) and waiter.returncode == 0
+  with open(tmp_path / "log", "w") as log:
+    code = "import time; print('up', flush=True); time.sleep(300)"
+    sleeper = forkserver.popen([PY, "-c", code], stdout=log)
+    deadline = time.monotonic() + 60
+    while (tmp_path / "log").read_text() != "up\n":
+      assert time.monotonic() < deadline and sleeper.poll() is None
+      time.sleep(0.05)
+    sleeper.kill()
+    assert sleeper.wait(timeout=60) == -signal.SIGKILL
