@@ -113,7 +113,7 @@ def run(
   cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
   args = [os.fspath(a) for a in args]
   server = _server() if _forkable_args(args) else None
-  if server is None or not server.alive() or not _forkable(args, env, server.env, server.loaded):
+  if server is None or not server.alive() or not _forkable(args, env, server):
     r = _subprocess(args, cwd, env, timeout, input, text, merge)
   else:
     r = server.run(args, cwd, env, timeout, input, text, merge)
@@ -129,7 +129,7 @@ def forkable(args, env=None) -> bool:
   args = list(map(os.fspath, args))
   server = _server() if _forkable_args(args) else None
   env = dict(os.environ if env is None else env)
-  return server is not None and server.alive() and _forkable(args, env, server.env, server.loaded)
+  return server is not None and server.alive() and _forkable(args, env, server)
 
 
 def popen(args, *, cwd=None, env=None, stdout=None, stderr=None, text=False):
@@ -142,7 +142,7 @@ def popen(args, *, cwd=None, env=None, stdout=None, stderr=None, text=False):
   cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
   args = [os.fspath(a) for a in args]
   server = _server() if _forkable_args(args) else None
-  if server is not None and server.alive() and _forkable(args, env, server.env, server.loaded):
+  if server is not None and server.alive() and _forkable(args, env, server):
     tmp = tempfile.mkdtemp(prefix="forkserver_")
     out = _target(stdout, 1, os.path.join(tmp, "out"))
     err = out if stderr == subprocess.STDOUT else _target(stderr, 2, os.path.join(tmp, "err"))
@@ -248,12 +248,15 @@ def _forkable_args(args) -> bool:
   return not args[1].startswith("-") and args[1].endswith(".py")
 
 
-def _forkable(args, env, zygote_env, loaded) -> bool:
+def _forkable(args, env, server) -> bool:
   if not _forkable_args(args):
     return False
+  zygote_env, loaded, env_loaded = server.env, server.loaded, server.env_loaded
   for k in set(env) | set(zygote_env):
     if env.get(k) == zygote_env.get(k):
       continue
+    if k not in zygote_env and env.get(k) == env_loaded.get(k):
+      continue  # what a preloaded library sets when unset (TensorFlow: KMP_*, TF2_BEHAVIOR)
     if k == "PYTHONPATH":
       if _shadows(env.get(k), zygote_env.get(k), loaded):
         return False
@@ -288,6 +291,7 @@ class _Server:
     )
     self.ready = None  # set by the first call: the zygote's "ready" line read
     self.loaded = set()  # the top-level packages the zygote loaded
+    self.env_loaded = {}  # its environment once they had loaded (what they set when unset)
     self.exits = {}  # pid -> exit status, reported and not yet claimed
     self._buffer = b""
 
@@ -324,6 +328,7 @@ class _Server:
           msg = self._message(600)
           self.ready = msg is not None and msg.get("ready") is True
           self.loaded = set(msg["loaded"]) if self.ready else set()
+          self.env_loaded = msg["env"] if self.ready else {}
         except (EOFError, ValueError, TypeError, KeyError):
           self.ready = False
       return bool(self.ready) and self.proc.poll() is None
@@ -445,7 +450,7 @@ def _zygote():
   gc.collect()
   gc.freeze()  # the preloaded objects stay shared with the children (no copy on write)
   loaded = sorted({m.split(".")[0] for m in sys.modules})
-  _send(protocol_out, {"ready": True, "loaded": loaded})
+  _send(protocol_out, {"ready": True, "loaded": loaded, "env": dict(os.environ)})
   children, buffer = set(), b""
   while True:
     # Requests as they come; a 0.05 s poll for children's exits while any runs.
