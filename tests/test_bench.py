@@ -14,6 +14,7 @@ import pytest
 
 from alexnet_jax.model import AlexNet
 from benchmarks import flops, timing
+from tests import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +87,10 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
   ]
   if not with_torch:
     cmd.append("--notorch")
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  # In a forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py):
+  # the figures are rates, checked only for being positive. device_check.sh below and
+  # device_check.run_part start real processes (what they test).
+  out = forkserver.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-4000:]
   lines = out.stdout.strip().splitlines()
   assert "ratio vs PyTorch" in out.stdout  # the readable table comes first
@@ -195,7 +199,7 @@ def test_input_benchmark_runs_alone():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "benchmarks.bench", "--only=input", "--input_images=16"]
   cmd += ["--batch_size=8", "--repeats=1", "--input_batches=1", "--input_warmup_batches=1"]
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  out = forkserver.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-4000:]
   assert "bare decode" in out.stdout  # the table comes first
   result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -506,7 +510,7 @@ def test_device_check_tiny_form_runs_every_part_and_writes_one_json(tmp_path):
 
 def test_the_benchmark_says_what_it_will_run_before_it_starts():
   def plan(*args):
-    r = subprocess.run(
+    r = forkserver.run(
         [sys.executable, "-m", "benchmarks.bench", "--dry_run", *args],
         cwd=REPO,
         capture_output=True,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint, config_checks, sharding, train_state
-from tests import tiny
+from tests import forkserver, tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = (2, 4, 6)
@@ -403,7 +403,8 @@ def test_restores_from_a_second_process_leave_a_run_saving_every_step_complete(t
       JAX_PLATFORMS="cpu",
       TF_CPP_MIN_LOG_LEVEL="2",
   )
-  train = subprocess.Popen(
+  # Both in forked children of a zygote that preloaded the libraries (tests/forkserver.py).
+  train = forkserver.popen(
       [
           sys.executable,
           "-m",
@@ -427,7 +428,7 @@ def test_restores_from_a_second_process_leave_a_run_saving_every_step_complete(t
   stop, out = tmp_path / "stop", tmp_path / "reader.json"
   # Its log goes to a file: a full pipe would block it until the run ends.
   with open(tmp_path / "reader.log", "w") as reader_log:
-    reader = subprocess.Popen(
+    reader = forkserver.popen(
         [sys.executable, "-c", READER, str(workdir), str(stop), str(out)],
         cwd=REPO,
         env=env,
@@ -595,7 +596,8 @@ def test_a_step_or_checkpoints_this_user_cannot_read_is_handled_like_a_damaged_o
   os.chmod(os.path.join(workdir, "checkpoints", "6"), 0)
   os.chmod(os.path.join(closed, "checkpoints"), 0)
   try:
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # A forked child of the zygote (tests/forkserver.py); a real process under setpriv (root).
+    r = forkserver.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   finally:
     os.chmod(os.path.join(workdir, "checkpoints", "6"), 0o755)
     os.chmod(os.path.join(closed, "checkpoints"), 0o755)

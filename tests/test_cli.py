@@ -4,17 +4,19 @@
 import ast
 import os
 import re
-import subprocess
 import sys
 
 import pytest
+
+from tests import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("main", "evaluate", "predict", "figures", "prepare", "convert", "compare")
 
 
 def _run(*args, timeout=120):
-  return subprocess.run(
+  # A forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py).
+  return forkserver.run(
       [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
   )
 
@@ -92,7 +94,7 @@ def test_a_misspelt_config_key_is_one_clean_sentence(tmp_path):
 
 
 def test_sweep_help_says_what_it_does_once_and_names_the_default_mode():
-  r = subprocess.run(
+  r = forkserver.run(
       [sys.executable, "launch/sweep.py", "--help"], cwd=REPO, capture_output=True, text=True
   )
   assert r.returncode == 0

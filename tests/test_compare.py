@@ -4,13 +4,13 @@ worked out by hand from the rows below."""
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 from PIL import Image
 
 from alexnet_jax import compare
+from tests import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -299,7 +299,8 @@ def test_the_legend_covers_no_point(runs):
 
 def _compare(*args, cwd=REPO):
   env = {**os.environ, "PYTHONPATH": REPO}
-  return subprocess.run(
+  # A forked child of a zygote that preloaded the libraries (tests/forkserver.py).
+  return forkserver.run(
       [sys.executable, "-m", "alexnet_jax.compare", *args],
       cwd=cwd,
       env=env,
@@ -380,7 +381,7 @@ def test_a_local_sweep_ends_with_the_comparison(tmp_path):
   )
   fake.chmod(0o755)
   root = tmp_path / "sweep"
-  r = subprocess.run(
+  r = forkserver.run(
       [
           sys.executable,
           os.path.join(REPO, "launch", "sweep.py"),

@@ -3,13 +3,13 @@ naming the key, before any device work, and nothing already written is touched."
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from alexnet_jax import config_checks
 from configs import demo
+from tests import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +18,8 @@ def _main(*flags, timeout=120):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
   cmd = [sys.executable, "-m", "alexnet_jax.main", *flags]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  # A forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py).
+  return forkserver.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _fatal_lines(stderr: str) -> list[str]:

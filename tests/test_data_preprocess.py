@@ -220,6 +220,7 @@ def test_decoding_a_bomb_costs_no_memory_in_a_fresh_process(tmp_path):
   )
   good = tmp_path / "good.png"
   good.write_bytes(encode(real_photos()[0][:50, :50], "PNG"))
+  # A real process: a forked child would inherit the zygote's peak memory (ru_maxrss).
   r = subprocess.run(
       [sys.executable, "-c", code, str(path), str(good)],
       capture_output=True,

@@ -19,7 +19,7 @@ from alexnet_jax import data as data_lib
 from alexnet_jax.data import registry, shard_writer
 from alexnet_jax.data import shards as shards_lib
 from alexnet_jax.data import stats as stats_lib
-from tests import data_helpers
+from tests import data_helpers, forkserver
 from tests.data_helpers import dataset_config, digest, encode, real_photos
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -358,7 +358,9 @@ def test_an_interrupted_preparation_resumes_to_identical_shards(tmp_path):
   p.wait()
   done = finished_shards()
   assert 1 <= len(done) < 14, done  # interrupted midway
-  subprocess.run(cmd + [f"--output_dir={out}"], cwd=REPO, env=env, check=True, capture_output=True)
+  # The rerun in a forked child of a zygote that preloaded the libraries (tests/forkserver.py);
+  # the killed run above is a real process.
+  forkserver.run(cmd + [f"--output_dir={out}"], cwd=REPO, env=env, check=True, capture_output=True)
   # The uninterrupted preparation in this process, as the command calls it (one Python start
   # fewer; the command itself ran twice above).
   from configs import demo  # pylint: disable=g-import-not-at-top
@@ -575,6 +577,7 @@ def test_a_damaged_shard_stops_training_with_one_line_and_no_tensorflow_tracebac
     f.seek(-1, os.SEEK_CUR)
     f.write(bytes([byte[0] ^ 0x5A]))
   env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")}
+  # A real process: what TensorFlow prints depends on the log level it loaded with.
   r = subprocess.run(
       [
           sys.executable,

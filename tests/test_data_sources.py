@@ -4,7 +4,6 @@ what is wrong."""
 
 import logging
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import data as data_lib
-from tests import data_helpers
+from tests import data_helpers, forkserver
 from tests.data_helpers import (
     BROKEN,
     dataset_config,
@@ -83,7 +82,8 @@ def test_empty_validation_is_one_line_from_the_command_line(tmp_path, monkeypatc
   root = small_folder(tmp_path / "noval", classes="ab", val=0)
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
-  r = subprocess.run(
+  # In a forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py).
+  r = forkserver.run(
       [
           sys.executable,
           "-m",

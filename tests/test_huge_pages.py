@@ -93,6 +93,7 @@ def test_restart_gives_mallocs_blocks_huge_pages(tmp_path):
   pages = 256 * 2**20 // 4096  # one fault per 4 KiB page without huge pages
 
   env["ALEXNET_JAX_HUGE_PAGES"] = "1"
+  # Real processes: the restart's execve, its pid and the page faults of a fresh start.
   proc = subprocess.Popen(
       [sys.executable, str(script), "--flag=1", "x"], env=env, stdout=subprocess.PIPE, text=True
   )

@@ -4,7 +4,6 @@ same parameters and the same probabilities; a run that does not fit a layout is 
 one line naming the first array that differs and the config that fits."""
 
 import os
-import subprocess
 import sys
 
 import jax
@@ -14,6 +13,7 @@ from sklearn.datasets import load_sample_images
 
 from alexnet_jax import analysis, pretrained
 from configs import demo
+from tests import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = {"torchvision": "pth", "pytorch_grouped": "pth", "keras": "weights.h5"}
@@ -84,7 +84,8 @@ def test_a_run_of_another_width_is_refused_in_one_line(tmp_path):
 
 
 def test_init_needs_a_config(tmp_path):
-  r = subprocess.run(
+  # In a forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py).
+  r = forkserver.run(
       [sys.executable, "-m", "alexnet_jax.convert", "--from=init", f"--workdir={tmp_path / 'w'}"],
       cwd=REPO,
       capture_output=True,

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import zipfile
 
@@ -27,6 +26,7 @@ from alexnet_jax import (
 )
 from alexnet_jax.data import oxford17  # noqa: E402
 from alexnet_jax.pretrained import keras_h5  # noqa: E402
+from tests import forkserver  # noqa: E402
 
 keras = pytest.importorskip("keras")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -420,7 +420,8 @@ def test_predict_command_on_the_converted_run(keras_files, converted, tmp_path):
   for i, image in enumerate(images):
     files.append(str(tmp_path / f"photo{i}.png"))
     Image.fromarray(image).save(files[-1])
-  r = subprocess.run(
+  # In a forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py).
+  r = forkserver.run(
       [sys.executable, "-m", "alexnet_jax.predict", f"--workdir={workdir}", "--top=3"] + files,
       cwd=REPO,
       capture_output=True,

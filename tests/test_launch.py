@@ -4,13 +4,13 @@ here starts JAX in a subprocess."""
 
 import os
 import shlex
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from alexnet_jax import distributed, sharding
+from tests import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
@@ -20,7 +20,9 @@ import sweep  # noqa: E402  (launch/sweep.py)
 
 
 def _run(args, **kw):
-  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60, **kw)
+  # Python (sweep.py, alexnet_jax.main) in a forked child of a zygote that preloaded the
+  # libraries (tests/forkserver.py); the shell scripts run as real processes (its fallback).
+  return forkserver.run(args, cwd=REPO, capture_output=True, text=True, timeout=60, **kw)
 
 
 def _sweep(*args):

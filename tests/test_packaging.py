@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests import forkserver
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -52,7 +54,9 @@ def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
   elsewhere.mkdir()
   code = "import alexnet_jax.run_dir as m; print(m.__file__); print(m.STATS_FILE)"
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  r = subprocess.run(
+  # The installed copy's runs in forked children of a zygote that preloaded the libraries
+  # (tests/forkserver.py; PYTHONPATH in place as a fresh interpreter has it); pip is real.
+  r = forkserver.run(
       [sys.executable, "-c", code],
       cwd=elsewhere,
       env={**env, "PYTHONPATH": str(site)},
@@ -65,7 +69,7 @@ def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
   # The shipped configs resolve by name and by their repository path: the config loads and
   # its check runs (batch_size 0 is refused before anything starts).
   for arg in ("--config=demo", "--config=configs/demo.py"):
-    r = subprocess.run(
+    r = forkserver.run(
         [sys.executable, "-m", "alexnet_jax.main", arg, f"--workdir={tmp_path / 'w'}"]
         + ["--config.batch_size=0"],
         cwd=elsewhere,
@@ -80,7 +84,7 @@ def test_the_package_installs_and_imports_outside_the_checkout(tmp_path):
         "batch)."
     ), r.stderr[-3000:]
   # A config that is not there says where the shipped ones are.
-  r = subprocess.run(
+  r = forkserver.run(
       [sys.executable, "-m", "alexnet_jax.main", "--config=configs/nosuch.py", "--workdir=w"],
       cwd=elsewhere,
       env={**env, "PYTHONPATH": str(site)},

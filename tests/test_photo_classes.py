@@ -1,7 +1,6 @@
 """benchmarks/photo_classes.py: the folder of real photos the keras_bn demo trains on."""
 
 import os
-import subprocess
 import sys
 import tomllib
 
@@ -9,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import photo_classes
+from tests import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +44,8 @@ def test_without_scikit_image_one_line_names_the_install(tmp_path):
       "import sys; sys.modules['skimage'] = None; from benchmarks import photo_classes; "
       "photo_classes.main(sys.argv)"
   )
-  r = subprocess.run(
+  # In a forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py).
+  r = forkserver.run(
       [sys.executable, "-c", code, str(tmp_path / "photos")],
       cwd=REPO,
       capture_output=True,

@@ -6,7 +6,6 @@ exports round-trip; bad input is named and writes nothing."""
 import dataclasses
 import io
 import os
-import subprocess
 import sys
 
 import jax
@@ -23,6 +22,7 @@ from torch import nn
 from alexnet_jax import augment, checkpoint, pretrained, run_dir, sharding, train_state
 from alexnet_jax import data as ip
 from configs import caffe, default, pytorch_grouped, torchvision
+from tests import forkserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -672,7 +672,8 @@ def test_command_line(torchvision_pth, tmp_path):
   names.write_text("".join(f"class {i}\n" for i in range(1000)))
   workdir = str(tmp_path / "cli")
   cmd = [sys.executable, "-m", "alexnet_jax.convert", "--from=torchvision", f"--src={path}"]
-  r = subprocess.run(
+  # In a forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py).
+  r = forkserver.run(
       cmd + [f"--workdir={workdir}", f"--class_names={names}"],
       cwd=REPO,
       capture_output=True,
@@ -682,7 +683,7 @@ def test_command_line(torchvision_pth, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   assert "61,100,840 parameters, 1000 classes" in r.stdout
   assert run_dir.read_class_names(workdir)[999] == "class 999"
-  r = subprocess.run(
+  r = forkserver.run(
       cmd[:3] + ["--from=caffe", f"--src={tmp_path / 'none.caffemodel'}", "--workdir=x"],
       cwd=REPO,
       capture_output=True,

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -23,7 +22,7 @@ from alexnet_jax import data as data_lib
 from alexnet_jax.data import registry, shard_writer
 from alexnet_jax.input_spec import InputSpec
 from configs import demo
-from tests import tiny
+from tests import forkserver, tiny
 from tests.data_helpers import fresh_user_cache, small_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +36,8 @@ def _flags(root, **overrides):
 
 def _run(module, *args):
   cmd = [sys.executable, "-m", f"alexnet_jax.{module}", *args]
-  return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
+  # A forked child of a zygote that preloaded TensorFlow and JAX (tests/forkserver.py).
+  return forkserver.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
 
 
 def _losses(workdir):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from alexnet_jax import facts, run_lock
-from tests import tiny
+from tests import forkserver, tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Takes the lock with the library function, says so, then holds it until killed.
@@ -40,9 +40,11 @@ def _python(code, workdir, **kw):
   return [sys.executable, "-c", code, str(workdir)], dict(cwd=REPO, **kw)
 
 
+# The holders (HOLD*) are real processes: the tests kill them. The rest run in forked children
+# of a zygote that preloaded the libraries (tests/forkserver.py).
 def _try_from_another_process(workdir):
   cmd, kw = _python(TRY, workdir)
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+  return forkserver.run(cmd, capture_output=True, text=True, timeout=120, **kw)
 
 
 def test_acquire_refuses_a_second_process_naming_the_holder_then_releases(tmp_path):
@@ -133,7 +135,7 @@ def test_a_lock_file_removed_between_open_and_flock_is_opened_again(tmp_path, mo
 def test_a_run_that_fails_before_training_leaves_no_lock_file(tmp_path):
   workdir = tmp_path / "w"
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  r = subprocess.run(
+  r = forkserver.run(
       [
           sys.executable,
           "-m",
@@ -161,7 +163,7 @@ def test_a_second_trainer_stops_at_once_naming_the_holder_and_writes_nothing(tmp
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   t = time.monotonic()
   try:
-    r = subprocess.run(
+    r = forkserver.run(
         [sys.executable, "-m", "alexnet_jax.main", f"--workdir={workdir}", *tiny.flags()],
         cwd=REPO,
         env=env,
@@ -321,7 +323,7 @@ def test_a_second_trainer_never_starts_beside_a_holder_whose_run_lock_was_delete
   try:
     os.remove(workdir / facts.LOCK_FILE)
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    r = subprocess.run(
+    r = forkserver.run(
         [sys.executable, "-m", "alexnet_jax.main", f"--workdir={workdir}", *tiny.flags()],
         cwd=REPO,
         env=env,

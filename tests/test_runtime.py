@@ -70,6 +70,8 @@ def _env(**extra):
 
 def _counted(args, env, timeout=600):
   """(stderr lines, {event: count}) of `python -c _COUNTED args`, which must succeed."""
+  # Real processes throughout this file (not tests/forkserver.py): a second start's cache
+  # hits, and what a start prints (TensorFlow's load-time lines), are the fresh process's.
   proc = subprocess.run(
       [sys.executable, "-c", _COUNTED, *args],
       cwd=REPO,
