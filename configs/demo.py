@@ -1,7 +1,7 @@
-"""A demo that learns in under 30 s on 2 CPU cores (README.md has the measured times): the
-embedded scikit-learn `digits` (1,797 real 8x8 handwritten digits, upscaled to 256x256; nothing
-to download), a quarter-width AlexNet with both towers, He init and inputs scaled to [-1, 1],
-center-crop eval.
+"""A demo that learns in 56 s on 2 CPU cores (41 s the next time, its compiled steps cached;
+README.md): the embedded scikit-learn `digits` (1,797 real 8x8 handwritten digits, upscaled to
+256x256; nothing to download), a quarter-width AlexNet with both towers, He init and inputs
+scaled to [-1, 1], center-crop eval.
 
   python -m alexnet_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m alexnet_jax.main --config=configs/demo.py:sgd --workdir=runs/demo_sgd
