@@ -198,6 +198,7 @@ def test_an_image_above_the_limit_is_refused_before_decoding_eagerly_and_in_tf_d
   assert data_lib.decode_image(gif, max_pixels=40_000).shape == (100, 100, 3)
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_decoding_a_bomb_costs_no_memory_in_a_fresh_process(tmp_path):
   """The 16000 x 16000 PNG would take 768 MB as pixels (3 GB as floats): refused from its
   header, the process's peak memory moves by far less than that."""

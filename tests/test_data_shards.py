@@ -554,6 +554,7 @@ def test_a_deleted_shard_is_called_missing_and_prepare_rewrites_it(tmp_path):
   data_lib.open_dataset(_cfg(root, prepared=out))  # whole again
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 # A damaged prepared shard under the real command: one FATAL line, no TensorFlow traceback (the
 # level JAX sets hid runtime's), and the process ends (a tf.data iterator left to the
 # interpreter's shutdown hung it in 3 of 5 runs).
@@ -618,6 +619,7 @@ ls -a "$MNT/p" >"$OUT/ls2"
 """
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_prepare_on_a_full_disk_prints_one_fatal_line_and_the_rerun_completes(tmp_path):
   from tests.test_checkpoint import _namespace_cmd  # pylint: disable=g-import-not-at-top
 

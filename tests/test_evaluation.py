@@ -21,6 +21,7 @@ def _softmax(logits):
   return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_ten_crop_eval_equals_averaging_softmax_by_hand():
   config = tiny.config(eval_crops=10)
   mesh = _mesh(2, 1)

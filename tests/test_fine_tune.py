@@ -70,6 +70,7 @@ def test_a_resumed_run_ignores_init_from(tmp_path):
   assert not np.array_equal(state.params["conv1"]["kernel"], source["conv1"]["kernel"])
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_another_architecture_is_refused_with_the_differences_named(tmp_path):
   _source_run(tmp_path / "src", 10, **{"model.variant": "pytorch_grouped", "model.lrn": False})
   config = _config(init_from=str(tmp_path / "src"))
@@ -99,6 +100,7 @@ def test_shapes_that_do_not_fit_are_named():
     fine_tune.merge_params(source, fresh)
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_mean_image_of_the_source_goes_with_it(tmp_path):
   _source_run(tmp_path / "src", 10, **{"input.mean": "run"})
   mean = np.random.default_rng(0).uniform(0, 255, (256, 256, 3)).astype(np.float32)

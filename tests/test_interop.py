@@ -52,6 +52,7 @@ def _narrow(config, tmp_path, name):
   return workdir
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_a_run_of_another_width_is_refused_in_one_line(tmp_path):
   w = _narrow(demo.get_config(), tmp_path, "demo")
   dst = tmp_path / "x.pth"

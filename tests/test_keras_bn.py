@@ -241,6 +241,7 @@ def _train_call(model, mesh, variables, images, labels):
   return jax.device_get(fn(variables["params"]))
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_batch_statistics_are_the_global_batchs_on_every_mesh():
   m = keras_net(num_classes=5, width=0.125)
   v = _random_variables(m, seed=2)

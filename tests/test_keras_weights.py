@@ -442,6 +442,7 @@ def test_predict_command_on_the_converted_run(keras_files, converted, tmp_path):
     np.testing.assert_allclose([float(q) for _, q in top], np.sort(p)[::-1][:3], atol=2e-4)
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_a_training_step_updates_batchnorm_statistics_as_keras_does(keras_files, tmp_path):
   """One train.py step of the converted run (restored from its checkpoint onto a 2-device
   data mesh, so the statistics are the global batch's) moves every BatchNorm's running

@@ -110,6 +110,7 @@ def test_lrn_across_towers_gives_the_same_numbers_on_a_split_tower_axis(name):
     assert _rel(g, w) < 1e-4, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_lrn_across_towers_reaches_over_the_tower_edge():
   """Caffe's LRN: one window over all 96 conv1 channels (tf's LRN on the whole layer), not
   the paper's per-tower windows."""

@@ -179,6 +179,7 @@ def torchvision_pth(tmp_path_factory):
   return net, path
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_torchvision_weights_give_torchvisions_logits_on_real_photos(torchvision_pth, tmp_path):
   _check_torchvision_conversion(*torchvision_pth, tmp_path)
 
@@ -518,7 +519,9 @@ def caffe_blobs():
 
 
 @pytest.mark.parametrize(
-    "v1", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["layer", "V1 layers"]
+    "v1",
+    [pytest.param(False, marks=pytest.mark.slow), pytest.param(True, marks=pytest.mark.slow)],
+    ids=["layer", "V1 layers"],
 )
 def test_caffemodel_gives_bvlc_alexnets_logits(caffe_blobs, tmp_path, v1):
   src = str(tmp_path / "bvlc_alexnet.caffemodel")

@@ -90,6 +90,7 @@ def _entries(path):
   return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_second_start_loads_every_executable_from_the_cache(tmp_path):
   env = _env(ALEXNET_JAX_CACHE=str(tmp_path))
   cache = os.path.join(str(tmp_path), runtime.COMPILATION_CACHE_SUBDIR)

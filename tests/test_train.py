@@ -123,6 +123,7 @@ def test_restore_on_one_device_returns_what_a_4x2_mesh_saved(tmp_path):
   assert logits.shape == (1, 10) and np.all(np.isfinite(logits))
 
 
+@pytest.mark.slow  # 10-35 s: in the full suite, out of the fast tier's 5 minutes
 def test_half_written_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
   config = tiny.config()
   mesh = _mesh(1, 1)
