@@ -435,6 +435,7 @@ def test_an_undecodable_file_is_named_and_the_others_still_predicted(folder_run,
   np.testing.assert_array_equal(np.stack([out[0][1], out[3][1]]), want)
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_figures_writes_the_three_pngs_and_the_per_class_errors(folder_run, tmp_path, caplog):
   with caplog.at_level(logging.INFO):
     r = analysis.write_figures(folder_run["workdir"], str(tmp_path / "fig"), num_queries=3, k=2)
@@ -467,6 +468,7 @@ def _moved_away(folder_run, tmp_path) -> str:
   return str(moved)
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_figures_without_the_dataset_draw_fig3_and_name_what_they_skip(folder_run, tmp_path):
   moved = _moved_away(folder_run, tmp_path)
   r = analysis.write_figures(moved, str(tmp_path / "fig"))

@@ -87,6 +87,7 @@ def test_full_size_crop_offsets_cover_33_positions():
   assert set(np.asarray(ox).tolist()) == set(range(33))
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_lighting_shift_in_eigen_span_with_right_std():
   n = 4000
   eigvec = _random_basis(1)

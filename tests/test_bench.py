@@ -508,6 +508,7 @@ def test_device_check_tiny_form_runs_every_part_and_writes_one_json(tmp_path):
   )
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_the_benchmark_says_what_it_will_run_before_it_starts():
   def plan(*args):
     r = forkserver.run(

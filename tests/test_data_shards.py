@@ -212,6 +212,7 @@ def test_training_finds_prepared_data_beside_the_data(photo_folder, prepared, ca
       os.remove(beside)
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_tfds_imagenet2012_prepared_equals_its_records(tiny_imagenet, tmp_path):
   cfg, _, _ = tiny_imagenet
   raw_cfg = dataset_config(**{**cfg.to_dict(), "prepared": "off"})

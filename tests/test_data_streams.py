@@ -164,6 +164,7 @@ def tiny_imagenet(tmp_path_factory):
   return data_helpers.tiny_imagenet(tmp_path_factory.mktemp("imagenet"))
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_imagenet2012_process_shards_and_resume(tiny_imagenet):
   cfg, _, expected = tiny_imagenet
   streams = [

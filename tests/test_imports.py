@@ -348,6 +348,7 @@ def test_the_checker_sees_what_it_looks_for():
   assert _loaded_by("import alexnet_jax.run_lock") == ["alexnet_jax.run_lock"]
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_every_module_imports_without_torch():
   """One interpreter imports every library module (the fast tier's check; the slow test below
   imports each alone). The commands define their absl flags on import, so they cannot share
@@ -383,6 +384,7 @@ def test_every_module_imports_alone_without_torch(module, each_alone):
   assert each_alone[module] == {"loaded": []}
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 @pytest.mark.parametrize("installed", [True, False])
 def test_triton_where_installed_loads_before_tensorflow(tmp_path, installed):
   """triton's extension crashes the process when it loads after TensorFlow's (PyPI's CUDA

@@ -352,6 +352,7 @@ def converted(keras_files, tmp_path_factory):
   return workdir, out
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_converted_run_gives_keras_probabilities_on_real_photos(keras_files, converted):
   """The run restored from its checkpoint, its inputs normalised by its own spec (224x224
   scaled to [0, 1], no mean), gives Keras's inference-mode probabilities to 1e-9 relative
@@ -404,6 +405,7 @@ def test_export_loads_into_keras_and_gives_its_predictions(
     )
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_predict_command_on_the_converted_run(keras_files, converted, tmp_path):
   """python -m alexnet_jax.predict on photo files gives, with Oxford-17's names, the
   probabilities Keras's model gives on the run's own views of those files (warped to 256,

@@ -266,6 +266,7 @@ def test_a_short_training_run_sees_only_the_train_split_and_evaluate_reads_the_t
   assert evaluate.results_file(2, 1) == "eval_2_1crop.json"
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_prepare_writes_the_train_validation_and_test_splits(oxford17_data, tmp_path):
   raw_cfg = _cfg(oxford17_data["tgz"], prepared="off")
   report = shard_writer.prepare(

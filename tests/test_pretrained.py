@@ -215,6 +215,7 @@ def _check_torchvision_conversion(net, path, tmp_path):
   np.testing.assert_allclose(spec.std, 255 * np.asarray(torchvision.IMAGENET_STD_RGB), rtol=1e-6)
 
 
+@pytest.mark.slow  # 6-10 s: in the full suite, out of the fast tier's 5 minutes
 def test_analysis_predicts_with_a_converted_run_as_torchvision_does(torchvision_pth, tmp_path):
   """analysis.load_run on a converted run (no dataset, no dataset_stats.npz: it normalises
   with torchvision's mean and std) predicts the softmax of torchvision's own forward on
