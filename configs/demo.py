@@ -13,8 +13,8 @@ dropout 0.5) leaves 44% (it sits on a loss plateau for its first ~50 steps), SGD
 dropout 32%, Adam with dropout 13%.
 
 `:sgd` is the paper's optimizer and dropout (§5, §4.2: SGD + momentum 0.9, rate 0.01 /10 after 4
-epochs, weight decay 5e-4, dropout 0.5) on 125 steps of 64 (8,000 images, 5.4 epochs): about
-2.5x the demo's time. The ablations at demo scale (configs/ablations.py:demo) and the tests' tiny
+epochs, weight decay 5e-4, dropout 0.5) on 125 steps of 64 (8,000 images, 5.4 epochs): 91 s
+on a first start, 81 s on the next (README.md). The ablations at demo scale (configs/ablations.py:demo) and the tests' tiny
 runs use it.
 """
 

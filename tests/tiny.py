@@ -8,14 +8,16 @@ on one CPU core).
 
 from configs import demo
 
+_SGD = demo.get_config("sgd")
+
 # Both forms: the model, the batches and the logging of a tiny run.
 SETTINGS = {
     # configs/demo.py:sgd's optimizer and dropout (the demo's default recipe uses Adam and no
-    # dropout), spelled out so that the command-line form can carry them too.
-    "optimizer.name": "sgd",
-    "optimizer.learning_rate": 0.01,
-    "optimizer.drop_epochs": (4.0,),
-    "model.dropout_rate": 0.5,
+    # dropout), read from it and named key by key so that the command-line form carries them.
+    "optimizer.name": _SGD.optimizer.name,
+    "optimizer.learning_rate": _SGD.optimizer.learning_rate,
+    "optimizer.drop_epochs": tuple(_SGD.optimizer.drop_epochs),
+    "model.dropout_rate": _SGD.model.dropout_rate,
     "model.width": 0.125,
     "batch_size": 8,
     "eval_batch_size": 8,
