@@ -14,12 +14,33 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # prepared into ~/.cache/alexnet_jax must not change what the tests read.
 os.environ["ALEXNET_JAX_CACHE"] = tempfile.mkdtemp(prefix="alexnet_jax_test_cache_")
 
+import atexit  # noqa: E402
 import gc  # noqa: E402
+import shutil  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
+
+# JAX's persistent compilation cache for the tests' own compilations: a test that reruns a
+# configuration another test (or a fixture) ran loads its steps instead of compiling them
+# again (5-30 s each on 2 busy cores). One directory per session,
+# made by the first process (pytest-xdist's controller: its test processes inherit the
+# variable) and removed by it. Commands the tests run (tests/forkserver.py's zygote, real
+# processes) never see this config: they keep their own cache under ALEXNET_JAX_CACHE, as a
+# user's would.
+_TEST_CACHE = "ALEXNET_JAX_TEST_COMPILATION_CACHE"
+if _TEST_CACHE not in os.environ:
+  os.environ[_TEST_CACHE] = tempfile.mkdtemp(prefix="alexnet_jax_test_jit_cache_")
+  atexit.register(shutil.rmtree, os.environ[_TEST_CACHE], ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", os.environ[_TEST_CACHE])
+# A size limit turns on JAX's file lock around each read and write (without one, an entry the
+# other test process is still writing could be read half-written); each write then reads
+# every entry's access time, so only compilations worth keeping are written (thousands of
+# small ones would cost more than they save).
+jax.config.update("jax_compilation_cache_max_size", 1 << 34)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def pytest_collection_finish(session):
