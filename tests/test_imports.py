@@ -30,7 +30,7 @@ COMMANDS = ("main", "evaluate", "predict", "figures", "prepare", "convert", "com
 # The layers, bottom first (README.md#layout): a module imports its own layer and those below.
 LAYERS = {
     # Facts several layers share, and file helpers: neither JAX nor TensorFlow.
-    "bottom": ("facts", "files", "disk_space", "tf_logs"),
+    "bottom": ("facts", "files", "disk_space", "tf_import"),
     # The paper in JAX: neither TensorFlow nor the run machinery.
     "core": (
         "augment",
