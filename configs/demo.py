@@ -43,13 +43,13 @@ def get_config(recipe: str | None = None):
     c.optimizer.drop_epochs = (4.0,)
     c.log_every_steps = 25
   else:
-    c.batch_size = 16
-    c.num_train_steps = 120
+    c.batch_size = 32
+    c.num_train_steps = 64
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.drop_epochs = (1.1,)
+    c.optimizer.drop_epochs = (1.2,)
     c.model.dropout_rate = 0.0
-    c.log_every_steps = 20
+    c.log_every_steps = 16
   c.eval_every_steps = c.num_train_steps
   c.checkpoint_every_steps = c.num_train_steps
   return c
