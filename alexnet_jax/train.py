@@ -387,6 +387,15 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       config, run.model, run.mesh, run.steps_per_epoch, num_steps=run.num_steps
   )
   eval_step = evaluation.make_eval_step(config, run.model, run.mesh)
+  # The first window, the warm-up, starts here: compilation and the stream's start are in it.
+  clock = reporting.TrainClock(
+      batch_size=config.batch_size,
+      start_step=start,
+      num_steps=run.num_steps,
+      eval_every=run.eval_every,
+      checkpoint_every=config.checkpoint_every_steps,
+      started=started,
+  )
   shard_index, num_shards = sharding.process_data_shard(run.mesh)
   # The stream opens on a thread (a cached split is decoded whole before its first batch)
   # while this one compiles the step, or loads it from the compilation cache: the demo's
@@ -405,14 +414,6 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       compile_ahead(train_step, state, run)
     finally:
       batches = stack.enter_context(contextlib.closing(opening.result()))
-  clock = reporting.TrainClock(
-      batch_size=config.batch_size,
-      start_step=start,
-      num_steps=run.num_steps,
-      eval_every=run.eval_every,
-      checkpoint_every=config.checkpoint_every_steps,
-      started=started,
-  )
   # config.profile_steps: a trace of the steps after the first (compilation) window.
   trace = stack.enter_context(
       contextlib.closing(
