@@ -387,6 +387,8 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       config, run.model, run.mesh, run.steps_per_epoch, num_steps=run.num_steps
   )
   eval_step = evaluation.make_eval_step(config, run.model, run.mesh)
+  # SIGTERM/SIGINT from here on, compilation included: save, then stop (status 75).
+  watcher = stack.enter_context(preemption.Watcher())
   # The first window, the warm-up, starts here: compilation and the stream's start are in it.
   clock = reporting.TrainClock(
       batch_size=config.batch_size,
@@ -423,7 +425,6 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       )
   )
   pending, eval_metrics, stop = [], None, None
-  watcher = stack.enter_context(preemption.Watcher())  # SIGTERM/SIGINT: save, then stop
   for step in range(start + 1, run.num_steps + 1):
     with trace.annotate(step):
       state, metrics = train_step(
