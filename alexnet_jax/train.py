@@ -9,7 +9,6 @@ its sharding train_state.py.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -387,9 +386,19 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       config, run.model, run.mesh, run.steps_per_epoch, num_steps=run.num_steps
   )
   eval_step = evaluation.make_eval_step(config, run.model, run.mesh)
-  # SIGTERM/SIGINT from here on, compilation included: save, then stop (status 75).
-  watcher = stack.enter_context(preemption.Watcher())
-  # The first window, the warm-up, starts here: compilation and the stream's start are in it.
+  shard_index, num_shards = sharding.process_data_shard(run.mesh)
+  batches = stack.enter_context(
+      contextlib.closing(
+          data_lib.train_iterator(
+              run.dataset,
+              global_batch_size=config.batch_size,
+              seed=config.seed,
+              start_step=start,
+              shard_index=shard_index,
+              num_shards=num_shards,
+          )
+      )
+  )
   clock = reporting.TrainClock(
       batch_size=config.batch_size,
       start_step=start,
@@ -398,24 +407,6 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       checkpoint_every=config.checkpoint_every_steps,
       started=started,
   )
-  shard_index, num_shards = sharding.process_data_shard(run.mesh)
-  # The stream opens on a thread (a cached split is decoded whole before its first batch)
-  # while this one compiles the step, or loads it from the compilation cache: the demo's
-  # 2-3 s of each, side by side.
-  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="train_stream") as pool:
-    opening = pool.submit(
-        data_lib.train_iterator,
-        run.dataset,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=start,
-        shard_index=shard_index,
-        num_shards=num_shards,
-    )
-    try:
-      compile_ahead(train_step, state, run)
-    finally:
-      batches = stack.enter_context(contextlib.closing(opening.result()))
   # config.profile_steps: a trace of the steps after the first (compilation) window.
   trace = stack.enter_context(
       contextlib.closing(
@@ -425,6 +416,7 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       )
   )
   pending, eval_metrics, stop = [], None, None
+  watcher = stack.enter_context(preemption.Watcher())  # SIGTERM/SIGINT: save, then stop
   for step in range(start + 1, run.num_steps + 1):
     with trace.annotate(step):
       state, metrics = train_step(
@@ -470,25 +462,6 @@ def _train_loop(run: Run, state, stack: contextlib.ExitStack, started: float):
       break
   run.manager.wait()  # committed (or raises) before the process may end
   return eval_metrics, stop, step, clock
-
-
-def abstract_batch(config, mesh) -> dict:
-  """The global batch a step takes, as train_iterator's batches make it (uint8 images at
-  facts.IMAGE_SIZE, int32 labels) and global_batch places it."""
-  data = sharding.batch_sharding(mesh)
-  size = facts.IMAGE_SIZE
-  return {
-      "image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.uint8, sharding=data),
-      "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=data),
-  }
-
-
-def compile_ahead(train_step, state, run: Run) -> None:
-  """Compile the step for the run's batches before the first batch exists: the jitted step
-  keeps the executable, so its first call neither traces nor compiles. (Gradient
-  accumulation's three-part step compiles at its first call.)"""
-  if hasattr(train_step, "lower"):
-    train_step.lower(state, abstract_batch(run.config, run.mesh), run.spec, run.lighting).compile()
 
 
 def _finished_run(run: Run, state: train_state.TrainState) -> dict:

@@ -568,22 +568,3 @@ def test_three_classes_fewer_images_than_a_batch_train_and_evaluate(monkeypatch,
   )
   m = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert m["num_images"] == 3 and m["top5_error"] == 0.0 and 0.0 <= m["top1_error"] <= 1.0
-
-
-def test_the_batch_compiled_ahead_is_the_one_the_stream_gives():
-  """compile_ahead compiles the step for abstract_batch before the stream has a batch: the
-  stream's first global batch (digits, on a (8, 1) mesh) has its shapes, dtypes and
-  shardings, so the first step finds that executable (another would compile again)."""
-  config = tiny.config(**{"mesh.data": -1})
-  mesh = _mesh(8, 1)
-  batches = train.data_lib.train_iterator(
-      config.dataset, global_batch_size=config.batch_size, seed=config.seed
-  )
-  try:
-    real = evaluation.global_batch(mesh, next(batches))
-  finally:
-    batches.close()
-  described = lambda a: (a.shape, a.dtype, a.sharding)  # noqa: E731
-  assert jax.tree.map(described, train.abstract_batch(config, mesh)) == jax.tree.map(
-      described, real
-  )
