@@ -51,6 +51,9 @@ def get_config(recipe: str | None = None):
     c.optimizer.drop_epochs = (1.2,)
     c.model.dropout_rate = 0.0
     c.log_every_steps = 16
+    # Batches decoded as they are needed, beside the steps, instead of the whole split up
+    # front: the same batches, 1-4 s sooner in all (docs/performance.md#the-demo-end-to-end).
+    c.dataset.cache = False
   c.eval_every_steps = c.num_train_steps
   c.checkpoint_every_steps = c.num_train_steps
   return c
