@@ -32,7 +32,7 @@ _load_triton_before_tensorflow()
 
 
 # `import tensorflow` (by the data layer, analysis, or the user) without the C++ notices that
-# its libraries print while loading (alexnet_jax/tf_logs.py): importing the library is quiet.
-from alexnet_jax import tf_logs as _tf_logs  # noqa: E402
+# its libraries print while loading (alexnet_jax/tf_import.py): importing the library is quiet.
+from alexnet_jax import tf_import as _tf_import  # noqa: E402
 
-_tf_logs.install()
+_tf_import.install()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import re
 import sys
 import threading
 from typing import Callable, NoReturn
@@ -89,7 +90,7 @@ def parse(argv: list[str], usage: str, *, bare_ok: bool = False) -> list[str]:
   try:
     return FLAGS(resolve_config_paths(argv))
   except flags.Error as e:
-    _usage_error(f"{e}", usage)
+    _usage_error(_without_traceback(f"{e}"), usage)
   except (AttributeError, KeyError) as e:  # ml_collections: --config.KEY is not in the config
     _usage_error(_unknown_key(e), usage)
   raise AssertionError("unreachable")
@@ -165,6 +166,19 @@ def missing_config_hint() -> str:
       f"the shipped configs are in {d}: pass one by name (--config=demo) or by path; "
       f"names: {', '.join(n for n in shipped_configs() if n != 'default')}."
   )
+
+
+def _without_traceback(message: str) -> str:
+  """ml_collections reports an exception raised while a config file loads (its get_config's
+  own error, e.g. an unknown `FILE:ARGUMENT`, or a syntax error) with the whole traceback:
+  the flag and the exception's last line say it."""
+  if "Traceback (most recent call last)" not in message:
+    return message
+  flag = message.split(": Error whilst parsing config file", 1)[0]
+  last = [line.strip() for line in message.splitlines() if line.strip()][-1]
+  where = re.findall(r'File "([^"]+)", line (\d+)', message)
+  at = f" ({where[-1][0]}, line {where[-1][1]})" if where else ""
+  return f"{flag}: the config file failed to load: {last}{at}"
 
 
 def _usage_error(message: str, usage: str):

@@ -12,7 +12,7 @@ Writes into --out:
 
 The confusion matrix and the errors average the run's own eval_crops views unless --crops
 says otherwise; the last line says which. Fig. 3 of a short run on grey images is colour noise,
-as expected: the demo's 120 steps on digits move conv1's kernels 9% of their norm from their
+as expected: the demo's 64 steps on digits move conv1's kernels 7% of their norm from their
 random start, nearly all of it grey (a grey image gives each colour the same gradient).
 """
 

@@ -5,7 +5,7 @@ preprocesses (decode to RGB, shorter side to 256, center 256, mean image, scale,
   python -m alexnet_jax.predict --workdir=runs/torchvision --crops=10 photos/*.jpg
 
 Views: the run's own eval_crops unless --crops says otherwise; the first line on stderr says
-which (`runs/demo, step 120: 1 view(s), the run's eval_crops`).
+which (`runs/demo, step 64: 1 view(s), the run's eval_crops`).
 Prints one line per image: `PATH: NAME PROBABILITY, ...`, the most probable class first.
 A PATH with a space, a quote, a backslash, ": " or an unprintable character (a newline) is
 printed as a JSON string ("my photo.jpg"), so that each image keeps one line of output.

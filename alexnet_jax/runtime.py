@@ -28,7 +28,7 @@ from absl import logging
 
 import alexnet_jax
 from alexnet_jax import distributed as distributed_lib
-from alexnet_jax import files, tf_logs
+from alexnet_jax import files, tf_import
 
 ENV_COMPILATION_CACHE = "ALEXNET_JAX_COMPILATION_CACHE"
 COMPILATION_CACHE_SUBDIR = "jax_compilation_cache"
@@ -112,10 +112,10 @@ def enable_compilation_cache(enabled=None) -> str | None:
 
 
 # TensorFlow's load-time C++ lines (absl's preamble, the oneDNN notice) filtered by
-# TF_CPP_MIN_LOG_LEVEL: alexnet_jax/tf_logs.py.
+# TF_CPP_MIN_LOG_LEVEL, its eager Keras skipped: alexnet_jax/tf_import.py.
 def import_tensorflow():
   """`import tensorflow` with its load-time C++ lines (absl's preamble, the oneDNN notice)
-  filtered at TF_CPP_MIN_LOG_LEVEL (tf_logs; unset: shown as they are)."""
+  filtered at TF_CPP_MIN_LOG_LEVEL (tf_import; unset: shown as they are), without Keras."""
   if "tensorflow" in sys.modules:
     return sys.modules["tensorflow"]
 
@@ -124,12 +124,12 @@ def import_tensorflow():
 
     return tf
 
-  if any(isinstance(f, tf_logs.QuietTensorFlowFinder) for f in sys.meta_path):
+  if any(isinstance(f, tf_import.QuietTensorFlowFinder) for f in sys.meta_path):
     return load()  # the finder filters it
-  return tf_logs.filtered(load, tf_logs.min_level())
+  return tf_import.filtered(lambda: tf_import.without_eager_keras(load), tf_import.min_level())
 
 
-_tf_lines_kept = tf_logs.lines_kept
+_tf_lines_kept = tf_import.lines_kept
 
 
 def _library_record_shown(record) -> bool:

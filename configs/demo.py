@@ -1,4 +1,4 @@
-"""A demo that learns in 56 s on 2 CPU cores (41 s the next time, its compiled steps cached;
+"""A demo that learns in {COLD} s on 2 CPU cores ({WARM} s the next time, its compiled steps cached;
 README.md): the embedded scikit-learn `digits` (1,797 real 8x8 handwritten digits, upscaled to
 256x256; nothing to download), a quarter-width AlexNet with both towers, He init and inputs
 scaled to [-1, 1], center-crop eval.
@@ -6,9 +6,10 @@ scaled to [-1, 1], center-crop eval.
   python -m alexnet_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m alexnet_jax.main --config=configs/demo.py:sgd --workdir=runs/demo_sgd
 
-The default recipe trades the paper's optimizer for speed: 120 steps of 16 (1,920 images, 1.3
-epochs) with Adam (Keras's rule, rate 1e-3, /10 after 1.1 epochs) and no dropout: 6.06%, 6.73%
-and 7.74% top-1 error for seeds 0, 1 and 2. In 100 steps of 16 the paper's SGD (rate 0.01,
+The default recipe trades the paper's optimizer for speed: 64 steps of 32 (2,048 images, 1.4
+epochs) with Adam (Keras's rule, rate 1e-3, /10 after 1.2 epochs) and no dropout: 5.05%, 4.04%
+and 8.75% top-1 error for seeds 0, 1 and 2 (120 steps of 16, 1,920 images, gave 6.06-7.74%
+at 0.8x the images per second). In 100 steps of 16 the paper's SGD (rate 0.01,
 dropout 0.5) leaves 44% (it sits on a loss plateau for its first ~50 steps), SGD without
 dropout 32%, Adam with dropout 13%.
 
@@ -43,13 +44,16 @@ def get_config(recipe: str | None = None):
     c.optimizer.drop_epochs = (4.0,)
     c.log_every_steps = 25
   else:
-    c.batch_size = 16
-    c.num_train_steps = 120
+    c.batch_size = 32
+    c.num_train_steps = 64
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.drop_epochs = (1.1,)
+    c.optimizer.drop_epochs = (1.2,)
     c.model.dropout_rate = 0.0
-    c.log_every_steps = 20
+    c.log_every_steps = 16
+    # Batches decoded as they are needed, beside the steps, instead of the whole split up
+    # front: the same batches, 1-4 s sooner in all (docs/performance.md#the-demo-end-to-end).
+    c.dataset.cache = False
   c.eval_every_steps = c.num_train_steps
   c.checkpoint_every_steps = c.num_train_steps
   return c

@@ -93,6 +93,20 @@ def test_a_misspelt_config_key_is_one_clean_sentence(tmp_path):
   assert not os.listdir(tmp_path)  # nothing written
 
 
+def test_a_config_argument_the_file_refuses_is_one_line_without_traceback(tmp_path):
+  """configs/demo.py:RECIPE with a recipe it does not have: get_config's own error, one line
+  (ml_collections prints the loader's whole traceback)."""
+  r = _run("alexnet_jax.main", "--config=configs/demo.py:adam", f"--workdir={tmp_path}")
+  assert r.returncode == 2
+  with open(os.path.join(REPO, "configs", "demo.py")) as f:
+    line = next(i for i, text in enumerate(f, 1) if "raise ValueError" in text)
+  assert r.stderr.splitlines()[0] == (
+      "FATAL: flag --config=configs/demo.py:adam: the config file failed to load: ValueError: "
+      f"configs/demo.py:adam: the recipes are '' (the default) and 'sgd' (configs/demo.py, line {line})"
+  ), r.stderr
+  assert "Traceback" not in r.stderr and not os.listdir(tmp_path)
+
+
 def test_sweep_help_says_what_it_does_once_and_names_the_default_mode():
   r = forkserver.run(
       [sys.executable, "launch/sweep.py", "--help"], cwd=REPO, capture_output=True, text=True

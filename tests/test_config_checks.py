@@ -90,14 +90,14 @@ def test_resume_refuses_shape_and_data_changes_naming_them_and_writes_nothing(tm
   r = _main(
       "--config=configs/demo.py",
       f"--workdir={workdir}",
-      "--config.batch_size=32",
+      "--config.batch_size=64",
       "--config.dataset.name=folder:/data/other",
       "--config.model.width=0.5",
       "--config.num_train_steps=500",  # safe: not named
   )
   assert r.returncode == 1, r.stderr[-2000:]
   (line,) = _fatal_lines(r.stderr)
-  for key in ("batch_size (16 -> 32)", "dataset.name ('digits' -> 'folder:/data/other')"):
+  for key in ("batch_size (32 -> 64)", "dataset.name ('digits' -> 'folder:/data/other')"):
     assert key in line, line
   assert "model.width (0.25 -> 0.5)" in line and "num_train_steps (" not in line
   assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
@@ -135,13 +135,13 @@ def test_safe_changes_are_accepted_and_recorded_in_the_history(tmp_path):
   assert changes == {
       "eval_crops": (1, 10),
       "mesh.tower": (1, 2),
-      "num_train_steps": (120, 500),
+      "num_train_steps": (64, 500),
   }
   config_checks.record(config, str(workdir), changes)
   assert json.loads((workdir / "config.json").read_text())["num_train_steps"] == 500
   history = [json.loads(x) for x in (workdir / "config_history.jsonl").read_text().splitlines()]
   assert [h["event"] for h in history] == ["created", "resumed with changes"]
-  assert history[1]["changes"]["num_train_steps"] == {"from": 120, "to": 500}
+  assert history[1]["changes"]["num_train_steps"] == {"from": 64, "to": 500}
   # Without checkpoints there is nothing to resume: any change is accepted.
   fresh = tmp_path / "fresh"
   fresh.mkdir()

@@ -235,6 +235,27 @@ def test_digits_is_embedded_and_split_fixed(tmp_path):
   assert set(labels.tolist()) == set(range(10))
 
 
+def test_digits_are_read_from_scikit_learns_file_as_load_digits_gives_them(monkeypatch):
+  """digits.load_digits reads the file scikit-learn ships without importing it (1.2 s of a
+  start), and gives sklearn.datasets.load_digits()'s arrays; without that file it asks
+  scikit-learn itself."""
+  from sklearn.datasets import load_digits
+
+  from alexnet_jax.data import digits
+
+  reference = load_digits()
+  images, labels = digits.load_digits()
+  np.testing.assert_array_equal(images, reference.images)
+  np.testing.assert_array_equal(labels, reference.target)
+  assert images.dtype == reference.images.dtype and labels.dtype == reference.target.dtype
+  calls = []
+  monkeypatch.setattr(digits.os.path, "isfile", lambda p: calls.append(p) or False)
+  images, labels = digits.load_digits()  # the fallback
+  assert calls and calls[0].endswith(os.path.join("sklearn", "datasets", "data", "digits.csv.gz"))
+  np.testing.assert_array_equal(images, reference.images)
+  np.testing.assert_array_equal(labels, reference.target)
+
+
 def test_an_oversized_image_is_skipped_as_undecodable_and_a_fifo_never_opened(
     tmp_path, monkeypatch, caplog
 ):

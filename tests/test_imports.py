@@ -30,7 +30,7 @@ COMMANDS = ("main", "evaluate", "predict", "figures", "prepare", "convert", "com
 # The layers, bottom first (README.md#layout): a module imports its own layer and those below.
 LAYERS = {
     # Facts several layers share, and file helpers: neither JAX nor TensorFlow.
-    "bottom": ("facts", "files", "disk_space", "tf_logs"),
+    "bottom": ("facts", "files", "disk_space", "tf_import"),
     # The paper in JAX: neither TensorFlow nor the run machinery.
     "core": (
         "augment",
@@ -70,7 +70,7 @@ CORE_FORBIDDEN = ("tensorflow", "alexnet_jax.data") + tuple(
 )
 # Heavy optional dependencies a function may import when it needs them (the reason beside it):
 # a library import never loads them.
-DEFERRABLE = ("torch", "h5py", "keras", "matplotlib", "triton")
+DEFERRABLE = ("torch", "h5py", "keras", "matplotlib", "triton", "sklearn")
 # Function-level imports outside the commands that defer something else, and why.
 DEFERRED_ELSEWHERE = {
     # Only a config.json in the old layout needs the model (JAX, Flax); the config checks run

@@ -221,6 +221,26 @@ def test_importing_the_library_prints_nothing(module):
   assert proc.stdout + proc.stderr == ""
 
 
+def test_tensorflow_loads_without_keras_and_keras_still_loads_when_asked():
+  """TensorFlow's eager import of Keras's optimizers (Keras 3 and scikit-learn: 2.5 s of
+  every start) is skipped; `import keras` and tf.keras still load Keras in full."""
+  code = (
+      "import sys, alexnet_jax, tensorflow as tf; "
+      "print(sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'sklearn'))); "
+      "import keras; "
+      "print(type(keras.optimizers.get('sgd')).__name__, type(tf.keras.layers.Dense(2)).__name__)"
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd="/",
+      env=_env(PYTHONPATH=REPO),
+      capture_output=True,
+      text=True,
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout == "[]\nSGD Dense\n"
+
+
 def _record(name, level, msg, pathname="/x/module.py"):
   return std_logging.LogRecord(name, level, pathname, 1, msg, (), None)
 

@@ -1,12 +1,18 @@
-"""TensorFlow's load-time log lines, filtered: `import tensorflow` anywhere in a process that
-imported alexnet_jax (a notebook's `from alexnet_jax import analysis`, a command's
-runtime.setup) prints neither absl's preamble nor the INFO notices (oneDNN, CPU features).
+"""How a process that imported alexnet_jax loads TensorFlow: quiet and without Keras.
 
-TensorFlow's shared libraries log from their load-time initialisers through absl's C++
-logging before TensorFlow applies TF_CPP_MIN_LOG_LEVEL: each of its two libraries prints
-absl's preamble and the oneDNN INFO notice whatever the level. So the import runs with the
-process's stderr (file descriptor 2) captured, and what it printed is written back without
-the lines below the level; Python warnings and errors of the import pass unchanged.
+- Quiet: `import tensorflow` anywhere (a notebook's `from alexnet_jax import analysis`, a
+  command's runtime.setup) prints neither absl's preamble nor the INFO notices (oneDNN, CPU
+  features). TensorFlow's shared libraries log from their load-time initialisers through
+  absl's C++ logging before TensorFlow applies TF_CPP_MIN_LOG_LEVEL: each of its two
+  libraries prints absl's preamble and the oneDNN INFO notice whatever the level. So the
+  import runs with the process's stderr (file descriptor 2) captured, and what it printed is
+  written back without the lines below the level; Python warnings and errors of the import
+  pass unchanged.
+- Without Keras: TensorFlow's `__init__` ends by importing Keras's optimizers (Keras 3, and
+  scikit-learn with it) for registrations only Keras's own SavedModels need. The package uses
+  tf.data, never Keras through TensorFlow, and that import was 2.5-2.7 of the 8-9 s every
+  command spends importing TensorFlow. It is skipped; `tf.keras` and `import keras` still
+  load Keras in full when something asks for them.
 Imports nothing heavy: alexnet_jax/__init__.py installs the finder at no cost.
 """
 
@@ -50,6 +56,27 @@ def min_level() -> int:
     return 0
 
 
+# What TensorFlow's __init__ imports eagerly for Keras (keras.src.optimizers; tf_keras's with
+# TF_USE_LEGACY_KERAS=1), inside a try that passes on an ImportError.
+_EAGER_KERAS = ("keras.src.optimizers", "tf_keras.src.optimizers")
+
+
+def without_eager_keras(load):
+  """load() (TensorFlow's import) with its eager import of Keras skipped: a None in
+  sys.modules makes that import fail at once, without loading Keras's package; the entries
+  are removed again, so a later `import keras` or `tf.keras` loads it as usual. No effect
+  once Keras is loaded."""
+  blocked = [m for m in _EAGER_KERAS if m.split(".")[0] not in sys.modules and m not in sys.modules]
+  for m in blocked:
+    sys.modules[m] = None
+  try:
+    return load()
+  finally:
+    for m in blocked:
+      if m in sys.modules and sys.modules[m] is None:
+        del sys.modules[m]
+
+
 def filtered(load, level: int):
   """load() with the C++ lines it prints to stderr below `level` dropped (level 0: as is)."""
   if level <= 0:
@@ -91,11 +118,12 @@ class _FilteredLoader(importlib.abc.Loader):
     self._spec.loader = module.__loader__ = self._loader
     # JAX sets the same default when it loads; the user's level (or runtime.setup's) wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_LEVEL)
-    filtered(lambda: self._loader.exec_module(module), min_level())
+    filtered(lambda: without_eager_keras(lambda: self._loader.exec_module(module)), min_level())
 
 
 class QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-  """On sys.meta_path: finds `tensorflow` as Python would, and loads it with `filtered`."""
+  """On sys.meta_path: finds `tensorflow` as Python would, and loads it with `filtered`,
+  without its eager Keras."""
 
   def find_spec(self, fullname, path=None, target=None):
     if fullname != "tensorflow":
