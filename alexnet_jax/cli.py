@@ -169,16 +169,24 @@ def missing_config_hint() -> str:
 
 
 def _without_traceback(message: str) -> str:
-  """ml_collections reports an exception raised while a config file loads (its get_config's
-  own error, e.g. an unknown `FILE:ARGUMENT`, or a syntax error) with the whole traceback:
-  the flag and the exception's last line say it."""
-  if "Traceback (most recent call last)" not in message:
+  """ml_collections reports a ValueError or TypeError raised while a config file loads (its
+  get_config's own check, e.g. an unknown `FILE:ARGUMENT`) with the whole traceback: the
+  flag, the exception, and where in the config file it was raised."""
+  marker = ": Error whilst parsing config file"
+  if marker not in message or "Traceback (most recent call last)" not in message:
     return message
-  flag = message.split(": Error whilst parsing config file", 1)[0]
-  last = [line.strip() for line in message.splitlines() if line.strip()][-1]
-  where = re.findall(r'File "([^"]+)", line (\d+)', message)
-  at = f" ({where[-1][0]}, line {where[-1][1]})" if where else ""
-  return f"{flag}: the config file failed to load: {last}{at}"
+  flag, traceback = message.split(marker, 1)
+  lines = traceback.splitlines()
+  frames = [k for k, line in enumerate(lines) if line.lstrip().startswith('File "')]
+  # The exception: the lines after the last frame and its indented source and ^ lines.
+  rest = lines[frames[-1] + 1 :] if frames else lines
+  exception = " ".join(x.strip() for x in rest if x.strip() and not x.startswith(" "))
+  config_file = os.path.abspath(flag.partition("=")[2].partition(":")[0])
+  at = ""
+  for path, number in re.findall(r'File "([^"]+)", line (\d+)', traceback):
+    if os.path.abspath(path) == config_file:
+      at = f" ({path}, line {number})"
+  return f"{flag}: the config file failed to load: {exception or lines[-1].strip()}{at}"
 
 
 def _usage_error(message: str, usage: str):

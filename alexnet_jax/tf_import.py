@@ -10,9 +10,11 @@
   pass unchanged.
 - Without Keras: TensorFlow's `__init__` ends by importing Keras's optimizers (Keras 3, and
   scikit-learn with it) for registrations only Keras's own SavedModels need. The package uses
-  tf.data, never Keras through TensorFlow, and that import was 2.5-2.7 of the 8-9 s every
-  command spends importing TensorFlow. It is skipped; `tf.keras` and `import keras` still
-  load Keras in full when something asks for them.
+  tf.data, never Keras through TensorFlow, and that import was 2.2-2.5 s of the 8.7-9.6 s a
+  command spent importing its libraries. It is skipped; `tf.keras` and `import keras` still
+  load Keras in full when something asks for them. While TensorFlow loads (a few seconds,
+  once per process) the skip holds for the whole process: another thread importing Keras
+  in that window fails.
 Imports nothing heavy: alexnet_jax/__init__.py installs the finder at no cost.
 """
 

@@ -18,6 +18,8 @@ import atexit  # noqa: E402
 import gc  # noqa: E402
 import shutil  # noqa: E402
 
+atexit.register(shutil.rmtree, os.environ["ALEXNET_JAX_CACHE"], ignore_errors=True)
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -45,8 +45,10 @@ import tempfile
 import threading
 import time
 
-# What the zygote loads: what the commands import from outside the package (not torch,
-# keras or h5py, which the package loads only when asked: tests/test_imports.py DEFERRABLE).
+# What the zygote loads: what the commands import from outside the package, and more (not
+# torch or h5py, which the package loads only when asked: tests/test_imports.py DEFERRABLE).
+# Its plain `import tensorflow` also loads Keras and scikit-learn, which a command's does not
+# (alexnet_jax/tf_import.py): a forked child has them loaded, faster, with the same results.
 PRELOAD = (
     # Where it is installed, before TensorFlow, as alexnet_jax/__init__.py loads it.
     "triton",

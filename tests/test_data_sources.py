@@ -248,10 +248,11 @@ def test_digits_are_read_from_scikit_learns_file_as_load_digits_gives_them(monke
   np.testing.assert_array_equal(images, reference.images)
   np.testing.assert_array_equal(labels, reference.target)
   assert images.dtype == reference.images.dtype and labels.dtype == reference.target.dtype
-  calls = []
-  monkeypatch.setattr(digits.os.path, "isfile", lambda p: calls.append(p) or False)
-  images, labels = digits.load_digits()  # the fallback
-  assert calls and calls[0].endswith(os.path.join("sklearn", "datasets", "data", "digits.csv.gz"))
+  assert digits.sklearn_digits_file().endswith(
+      os.path.join("sklearn", "datasets", "data", "digits.csv.gz")
+  )
+  monkeypatch.setattr(digits, "sklearn_digits_file", lambda: None)
+  images, labels = digits.load_digits()  # the fallback: scikit-learn's own loader
   np.testing.assert_array_equal(images, reference.images)
   np.testing.assert_array_equal(labels, reference.target)
 

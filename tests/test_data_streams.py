@@ -231,3 +231,23 @@ def test_three_classes_fewer_images_than_a_batch_wrap_around(monkeypatch, tmp_pa
     assert label == "abc".index(hit.parent.name)
     seen.add(hit)
   assert seen == set(refs)  # 8 slots: the 6 images, 2 of them twice
+
+
+def test_a_cached_split_streams_the_batches_decoding_per_batch_gives():
+  """dataset.cache=True decodes the split into memory once and gathers each batch by key
+  (the demo reads batch by batch instead): the same images and labels, batch for batch,
+  also from a resumed position."""
+  streams = {}
+  for cache in (True, False):
+    cfg = dataset_config(name="digits", cache=cache)
+    for start in (0, 50):  # 50 steps of 32: past the first epoch of 1,500
+      it = data_lib.train_iterator(cfg, global_batch_size=32, seed=3, start_step=start)
+      try:
+        streams[cache, start] = [next(it) for _ in range(3)]
+      finally:
+        it.close()
+  for start in (0, 50):
+    for a, b in zip(streams[True, start], streams[False, start]):
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+  assert not np.array_equal(streams[True, 0][0]["image"], streams[True, 50][0]["image"])

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The README quotes `python tests/test_mesh_float64.py 20`. Three steps already part float32
+# docs/performance.md quotes `python tests/test_mesh_float64.py 20`. Three steps already part float32
 # by 1.5e-6 and float64 by 1.5e-15 (measured): nine orders of magnitude where 3 are asserted.
 STEPS = 3
 

@@ -38,16 +38,22 @@ class ArraySplit(sources.RandomAccessSplit):
     }
 
 
+def sklearn_digits_file() -> str | None:
+  """The digits file inside the installed scikit-learn (found, not imported), or None."""
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+  return path if os.path.isfile(path) else None
+
+
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
   """(images float64 [1797, 8, 8] in 0..16, labels [1797]): sklearn.datasets.load_digits()'s
   images and target, read from the file scikit-learn ships with it (no download) without
   importing scikit-learn, which costs 1.2 s of every demo's start; through
   sklearn.datasets where that file is not found."""
-  spec = importlib.util.find_spec("sklearn")
-  path = None
-  if spec is not None and spec.submodule_search_locations:
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
-  if path is None or not os.path.isfile(path):
+  path = sklearn_digits_file()
+  if path is None:
     from sklearn.datasets import load_digits as sklearn_digits  # noqa: PLC0415  (no file: ask it)
 
     digits = sklearn_digits()
