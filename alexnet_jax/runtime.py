@@ -126,7 +126,7 @@ def import_tensorflow():
 
   if any(isinstance(f, tf_import.QuietTensorFlowFinder) for f in sys.meta_path):
     return load()  # the finder filters it
-  return tf_import.filtered(lambda: tf_import.without_eager_keras(load), tf_import.min_level())
+  return tf_import.quietly(load)
 
 
 _tf_lines_kept = tf_import.lines_kept

@@ -79,6 +79,11 @@ def without_eager_keras(load):
         del sys.modules[m]
 
 
+def quietly(load):
+  """load() (TensorFlow's import) filtered at the current level, without its eager Keras."""
+  return filtered(lambda: without_eager_keras(load), min_level())
+
+
 def filtered(load, level: int):
   """load() with the C++ lines it prints to stderr below `level` dropped (level 0: as is)."""
   if level <= 0:
@@ -120,12 +125,11 @@ class _FilteredLoader(importlib.abc.Loader):
     self._spec.loader = module.__loader__ = self._loader
     # JAX sets the same default when it loads; the user's level (or runtime.setup's) wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_LEVEL)
-    filtered(lambda: without_eager_keras(lambda: self._loader.exec_module(module)), min_level())
+    quietly(lambda: self._loader.exec_module(module))
 
 
 class QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-  """On sys.meta_path: finds `tensorflow` as Python would, and loads it with `filtered`,
-  without its eager Keras."""
+  """On sys.meta_path: finds `tensorflow` as Python would, and loads it `quietly`."""
 
   def find_spec(self, fullname, path=None, target=None):
     if fullname != "tensorflow":

@@ -9,14 +9,14 @@ scaled to [-1, 1], center-crop eval.
 The default recipe trades the paper's optimizer for speed: 64 steps of 32 (2,048 images, 1.4
 epochs) with Adam (Keras's rule, rate 1e-3, /10 after 1.2 epochs) and no dropout: 5.05%, 4.04%
 and 8.75% top-1 error for seeds 0, 1 and 2 (120 steps of 16, 1,920 images, gave 6.06-7.74%
-in about the same time). In 100 steps of 16 the paper's SGD (rate 0.01,
-dropout 0.5) leaves 44% (it sits on a loss plateau for its first ~50 steps), SGD without
-dropout 32%, Adam with dropout 13%.
+in about the same time). In 100 steps of 16 the paper's SGD (rate 0.01, dropout 0.5) leaves
+44% (it sits on a loss plateau for its first ~50 steps), SGD without dropout 32%, Adam with
+dropout 13%.
 
 `:sgd` is the paper's optimizer and dropout (§5, §4.2: SGD + momentum 0.9, rate 0.01 /10 after 4
 epochs, weight decay 5e-4, dropout 0.5) on 125 steps of 64 (8,000 images, 5.4 epochs): 91 s
-on a first start, 81 s on the next (README.md). The ablations at demo scale (configs/ablations.py:demo) and the tests' tiny
-runs use it.
+on a first start, 81 s on the next (README.md). The ablations at demo scale
+(configs/ablations.py:demo) and the tests' tiny runs (tests/tiny.py) use its optimizer.
 """
 
 from configs import default
