@@ -282,7 +282,10 @@ def init_run(workdir: str, config, num_classes: int = 1000) -> dict:
   {'num_classes', 'num_params'} as import_run does."""
   model = model_for(config, num_classes)
   images = jax.numpy.zeros((1, *model.input_shape), jax.numpy.float32)
-  variables = jax.jit(lambda rng: model.init(rng, images, train=False))(jax.random.key(config.seed))
+  variables = jax.jit(
+      lambda rng: model.init(rng, images, train=False),
+      compiler_options=train_state.init_compiler_options(),
+  )(jax.random.key(config.seed))
   variables = jax.device_get(variables)
   write_run(
       workdir,
