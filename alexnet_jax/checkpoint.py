@@ -591,11 +591,11 @@ class CheckpointManager:
       multihost_utils.sync_global_devices("alexnet_jax: unreadable checkpoints set aside")
     self._manager.reload()
 
-  def restore_or(self, init_fn, shardings):
-    """Restore the newest good checkpoint onto `shardings`, or call init_fn() for a new run."""
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), jax.eval_shape(init_fn)
-    )
+  def restore_or(self, init_fn, abstract, shardings):
+    """Restore the newest good checkpoint of `abstract`'s shapes onto `shardings`, or call
+    init_fn() for a new run. (`abstract` is given, not traced from init_fn: the init is a
+    top-level jit with its own compiler options.)"""
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), abstract)
     restored = self.restore_latest(abstract, shardings)
     if restored is None:
       return init_fn()

@@ -171,7 +171,8 @@ def restore_or_create_state(run: Run) -> train_state.TrainState:
   """The run's latest checkpoint; or a new state, with config.init_from's parameters when
   set (a resumed run ignores init_from: its own checkpoint wins)."""
   config, model, mesh = run.config, run.model, run.mesh
-  shardings = train_state.state_shardings(mesh, train_state.abstract_state(config, model))
+  abstract = train_state.abstract_state(config, model)
+  shardings = train_state.state_shardings(mesh, abstract)
 
   def create():
     return train_state.create_train_state(config, model, mesh)
@@ -180,7 +181,7 @@ def restore_or_create_state(run: Run) -> train_state.TrainState:
     state = create()
     params, batch_stats = fine_tune.variables_from_run(config, model, state, shardings)
     return state.replace(params=params, batch_stats=batch_stats)
-  return run.manager.restore_or(create, shardings)
+  return run.manager.restore_or(create, abstract, shardings)
 
 
 # ---- Evals ----------------------------------------------------------------------------------
