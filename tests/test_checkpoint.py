@@ -127,7 +127,9 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept(tmp_path, caplog, dama
   # Training resumes from step 4 (momentum included) and moves step 6 aside, kept.
   manager = checkpoint.CheckpointManager(workdir, config)
   abstract = train_state.abstract_state(config, model)
-  state = manager.restore_or(lambda: base[2], abstract, train_state.state_shardings(_mesh(), abstract))
+  state = manager.restore_or(
+      lambda: base[2], abstract, train_state.state_shardings(_mesh(), abstract)
+  )
   assert int(state.step) == 4  # not 0: not started from scratch
   _assert_params(state.opt_state, states[4].opt_state)
   assert sorted(manager.all_steps()) == [2, 4]
@@ -204,7 +206,9 @@ def test_a_step_entry_that_is_not_a_directory_is_set_aside_and_saved_again(
     assert aside.read_bytes() == b"not a checkpoint"
   assert os.path.isdir(tmp_path / "run" / "checkpoints" / "4")
   abstract = train_state.abstract_state(config, model)
-  state = manager.restore_or(lambda: base[2], abstract, train_state.state_shardings(_mesh(), abstract))
+  state = manager.restore_or(
+      lambda: base[2], abstract, train_state.state_shardings(_mesh(), abstract)
+  )
   assert int(state.step) == 4
   _assert_params(state.params, states[4].params)
   manager.save(6, state, None, meta={"num_classes": 10})
