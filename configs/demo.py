@@ -1,4 +1,4 @@
-"""A demo that learns in 40 s on 2 CPU cores (27 s the next time, its compiled steps cached;
+"""A demo that learns in 35 s on 2 CPU cores (27 s the next time, its compiled steps cached;
 README.md): the embedded scikit-learn `digits` (1,797 real 8x8 handwritten digits, upscaled to
 256x256; nothing to download), a quarter-width AlexNet with both towers, He init and inputs
 scaled to [-1, 1], center-crop eval.
