@@ -14,8 +14,8 @@ in about the same time). In 100 steps of 16 the paper's SGD (rate 0.01, dropout 
 dropout 13%.
 
 `:sgd` is the paper's optimizer and dropout (§5, §4.2: SGD + momentum 0.9, rate 0.01 /10 after 4
-epochs, weight decay 5e-4, dropout 0.5) on 125 steps of 64 (8,000 images, 5.4 epochs): 88 s
-on a first start, 72 s on the next (README.md). The ablations at demo scale
+epochs, weight decay 5e-4, dropout 0.5) on 125 steps of 64 (8,000 images, 5.4 epochs): 81 s
+on a first start, 71 s on the next (README.md). The ablations at demo scale
 (configs/ablations.py:demo) and the tests' tiny runs (tests/tiny.py) use its optimizer.
 """
 
