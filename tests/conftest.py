@@ -28,9 +28,9 @@ jax.config.update("jax_threefry_partitionable", True)
 # JAX's persistent compilation cache for the tests' own compilations: a test that reruns a
 # configuration another test (or a fixture) ran loads its steps instead of compiling them
 # again (5-30 s each on 2 busy cores). One directory per session, made by the first process
-# (pytest-xdist's controller: its test processes inherit the variable) and removed by it. Commands the tests run (tests/forkserver.py's zygote, real
-# processes) never see this config: they keep their own cache under ALEXNET_JAX_CACHE, as a
-# user's would.
+# (pytest-xdist's controller: its test processes inherit the variable) and removed by it.
+# Commands the tests run (tests/forkserver.py's zygote, real processes) never see this
+# config: they keep their own cache under ALEXNET_JAX_CACHE, as a user's would.
 _TEST_CACHE = "ALEXNET_JAX_TEST_COMPILATION_CACHE"
 if _TEST_CACHE not in os.environ:
   os.environ[_TEST_CACHE] = tempfile.mkdtemp(prefix="alexnet_jax_test_jit_cache_")
